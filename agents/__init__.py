@@ -1,0 +1,13 @@
+"""Agents on durable state machines: `Agent`, the step kinds, the CLI and example agents.
+
+This is agentfsm's `agents` package (not openai-agents').
+"""
+
+from ._agent import Agent
+from ._steps import tool
+
+__all__ = ["Agent", "tool"]
+
+for _name in __all__:
+    globals()[_name].__module__ = __name__
+del _name

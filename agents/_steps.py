@@ -1,0 +1,140 @@
+"""Step kinds that go in a state table: `tool()` (a Python function); `llm()` lives in `_llm.py`."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
+
+from statemachine import DefinitionError, RetryPolicy, StepContext, StepResult, Transition, transition
+from statemachine._table import Guard
+
+__all__ = ["ToolStep", "apply_output", "tool"]
+
+M = TypeVar("M", bound=BaseModel)
+
+Reducer = Callable[[Any, Any], Mapping[str, Any] | BaseModel]
+"""`update=` reducer: (memory, step output) -> the fields to change (or a whole new memory)."""
+
+
+def apply_output(memory: M, value: Any, into: str | None, update: Reducer | None) -> M:
+    """The memory after a step produced `value`: put into a field, reduced, or as is.
+
+    The runner checks the result against the schema before committing it.
+    """
+    if into is not None:
+        return memory.model_copy(update={into: value})
+    if update is not None:
+        changes = update(memory, value)
+        if isinstance(changes, BaseModel):
+            return changes  # type: ignore[return-value]  # the runner checks its type
+        if not isinstance(changes, Mapping):
+            raise TypeError(f"update= reducer returned {type(changes).__name__}, not a mapping of fields")
+        unknown = set(changes) - set(type(memory).model_fields)
+        if unknown:
+            raise KeyError(f"update= reducer set unknown memory fields {sorted(unknown)}")
+        return memory.model_copy(update=dict(changes))
+    if isinstance(value, type(memory)):
+        return value
+    return memory
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ToolStep:
+    """A Python function as a step: `fn(memory)` or `fn(memory, ctx)`, sync or async.
+
+    Sync functions run in a worker thread by default, so a slow one does not stall the
+    event loop (and with it the lease renewal); `in_thread=False` runs them inline.
+    """
+
+    fn: Callable[..., Any]
+    into: str | None
+    update: Reducer | None
+    policy: RetryPolicy
+    in_thread: bool
+    takes_ctx: bool
+    is_async: bool
+    routes: bool = False
+    """The function returns the name of the route to take."""
+    kind: str = "tool"
+
+    @property
+    def label(self) -> str:
+        return getattr(self.fn, "__name__", "tool")
+
+    @property
+    def writes(self) -> tuple[str, ...]:
+        return (self.into,) if self.into else ()
+
+    async def run(self, memory: Any, ctx: StepContext) -> StepResult[Any]:
+        args = (memory, ctx) if self.takes_ctx else (memory,)
+        if self.is_async:
+            value = await self.fn(*args)
+        elif self.in_thread:
+            value = await asyncio.to_thread(self.fn, *args)
+        else:
+            value = self.fn(*args)
+        new = apply_output(memory, value, self.into, self.update)
+        route = value if self.routes and isinstance(value, str) else None
+        # With into=, the value is already in the event's memory patch: record it once.
+        output = None if new is value or self.into is not None else value
+        return StepResult(memory=new, output=output, route=route)
+
+
+def _arity(fn: Callable[..., Any], what: str) -> bool:
+    """True when `fn` takes (memory, ctx), False for (memory)."""
+    try:
+        params = [
+            p for p in inspect.signature(fn).parameters.values()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
+        ]
+    except (TypeError, ValueError):
+        return False
+    if len(params) not in (1, 2):
+        raise DefinitionError(
+            f"{what}: the function must take (memory) or (memory, ctx), not {len(params)} arguments"
+        )
+    return len(params) == 2
+
+
+def tool(
+    trigger: str,
+    source: str | list[str] | tuple[str, ...],
+    dest: str | None,
+    fn: Callable[..., Any],
+    *,
+    into: str | None = None,
+    update: Reducer | None = None,
+    guard: Guard | None = None,
+    routes: Mapping[str, str] | None = None,
+    retries: int = 0,
+    timeout: float | None = None,
+    backoff: float = 0.5,
+    retry_on: tuple[type[BaseException], ...] = (Exception,),
+    in_thread: bool = True,
+) -> Transition:
+    """A transition that runs the Python function `fn` on the memory.
+
+    Its return value goes `into=` a memory field, or through an `update=` reducer, or, when it
+    is a memory object itself, becomes the new memory. With `routes`, it must return a route
+    name. `retries` tries again after an error (with jittered exponential `backoff`); a
+    `timeout` (seconds) bounds each try.
+    """
+    what = f"tool step {trigger!r}"
+    if not callable(fn):
+        raise DefinitionError(f"{what}: {fn!r} is not callable")
+    if into is not None and update is not None:
+        raise DefinitionError(f"{what}: give into= or update=, not both")
+    if retries < 0:
+        raise DefinitionError(f"{what}: retries must be 0 or more, not {retries}")
+    step = ToolStep(
+        fn=fn, into=into, update=update,
+        policy=RetryPolicy(attempts=retries + 1, backoff=backoff, timeout=timeout, retry_on=retry_on),
+        in_thread=in_thread, takes_ctx=_arity(fn, what),
+        is_async=inspect.iscoroutinefunction(fn), routes=bool(routes),
+    )
+    return transition(trigger, source, dest, step, guard=guard, routes=routes)

@@ -1,0 +1,182 @@
+"""`Machine`: a declared, checked state table with a typed memory, and the way to run it."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any, Generic, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from storage import RunRecord, Store
+
+from ._runner import Run, now
+from ._table import Transition
+from ._validate import Table, compile_table
+from .errors import InvalidMemory, NoTransition, RunError, RunNotFound, VersionMismatch
+
+__all__ = ["Machine"]
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class Machine(Generic[M]):
+    """A state machine whose every transition commits durably to a `storage.Store`.
+
+    Args:
+        name: identifies the machine's runs in the store.
+        version: bump it when the table or the memory schema changes incompatibly.
+        memory: the pydantic model of the run's memory.
+        initial: the state a new run starts in.
+        final: the states that end a run (status `done`).
+        transitions: the table, in order: out of one state, the first transition whose
+            guard passes fires.
+        states: all state names; optional (derived from the table), but declaring them
+            turns a misspelled state into an error at once.
+        on_error: the state a run moves to when a step gives up (status `failed`);
+            without it a failed run stays in the state it failed in.
+        lease_ttl: seconds a process holds a run without renewing (it renews every third
+            of that in the background); a crashed holder's runs can be resumed after it.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        memory: type[M],
+        initial: str,
+        final: str | Sequence[str],
+        transitions: Sequence[Transition],
+        version: int = 1,
+        states: Sequence[str] | None = None,
+        on_error: str | None = None,
+        lease_ttl: float = 15.0,
+    ) -> None:
+        if not isinstance(memory, type) or not issubclass(memory, BaseModel):
+            raise TypeError(f"memory must be a pydantic model class, not {memory!r}")
+        if not isinstance(version, int) or version < 1:
+            raise ValueError(f"version must be a positive int, not {version!r}")
+        if lease_ttl <= 0:
+            raise ValueError(f"lease_ttl must be positive, not {lease_ttl}")
+        self.name = name
+        self.version = version
+        self.memory_type = memory
+        self.lease_ttl = lease_ttl
+        self.table: Table = compile_table(
+            machine=name,
+            initial=initial,
+            final=[final] if isinstance(final, str) else list(final),
+            transitions=list(transitions),
+            states=states,
+            on_error=on_error,
+        )
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r} v{self.version}: {len(self.table.states)} states>"
+
+    @property
+    def states(self) -> tuple[str, ...]:
+        return self.table.states
+
+    @property
+    def transitions(self) -> tuple[Transition, ...]:
+        return self.table.transitions
+
+    def next_transition(self, state: str, memory: M) -> Transition:
+        """The transition that fires from `state` with this memory: the first in table order
+        whose guard passes. Raises `NoTransition` naming the state and the guards tried."""
+        rows = self.table.out.get(state, ())
+        for t in rows:
+            if t.guard is None or t.guard(memory):
+                return t
+        if not rows:
+            raise NoTransition(f"machine {self.name!r}: no transition leaves state {state!r}")
+        tried = ", ".join(f"{t.trigger!r} [{t.guard_label}]" for t in rows)
+        raise NoTransition(
+            f"machine {self.name!r}: no transition out of state {state!r} applies: every guard"
+            f" returned False ({tried})"
+        )
+
+    def validate_memory(self, memory: M | Mapping[str, Any], where: str) -> M:
+        """`memory` checked against the schema, or `InvalidMemory` naming the fields."""
+        try:
+            if isinstance(memory, self.memory_type):
+                return self.memory_type.model_validate(memory.model_dump())
+            return self.memory_type.model_validate(memory)
+        except ValidationError as exc:
+            raise InvalidMemory(where, exc) from None
+
+    async def start(
+        self,
+        store: Store,
+        memory: M | Mapping[str, Any],
+        *,
+        run_id: str | None = None,
+        lease_wait: float = 0.0,
+    ) -> Run[M]:
+        """Create a run in the initial state; with the `run_id` of a run that exists, return
+        that run instead (so a client may retry `start` safely).
+
+        Nothing runs until `Run.step()` or `Run.until_done()`.
+        """
+        checked = self.validate_memory(memory, f"starting {self.name!r}")
+        created = now()
+        record = RunRecord(
+            run_id=run_id or uuid.uuid4().hex,
+            agent=self.name,
+            version=self.version,
+            state=self.table.initial,
+            seq=0,
+            status="running",
+            memory=checked.model_dump(mode="json"),
+            created_at=created,
+            updated_at=created,
+        )
+        stored = await store.create(record)
+        return self._open(store, stored, lease_wait)
+
+    async def resume(self, store: Store, run_id: str, *, lease_wait: float = 0.0) -> Run[M]:
+        """The stored run `run_id`, ready to go on from its last commit, in any process.
+
+        Raises `RunNotFound`, `VersionMismatch`, or `InvalidMemory` for a stored memory that
+        no longer fits the schema. `lease_wait` is how long `step()` waits for a lease held
+        by another process before raising `RunLocked`.
+        """
+        stored = await store.load(run_id)
+        if stored is None:
+            raise RunNotFound(run_id)
+        return self._open(store, stored, lease_wait)
+
+    def run_sync(
+        self,
+        store: Store,
+        memory: M | Mapping[str, Any],
+        *,
+        run_id: str | None = None,
+    ) -> Run[M]:
+        """Start (or find) a run and drive it until it is done, failed or waiting; for scripts."""
+
+        async def go() -> Run[M]:
+            run = await self.start(store, memory, run_id=run_id)
+            return await run.until_done()
+
+        return asyncio.run(go())
+
+    def _open(self, store: Store, record: RunRecord, lease_wait: float) -> Run[M]:
+        if record.agent != self.name:
+            raise RunError(
+                f"run {record.run_id!r} belongs to {record.agent!r}, not to {self.name!r}"
+            )
+        if record.version != self.version:
+            raise VersionMismatch(
+                f"run {record.run_id!r} was stored by {record.agent!r} version {record.version};"
+                f" this is version {self.version}"
+            )
+        if record.state not in self.table.states:
+            raise VersionMismatch(
+                f"run {record.run_id!r} is in state {record.state!r}, which {self.name!r}"
+                f" version {self.version} does not have"
+            )
+        memory = self.validate_memory(record.memory, f"stored run {record.run_id!r}")
+        return Run(self, store, record, memory, lease_wait=lease_wait)

@@ -1,0 +1,353 @@
+"""`Run`: one execution of a machine, driven one durable transition at a time.
+
+The protocol, as `Run.step` shows it: pick the transition out of the current state → run its
+step under the idempotency key `f"{run_id}:{seq}:{trigger}"` → ONE `Store.commit` that
+checks the key, the seq and the fencing token and writes the new state, the memory patch and
+the event → handle the outcome. The lease is taken once and renewed in the background, so the
+hot path is that one commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import socket
+import time
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+import pydantic_core
+from pydantic import BaseModel, JsonValue, ValidationError
+
+from storage import (
+    Committed,
+    Conflict,
+    Duplicate,
+    Event,
+    Lease,
+    LeaseHeld,
+    RunRecord,
+    RunStatus,
+    StorageError,
+    Store,
+)
+
+from ._step import StepContext, StepResult
+from ._table import Transition
+from .errors import InvalidMemory, RunError, RunLocked, RunNotFound, RunTakenOver
+
+if TYPE_CHECKING:
+    from ._machine import Machine
+
+__all__ = ["Run", "now"]
+
+M = TypeVar("M", bound=BaseModel)
+
+now = time.time
+_OWNER_PREFIX = f"{socket.gethostname()}:{os.getpid()}"
+
+
+class _StepFailed(Exception):
+    """A step gave up: its last error, and the try it happened on."""
+
+    def __init__(self, error: BaseException, attempt: int) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.attempt = attempt
+
+
+class Run(Generic[M]):
+    """A run of a `Machine`. Get one from `Machine.start` or `Machine.resume`.
+
+    `memory` is the memory as last committed. Drive the run with `step()` (one transition)
+    or `until_done()`; both take the run's lease on first use, and `until_done()` gives it
+    back. Use `async with run:` to make sure a lease taken by `step()` is released.
+    """
+
+    def __init__(self, machine: Machine[M], store: Store, record: RunRecord, memory: M, *, lease_wait: float) -> None:
+        self.machine = machine
+        self.store = store
+        self.memory = memory
+        self.owner = f"{_OWNER_PREFIX}:{secrets.token_hex(3)}"
+        self._record = record
+        self._fields: dict[str, JsonValue] = dict(record.memory)
+        self._lease: Lease | None = None
+        self._renewer: asyncio.Task[None] | None = None
+        self._lease_wait = lease_wait
+        self._conversation: list[JsonValue] | None = None
+
+    def __repr__(self) -> str:
+        return f"<Run {self.run_id!r} of {self.machine.name!r}: {self.state} seq={self.seq} {self.status}>"
+
+    @property
+    def run_id(self) -> str:
+        return self._record.run_id
+
+    @property
+    def state(self) -> str:
+        return self._record.state
+
+    @property
+    def seq(self) -> int:
+        return self._record.seq
+
+    @property
+    def status(self) -> RunStatus:
+        return self._record.status
+
+    @property
+    def record(self) -> RunRecord:
+        """The run as last committed (or loaded)."""
+        return self._record
+
+    async def history(self, from_seq: int = 0) -> list[Event]:
+        """The committed events of this run, in order."""
+        return await self.store.history(self.run_id, from_seq)
+
+    async def __aenter__(self) -> Run[M]:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.release()
+
+    async def until_done(self) -> Run[M]:
+        """Commit transitions until the run is done, failed or waiting; then release it."""
+        try:
+            while self.status == "running":
+                await self.step()
+        finally:
+            await self.release(quiet=True)
+        return self
+
+    async def step(self) -> Event | None:
+        """Run and commit one transition; None when the run is not `running`.
+
+        Raises `NoTransition` when no guard passes (nothing is written), `RunLocked` when
+        another process holds the run, `RunTakenOver` when this process lost it.
+        """
+        if self.status != "running":
+            return None
+        lease = await self._hold()
+        t = self.machine.next_transition(self.state, self.memory)
+        seq = self.seq
+        key = f"{self.run_id}:{seq}:{t.trigger}"
+        started = now()
+        try:
+            result, attempt = await self._run_step(t, seq, key, lease.crashes)
+            dest = self._dest(t, result)
+            patch, memory = self._changes(result.memory)
+            output = pydantic_core.to_jsonable_python(result.output)
+        except _StepFailed as failed:
+            return await self._fail(t, seq, key, failed, started)
+        table = self.machine.table
+        status: RunStatus = (
+            "done" if dest in table.final else "failed" if dest == table.on_error else "running"
+        )
+        event = Event(
+            seq=seq + 1, trigger=t.trigger, kind=t.step.kind if t.step else "move",
+            source=self.state, dest=dest, status=status, key=key, patch=patch, output=output,
+            attempt=attempt, started_at=started, ended_at=now(), worker=self.owner,
+            usage=result.usage, messages=result.messages,
+        )
+        return await self._commit(lease, event, memory)
+
+    async def retry(self) -> Event:
+        """Put a failed run back in the state it failed from, status `running`.
+
+        This is a new committed event ("retry"), not a rewrite of history.
+        """
+        if self.status != "failed":
+            raise RunError(f"run {self.run_id!r} is {self.status}, not failed: nothing to retry")
+        lease = await self._hold()
+        last = await self.store.history(self.run_id, self.seq)
+        back = last[0].source if last and last[0].kind == "error" else self.state
+        at = now()
+        event = Event(
+            seq=self.seq + 1, trigger="retry", kind="control", source=self.state, dest=back,
+            status="running", key=f"{self.run_id}:{self.seq}:retry", started_at=at,
+            ended_at=at, worker=self.owner,
+        )
+        return await self._commit(lease, event, self.memory)
+
+    async def release(self, *, quiet: bool = False) -> None:
+        """Give the run's lease back, if this process holds it."""
+        lease, self._lease = self._lease, None
+        if self._renewer is not None:
+            self._renewer.cancel()
+            self._renewer = None
+        if lease is None:
+            return
+        try:
+            await self.store.release_lease(lease)
+        except StorageError:
+            if not quiet:
+                raise
+            # The lease expires on its own; the next holder then counts one crash.
+
+    async def _hold(self) -> Lease:
+        if self._lease is not None:
+            return self._lease
+        deadline = now() + self._lease_wait
+        while True:
+            try:
+                got = await self.store.acquire_lease(self.run_id, self.owner, self.machine.lease_ttl)
+            except KeyError:
+                raise RunNotFound(self.run_id) from None
+            if not isinstance(got, LeaseHeld):
+                break
+            if now() >= deadline:
+                raise RunLocked(self.run_id, got.owner, got.expires_in)
+            await asyncio.sleep(min(max(got.expires_in, 0.01), 0.25, max(deadline - now(), 0.01)))
+        self._lease = got
+        # The run may have moved while another process held it: start from what is stored.
+        await self._reload()
+        self._renewer = asyncio.create_task(self._renew(got), name=f"lease:{self.run_id}")
+        return got
+
+    async def _renew(self, lease: Lease) -> None:
+        while True:
+            await asyncio.sleep(lease.ttl / 3)
+            try:
+                if not await self.store.renew_lease(lease):
+                    return  # taken over; the next commit is refused and says so
+            except StorageError:
+                continue  # a blip; the lease is still ours until it expires
+
+    async def _reload(self) -> None:
+        stored = await self.store.load(self.run_id)
+        if stored is None:
+            raise RunNotFound(self.run_id)
+        if stored.seq != self._record.seq or stored.memory != self._fields:
+            self.memory = self.machine.validate_memory(stored.memory, f"stored run {self.run_id!r}")
+            self._fields = dict(stored.memory)
+            self._conversation = None
+        self._record = stored
+
+    async def _run_step(self, t: Transition, seq: int, key: str, crashes: int) -> tuple[StepResult[M], int]:
+        if t.step is None:
+            return StepResult(memory=self.memory), 1
+        policy = t.step.policy
+        attempt = crashes + 1
+        if attempt > policy.attempts:
+            raise _StepFailed(
+                RunError(
+                    f"step {t.trigger!r} was cut short by a process crash {crashes} times"
+                    f" (limit {policy.attempts} attempts)"
+                ),
+                crashes,
+            )
+        while True:
+            ctx = StepContext(
+                run_id=self.run_id, seq=seq, trigger=t.trigger, attempt=attempt,
+                idempotency_key=key, conversation=self._load_conversation,
+            )
+            try:
+                if policy.timeout is None:
+                    result = await t.step.run(self.memory, ctx)
+                else:
+                    result = await asyncio.wait_for(t.step.run(self.memory, ctx), policy.timeout)
+                return result, attempt
+            except Exception as exc:
+                self._restore_memory()
+                error: BaseException = exc
+                if isinstance(exc, TimeoutError) and policy.timeout is not None:
+                    error = TimeoutError(f"step {t.trigger!r} timed out after {policy.timeout}s")
+                retryable = isinstance(exc, policy.retry_on) and not isinstance(exc, InvalidMemory)
+                if not retryable or attempt >= policy.attempts:
+                    raise _StepFailed(error, attempt) from exc
+                await asyncio.sleep(policy.delay(attempt))
+                attempt += 1
+
+    def _dest(self, t: Transition, result: StepResult[M]) -> str:
+        if t.dest is not None:
+            return t.dest
+        if result.route in t.routes:
+            return t.routes[result.route]  # type: ignore[index]  # checked just above
+        raise _StepFailed(
+            RunError(
+                f"step {t.trigger!r} chose route {result.route!r}, which is not one of"
+                f" {sorted(t.routes)}"
+            ),
+            1,
+        )
+
+    def _changes(self, new: M) -> tuple[dict[str, JsonValue], M]:
+        """The memory patch (changed fields, as JSON) and the checked new memory."""
+        if not isinstance(new, self.machine.memory_type):
+            raise _StepFailed(
+                TypeError(f"a step returned {type(new).__name__} as memory, not {self.machine.memory_type.__name__}"),
+                1,
+            )
+        dump = new.model_dump(mode="json")
+        if dump == self._fields:
+            return {}, self.memory
+        try:
+            checked = self.machine.memory_type.model_validate(dump)
+        except ValidationError as exc:
+            self._restore_memory()
+            raise _StepFailed(InvalidMemory(f"run {self.run_id!r}", exc), 1) from None
+        dump = checked.model_dump(mode="json")
+        patch = {k: v for k, v in dump.items() if k not in self._fields or self._fields[k] != v}
+        return patch, checked
+
+    def _restore_memory(self) -> None:
+        """Undo in-place changes a failed try made to the memory object."""
+        if self.memory.model_dump(mode="json") != self._fields:
+            self.memory = self.machine.memory_type.model_validate(self._fields)
+
+    async def _fail(self, t: Transition, seq: int, key: str, failed: _StepFailed, started: float) -> Event:
+        lease = await self._hold()
+        error = failed.error
+        dest = self.machine.table.on_error or self.state
+        event = Event(
+            seq=seq + 1, trigger=t.trigger, kind="error", source=self.state, dest=dest,
+            status="failed", key=f"{key}:failed", attempt=failed.attempt, started_at=started,
+            ended_at=now(), worker=self.owner,
+            error={
+                "type": type(error).__name__, "message": str(error), "attempt": failed.attempt,
+                "step": t.step.kind if t.step else "move",
+            },
+        )
+        return await self._commit(lease, event, self.memory)
+
+    async def _commit(self, lease: Lease, event: Event, memory: M) -> Event:
+        outcome = await self.store.commit(
+            self.run_id, expected_seq=event.seq - 1, token=lease.token, event=event
+        )
+        if isinstance(outcome, Committed):
+            self._record = _advance(self._record, event)
+            if event.patch:
+                self._fields.update(event.patch)
+            self.memory = memory
+            if self._conversation is not None:
+                self._conversation.extend(event.messages)
+            return event
+        if isinstance(outcome, Duplicate):
+            # Our own commit landed on an earlier try whose answer was lost: take the stored run.
+            await self._reload()
+            return event
+        await self.release(quiet=True)
+        why = (
+            f"it moved to seq {outcome.current_seq}" if isinstance(outcome, Conflict)
+            else "its lease was taken over"
+        )
+        raise RunTakenOver(
+            f"run {self.run_id!r}: commit of {event.trigger!r} at seq {event.seq} refused, {why};"
+            " another process drives the run now"
+        )
+
+    async def _load_conversation(self) -> list[JsonValue]:
+        if self._conversation is None:
+            events = await self.store.history(self.run_id)
+            self._conversation = [m for e in events for m in e.messages]
+        return list(self._conversation)
+
+
+def _advance(record: RunRecord, event: Event) -> RunRecord:
+    memory: dict[str, Any] = {**record.memory, **event.patch} if event.patch else record.memory
+    return RunRecord(
+        run_id=record.run_id, agent=record.agent, version=record.version, state=event.dest,
+        seq=event.seq, status=event.status, memory=memory, created_at=record.created_at,
+        updated_at=event.ended_at, holder=record.holder, crashes=0,
+    )

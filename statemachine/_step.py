@@ -1,0 +1,92 @@
+"""What a transition runs: the `Step` protocol and the values passed to and from a step."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Generic, Protocol, TypeVar
+
+from pydantic import BaseModel, JsonValue
+
+__all__ = ["RetryPolicy", "Step", "StepContext", "StepResult"]
+
+M = TypeVar("M", bound=BaseModel)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RetryPolicy:
+    """How often a step is tried and how long each try may take.
+
+    `attempts` counts every try, including those cut short by a process crash: a step that
+    kills its process each time still ends in the failure state after `attempts` tries.
+    """
+
+    attempts: int = 1
+    backoff: float = 0.5
+    """Seconds before the second try; doubles each time, up to `max_backoff`, with jitter."""
+    max_backoff: float = 30.0
+    timeout: float | None = None
+    """Seconds one try may take; a try that runs over is cancelled and counts as failed."""
+    retry_on: tuple[type[BaseException], ...] = (Exception,)
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1:
+            raise ValueError(f"attempts must be at least 1, not {self.attempts}")
+        if self.timeout is not None and self.timeout <= 0:
+            raise ValueError(f"timeout must be positive, not {self.timeout}")
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait after failed try number `attempt` (1-based), with full jitter."""
+        return random.uniform(0, min(self.max_backoff, self.backoff * 2 ** (attempt - 1)))
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class StepContext:
+    """What a step knows of the transition it runs in.
+
+    `idempotency_key` is the same on every try of this transition, in any process, so an
+    external system can drop a duplicate of a side effect.
+    """
+
+    run_id: str
+    seq: int
+    """The run's seq before this transition; the commit will make it `seq + 1`."""
+    trigger: str
+    attempt: int
+    idempotency_key: str
+    conversation: Callable[[], Awaitable[list[JsonValue]]] = field(repr=False)
+    """Loads the model messages the run's earlier steps committed, oldest first."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class StepResult(Generic[M]):
+    """What a step produced: the new memory and what to record on the event."""
+
+    memory: M
+    output: JsonValue = None
+    route: str | None = None
+    """For a transition with `routes`: the name of the route to take."""
+    usage: dict[str, int] | None = None
+    messages: list[JsonValue] = field(default_factory=list)
+
+
+class Step(Protocol[M]):
+    """A unit of work run by a transition. Steps are plain values in the state table."""
+
+    @property
+    def kind(self) -> str:
+        """"tool", "llm", ... (shown on graphs and recorded on events)."""
+        ...
+
+    @property
+    def label(self) -> str:
+        """A short name for graphs and messages (a function name, a model name)."""
+        ...
+
+    @property
+    def policy(self) -> RetryPolicy: ...
+
+    async def run(self, memory: M, ctx: StepContext) -> StepResult[M]:
+        """Do the work. Raise to fail this try; the runner retries as the policy says."""
+        ...

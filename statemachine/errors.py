@@ -1,0 +1,76 @@
+"""Errors raised when declaring and running machines.
+
+    ValueError
+     ├── DefinitionError     the state table is wrong; names the state or transition
+     └── InvalidMemory       memory fails its schema; names the fields; nothing written
+    RuntimeError
+     └── RunError            a run cannot do what was asked
+          ├── RunNotFound    no run with that id
+          ├── RunLocked      another process holds the run's lease
+          ├── RunTakenOver   the lease was lost mid-run; this process must stop driving it
+          ├── NoTransition   no transition out of the current state applies
+          └── VersionMismatch  the stored run was made by another version of the machine
+"""
+
+from __future__ import annotations
+
+from pydantic import ValidationError
+
+__all__ = [
+    "DefinitionError",
+    "InvalidMemory",
+    "NoTransition",
+    "RunError",
+    "RunLocked",
+    "RunNotFound",
+    "RunTakenOver",
+    "VersionMismatch",
+]
+
+
+class DefinitionError(ValueError):
+    """The state table cannot work. Raised at declaration, before anything runs."""
+
+
+class InvalidMemory(ValueError):
+    """Memory that fails its schema. Raised before any write."""
+
+    def __init__(self, where: str, error: ValidationError) -> None:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'memory'}: {e['msg']}" for e in error.errors()
+        )
+        super().__init__(f"{where}: memory fails the {error.title} schema: {problems}")
+        self.errors = error.errors()
+
+
+class RunError(RuntimeError):
+    """A run cannot do what was asked."""
+
+
+class RunNotFound(RunError, LookupError):
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"no run with id {run_id!r} in this store")
+        self.run_id = run_id
+
+
+class RunLocked(RunError):
+    def __init__(self, run_id: str, owner: str, expires_in: float) -> None:
+        super().__init__(
+            f"run {run_id!r} is held by {owner!r} (lease expires in {expires_in:.1f}s unless"
+            " renewed); wait for it or pass lease_wait= to wait"
+        )
+        self.run_id = run_id
+        self.owner = owner
+        self.expires_in = expires_in
+
+
+class RunTakenOver(RunError):
+    """This process lost the run's lease; another process drives the run now."""
+
+
+class NoTransition(RunError):
+    """No transition out of the current state applies to the memory."""
+
+
+class VersionMismatch(RunError):
+    """A stored run was made by a version of the machine this code cannot load."""

@@ -1,0 +1,69 @@
+"""The Store contract and its backends: Redis, and an embedded store that needs no server.
+
+Backends are imported lazily by `open_store(url)`; `RedisStore` and `EmbeddedStore` are
+also importable from here.
+"""
+
+from typing import TYPE_CHECKING, Any
+
+from ._open import open_store
+from .base import (
+    Committed,
+    CommitOutcome,
+    Conflict,
+    Duplicate,
+    Event,
+    Lease,
+    LeaseHeld,
+    LeaseLost,
+    RunRecord,
+    RunStatus,
+    Store,
+)
+from .errors import CorruptData, StorageError, StoreUnavailable
+
+if TYPE_CHECKING:
+    from .embedded import EmbeddedStore
+    from .redis import RedisStore
+
+__all__ = [
+    "CommitOutcome",
+    "Committed",
+    "Conflict",
+    "CorruptData",
+    "Duplicate",
+    "EmbeddedStore",
+    "Event",
+    "Lease",
+    "LeaseHeld",
+    "LeaseLost",
+    "RedisStore",
+    "RunRecord",
+    "RunStatus",
+    "StorageError",
+    "Store",
+    "StoreUnavailable",
+    "open_store",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "RedisStore":
+        from .redis import RedisStore
+
+        return RedisStore
+    if name == "EmbeddedStore":
+        from .embedded import EmbeddedStore
+
+        return EmbeddedStore
+    raise AttributeError(f"module 'storage' has no attribute {name!r}")
+
+
+for _name in __all__:
+    _obj = globals().get(_name)
+    if isinstance(_obj, type) or callable(_obj):
+        try:
+            _obj.__module__ = __name__
+        except (AttributeError, TypeError):
+            pass
+del _name, _obj

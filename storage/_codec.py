@@ -1,0 +1,69 @@
+"""JSON in and out of stores: the one place bytes become records, and are checked."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import get_args
+
+import pydantic_core
+from pydantic import JsonValue, TypeAdapter, ValidationError
+
+from .base import Event, RunRecord, RunStatus
+from .errors import CorruptData
+
+_EVENT = TypeAdapter(Event)
+_STATUSES = frozenset(get_args(RunStatus))
+
+
+def dump_json(value: JsonValue) -> str:
+    return pydantic_core.to_json(value).decode()
+
+
+def load_json(raw: str | bytes, key: str) -> JsonValue:
+    try:
+        value: JsonValue = pydantic_core.from_json(raw)
+    except ValueError as exc:
+        raise CorruptData(key, f"not JSON ({exc})") from None
+    return value
+
+
+def dump_event(event: Event) -> str:
+    return _EVENT.dump_json(event).decode()
+
+
+def load_event(raw: str | bytes, key: str) -> Event:
+    try:
+        return _EVENT.validate_json(raw)
+    except ValidationError as exc:
+        raise CorruptData(key, f"not an event ({_first_error(exc)})") from None
+
+
+def run_from_fields(run_id: str, fields: Mapping[str, str], memory: dict[str, JsonValue], key: str) -> RunRecord:
+    """Build a `RunRecord` from stored text fields, raising `CorruptData` naming `key`."""
+    try:
+        status = fields["status"]
+        if status not in _STATUSES:
+            raise ValueError(f"unknown status {status!r}")
+        return RunRecord(
+            run_id=run_id,
+            agent=fields["agent"],
+            version=int(fields["version"]),
+            state=fields["state"],
+            seq=int(fields["seq"]),
+            status=status,  # type: ignore[arg-type]  # checked against RunStatus above
+            memory=memory,
+            created_at=float(fields["created_at"]),
+            updated_at=float(fields["updated_at"]),
+            holder=fields.get("holder", ""),
+            crashes=int(fields.get("crashes", "0")),
+        )
+    except KeyError as exc:
+        raise CorruptData(key, f"missing field {exc.args[0]!r}") from None
+    except ValueError as exc:
+        raise CorruptData(key, str(exc)) from None
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err["loc"]) or "value"
+    return f"{where}: {err['msg']}"

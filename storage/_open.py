@@ -1,0 +1,42 @@
+"""`open_store(url)`: pick a backend by URL scheme, importing it only when used."""
+
+from __future__ import annotations
+
+import os
+from urllib.parse import urlsplit
+
+from .base import Store
+
+__all__ = ["DEFAULT_STORE", "open_store"]
+
+DEFAULT_STORE = "sqlite:///.agentfsm/store.db"
+"""The embedded default: a file under `.agentfsm/` in the working directory."""
+
+_REDIS = ("redis", "rediss", "unix")
+
+
+def open_store(url: str | None = None, *, prefix: str = "agentfsm") -> Store:
+    """A store for `url`; with no URL, `$AGENTFSM_STORE`, else the embedded default.
+
+    - `redis://host:port/db`, `rediss://` (TLS), `unix:///path.sock`: `RedisStore`.
+    - `sqlite:///relative/path.db`, `sqlite:////absolute/path.db`: `EmbeddedStore`.
+    - `memory://`: an in-process `EmbeddedStore`, gone when the process ends (tests).
+
+    `prefix` namespaces the keys of a Redis store (ignored by the others).
+    """
+    url = url or os.environ.get("AGENTFSM_STORE") or DEFAULT_STORE
+    scheme = urlsplit(url).scheme
+    if scheme in _REDIS:
+        from .redis import RedisStore
+
+        return RedisStore.from_url(url, prefix=prefix)
+    if scheme in ("sqlite", "memory"):
+        from .embedded import EmbeddedStore
+
+        return EmbeddedStore.from_url(url)
+    from .redis import redact
+
+    raise ValueError(
+        f"unknown store URL {redact(url)!r}: use redis://, rediss://, unix://, sqlite:///PATH"
+        " or memory://"
+    )

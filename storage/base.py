@@ -1,0 +1,208 @@
+"""The Store contract: records, commit outcomes, and the `Store` protocol.
+
+Every backend (`RedisStore`, `EmbeddedStore`) meets the guarantees written in the
+docstrings of `Store`; one conformance suite (`tests/storage/test_conformance.py`)
+proves them for each.
+"""
+
+
+import re
+from dataclasses import dataclass, field
+from typing import Literal, Protocol, TypeAlias, runtime_checkable
+
+from pydantic import JsonValue
+
+__all__ = [
+    "Committed",
+    "CommitOutcome",
+    "Conflict",
+    "Duplicate",
+    "Event",
+    "Lease",
+    "LeaseHeld",
+    "LeaseLost",
+    "RunRecord",
+    "RunStatus",
+    "Store",
+    "check_run_id",
+]
+
+RunStatus: TypeAlias = Literal["running", "waiting", "done", "failed", "cancelled"]
+"""`running`: can advance (a process may be driving it or it awaits one). `waiting`: parked
+until an event arrives. `done`: reached a final state. `failed`: a step gave up; `resume`
+retries it. `cancelled`: stopped by a person."""
+
+_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,199}")
+
+
+def check_run_id(run_id: str) -> str:
+    """Return `run_id` if it is usable as a key part, else raise `ValueError` saying why.
+
+    Braces are refused because they would break the per-run Redis Cluster hash tag.
+    """
+    if not isinstance(run_id, str) or not _RUN_ID.fullmatch(run_id):
+        raise ValueError(
+            f"invalid run id {run_id!r}: use 1-200 characters from letters, digits and . _ : @ -,"
+            " starting with a letter or digit"
+        )
+    return run_id
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RunRecord:
+    """One run as stored: where it is, and its memory as JSON fields."""
+
+    run_id: str
+    agent: str
+    version: int
+    state: str
+    seq: int
+    status: RunStatus
+    memory: dict[str, JsonValue]
+    created_at: float
+    updated_at: float
+    holder: str = ""
+    """Owner of the current lease, "" when no process holds the run."""
+    crashes: int = 0
+    """Lease holders that died since the last commit (a takeover found them gone)."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Event:
+    """One committed transition: the audit log entry, and the memory patch it applied.
+
+    `seq` 0 is the run's creation (its patch is the whole initial memory); each commit adds one.
+    Replaying the patches of events 0..n rebuilds the memory as it was after commit n.
+    """
+
+    seq: int
+    trigger: str
+    kind: str
+    """The step kind: "tool", "llm", "wait", or "start", "error", "control" for the runner's own."""
+    source: str
+    dest: str
+    status: RunStatus
+    key: str
+    """The idempotency key, `f"{run_id}:{seq - 1}:{trigger}"` for steps."""
+    patch: dict[str, JsonValue] = field(default_factory=dict)
+    output: JsonValue = None
+    attempt: int = 1
+    started_at: float = 0.0
+    ended_at: float = 0.0
+    worker: str = ""
+    error: dict[str, JsonValue] | None = None
+    usage: dict[str, int] | None = None
+    messages: list[JsonValue] = field(default_factory=list)
+    """Model messages this step appended to the run's conversation (pydantic-ai JSON form)."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Lease:
+    """A held lease on one run. `token` is the fencing token: strictly increasing per run."""
+
+    run_id: str
+    owner: str
+    token: int
+    ttl: float
+    crashes: int
+    """How many holders died holding this run since its last commit, this takeover included."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class LeaseHeld:
+    """The lease is held by someone else; it expires in `expires_in` seconds unless renewed."""
+
+    run_id: str
+    owner: str
+    expires_in: float
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Committed:
+    seq: int
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Duplicate:
+    """The idempotency key was already committed, at `seq`. Nothing was written."""
+
+    seq: int
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Conflict:
+    """The run moved on: its seq is `current_seq`, not the expected one. Nothing was written."""
+
+    current_seq: int
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class LeaseLost:
+    """The fencing token is stale: another process took the run over. Nothing was written."""
+
+
+CommitOutcome: TypeAlias = Committed | Duplicate | Conflict | LeaseLost
+
+
+@runtime_checkable
+class Store(Protocol):
+    """Where runs live. All methods are coroutines; all data is JSON.
+
+    Guarantees every backend gives:
+    - `commit` is all-or-nothing and one round trip to the server; refused commits write nothing.
+    - What a commit writes is proportional to its event (the memory patch and new messages),
+      not to the size of the memory or the length of the history.
+    - Everything read back is validated; bytes that are not what we wrote raise
+      `storage.CorruptData` naming the key, and nothing is overwritten.
+    """
+
+    async def create(self, run: RunRecord) -> RunRecord:
+        """Store a new run at seq 0 with its creation event, or return the one already stored
+        under `run.run_id` unchanged (creating is safe to retry)."""
+        ...
+
+    async def load(self, run_id: str) -> RunRecord | None:
+        """The run as last committed, or None when there is no such run."""
+        ...
+
+    async def commit(
+        self, run_id: str, *, expected_seq: int, token: int, event: Event
+    ) -> "CommitOutcome":
+        """Atomically apply `event` (whose seq must be `expected_seq + 1`): set the run's
+        state, status and patched memory fields, append the event, record its key.
+
+        Checks, before any write, in this order: the key was not committed before
+        (`Duplicate`), the run's fencing token is `token` (`LeaseLost`), the run is at
+        `expected_seq` (`Conflict`). A commit also clears the run's crash count.
+        """
+        ...
+
+    async def history(self, run_id: str, from_seq: int = 0) -> list[Event]:
+        """Events with `seq >= from_seq`, in order; [] for an unknown run."""
+        ...
+
+    async def acquire_lease(self, run_id: str, owner: str, ttl: float) -> Lease | LeaseHeld:
+        """Take the run's lease for `ttl` seconds with a new, larger fencing token.
+
+        When the previous holder never released it (it died), this is a takeover and the
+        run's crash count goes up by one. Raises `KeyError` for an unknown run.
+        """
+        ...
+
+    async def renew_lease(self, lease: Lease) -> bool:
+        """Extend the lease by its ttl; False when its token is no longer the run's."""
+        ...
+
+    async def release_lease(self, lease: Lease) -> None:
+        """Give the lease up (a no-op when it was already taken over)."""
+        ...
+
+    async def list_runs(
+        self, *, agent: str | None = None, status: RunStatus | None = None, limit: int = 100
+    ) -> list[RunRecord]:
+        """Runs, most recently updated first, optionally filtered."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections and files. The store is unusable afterwards."""
+        ...

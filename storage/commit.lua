@@ -1,0 +1,30 @@
+-- Commit one transition of one run, all or nothing, in one round trip.
+--
+-- KEYS[1]  run hash        {prefix}:{run_id}:run
+-- KEYS[2]  events stream   {prefix}:{run_id}:events
+-- KEYS[3]  keys hash       {prefix}:{run_id}:keys   (idempotency key -> seq)
+-- ARGV[1]  expected seq    ARGV[2] fencing token    ARGV[3] idempotency key
+-- ARGV[4]  new state       ARGV[5] new status       ARGV[6] updated_at (unix seconds)
+-- ARGV[7]  event JSON      ARGV[8..] memory patch: field name, field JSON, ...
+--
+-- Returns {'ok', seq} | {'duplicate', seq} | {'lease_lost', 0} | {'conflict', current_seq}
+--       | {'missing', 0}
+-- Redis does not roll back a script that fails half-way, so every check comes before the
+-- first write.
+local done = redis.call('HGET', KEYS[3], ARGV[3])
+if done then return {'duplicate', tonumber(done)} end
+local cur = redis.call('HMGET', KEYS[1], 'seq', 'fence')
+if not cur[1] then return {'missing', 0} end
+if cur[2] ~= ARGV[2] then return {'lease_lost', 0} end
+if cur[1] ~= ARGV[1] then return {'conflict', tonumber(cur[1])} end
+
+local seq = tonumber(ARGV[1]) + 1
+local fields = {'seq', seq, 'state', ARGV[4], 'status', ARGV[5], 'updated_at', ARGV[6], 'crashes', 0}
+for i = 8, #ARGV, 2 do
+  fields[#fields + 1] = 'm:' .. ARGV[i]
+  fields[#fields + 1] = ARGV[i + 1]
+end
+redis.call('HSET', KEYS[1], unpack(fields))
+redis.call('XADD', KEYS[2], seq .. '-0', 'e', ARGV[7])
+redis.call('HSET', KEYS[3], ARGV[3], seq)
+return {'ok', seq}

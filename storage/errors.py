@@ -1,0 +1,34 @@
+"""Errors raised by stores.
+
+    RuntimeError
+     └── StorageError            anything a store cannot do
+          ├── StoreUnavailable   the server cannot be reached (after retries)
+          └── CorruptData        stored bytes that are not what we wrote; names the key
+
+Expected commit outcomes (duplicate key, seq conflict, stale lease) are *values*
+(`storage.Committed | Duplicate | Conflict | LeaseLost`), never exceptions.
+"""
+
+from __future__ import annotations
+
+__all__ = ["CorruptData", "StorageError", "StoreUnavailable"]
+
+
+class StorageError(RuntimeError):
+    """A store could not do what was asked; nothing was written."""
+
+
+class StoreUnavailable(StorageError):
+    """The store's server could not be reached, even after retrying with backoff."""
+
+
+class CorruptData(StorageError):
+    """Data read back from the store is not valid; `key` names where it was found.
+
+    Nothing is overwritten: the run stays as it is for a person to inspect.
+    """
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(f"corrupt data in {key}: {problem}")
+        self.key = key
+        self.problem = problem

@@ -1,0 +1,260 @@
+"""`RedisStore`: runs in Redis, each commit one `EVALSHA` of `commit.lua`.
+
+Key layout (one hash tag per run, so every per-run script touches one Cluster slot):
+
+    {prefix}:{run_id}:run      hash    agent, version, state, seq, status, created_at,
+                                       updated_at, fence, holder, crashes, m:<field> (JSON)
+    {prefix}:{run_id}:events   stream  one entry per commit, id "<seq>-0" ("0-1" for creation)
+    {prefix}:{run_id}:keys     hash    idempotency key -> seq
+    {prefix}:{run_id}:lease    string  holder, with a TTL
+    {prefix}:runs              zset    run id by creation time (an index, rebuildable)
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from importlib.resources import files
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import redis.asyncio as aioredis
+from pydantic import JsonValue
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from ._codec import dump_event, dump_json, load_event, load_json, run_from_fields
+from .base import (
+    Committed,
+    CommitOutcome,
+    Conflict,
+    Duplicate,
+    Event,
+    Lease,
+    LeaseHeld,
+    LeaseLost,
+    RunRecord,
+    RunStatus,
+    check_run_id,
+)
+from .errors import CorruptData, StorageError, StoreUnavailable
+
+__all__ = ["RedisStore"]
+
+T = TypeVar("T")
+
+
+def _script(name: str) -> str:
+    return files(__package__).joinpath(name).read_text(encoding="utf-8")
+
+
+def redact(url: str) -> str:
+    """`url` with any password replaced by ***, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = f"{parts.username}:***@" if parts.username else ":***@"
+    return urlunsplit(parts._replace(netloc=user + netloc))
+
+
+class RedisStore:
+    """A `storage.Store` on Redis (standalone; Cluster-ready key layout).
+
+    Args:
+        client: a `redis.asyncio.Redis` created with `decode_responses=True`.
+        prefix: the namespace of every key; one per application or tenant.
+        where: how to name the server in error messages (a URL without its password).
+    """
+
+    def __init__(self, client: aioredis.Redis, *, prefix: str = "agentfsm", where: str = "redis") -> None:
+        if not prefix or "{" in prefix or "}" in prefix:
+            raise ValueError(f"invalid key prefix {prefix!r}: it must be non-empty, without braces")
+        self._client = client
+        self._prefix = prefix
+        self._where = where
+        self._commit = client.register_script(_script("commit.lua"))
+        self._create = client.register_script(_script("create.lua"))
+        self._lease = client.register_script(_script("lease.lua"))
+
+    @classmethod
+    def from_url(cls, url: str, *, prefix: str = "agentfsm", retries: int = 8) -> RedisStore:
+        """Connect lazily to `url` (`redis://`, `rediss://`, `unix://`), retrying connection
+        errors and timeouts with jittered exponential backoff (about 7 s in all by default)."""
+        retry = Retry(ExponentialWithJitterBackoff(base=0.05, cap=2.0), retries)
+        client = aioredis.Redis.from_url(
+            url,
+            decode_responses=True,
+            retry=retry,
+            retry_on_error=[RedisConnectionError, RedisTimeoutError],
+            socket_connect_timeout=2,
+            socket_timeout=10,
+        )
+        return cls(client, prefix=prefix, where=redact(url))
+
+    @property
+    def client(self) -> aioredis.Redis:
+        return self._client
+
+    @property
+    def prefix(self) -> str:
+        return self._prefix
+
+    def key(self, run_id: str, part: str) -> str:
+        """The Redis key of one part ("run", "events", "keys", "lease") of a run."""
+        return f"{self._prefix}:{{{run_id}}}:{part}"
+
+    def _keys(self, run_id: str, *parts: str) -> list[str]:
+        return [self.key(run_id, p) for p in parts]
+
+    async def _call(self, what: str, op: Callable[[], Awaitable[T]]) -> T:
+        try:
+            return await op()
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            raise StoreUnavailable(f"cannot reach Redis at {self._where} to {what}: {exc}") from None
+        except RedisError as exc:
+            raise StorageError(f"Redis at {self._where} refused to {what}: {exc}") from None
+
+    async def create(self, run: RunRecord) -> RunRecord:
+        check_run_id(run.run_id)
+        event = Event(
+            seq=0, trigger="start", kind="start", source="", dest=run.state, status=run.status,
+            key=f"{run.run_id}:start", patch=run.memory, started_at=run.created_at,
+            ended_at=run.created_at,
+        )
+        fields: list[Any] = [
+            "agent", run.agent, "version", run.version, "state", run.state, "seq", 0,
+            "status", run.status, "created_at", repr(run.created_at),
+            "updated_at", repr(run.updated_at), "fence", 0, "holder", "", "crashes", 0,
+        ]
+        for name, value in run.memory.items():
+            fields += [f"m:{name}", dump_json(value)]
+        keys = self._keys(run.run_id, "run", "events", "keys")
+        created = await self._call(
+            f"create run {run.run_id!r}",
+            lambda: self._create(keys=keys, args=[dump_event(event), event.key, *fields]),
+        )
+        if created:
+            await self._call("index the run", lambda: self._client.zadd(
+                f"{self._prefix}:runs", {run.run_id: run.created_at}))
+            return run
+        stored = await self.load(run.run_id)
+        if stored is None:  # deleted between the two calls
+            raise StorageError(f"run {run.run_id!r} vanished while being created")
+        return stored
+
+    async def load(self, run_id: str) -> RunRecord | None:
+        key = self.key(run_id, "run")
+        raw: dict[str, str] = await self._call(f"load run {run_id!r}", lambda: self._client.hgetall(key))
+        if not raw:
+            return None
+        return self._decode_run(run_id, raw, key)
+
+    def _decode_run(self, run_id: str, raw: dict[str, str], key: str) -> RunRecord:
+        memory: dict[str, JsonValue] = {
+            name[2:]: load_json(value, f"{key} memory field {name[2:]!r}")
+            for name, value in raw.items()
+            if name.startswith("m:")
+        }
+        return run_from_fields(run_id, raw, memory, key)
+
+    async def commit(self, run_id: str, *, expected_seq: int, token: int, event: Event) -> CommitOutcome:
+        if event.seq != expected_seq + 1:
+            raise ValueError(f"event seq {event.seq} does not follow expected seq {expected_seq}")
+        args: list[Any] = [
+            expected_seq, token, event.key, event.dest, event.status,
+            repr(event.ended_at or time.time()), dump_event(event),
+        ]
+        for name, value in event.patch.items():
+            args += [name, dump_json(value)]
+        keys = self._keys(run_id, "run", "events", "keys")
+        verdict, seq = await self._call(
+            f"commit to run {run_id!r}", lambda: self._commit(keys=keys, args=args)
+        )
+        match verdict:
+            case "ok":
+                return Committed(seq=int(seq))
+            case "duplicate":
+                return Duplicate(seq=int(seq))
+            case "conflict":
+                return Conflict(current_seq=int(seq))
+            case "lease_lost":
+                return LeaseLost()
+            case _:
+                raise KeyError(run_id)
+
+    async def history(self, run_id: str, from_seq: int = 0) -> list[Event]:
+        key = self.key(run_id, "events")
+        start = "-" if from_seq <= 0 else f"{from_seq}-0"
+        entries = await self._call(
+            f"read the history of {run_id!r}", lambda: self._client.xrange(key, start, "+")
+        )
+        events = []
+        for entry_id, fields in entries:
+            where = f"{key} entry {entry_id}"
+            if "e" not in fields:
+                raise CorruptData(where, "no event field")
+            events.append(load_event(fields["e"], where))
+        return events
+
+    async def acquire_lease(self, run_id: str, owner: str, ttl: float) -> Lease | LeaseHeld:
+        keys = self._keys(run_id, "run", "lease")
+        reply = await self._call(
+            f"lease run {run_id!r}",
+            lambda: self._lease(keys=keys, args=["acquire", owner, _ms(ttl), 0]),
+        )
+        token = int(reply[0])
+        if token == 0:
+            raise KeyError(run_id)
+        if token < 0:
+            return LeaseHeld(run_id=run_id, owner=str(reply[1]), expires_in=max(int(reply[2]), 0) / 1000)
+        return Lease(run_id=run_id, owner=owner, token=token, ttl=ttl, crashes=int(reply[1]))
+
+    async def renew_lease(self, lease: Lease) -> bool:
+        keys = self._keys(lease.run_id, "run", "lease")
+        ok = await self._call(
+            f"renew the lease on {lease.run_id!r}",
+            lambda: self._lease(keys=keys, args=["renew", lease.owner, _ms(lease.ttl), lease.token]),
+        )
+        return bool(ok)
+
+    async def release_lease(self, lease: Lease) -> None:
+        keys = self._keys(lease.run_id, "run", "lease")
+        await self._call(
+            f"release the lease on {lease.run_id!r}",
+            lambda: self._lease(keys=keys, args=["release", lease.owner, 0, lease.token]),
+        )
+
+    async def list_runs(
+        self, *, agent: str | None = None, status: RunStatus | None = None, limit: int = 100
+    ) -> list[RunRecord]:
+        ids: list[str] = await self._call(
+            "list runs", lambda: self._client.zrange(f"{self._prefix}:runs", 0, -1, desc=True)
+        )
+        async def load_all() -> list[dict[str, str]]:
+            pipe = self._client.pipeline(transaction=False)
+            for run_id in ids:
+                pipe.hgetall(self.key(run_id, "run"))
+            return await pipe.execute()  # type: ignore[no-any-return]
+
+        raws = await self._call("list runs", load_all)
+        runs = []
+        for run_id, raw in zip(ids, raws, strict=True):
+            if not raw:
+                continue
+            run = self._decode_run(run_id, raw, self.key(run_id, "run"))
+            if (agent and run.agent != agent) or (status and run.status != status):
+                continue
+            runs.append(run)
+        runs.sort(key=lambda r: r.updated_at, reverse=True)
+        return runs[:limit]
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))

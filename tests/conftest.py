@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import fakeredis
+import pytest
+import pytest_asyncio
+
+from storage import RedisStore, Store
+
+from .redis_server import RedisServer
+
+_prefixes = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One redis-server for the session; tests isolate themselves by key prefix."""
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_factory(tmp_path: Path) -> Iterator[type[RedisServer]]:
+    """Start servers of a test's own (to kill and restart); all are stopped afterwards."""
+    started: list[RedisServer] = []
+
+    class Factory(RedisServer):
+        def __init__(self, workdir: Path | None = None, **kw: object) -> None:
+            super().__init__(workdir or tmp_path / f"redis{len(started)}", **kw)  # type: ignore[arg-type]
+            started.append(self)
+
+    yield Factory
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    return redis_server.url
+
+
+@pytest.fixture
+def prefix() -> str:
+    """A key prefix no other test uses on the shared server."""
+    return f"t{next(_prefixes)}"
+
+
+async def make_store(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Store:
+    if kind == "redis":
+        server: RedisServer = request.getfixturevalue("redis_server")
+        return RedisStore.from_url(server.url, prefix=f"t{next(_prefixes)}")
+    if kind == "fakeredis":
+        return RedisStore(fakeredis.aioredis.FakeRedis(decode_responses=True))
+    raise ValueError(kind)
+
+
+STORE_KINDS = ["redis", "fakeredis"]
+
+
+@pytest_asyncio.fixture(params=STORE_KINDS)
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    """Each backend in turn: the same tests hold for all of them."""
+    s = await make_store(request.param, request, tmp_path)
+    yield s
+    await s.close()
+
+
+@pytest_asyncio.fixture
+async def redis_store(redis_server: RedisServer) -> AsyncIterator[RedisStore]:
+    """A store on the real redis-server, under a prefix of its own."""
+    s = RedisStore.from_url(redis_server.url, prefix=f"t{next(_prefixes)}")
+    yield s
+    await s.close()

@@ -1,0 +1,278 @@
+"""What every Store backend guarantees (storage/base.py), checked against each of them."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from storage import (
+    Committed,
+    Conflict,
+    CorruptData,
+    Duplicate,
+    Event,
+    Lease,
+    LeaseHeld,
+    LeaseLost,
+    RunRecord,
+    Store,
+)
+
+from .corrupt import corrupt_last_event, corrupt_memory_field
+
+
+def new_run(run_id: str = "run-1", **memory: object) -> RunRecord:
+    t = time.time()
+    return RunRecord(
+        run_id=run_id, agent="tester", version=1, state="a", seq=0, status="running",
+        memory={"n": 0, "items": [], **memory}, created_at=t, updated_at=t,  # type: ignore[dict-item]
+    )
+
+
+def event(seq: int, key: str | None = None, dest: str = "b", **patch: object) -> Event:
+    return Event(
+        seq=seq, trigger="go", kind="tool", source="a", dest=dest, status="running",
+        key=key or f"run-1:{seq - 1}:go", patch=patch, ended_at=time.time(),  # type: ignore[arg-type]
+    )
+
+
+async def leased(store: Store, run_id: str = "run-1", owner: str = "w1", ttl: float = 10) -> Lease:
+    lease = await store.acquire_lease(run_id, owner, ttl)
+    assert isinstance(lease, Lease)
+    return lease
+
+
+async def snapshot(store: Store, run_id: str = "run-1") -> tuple[RunRecord | None, list[Event]]:
+    run = await store.load(run_id)
+    return (run and _without_holder(run)), await store.history(run_id)
+
+
+def _without_holder(run: RunRecord) -> RunRecord:
+    return run
+
+
+async def test_create_stores_the_run_at_seq_0_with_a_creation_event(store: Store) -> None:
+    created = await store.create(new_run())
+    loaded = await store.load("run-1")
+    assert loaded is not None
+    assert (loaded.seq, loaded.state, loaded.status, loaded.memory) == (0, "a", "running", {"n": 0, "items": []})
+    assert loaded == created
+    [start] = await store.history("run-1")
+    assert (start.seq, start.kind, start.dest, start.patch) == (0, "start", "a", {"n": 0, "items": []})
+
+
+async def test_create_again_returns_the_stored_run_unchanged(store: Store) -> None:
+    await store.create(new_run())
+    lease = await leased(store)
+    await store.commit("run-1", expected_seq=0, token=lease.token, event=event(1, n=5))
+    again = await store.create(new_run(n=99))
+    assert (again.seq, again.memory["n"]) == (1, 5)
+    assert len(await store.history("run-1")) == 2
+
+
+async def test_load_and_history_of_an_unknown_run(store: Store) -> None:
+    assert await store.load("nope") is None
+    assert await store.history("nope") == []
+    with pytest.raises(KeyError):
+        await store.acquire_lease("nope", "w1", 1)
+
+
+async def test_create_refuses_a_run_id_that_cannot_be_a_key(store: Store) -> None:
+    with pytest.raises(ValueError, match="invalid run id 'a{b}'"):
+        await store.create(new_run("a{b}"))
+    with pytest.raises(ValueError, match="invalid run id ''"):
+        await store.create(new_run(""))
+
+
+async def test_commit_applies_state_status_patch_and_appends_the_event(store: Store) -> None:
+    await store.create(new_run())
+    lease = await leased(store)
+    ev = event(1, n=1, items=["x"])
+    assert await store.commit("run-1", expected_seq=0, token=lease.token, event=ev) == Committed(seq=1)
+    run = await store.load("run-1")
+    assert run is not None
+    assert (run.seq, run.state, run.status, run.memory) == (1, "b", "running", {"n": 1, "items": ["x"]})
+    history = await store.history("run-1")
+    assert [e.seq for e in history] == [0, 1]
+    assert history[1] == ev
+
+
+async def test_patch_touches_only_the_fields_it_names(store: Store) -> None:
+    await store.create(new_run(other={"big": "x" * 100}))
+    lease = await leased(store)
+    await store.commit("run-1", expected_seq=0, token=lease.token, event=event(1, n=7))
+    run = await store.load("run-1")
+    assert run is not None and run.memory == {"n": 7, "items": [], "other": {"big": "x" * 100}}
+
+
+async def test_duplicate_key_is_refused_and_writes_nothing(store: Store) -> None:
+    await store.create(new_run())
+    lease = await leased(store)
+    await store.commit("run-1", expected_seq=0, token=lease.token, event=event(1, key="k1", n=1))
+    before = await snapshot(store)
+    again = await store.commit("run-1", expected_seq=1, token=lease.token, event=event(2, key="k1", n=2))
+    assert again == Duplicate(seq=1)
+    assert await snapshot(store) == before
+
+
+async def test_seq_conflict_is_refused_and_writes_nothing(store: Store) -> None:
+    await store.create(new_run())
+    lease = await leased(store)
+    await store.commit("run-1", expected_seq=0, token=lease.token, event=event(1, n=1))
+    before = await snapshot(store)
+    stale = await store.commit("run-1", expected_seq=0, token=lease.token, event=event(1, key="other", n=9))
+    assert stale == Conflict(current_seq=1)
+    assert await snapshot(store) == before
+
+
+async def test_stale_fencing_token_is_refused_and_writes_nothing(store: Store) -> None:
+    await store.create(new_run())
+    old = await leased(store, owner="w1", ttl=0.05)
+    await asyncio.sleep(0.1)  # w1 stalls; its lease runs out
+    new = await leased(store, owner="w2")
+    assert new.token > old.token
+    before = await snapshot(store)
+    late = await store.commit("run-1", expected_seq=0, token=old.token, event=event(1, n=1))
+    assert late == LeaseLost()
+    assert await snapshot(store) == before
+    assert await store.commit("run-1", expected_seq=0, token=new.token, event=event(1, n=1)) == Committed(seq=1)
+
+
+async def test_a_held_lease_names_its_holder(store: Store) -> None:
+    await store.create(new_run())
+    await leased(store, owner="w1", ttl=10)
+    held = await store.acquire_lease("run-1", "w2", 10)
+    assert isinstance(held, LeaseHeld)
+    assert held.owner == "w1" and 0 < held.expires_in <= 10
+
+
+async def test_takeover_of_an_unreleased_lease_counts_a_crash(store: Store) -> None:
+    await store.create(new_run())
+    first = await leased(store, owner="w1", ttl=0.05)
+    assert first.crashes == 0
+    await asyncio.sleep(0.1)  # w1 died without releasing
+    second = await leased(store, owner="w2", ttl=0.05)
+    assert second.crashes == 1
+    await asyncio.sleep(0.1)
+    third = await leased(store, owner="w3")
+    assert third.crashes == 2
+    run = await store.load("run-1")
+    assert run is not None and (run.crashes, run.holder) == (2, "w3")
+    await store.commit("run-1", expected_seq=0, token=third.token, event=event(1))
+    run = await store.load("run-1")
+    assert run is not None and run.crashes == 0
+
+
+async def test_released_lease_is_not_a_crash(store: Store) -> None:
+    await store.create(new_run())
+    first = await leased(store, owner="w1")
+    await store.release_lease(first)
+    second = await leased(store, owner="w2")
+    assert second.crashes == 0 and second.token > first.token
+
+
+async def test_renew_and_release_with_a_stale_token_do_nothing(store: Store) -> None:
+    await store.create(new_run())
+    old = await leased(store, owner="w1", ttl=0.05)
+    assert await store.renew_lease(old)
+    await asyncio.sleep(0.1)
+    new = await leased(store, owner="w2", ttl=10)
+    assert not await store.renew_lease(old)
+    await store.release_lease(old)
+    held = await store.acquire_lease("run-1", "w3", 10)
+    assert isinstance(held, LeaseHeld) and held.owner == "w2"
+    assert await store.renew_lease(new)
+
+
+async def test_renew_keeps_the_lease_past_its_ttl(store: Store) -> None:
+    await store.create(new_run())
+    lease = await leased(store, owner="w1", ttl=0.2)
+    for _ in range(4):
+        await asyncio.sleep(0.08)
+        assert await store.renew_lease(lease)
+    held = await store.acquire_lease("run-1", "w2", 1)
+    assert isinstance(held, LeaseHeld)
+
+
+async def test_history_is_in_order_and_starts_where_asked(store: Store) -> None:
+    await store.create(new_run())
+    lease = await leased(store)
+    for seq in range(1, 13):
+        out = await store.commit("run-1", expected_seq=seq - 1, token=lease.token, event=event(seq, n=seq))
+        assert out == Committed(seq=seq)
+    assert [e.seq for e in await store.history("run-1")] == list(range(13))
+    assert [e.seq for e in await store.history("run-1", from_seq=10)] == [10, 11, 12]
+    assert await store.history("run-1", from_seq=13) == []
+
+
+async def test_concurrent_commits_leave_exactly_one_winner_per_seq(store: Store) -> None:
+    await store.create(new_run())
+    lease = await leased(store)
+    wins: list[tuple[int, int]] = []
+
+    async def contender(i: int) -> None:
+        for _ in range(40):
+            run = await store.load("run-1")
+            assert run is not None
+            if run.seq >= 10:
+                return
+            ev = event(run.seq + 1, key=f"task{i}:{run.seq}", n=i)
+            out = await store.commit("run-1", expected_seq=run.seq, token=lease.token, event=ev)
+            if isinstance(out, Committed):
+                wins.append((out.seq, i))
+            else:
+                assert isinstance(out, Conflict)
+
+    await asyncio.gather(*(contender(i) for i in range(12)))
+    history = await store.history("run-1")
+    assert [e.seq for e in history] == list(range(11))
+    assert sorted(s for s, _ in wins) == list(range(1, 11))
+    for seq, i in wins:
+        assert history[seq].key == f"task{i}:{seq - 1}"
+
+
+async def test_list_runs_filters_by_agent_and_status(store: Store) -> None:
+    await store.create(new_run("r1"))
+    await store.create(new_run("r2"))
+    other = new_run("r3")
+    await store.create(RunRecord(**{**_fields(other), "agent": "someone-else"}))
+    lease = await leased(store, "r2")
+    done = Event(seq=1, trigger="go", kind="tool", source="a", dest="z", status="done", key="r2:0:go",
+                 ended_at=time.time() + 1)
+    await store.commit("r2", expected_seq=0, token=lease.token, event=done)
+    assert {r.run_id for r in await store.list_runs()} == {"r1", "r2", "r3"}
+    assert [r.run_id for r in await store.list_runs(agent="tester", status="done")] == ["r2"]
+    assert [r.run_id for r in await store.list_runs(status="running", agent="tester")] == ["r1"]
+    assert [r.run_id for r in await store.list_runs()][0] == "r2"  # most recently updated first
+
+
+def _fields(run: RunRecord) -> dict[str, object]:
+    return {f: getattr(run, f) for f in run.__dataclass_fields__}
+
+
+async def test_corrupt_memory_names_the_key_and_is_left_alone(store: Store) -> None:
+    await store.create(new_run())
+    key = await corrupt_memory_field(store, "run-1", "n", "{not json")
+    with pytest.raises(CorruptData) as caught:
+        await store.load("run-1")
+    assert caught.value.key.startswith(key) and "'n'" in str(caught.value)
+    with pytest.raises(CorruptData):  # still there: nothing repaired or overwritten
+        await store.load("run-1")
+
+
+async def test_corrupt_event_names_the_key(store: Store) -> None:
+    await store.create(new_run())
+    key = await corrupt_last_event(store, "run-1", '{"seq": "zero"}')
+    with pytest.raises(CorruptData) as caught:
+        await store.history("run-1")
+    assert key in caught.value.key and "not an event" in str(caught.value)
+
+
+async def test_other_runs_are_unaffected_by_a_corrupt_one(store: Store) -> None:
+    await store.create(new_run("bad"))
+    await store.create(new_run("good"))
+    await corrupt_memory_field(store, "bad", "n", "\x00\xff")
+    good = await store.load("good")
+    assert good is not None and good.memory["n"] == 0
