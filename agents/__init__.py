@@ -4,9 +4,10 @@ This is agentfsm's `agents` package (not openai-agents').
 """
 
 from ._agent import Agent
+from ._llm import llm
 from ._steps import tool
 
-__all__ = ["Agent", "tool"]
+__all__ = ["Agent", "llm", "tool"]
 
 for _name in __all__:
     globals()[_name].__module__ = __name__

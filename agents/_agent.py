@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from pydantic import BaseModel
 
 from statemachine import DefinitionError, Machine, Transition
+
+from ._llm import LlmStep, ModelSpec, check_model
 
 __all__ = ["Agent"]
 
@@ -31,13 +34,18 @@ class Agent(Machine[M]):
         final: str | Sequence[str],
         transitions: Sequence[Transition],
         version: int = 1,
-        model: Any = None,
+        model: ModelSpec | None = None,
         states: Sequence[str] | None = None,
         on_error: str | None = None,
         lease_ttl: float = 15.0,
     ) -> None:
-        super().__init__(
+        self._declared = dict(
             name=name, memory=memory, initial=initial, final=final, transitions=transitions,
+            version=version, states=states, on_error=on_error, lease_ttl=lease_ttl,
+        )
+        super().__init__(
+            name=name, memory=memory, initial=initial, final=final,
+            transitions=[_bind(t, model) for t in transitions],
             version=version, states=states, on_error=on_error, lease_ttl=lease_ttl,
         )
         self.model = model
@@ -49,3 +57,20 @@ class Agent(Machine[M]):
                         f"transition {t.describe()} writes into={field!r}, which is not a field of"
                         f" {memory.__name__} (fields: {', '.join(fields)})"
                     )
+
+    def with_model(self, model: ModelSpec) -> Agent[M]:
+        """The same agent with another default model (steps that name their own keep it)."""
+        return Agent(**{**self._declared, "model": model})  # type: ignore[arg-type]
+
+    def check_models(self) -> None:
+        """Raise `ValueError` naming the step and the reason when a step's model cannot be
+        used (unknown name, missing API key, provider SDK not installed). Sends no request."""
+        for t in self.transitions:
+            if isinstance(t.step, LlmStep):
+                check_model(t.step.model, f"{self.name}: llm step {t.trigger!r}")
+
+
+def _bind(t: Transition, model: ModelSpec | None) -> Transition:
+    if isinstance(t.step, LlmStep):
+        return dataclasses.replace(t, step=t.step.bound(model))
+    return t

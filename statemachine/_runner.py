@@ -15,6 +15,7 @@ import os
 import secrets
 import socket
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import pydantic_core
@@ -111,11 +112,16 @@ class Run(Generic[M]):
     async def __aexit__(self, *exc: object) -> None:
         await self.release()
 
-    async def until_done(self) -> Run[M]:
-        """Commit transitions until the run is done, failed or waiting; then release it."""
+    async def until_done(self, on_event: Callable[[Event], object] | None = None) -> Run[M]:
+        """Commit transitions until the run is done, failed or waiting; then release it.
+
+        `on_event` is called with each event right after it commits (for progress output).
+        """
         try:
             while self.status == "running":
-                await self.step()
+                event = await self.step()
+                if on_event is not None and event is not None:
+                    on_event(event)
         finally:
             await self.release(quiet=True)
         return self

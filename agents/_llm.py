@@ -1,0 +1,200 @@
+"""`llm()`: a transition that makes one model request through pydantic-ai.
+
+The request and response messages are committed with the transition, appended to the run's
+conversation, so a resumed run continues the same conversation and a request that was paid
+for is never made again. Output that fails validation is sent back to the model with the
+error (pydantic-ai's output retries, inside the same transition); provider errors that may
+pass (5xx, rate limits, timeouts, dropped connections) are retried with backoff.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, JsonValue
+from pydantic_ai import Agent as PydanticAgent
+from pydantic_ai.exceptions import (
+    ModelConnectionError,
+    ModelRateLimitError,
+    ModelRequestTimeout,
+    ModelServerError,
+    ModelUnavailableError,
+    UserError,
+)
+from pydantic_ai.messages import ModelMessagesTypeAdapter
+from pydantic_ai.models import Model, infer_model
+from pydantic_ai.usage import UsageLimits
+
+from statemachine import DefinitionError, RetryPolicy, StepContext, StepResult, Transition, transition
+from statemachine._table import Guard
+
+from ._steps import Reducer, apply_output
+
+__all__ = ["LlmStep", "ModelSpec", "check_model", "llm"]
+
+M = TypeVar("M", bound=BaseModel)
+
+ModelSpec = Model | str
+"""A pydantic-ai model: a name such as "openai:gpt-4o-mini", or a `Model` object."""
+
+TRANSIENT_MODEL_ERRORS: tuple[type[BaseException], ...] = (
+    ModelServerError,
+    ModelRateLimitError,
+    ModelConnectionError,
+    ModelUnavailableError,
+    ModelRequestTimeout,
+    TimeoutError,
+)
+"""Provider errors worth another try; a rejected request (bad key, unknown model) is not."""
+
+Text = str | Callable[[Any], str]
+
+
+def check_model(model: ModelSpec | None, where: str) -> Model:
+    """The model object for `model`, or `ValueError` with pydantic-ai's reason (an unknown
+    name, a missing API key, a provider SDK that is not installed)."""
+    if model is None:
+        raise ValueError(f"{where}: no model: pass model= to the step or to the Agent")
+    if isinstance(model, Model):
+        return model
+    try:
+        return infer_model(model)
+    except (UserError, ImportError) as exc:
+        first = str(exc).splitlines()[0]
+        raise ValueError(f"{where}: cannot use model {model!r}: {first}") from None
+
+
+def model_name(model: ModelSpec | None) -> str:
+    if model is None:
+        return "?"
+    if isinstance(model, Model):
+        name = model.model_name
+        return name if name.startswith("offline:") else f"{model.system}:{name}"
+    return model
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class LlmStep:
+    """One model request. `model` None means "the agent's model", bound by `Agent`."""
+
+    prompt: Text
+    instructions: Text | None
+    output: Any
+    into: str | None
+    update: Reducer | None
+    model: ModelSpec | None
+    policy: RetryPolicy
+    output_retries: int
+    history: bool
+    routes: tuple[str, ...] = ()
+    kind: str = "llm"
+    _agents: dict[int, PydanticAgent[None, Any]] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def label(self) -> str:
+        return model_name(self.model)
+
+    @property
+    def writes(self) -> tuple[str, ...]:
+        return (self.into,) if self.into else ()
+
+    def bound(self, model: ModelSpec | None) -> LlmStep:
+        if self.model is not None or model is None:
+            return self
+        return replace(self, model=model, _agents={})
+
+    def _agent(self) -> PydanticAgent[None, Any]:
+        """The pydantic-ai agent for this step, built on first use (so a missing API key
+        surfaces when the step runs, or earlier through `Agent.check_models`)."""
+        agent = self._agents.get(0)
+        if agent is None:
+            resolved = check_model(self.model, f"llm step {self.label}")
+            output: Any = self.output
+            if self.routes and self.output is str:
+                output = Literal[self.routes]  # type: ignore[valid-type]
+            agent = self._agents[0] = PydanticAgent(
+                resolved, output_type=output, retries=self.output_retries
+            )
+        return agent
+
+    async def run(self, memory: Any, ctx: StepContext) -> StepResult[Any]:
+        prompt = self.prompt(memory) if callable(self.prompt) else self.prompt
+        instructions = self.instructions(memory) if callable(self.instructions) else self.instructions
+        past = await ctx.conversation() if self.history else []
+        result = await self._agent().run(
+            prompt,
+            instructions=instructions,
+            message_history=ModelMessagesTypeAdapter.validate_python(past) if past else None,
+            usage_limits=UsageLimits(request_limit=1 + self.output_retries),
+        )
+        value = result.output
+        messages: list[JsonValue] = ModelMessagesTypeAdapter.dump_python(result.new_messages(), mode="json")
+        usage = result.usage
+        new = apply_output(memory, value, self.into, self.update)
+        route = value if self.routes and isinstance(value, str) else getattr(value, "route", None)
+        jsonable = value.model_dump(mode="json") if isinstance(value, BaseModel) else value
+        return StepResult(
+            memory=new,
+            output=None if self.into is not None else jsonable,
+            route=route if isinstance(route, str) else None,
+            usage={
+                "requests": usage.requests,
+                "input_tokens": usage.input_tokens,
+                "output_tokens": usage.output_tokens,
+            },
+            messages=messages,
+        )
+
+
+def llm(
+    trigger: str,
+    source: str | list[str] | tuple[str, ...],
+    dest: str | None = None,
+    *,
+    prompt: Text,
+    into: str | None = None,
+    update: Reducer | None = None,
+    output: Any = str,
+    instructions: Text | None = None,
+    model: ModelSpec | None = None,
+    guard: Guard | None = None,
+    routes: Mapping[str, str] | None = None,
+    retries: int = 3,
+    output_retries: int = 1,
+    timeout: float | None = None,
+    backoff: float = 1.0,
+    history: bool = True,
+) -> Transition:
+    """A transition that makes one model request.
+
+    Args:
+        prompt: the user prompt, or a function of the memory that builds it.
+        into / update: where the output goes in memory, as for `tool()`.
+        output: the output type: `str` or a pydantic model / any type pydantic-ai accepts.
+        instructions: system instructions (text or a function of the memory).
+        model: overrides the agent's model for this step.
+        routes: route name -> state; the model must answer with one of the route names
+            (with `output=str`) or an output object whose `route` field names one.
+        retries: extra tries after a transient provider error, with jittered backoff.
+        output_retries: how often output that fails validation is sent back to the model
+            with the error, inside this transition; then the step fails.
+        timeout: seconds one try may take.
+        history: send the run's conversation so far (the messages earlier steps committed).
+    """
+    what = f"llm step {trigger!r}"
+    if not (isinstance(prompt, str) or callable(prompt)):
+        raise DefinitionError(f"{what}: prompt must be text or a function of the memory")
+    if into is not None and update is not None:
+        raise DefinitionError(f"{what}: give into= or update=, not both")
+    if retries < 0 or output_retries < 0:
+        raise DefinitionError(f"{what}: retries and output_retries must be 0 or more")
+    step = LlmStep(
+        prompt=prompt, instructions=instructions, output=output, into=into, update=update,
+        model=model,
+        policy=RetryPolicy(attempts=retries + 1, backoff=backoff, timeout=timeout,
+                           retry_on=TRANSIENT_MODEL_ERRORS),
+        output_retries=output_retries, history=history, routes=tuple(routes or ()),
+    )
+    return transition(trigger, source, dest, step, guard=guard, routes=routes)

@@ -1,0 +1,268 @@
+"""The `agentfsm` command: run, resume and inspect durable agents.
+
+Exit codes: 0 the run is done, 1 the run failed, 2 the command could not be carried out
+(bad arguments or input, unknown agent or run, unusable model, unreachable store),
+3 the run is waiting for an event.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import json
+import os
+import sys
+from collections.abc import Sequence
+from importlib.metadata import entry_points
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from statemachine import InvalidMemory, Run, RunError, RunNotFound
+from storage import Event, StorageError, Store, open_store
+
+from ._agent import Agent
+
+__all__ = ["main"]
+
+EXIT_DONE, EXIT_FAILED, EXIT_USAGE, EXIT_WAITING = 0, 1, 2, 3
+DEMO_DATASET = [12.1, 11.8, 12.4, 12.0, 11.9, 12.3, 48.7, 12.2, 11.7, 12.1]
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+class UsageProblem(Exception):
+    """A one-line reason why the command cannot be carried out (exit code 2)."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="agentfsm", description="Durable AI agents as state machines.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        c = sub.add_parser(name, help=help, description=help)
+        c.add_argument("--store", help="store URL (default: $AGENTFSM_STORE, else .agentfsm/store.db)")
+        return c
+
+    run = command("run", "start (or continue) a run of an agent and drive it to the end")
+    run.add_argument("agent", metavar="MODULE:AGENT", help="where the Agent object is")
+    run.add_argument("--input", required=True, metavar="JSON", help="the initial memory, as JSON")
+    run.add_argument("--run-id", help="an id of your choice; an existing run with it is continued")
+    run.add_argument("--model", help="pydantic-ai model name for the agent's LLM steps")
+
+    demo = command("demo", "run the example data analyst end to end")
+    demo.add_argument("--run-id", help="an id of your choice (default: a new one)")
+    demo.add_argument("--fail-at", metavar="STEP", choices=["detect"],
+                      help="make this step fail, to show recovery with `agentfsm resume`")
+    demo.add_argument("--model", help="pydantic-ai model name (default: offline unless an API key is set)")
+
+    resume = command("resume", "continue a run from its last commit (a failed run is retried)")
+    resume.add_argument("run_id", metavar="RUN_ID")
+    resume.add_argument("--agent", metavar="MODULE:AGENT", help="needed unless the agent is registered")
+    resume.add_argument("--model", help="pydantic-ai model name for the agent's LLM steps")
+    resume.add_argument("--wait", type=float, default=None, metavar="SECONDS",
+                        help="how long to wait for a crashed holder's lease (default: its ttl)")
+
+    show = command("show", "the run's state, status and memory")
+    show.add_argument("run_id", metavar="RUN_ID")
+    history = command("history", "one line per committed transition")
+    history.add_argument("run_id", metavar="RUN_ID")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return asyncio.run(_dispatch(args))
+    except (UsageProblem, ValueError, RunError, StorageError) as exc:
+        err.print(f"agentfsm: error: {escape(str(exc))}")
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        err.print("agentfsm: interrupted; the run continues from its last commit with `agentfsm resume`")
+        return 130
+
+
+async def _dispatch(args: argparse.Namespace) -> int:
+    store = open_store(args.store)
+    try:
+        match args.command:
+            case "run":
+                agent = _with_model(load_agent(args.agent), args.model)
+                return (await _run(store, agent, _json_input(args.input), args.run_id))[0]
+            case "demo":
+                return await _demo(store, args)
+            case "resume":
+                return await _resume(store, args)
+            case "show":
+                return await _show(store, args.run_id)
+            case "history":
+                return await _history(store, args.run_id)
+        raise UsageProblem(f"unknown command {args.command!r}")
+    finally:
+        await store.close()
+
+
+def load_agent(spec: str) -> Agent[Any]:
+    """The `Agent` object named by "module.path:attribute"."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise UsageProblem(f"{spec!r} is not MODULE:AGENT (for example agents.examples.data_analyst:analyst)")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        raise UsageProblem(f"cannot import module {module_name!r}: {exc}") from None
+    agent = getattr(module, attr, None)
+    if agent is None:
+        raise UsageProblem(f"module {module_name!r} has no attribute {attr!r}")
+    if not isinstance(agent, Agent):
+        raise UsageProblem(f"{spec} is a {type(agent).__name__}, not an agents.Agent")
+    return agent
+
+
+def registered_agent(name: str) -> Agent[Any] | None:
+    """The agent registered under `name` in the "agentfsm.agents" entry points, if any."""
+    for ep in entry_points(group="agentfsm.agents"):
+        if ep.name == name:
+            return load_agent(ep.value)
+    return None
+
+
+def _with_model(agent: Agent[Any], model: str | None) -> Agent[Any]:
+    if model:
+        agent = agent.with_model(model)
+    agent.check_models()
+    return agent
+
+
+def _json_input(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UsageProblem(f"--input is not JSON: {exc}") from None
+
+
+async def _run(store: Store, agent: Agent[Any], memory: Any, run_id: str | None) -> tuple[int, Run[Any]]:
+    if not isinstance(memory, dict):
+        raise UsageProblem(f"--input must be a JSON object of memory fields, not {type(memory).__name__}")
+    try:
+        run = await agent.start(store, memory, run_id=run_id)
+    except InvalidMemory as exc:
+        raise UsageProblem(str(exc)) from None
+    _say_model(agent)
+    out.print(f"run [bold]{run.run_id}[/] of {agent.name} v{agent.version}: {run.state} ({run.status})")
+    return await _drive(run), run
+
+
+async def _demo(store: Store, args: argparse.Namespace) -> int:
+    from agents.examples.data_analyst import analyst
+
+    if args.fail_at:
+        os.environ["AGENTFSM_FAIL_AT"] = args.fail_at
+    agent = _with_model(analyst, args.model)
+    code, run = await _run(store, agent, {"dataset": DEMO_DATASET}, args.run_id)
+    if run.status == "done":
+        out.print()
+        out.print(run.memory.report)
+    elif run.status == "failed":
+        store_arg = f" --store {args.store}" if args.store else ""
+        out.print(f"\nThe run stopped at {run.state!r}; continue it with:"
+                  f"  agentfsm resume {run.run_id}{store_arg}")
+    return code
+
+
+async def _resume(store: Store, args: argparse.Namespace) -> int:
+    record = await store.load(args.run_id)
+    if record is None:
+        raise RunNotFound(args.run_id)
+    agent = load_agent(args.agent) if args.agent else registered_agent(record.agent)
+    if agent is None:
+        raise UsageProblem(
+            f"run {args.run_id!r} belongs to agent {record.agent!r}, which is not registered:"
+            " pass --agent MODULE:AGENT"
+        )
+    agent = _with_model(agent, args.model)
+    wait = args.wait if args.wait is not None else agent.lease_ttl + 1
+    run = await agent.resume(store, args.run_id, lease_wait=wait)
+    _say_model(agent)
+    out.print(f"run [bold]{run.run_id}[/] of {agent.name}: resuming at {run.state} (seq {run.seq}, {run.status})")
+    if run.status == "failed":
+        await run.retry()
+        out.print(f"  retrying from {run.state}")
+    return await _drive(run)
+
+
+async def _drive(run: Run[Any]) -> int:
+    requests = 0
+
+    def progress(event: Event) -> None:
+        nonlocal requests
+        requests += (event.usage or {}).get("requests", 0)
+        out.print(_line(event))
+
+    await run.until_done(on_event=progress)
+    out.print(
+        f"{run.status}: [bold]{run.run_id}[/] at {run.state} after {run.seq} commits;"
+        f" model requests made by this process: {requests}"
+    )
+    if run.status == "failed":
+        last = (await run.history(run.seq))[0]
+        if last.error:
+            err.print(f"step {last.trigger!r} failed after {last.attempt} attempt(s):"
+                      f" {last.error.get('type')}: {escape(str(last.error.get('message')))}")
+        return EXIT_FAILED
+    return {"done": EXIT_DONE, "waiting": EXIT_WAITING}.get(run.status, EXIT_FAILED)
+
+
+def _line(e: Event) -> str:
+    took = f"{(e.ended_at - e.started_at) * 1000:8.1f} ms"
+    tokens = ""
+    if e.usage:
+        tokens = f"  tokens {e.usage.get('input_tokens', 0)}→{e.usage.get('output_tokens', 0)}"
+    mark = "[red]✗[/]" if e.kind == "error" else "[green]✓[/]"
+    note = f"  [red]{escape(str((e.error or {}).get('message', '')))}[/]" if e.error else ""
+    return (f"  {mark} {e.seq:>4}  {e.trigger:<14} {e.source} → {e.dest:<14} {e.kind:<7}"
+            f"{took}{tokens}{note}")
+
+
+def _say_model(agent: Agent[Any]) -> None:
+    from agents._llm import model_name
+
+    name = model_name(agent.model)
+    if name.startswith("offline:"):
+        out.print(f"model: {name} [yellow](offline: deterministic answers, no API key needed)[/]")
+    elif agent.model is not None:
+        out.print(f"model: {name}")
+
+
+async def _show(store: Store, run_id: str) -> int:
+    run = await store.load(run_id)
+    if run is None:
+        raise RunNotFound(run_id)
+    out.print(f"run      {run.run_id}\nagent    {run.agent} v{run.version}\nstate    {run.state}"
+              f"\nstatus   {run.status}\nseq      {run.seq}\nholder   {run.holder or '-'}")
+    out.print("memory")
+    out.print_json(json.dumps(run.memory))
+    return EXIT_DONE
+
+
+async def _history(store: Store, run_id: str) -> int:
+    events = await store.history(run_id)
+    if not events:
+        raise RunNotFound(run_id)
+    table = Table("seq", "trigger", "from → to", "kind", "duration", "attempt", "tokens", "status",
+                  box=None, header_style="bold")
+    for e in events:
+        tokens = f"{e.usage.get('input_tokens', 0)}→{e.usage.get('output_tokens', 0)}" if e.usage else ""
+        table.add_row(str(e.seq), e.trigger, f"{e.source or '·'} → {e.dest}", e.kind,
+                      f"{(e.ended_at - e.started_at) * 1000:.1f} ms", str(e.attempt), tokens,
+                      e.status + (f" ({e.error.get('type')})" if e.error else ""))
+    out.print(table, width=max(out.width, 150))
+    return EXIT_DONE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

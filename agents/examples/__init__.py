@@ -1,0 +1,1 @@
+"""Example agents: `data_analyst` (the main demo)."""
