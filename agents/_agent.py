@@ -40,13 +40,26 @@ class Agent(Machine[M]):
         lease_ttl: float = 15.0,
     ) -> None:
         self._declared = dict(
-            name=name, memory=memory, initial=initial, final=final, transitions=transitions,
-            version=version, states=states, on_error=on_error, lease_ttl=lease_ttl,
+            name=name,
+            memory=memory,
+            initial=initial,
+            final=final,
+            transitions=transitions,
+            version=version,
+            states=states,
+            on_error=on_error,
+            lease_ttl=lease_ttl,
         )
         super().__init__(
-            name=name, memory=memory, initial=initial, final=final,
+            name=name,
+            memory=memory,
+            initial=initial,
+            final=final,
             transitions=[_bind(t, model) for t in transitions],
-            version=version, states=states, on_error=on_error, lease_ttl=lease_ttl,
+            version=version,
+            states=states,
+            on_error=on_error,
+            lease_ttl=lease_ttl,
         )
         self.model = model
         fields = memory.model_fields

@@ -27,7 +27,14 @@ from pydantic_ai.messages import ModelMessagesTypeAdapter
 from pydantic_ai.models import Model, infer_model
 from pydantic_ai.usage import UsageLimits
 
-from statemachine import DefinitionError, RetryPolicy, StepContext, StepResult, Transition, transition
+from statemachine import (
+    DefinitionError,
+    RetryPolicy,
+    StepContext,
+    StepResult,
+    Transition,
+    transition,
+)
 from statemachine._table import Guard
 
 from ._steps import Reducer, apply_output
@@ -90,7 +97,9 @@ class LlmStep:
     history: bool
     routes: tuple[str, ...] = ()
     kind: str = "llm"
-    _agents: dict[int, PydanticAgent[None, Any]] = field(default_factory=dict, repr=False, compare=False)
+    _agents: dict[int, PydanticAgent[None, Any]] = field(
+        default_factory=dict, repr=False, compare=False
+    )
 
     @property
     def label(self) -> str:
@@ -113,7 +122,7 @@ class LlmStep:
             resolved = check_model(self.model, f"llm step {self.label}")
             output: Any = self.output
             if self.routes and self.output is str:
-                output = Literal[self.routes]  # type: ignore[valid-type]
+                output = Literal[self.routes]
             agent = self._agents[0] = PydanticAgent(
                 resolved, output_type=output, retries=self.output_retries
             )
@@ -121,7 +130,9 @@ class LlmStep:
 
     async def run(self, memory: Any, ctx: StepContext) -> StepResult[Any]:
         prompt = self.prompt(memory) if callable(self.prompt) else self.prompt
-        instructions = self.instructions(memory) if callable(self.instructions) else self.instructions
+        instructions = (
+            self.instructions(memory) if callable(self.instructions) else self.instructions
+        )
         past = await ctx.conversation() if self.history else []
         result = await self._agent().run(
             prompt,
@@ -130,7 +141,9 @@ class LlmStep:
             usage_limits=UsageLimits(request_limit=1 + self.output_retries),
         )
         value = result.output
-        messages: list[JsonValue] = ModelMessagesTypeAdapter.dump_python(result.new_messages(), mode="json")
+        messages: list[JsonValue] = ModelMessagesTypeAdapter.dump_python(
+            result.new_messages(), mode="json"
+        )
         usage = result.usage
         new = apply_output(memory, value, self.into, self.update)
         route = value if self.routes and isinstance(value, str) else getattr(value, "route", None)
@@ -191,10 +204,17 @@ def llm(
     if retries < 0 or output_retries < 0:
         raise DefinitionError(f"{what}: retries and output_retries must be 0 or more")
     step = LlmStep(
-        prompt=prompt, instructions=instructions, output=output, into=into, update=update,
+        prompt=prompt,
+        instructions=instructions,
+        output=output,
+        into=into,
+        update=update,
         model=model,
-        policy=RetryPolicy(attempts=retries + 1, backoff=backoff, timeout=timeout,
-                           retry_on=TRANSIENT_MODEL_ERRORS),
-        output_retries=output_retries, history=history, routes=tuple(routes or ()),
+        policy=RetryPolicy(
+            attempts=retries + 1, backoff=backoff, timeout=timeout, retry_on=TRANSIENT_MODEL_ERRORS
+        ),
+        output_retries=output_retries,
+        history=history,
+        routes=tuple(routes or ()),
     )
     return transition(trigger, source, dest, step, guard=guard, routes=routes)

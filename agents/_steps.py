@@ -10,7 +10,14 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
-from statemachine import DefinitionError, RetryPolicy, StepContext, StepResult, Transition, transition
+from statemachine import (
+    DefinitionError,
+    RetryPolicy,
+    StepContext,
+    StepResult,
+    Transition,
+    transition,
+)
 from statemachine._table import Guard
 
 __all__ = ["ToolStep", "apply_output", "tool"]
@@ -33,7 +40,9 @@ def apply_output(memory: M, value: Any, into: str | None, update: Reducer | None
         if isinstance(changes, BaseModel):
             return changes  # type: ignore[return-value]  # the runner checks its type
         if not isinstance(changes, Mapping):
-            raise TypeError(f"update= reducer returned {type(changes).__name__}, not a mapping of fields")
+            raise TypeError(
+                f"update= reducer returned {type(changes).__name__}, not a mapping of fields"
+            )
         unknown = set(changes) - set(type(memory).model_fields)
         if unknown:
             raise KeyError(f"update= reducer set unknown memory fields {sorted(unknown)}")
@@ -89,7 +98,8 @@ def _arity(fn: Callable[..., Any], what: str) -> bool:
     """True when `fn` takes (memory, ctx), False for (memory)."""
     try:
         params = [
-            p for p in inspect.signature(fn).parameters.values()
+            p
+            for p in inspect.signature(fn).parameters.values()
             if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
         ]
     except (TypeError, ValueError):
@@ -132,9 +142,15 @@ def tool(
     if retries < 0:
         raise DefinitionError(f"{what}: retries must be 0 or more, not {retries}")
     step = ToolStep(
-        fn=fn, into=into, update=update,
-        policy=RetryPolicy(attempts=retries + 1, backoff=backoff, timeout=timeout, retry_on=retry_on),
-        in_thread=in_thread, takes_ctx=_arity(fn, what),
-        is_async=inspect.iscoroutinefunction(fn), routes=bool(routes),
+        fn=fn,
+        into=into,
+        update=update,
+        policy=RetryPolicy(
+            attempts=retries + 1, backoff=backoff, timeout=timeout, retry_on=retry_on
+        ),
+        in_thread=in_thread,
+        takes_ctx=_arity(fn, what),
+        is_async=inspect.iscoroutinefunction(fn),
+        routes=bool(routes),
     )
     return transition(trigger, source, dest, step, guard=guard, routes=routes)

@@ -10,7 +10,6 @@ hot path is that one commit.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import secrets
 import socket
@@ -66,7 +65,9 @@ class Run(Generic[M]):
     back. Use `async with run:` to make sure a lease taken by `step()` is released.
     """
 
-    def __init__(self, machine: Machine[M], store: Store, record: RunRecord, memory: M, *, lease_wait: float) -> None:
+    def __init__(
+        self, machine: Machine[M], store: Store, record: RunRecord, memory: M, *, lease_wait: float
+    ) -> None:
         self.machine = machine
         self.store = store
         self.memory = memory
@@ -79,7 +80,8 @@ class Run(Generic[M]):
         self._conversation: list[JsonValue] | None = None
 
     def __repr__(self) -> str:
-        return f"<Run {self.run_id!r} of {self.machine.name!r}: {self.state} seq={self.seq} {self.status}>"
+        where = f"{self.state} seq={self.seq} {self.status}"
+        return f"<Run {self.run_id!r} of {self.machine.name!r}: {where}>"
 
     @property
     def run_id(self) -> str:
@@ -151,10 +153,21 @@ class Run(Generic[M]):
             "done" if dest in table.final else "failed" if dest == table.on_error else "running"
         )
         event = Event(
-            seq=seq + 1, trigger=t.trigger, kind=t.step.kind if t.step else "move",
-            source=self.state, dest=dest, status=status, key=key, patch=patch, output=output,
-            attempt=attempt, started_at=started, ended_at=now(), worker=self.owner,
-            usage=result.usage, messages=result.messages,
+            seq=seq + 1,
+            trigger=t.trigger,
+            kind=t.step.kind if t.step else "move",
+            source=self.state,
+            dest=dest,
+            status=status,
+            key=key,
+            patch=patch,
+            output=output,
+            attempt=attempt,
+            started_at=started,
+            ended_at=now(),
+            worker=self.owner,
+            usage=result.usage,
+            messages=result.messages,
         )
         return await self._commit(lease, event, memory)
 
@@ -170,9 +183,16 @@ class Run(Generic[M]):
         back = last[0].source if last and last[0].kind == "error" else self.state
         at = now()
         event = Event(
-            seq=self.seq + 1, trigger="retry", kind="control", source=self.state, dest=back,
-            status="running", key=f"{self.run_id}:{self.seq}:retry", started_at=at,
-            ended_at=at, worker=self.owner,
+            seq=self.seq + 1,
+            trigger="retry",
+            kind="control",
+            source=self.state,
+            dest=back,
+            status="running",
+            key=f"{self.run_id}:{self.seq}:retry",
+            started_at=at,
+            ended_at=at,
+            worker=self.owner,
         )
         return await self._commit(lease, event, self.memory)
 
@@ -197,7 +217,9 @@ class Run(Generic[M]):
         deadline = now() + self._lease_wait
         while True:
             try:
-                got = await self.store.acquire_lease(self.run_id, self.owner, self.machine.lease_ttl)
+                got = await self.store.acquire_lease(
+                    self.run_id, self.owner, self.machine.lease_ttl
+                )
             except KeyError:
                 raise RunNotFound(self.run_id) from None
             if not isinstance(got, LeaseHeld):
@@ -230,7 +252,9 @@ class Run(Generic[M]):
             self._conversation = None
         self._record = stored
 
-    async def _run_step(self, t: Transition, seq: int, key: str, crashes: int) -> tuple[StepResult[M], int]:
+    async def _run_step(
+        self, t: Transition, seq: int, key: str, crashes: int
+    ) -> tuple[StepResult[M], int]:
         if t.step is None:
             return StepResult(memory=self.memory), 1
         policy = t.step.policy
@@ -245,8 +269,12 @@ class Run(Generic[M]):
             )
         while True:
             ctx = StepContext(
-                run_id=self.run_id, seq=seq, trigger=t.trigger, attempt=attempt,
-                idempotency_key=key, conversation=self._load_conversation,
+                run_id=self.run_id,
+                seq=seq,
+                trigger=t.trigger,
+                attempt=attempt,
+                idempotency_key=key,
+                conversation=self._load_conversation,
             )
             try:
                 if policy.timeout is None:
@@ -282,7 +310,10 @@ class Run(Generic[M]):
         """The memory patch (changed fields, as JSON) and the checked new memory."""
         if not isinstance(new, self.machine.memory_type):
             raise _StepFailed(
-                TypeError(f"a step returned {type(new).__name__} as memory, not {self.machine.memory_type.__name__}"),
+                TypeError(
+                    f"a step returned {type(new).__name__} as memory,"
+                    f" not {self.machine.memory_type.__name__}"
+                ),
                 1,
             )
         dump = new.model_dump(mode="json")
@@ -302,16 +333,28 @@ class Run(Generic[M]):
         if self.memory.model_dump(mode="json") != self._fields:
             self.memory = self.machine.memory_type.model_validate(self._fields)
 
-    async def _fail(self, t: Transition, seq: int, key: str, failed: _StepFailed, started: float) -> Event:
+    async def _fail(
+        self, t: Transition, seq: int, key: str, failed: _StepFailed, started: float
+    ) -> Event:
         lease = await self._hold()
         error = failed.error
         dest = self.machine.table.on_error or self.state
         event = Event(
-            seq=seq + 1, trigger=t.trigger, kind="error", source=self.state, dest=dest,
-            status="failed", key=f"{key}:failed", attempt=failed.attempt, started_at=started,
-            ended_at=now(), worker=self.owner,
+            seq=seq + 1,
+            trigger=t.trigger,
+            kind="error",
+            source=self.state,
+            dest=dest,
+            status="failed",
+            key=f"{key}:failed",
+            attempt=failed.attempt,
+            started_at=started,
+            ended_at=now(),
+            worker=self.owner,
             error={
-                "type": type(error).__name__, "message": str(error), "attempt": failed.attempt,
+                "type": type(error).__name__,
+                "message": str(error),
+                "attempt": failed.attempt,
                 "step": t.step.kind if t.step else "move",
             },
         )
@@ -335,7 +378,8 @@ class Run(Generic[M]):
             return event
         await self.release(quiet=True)
         why = (
-            f"it moved to seq {outcome.current_seq}" if isinstance(outcome, Conflict)
+            f"it moved to seq {outcome.current_seq}"
+            if isinstance(outcome, Conflict)
             else "its lease was taken over"
         )
         raise RunTakenOver(
@@ -353,7 +397,15 @@ class Run(Generic[M]):
 def _advance(record: RunRecord, event: Event) -> RunRecord:
     memory: dict[str, Any] = {**record.memory, **event.patch} if event.patch else record.memory
     return RunRecord(
-        run_id=record.run_id, agent=record.agent, version=record.version, state=event.dest,
-        seq=event.seq, status=event.status, memory=memory, created_at=record.created_at,
-        updated_at=event.ended_at, holder=record.holder, crashes=0,
+        run_id=record.run_id,
+        agent=record.agent,
+        version=record.version,
+        state=event.dest,
+        seq=event.seq,
+        status=event.status,
+        memory=memory,
+        created_at=record.created_at,
+        updated_at=event.ended_at,
+        holder=record.holder,
+        crashes=0,
     )

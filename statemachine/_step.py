@@ -76,7 +76,7 @@ class Step(Protocol[M]):
 
     @property
     def kind(self) -> str:
-        """"tool", "llm", ... (shown on graphs and recorded on events)."""
+        """ "tool", "llm", ... (shown on graphs and recorded on events)."""
         ...
 
     @property

@@ -121,10 +121,15 @@ def compile_table(
                         f"transition {t.describe()} goes to unknown state {d!r}"
                         + _hint(d, all_states)
                     )
-        for what, name in [("initial state", initial), *(("final state", f) for f in final),
-                           *([("failure state", on_error)] if on_error else [])]:
+        for what, name in [
+            ("initial state", initial),
+            *(("final state", f) for f in final),
+            *([("failure state", on_error)] if on_error else []),
+        ]:
             if name not in all_states:
-                raise DefinitionError(f"{where}: {what} {name!r} is not a state" + _hint(name, all_states))
+                raise DefinitionError(
+                    f"{where}: {what} {name!r} is not a state" + _hint(name, all_states)
+                )
     finals = frozenset(final)
     if on_error in finals:
         raise DefinitionError(f"{where}: failure state {on_error!r} is also a final state")
@@ -134,7 +139,8 @@ def compile_table(
         for s in t.source:
             if s in finals:
                 raise DefinitionError(
-                    f"transition {t.describe()} leaves final state {s!r}: a final state ends the run"
+                    f"transition {t.describe()} leaves final state {s!r}:"
+                    " a final state ends the run"
                 )
             if s == on_error:
                 raise DefinitionError(
@@ -170,7 +176,9 @@ def compile_table(
     reachable = _reach([initial], lambda s: [d for t in out[s] for d in t.dests])
     for s in all_states:
         if s not in reachable and s != on_error:
-            raise DefinitionError(f"state {s!r} cannot be reached from the initial state {initial!r}")
+            raise DefinitionError(
+                f"state {s!r} cannot be reached from the initial state {initial!r}"
+            )
     into: dict[str, list[str]] = {s: [] for s in all_states}
     for t in transitions:
         for s in t.source:

@@ -1,15 +1,15 @@
 """Errors raised when declaring and running machines.
 
-    ValueError
-     ├── DefinitionError     the state table is wrong; names the state or transition
-     └── InvalidMemory       memory fails its schema; names the fields; nothing written
-    RuntimeError
-     └── RunError            a run cannot do what was asked
-          ├── RunNotFound    no run with that id
-          ├── RunLocked      another process holds the run's lease
-          ├── RunTakenOver   the lease was lost mid-run; this process must stop driving it
-          ├── NoTransition   no transition out of the current state applies
-          └── VersionMismatch  the stored run was made by another version of the machine
+ValueError
+ ├── DefinitionError     the state table is wrong; names the state or transition
+ └── InvalidMemory       memory fails its schema; names the fields; nothing written
+RuntimeError
+ └── RunError            a run cannot do what was asked
+      ├── RunNotFound    no run with that id
+      ├── RunLocked      another process holds the run's lease
+      ├── RunTakenOver   the lease was lost mid-run; this process must stop driving it
+      ├── NoTransition   no transition out of the current state applies
+      └── VersionMismatch  the stored run was made by another version of the machine
 """
 
 from __future__ import annotations

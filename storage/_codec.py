@@ -38,7 +38,9 @@ def load_event(raw: str | bytes, key: str) -> Event:
         raise CorruptData(key, f"not an event ({_first_error(exc)})") from None
 
 
-def run_from_fields(run_id: str, fields: Mapping[str, str], memory: dict[str, JsonValue], key: str) -> RunRecord:
+def run_from_fields(
+    run_id: str, fields: Mapping[str, str], memory: dict[str, JsonValue], key: str
+) -> RunRecord:
     """Build a `RunRecord` from stored text fields, raising `CorruptData` naming `key`."""
     try:
         status = fields["status"]

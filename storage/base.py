@@ -5,7 +5,6 @@ docstrings of `Store`; one conformance suite (`tests/storage/test_conformance.py
 proves them for each.
 """
 
-
 import re
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, TypeAlias, runtime_checkable
@@ -13,8 +12,8 @@ from typing import Literal, Protocol, TypeAlias, runtime_checkable
 from pydantic import JsonValue
 
 __all__ = [
-    "Committed",
     "CommitOutcome",
+    "Committed",
     "Conflict",
     "Duplicate",
     "Event",

@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 from importlib.resources import files
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
@@ -28,8 +28,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ._codec import dump_event, dump_json, load_event, load_json, run_from_fields
 from .base import (
-    Committed,
     CommitOutcome,
+    Committed,
     Conflict,
     Duplicate,
     Event,
@@ -43,8 +43,6 @@ from .base import (
 from .errors import CorruptData, StorageError, StoreUnavailable
 
 __all__ = ["RedisStore"]
-
-T = TypeVar("T")
 
 
 def _script(name: str) -> str:
@@ -70,7 +68,9 @@ class RedisStore:
         where: how to name the server in error messages (a URL without its password).
     """
 
-    def __init__(self, client: aioredis.Redis, *, prefix: str = "agentfsm", where: str = "redis") -> None:
+    def __init__(
+        self, client: aioredis.Redis, *, prefix: str = "agentfsm", where: str = "redis"
+    ) -> None:
         if not prefix or "{" in prefix or "}" in prefix:
             raise ValueError(f"invalid key prefix {prefix!r}: it must be non-empty, without braces")
         self._client = client
@@ -110,25 +110,53 @@ class RedisStore:
     def _keys(self, run_id: str, *parts: str) -> list[str]:
         return [self.key(run_id, p) for p in parts]
 
-    async def _call(self, what: str, op: Callable[[], Awaitable[T]]) -> T:
+    async def _call(self, what: str, op: Callable[[], Awaitable[Any]]) -> Any:
+        """Await `op`, turning redis-py's errors into ours. Replies are `Any`: with
+        `decode_responses=True` they are str, which redis-py's types cannot express."""
         try:
             return await op()
         except (RedisConnectionError, RedisTimeoutError) as exc:
-            raise StoreUnavailable(f"cannot reach Redis at {self._where} to {what}: {exc}") from None
+            raise StoreUnavailable(
+                f"cannot reach Redis at {self._where} to {what}: {exc}"
+            ) from None
         except RedisError as exc:
             raise StorageError(f"Redis at {self._where} refused to {what}: {exc}") from None
 
     async def create(self, run: RunRecord) -> RunRecord:
         check_run_id(run.run_id)
         event = Event(
-            seq=0, trigger="start", kind="start", source="", dest=run.state, status=run.status,
-            key=f"{run.run_id}:start", patch=run.memory, started_at=run.created_at,
+            seq=0,
+            trigger="start",
+            kind="start",
+            source="",
+            dest=run.state,
+            status=run.status,
+            key=f"{run.run_id}:start",
+            patch=run.memory,
+            started_at=run.created_at,
             ended_at=run.created_at,
         )
         fields: list[Any] = [
-            "agent", run.agent, "version", run.version, "state", run.state, "seq", 0,
-            "status", run.status, "created_at", repr(run.created_at),
-            "updated_at", repr(run.updated_at), "fence", 0, "holder", "", "crashes", 0,
+            "agent",
+            run.agent,
+            "version",
+            run.version,
+            "state",
+            run.state,
+            "seq",
+            0,
+            "status",
+            run.status,
+            "created_at",
+            repr(run.created_at),
+            "updated_at",
+            repr(run.updated_at),
+            "fence",
+            0,
+            "holder",
+            "",
+            "crashes",
+            0,
         ]
         for name, value in run.memory.items():
             fields += [f"m:{name}", dump_json(value)]
@@ -138,8 +166,10 @@ class RedisStore:
             lambda: self._create(keys=keys, args=[dump_event(event), event.key, *fields]),
         )
         if created:
-            await self._call("index the run", lambda: self._client.zadd(
-                f"{self._prefix}:runs", {run.run_id: run.created_at}))
+            await self._call(
+                "index the run",
+                lambda: self._client.zadd(f"{self._prefix}:runs", {run.run_id: run.created_at}),
+            )
             return run
         stored = await self.load(run.run_id)
         if stored is None:  # deleted between the two calls
@@ -148,7 +178,9 @@ class RedisStore:
 
     async def load(self, run_id: str) -> RunRecord | None:
         key = self.key(run_id, "run")
-        raw: dict[str, str] = await self._call(f"load run {run_id!r}", lambda: self._client.hgetall(key))
+        raw: dict[str, str] = await self._call(
+            f"load run {run_id!r}", lambda: self._client.hgetall(key)
+        )
         if not raw:
             return None
         return self._decode_run(run_id, raw, key)
@@ -161,12 +193,19 @@ class RedisStore:
         }
         return run_from_fields(run_id, raw, memory, key)
 
-    async def commit(self, run_id: str, *, expected_seq: int, token: int, event: Event) -> CommitOutcome:
+    async def commit(
+        self, run_id: str, *, expected_seq: int, token: int, event: Event
+    ) -> CommitOutcome:
         if event.seq != expected_seq + 1:
             raise ValueError(f"event seq {event.seq} does not follow expected seq {expected_seq}")
         args: list[Any] = [
-            expected_seq, token, event.key, event.dest, event.status,
-            repr(event.ended_at or time.time()), dump_event(event),
+            expected_seq,
+            token,
+            event.key,
+            event.dest,
+            event.status,
+            repr(event.ended_at or time.time()),
+            dump_event(event),
         ]
         for name, value in event.patch.items():
             args += [name, dump_json(value)]
@@ -210,14 +249,18 @@ class RedisStore:
         if token == 0:
             raise KeyError(run_id)
         if token < 0:
-            return LeaseHeld(run_id=run_id, owner=str(reply[1]), expires_in=max(int(reply[2]), 0) / 1000)
+            return LeaseHeld(
+                run_id=run_id, owner=str(reply[1]), expires_in=max(int(reply[2]), 0) / 1000
+            )
         return Lease(run_id=run_id, owner=owner, token=token, ttl=ttl, crashes=int(reply[1]))
 
     async def renew_lease(self, lease: Lease) -> bool:
         keys = self._keys(lease.run_id, "run", "lease")
         ok = await self._call(
             f"renew the lease on {lease.run_id!r}",
-            lambda: self._lease(keys=keys, args=["renew", lease.owner, _ms(lease.ttl), lease.token]),
+            lambda: self._lease(
+                keys=keys, args=["renew", lease.owner, _ms(lease.ttl), lease.token]
+            ),
         )
         return bool(ok)
 
@@ -234,11 +277,12 @@ class RedisStore:
         ids: list[str] = await self._call(
             "list runs", lambda: self._client.zrange(f"{self._prefix}:runs", 0, -1, desc=True)
         )
+
         async def load_all() -> list[dict[str, str]]:
             pipe = self._client.pipeline(transaction=False)
             for run_id in ids:
                 pipe.hgetall(self.key(run_id, "run"))
-            return await pipe.execute()  # type: ignore[no-any-return]
+            return await pipe.execute()
 
         raws = await self._call("list runs", load_all)
         runs = []

@@ -98,16 +98,40 @@ analyst: Agent[Analysis] = Agent(
     initial="new",
     final=["done"],
     transitions=[
-        llm("plan", "new", "planned", into="plan",
+        llm(
+            "plan",
+            "new",
+            "planned",
+            into="plan",
             prompt=lambda m: f"Plan an analysis of this dataset.\n{_facts(m, 'dataset')}",
-            instructions="You are a careful data analyst. Answer in at most four short steps."),
+            instructions="You are a careful data analyst. Answer in at most four short steps.",
+        ),
         tool("calculate", "planned", "computed", calculate, into="stats", retries=2),
-        llm("interpret", "computed", "interpreted", into="interpretation",
-            prompt=lambda m: f"Interpret these statistics in two sentences.\n{_facts(m, 'stats')}"),
-        tool("detect", "interpreted", "checked", detect_anomalies, into="anomalies",
-             retries=2, backoff=0.05),
-        llm("report", "checked", "done", into="report",
-            prompt=lambda m: "Report the findings for a reader in one paragraph.\n"
-            + _facts(m, "stats", "interpretation", "anomalies")),
+        llm(
+            "interpret",
+            "computed",
+            "interpreted",
+            into="interpretation",
+            prompt=lambda m: f"Interpret these statistics in two sentences.\n{_facts(m, 'stats')}",
+        ),
+        tool(
+            "detect",
+            "interpreted",
+            "checked",
+            detect_anomalies,
+            into="anomalies",
+            retries=2,
+            backoff=0.05,
+        ),
+        llm(
+            "report",
+            "checked",
+            "done",
+            into="report",
+            prompt=lambda m: (
+                "Report the findings for a reader in one paragraph.\n"
+                + _facts(m, "stats", "interpretation", "anomalies")
+            ),
+        ),
     ],
 )
