@@ -1,0 +1,101 @@
+"""What is specific to RedisStore: one EVALSHA per commit, key layout, reconnects, clear errors."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+from redis.crc import key_slot
+
+from storage import Committed, Lease, RedisStore, RunRecord, StoreUnavailable, open_store
+from storage.redis import redact
+
+from ..redis_server import RedisServer, free_port
+from .test_conformance import event, new_run
+
+
+async def test_every_key_of_a_run_is_in_one_cluster_slot(redis_store: RedisStore) -> None:
+    await redis_store.create(new_run("slot-test"))
+    lease = await redis_store.acquire_lease("slot-test", "w1", 10)
+    assert isinstance(lease, Lease)
+    await redis_store.commit("slot-test", expected_seq=0, token=lease.token, event=event(1, n=1))
+    keys = await redis_store.client.keys(f"{redis_store.prefix}:{{slot-test}}:*")
+    assert sorted(k.rsplit(":", 1)[1] for k in keys) == ["events", "keys", "lease", "run"]
+    assert len({key_slot(k.encode()) for k in keys}) == 1
+
+
+async def test_a_commit_is_one_evalsha(
+    redis_store: RedisStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await redis_store.create(new_run())
+    lease = await redis_store.acquire_lease("run-1", "w1", 10)
+    assert isinstance(lease, Lease)
+    sent: list[str] = []
+    execute = redis_store.client.execute_command
+
+    async def counting(*args: Any, **options: Any) -> Any:
+        sent.append(str(args[0]))
+        return await execute(*args, **options)
+
+    monkeypatch.setattr(redis_store.client, "execute_command", counting)
+    await redis_store.commit("run-1", expected_seq=0, token=lease.token, event=event(1, n=1))
+    assert sent == ["EVALSHA"]
+
+
+async def test_the_commit_script_survives_a_script_cache_flush(redis_store: RedisStore) -> None:
+    await redis_store.create(new_run())
+    lease = await redis_store.acquire_lease("run-1", "w1", 10)
+    assert isinstance(lease, Lease)
+    await redis_store.client.script_flush()
+    out = await redis_store.commit("run-1", expected_seq=0, token=lease.token, event=event(1))
+    assert out == Committed(seq=1)
+
+
+async def test_unreachable_redis_is_a_clear_error_without_the_password() -> None:
+    url = f"redis://user:s3cret@127.0.0.1:{free_port()}/0"
+    store = RedisStore.from_url(url, retries=1)
+    with pytest.raises(StoreUnavailable) as caught:
+        await store.load("anything")
+    message = str(caught.value)
+    assert "s3cret" not in message and "user:***@127.0.0.1" in message
+    assert "cannot reach Redis" in message and "load run 'anything'" in message
+    await store.close()
+
+
+def test_redact_hides_only_the_password() -> None:
+    assert redact("redis://:pw@h:1/0") == "redis://:***@h:1/0"
+    assert redact("rediss://u:pw@h:1/0") == "rediss://u:***@h:1/0"
+    assert redact("redis://h:1/0") == "redis://h:1/0"
+
+
+def test_open_store_refuses_an_unknown_scheme_without_leaking_the_password() -> None:
+    with pytest.raises(ValueError, match=r"unknown store URL 'mysql://u:\*\*\*@h/db'"):
+        open_store("mysql://u:pw@h/db")
+
+
+async def test_commits_survive_a_redis_kill_and_the_store_reconnects(
+    redis_factory: type[RedisServer],
+) -> None:
+    server = redis_factory(appendfsync="always").start()
+    store = RedisStore.from_url(server.url)
+    t = time.time()
+    run = RunRecord(
+        run_id="durable", agent="a", version=1, state="a", seq=0, status="running",
+        memory={"n": 0}, created_at=t, updated_at=t,
+    )  # fmt: skip
+    await store.create(run)
+    lease = await store.acquire_lease("durable", "w1", 30)
+    assert isinstance(lease, Lease)
+    for seq in (1, 2, 3):
+        ev = event(seq, key=f"durable:{seq - 1}:go", n=seq)
+        assert await store.commit("durable", expected_seq=seq - 1, token=lease.token, event=ev)
+    server.kill()
+    server.start()  # same port, same AOF
+    loaded = await store.load("durable")  # the client reconnects by itself
+    assert loaded is not None and (loaded.seq, loaded.memory) == (3, {"n": 3})
+    ev = event(4, key="durable:3:go", n=4)
+    assert await store.commit("durable", expected_seq=3, token=lease.token, event=ev) == Committed(
+        seq=4
+    )
+    await store.close()
