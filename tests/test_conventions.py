@@ -62,4 +62,6 @@ def test_public_dataclasses_are_frozen_and_keyword_only(package: str) -> None:
         if isinstance(obj, type) and dataclasses.is_dataclass(obj):
             params = obj.__dataclass_params__  # type: ignore[attr-defined]
             assert params.frozen, f"{package}.{name} is not frozen"
-            assert all(f.kw_only for f in dataclasses.fields(obj)), f"{package}.{name} is not kw_only"
+            assert all(f.kw_only for f in dataclasses.fields(obj)), (
+                f"{package}.{name} is not kw_only"
+            )
