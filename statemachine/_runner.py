@@ -137,12 +137,15 @@ class Run(Generic[M]):
         if self.status != "running":
             return None
         lease = await self._hold()
+        if self.status != "running":  # another process moved it on while it held the run
+            return None
         t = self.machine.next_transition(self.state, self.memory)
         seq = self.seq
         key = f"{self.run_id}:{seq}:{t.trigger}"
         started = now()
         try:
-            result, attempt = await self._run_step(t, seq, key, lease.crashes)
+            # Holders that died since the last commit died running this very step.
+            result, attempt = await self._run_step(t, seq, key, self._record.crashes)
             dest = self._dest(t, result)
             patch, memory = self._changes(result.memory)
             output = pydantic_core.to_jsonable_python(result.output)
