@@ -5,9 +5,9 @@ This is agentfsm's `agents` package (not openai-agents').
 
 from ._agent import Agent
 from ._llm import llm
-from ._steps import tool
+from ._steps import tool, wait
 
-__all__ = ["Agent", "llm", "tool"]
+__all__ = ["Agent", "llm", "tool", "wait"]
 
 for _name in __all__:
     globals()[_name].__module__ = __name__

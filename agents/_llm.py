@@ -179,6 +179,7 @@ def llm(
     timeout: float | None = None,
     backoff: float = 1.0,
     history: bool = True,
+    max_visits: int | None = None,
 ) -> Transition:
     """A transition that makes one model request.
 
@@ -195,6 +196,7 @@ def llm(
             with the error, inside this transition; then the step fails.
         timeout: seconds one try may take.
         history: send the run's conversation so far (the messages earlier steps committed).
+        max_visits: how often this transition may fire in one run (a loop's way out).
     """
     what = f"llm step {trigger!r}"
     if not (isinstance(prompt, str) or callable(prompt)):
@@ -217,4 +219,6 @@ def llm(
         history=history,
         routes=tuple(routes or ()),
     )
-    return transition(trigger, source, dest, step, guard=guard, routes=routes)
+    return transition(
+        trigger, source, dest, step, guard=guard, routes=routes, max_visits=max_visits
+    )

@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, JsonValue, TypeAdapter, ValidationError
 
 from statemachine import (
     DefinitionError,
+    InvalidPayload,
     RetryPolicy,
     StepContext,
     StepResult,
@@ -20,7 +21,7 @@ from statemachine import (
 )
 from statemachine._table import Guard
 
-__all__ = ["ToolStep", "apply_output", "tool"]
+__all__ = ["ToolStep", "WaitStep", "apply_output", "tool", "wait"]
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -126,13 +127,15 @@ def tool(
     backoff: float = 0.5,
     retry_on: tuple[type[BaseException], ...] = (Exception,),
     in_thread: bool = True,
+    max_visits: int | None = None,
 ) -> Transition:
     """A transition that runs the Python function `fn` on the memory.
 
     Its return value goes `into=` a memory field, or through an `update=` reducer, or, when it
     is a memory object itself, becomes the new memory. With `routes`, it must return a route
     name. `retries` tries again after an error (with jittered exponential `backoff`); a
-    `timeout` (seconds) bounds each try.
+    `timeout` (seconds) bounds each try. `max_visits` caps how often the transition fires
+    in one run (a loop's way out): one more sends the run to its failure state.
     """
     what = f"tool step {trigger!r}"
     if not callable(fn):
@@ -153,4 +156,64 @@ def tool(
         is_async=inspect.iscoroutinefunction(fn),
         routes=bool(routes),
     )
-    return transition(trigger, source, dest, step, guard=guard, routes=routes)
+    return transition(
+        trigger, source, dest, step, guard=guard, routes=routes, max_visits=max_visits
+    )
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class WaitStep:
+    """Parks the run until `Run.send` delivers the event, then puts its payload in memory."""
+
+    event: str
+    payload: Any
+    into: str | None
+    update: Reducer | None
+    policy: RetryPolicy = field(default_factory=RetryPolicy)
+    kind: str = "wait"
+
+    @property
+    def label(self) -> str:
+        return self.event
+
+    @property
+    def writes(self) -> tuple[str, ...]:
+        return (self.into,) if self.into else ()
+
+    def check_payload(self, payload: Any) -> JsonValue:
+        """The payload as JSON, checked against the declared type; `InvalidPayload` if not."""
+        adapter: TypeAdapter[Any] = TypeAdapter(self.payload)
+        try:
+            value = adapter.validate_python(payload)
+        except ValidationError as exc:
+            raise InvalidPayload(self.event, exc) from None
+        checked: JsonValue = adapter.dump_python(value, mode="json")
+        return checked
+
+    async def run(self, memory: Any, ctx: StepContext) -> StepResult[Any]:
+        value = TypeAdapter(self.payload).validate_python(ctx.payload)
+        new = apply_output(memory, value, self.into, self.update)
+        return StepResult(memory=new, output=None if self.into is not None else ctx.payload)
+
+
+def wait(
+    event: str,
+    source: str | list[str] | tuple[str, ...],
+    dest: str | None,
+    *,
+    payload: Any = None,
+    into: str | None = None,
+    update: Reducer | None = None,
+    guard: Guard | None = None,
+) -> Transition:
+    """A transition fired by an outside event: `await run.send(event, payload)` or
+    `agentfsm send RUN_ID EVENT --data JSON`. A run in `source` is parked (status
+    `waiting`): no process and no lease are held while it waits.
+
+    `payload` is the type the payload must have (a pydantic model, `str`, ...; None means
+    no payload); it goes `into=` a memory field or through an `update=` reducer.
+    """
+    if into is not None and update is not None:
+        raise DefinitionError(f"wait {event!r}: give into= or update=, not both")
+    step = WaitStep(event=event, payload=payload, into=into, update=update)
+    return transition(event, source, dest, step, guard=guard)

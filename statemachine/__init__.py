@@ -10,6 +10,7 @@ from ._table import Transition, transition
 from .errors import (
     DefinitionError,
     InvalidMemory,
+    InvalidPayload,
     NoTransition,
     RunError,
     RunLocked,
@@ -21,6 +22,7 @@ from .errors import (
 __all__ = [
     "DefinitionError",
     "InvalidMemory",
+    "InvalidPayload",
     "Machine",
     "NoTransition",
     "RetryPolicy",
@@ -38,10 +40,5 @@ __all__ = [
 ]
 
 for _name in __all__:
-    _obj = globals()[_name]
-    if isinstance(_obj, type) or callable(_obj):
-        try:
-            _obj.__module__ = __name__
-        except (AttributeError, TypeError):
-            pass
-del _name, _obj
+    globals()[_name].__module__ = __name__  # reprs read statemachine.Machine
+del _name

@@ -9,7 +9,7 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from storage import RunRecord, Store
+from storage import RunRecord, RunStatus, Store
 
 from ._runner import Run, now
 from ._table import Transition
@@ -73,7 +73,8 @@ class Machine(Generic[M]):
         )
 
     def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.name!r} v{self.version}: {len(self.table.states)} states>"
+        size = f"{len(self.table.states)} states"
+        return f"<{type(self).__name__} {self.name!r} v{self.version}: {size}>"
 
     @property
     def states(self) -> tuple[str, ...]:
@@ -82,6 +83,15 @@ class Machine(Generic[M]):
     @property
     def transitions(self) -> tuple[Transition, ...]:
         return self.table.transitions
+
+    def status_in(self, state: str) -> RunStatus:
+        """The status of a run that is in `state`."""
+        table = self.table
+        if state in table.final:
+            return "done"
+        if state == table.on_error:
+            return "failed"
+        return "waiting" if state in table.waiting else "running"
 
     def next_transition(self, state: str, memory: M) -> Transition:
         """The transition that fires from `state` with this memory: the first in table order
@@ -128,7 +138,7 @@ class Machine(Generic[M]):
             version=self.version,
             state=self.table.initial,
             seq=0,
-            status="running",
+            status=self.status_in(self.table.initial),
             memory=checked.model_dump(mode="json"),
             created_at=created,
             updated_at=created,

@@ -45,6 +45,8 @@ __all__ = ["Run", "now"]
 M = TypeVar("M", bound=BaseModel)
 
 now = time.time
+_NOT_TABLE_EDGES = frozenset({"start", "error", "control"})
+"""Event kinds the runner writes itself; every other event is a table transition firing."""
 _OWNER_PREFIX = f"{socket.gethostname()}:{os.getpid()}"
 
 
@@ -78,6 +80,7 @@ class Run(Generic[M]):
         self._renewer: asyncio.Task[None] | None = None
         self._lease_wait = lease_wait
         self._conversation: list[JsonValue] | None = None
+        self._visit_counts: dict[str, int] | None = None
 
     def __repr__(self) -> str:
         where = f"{self.state} seq={self.seq} {self.status}"
@@ -140,28 +143,60 @@ class Run(Generic[M]):
         if self.status != "running":  # another process moved it on while it held the run
             return None
         t = self.machine.next_transition(self.state, self.memory)
+        return await self._fire(lease, t, None)
+
+    async def send(self, event: str, payload: JsonValue = None) -> Event:
+        """Deliver `event` to a waiting run: commit the transition that waits for it.
+
+        The payload is checked against the wait step's schema before anything is written.
+        Raises `RunError` when the run is not waiting for this event (nothing is written);
+        two processes sending the same event commit it once: the second finds the run moved.
+        Like `step()`, this takes the run's lease: go on with `until_done()` or `release()`.
+        """
+        lease = await self._hold()
+        rows = self.machine.table.out.get(self.state, ())
+        expected = [t.trigger for t in rows if t.waits]
+        if self.status != "waiting" or event not in expected:
+            waiting_for = f"waits for {expected}" if self.status == "waiting" else "is not waiting"
+            raise RunError(
+                f"run {self.run_id!r} does not accept event {event!r}: it is {self.status} in"
+                f" state {self.state!r} and {waiting_for}"
+            )
+        candidates = [t for t in rows if t.trigger == event]
+        t = next((t for t in candidates if t.guard is None or t.guard(self.memory)), None)
+        if t is None:
+            raise RunError(f"run {self.run_id!r}: every guard on event {event!r} returned False")
+        check = getattr(t.step, "check_payload", None)
+        checked = check(payload) if check is not None else payload
+        return await self._fire(lease, t, checked)
+
+    async def _fire(self, lease: Lease, t: Transition, payload: JsonValue) -> Event:
+        """Run `t`'s step and commit its outcome: the one path every transition takes."""
         seq = self.seq
         key = f"{self.run_id}:{seq}:{t.trigger}"
         started = now()
         try:
+            if t.max_visits is not None and await self._visits(t) >= t.max_visits:
+                raise _StepFailed(
+                    RunError(
+                        f"transition {t.trigger!r} reached its limit of {t.max_visits} visits"
+                    ),
+                    1,
+                )
             # Holders that died since the last commit died running this very step.
-            result, attempt = await self._run_step(t, seq, key, self._record.crashes)
+            result, attempt = await self._run_step(t, seq, key, self._record.crashes, payload)
             dest = self._dest(t, result)
             patch, memory = self._changes(result.memory)
             output = pydantic_core.to_jsonable_python(result.output)
         except _StepFailed as failed:
             return await self._fail(t, seq, key, failed, started)
-        table = self.machine.table
-        status: RunStatus = (
-            "done" if dest in table.final else "failed" if dest == table.on_error else "running"
-        )
         event = Event(
             seq=seq + 1,
             trigger=t.trigger,
             kind=t.step.kind if t.step else "move",
             source=self.state,
             dest=dest,
-            status=status,
+            status=self.machine.status_in(dest),
             key=key,
             patch=patch,
             output=output,
@@ -173,6 +208,16 @@ class Run(Generic[M]):
             messages=result.messages,
         )
         return await self._commit(lease, event, memory)
+
+    async def _visits(self, t: Transition) -> int:
+        """How often `t` fired in this run so far (read from the history once per process)."""
+        if self._visit_counts is None:
+            counts: dict[str, int] = {}
+            for e in await self.store.history(self.run_id):
+                if e.kind not in _NOT_TABLE_EDGES:
+                    counts[e.trigger] = counts.get(e.trigger, 0) + 1
+            self._visit_counts = counts
+        return self._visit_counts.get(t.trigger, 0)
 
     async def retry(self) -> Event:
         """Put a failed run back in the state it failed from, status `running`.
@@ -191,7 +236,7 @@ class Run(Generic[M]):
             kind="control",
             source=self.state,
             dest=back,
-            status="running",
+            status=self.machine.status_in(back),
             key=f"{self.run_id}:{self.seq}:retry",
             started_at=at,
             ended_at=at,
@@ -253,10 +298,11 @@ class Run(Generic[M]):
             self.memory = self.machine.validate_memory(stored.memory, f"stored run {self.run_id!r}")
             self._fields = dict(stored.memory)
             self._conversation = None
+            self._visit_counts = None
         self._record = stored
 
     async def _run_step(
-        self, t: Transition, seq: int, key: str, crashes: int
+        self, t: Transition, seq: int, key: str, crashes: int, payload: JsonValue
     ) -> tuple[StepResult[M], int]:
         if t.step is None:
             return StepResult(memory=self.memory), 1
@@ -278,6 +324,7 @@ class Run(Generic[M]):
                 attempt=attempt,
                 idempotency_key=key,
                 conversation=self._load_conversation,
+                payload=payload,
             )
             try:
                 if policy.timeout is None:
@@ -374,6 +421,8 @@ class Run(Generic[M]):
             self.memory = memory
             if self._conversation is not None:
                 self._conversation.extend(event.messages)
+            if self._visit_counts is not None and event.kind not in _NOT_TABLE_EDGES:
+                self._visit_counts[event.trigger] = self._visit_counts.get(event.trigger, 0) + 1
             return event
         if isinstance(outcome, Duplicate):
             # Our own commit landed on an earlier try whose answer was lost: take the stored run.

@@ -57,6 +57,8 @@ class StepContext:
     idempotency_key: str
     conversation: Callable[[], Awaitable[list[JsonValue]]] = field(repr=False)
     """Loads the model messages the run's earlier steps committed, oldest first."""
+    payload: JsonValue = None
+    """For a `wait` step: the event's payload, as sent to `Run.send`."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

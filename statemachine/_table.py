@@ -29,6 +29,13 @@ class Transition:
     step: Step[Any] | None = None
     guard: Guard | None = None
     routes: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    max_visits: int | None = None
+    """How often this transition may fire in one run; one more sends the run to failure."""
+
+    @property
+    def waits(self) -> bool:
+        """Fired by an outside event (`Run.send`), not by the runner: its step is a wait."""
+        return self.step is not None and self.step.kind == "wait"
 
     @property
     def dests(self) -> tuple[str, ...]:
@@ -56,6 +63,7 @@ def transition(
     *,
     guard: Guard | None = None,
     routes: Mapping[str, str] | None = None,
+    max_visits: int | None = None,
 ) -> Transition:
     """Declare a transition; `source` is one state name or several."""
     sources = (source,) if isinstance(source, str) else tuple(source)
@@ -66,4 +74,5 @@ def transition(
         step=step,
         guard=guard,
         routes=MappingProxyType(dict(routes or {})),
+        max_visits=max_visits,
     )

@@ -37,6 +37,8 @@ class Table:
     transitions: tuple[Transition, ...]
     out: dict[str, tuple[Transition, ...]]
     """Transitions leaving each state, in table order: the first whose guard passes fires."""
+    waiting: frozenset[str]
+    """States left only by events (`wait` steps): a run there is parked, status `waiting`."""
     fsm: Any
     """The `transitions.Machine` built from the table (no model attached)."""
 
@@ -100,6 +102,10 @@ def compile_table(
             _check_name(f"route {route!r} of transition {t.trigger!r} goes to state", dest)
         if t.dest is not None:
             _check_name(f"dest of transition {t.trigger!r}:", t.dest)
+        if t.max_visits is not None and t.max_visits < 1:
+            raise DefinitionError(
+                f"transition {t.trigger!r}: max_visits must be at least 1, not {t.max_visits}"
+            )
 
     declared = [initial, *final, *([on_error] if on_error else [])]
     for t in transitions:
@@ -149,6 +155,12 @@ def compile_table(
                 )
             out[s].append(t)
     for s, rows in out.items():
+        waits = [t for t in rows if t.waits]
+        if waits and len(waits) != len(rows):
+            raise DefinitionError(
+                f"state {s!r} mixes events ({', '.join(repr(t.trigger) for t in waits)}) with"
+                " steps that run by themselves: put the wait in a state of its own"
+            )
         seen: dict[str, Transition] = {}
         for i, t in enumerate(rows):
             earlier = seen.get(t.trigger)
@@ -158,7 +170,7 @@ def compile_table(
                     " to choose between them"
                 )
             seen[t.trigger] = t
-            if i + 1 < len(rows) and t.guard is None:
+            if i + 1 < len(rows) and t.guard is None and not t.waits:
                 raise DefinitionError(
                     f"transition {rows[i + 1].describe()} can never fire: {t.describe()} comes"
                     f" before it from state {s!r} and has no guard"
@@ -217,6 +229,7 @@ def compile_table(
         on_error=on_error,
         transitions=tuple(transitions),
         out={s: tuple(rows) for s, rows in out.items()},
+        waiting=frozenset(s for s, rows in out.items() if rows and rows[0].waits),
         fsm=fsm,
     )
 

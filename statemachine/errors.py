@@ -19,6 +19,7 @@ from pydantic import ValidationError
 __all__ = [
     "DefinitionError",
     "InvalidMemory",
+    "InvalidPayload",
     "NoTransition",
     "RunError",
     "RunLocked",
@@ -40,6 +41,17 @@ class InvalidMemory(ValueError):
             f"{'.'.join(str(p) for p in e['loc']) or 'memory'}: {e['msg']}" for e in error.errors()
         )
         super().__init__(f"{where}: memory fails the {error.title} schema: {problems}")
+        self.errors = error.errors()
+
+
+class InvalidPayload(ValueError):
+    """An event payload that fails its schema. Raised before any write."""
+
+    def __init__(self, event: str, error: ValidationError) -> None:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'payload'}: {e['msg']}" for e in error.errors()
+        )
+        super().__init__(f"payload of event {event!r} fails its schema: {problems}")
         self.errors = error.errors()
 
 

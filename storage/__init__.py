@@ -4,12 +4,13 @@ Backends are imported lazily by `open_store(url)`; `RedisStore` and `EmbeddedSto
 also importable from here.
 """
 
+import inspect
 from typing import TYPE_CHECKING, Any
 
 from ._open import open_store
 from .base import (
-    Committed,
     CommitOutcome,
+    Committed,
     Conflict,
     Duplicate,
     Event,
@@ -60,10 +61,7 @@ def __getattr__(name: str) -> Any:
 
 
 for _name in __all__:
-    _obj = globals().get(_name)
-    if isinstance(_obj, type) or callable(_obj):
-        try:
-            _obj.__module__ = __name__
-        except (AttributeError, TypeError):
-            pass
+    _obj = globals().get(_name)  # the lazily imported backends are not here yet
+    if isinstance(_obj, type) or inspect.isfunction(_obj):
+        _obj.__module__ = __name__  # reprs read storage.Event
 del _name, _obj
