@@ -150,7 +150,9 @@ async def test_a_tool_route_picks_the_destination(store: Store) -> None:
 
     agent = Agent(
         name="triage", memory=Doc, initial="new", final=["kept", "dropped"],
-        transitions=[tool("triage", "new", None, triage, routes={"good": "kept", "bad": "dropped"})],
+        transitions=[
+            tool("triage", "new", None, triage, routes={"good": "kept", "bad": "dropped"}),
+        ],
     )  # fmt: skip
     for score, where in [(9, "kept"), (1, "dropped")]:
         run = await agent.start(store, Doc(score=score))
