@@ -180,6 +180,7 @@ def llm(
     backoff: float = 1.0,
     history: bool = True,
     max_visits: int | None = None,
+    on_error: str | None = None,
 ) -> Transition:
     """A transition that makes one model request.
 
@@ -197,6 +198,7 @@ def llm(
         timeout: seconds one try may take.
         history: send the run's conversation so far (the messages earlier steps committed).
         max_visits: how often this transition may fire in one run (a loop's way out).
+        on_error: the state to go to when this step gives up (default: the agent's).
     """
     what = f"llm step {trigger!r}"
     if not (isinstance(prompt, str) or callable(prompt)):
@@ -220,5 +222,12 @@ def llm(
         routes=tuple(routes or ()),
     )
     return transition(
-        trigger, source, dest, step, guard=guard, routes=routes, max_visits=max_visits
+        trigger,
+        source,
+        dest,
+        step,
+        guard=guard,
+        routes=routes,
+        max_visits=max_visits,
+        on_error=on_error,
     )

@@ -128,6 +128,7 @@ def tool(
     retry_on: tuple[type[BaseException], ...] = (Exception,),
     in_thread: bool = True,
     max_visits: int | None = None,
+    on_error: str | None = None,
 ) -> Transition:
     """A transition that runs the Python function `fn` on the memory.
 
@@ -136,6 +137,7 @@ def tool(
     name. `retries` tries again after an error (with jittered exponential `backoff`); a
     `timeout` (seconds) bounds each try. `max_visits` caps how often the transition fires
     in one run (a loop's way out): one more sends the run to its failure state.
+    `on_error` names the state to go to when this step gives up (default: the agent's).
     """
     what = f"tool step {trigger!r}"
     if not callable(fn):
@@ -157,7 +159,14 @@ def tool(
         routes=bool(routes),
     )
     return transition(
-        trigger, source, dest, step, guard=guard, routes=routes, max_visits=max_visits
+        trigger,
+        source,
+        dest,
+        step,
+        guard=guard,
+        routes=routes,
+        max_visits=max_visits,
+        on_error=on_error,
     )
 
 

@@ -226,18 +226,33 @@ class Run(Generic[M]):
         """
         if self.status != "failed":
             raise RunError(f"run {self.run_id!r} is {self.status}, not failed: nothing to retry")
-        lease = await self._hold()
+        await self._hold()
         last = await self.store.history(self.run_id, self.seq)
         back = last[0].source if last and last[0].kind == "error" else self.state
+        return await self._control("retry", back, self.machine.status_in(back))
+
+    async def cancel(self, reason: str = "") -> Event:
+        """Stop the run for good (status `cancelled`), recorded as an event with `reason`."""
+        await self._hold()
+        if self.status in ("done", "cancelled"):
+            raise RunError(f"run {self.run_id!r} is already {self.status}")
+        return await self._control("cancel", self.state, "cancelled", output=reason or None)
+
+    async def _control(
+        self, trigger: str, dest: str, status: RunStatus, output: JsonValue = None
+    ) -> Event:
+        """Commit a transition of the runner's own (not from the table)."""
+        lease = await self._hold()
         at = now()
         event = Event(
             seq=self.seq + 1,
-            trigger="retry",
+            trigger=trigger,
             kind="control",
             source=self.state,
-            dest=back,
-            status=self.machine.status_in(back),
-            key=f"{self.run_id}:{self.seq}:retry",
+            dest=dest,
+            status=status,
+            key=f"{self.run_id}:{self.seq}:{trigger}",
+            output=output,
             started_at=at,
             ended_at=at,
             worker=self.owner,
@@ -388,14 +403,17 @@ class Run(Generic[M]):
     ) -> Event:
         lease = await self._hold()
         error = failed.error
-        dest = self.machine.table.on_error or self.state
+        # The transition's own failure state may be a detour the run goes on from (status
+        # of that state); the machine's failure state, or none, parks the run as failed.
+        dest = t.on_error or self.machine.table.on_error or self.state
+        status: RunStatus = "failed" if t.on_error is None else self.machine.status_in(dest)
         event = Event(
             seq=seq + 1,
             trigger=t.trigger,
             kind="error",
             source=self.state,
             dest=dest,
-            status="failed",
+            status=status,
             key=f"{key}:failed",
             attempt=failed.attempt,
             started_at=started,

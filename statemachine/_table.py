@@ -31,6 +31,8 @@ class Transition:
     routes: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     max_visits: int | None = None
     """How often this transition may fire in one run; one more sends the run to failure."""
+    on_error: str | None = None
+    """Where the run goes when this transition's step gives up (default: the machine's)."""
 
     @property
     def waits(self) -> bool:
@@ -64,6 +66,7 @@ def transition(
     guard: Guard | None = None,
     routes: Mapping[str, str] | None = None,
     max_visits: int | None = None,
+    on_error: str | None = None,
 ) -> Transition:
     """Declare a transition; `source` is one state name or several."""
     sources = (source,) if isinstance(source, str) else tuple(source)
@@ -75,4 +78,5 @@ def transition(
         guard=guard,
         routes=MappingProxyType(dict(routes or {})),
         max_visits=max_visits,
+        on_error=on_error,
     )

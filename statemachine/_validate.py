@@ -102,6 +102,8 @@ def compile_table(
             _check_name(f"route {route!r} of transition {t.trigger!r} goes to state", dest)
         if t.dest is not None:
             _check_name(f"dest of transition {t.trigger!r}:", t.dest)
+        if t.on_error is not None:
+            _check_name(f"on_error state of transition {t.trigger!r}:", t.on_error)
         if t.max_visits is not None and t.max_visits < 1:
             raise DefinitionError(
                 f"transition {t.trigger!r}: max_visits must be at least 1, not {t.max_visits}"
@@ -109,7 +111,7 @@ def compile_table(
 
     declared = [initial, *final, *([on_error] if on_error else [])]
     for t in transitions:
-        declared += [*t.source, *t.dests]
+        declared += [*t.source, *_leads_to(t)]
     if states is None:
         all_states = tuple(dict.fromkeys(declared))
     else:
@@ -121,7 +123,7 @@ def compile_table(
                         f"transition {t.describe()} comes from unknown state {s!r}"
                         + _hint(s, all_states)
                     )
-            for d in t.dests:
+            for d in _leads_to(t):
                 if d not in all_states:
                     raise DefinitionError(
                         f"transition {t.describe()} goes to unknown state {d!r}"
@@ -185,7 +187,7 @@ def compile_table(
                 + _hint(s, others)
             )
 
-    reachable = _reach([initial], lambda s: [d for t in out[s] for d in t.dests])
+    reachable = _reach([initial], lambda s: [d for t in out[s] for d in _leads_to(t)])
     for s in all_states:
         if s not in reachable and s != on_error:
             raise DefinitionError(
@@ -194,7 +196,7 @@ def compile_table(
     into: dict[str, list[str]] = {s: [] for s in all_states}
     for t in transitions:
         for s in t.source:
-            for d in t.dests:
+            for d in _leads_to(t):
                 into[d].append(s)
     can_finish = _reach(list(finals), lambda s: into[s])
     if initial not in can_finish:
@@ -232,6 +234,11 @@ def compile_table(
         waiting=frozenset(s for s, rows in out.items() if rows and rows[0].waits),
         fsm=fsm,
     )
+
+
+def _leads_to(t: Transition) -> tuple[str, ...]:
+    """Where firing `t` can take a run: its destinations, and its own failure state."""
+    return (*t.dests, t.on_error) if t.on_error else t.dests
 
 
 def _reach(start: list[str], step: Any) -> set[str]:

@@ -169,3 +169,47 @@ def test_a_state_cannot_mix_waits_and_steps() -> None:
                 tool("auto", "review", "done", write, guard=lambda m: False),
             ],
         )  # fmt: skip
+
+
+class Job(BaseModel):
+    done: bool = False
+
+
+def explode(m: Job) -> bool:
+    raise RuntimeError("boom")
+
+
+def mark(m: Job) -> bool:
+    return True
+
+
+async def test_a_transitions_own_failure_state_is_a_detour_the_run_goes_on_from(
+    store: Store,
+) -> None:
+    agent = Agent(
+        name="detour", memory=Job, initial="new", final=["done"], on_error="failed",
+        transitions=[
+            tool("try_it", "new", "done", explode, into="done", on_error="fallback"),
+            tool("fallback", "fallback", "done", mark, into="done"),
+        ],
+    )  # fmt: skip
+    run = await agent.start(store, Job())
+    await run.until_done()
+    assert (run.state, run.status, run.memory.done) == ("done", "done", True)
+    failed = [e for e in await run.history() if e.kind == "error"]
+    assert [(e.trigger, e.dest, e.status) for e in failed] == [("try_it", "fallback", "running")]
+    assert failed[0].error is not None and failed[0].error["message"] == "boom"
+
+
+async def test_cancel_stops_a_run_with_a_recorded_reason(store: Store) -> None:
+    run = await approval().start(store, Draft(), run_id="c1")
+    await run.until_done()
+    await run.cancel("customer withdrew")
+    await run.release()
+    stored = await store.load("c1")
+    assert stored is not None and (stored.status, stored.state) == ("cancelled", "review")
+    last = (await store.history("c1"))[-1]
+    assert (last.trigger, last.kind, last.output) == ("cancel", "control", "customer withdrew")
+    with pytest.raises(RunError, match="already cancelled"):
+        await run.cancel()
+    await run.release()
