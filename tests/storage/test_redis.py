@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -20,7 +21,7 @@ async def test_every_key_of_a_run_is_in_one_cluster_slot(redis_store: RedisStore
     lease = await redis_store.acquire_lease("slot-test", "w1", 10)
     assert isinstance(lease, Lease)
     await redis_store.commit("slot-test", expected_seq=0, token=lease.token, event=event(1, n=1))
-    keys = await redis_store.client.keys(f"{redis_store.prefix}:{{slot-test}}:*")
+    keys: list[str] = await redis_store.client.keys(f"{redis_store.prefix}:{{slot-test}}:*")
     assert sorted(k.rsplit(":", 1)[1] for k in keys) == ["events", "keys", "lease", "run"]
     assert len({key_slot(k.encode()) for k in keys}) == 1
 
@@ -32,7 +33,7 @@ async def test_a_commit_is_one_evalsha(
     lease = await redis_store.acquire_lease("run-1", "w1", 10)
     assert isinstance(lease, Lease)
     sent: list[str] = []
-    execute = redis_store.client.execute_command
+    execute: Callable[..., Awaitable[Any]] = redis_store.client.execute_command
 
     async def counting(*args: Any, **options: Any) -> Any:
         sent.append(str(args[0]))
@@ -75,7 +76,7 @@ def test_open_store_refuses_an_unknown_scheme_without_leaking_the_password() -> 
 
 
 async def test_commits_survive_a_redis_kill_and_the_store_reconnects(
-    redis_factory: type[RedisServer],
+    redis_factory: Callable[..., RedisServer],
 ) -> None:
     server = redis_factory(appendfsync="always").start()
     store = RedisStore.from_url(server.url)
