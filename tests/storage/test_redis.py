@@ -21,7 +21,7 @@ async def test_every_key_of_a_run_is_in_one_cluster_slot(redis_store: RedisStore
     lease = await redis_store.acquire_lease("slot-test", "w1", 10)
     assert isinstance(lease, Lease)
     await redis_store.commit("slot-test", expected_seq=0, token=lease.token, event=event(1, n=1))
-    keys: list[str] = await redis_store.client.keys(f"{redis_store.prefix}:{{slot-test}}:*")
+    keys = [str(k) for k in await redis_store.client.keys(f"{redis_store.prefix}:{{slot-test}}:*")]
     assert sorted(k.rsplit(":", 1)[1] for k in keys) == ["events", "keys", "lease", "run"]
     assert len({key_slot(k.encode()) for k in keys}) == 1
 
