@@ -8,7 +8,7 @@ import fakeredis
 import pytest
 import pytest_asyncio
 
-from storage import RedisStore, Store
+from storage import EmbeddedStore, RedisStore, Store, open_store
 
 from .redis_server import RedisServer
 
@@ -55,10 +55,14 @@ async def make_store(kind: str, request: pytest.FixtureRequest, tmp_path: Path) 
         return RedisStore.from_url(server.url, prefix=f"t{next(_prefixes)}")
     if kind == "fakeredis":
         return RedisStore(fakeredis.aioredis.FakeRedis(decode_responses=True))
+    if kind == "embedded":
+        return EmbeddedStore(tmp_path / "store.db")
+    if kind == "memory":
+        return open_store("memory://")
     raise ValueError(kind)
 
 
-STORE_KINDS = ["redis", "fakeredis"]
+STORE_KINDS = ["redis", "fakeredis", "embedded", "memory"]
 
 
 @pytest_asyncio.fixture(params=STORE_KINDS)

@@ -40,7 +40,9 @@ class RedisServer:
     restart lose nothing.
     """
 
-    def __init__(self, workdir: Path, *, port: int | None = None, appendfsync: str | None = None) -> None:
+    def __init__(
+        self, workdir: Path, *, port: int | None = None, appendfsync: str | None = None
+    ) -> None:
         self.binary = require_redis_server()
         self.workdir = workdir
         self.port = port or free_port()
@@ -54,8 +56,19 @@ class RedisServer:
 
     def start(self) -> RedisServer:
         args = [
-            self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-            "--dir", str(self.workdir), "--daemonize", "no", "--logfile", "redis.log",
+            self.binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--dir",
+            str(self.workdir),
+            "--daemonize",
+            "no",
+            "--logfile",
+            "redis.log",
         ]
         if self.appendfsync:
             args += ["--appendonly", "yes", "--appendfsync", self.appendfsync]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from storage import RedisStore, Store
+from typing import Any
+
+from storage import EmbeddedStore, RedisStore, Store
 
 
 async def corrupt_memory_field(store: Store, run_id: str, field: str, raw: str) -> str:
@@ -11,24 +13,31 @@ async def corrupt_memory_field(store: Store, run_id: str, field: str, raw: str) 
         key = store.key(run_id, "run")
         await store.client.hset(key, f"m:{field}", raw)
         return key
-    corrupt = getattr(store, "corrupt_for_tests", None)
-    if corrupt is None:
-        raise NotImplementedError(f"no way to corrupt a {type(store).__name__} in tests")
-    key: str = await corrupt(run_id, "memory", field, raw)
-    return key
+    if isinstance(store, EmbeddedStore):
+        store.connection.execute(
+            "UPDATE memory SET json = ? WHERE run_id = ? AND name = ?", (raw, run_id, field)
+        )
+        return f"{store.path} memory field {field!r} of run {run_id!r}"
+    raise NotImplementedError(f"no way to corrupt a {type(store).__name__} in tests")
 
 
 async def corrupt_last_event(store: Store, run_id: str, raw: str) -> str:
     """Overwrite the newest event with `raw`; return the key the error should name."""
     if isinstance(store, RedisStore):
         key = store.key(run_id, "events")
-        entries = await store.client.xrange(key)
+        entries: list[Any] = list(await store.client.xrange(key) or [])
         await store.client.delete(key)  # a stream's ids only grow: rebuild it with the last one bad
         for i, (entry_id, fields) in enumerate(entries):
-            await store.client.xadd(key, {"e": raw} if i == len(entries) - 1 else fields, id=entry_id)
+            await store.client.xadd(
+                key, {"e": raw} if i == len(entries) - 1 else fields, id=entry_id
+            )
         return key
-    corrupt = getattr(store, "corrupt_for_tests", None)
-    if corrupt is None:
-        raise NotImplementedError(f"no way to corrupt a {type(store).__name__} in tests")
-    key: str = await corrupt(run_id, "event", None, raw)
-    return key
+    if isinstance(store, EmbeddedStore):
+        (seq,) = store.connection.execute(
+            "SELECT MAX(seq) FROM events WHERE run_id = ?", (run_id,)
+        ).fetchone()
+        store.connection.execute(
+            "UPDATE events SET json = ? WHERE run_id = ? AND seq = ?", (raw, run_id, seq)
+        )
+        return f"{store.path} event {seq} of run {run_id!r}"
+    raise NotImplementedError(f"no way to corrupt a {type(store).__name__} in tests")
