@@ -1,0 +1,69 @@
+"""A child process for the crash tests: drives one run of a 10-step agent to its end.
+
+Each step appends `"{idempotency_key}\t{trigger}\n"` to a side-effect log (fsynced) and sleeps a
+little, so a SIGKILL lands inside steps as well as between them.
+
+    python -m tests.integration.sigkill_agent STORE_URL RUN_ID LOG_PATH
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import sys
+import time
+from collections.abc import Callable
+
+from pydantic import BaseModel
+
+from agents import Agent, tool
+from statemachine import StepContext
+from storage import open_store
+
+STEPS = 10
+LEASE_TTL = 0.4
+
+
+class Progress(BaseModel):
+    done: list[str] = []
+
+
+def make_step(log_path: str) -> Callable[[Progress, StepContext], list[str]]:
+    def step(memory: Progress, ctx: StepContext) -> list[str]:
+        """A sync tool (run in a worker thread, the default) with a side effect."""
+        with open(log_path, "a") as log:
+            log.write(f"{ctx.idempotency_key}\t{ctx.trigger}\n")
+            log.flush()
+            os.fsync(log.fileno())
+        time.sleep(random.uniform(0.005, 0.04))
+        return [*memory.done, ctx.trigger]
+
+    return step
+
+
+def agent(log_path: str) -> Agent[Progress]:
+    step = make_step(log_path)
+    return Agent(
+        name="ten_steps",
+        memory=Progress,
+        initial="s0",
+        final=[f"s{STEPS}"],
+        lease_ttl=LEASE_TTL,
+        transitions=[
+            tool(f"t{i}", f"s{i}", f"s{i + 1}", step, into="done", retries=5) for i in range(STEPS)
+        ],
+    )
+
+
+async def main(url: str, run_id: str, log_path: str) -> None:
+    store = open_store(url, prefix="crash")
+    machine = agent(log_path)
+    run = await machine.start(store, Progress(), run_id=run_id, lease_wait=10 * LEASE_TTL)
+    await run.until_done()
+    await store.close()
+    print(run.status, flush=True)
+
+
+if __name__ == "__main__":
+    asyncio.run(main(*sys.argv[1:4]))

@@ -1,0 +1,98 @@
+"""SIGKILL a process mid-run, again and again; fresh processes resume until the run is done.
+
+Nothing committed is lost or executed again; the step in flight at a kill runs once more, with
+the same idempotency key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from storage import EmbeddedStore, RedisStore, Store
+
+from ..redis_server import RedisServer
+from .sigkill_agent import STEPS
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def child(url: str, run_id: str, log: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.integration.sigkill_agent", url, run_id, str(log)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+def crash_until_done(url: str, run_id: str, log: Path, seed: int) -> int:
+    """Kill children at random moments until one finishes; return how many kills hit."""
+    rng = random.Random(seed)
+    kills = 0
+    for _ in range(40):
+        proc = child(url, run_id, log)
+        if kills < 6:
+            time.sleep(rng.uniform(0.3, 0.9))  # start-up takes ~0.3 s; the run ~0.4 s more
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+                proc.communicate()  # reap it and close its pipes
+                kills += 1
+                continue
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err.decode()[-3000:]
+        assert out.decode().strip() == "done"
+        return kills
+    raise AssertionError("the run never finished")
+
+
+async def check(store: Store, run_id: str, effects: str, kills: int) -> None:
+    run = await store.load(run_id)
+    assert run is not None
+    assert (run.state, run.status, run.seq) == (f"s{STEPS}", "done", STEPS)
+    assert run.memory["done"] == [f"t{i}" for i in range(STEPS)]
+
+    history = await store.history(run_id)
+    assert [e.seq for e in history] == list(range(STEPS + 1))  # gap-free
+    steps = history[1:]
+    assert [e.trigger for e in steps] == [f"t{i}" for i in range(STEPS)]  # each once
+    assert all(e.kind == "tool" for e in steps)
+
+    executions = Counter(line.split("\t")[0] for line in effects.splitlines())
+    for e in steps:
+        assert e.key == f"{run_id}:{e.seq - 1}:{e.trigger}"
+        assert executions[e.key] >= 1
+    # Only the step in flight at a kill runs again: at most one extra execution per kill,
+    # and no key outside the committed ones (nothing ran past a commit it did not make).
+    assert set(executions) == {e.key for e in steps}
+    extra = sum(n - 1 for n in executions.values())
+    assert extra <= kills
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+async def test_sigkill_storm_on_redis(redis_server: RedisServer, tmp_path: Path, seed: int) -> None:
+    log = tmp_path / "effects.log"
+    run_id = f"storm-{seed}"
+    kills = await asyncio.to_thread(crash_until_done, redis_server.url, run_id, log, seed)
+    assert kills >= 3, "the kills should land while the run is going"
+    store = RedisStore.from_url(redis_server.url, prefix="crash")
+    await check(store, run_id, log.read_text(), kills)
+    await store.close()
+
+
+async def test_sigkill_storm_on_the_embedded_store(tmp_path: Path) -> None:
+    log = tmp_path / "effects.log"
+    db = tmp_path / "store.db"
+    kills = await asyncio.to_thread(crash_until_done, f"sqlite:///{db}", "storm", log, 3)
+    assert kills >= 3
+    store = EmbeddedStore(db)
+    await check(store, "storm", log.read_text(), kills)
+    await store.close()
