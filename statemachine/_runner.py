@@ -381,7 +381,7 @@ class Run(Generic[M]):
                 ),
                 1,
             )
-        dump = new.model_dump(mode="json")
+        dump = new.model_dump(mode="json", warnings=False)
         if dump == self._fields:
             return {}, self.memory
         try:
@@ -389,13 +389,13 @@ class Run(Generic[M]):
         except ValidationError as exc:
             self._restore_memory()
             raise _StepFailed(InvalidMemory(f"run {self.run_id!r}", exc), 1) from None
-        dump = checked.model_dump(mode="json")
+        dump = checked.model_dump(mode="json", warnings=False)
         patch = {k: v for k, v in dump.items() if k not in self._fields or self._fields[k] != v}
         return patch, checked
 
     def _restore_memory(self) -> None:
         """Undo in-place changes a failed try made to the memory object."""
-        if self.memory.model_dump(mode="json") != self._fields:
+        if self.memory.model_dump(mode="json", warnings=False) != self._fields:
             self.memory = self.machine.memory_type.model_validate(self._fields)
 
     async def _fail(

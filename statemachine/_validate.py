@@ -164,7 +164,7 @@ def compile_table(
                 " steps that run by themselves: put the wait in a state of its own"
             )
         seen: dict[str, Transition] = {}
-        for i, t in enumerate(rows):
+        for t in rows:
             earlier = seen.get(t.trigger)
             if earlier is not None and (earlier.guard is None or t.guard is None):
                 raise DefinitionError(
@@ -172,9 +172,10 @@ def compile_table(
                     " to choose between them"
                 )
             seen[t.trigger] = t
-            if i + 1 < len(rows) and t.guard is None and not t.waits:
+        for t, later in zip(rows, rows[1:], strict=False):
+            if t.guard is None and not t.waits:
                 raise DefinitionError(
-                    f"transition {rows[i + 1].describe()} can never fire: {t.describe()} comes"
+                    f"transition {later.describe()} can never fire: {t.describe()} comes"
                     f" before it from state {s!r} and has no guard"
                 )
 
@@ -187,12 +188,6 @@ def compile_table(
                 + _hint(s, others)
             )
 
-    reachable = _reach([initial], lambda s: [d for t in out[s] for d in _leads_to(t)])
-    for s in all_states:
-        if s not in reachable and s != on_error:
-            raise DefinitionError(
-                f"state {s!r} cannot be reached from the initial state {initial!r}"
-            )
     into: dict[str, list[str]] = {s: [] for s in all_states}
     for t in transitions:
         for s in t.source:
@@ -201,6 +196,12 @@ def compile_table(
     can_finish = _reach(list(finals), lambda s: into[s])
     if initial not in can_finish:
         raise DefinitionError(f"{where}: no final state can be reached from {initial!r}")
+    reachable = _reach([initial], lambda s: [d for t in out[s] for d in _leads_to(t)])
+    for s in all_states:
+        if s not in reachable and s != on_error:
+            raise DefinitionError(
+                f"state {s!r} cannot be reached from the initial state {initial!r}"
+            )
     for s in all_states:
         if s in reachable and s not in can_finish and s not in terminal:
             raise DefinitionError(
