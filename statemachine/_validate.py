@@ -10,6 +10,7 @@ about as much as a whole Redis commit).
 from __future__ import annotations
 
 import difflib
+import itertools
 import re
 from collections import deque
 from collections.abc import Iterable, Sequence
@@ -172,7 +173,7 @@ def compile_table(
                     " to choose between them"
                 )
             seen[t.trigger] = t
-        for t, later in zip(rows, rows[1:], strict=False):
+        for t, later in itertools.pairwise(rows):
             if t.guard is None and not t.waits:
                 raise DefinitionError(
                     f"transition {later.describe()} can never fire: {t.describe()} comes"

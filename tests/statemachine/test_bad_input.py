@@ -38,15 +38,18 @@ def declare(transitions: list[Transition], **kw: object) -> Machine[Memo]:
         (
             [transition("go", "a", "planed")],
             {"states": ["a", "planned", "done"]},
-            r"transition 'go' \(a -> planed\) goes to unknown state 'planed' \(did you mean 'planned'\?\)",
+            r"transition 'go' \(a -> planed\) goes to unknown state 'planed'"
+            r" \(did you mean 'planned'\?\)",
         ),
         (
             [transition("go", "a", "dnoe")],
             {},
-            r"state 'dnoe' is a dead end: it is not final and no transition leaves it \(did you mean 'done'\?\)",
+            r"state 'dnoe' is a dead end: it is not final and no transition leaves it"
+            r" \(did you mean 'done'\?\)",
         ),
         (
-            [transition("go", "a", "done"), transition("go", "a", "b"), transition("b", "b", "done")],
+            [transition("go", "a", "done"), transition("go", "a", "b"),
+             transition("b", "b", "done")],
             {},
             "trigger 'go' is declared twice from state 'a' without a guard to choose between them",
         ),
@@ -121,7 +124,9 @@ def test_no_guard_passing_names_the_state_and_the_guards() -> None:
 def agent() -> Agent[Memo]:
     return Agent(
         name="counter", memory=Memo, initial="a", final=["done"],
-        transitions=[tool("go", "a", "b", bump, into="n"), tool("go2", "b", "done", bump, into="n")],
+        transitions=[
+            tool("go", "a", "b", bump, into="n"), tool("go2", "b", "done", bump, into="n"),
+        ],
     )  # fmt: skip
 
 
