@@ -1,0 +1,135 @@
+"""The `agentfsm` command as a newcomer uses it, in real subprocesses."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from storage import EmbeddedStore, RedisStore, Store, open_store
+
+from ..redis_server import RedisServer
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def agentfsm(
+    *args: str, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    clean = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "AGENTFSM_MODEL", "AGENTFSM_FAIL_AT")
+    }
+    clean["PYTHONPATH"] = str(ROOT)
+    return subprocess.run(
+        [sys.executable, "-m", "agents", *args], cwd=cwd, env={**clean, **(env or {})},
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+
+
+def requests_made(output: str) -> int:
+    found = re.search(r"model requests made by this process: (\d+)", output)
+    assert found, output
+    return int(found.group(1))
+
+
+@pytest.fixture(params=["redis", "embedded"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "redis":
+        server: RedisServer = request.getfixturevalue("redis_server")
+        return server.url
+    return f"sqlite:///{tmp_path / 'store.db'}"
+
+
+async def _open(url: str) -> Store:
+    return RedisStore.from_url(url) if url.startswith("redis") else open_store(url)
+
+
+def test_a_failed_run_resumes_in_a_new_process_without_repaying_model_requests(
+    store_url: str, tmp_path: Path
+) -> None:
+    run_id = f"walk-{tmp_path.name}"
+    first = agentfsm("demo", "--fail-at", "detect", "--run-id", run_id, "--store", store_url,
+                     cwd=tmp_path)  # fmt: skip
+    assert first.returncode == 1, first.stderr
+    assert "offline" in first.stdout
+    assert requests_made(first.stdout) == 2  # plan, interpret
+    assert f"agentfsm resume {run_id}" in first.stdout
+
+    second = agentfsm("resume", run_id, "--store", store_url, cwd=tmp_path)
+    assert second.returncode == 0, second.stderr
+    assert requests_made(second.stdout) == 1  # only the report
+
+    async def committed() -> list[tuple[str, str]]:
+        store = await _open(store_url)
+        events = await store.history(run_id)
+        await store.close()
+        return [(e.trigger, e.kind) for e in events]
+
+    assert asyncio.run(committed()) == [
+        ("start", "start"), ("plan", "llm"), ("calculate", "tool"), ("interpret", "llm"),
+        ("detect", "error"), ("retry", "control"), ("detect", "tool"), ("report", "llm"),
+    ]  # fmt: skip
+
+
+def test_demo_show_and_history_on_the_embedded_default(tmp_path: Path) -> None:
+    demo = agentfsm("demo", "--run-id", "d1", cwd=tmp_path)
+    assert demo.returncode == 0, demo.stderr
+    assert "offline" in demo.stdout and "Anomalies flagged: 48.7" in demo.stdout
+    assert (tmp_path / ".agentfsm" / "store.db").exists()
+    show = agentfsm("show", "d1", cwd=tmp_path)
+    assert show.returncode == 0 and "status   done" in show.stdout and '"anomalies"' in show.stdout
+    history = agentfsm("history", "d1", cwd=tmp_path)
+    assert history.returncode == 0
+    for trigger in ("plan", "calculate", "interpret", "detect", "report"):
+        assert trigger in history.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (["demo", "--model", "nonsense:foo"], {}, "cannot use model 'nonsense:foo': Unknown model"),
+        (["demo", "--model", "openai:gpt-4o-mini"], {}, "OPENAI_API_KEY"),
+        (["run", "agents.examples.data_analyst:analyst", "--input", "{not json"], {},
+         "--input is not JSON"),
+        (["run", "agents.examples.data_analyst:analyst", "--input", '{"dataset": []}'], {},
+         "dataset: List should have at least 1 item"),
+        (["run", "agents.examples.data_analyst:analyst", "--input", '{"dataset": "x"}'], {},
+         "dataset: Input should be a valid list"),
+        (["run", "no.such.module:agent", "--input", "{}"], {}, "cannot import module 'no.such.module'"),
+        (["run", "agents.examples.data_analyst:nobody", "--input", "{}"], {},
+         "has no attribute 'nobody'"),
+        (["run", "agents.examples.data_analyst:Analysis", "--input", "{}"], {},
+         "is a ModelMetaclass, not an agents.Agent"),
+        (["run", "nocolon", "--input", "{}"], {}, "'nocolon' is not MODULE:AGENT"),
+        (["resume", "ghost"], {}, "no run with id 'ghost'"),
+        (["show", "ghost"], {}, "no run with id 'ghost'"),
+        (["history", "ghost"], {}, "no run with id 'ghost'"),
+        (["show", "x", "--store", "mysql://u:pw@h/db"], {}, "unknown store URL"),
+    ],
+)  # fmt: skip
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(
+    args: list[str], env: dict[str, str], message: str, tmp_path: Path
+) -> None:
+    db = tmp_path / "store.db"
+    result = agentfsm(*args, cwd=tmp_path, env={"AGENTFSM_STORE": f"sqlite:///{db}", **env})
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("agentfsm: error: "), result.stderr
+    assert message in lines[0]
+    assert "pw" not in result.stderr
+    if db.exists():
+        store = EmbeddedStore(db)
+        assert asyncio.run(store.list_runs()) == []
+
+
+def test_help_works_both_ways(tmp_path: Path) -> None:
+    assert agentfsm("--help", cwd=tmp_path).returncode == 0
+    console = subprocess.run(["agentfsm", "--help"], capture_output=True, text=True, check=False)
+    assert console.returncode == 0 and "resume" in console.stdout
