@@ -29,6 +29,13 @@ __all__ = [
 ]
 
 
+def _problems(error: ValidationError, whole: str) -> str:
+    """`field.path: message; ...` for each problem pydantic found (`whole` names the root)."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or whole}: {e['msg']}" for e in error.errors()
+    )
+
+
 class DefinitionError(ValueError):
     """The state table cannot work. Raised at declaration, before anything runs."""
 
@@ -37,9 +44,7 @@ class InvalidMemory(ValueError):
     """Memory that fails its schema. Raised before any write."""
 
     def __init__(self, where: str, error: ValidationError) -> None:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'memory'}: {e['msg']}" for e in error.errors()
-        )
+        problems = _problems(error, "memory")
         super().__init__(f"{where}: memory fails the {error.title} schema: {problems}")
         self.errors = error.errors()
 
@@ -48,9 +53,7 @@ class InvalidPayload(ValueError):
     """An event payload that fails its schema. Raised before any write."""
 
     def __init__(self, event: str, error: ValidationError) -> None:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'payload'}: {e['msg']}" for e in error.errors()
-        )
+        problems = _problems(error, "payload")
         super().__init__(f"payload of event {event!r} fails its schema: {problems}")
         self.errors = error.errors()
 

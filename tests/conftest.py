@@ -79,3 +79,12 @@ async def redis_store(redis_server: RedisServer) -> AsyncIterator[RedisStore]:
     s = RedisStore.from_url(redis_server.url, prefix=f"t{next(_prefixes)}")
     yield s
     await s.close()
+
+
+@pytest.fixture(params=["redis", "embedded"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A URL for child processes: the real redis-server, or an embedded store file."""
+    if request.param == "redis":
+        server: RedisServer = request.getfixturevalue("redis_server")
+        return server.url
+    return f"sqlite:///{tmp_path / 'store.db'}"

@@ -13,8 +13,6 @@ import pytest
 
 from storage import EmbeddedStore, RedisStore, Store, open_store
 
-from ..redis_server import RedisServer
-
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -37,14 +35,6 @@ def requests_made(output: str) -> int:
     found = re.search(r"model requests made by this process: (\d+)", output)
     assert found, output
     return int(found.group(1))
-
-
-@pytest.fixture(params=["redis", "embedded"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "redis":
-        server: RedisServer = request.getfixturevalue("redis_server")
-        return server.url
-    return f"sqlite:///{tmp_path / 'store.db'}"
 
 
 async def _open(url: str) -> Store:

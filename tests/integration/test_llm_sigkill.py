@@ -10,11 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 from storage import RedisStore, Store, open_store
-
-from ..redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -43,17 +39,10 @@ def kill_inside_second_request(url: str, run_id: str, workdir: Path) -> list[str
     return after[len(before) :]
 
 
-@pytest.fixture(params=["redis", "embedded"])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "redis":
-        server: RedisServer = request.getfixturevalue("redis_server")
-        return server.url
-    return f"sqlite:///{tmp_path / 'store.db'}"
-
-
 async def test_conversation_after_a_kill_mid_request_has_no_duplicates(
-    url: str, tmp_path: Path
+    store_url: str, tmp_path: Path
 ) -> None:
+    url = store_url
     run_id = f"llm-{tmp_path.name}"
     second_process = await asyncio.to_thread(kill_inside_second_request, url, run_id, tmp_path)
     assert second_process == ["1"]  # only the interrupted request is made again
