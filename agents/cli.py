@@ -45,7 +45,9 @@ def _parser() -> argparse.ArgumentParser:
 
     def command(name: str, help: str) -> argparse.ArgumentParser:
         c = sub.add_parser(name, help=help, description=help)
-        c.add_argument("--store", help="store URL (default: $AGENTFSM_STORE, else .agentfsm/store.db)")
+        c.add_argument(
+            "--store", help="store URL (default: $AGENTFSM_STORE, else .agentfsm/store.db)"
+        )
         return c
 
     run = command("run", "start (or continue) a run of an agent and drive it to the end")
@@ -56,16 +58,50 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = command("demo", "run the example data analyst end to end")
     demo.add_argument("--run-id", help="an id of your choice (default: a new one)")
-    demo.add_argument("--fail-at", metavar="STEP", choices=["detect"],
-                      help="make this step fail, to show recovery with `agentfsm resume`")
-    demo.add_argument("--model", help="pydantic-ai model name (default: offline unless an API key is set)")
+    demo.add_argument(
+        "--fail-at",
+        metavar="STEP",
+        choices=["detect"],
+        help="make this step fail, to show recovery with `agentfsm resume`",
+    )
+    demo.add_argument(
+        "--model", help="pydantic-ai model name (default: offline unless an API key is set)"
+    )
 
     resume = command("resume", "continue a run from its last commit (a failed run is retried)")
     resume.add_argument("run_id", metavar="RUN_ID")
-    resume.add_argument("--agent", metavar="MODULE:AGENT", help="needed unless the agent is registered")
+    resume.add_argument(
+        "--agent", metavar="MODULE:AGENT", help="needed unless the agent is registered"
+    )
     resume.add_argument("--model", help="pydantic-ai model name for the agent's LLM steps")
-    resume.add_argument("--wait", type=float, default=None, metavar="SECONDS",
-                        help="how long to wait for a crashed holder's lease (default: its ttl)")
+    resume.add_argument(
+        "--wait",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="how long to wait for a crashed holder's lease (default: its ttl)",
+    )
+
+    send = command("send", "deliver an event to a waiting run, then drive the run on")
+    send.add_argument("run_id", metavar="RUN_ID")
+    send.add_argument("event", metavar="EVENT")
+    send.add_argument("--data", default="null", metavar="JSON", help="the event's payload")
+    send.add_argument(
+        "--agent", metavar="MODULE:AGENT", help="needed unless the agent is registered"
+    )
+
+    retry = command("retry", "put a failed run back where it failed and drive it on")
+    retry.add_argument("run_id", metavar="RUN_ID")
+    retry.add_argument(
+        "--agent", metavar="MODULE:AGENT", help="needed unless the agent is registered"
+    )
+
+    cancel = command("cancel", "stop a run for good (recorded with a reason)")
+    cancel.add_argument("run_id", metavar="RUN_ID")
+    cancel.add_argument("--reason", default="", help="why, for the record")
+    cancel.add_argument(
+        "--agent", metavar="MODULE:AGENT", help="needed unless the agent is registered"
+    )
 
     show = command("show", "the run's state, status and memory")
     show.add_argument("run_id", metavar="RUN_ID")
@@ -82,7 +118,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         err.print(f"agentfsm: error: {escape(str(exc))}")
         return EXIT_USAGE
     except KeyboardInterrupt:
-        err.print("agentfsm: interrupted; the run continues from its last commit with `agentfsm resume`")
+        err.print(
+            "agentfsm: interrupted; the run continues from its last commit with `agentfsm resume`"
+        )
         return 130
 
 
@@ -97,6 +135,8 @@ async def _dispatch(args: argparse.Namespace) -> int:
                 return await _demo(store, args)
             case "resume":
                 return await _resume(store, args)
+            case "send" | "retry" | "cancel":
+                return await _control(store, args)
             case "show":
                 return await _show(store, args.run_id)
             case "history":
@@ -110,7 +150,9 @@ def load_agent(spec: str) -> Agent[Any]:
     """The `Agent` object named by "module.path:attribute"."""
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
-        raise UsageProblem(f"{spec!r} is not MODULE:AGENT (for example agents.examples.data_analyst:analyst)")
+        raise UsageProblem(
+            f"{spec!r} is not MODULE:AGENT (for example agents.examples.data_analyst:analyst)"
+        )
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
@@ -138,22 +180,28 @@ def _with_model(agent: Agent[Any], model: str | None) -> Agent[Any]:
     return agent
 
 
-def _json_input(text: str) -> Any:
+def _json_input(text: str, option: str = "--input") -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise UsageProblem(f"--input is not JSON: {exc}") from None
+        raise UsageProblem(f"{option} is not JSON: {exc}") from None
 
 
-async def _run(store: Store, agent: Agent[Any], memory: Any, run_id: str | None) -> tuple[int, Run[Any]]:
+async def _run(
+    store: Store, agent: Agent[Any], memory: Any, run_id: str | None
+) -> tuple[int, Run[Any]]:
     if not isinstance(memory, dict):
-        raise UsageProblem(f"--input must be a JSON object of memory fields, not {type(memory).__name__}")
+        raise UsageProblem(
+            f"--input must be a JSON object of memory fields, not {type(memory).__name__}"
+        )
     try:
         run = await agent.start(store, memory, run_id=run_id)
     except InvalidMemory as exc:
         raise UsageProblem(str(exc)) from None
     _say_model(agent)
-    out.print(f"run [bold]{run.run_id}[/] of {agent.name} v{agent.version}: {run.state} ({run.status})")
+    out.print(
+        f"run [bold]{run.run_id}[/] of {agent.name} v{agent.version}: {run.state} ({run.status})"
+    )
     return await _drive(run), run
 
 
@@ -169,12 +217,15 @@ async def _demo(store: Store, args: argparse.Namespace) -> int:
         out.print(run.memory.report)
     elif run.status == "failed":
         store_arg = f" --store {args.store}" if args.store else ""
-        out.print(f"\nThe run stopped at {run.state!r}; continue it with:"
-                  f"  agentfsm resume {run.run_id}{store_arg}")
+        out.print(
+            f"\nThe run stopped at {run.state!r}; continue it with:"
+            f"  agentfsm resume {run.run_id}{store_arg}"
+        )
     return code
 
 
-async def _resume(store: Store, args: argparse.Namespace) -> int:
+async def _agent_of(store: Store, args: argparse.Namespace) -> Agent[Any]:
+    """The agent a stored run belongs to: `--agent`, else the registered one of its name."""
     record = await store.load(args.run_id)
     if record is None:
         raise RunNotFound(args.run_id)
@@ -184,15 +235,37 @@ async def _resume(store: Store, args: argparse.Namespace) -> int:
             f"run {args.run_id!r} belongs to agent {record.agent!r}, which is not registered:"
             " pass --agent MODULE:AGENT"
         )
-    agent = _with_model(agent, args.model)
+    return _with_model(agent, getattr(args, "model", None))
+
+
+async def _control(store: Store, args: argparse.Namespace) -> int:
+    agent = await _agent_of(store, args)
+    run = await agent.resume(store, args.run_id, lease_wait=agent.lease_ttl + 1)
+    async with run:  # the lease goes back whatever happens
+        if args.command == "cancel":
+            await run.cancel(args.reason)
+            out.print(f"cancelled: [bold]{run.run_id}[/] at {run.state}")
+            return EXIT_DONE
+        if args.command == "send":
+            event = await run.send(args.event, _json_input(args.data, "--data"))
+        else:
+            event = await run.retry()
+        out.print(_line(event))
+        return await _drive(run)
+
+
+async def _resume(store: Store, args: argparse.Namespace) -> int:
+    agent = await _agent_of(store, args)
     wait = args.wait if args.wait is not None else agent.lease_ttl + 1
     run = await agent.resume(store, args.run_id, lease_wait=wait)
     _say_model(agent)
-    out.print(f"run [bold]{run.run_id}[/] of {agent.name}: resuming at {run.state} (seq {run.seq}, {run.status})")
-    if run.status == "failed":
-        await run.retry()
-        out.print(f"  retrying from {run.state}")
-    return await _drive(run)
+    where = f"{run.state} (seq {run.seq}, {run.status})"
+    out.print(f"run [bold]{run.run_id}[/] of {agent.name}: resuming at {where}")
+    async with run:  # the lease goes back whatever happens
+        if run.status == "failed":
+            await run.retry()
+            out.print(f"  retrying from {run.state}")
+        return await _drive(run)
 
 
 async def _drive(run: Run[Any]) -> int:
@@ -211,8 +284,10 @@ async def _drive(run: Run[Any]) -> int:
     if run.status == "failed":
         last = (await run.history(run.seq))[0]
         if last.error:
-            err.print(f"step {last.trigger!r} failed after {last.attempt} attempt(s):"
-                      f" {last.error.get('type')}: {escape(str(last.error.get('message')))}")
+            err.print(
+                f"step {last.trigger!r} failed after {last.attempt} attempt(s):"
+                f" {last.error.get('type')}: {escape(str(last.error.get('message')))}"
+            )
         return EXIT_FAILED
     return {"done": EXIT_DONE, "waiting": EXIT_WAITING}.get(run.status, EXIT_FAILED)
 
@@ -224,8 +299,10 @@ def _line(e: Event) -> str:
         tokens = f"  tokens {e.usage.get('input_tokens', 0)}→{e.usage.get('output_tokens', 0)}"
     mark = "[red]✗[/]" if e.kind == "error" else "[green]✓[/]"
     note = f"  [red]{escape(str((e.error or {}).get('message', '')))}[/]" if e.error else ""
-    return (f"  {mark} {e.seq:>4}  {e.trigger:<14} {e.source} → {e.dest:<14} {e.kind:<7}"
-            f"{took}{tokens}{note}")
+    return (
+        f"  {mark} {e.seq:>4}  {e.trigger:<14} {e.source} → {e.dest:<14} {e.kind:<7}"
+        f"{took}{tokens}{note}"
+    )
 
 
 def _say_model(agent: Agent[Any]) -> None:
@@ -242,8 +319,10 @@ async def _show(store: Store, run_id: str) -> int:
     run = await store.load(run_id)
     if run is None:
         raise RunNotFound(run_id)
-    out.print(f"run      {run.run_id}\nagent    {run.agent} v{run.version}\nstate    {run.state}"
-              f"\nstatus   {run.status}\nseq      {run.seq}\nholder   {run.holder or '-'}")
+    out.print(
+        f"run      {run.run_id}\nagent    {run.agent} v{run.version}\nstate    {run.state}"
+        f"\nstatus   {run.status}\nseq      {run.seq}\nholder   {run.holder or '-'}"
+    )
     out.print("memory")
     out.print_json(json.dumps(run.memory))
     return EXIT_DONE
@@ -253,13 +332,32 @@ async def _history(store: Store, run_id: str) -> int:
     events = await store.history(run_id)
     if not events:
         raise RunNotFound(run_id)
-    table = Table("seq", "trigger", "from → to", "kind", "duration", "attempt", "tokens", "status",
-                  box=None, header_style="bold")
+    table = Table(
+        "seq",
+        "trigger",
+        "from → to",
+        "kind",
+        "duration",
+        "attempt",
+        "tokens",
+        "status",
+        box=None,
+        header_style="bold",
+    )
     for e in events:
-        tokens = f"{e.usage.get('input_tokens', 0)}→{e.usage.get('output_tokens', 0)}" if e.usage else ""
-        table.add_row(str(e.seq), e.trigger, f"{e.source or '·'} → {e.dest}", e.kind,
-                      f"{(e.ended_at - e.started_at) * 1000:.1f} ms", str(e.attempt), tokens,
-                      e.status + (f" ({e.error.get('type')})" if e.error else ""))
+        tokens = (
+            f"{e.usage.get('input_tokens', 0)}→{e.usage.get('output_tokens', 0)}" if e.usage else ""
+        )
+        table.add_row(
+            str(e.seq),
+            e.trigger,
+            f"{e.source or '·'} → {e.dest}",
+            e.kind,
+            f"{(e.ended_at - e.started_at) * 1000:.1f} ms",
+            str(e.attempt),
+            tokens,
+            e.status + (f" ({e.error.get('type')})" if e.error else ""),
+        )
     out.print(table, width=max(out.width, 150))
     return EXIT_DONE
 

@@ -153,7 +153,17 @@ class Run(Generic[M]):
         two processes sending the same event commit it once: the second finds the run moved.
         Like `step()`, this takes the run's lease: go on with `until_done()` or `release()`.
         """
+        t, checked = self._accept(event, payload)  # refuse before taking the lease
         lease = await self._hold()
+        try:
+            t, checked = self._accept(event, payload)  # the run may have moved meanwhile
+        except (RunError, ValueError):
+            await self.release(quiet=True)
+            raise
+        return await self._fire(lease, t, checked)
+
+    def _accept(self, event: str, payload: JsonValue) -> tuple[Transition, JsonValue]:
+        """The wait transition `event` fires from here, and the checked payload; or an error."""
         rows = self.machine.table.out.get(self.state, ())
         expected = [t.trigger for t in rows if t.waits]
         if self.status != "waiting" or event not in expected:
@@ -167,8 +177,7 @@ class Run(Generic[M]):
         if t is None:
             raise RunError(f"run {self.run_id!r}: every guard on event {event!r} returned False")
         check = getattr(t.step, "check_payload", None)
-        checked = check(payload) if check is not None else payload
-        return await self._fire(lease, t, checked)
+        return t, check(payload) if check is not None else payload
 
     async def _fire(self, lease: Lease, t: Transition, payload: JsonValue) -> Event:
         """Run `t`'s step and commit its outcome: the one path every transition takes."""
@@ -322,7 +331,8 @@ class Run(Generic[M]):
         if t.step is None:
             return StepResult(memory=self.memory), 1
         policy = t.step.policy
-        attempt = crashes + 1
+        # A process that died holding a waiting run was not running its wait step.
+        attempt = 1 if t.waits else crashes + 1
         if attempt > policy.attempts:
             raise _StepFailed(
                 RunError(

@@ -124,3 +124,20 @@ def test_help_works_both_ways(tmp_path: Path) -> None:
     assert agentfsm("--help", cwd=tmp_path).returncode == 0
     console = subprocess.run(["agentfsm", "--help"], capture_output=True, text=True, check=False)
     assert console.returncode == 0 and "resume" in console.stdout
+
+
+def test_waiting_run_takes_events_from_the_command_line(store_url: str, tmp_path: Path) -> None:
+    run_id = f"ap-{tmp_path.name}"
+    store = ("--store", store_url)
+    started = agentfsm("run", "agents.examples.approval:approval", "--run-id", run_id,
+                       "--input", '{"request": "refund"}', *store, cwd=tmp_path)  # fmt: skip
+    assert started.returncode == 3, started.stderr  # waiting for a person
+    refused = agentfsm("send", run_id, "review", "--data", '{"verdict": "maybe"}', *store,
+                       cwd=tmp_path)  # fmt: skip
+    assert refused.returncode == 2 and "fails its schema" in refused.stderr
+    approved = agentfsm("send", run_id, "review", "--data", '{"verdict": "approve", "by": "ana"}',
+                        *store, cwd=tmp_path)  # fmt: skip
+    assert approved.returncode == 0, approved.stderr
+    assert "done:" in approved.stdout
+    again = agentfsm("cancel", run_id, *store, cwd=tmp_path)
+    assert again.returncode == 2 and "already done" in again.stderr

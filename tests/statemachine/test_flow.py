@@ -88,6 +88,22 @@ async def test_a_bad_payload_or_an_unexpected_event_is_refused_and_changes_nothi
     )
 
 
+async def test_a_refused_event_leaves_the_run_free_for_the_next_sender(store: Store) -> None:
+    agent = approval()
+    run = await agent.start(store, Draft(), run_id="a7")
+    await run.until_done()
+    careless = await agent.resume(store, "a7")
+    with pytest.raises(InvalidPayload):
+        await careless.send("decide", {"verdict": "maybe"})
+    # no release by the careless sender: the refusal must not have kept the lease
+    careful = await agent.resume(store, "a7")
+    await careful.send("decide", {"verdict": "approve", "by": "ana"})
+    await careful.until_done()
+    assert careful.status == "done"
+    decide = [e for e in await careful.history() if e.trigger == "decide"]
+    assert [(e.kind, e.attempt) for e in decide] == [("wait", 1)]
+
+
 async def test_an_event_for_a_run_that_is_not_waiting_is_refused(store: Store) -> None:
     agent = approval()
     run = await agent.start(store, Draft(), run_id="a3")
