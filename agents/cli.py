@@ -14,15 +14,16 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from datetime import datetime
 from importlib.metadata import entry_points
-from typing import Any
+from typing import Any, get_args
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from statemachine import InvalidMemory, Run, RunError, RunNotFound
-from storage import Event, StorageError, Store, open_store
+from storage import Event, RunStatus, StorageError, Store, open_store
 
 from ._agent import Agent
 
@@ -103,6 +104,13 @@ def _parser() -> argparse.ArgumentParser:
         "--agent", metavar="MODULE:AGENT", help="needed unless the agent is registered"
     )
 
+    runs = command("runs", "list runs, most recently updated first")
+    runs.add_argument("--agent", metavar="NAME", help="only this agent's runs")
+    runs.add_argument(
+        "--status", choices=list(get_args(RunStatus)), help="only runs in this status"
+    )
+    runs.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+
     show = command("show", "the run's state, status and memory")
     show.add_argument("run_id", metavar="RUN_ID")
     history = command("history", "one line per committed transition")
@@ -137,6 +145,8 @@ async def _dispatch(args: argparse.Namespace) -> int:
                 return await _resume(store, args)
             case "send" | "retry" | "cancel":
                 return await _control(store, args)
+            case "runs":
+                return await _runs(store, args)
             case "show":
                 return await _show(store, args.run_id)
             case "history":
@@ -313,6 +323,17 @@ def _say_model(agent: Agent[Any]) -> None:
         out.print(f"model: {name} [yellow](offline: deterministic answers, no API key needed)[/]")
     elif agent.model is not None:
         out.print(f"model: {name}")
+
+
+async def _runs(store: Store, args: argparse.Namespace) -> int:
+    table = Table("run", "agent", "state", "status", "seq", "updated", "holder",
+                  box=None, header_style="bold")  # fmt: skip
+    for run in await store.list_runs(agent=args.agent, status=args.status, limit=args.limit):
+        updated = datetime.fromtimestamp(run.updated_at).strftime("%Y-%m-%d %H:%M:%S")
+        table.add_row(run.run_id, f"{run.agent} v{run.version}", run.state, run.status,
+                      str(run.seq), updated, run.holder or "-")  # fmt: skip
+    out.print(table, width=max(out.width, 150))
+    return EXIT_DONE
 
 
 async def _show(store: Store, run_id: str) -> int:

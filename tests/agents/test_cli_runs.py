@@ -132,6 +132,8 @@ def test_waiting_run_takes_events_from_the_command_line(store_url: str, tmp_path
     started = agentfsm("run", "agents.examples.approval:approval", "--run-id", run_id,
                        "--input", '{"request": "refund"}', *store, cwd=tmp_path)  # fmt: skip
     assert started.returncode == 3, started.stderr  # waiting for a person
+    waiting = agentfsm("runs", "--status", "waiting", *store, cwd=tmp_path)
+    assert waiting.returncode == 0 and run_id in waiting.stdout
     refused = agentfsm("send", run_id, "review", "--data", '{"verdict": "maybe"}', *store,
                        cwd=tmp_path)  # fmt: skip
     assert refused.returncode == 2 and "fails its schema" in refused.stderr
@@ -139,5 +141,7 @@ def test_waiting_run_takes_events_from_the_command_line(store_url: str, tmp_path
                         *store, cwd=tmp_path)  # fmt: skip
     assert approved.returncode == 0, approved.stderr
     assert "done:" in approved.stdout
+    listed = agentfsm("runs", "--status", "done", *store, cwd=tmp_path)
+    assert listed.returncode == 0 and run_id in listed.stdout
     again = agentfsm("cancel", run_id, *store, cwd=tmp_path)
     assert again.returncode == 2 and "already done" in again.stderr
