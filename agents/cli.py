@@ -32,7 +32,8 @@ __all__ = ["main"]
 EXIT_DONE, EXIT_FAILED, EXIT_USAGE, EXIT_WAITING = 0, 1, 2, 3
 DEMO_DATASET = [12.1, 11.8, 12.4, 12.0, 11.9, 12.3, 48.7, 12.2, 11.7, 12.1]
 
-out = Console(highlight=False, soft_wrap=True)
+# Piped output gets room for whole run ids and timestamps instead of the 80-column default.
+out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
@@ -326,13 +327,15 @@ def _say_model(agent: Agent[Any]) -> None:
 
 
 async def _runs(store: Store, args: argparse.Namespace) -> int:
-    table = Table("run", "agent", "state", "status", "seq", "updated", "holder",
-                  box=None, header_style="bold")  # fmt: skip
+    table = Table(box=None, header_style="bold")
+    table.add_column("run", no_wrap=True)  # ids must stay whole: people copy them
+    for name in ("agent", "state", "status", "seq", "updated", "holder"):
+        table.add_column(name, no_wrap=True)
     for run in await store.list_runs(agent=args.agent, status=args.status, limit=args.limit):
         updated = datetime.fromtimestamp(run.updated_at).strftime("%Y-%m-%d %H:%M:%S")
         table.add_row(run.run_id, f"{run.agent} v{run.version}", run.state, run.status,
                       str(run.seq), updated, run.holder or "-")  # fmt: skip
-    out.print(table, width=max(out.width, 150))
+    out.print(table)
     return EXIT_DONE
 
 
@@ -379,7 +382,7 @@ async def _history(store: Store, run_id: str) -> int:
             tokens,
             e.status + (f" ({e.error.get('type')})" if e.error else ""),
         )
-    out.print(table, width=max(out.width, 150))
+    out.print(table)
     return EXIT_DONE
 
 
