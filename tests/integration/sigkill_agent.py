@@ -36,7 +36,7 @@ def make_step(log_path: str) -> Callable[[Progress, StepContext], list[str]]:
             log.write(f"{ctx.idempotency_key}\t{ctx.trigger}\n")
             log.flush()
             os.fsync(log.fileno())
-        time.sleep(random.uniform(0.005, 0.04))
+        time.sleep(random.uniform(0.02, 0.06))
         return [*memory.done, ctx.trigger]
 
     return step
@@ -60,6 +60,7 @@ async def main(url: str, run_id: str, log_path: str) -> None:
     store = open_store(url, prefix="crash")
     machine = agent(log_path)
     run = await machine.start(store, Progress(), run_id=run_id, lease_wait=10 * LEASE_TTL)
+    print("ready", flush=True)  # it holds the run: the parent times its kill from here
     await run.until_done()
     await store.close()
     print(run.status, flush=True)
