@@ -1,26 +1,31 @@
 """`EmbeddedStore`: a durable store that needs no server, on SQLite in WAL mode.
 
 Why SQLite: it ships with Python, a transaction is atomic and durable across a process crash,
-and several processes can share one file safely (WAL lets readers run beside the one writer;
-`BEGIN IMMEDIATE` takes the write lock up front, so a commit's checks and writes are one
-serialized unit, like the Lua script on Redis).
+and several processes can share one file safely. WAL lets readers work from a consistent
+snapshot beside the one writer, and `BEGIN IMMEDIATE` takes the write lock up front, so a
+commit's checks and writes are one serialized unit, like the Lua script on Redis.
 
 Tables (one row per thing, so a commit writes what changed, not the whole memory):
 
     runs     run_id, agent, version, state, seq, status, created_at, updated_at,
              fence, holder, crashes, lease_owner, lease_expires
     memory   (run_id, name) -> json          one row per memory field
-    events   (run_id, seq)  -> json          one row per commit
+    events   (run_id, seq)  -> json          one row per commit, seq 0 is the creation
     keys     (run_id, key)  -> seq           idempotency keys
+
+`PRAGMA user_version` holds the schema version; a file of another version is refused.
+Lease expiry is wall-clock time (`time.time()`), since several processes share the file.
 """
 
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
-from urllib.parse import urlsplit
+from typing import Any, Literal, ParamSpec, TypeAlias, TypeVar
+from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import JsonValue
 
@@ -38,118 +43,181 @@ from .base import (
     RunStatus,
     check_run_id,
 )
-from .errors import StorageError
+from .errors import StorageError, StoreUnavailable
 
 __all__ = ["EmbeddedStore"]
 
+P = ParamSpec("P")
+T = TypeVar("T")
+Synchronous: TypeAlias = Literal["NORMAL", "FULL"]
+
 SCHEMA_VERSION = 1
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS runs (
-    run_id TEXT PRIMARY KEY, agent TEXT NOT NULL, version INTEGER NOT NULL,
-    state TEXT NOT NULL, seq INTEGER NOT NULL, status TEXT NOT NULL,
-    created_at REAL NOT NULL, updated_at REAL NOT NULL, fence INTEGER NOT NULL DEFAULT 0,
-    holder TEXT NOT NULL DEFAULT '', crashes INTEGER NOT NULL DEFAULT 0,
-    lease_owner TEXT NOT NULL DEFAULT '', lease_expires REAL NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS runs_by_update ON runs (updated_at);
-CREATE TABLE IF NOT EXISTS memory (
-    run_id TEXT NOT NULL, name TEXT NOT NULL, json TEXT NOT NULL, PRIMARY KEY (run_id, name)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS events (
-    run_id TEXT NOT NULL, seq INTEGER NOT NULL, json TEXT NOT NULL, PRIMARY KEY (run_id, seq)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS keys (
-    run_id TEXT NOT NULL, key TEXT NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (run_id, key)
-) WITHOUT ROWID;
-"""
-_RUN_COLUMNS = "agent, version, state, seq, status, created_at, updated_at, holder, crashes"
+_SCHEMA = [
+    """CREATE TABLE runs (
+        run_id TEXT PRIMARY KEY, agent TEXT NOT NULL, version INTEGER NOT NULL,
+        state TEXT NOT NULL, seq INTEGER NOT NULL, status TEXT NOT NULL,
+        created_at REAL NOT NULL, updated_at REAL NOT NULL, fence INTEGER NOT NULL DEFAULT 0,
+        holder TEXT NOT NULL DEFAULT '', crashes INTEGER NOT NULL DEFAULT 0,
+        lease_owner TEXT NOT NULL DEFAULT '', lease_expires REAL NOT NULL DEFAULT 0
+    )""",
+    "CREATE INDEX runs_by_update ON runs (updated_at)",
+    """CREATE TABLE memory (
+        run_id TEXT NOT NULL, name TEXT NOT NULL, json TEXT NOT NULL, PRIMARY KEY (run_id, name)
+    ) WITHOUT ROWID""",
+    """CREATE TABLE events (
+        run_id TEXT NOT NULL, seq INTEGER NOT NULL, json TEXT NOT NULL, PRIMARY KEY (run_id, seq)
+    ) WITHOUT ROWID""",
+    """CREATE TABLE keys (
+        run_id TEXT NOT NULL, key TEXT NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (run_id, key)
+    ) WITHOUT ROWID""",
+]
+_RUN_COLUMNS = ("agent", "version", "state", "seq", "status", "created_at", "updated_at",
+                "holder", "crashes")  # fmt: skip
+_SELECT_RUN = f"SELECT run_id, {', '.join(_RUN_COLUMNS)} FROM runs"
+_BUSY_TIMEOUT = 5.0
+"""Seconds to wait for another process's write lock before giving up."""
+
+_RawRun: TypeAlias = tuple[tuple[Any, ...], list[tuple[str, Any]]]
+"""A runs row and its (name, json) memory rows, as read, not yet checked."""
 
 
 class EmbeddedStore:
     """A `storage.Store` in one SQLite file (or in process memory for `memory://`).
 
     Args:
-        path: the database file (its folder is created), or ":memory:".
-        synchronous: "NORMAL" (the default) survives any process crash; after a power loss
-            the last commits may be gone. "FULL" syncs every commit to disk.
+        path: the database file (its folder is created), or ":memory:" for a private
+            in-process store, gone when the store is closed.
+        synchronous: "NORMAL" (the default) keeps every commit through a crash of any
+            process; after a power loss or OS crash the last commits may be gone. "FULL"
+            syncs each commit to disk before it returns, which is slower.
 
-    The methods are coroutines to meet the protocol, but each runs one short synchronous
-    transaction on the event-loop thread: nothing is awaited inside a transaction, so two
-    coroutines can never interleave in one.
+    Several processes may open the same file at once. The methods are coroutines to meet
+    the protocol, but each runs one short synchronous transaction on the calling thread:
+    nothing is awaited inside a transaction, so two coroutines never interleave in one, and
+    a lock keeps threads sharing the store from doing so either. While another process
+    writes, a call waits for up to 5 s, then raises `StoreUnavailable`.
     """
 
-    def __init__(
-        self, path: str | Path, *, synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
-    ) -> None:
+    def __init__(self, path: str | Path, *, synchronous: Synchronous = "NORMAL") -> None:
+        if synchronous not in ("NORMAL", "FULL"):
+            raise ValueError(f"synchronous must be 'NORMAL' or 'FULL', not {synchronous!r}")
         self._path = str(path)
-        if self._path != ":memory:":
-            Path(self._path).parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
         try:
+            if self._path != ":memory:":
+                Path(self._path).parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(
-                self._path, isolation_level=None, check_same_thread=False, timeout=5.0
+                self._path, timeout=_BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
             )
+        except (OSError, sqlite3.Error) as exc:
+            raise StorageError(f"cannot open the store {self._path}: {exc}") from None
+        try:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(f"PRAGMA synchronous={synchronous}")
-            self._db.execute("PRAGMA busy_timeout=5000")
             self._migrate()
-        except sqlite3.DatabaseError as exc:
+        except sqlite3.Error as exc:
+            self._db.close()
             raise StorageError(f"cannot open the store {self._path}: {exc}") from None
+        except BaseException:
+            self._db.close()
+            raise
 
     @classmethod
     def from_url(cls, url: str) -> EmbeddedStore:
-        """`sqlite:///relative.db`, `sqlite:////absolute.db`, or `memory://`."""
+        """`sqlite:///relative.db` (from the working directory), `sqlite:////absolute.db`,
+        or `memory://`. `?synchronous=full` syncs every commit to disk."""
         parts = urlsplit(url)
         if parts.scheme == "memory":
             return cls(":memory:")
         path = parts.path[1:] if parts.path.startswith("/") else parts.path
-        if parts.scheme != "sqlite" or not path:
+        if parts.scheme != "sqlite" or parts.netloc or not path:
             raise ValueError(
-                f"not an embedded store URL: {url!r} (use sqlite:///PATH or memory://)"
+                f"not an embedded store URL: {url!r} (use sqlite:///relative/path.db,"
+                " sqlite:////absolute/path.db or memory://)"
             )
-        return cls(path)
+        options = dict(parse_qsl(parts.query))
+        synchronous = options.pop("synchronous", "normal").upper()
+        if options or synchronous not in ("NORMAL", "FULL"):
+            raise ValueError(
+                f"unknown options in store URL {url!r}: the only one is synchronous=normal|full"
+            )
+        return cls(path, synchronous="FULL" if synchronous == "FULL" else "NORMAL")
 
     @property
     def path(self) -> str:
+        """The database file as given, or ":memory:"."""
         return self._path
 
     @property
     def connection(self) -> sqlite3.Connection:
+        """The underlying connection (in autocommit mode; transactions are explicit)."""
         return self._db
 
     def _migrate(self) -> None:
         (version,) = self._db.execute("PRAGMA user_version").fetchone()
-        if version == 0:
-            self._db.executescript(_SCHEMA + f"PRAGMA user_version={SCHEMA_VERSION};")
-        elif version != SCHEMA_VERSION:
+        if version == SCHEMA_VERSION:
+            return
+        if version != 0:
+            raise self._foreign(version)
+        self._transaction("set up the store", "BEGIN IMMEDIATE", self._create_schema)
+
+    def _create_schema(self) -> None:
+        (version,) = self._db.execute("PRAGMA user_version").fetchone()
+        if version == SCHEMA_VERSION:  # another process set it up since we looked
+            return
+        if version != 0:
+            raise self._foreign(version)
+        if self._db.execute("SELECT 1 FROM sqlite_master").fetchone():
             raise StorageError(
-                f"{self._path} has store schema version {version}; this agentfsm reads"
-                f" version {SCHEMA_VERSION}"
+                f"{self._path} is an SQLite database of something else (it has tables but no"
+                " agentfsm schema version): give the store a file of its own"
             )
+        for statement in _SCHEMA:
+            self._db.execute(statement)
+        self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")  # rolled back with the rest
+
+    def _foreign(self, version: int) -> StorageError:
+        return StorageError(
+            f"{self._path} has store schema version {version}; this agentfsm reads version"
+            f" {SCHEMA_VERSION} (upgrade agentfsm, or use another file)"
+        )
 
     def _where(self, run_id: str, what: str) -> str:
         return f"{self._path} {what} of run {run_id!r}"
 
-    def _write(self, op: Any, *args: Any) -> Any:
-        """Run `op(*args)` in one `BEGIN IMMEDIATE` transaction; roll back on any error."""
-        try:
-            self._db.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as exc:
-            raise StorageError(f"cannot write to {self._path}: {exc}") from None
-        try:
-            result = op(*args)
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
-        return result
+    def _transaction(
+        self, what: str, begin: str, op: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """Run `op` in one transaction (`BEGIN` reads one snapshot, `BEGIN IMMEDIATE`
+        writes); roll back on any error, and turn sqlite3's errors into ours."""
+        with self._lock:
+            try:
+                self._db.execute(begin)
+                try:
+                    result = op(*args, **kwargs)
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    if self._db.in_transaction:
+                        self._db.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                raise self._error(what, exc) from None
+            return result
+
+    def _error(self, what: str, exc: sqlite3.Error) -> StorageError:
+        if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_BUSY:
+            return StoreUnavailable(
+                f"cannot {what}: {self._path} stayed locked by another process for"
+                f" {_BUSY_TIMEOUT:g} s"
+            )
+        return StorageError(f"cannot {what} in {self._path}: {exc}")
 
     async def create(self, run: RunRecord) -> RunRecord:
         check_run_id(run.run_id)
-        created = self._write(self._create, run)
-        if created:
+        if self._transaction(f"create run {run.run_id!r}", "BEGIN IMMEDIATE", self._create, run):
             return run
         stored = await self.load(run.run_id)
-        if stored is None:
+        if stored is None:  # deleted between the two calls
             raise StorageError(f"run {run.run_id!r} vanished while being created")
         return stored
 
@@ -158,7 +226,8 @@ class EmbeddedStore:
         if db.execute("SELECT 1 FROM runs WHERE run_id = ?", (run.run_id,)).fetchone():
             return False
         db.execute(
-            f"INSERT INTO runs (run_id, {_RUN_COLUMNS}) VALUES (?, ?, ?, ?, 0, ?, ?, ?, '', 0)",
+            f"INSERT INTO runs (run_id, {', '.join(_RUN_COLUMNS)})"
+            " VALUES (?, ?, ?, ?, 0, ?, ?, ?, '', 0)",
             (run.run_id, run.agent, run.version, run.state, run.status, run.created_at,
              run.updated_at),
         )  # fmt: skip
@@ -176,18 +245,29 @@ class EmbeddedStore:
         return True
 
     async def load(self, run_id: str) -> RunRecord | None:
-        row = self._db.execute(
-            f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id = ?", (run_id,)
-        ).fetchone()
-        if row is None:
-            return None
+        rows = self._transaction(
+            f"load run {run_id!r}", "BEGIN", self._read_runs, f"{_SELECT_RUN} WHERE run_id = ?",
+            (run_id,),
+        )  # fmt: skip
+        return self._decode(rows[0]) if rows else None
+
+    def _read_runs(self, query: str, params: tuple[Any, ...]) -> list[_RawRun]:
+        """Runs rows and their memory rows, in one snapshot: never a torn run."""
+        return [
+            (row, self._db.execute(
+                "SELECT name, json FROM memory WHERE run_id = ?", (row[0],)
+            ).fetchall())
+            for row in self._db.execute(query, params).fetchall()
+        ]  # fmt: skip
+
+    def _decode(self, raw: _RawRun) -> RunRecord:
+        row, memory_rows = raw
+        run_id = str(row[0])
         memory: dict[str, JsonValue] = {
-            name: load_json(raw, self._where(run_id, f"memory field {name!r}"))
-            for name, raw in self._db.execute(
-                "SELECT name, json FROM memory WHERE run_id = ?", (run_id,)
-            )
+            name: load_json(value, self._where(run_id, f"memory field {name!r}"))
+            for name, value in memory_rows
         }
-        fields = {k: str(v) for k, v in zip(_RUN_COLUMNS.split(", "), row, strict=True)}
+        fields = {k: str(v) for k, v in zip(_RUN_COLUMNS, row[1:], strict=True)}
         return run_from_fields(run_id, fields, memory, self._where(run_id, "runs row"))
 
     async def commit(
@@ -195,10 +275,13 @@ class EmbeddedStore:
     ) -> CommitOutcome:
         if event.seq != expected_seq + 1:
             raise ValueError(f"event seq {event.seq} does not follow expected seq {expected_seq}")
-        outcome: CommitOutcome = self._write(self._commit, run_id, expected_seq, token, event)
-        return outcome
+        return self._transaction(
+            f"commit to run {run_id!r}", "BEGIN IMMEDIATE", self._commit, run_id, expected_seq,
+            token, event,
+        )  # fmt: skip
 
     def _commit(self, run_id: str, expected_seq: int, token: int, event: Event) -> CommitOutcome:
+        # Every check before the first write, in the order of commit.lua.
         db = self._db
         done = db.execute(
             "SELECT seq FROM keys WHERE run_id = ? AND key = ?", (run_id, event.key)
@@ -228,17 +311,24 @@ class EmbeddedStore:
         return Committed(seq=seq)
 
     async def history(self, run_id: str, from_seq: int = 0) -> list[Event]:
-        rows = self._db.execute(
+        rows = self._transaction(
+            f"read the history of {run_id!r}", "BEGIN", self._fetch,
             "SELECT seq, json FROM events WHERE run_id = ? AND seq >= ? ORDER BY seq",
             (run_id, from_seq),
-        ).fetchall()
+        )  # fmt: skip
         return [load_event(raw, self._where(run_id, f"event {seq}")) for seq, raw in rows]
 
+    def _fetch(self, query: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        return self._db.execute(query, params).fetchall()
+
     async def acquire_lease(self, run_id: str, owner: str, ttl: float) -> Lease | LeaseHeld:
-        got: Lease | LeaseHeld = self._write(self._acquire, run_id, owner, ttl)
-        return got
+        return self._transaction(
+            f"lease run {run_id!r}", "BEGIN IMMEDIATE", self._acquire, run_id, owner, ttl
+        )
 
     def _acquire(self, run_id: str, owner: str, ttl: float) -> Lease | LeaseHeld:
+        # As lease.lua: `holder` says who took the run and did not give it back;
+        # `lease_owner` and `lease_expires` stand for the Redis lease key and its TTL.
         row = self._db.execute(
             "SELECT fence, holder, crashes, lease_owner, lease_expires FROM runs WHERE run_id = ?",
             (run_id,),
@@ -249,7 +339,7 @@ class EmbeddedStore:
         now = time.time()
         if lease_owner and lease_expires > now:
             return LeaseHeld(run_id=run_id, owner=lease_owner, expires_in=lease_expires - now)
-        if holder:  # held, never released, expired: its holder died
+        if holder:  # taken, never released, expired: its holder died
             crashes += 1
         token = fence + 1
         self._db.execute(
@@ -260,37 +350,34 @@ class EmbeddedStore:
         return Lease(run_id=run_id, owner=owner, token=token, ttl=ttl, crashes=crashes)
 
     async def renew_lease(self, lease: Lease) -> bool:
-        renewed: bool = self._write(self._renew, lease)
-        return renewed
-
-    def _renew(self, lease: Lease) -> bool:
-        cur = self._db.execute(
+        return self._transaction(
+            f"renew the lease on {lease.run_id!r}", "BEGIN IMMEDIATE", self._update,
             "UPDATE runs SET lease_owner = ?, lease_expires = ? WHERE run_id = ? AND fence = ?",
             (lease.owner, time.time() + lease.ttl, lease.run_id, lease.token),
-        )
-        return cur.rowcount == 1
+        )  # fmt: skip
 
     async def release_lease(self, lease: Lease) -> None:
-        self._write(
-            self._db.execute,
+        self._transaction(
+            f"release the lease on {lease.run_id!r}", "BEGIN IMMEDIATE", self._update,
             "UPDATE runs SET holder = '', lease_owner = '', lease_expires = 0"
             " WHERE run_id = ? AND fence = ?",
             (lease.run_id, lease.token),
-        )
+        )  # fmt: skip
+
+    def _update(self, query: str, params: tuple[Any, ...]) -> bool:
+        return self._db.execute(query, params).rowcount == 1
 
     async def list_runs(
         self, *, agent: str | None = None, status: RunStatus | None = None, limit: int = 100
     ) -> list[RunRecord]:
-        ids = [
-            run_id
-            for (run_id,) in self._db.execute(
-                "SELECT run_id FROM runs WHERE (? IS NULL OR agent = ?)"
-                " AND (? IS NULL OR status = ?) ORDER BY updated_at DESC LIMIT ?",
-                (agent, agent, status, status, limit),
-            ).fetchall()
-        ]
-        runs = [await self.load(run_id) for run_id in ids]
-        return [r for r in runs if r is not None]
+        rows = self._transaction(
+            "list runs", "BEGIN", self._read_runs,
+            f"{_SELECT_RUN} WHERE (?1 IS NULL OR agent = ?1) AND (?2 IS NULL OR status = ?2)"
+            " ORDER BY updated_at DESC LIMIT ?3",
+            (agent, status, max(limit, 0)),
+        )  # fmt: skip
+        return [self._decode(raw) for raw in rows]
 
     async def close(self) -> None:
-        self._db.close()
+        with self._lock:
+            self._db.close()
