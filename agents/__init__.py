@@ -5,9 +5,10 @@ This is agentfsm's `agents` package (not openai-agents').
 
 from ._agent import Agent
 from ._llm import llm
+from ._report import render_report, report_html
 from ._steps import tool, wait
 
-__all__ = ["Agent", "llm", "tool", "wait"]
+__all__ = ["Agent", "llm", "render_report", "report_html", "tool", "wait"]
 
 for _name in __all__:
     globals()[_name].__module__ = __name__

@@ -1,4 +1,4 @@
-"""The `agentfsm` command: run, resume and inspect durable agents.
+"""The `agentfsm` command: run, resume, inspect and draw durable agents.
 
 Exit codes: 0 the run is done, 1 the run failed, 2 the command could not be carried out
 (bad arguments or input, unknown agent or run, unusable model, unreachable store),
@@ -16,20 +16,23 @@ import sys
 from collections.abc import Sequence
 from datetime import datetime
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any, get_args
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from statemachine import InvalidMemory, Run, RunError, RunNotFound
+from statemachine import Graph, InvalidMemory, RendererMissing, Run, RunError, RunNotFound
 from storage import Event, RunStatus, StorageError, Store, open_store
 
 from ._agent import Agent
+from ._report import render_report
 
 __all__ = ["main"]
 
 EXIT_DONE, EXIT_FAILED, EXIT_USAGE, EXIT_WAITING = 0, 1, 2, 3
+GRAPH_FORMATS = ["mermaid", "dot", "svg", "png"]
 DEMO_DATASET = [12.1, 11.8, 12.4, 12.0, 11.9, 12.3, 48.7, 12.2, 11.7, 12.1]
 
 # Piped output gets room for whole run ids and timestamps instead of the 80-column default.
@@ -112,6 +115,28 @@ def _parser() -> argparse.ArgumentParser:
     )
     runs.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
 
+    graph = command("graph", "draw an agent's state graph; with --run, a run drawn on it")
+    graph.add_argument("agent", metavar="MODULE:AGENT", help="where the Agent object is")
+    graph.add_argument(
+        "--run", metavar="RUN_ID", help="draw this run: its state, the path it took, failures"
+    )
+    graph.add_argument(
+        "--format",
+        choices=GRAPH_FORMATS,
+        help="mermaid (default), dot, svg or png (svg and png need Graphviz's dot program);"
+        " default: from the -o file's extension, else mermaid",
+    )
+    graph.add_argument(
+        "-o", "--output", metavar="FILE", help="write to FILE (required for png), not stdout"
+    )
+
+    report = command("report", "write a run's HTML report: graph, timeline, memory, conversation")
+    report.add_argument("run_id", metavar="RUN_ID")
+    report.add_argument(
+        "--agent", metavar="MODULE:AGENT", help="needed unless the agent is registered"
+    )
+    report.add_argument("-o", "--output", required=True, metavar="FILE", help="the .html file")
+
     show = command("show", "the run's state, status and memory")
     show.add_argument("run_id", metavar="RUN_ID")
     history = command("history", "one line per committed transition")
@@ -134,6 +159,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 async def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "graph" and not args.run:  # no store needed: do not create one
+        return _write_graph(load_agent(args.agent).graph(), args)
     store = open_store(args.store)
     try:
         match args.command:
@@ -148,6 +175,10 @@ async def _dispatch(args: argparse.Namespace) -> int:
                 return await _control(store, args)
             case "runs":
                 return await _runs(store, args)
+            case "graph":
+                return await _graph(store, args)
+            case "report":
+                return await _report(store, args)
             case "show":
                 return await _show(store, args.run_id)
             case "history":
@@ -236,6 +267,11 @@ async def _demo(store: Store, args: argparse.Namespace) -> int:
 
 
 async def _agent_of(store: Store, args: argparse.Namespace) -> Agent[Any]:
+    """The agent a stored run belongs to, ready to run its LLM steps."""
+    return _with_model(await _stored_agent(store, args), getattr(args, "model", None))
+
+
+async def _stored_agent(store: Store, args: argparse.Namespace) -> Agent[Any]:
     """The agent a stored run belongs to: `--agent`, else the registered one of its name."""
     record = await store.load(args.run_id)
     if record is None:
@@ -246,7 +282,7 @@ async def _agent_of(store: Store, args: argparse.Namespace) -> Agent[Any]:
             f"run {args.run_id!r} belongs to agent {record.agent!r}, which is not registered:"
             " pass --agent MODULE:AGENT"
         )
-    return _with_model(agent, getattr(args, "model", None))
+    return agent
 
 
 async def _control(store: Store, args: argparse.Namespace) -> int:
@@ -336,6 +372,57 @@ async def _runs(store: Store, args: argparse.Namespace) -> int:
         table.add_row(run.run_id, f"{run.agent} v{run.version}", run.state, run.status,
                       str(run.seq), updated, run.holder or "-")  # fmt: skip
     out.print(table)
+    return EXIT_DONE
+
+
+async def _graph(store: Store, args: argparse.Namespace) -> int:
+    agent = load_agent(args.agent)
+    record = await store.load(args.run)
+    if record is None:
+        raise RunNotFound(args.run)
+    return _write_graph(agent.graph(run=record, events=await store.history(args.run)), args)
+
+
+def _write_graph(graph: Graph, args: argparse.Namespace) -> int:
+    fmt = args.format
+    if fmt is None:
+        suffix = os.path.splitext(args.output or "")[1].lstrip(".").lower()
+        fmt = {"mmd": "mermaid", "gv": "dot"}.get(suffix, suffix)
+        fmt = fmt if fmt in GRAPH_FORMATS else "mermaid"
+    if fmt == "png" and not args.output:
+        raise UsageProblem("PNG is binary: give -o FILE.png (or --format svg for text)")
+    drawn: str | bytes
+    try:
+        if fmt == "png":
+            drawn = graph.png()
+        elif fmt == "svg":
+            drawn = graph.svg()
+        else:
+            drawn = graph.dot() if fmt == "dot" else graph.mermaid()
+    except RendererMissing as exc:
+        raise UsageProblem(str(exc)) from None
+    if not args.output:
+        sys.stdout.write(drawn if isinstance(drawn, str) else drawn.decode())
+        return EXIT_DONE
+    _save(args.output, drawn)
+    out.print(f"wrote {escape(args.output)} ({fmt})")
+    return EXIT_DONE
+
+
+def _save(path: str, data: str | bytes) -> None:
+    try:
+        if isinstance(data, bytes):
+            Path(path).write_bytes(data)
+        else:
+            Path(path).write_text(data, encoding="utf-8")
+    except OSError as exc:
+        raise UsageProblem(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+async def _report(store: Store, args: argparse.Namespace) -> int:
+    agent = await _stored_agent(store, args)
+    _save(args.output, await render_report(agent, store, args.run_id))
+    out.print(f"wrote {escape(args.output)}: the report of run {escape(args.run_id)}")
     return EXIT_DONE
 
 

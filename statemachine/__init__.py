@@ -3,6 +3,7 @@
 This is agentfsm's `statemachine` package (not python-statemachine's).
 """
 
+from ._draw import Edge, Graph, Node
 from ._machine import Machine
 from ._runner import Run
 from ._step import RetryPolicy, Step, StepContext, StepResult
@@ -12,6 +13,7 @@ from .errors import (
     InvalidMemory,
     InvalidPayload,
     NoTransition,
+    RendererMissing,
     RunError,
     RunLocked,
     RunNotFound,
@@ -21,10 +23,14 @@ from .errors import (
 
 __all__ = [
     "DefinitionError",
+    "Edge",
+    "Graph",
     "InvalidMemory",
     "InvalidPayload",
     "Machine",
     "NoTransition",
+    "Node",
+    "RendererMissing",
     "RetryPolicy",
     "Run",
     "RunError",

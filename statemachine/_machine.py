@@ -9,8 +9,9 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from storage import RunRecord, RunStatus, Store
+from storage import Event, RunRecord, RunStatus, Store
 
+from ._draw import Graph, draw
 from ._runner import Run, now
 from ._table import Transition
 from ._validate import Table, compile_table
@@ -83,6 +84,21 @@ class Machine(Generic[M]):
     @property
     def transitions(self) -> tuple[Transition, ...]:
         return self.table.transitions
+
+    def graph(
+        self, run: RunRecord | Run[M] | None = None, events: Sequence[Event] | None = None
+    ) -> Graph:
+        """The state graph, to write out with `.mermaid()`, `.dot()`, `.svg()` or `.png()`.
+
+        With a run (its `RunRecord` or the `Run`) and its events (`await run.history()`), the
+        run is drawn on it: its current state highlighted, the transitions it took in bold
+        with how often, failed steps in red. Reads nothing: `await Graph.of_run(run)` fetches
+        the history for you.
+
+            analyst.graph().mermaid()
+            analyst.graph(run=record, events=history).svg()
+        """
+        return draw(self, run, events)
 
     def status_in(self, state: str) -> RunStatus:
         """The status of a run that is in `state`."""

@@ -10,6 +10,7 @@ RuntimeError
       ├── RunTakenOver   the lease was lost mid-run; this process must stop driving it
       ├── NoTransition   no transition out of the current state applies
       └── VersionMismatch  the stored run was made by another version of the machine
+ └── RendererMissing     Graphviz's `dot` program, needed for SVG and PNG, is not installed
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ __all__ = [
     "InvalidMemory",
     "InvalidPayload",
     "NoTransition",
+    "RendererMissing",
     "RunError",
     "RunLocked",
     "RunNotFound",
@@ -89,3 +91,7 @@ class NoTransition(RunError):
 
 class VersionMismatch(RunError):
     """A stored run was made by a version of the machine this code cannot load."""
+
+
+class RendererMissing(RuntimeError):
+    """Graphviz's `dot` program, needed to draw SVG and PNG, is not installed."""
