@@ -17,6 +17,7 @@ from pydantic import BaseModel, JsonValue
 from pydantic_ai import Agent as PydanticAgent
 from pydantic_ai.exceptions import (
     ModelConnectionError,
+    ModelHTTPError,
     ModelRateLimitError,
     ModelRequestTimeout,
     ModelServerError,
@@ -25,7 +26,7 @@ from pydantic_ai.exceptions import (
 )
 from pydantic_ai.messages import ModelMessagesTypeAdapter
 from pydantic_ai.models import Model, infer_model
-from pydantic_ai.usage import UsageLimits
+from pydantic_ai.usage import RunUsage, UsageLimits
 
 from statemachine import (
     DefinitionError,
@@ -55,6 +56,17 @@ TRANSIENT_MODEL_ERRORS: tuple[type[BaseException], ...] = (
     TimeoutError,
 )
 """Provider errors worth another try; a rejected request (bad key, unknown model) is not."""
+
+TRANSIENT_HTTP_STATUSES = frozenset({408, 409, 425, 429})
+"""4xx statuses that mean "try again" (timeout, conflict, too early, too many requests);
+pydantic-ai files some of them under no category, as a plain `ModelHTTPError`."""
+
+
+def transient_http_error(error: BaseException) -> bool:
+    return isinstance(error, ModelHTTPError) and (
+        error.status_code in TRANSIENT_HTTP_STATUSES or error.status_code >= 500
+    )
+
 
 Text = str | Callable[[Any], str]
 
@@ -134,17 +146,22 @@ class LlmStep:
             self.instructions(memory) if callable(self.instructions) else self.instructions
         )
         past = await ctx.conversation() if self.history else []
-        result = await self._agent().run(
-            prompt,
-            instructions=instructions,
-            message_history=ModelMessagesTypeAdapter.validate_python(past) if past else None,
-            usage_limits=UsageLimits(request_limit=1 + self.output_retries),
-        )
+        usage = RunUsage()  # pydantic-ai counts into it as it goes, also when the run fails
+        try:
+            result = await self._agent().run(
+                prompt,
+                instructions=instructions,
+                message_history=ModelMessagesTypeAdapter.validate_python(past) if past else None,
+                usage=usage,
+                usage_limits=UsageLimits(request_limit=1 + self.output_retries),
+            )
+        finally:
+            for name in ("requests", "input_tokens", "output_tokens"):
+                ctx.spent[name] = ctx.spent.get(name, 0) + getattr(usage, name)
         value = result.output
         messages: list[JsonValue] = ModelMessagesTypeAdapter.dump_python(
             result.new_messages(), mode="json"
         )
-        usage = result.usage
         new = apply_output(memory, value, self.into, self.update)
         route = value if self.routes and isinstance(value, str) else getattr(value, "route", None)
         jsonable = value.model_dump(mode="json") if isinstance(value, BaseModel) else value
@@ -152,11 +169,7 @@ class LlmStep:
             memory=new,
             output=None if self.into is not None else jsonable,
             route=route if isinstance(route, str) else None,
-            usage={
-                "requests": usage.requests,
-                "input_tokens": usage.input_tokens,
-                "output_tokens": usage.output_tokens,
-            },
+            usage=dict(ctx.spent),  # every try of this transition, not only the last
             messages=messages,
         )
 
@@ -215,7 +228,11 @@ def llm(
         update=update,
         model=model,
         policy=RetryPolicy(
-            attempts=retries + 1, backoff=backoff, timeout=timeout, retry_on=TRANSIENT_MODEL_ERRORS
+            attempts=retries + 1,
+            backoff=backoff,
+            timeout=timeout,
+            retry_on=TRANSIENT_MODEL_ERRORS,
+            retry_if=transient_http_error,
         ),
         output_retries=output_retries,
         history=history,

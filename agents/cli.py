@@ -13,6 +13,7 @@ import importlib
 import json
 import os
 import sys
+import traceback
 from collections.abc import Sequence
 from datetime import datetime
 from importlib.metadata import entry_points
@@ -199,6 +200,14 @@ def load_agent(spec: str) -> Agent[Any]:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         raise UsageProblem(f"cannot import module {module_name!r}: {exc}") from None
+    except Exception as exc:  # the user's module failed while it was imported
+        where = ""
+        if exc.__traceback__ is not None:
+            frame = traceback.extract_tb(exc.__traceback__)[-1]
+            where = f" ({frame.filename}:{frame.lineno})"
+        raise UsageProblem(
+            f"importing module {module_name!r} raised {type(exc).__name__}: {exc}{where}"
+        ) from None
     agent = getattr(module, attr, None)
     if agent is None:
         raise UsageProblem(f"module {module_name!r} has no attribute {attr!r}")

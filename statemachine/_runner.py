@@ -53,10 +53,13 @@ _OWNER_PREFIX = f"{socket.gethostname()}:{os.getpid()}"
 class _StepFailed(Exception):
     """A step gave up: its last error, and the try it happened on."""
 
-    def __init__(self, error: BaseException, attempt: int) -> None:
+    def __init__(
+        self, error: BaseException, attempt: int, spent: dict[str, int] | None = None
+    ) -> None:
         super().__init__(str(error))
         self.error = error
         self.attempt = attempt
+        self.spent = spent or None
 
 
 class Run(Generic[M]):
@@ -333,6 +336,7 @@ class Run(Generic[M]):
         policy = t.step.policy
         # A process that died holding a waiting run was not running its wait step.
         attempt = 1 if t.waits else crashes + 1
+        spent: dict[str, int] = {}
         if attempt > policy.attempts:
             raise _StepFailed(
                 RunError(
@@ -350,6 +354,7 @@ class Run(Generic[M]):
                 idempotency_key=key,
                 conversation=self._load_conversation,
                 payload=payload,
+                spent=spent,
             )
             try:
                 if policy.timeout is None:
@@ -362,10 +367,10 @@ class Run(Generic[M]):
                 error: BaseException = exc
                 if isinstance(exc, TimeoutError) and policy.timeout is not None:
                     error = TimeoutError(f"step {t.trigger!r} timed out after {policy.timeout}s")
-                retryable = isinstance(exc, policy.retry_on) and not isinstance(exc, InvalidMemory)
+                retryable = policy.retries(exc) and not isinstance(exc, InvalidMemory)
                 if not retryable or attempt >= policy.attempts:
-                    raise _StepFailed(error, attempt) from exc
-                await asyncio.sleep(policy.delay(attempt))
+                    raise _StepFailed(error, attempt, spent) from exc
+                await asyncio.sleep(policy.delay(attempt, exc))
                 attempt += 1
 
     def _dest(self, t: Transition, result: StepResult[M]) -> str:
@@ -429,6 +434,7 @@ class Run(Generic[M]):
             started_at=started,
             ended_at=now(),
             worker=self.owner,
+            usage=failed.spent,
             error={
                 "type": type(error).__name__,
                 "message": str(error),

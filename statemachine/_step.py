@@ -29,6 +29,8 @@ class RetryPolicy:
     timeout: float | None = None
     """Seconds one try may take; a try that runs over is cancelled and counts as failed."""
     retry_on: tuple[type[BaseException], ...] = (Exception,)
+    retry_if: Callable[[BaseException], bool] | None = None
+    """Also retry errors outside `retry_on` for which this returns True."""
 
     def __post_init__(self) -> None:
         if self.attempts < 1:
@@ -36,9 +38,20 @@ class RetryPolicy:
         if self.timeout is not None and self.timeout <= 0:
             raise ValueError(f"timeout must be positive, not {self.timeout}")
 
-    def delay(self, attempt: int) -> float:
-        """Seconds to wait after failed try number `attempt` (1-based), with full jitter."""
-        return random.uniform(0, min(self.max_backoff, self.backoff * 2 ** (attempt - 1)))
+    def retries(self, error: BaseException) -> bool:
+        """Whether a try that raised `error` may be tried again (attempts allowing)."""
+        return isinstance(error, self.retry_on) or (
+            self.retry_if is not None and self.retry_if(error)
+        )
+
+    def delay(self, attempt: int, error: BaseException | None = None) -> float:
+        """Seconds to wait after failed try number `attempt` (1-based), with full jitter;
+        at least what the error's `retry_after` asks (a provider's Retry-After), capped."""
+        wait = random.uniform(0, min(self.max_backoff, self.backoff * 2 ** (attempt - 1)))
+        asked = getattr(error, "retry_after", None)
+        if isinstance(asked, int | float) and asked > wait:
+            wait = min(float(asked), self.max_backoff)
+        return wait
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -59,6 +72,10 @@ class StepContext:
     """Loads the model messages the run's earlier steps committed, oldest first."""
     payload: JsonValue = None
     """For a `wait` step: the event's payload, as sent to `Run.send`."""
+    spent: dict[str, int] = field(default_factory=dict)
+    """What this transition's tries have cost so far in this process (model requests,
+    tokens): shared by all its tries. A step adds what it paid for, also when it raises,
+    so the event records it even when the step gives up."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
