@@ -7,8 +7,9 @@ from ._agent import Agent
 from ._llm import llm
 from ._report import render_report, report_html
 from ._steps import tool, wait
+from ._tool_calls import tool_calls
 
-__all__ = ["Agent", "llm", "render_report", "report_html", "tool", "wait"]
+__all__ = ["Agent", "llm", "render_report", "report_html", "tool", "tool_calls", "wait"]
 
 for _name in __all__:
     globals()[_name].__module__ = __name__

@@ -9,12 +9,13 @@ pass (5xx, rate limits, timeouts, dropped connections) are retried with backoff.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, JsonValue
 from pydantic_ai import Agent as PydanticAgent
+from pydantic_ai import DeferredToolRequests, DeferredToolResults, ModelRetry
 from pydantic_ai.exceptions import (
     ModelConnectionError,
     ModelHTTPError,
@@ -26,11 +27,13 @@ from pydantic_ai.exceptions import (
 )
 from pydantic_ai.messages import ModelMessagesTypeAdapter
 from pydantic_ai.models import Model, infer_model
+from pydantic_ai.toolsets import ExternalToolset
 from pydantic_ai.usage import RunUsage, UsageLimits
 
 from statemachine import (
     DefinitionError,
     RetryPolicy,
+    RunError,
     StepContext,
     StepResult,
     Transition,
@@ -39,6 +42,7 @@ from statemachine import (
 from statemachine._table import Guard
 
 from ._steps import Reducer, apply_output
+from ._tool_calls import TOOL_CALLS_ROUTE, FunctionTool, function_tools, tool_results
 
 __all__ = ["LlmStep", "ModelSpec", "check_model", "llm"]
 
@@ -108,6 +112,8 @@ class LlmStep:
     output_retries: int
     history: bool
     routes: tuple[str, ...] = ()
+    """The route names the model chooses from (not the tool-calls route)."""
+    tools: tuple[FunctionTool, ...] = ()
     kind: str = "llm"
     _agents: dict[int, PydanticAgent[None, Any]] = field(
         default_factory=dict, repr=False, compare=False
@@ -135,10 +141,34 @@ class LlmStep:
             output: Any = self.output
             if self.routes and self.output is str:
                 output = Literal[self.routes]
+            toolsets = []
+            if self.tools:  # the model's calls come back as data, each run as a transition
+                output = [output, DeferredToolRequests]
+                toolsets.append(ExternalToolset([t.definition for t in self.tools]))
             agent = self._agents[0] = PydanticAgent(
-                resolved, output_type=output, retries=self.output_retries
+                resolved, output_type=output, retries=self.output_retries, toolsets=toolsets
             )
         return agent
+
+    async def _answers(self, ctx: StepContext) -> DeferredToolResults | None:
+        """The results of the tool calls the model's last response asked for, if it asked."""
+        calls, results = tool_results(await ctx.history())
+        if not calls:
+            return None
+        missing = [c.tool_name for c in calls if c.tool_call_id not in results]
+        if missing:
+            raise RunError(
+                f"step {ctx.trigger!r}: the model's tool calls {missing} have not run yet"
+                " (the run must pass through the tool_calls transition first)"
+            )
+        answers: dict[str, Any] = {}
+        for call in calls:
+            out = results[call.tool_call_id]
+            assert isinstance(out, dict)
+            answers[call.tool_call_id] = (
+                ModelRetry(str(out["retry"])) if "retry" in out else out.get("result")
+            )
+        return DeferredToolResults(calls=answers)
 
     async def run(self, memory: Any, ctx: StepContext) -> StepResult[Any]:
         prompt = self.prompt(memory) if callable(self.prompt) else self.prompt
@@ -146,12 +176,14 @@ class LlmStep:
             self.instructions(memory) if callable(self.instructions) else self.instructions
         )
         past = await ctx.conversation() if self.history else []
+        answers = await self._answers(ctx) if self.tools else None
         usage = RunUsage()  # pydantic-ai counts into it as it goes, also when the run fails
         try:
             result = await self._agent().run(
-                prompt,
+                None if answers is not None else prompt,  # tool results go on, no new prompt
                 instructions=instructions,
                 message_history=ModelMessagesTypeAdapter.validate_python(past) if past else None,
+                deferred_tool_results=answers,
                 usage=usage,
                 usage_limits=UsageLimits(request_limit=1 + self.output_retries),
             )
@@ -162,8 +194,22 @@ class LlmStep:
         messages: list[JsonValue] = ModelMessagesTypeAdapter.dump_python(
             result.new_messages(), mode="json"
         )
+        if isinstance(value, DeferredToolRequests):
+            calls: list[JsonValue] = [
+                {"tool_call_id": c.tool_call_id, "tool": c.tool_name, "args": c.args_as_dict()}
+                for c in value.calls
+            ]
+            return StepResult(
+                memory=memory,
+                output={"tool_calls": calls},
+                route=TOOL_CALLS_ROUTE,
+                usage=dict(ctx.spent),
+                messages=messages,
+            )
         new = apply_output(memory, value, self.into, self.update)
         route = value if self.routes and isinstance(value, str) else getattr(value, "route", None)
+        if self.tools and not self.routes:
+            route = "answer"  # the one way out besides tool calls (see `llm`)
         jsonable = value.model_dump(mode="json") if isinstance(value, BaseModel) else value
         return StepResult(
             memory=new,
@@ -194,6 +240,8 @@ def llm(
     history: bool = True,
     max_visits: int | None = None,
     on_error: str | None = None,
+    tools: Sequence[Callable[..., Any]] = (),
+    on_tool_calls: str | None = None,
 ) -> Transition:
     """A transition that makes one model request.
 
@@ -212,6 +260,11 @@ def llm(
         history: send the run's conversation so far (the messages earlier steps committed).
         max_visits: how often this transition may fire in one run (a loop's way out).
         on_error: the state to go to when this step gives up (default: the agent's).
+        tools: functions the model may call. Its calls are not run inside this request: the
+            run goes to the `on_tool_calls` state, where a `tool_calls()` transition runs
+            them one by one, each committed; the next firing of this step hands the results
+            to the model (no new prompt), until the model answers.
+        on_tool_calls: the state to go to when the model asks for tool calls.
     """
     what = f"llm step {trigger!r}"
     if not (isinstance(prompt, str) or callable(prompt)):
@@ -220,6 +273,22 @@ def llm(
         raise DefinitionError(f"{what}: give into= or update=, not both")
     if retries < 0 or output_retries < 0:
         raise DefinitionError(f"{what}: retries and output_retries must be 0 or more")
+    if bool(tools) != (on_tool_calls is not None):
+        raise DefinitionError(
+            f"{what}: tools= and on_tool_calls= go together (the state where the calls run)"
+        )
+    if tools and not history:
+        raise DefinitionError(f"{what}: a step with tools needs history=True")
+    all_routes = dict(routes or {})
+    if tools:
+        assert on_tool_calls is not None
+        if TOOL_CALLS_ROUTE in all_routes:
+            raise DefinitionError(f"{what}: the route name {TOOL_CALLS_ROUTE!r} is reserved")
+        if not all_routes:
+            if dest is None:
+                raise DefinitionError(f"{what}: give a dest (or routes) for the model's answer")
+            all_routes, dest = {"answer": dest}, None
+        all_routes[TOOL_CALLS_ROUTE] = on_tool_calls
     step = LlmStep(
         prompt=prompt,
         instructions=instructions,
@@ -237,6 +306,7 @@ def llm(
         output_retries=output_retries,
         history=history,
         routes=tuple(routes or ()),
+        tools=function_tools(tools, what),
     )
     return transition(
         trigger,
@@ -244,7 +314,7 @@ def llm(
         dest,
         step,
         guard=guard,
-        routes=routes,
+        routes=all_routes or None,
         max_visits=max_visits,
         on_error=on_error,
     )

@@ -209,7 +209,7 @@ class Run(Generic[M]):
             source=self.state,
             dest=dest,
             status=self.machine.status_in(dest),
-            key=key,
+            key=key if result.subkey is None else f"{key}:{result.subkey}",
             patch=patch,
             output=output,
             attempt=attempt,
@@ -353,6 +353,7 @@ class Run(Generic[M]):
                 attempt=attempt,
                 idempotency_key=key,
                 conversation=self._load_conversation,
+                history=self.history,
                 payload=payload,
                 spent=spent,
             )

@@ -9,6 +9,8 @@ from typing import Generic, Protocol, TypeVar
 
 from pydantic import BaseModel, JsonValue
 
+from storage import Event
+
 __all__ = ["RetryPolicy", "Step", "StepContext", "StepResult"]
 
 M = TypeVar("M", bound=BaseModel)
@@ -70,6 +72,8 @@ class StepContext:
     idempotency_key: str
     conversation: Callable[[], Awaitable[list[JsonValue]]] = field(repr=False)
     """Loads the model messages the run's earlier steps committed, oldest first."""
+    history: Callable[[], Awaitable[list[Event]]] = field(repr=False)
+    """Loads the run's committed events, oldest first."""
     payload: JsonValue = None
     """For a `wait` step: the event's payload, as sent to `Run.send`."""
     spent: dict[str, int] = field(default_factory=dict)
@@ -88,6 +92,8 @@ class StepResult(Generic[M]):
     """For a transition with `routes`: the name of the route to take."""
     usage: dict[str, int] | None = None
     messages: list[JsonValue] = field(default_factory=list)
+    subkey: str | None = None
+    """Appended to the transition's idempotency key on the event (a tool call's id)."""
 
 
 class Step(Protocol[M]):
