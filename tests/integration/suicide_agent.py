@@ -1,0 +1,60 @@
+"""A child process whose second step SIGKILLs its own process on every try.
+
+    python -m tests.integration.suicide_agent STORE_URL RUN_ID LOG_PATH
+
+Each try appends "{idempotency_key}\t{attempt}" to LOG_PATH (fsynced) before it dies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+
+from pydantic import BaseModel
+
+from agents import Agent, tool
+from statemachine import StepContext
+from storage import open_store
+
+LEASE_TTL = 0.3
+ATTEMPTS = 3
+
+
+class Memory(BaseModel):
+    prepared: bool = False
+    done: bool = False
+
+
+def make_agent(log_path: str) -> Agent[Memory]:
+    def crash(memory: Memory, ctx: StepContext) -> bool:
+        with open(log_path, "a") as log:
+            log.write(f"{ctx.idempotency_key}\t{ctx.attempt}\n")
+            log.flush()
+            os.fsync(log.fileno())
+        os.kill(os.getpid(), signal.SIGKILL)
+        return True
+
+    return Agent(
+        name="suicidal", memory=Memory, initial="new", final=["done"], on_error="failed",
+        lease_ttl=LEASE_TTL,
+        transitions=[
+            tool("prepare", "new", "ready", lambda m: True, into="prepared"),
+            tool("crash", "ready", "done", crash, into="done", retries=ATTEMPTS - 1),
+        ],
+    )  # fmt: skip
+
+
+async def main(url: str, run_id: str, log_path: str) -> None:
+    store = open_store(url, prefix="suicide")
+    run = await make_agent(log_path).start(
+        store, Memory(), run_id=run_id, lease_wait=10 * LEASE_TTL
+    )
+    await run.until_done()
+    await store.close()
+    print(run.status, flush=True)
+
+
+if __name__ == "__main__":
+    asyncio.run(main(*sys.argv[1:4]))

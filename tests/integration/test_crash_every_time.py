@@ -1,0 +1,58 @@
+"""A step that kills its own process on every try: resumers count the crashes durably and,
+after the step's attempt limit, drive the run into its failure state with the attempts
+recorded, instead of crash-looping forever."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from pathlib import Path
+
+from storage import open_store
+
+from .suicide_agent import ATTEMPTS
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def resume_until_settled(url: str, run_id: str, log: Path) -> list[int]:
+    """Start fresh processes on the run until one exits by itself; their return codes."""
+    codes: list[int] = []
+    for _ in range(ATTEMPTS + 3):
+        proc = subprocess.run(
+            [sys.executable, "-m", "tests.integration.suicide_agent", url, run_id, str(log)],
+            cwd=ROOT, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        codes.append(proc.returncode)
+        if proc.returncode != -9:
+            assert (proc.returncode, proc.stdout.strip()) == (0, "failed"), proc.stderr[-2000:]
+            return codes
+    raise AssertionError(f"still crashing after {len(codes)} processes: {codes}")
+
+
+async def test_a_step_that_kills_its_process_every_time_fails_after_its_attempts(
+    store_url: str, tmp_path: Path
+) -> None:
+    log = tmp_path / "tries.log"
+    codes = await asyncio.to_thread(resume_until_settled, store_url, "doomed", log)
+    assert codes == [-9] * ATTEMPTS + [0]
+
+    key = "doomed:1:crash"
+    assert log.read_text().splitlines() == [f"{key}\t{n}" for n in range(1, ATTEMPTS + 1)]
+
+    store = open_store(store_url, prefix="suicide")
+    record = await store.load("doomed")
+    history = await store.history("doomed")
+    await store.close()
+    assert record is not None
+    # The commit that ended the step reset the crash count for the next transition.
+    assert (record.state, record.status, record.seq, record.crashes) == ("failed", "failed", 2, 0)
+    assert [(e.trigger, e.kind) for e in history] == [
+        ("start", "start"), ("prepare", "tool"), ("crash", "error"),
+    ]  # fmt: skip
+    failed = history[-1]
+    assert failed.error is not None and failed.attempt == ATTEMPTS
+    assert failed.error["attempt"] == ATTEMPTS
+    assert f"cut short by a process crash {ATTEMPTS} times" in str(failed.error["message"])
+    assert failed.key == f"{key}:failed"
