@@ -214,6 +214,8 @@ def wait(
     into: str | None = None,
     update: Reducer | None = None,
     guard: Guard | None = None,
+    timeout: float | None = None,
+    on_timeout: str | None = None,
 ) -> Transition:
     """A transition fired by an outside event: `await run.send(event, payload)` or
     `agentfsm send RUN_ID EVENT --data JSON`. A run in `source` is parked (status
@@ -221,8 +223,13 @@ def wait(
 
     `payload` is the type the payload must have (a pydantic model, `str`, ...; None means
     no payload); it goes `into=` a memory field or through an `update=` reducer.
+    With `timeout` (seconds), a run that waited that long without the event goes to the
+    `on_timeout` state instead. The deadline is stored with the run; any process that
+    polls for due timeouts fires it (`agent.fire_due(store)`, `agentfsm timeouts`).
     """
     if into is not None and update is not None:
         raise DefinitionError(f"wait {event!r}: give into= or update=, not both")
     step = WaitStep(event=event, payload=payload, into=into, update=update)
-    return transition(event, source, dest, step, guard=guard)
+    return transition(
+        event, source, dest, step, guard=guard, timeout=timeout, on_timeout=on_timeout
+    )

@@ -116,6 +116,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     runs.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
 
+    timeouts = command(
+        "timeouts", "fire the wait timeouts that are due (run it from cron, or let a worker)"
+    )
+    timeouts.add_argument(
+        "--agent",
+        action="append",
+        metavar="MODULE:AGENT",
+        help="only this agent's runs (repeatable); default: every registered agent",
+    )
+
     graph = command("graph", "draw an agent's state graph; with --run, a run drawn on it")
     graph.add_argument("agent", metavar="MODULE:AGENT", help="where the Agent object is")
     graph.add_argument(
@@ -176,6 +186,8 @@ async def _dispatch(args: argparse.Namespace) -> int:
                 return await _control(store, args)
             case "runs":
                 return await _runs(store, args)
+            case "timeouts":
+                return await _timeouts(store, args)
             case "graph":
                 return await _graph(store, args)
             case "report":
@@ -374,13 +386,31 @@ def _say_model(agent: Agent[Any]) -> None:
 async def _runs(store: Store, args: argparse.Namespace) -> int:
     table = Table(box=None, header_style="bold")
     table.add_column("run", no_wrap=True)  # ids must stay whole: people copy them
-    for name in ("agent", "state", "status", "seq", "updated", "holder"):
+    for name in ("agent", "state", "status", "seq", "updated", "holder", "times out"):
         table.add_column(name, no_wrap=True)
     for run in await store.list_runs(agent=args.agent, status=args.status, limit=args.limit):
-        updated = datetime.fromtimestamp(run.updated_at).strftime("%Y-%m-%d %H:%M:%S")
         table.add_row(run.run_id, f"{run.agent} v{run.version}", run.state, run.status,
-                      str(run.seq), updated, run.holder or "-")  # fmt: skip
+                      str(run.seq), _when(run.updated_at), run.holder or "-",
+                      "-" if run.deadline is None else _when(run.deadline))  # fmt: skip
     out.print(table)
+    return EXIT_DONE
+
+
+def _when(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M:%S")
+
+
+async def _timeouts(store: Store, args: argparse.Namespace) -> int:
+    if args.agent:
+        agents = [load_agent(spec) for spec in args.agent]
+    else:
+        agents = [load_agent(ep.value) for ep in entry_points(group="agentfsm.agents")]
+    fired = 0
+    for agent in agents:
+        for run_id in await agent.fire_due(store):
+            out.print(f"{escape(run_id)}: {escape(agent.name)} timed out")
+            fired += 1
+    out.print(f"fired {fired} due timeout(s)")
     return EXIT_DONE
 
 

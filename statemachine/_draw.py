@@ -91,6 +91,8 @@ class Edge:
     route: str | None = None
     on_error: bool = False
     """The transition's own failure state: where the run goes when the step gives up."""
+    timeout: float | None = None
+    """Seconds after which a waiting run takes this edge (a wait's timeout)."""
     in_table: bool = True
     """False for an edge drawn only because the run went that way (a failure, say)."""
     taken: int = 0
@@ -108,6 +110,8 @@ class Edge:
             out.append(f"route: {self.route}")
         if self.on_error:
             out.append("on error")
+        if self.timeout is not None:
+            out.append(f"timeout {_seconds(self.timeout)}")
         if self.taken:
             out.append(f"{_TIMES}{self.taken}")
         if self.failed:
@@ -175,6 +179,8 @@ def draw(
                 edges.append(replace(base, dest=t.dest or ""))
             if t.on_error is not None:
                 edges.append(replace(base, dest=t.on_error, on_error=True))
+            if t.on_timeout is not None:
+                edges.append(replace(base, dest=t.on_timeout, timeout=t.timeout))
 
     kinds: dict[str, list[str]] = {s: [] for s in table.states}
     kinds[table.initial].append("initial")
@@ -219,11 +225,12 @@ def draw(
 def _overlay(machine: Machine[Any], edges: list[Edge], events: Iterable[Event]) -> list[Edge]:
     """`edges` with the run's counts; the run's moves off the table become extra edges."""
     states = set(machine.table.states)
-    index: dict[tuple[str, str, str, bool], int] = {}
+    index: dict[tuple[str, str, str, str], int] = {}
     for i, e in enumerate(edges):
         # Two edges can share a key (two routes, or two guarded rows, to one state): the
         # event does not say which, so the first in table order gets the count.
-        index.setdefault((e.source, e.trigger, e.dest, e.on_error), i)
+        way = "error" if e.on_error else "timeout" if e.timeout is not None else ""
+        index.setdefault((e.source, e.trigger, e.dest, way), i)
     taken = [0] * len(edges)
     failed = [0] * len(edges)
     extra: list[Edge] = []
@@ -237,13 +244,14 @@ def _overlay(machine: Machine[Any], edges: list[Edge], events: Iterable[Event]) 
                     f" which {machine.name!r} v{machine.version} does not have"
                 )
         error = ev.kind == "error"
-        found = index.get((ev.source, ev.trigger, ev.dest, error))
+        way = ev.kind if ev.kind in ("error", "timeout") else ""
+        found = index.get((ev.source, ev.trigger, ev.dest, way))
         if found is not None:
             i = found
         else:
             step = str((ev.error or {}).get("step", ev.kind)) if error else ev.kind
             i = len(edges) + len(extra)
-            index[(ev.source, ev.trigger, ev.dest, error)] = i
+            index[(ev.source, ev.trigger, ev.dest, way)] = i
             extra.append(
                 Edge(source=ev.source, dest=ev.dest, trigger=ev.trigger, step=step, in_table=False)
             )
@@ -257,6 +265,14 @@ def _overlay(machine: Machine[Any], edges: list[Edge], events: Iterable[Event]) 
         replace(e, taken=taken[i], failed=failed[i]) if taken[i] or failed[i] else e
         for i, e in enumerate([*edges, *extra])
     ]
+
+
+def _seconds(seconds: float) -> str:
+    """A duration for a label: 90 s, 15 min, 2 h, 3 d."""
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)} {unit}"
+    return f"{seconds:g} s"
 
 
 # --- Mermaid -------------------------------------------------------------------------------
@@ -316,7 +332,8 @@ def _mermaid(g: Graph) -> str:
             arrow = "==>"
             styled[_RED if e.failed else _BLUE].append(str(i))
         else:
-            arrow = "-.->" if e.on_error or not e.in_table else "-->"
+            dashed = e.on_error or e.timeout is not None or not e.in_table
+            arrow = "-.->" if dashed else "-->"
         label = "<br/>".join(_mermaid_text(line) for line in e.lines)
         out.append(f'  {ids[e.source]} {arrow}|"{label}"| {ids[e.dest]}')
     by_class: dict[str, list[str]] = {}
@@ -407,7 +424,7 @@ def _dot(g: Graph) -> str:
     for e in g.edges:
         label = "<BR/>".join(esc(line) for line in e.lines)
         attrs = {}
-        if e.on_error or not e.in_table:
+        if e.on_error or e.timeout is not None or not e.in_table:
             attrs["style"] = "dashed"
         if e.taken or e.failed:
             color = _RED if e.failed else _BLUE

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any, Generic, TypeVar
@@ -15,7 +16,16 @@ from ._draw import Graph, draw
 from ._runner import Run, now
 from ._table import Transition
 from ._validate import Table, compile_table
-from .errors import InvalidMemory, NoTransition, RunError, RunNotFound, VersionMismatch
+from .errors import (
+    InvalidMemory,
+    NotDue,
+    NoTransition,
+    RunError,
+    RunLocked,
+    RunNotFound,
+    RunTakenOver,
+    VersionMismatch,
+)
 
 __all__ = ["Machine"]
 
@@ -109,6 +119,40 @@ class Machine(Generic[M]):
             return "failed"
         return "waiting" if state in table.waiting else "running"
 
+    def deadline_in(self, state: str, since: float) -> float | None:
+        """When a run that entered `state` at `since` times out; None if it cannot."""
+        timed = self.table.timeouts.get(state)
+        if timed is None or timed.timeout is None:
+            return None
+        return since + timed.timeout
+
+    async def fire_due(self, store: Store, *, limit: int = 100, drive: bool = True) -> list[str]:
+        """Fire the timeouts that are due for this machine's runs in `store`.
+
+        Any process may call this, as often as it likes (a worker polls it): a run whose
+        event came meanwhile, or that another process is firing, is skipped. With `drive`,
+        each run then goes on until it is done, failed or waiting again (`until_done`).
+        Returns the ids of the runs it moved to their timeout state.
+        """
+        fired: list[str] = []
+        for run_id in await store.due(now(), limit=limit):
+            record = await store.load(run_id)
+            if record is None or record.agent != self.name or record.version != self.version:
+                continue
+            run = self._open(store, record, 0.0)
+            try:
+                await run.fire_timeout()
+            except (RunLocked, RunTakenOver, NotDue):
+                await run.release(quiet=True)
+                continue
+            fired.append(run_id)
+            if drive:
+                with contextlib.suppress(RunLocked, RunTakenOver):  # another process has it
+                    await run.until_done()  # releases the run in the end
+            else:
+                await run.release(quiet=True)
+        return fired
+
     def next_transition(self, state: str, memory: M) -> Transition:
         """The transition that fires from `state` with this memory: the first in table order
         whose guard passes. Raises `NoTransition` naming the state and the guards tried."""
@@ -158,6 +202,7 @@ class Machine(Generic[M]):
             memory=checked.model_dump(mode="json"),
             created_at=created,
             updated_at=created,
+            deadline=self.deadline_in(self.table.initial, created),
         )
         stored = await store.create(record)
         return self._open(store, stored, lease_wait)

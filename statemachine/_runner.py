@@ -15,6 +15,7 @@ import secrets
 import socket
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import pydantic_core
@@ -35,7 +36,7 @@ from storage import (
 
 from ._step import StepContext, StepResult
 from ._table import Transition
-from .errors import InvalidMemory, RunError, RunLocked, RunNotFound, RunTakenOver
+from .errors import InvalidMemory, NotDue, RunError, RunLocked, RunNotFound, RunTakenOver
 
 if TYPE_CHECKING:
     from ._machine import Machine
@@ -45,7 +46,7 @@ __all__ = ["Run", "now"]
 M = TypeVar("M", bound=BaseModel)
 
 now = time.time
-_NOT_TABLE_EDGES = frozenset({"start", "error", "control"})
+_NOT_TABLE_EDGES = frozenset({"start", "error", "control", "timeout"})
 """Event kinds the runner writes itself; every other event is a table transition firing."""
 _OWNER_PREFIX = f"{socket.gethostname()}:{os.getpid()}"
 
@@ -250,6 +251,40 @@ class Run(Generic[M]):
             raise RunError(f"run {self.run_id!r} is already {self.status}")
         return await self._control("cancel", self.state, "cancelled", output=reason or None)
 
+    async def fire_timeout(self) -> Event:
+        """Send a waiting run whose deadline has passed to its timeout state.
+
+        Recorded as an event of kind "timeout" with the wait's trigger. Raises `NotDue`
+        (nothing written) when the run is not waiting, has no deadline, or it is not yet
+        reached; an event that arrived first wins: the run has moved on.
+        """
+        lease = await self._hold()
+        deadline = self._record.deadline
+        timed = self.machine.table.timeouts.get(self.state)
+        if self.status != "waiting" or timed is None or deadline is None or deadline > now():
+            await self.release(quiet=True)
+            when = "" if deadline is None else f" (deadline in {deadline - now():.3g} s)"
+            raise NotDue(
+                f"run {self.run_id!r} has no timeout due: it is {self.status} in state"
+                f" {self.state!r}{when}"
+            )
+        assert timed.on_timeout is not None  # checked with the table
+        at = now()
+        event = Event(
+            seq=self.seq + 1,
+            trigger=timed.trigger,
+            kind="timeout",
+            source=self.state,
+            dest=timed.on_timeout,
+            status=self.machine.status_in(timed.on_timeout),
+            key=f"{self.run_id}:{self.seq}:{timed.trigger}:timeout",
+            output={"deadline": deadline, "timeout": timed.timeout},
+            started_at=at,
+            ended_at=at,
+            worker=self.owner,
+        )
+        return await self._commit(lease, event, self.memory)
+
     async def _control(
         self, trigger: str, dest: str, status: RunStatus, output: JsonValue = None
     ) -> Event:
@@ -446,6 +481,9 @@ class Run(Generic[M]):
         return await self._commit(lease, event, self.memory)
 
     async def _commit(self, lease: Lease, event: Event, memory: M) -> Event:
+        deadline = self.machine.deadline_in(event.dest, event.ended_at or now())
+        if deadline != event.deadline:
+            event = replace(event, deadline=deadline)
         outcome = await self.store.commit(
             self.run_id, expected_seq=event.seq - 1, token=lease.token, event=event
         )
@@ -495,4 +533,5 @@ def _advance(record: RunRecord, event: Event) -> RunRecord:
         updated_at=event.ended_at,
         holder=record.holder,
         crashes=0,
+        deadline=event.deadline,
     )

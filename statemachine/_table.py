@@ -33,6 +33,9 @@ class Transition:
     """How often this transition may fire in one run; one more sends the run to failure."""
     on_error: str | None = None
     """Where the run goes when this transition's step gives up (default: the machine's)."""
+    timeout: float | None = None
+    """For a wait: seconds the run waits for the event before it goes to `on_timeout`."""
+    on_timeout: str | None = None
 
     @property
     def waits(self) -> bool:
@@ -67,6 +70,8 @@ def transition(
     routes: Mapping[str, str] | None = None,
     max_visits: int | None = None,
     on_error: str | None = None,
+    timeout: float | None = None,
+    on_timeout: str | None = None,
 ) -> Transition:
     """Declare a transition; `source` is one state name or several."""
     sources = (source,) if isinstance(source, str) else tuple(source)
@@ -79,4 +84,6 @@ def transition(
         routes=MappingProxyType(dict(routes or {})),
         max_visits=max_visits,
         on_error=on_error,
+        timeout=timeout,
+        on_timeout=on_timeout,
     )

@@ -40,6 +40,8 @@ class Table:
     """Transitions leaving each state, in table order: the first whose guard passes fires."""
     waiting: frozenset[str]
     """States left only by events (`wait` steps): a run there is parked, status `waiting`."""
+    timeouts: dict[str, Transition]
+    """Waiting states that time out, and the wait that declares the timeout."""
     fsm: Any
     """The `transitions.Machine` built from the table (no model attached)."""
 
@@ -105,6 +107,20 @@ def compile_table(
             _check_name(f"dest of transition {t.trigger!r}:", t.dest)
         if t.on_error is not None:
             _check_name(f"on_error state of transition {t.trigger!r}:", t.on_error)
+        if (t.timeout is None) != (t.on_timeout is None):
+            raise DefinitionError(f"transition {t.trigger!r}: timeout= and on_timeout= go together")
+        if t.timeout is not None:
+            if not t.waits:
+                raise DefinitionError(
+                    f"transition {t.trigger!r}: only a wait (an outside event) can time out"
+                )
+            if isinstance(t.timeout, bool) or not isinstance(t.timeout, int | float):
+                raise DefinitionError(f"transition {t.trigger!r}: timeout must be seconds")
+            if not 0 < t.timeout < float("inf"):
+                raise DefinitionError(
+                    f"transition {t.trigger!r}: timeout must be positive seconds, not {t.timeout}"
+                )
+            _check_name(f"on_timeout state of transition {t.trigger!r}:", t.on_timeout)
         if t.max_visits is not None and t.max_visits < 1:
             raise DefinitionError(
                 f"transition {t.trigger!r}: max_visits must be at least 1, not {t.max_visits}"
@@ -164,6 +180,12 @@ def compile_table(
                 f"state {s!r} mixes events ({', '.join(repr(t.trigger) for t in waits)}) with"
                 " steps that run by themselves: put the wait in a state of its own"
             )
+        timed = [t.trigger for t in rows if t.timeout is not None]
+        if len(timed) > 1:
+            raise DefinitionError(
+                f"state {s!r} has more than one timeout ({', '.join(map(repr, timed))}): a"
+                " waiting state times out once; declare it on one of its waits"
+            )
         seen: dict[str, Transition] = {}
         for t in rows:
             earlier = seen.get(t.trigger)
@@ -216,7 +238,7 @@ def compile_table(
             transitions=[
                 {"trigger": t.trigger, "source": list(t.source), "dest": d}
                 for t in transitions
-                for d in t.dests
+                for d in (*t.dests, *([t.on_timeout] if t.on_timeout else []))
             ],
             initial=initial,
             auto_transitions=False,
@@ -234,13 +256,14 @@ def compile_table(
         transitions=tuple(transitions),
         out={s: tuple(rows) for s, rows in out.items()},
         waiting=frozenset(s for s, rows in out.items() if rows and rows[0].waits),
+        timeouts={s: t for s, rows in out.items() for t in rows if t.timeout is not None},
         fsm=fsm,
     )
 
 
 def _leads_to(t: Transition) -> tuple[str, ...]:
-    """Where firing `t` can take a run: its destinations, and its own failure state."""
-    return (*t.dests, t.on_error) if t.on_error else t.dests
+    """Where firing `t` can take a run: its destinations, its failure and timeout states."""
+    return (*t.dests, *(s for s in (t.on_error, t.on_timeout) if s is not None))
 
 
 def _reach(start: list[str], step: Any) -> set[str]:

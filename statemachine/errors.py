@@ -9,6 +9,7 @@ RuntimeError
       ├── RunLocked      another process holds the run's lease
       ├── RunTakenOver   the lease was lost mid-run; this process must stop driving it
       ├── NoTransition   no transition out of the current state applies
+      ├── NotDue         the run has no timeout that is due now
       └── VersionMismatch  the stored run was made by another version of the machine
  └── RendererMissing     Graphviz's `dot` program, needed for SVG and PNG, is not installed
 """
@@ -22,6 +23,7 @@ __all__ = [
     "InvalidMemory",
     "InvalidPayload",
     "NoTransition",
+    "NotDue",
     "RendererMissing",
     "RunError",
     "RunLocked",
@@ -95,3 +97,7 @@ class VersionMismatch(RunError):
 
 class RendererMissing(RuntimeError):
     """Graphviz's `dot` program, needed to draw SVG and PNG, is not installed."""
+
+
+class NotDue(RunError):
+    """The run is not waiting on a timeout that is due: nothing to fire."""

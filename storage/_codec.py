@@ -58,6 +58,7 @@ def run_from_fields(
             updated_at=float(fields["updated_at"]),
             holder=fields.get("holder", ""),
             crashes=int(fields.get("crashes", "0")),
+            deadline=float(fields["deadline"]) if fields.get("deadline") else None,
         )
     except KeyError as exc:
         raise CorruptData(key, f"missing field {exc.args[0]!r}") from None

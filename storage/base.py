@@ -64,6 +64,8 @@ class RunRecord:
     """Owner of the current lease, "" when no process holds the run."""
     crashes: int = 0
     """Lease holders that died since the last commit (a takeover found them gone)."""
+    deadline: float | None = None
+    """When a waiting run times out (unix seconds), if its state has a timeout."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -77,7 +79,8 @@ class Event:
     seq: int
     trigger: str
     kind: str
-    """The step kind: "tool", "llm", "wait", or "start", "error", "control" for the runner's own."""
+    """The step kind: "tool", "llm", "wait", "move" (no step), or the runner's own: "start",
+    "error", "control", "timeout"."""
     source: str
     dest: str
     status: RunStatus
@@ -93,6 +96,8 @@ class Event:
     usage: dict[str, int] | None = None
     messages: list[JsonValue] = field(default_factory=list)
     """Model messages this step appended to the run's conversation (pydantic-ai JSON form)."""
+    deadline: float | None = None
+    """The run's deadline from this commit on: set when `dest` waits with a timeout."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -172,8 +177,13 @@ class Store(Protocol):
 
         Checks, before any write, in this order: the key was not committed before
         (`Duplicate`), the run's fencing token is `token` (`LeaseLost`), the run is at
-        `expected_seq` (`Conflict`). A commit also clears the run's crash count.
+        `expected_seq` (`Conflict`). A commit also clears the run's crash count and sets
+        its deadline to `event.deadline` (None clears it).
         """
+        ...
+
+    async def due(self, now: float, *, limit: int = 100) -> list[str]:
+        """Ids of runs whose deadline is at or before `now`, earliest first."""
         ...
 
     async def history(self, run_id: str, from_seq: int = 0) -> list[Event]:

@@ -8,7 +8,7 @@ commit's checks and writes are one serialized unit, like the Lua script on Redis
 Tables (one row per thing, so a commit writes what changed, not the whole memory):
 
     runs     run_id, agent, version, state, seq, status, created_at, updated_at,
-             fence, holder, crashes, lease_owner, lease_expires
+             fence, holder, crashes, lease_owner, lease_expires, deadline
     memory   (run_id, name) -> json          one row per memory field
     events   (run_id, seq)  -> json          one row per commit, seq 0 is the creation
     keys     (run_id, key)  -> seq           idempotency keys
@@ -51,16 +51,18 @@ P = ParamSpec("P")
 T = TypeVar("T")
 Synchronous: TypeAlias = Literal["NORMAL", "FULL"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _SCHEMA = [
     """CREATE TABLE runs (
         run_id TEXT PRIMARY KEY, agent TEXT NOT NULL, version INTEGER NOT NULL,
         state TEXT NOT NULL, seq INTEGER NOT NULL, status TEXT NOT NULL,
         created_at REAL NOT NULL, updated_at REAL NOT NULL, fence INTEGER NOT NULL DEFAULT 0,
         holder TEXT NOT NULL DEFAULT '', crashes INTEGER NOT NULL DEFAULT 0,
-        lease_owner TEXT NOT NULL DEFAULT '', lease_expires REAL NOT NULL DEFAULT 0
+        lease_owner TEXT NOT NULL DEFAULT '', lease_expires REAL NOT NULL DEFAULT 0,
+        deadline REAL
     )""",
     "CREATE INDEX runs_by_update ON runs (updated_at)",
+    "CREATE INDEX runs_by_deadline ON runs (deadline) WHERE deadline IS NOT NULL",
     """CREATE TABLE memory (
         run_id TEXT NOT NULL, name TEXT NOT NULL, json TEXT NOT NULL, PRIMARY KEY (run_id, name)
     ) WITHOUT ROWID""",
@@ -72,7 +74,14 @@ _SCHEMA = [
     ) WITHOUT ROWID""",
 ]
 _RUN_COLUMNS = ("agent", "version", "state", "seq", "status", "created_at", "updated_at",
-                "holder", "crashes")  # fmt: skip
+                "holder", "crashes", "deadline")  # fmt: skip
+_UPGRADES = {
+    1: [  # version 2: deadlines of waiting runs
+        "ALTER TABLE runs ADD COLUMN deadline REAL",
+        "CREATE INDEX runs_by_deadline ON runs (deadline) WHERE deadline IS NOT NULL",
+    ],
+}
+"""Statements that take a file of schema version N to N + 1."""
 _SELECT_RUN = f"SELECT run_id, {', '.join(_RUN_COLUMNS)} FROM runs"
 _BUSY_TIMEOUT = 5.0
 """Seconds to wait for another process's write lock before giving up."""
@@ -157,13 +166,20 @@ class EmbeddedStore:
         (version,) = self._db.execute("PRAGMA user_version").fetchone()
         if version == SCHEMA_VERSION:
             return
-        if version != 0:
+        if version != 0 and version not in _UPGRADES:
             raise self._foreign(version)
         self._transaction("set up the store", "BEGIN IMMEDIATE", self._create_schema)
 
     def _create_schema(self) -> None:
         (version,) = self._db.execute("PRAGMA user_version").fetchone()
         if version == SCHEMA_VERSION:  # another process set it up since we looked
+            return
+        if version in _UPGRADES:  # an older agentfsm's file: upgrade it in place
+            while version < SCHEMA_VERSION:
+                for statement in _UPGRADES[version]:
+                    self._db.execute(statement)
+                version += 1
+            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             return
         if version != 0:
             raise self._foreign(version)
@@ -227,9 +243,9 @@ class EmbeddedStore:
             return False
         db.execute(
             f"INSERT INTO runs (run_id, {', '.join(_RUN_COLUMNS)})"
-            " VALUES (?, ?, ?, ?, 0, ?, ?, ?, '', 0)",
+            " VALUES (?, ?, ?, ?, 0, ?, ?, ?, '', 0, ?)",
             (run.run_id, run.agent, run.version, run.state, run.status, run.created_at,
-             run.updated_at),
+             run.updated_at, run.deadline),
         )  # fmt: skip
         db.executemany(
             "INSERT INTO memory (run_id, name, json) VALUES (?, ?, ?)",
@@ -238,7 +254,7 @@ class EmbeddedStore:
         event = Event(
             seq=0, trigger="start", kind="start", source="", dest=run.state, status=run.status,
             key=f"{run.run_id}:start", patch=run.memory, started_at=run.created_at,
-            ended_at=run.created_at,
+            ended_at=run.created_at, deadline=run.deadline,
         )  # fmt: skip
         db.execute("INSERT INTO events VALUES (?, 0, ?)", (run.run_id, dump_event(event)))
         db.execute("INSERT INTO keys VALUES (?, ?, 0)", (run.run_id, event.key))
@@ -267,7 +283,9 @@ class EmbeddedStore:
             name: load_json(value, self._where(run_id, f"memory field {name!r}"))
             for name, value in memory_rows
         }
-        fields = {k: str(v) for k, v in zip(_RUN_COLUMNS, row[1:], strict=True)}
+        fields = {
+            k: "" if v is None else str(v) for k, v in zip(_RUN_COLUMNS, row[1:], strict=True)
+        }
         return run_from_fields(run_id, fields, memory, self._where(run_id, "runs row"))
 
     async def commit(
@@ -297,9 +315,16 @@ class EmbeddedStore:
             return Conflict(current_seq=int(cur[0]))
         seq = expected_seq + 1
         db.execute(
-            "UPDATE runs SET seq = ?, state = ?, status = ?, updated_at = ?, crashes = 0"
-            " WHERE run_id = ?",
-            (seq, event.dest, event.status, event.ended_at or time.time(), run_id),
+            "UPDATE runs SET seq = ?, state = ?, status = ?, updated_at = ?, crashes = 0,"
+            " deadline = ? WHERE run_id = ?",
+            (
+                seq,
+                event.dest,
+                event.status,
+                event.ended_at or time.time(),
+                event.deadline,
+                run_id,
+            ),
         )
         db.executemany(
             "INSERT INTO memory (run_id, name, json) VALUES (?, ?, ?)"
@@ -377,6 +402,14 @@ class EmbeddedStore:
             (agent, status, max(limit, 0)),
         )  # fmt: skip
         return [self._decode(raw) for raw in rows]
+
+    async def due(self, now: float, *, limit: int = 100) -> list[str]:
+        rows = self._transaction(
+            "list due runs", "BEGIN", self._fetch,
+            "SELECT run_id FROM runs WHERE deadline <= ? ORDER BY deadline LIMIT ?",
+            (now, max(limit, 0)),
+        )  # fmt: skip
+        return [str(run_id) for (run_id,) in rows]
 
     async def close(self) -> None:
         with self._lock:

@@ -110,6 +110,11 @@ class RedisStore:
     def _keys(self, run_id: str, *parts: str) -> list[str]:
         return [self.key(run_id, p) for p in parts]
 
+    @property
+    def _deadlines(self) -> str:
+        """The sorted set of waiting runs with a deadline, scored by it."""
+        return f"{self._prefix}:deadlines"
+
     async def _call(self, what: str, op: Callable[[], Awaitable[Any]]) -> Any:
         """Await `op`, turning redis-py's errors into ours. Replies are `Any`: with
         `decode_responses=True` they are str, which redis-py's types cannot express."""
@@ -135,6 +140,7 @@ class RedisStore:
             patch=run.memory,
             started_at=run.created_at,
             ended_at=run.created_at,
+            deadline=run.deadline,
         )
         fields: list[Any] = [
             "agent",
@@ -160,10 +166,11 @@ class RedisStore:
         ]
         for name, value in run.memory.items():
             fields += [f"m:{name}", dump_json(value)]
-        keys = self._keys(run.run_id, "run", "events", "keys")
+        keys = [*self._keys(run.run_id, "run", "events", "keys"), self._deadlines]
+        deadline = _deadline_arg(run.deadline)
+        args = [dump_event(event), event.key, deadline, run.run_id, *fields]
         created = await self._call(
-            f"create run {run.run_id!r}",
-            lambda: self._create(keys=keys, args=[dump_event(event), event.key, *fields]),
+            f"create run {run.run_id!r}", lambda: self._create(keys=keys, args=args)
         )
         if created:
             await self._call(
@@ -205,11 +212,13 @@ class RedisStore:
             event.dest,
             event.status,
             repr(event.ended_at or time.time()),
+            _deadline_arg(event.deadline),
+            run_id,
             dump_event(event),
         ]
         for name, value in event.patch.items():
             args += [name, dump_json(value)]
-        keys = self._keys(run_id, "run", "events", "keys")
+        keys = [*self._keys(run_id, "run", "events", "keys"), self._deadlines]
         verdict, seq = await self._call(
             f"commit to run {run_id!r}", lambda: self._commit(keys=keys, args=args)
         )
@@ -296,8 +305,19 @@ class RedisStore:
         runs.sort(key=lambda r: r.updated_at, reverse=True)
         return runs[:limit]
 
+    async def due(self, now: float, *, limit: int = 100) -> list[str]:
+        ids: list[str] = await self._call(
+            "list due runs",
+            lambda: self._client.zrangebyscore(self._deadlines, "-inf", now, start=0, num=limit),
+        )
+        return ids
+
     async def close(self) -> None:
         await self._client.aclose()
+
+
+def _deadline_arg(deadline: float | None) -> str:
+    return "" if deadline is None else repr(deadline)
 
 
 def _ms(seconds: float) -> int:

@@ -7,11 +7,14 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from storage import EmbeddedStore, RedisStore, Store, open_store
+
+from .ticket_agent import TIMEOUT
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -145,3 +148,25 @@ def test_waiting_run_takes_events_from_the_command_line(store_url: str, tmp_path
     assert listed.returncode == 0 and run_id in listed.stdout
     again = agentfsm("cancel", run_id, *store, cwd=tmp_path)
     assert again.returncode == 2 and "already done" in again.stderr
+
+
+def test_a_due_timeout_is_fired_by_another_process(store_url: str, tmp_path: Path) -> None:
+    store = ("--store", store_url)
+    spec = "tests.agents.ticket_agent:ticket"
+    run_id = f"tk-{tmp_path.name}"
+    started = agentfsm("run", spec, "--run-id", run_id, "--input", "{}", *store, cwd=tmp_path)
+    assert started.returncode == 3, started.stderr  # waiting for a reply
+    early = agentfsm("timeouts", "--agent", spec, *store, cwd=tmp_path)
+    assert early.returncode == 0 and "fired 0 due timeout(s)" in early.stdout, early.stderr
+    listed = agentfsm("runs", "--status", "waiting", *store, cwd=tmp_path)
+    row = next(line for line in listed.stdout.splitlines() if run_id in line)
+    assert row.split()[-2:] != ["-", "-"]  # a deadline is shown
+    time.sleep(TIMEOUT)
+    fired = agentfsm("timeouts", "--agent", spec, *store, cwd=tmp_path)
+    assert fired.returncode == 0, fired.stderr
+    assert f"{run_id}: ticket timed out" in fired.stdout and "fired 1" in fired.stdout
+    shown = agentfsm("show", run_id, *store, cwd=tmp_path)
+    assert "state    closed" in shown.stdout and '"escalated": true' in shown.stdout
+    late = agentfsm("send", run_id, "reply", "--data", '"too late"', "--agent", spec, *store,
+                    cwd=tmp_path)  # fmt: skip
+    assert late.returncode == 2 and "does not accept event 'reply'" in late.stderr

@@ -322,3 +322,39 @@ async def test_other_runs_are_unaffected_by_a_corrupt_one(store: Store) -> None:
     await corrupt_memory_field(store, "bad", "n", "\x00\xff")
     good = await store.load("good")
     assert good is not None and good.memory["n"] == 0
+
+
+async def test_deadlines_are_set_and_cleared_by_commits_and_listed_when_due(store: Store) -> None:
+    t = time.time()
+    await store.create(dataclasses.replace(new_run("w0"), deadline=t - 1))
+    await store.create(new_run("w1"))
+    await store.create(new_run("w2"))
+    lease = await leased(store, "w1")
+    waits = dataclasses.replace(event(1, key="w1:0:go"), status="waiting", deadline=t + 60)
+    assert await store.commit("w1", expected_seq=0, token=lease.token, event=waits) == Committed(seq=1)
+    lease2 = await leased(store, "w2")
+    soon = dataclasses.replace(event(1, key="w2:0:go"), status="waiting", deadline=t - 0.5)
+    assert isinstance(
+        await store.commit("w2", expected_seq=0, token=lease2.token, event=soon), Committed
+    )
+
+    assert await store.due(t) == ["w0", "w2"]  # earliest first
+    assert await store.due(t, limit=1) == ["w0"]
+    assert await store.due(t + 120) == ["w0", "w2", "w1"]
+    loaded = await store.load("w1")
+    assert loaded is not None and loaded.deadline == t + 60
+
+    # The next commit without a deadline clears it.
+    on = dataclasses.replace(event(2, key="w2:1:go", dest="c"), deadline=None)
+    assert isinstance(
+        await store.commit("w2", expected_seq=1, token=lease2.token, event=on), Committed
+    )
+    assert await store.due(t + 120) == ["w0", "w1"]
+    loaded = await store.load("w2")
+    assert loaded is not None and loaded.deadline is None
+    # A refused commit leaves the deadline alone.
+    stale = dataclasses.replace(event(2, key="w1:1:go"), deadline=None)
+    assert isinstance(
+        await store.commit("w1", expected_seq=1, token=lease.token + 5, event=stale), LeaseLost
+    )
+    assert await store.due(t + 120) == ["w0", "w1"]

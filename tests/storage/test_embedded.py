@@ -105,6 +105,44 @@ def test_a_file_of_another_schema_version_is_refused_naming_it(tmp_path: Path) -
         EmbeddedStore(db)
 
 
+V1_SCHEMA = [  # the first released schema, before deadlines
+    """CREATE TABLE runs (
+        run_id TEXT PRIMARY KEY, agent TEXT NOT NULL, version INTEGER NOT NULL,
+        state TEXT NOT NULL, seq INTEGER NOT NULL, status TEXT NOT NULL,
+        created_at REAL NOT NULL, updated_at REAL NOT NULL, fence INTEGER NOT NULL DEFAULT 0,
+        holder TEXT NOT NULL DEFAULT '', crashes INTEGER NOT NULL DEFAULT 0,
+        lease_owner TEXT NOT NULL DEFAULT '', lease_expires REAL NOT NULL DEFAULT 0)""",
+    "CREATE INDEX runs_by_update ON runs (updated_at)",
+    "CREATE TABLE memory (run_id TEXT NOT NULL, name TEXT NOT NULL, json TEXT NOT NULL,"
+    " PRIMARY KEY (run_id, name)) WITHOUT ROWID",
+    "CREATE TABLE events (run_id TEXT NOT NULL, seq INTEGER NOT NULL, json TEXT NOT NULL,"
+    " PRIMARY KEY (run_id, seq)) WITHOUT ROWID",
+    "CREATE TABLE keys (run_id TEXT NOT NULL, key TEXT NOT NULL, seq INTEGER NOT NULL,"
+    " PRIMARY KEY (run_id, key)) WITHOUT ROWID",
+    "INSERT INTO runs (run_id, agent, version, state, seq, status, created_at, updated_at)"
+    " VALUES ('old', 'tester', 1, 'a', 0, 'running', 1.0, 1.0)",
+    "INSERT INTO memory VALUES ('old', 'n', '0')",
+    "PRAGMA user_version=1",
+]
+
+
+async def test_a_file_of_schema_version_1_is_upgraded_in_place_keeping_its_runs(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "store.db"
+    with closing(sqlite3.connect(db)) as raw:
+        for statement in V1_SCHEMA:
+            raw.execute(statement)
+        raw.commit()
+    store = EmbeddedStore(db)
+    old = await store.load("old")
+    assert old is not None and (old.state, old.memory, old.deadline) == ("a", {"n": 0}, None)
+    assert await store.due(2e9) == []
+    await store.close()
+    with closing(sqlite3.connect(db)) as raw:
+        assert raw.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+
+
 def test_another_programs_database_is_refused_and_left_alone(tmp_path: Path) -> None:
     db = tmp_path / "app.db"
     with sqlite3.connect(db) as raw:
