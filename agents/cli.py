@@ -26,6 +26,7 @@ from rich.table import Table
 
 from statemachine import Graph, InvalidMemory, RendererMissing, Run, RunError, RunNotFound
 from storage import Event, RunStatus, StorageError, Store, open_store
+from storage.redis import redact
 
 from ._agent import Agent
 from ._report import render_report
@@ -279,7 +280,7 @@ async def _demo(store: Store, args: argparse.Namespace) -> int:
         out.print()
         out.print(run.memory.report)
     elif run.status == "failed":
-        store_arg = f" --store {args.store}" if args.store else ""
+        store_arg = f" --store {redact(args.store)}" if args.store else ""
         out.print(
             f"\nThe run stopped at {run.state!r}; continue it with:"
             f"  agentfsm resume {run.run_id}{store_arg}"

@@ -498,15 +498,19 @@ class Run(Generic[M]):
                 self._visit_counts[event.trigger] = self._visit_counts.get(event.trigger, 0) + 1
             return event
         if isinstance(outcome, Duplicate):
-            # Our own commit landed on an earlier try whose answer was lost: take the stored run.
-            await self._reload()
-            return event
+            # The key was committed before. By this process, on a try whose answer was lost:
+            # go on from the stored run. By another process (this one lost the run and a new
+            # holder did this step meanwhile): stop, as for any refused commit.
+            stored = await self.store.history(self.run_id, outcome.seq)
+            if stored and stored[0].seq == outcome.seq and stored[0].worker == self.owner:
+                await self._reload()
+                return stored[0]
+            why = f"another process committed {event.trigger!r} as seq {outcome.seq}"
+        elif isinstance(outcome, Conflict):
+            why = f"it moved to seq {outcome.current_seq}"
+        else:
+            why = "its lease was taken over"
         await self.release(quiet=True)
-        why = (
-            f"it moved to seq {outcome.current_seq}"
-            if isinstance(outcome, Conflict)
-            else "its lease was taken over"
-        )
         raise RunTakenOver(
             f"run {self.run_id!r}: commit of {event.trigger!r} at seq {event.seq} refused, {why};"
             " another process drives the run now"

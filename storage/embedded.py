@@ -362,6 +362,11 @@ class EmbeddedStore:
             raise KeyError(run_id)
         fence, holder, crashes, lease_owner, lease_expires = row
         now = time.time()
+        if lease_owner == owner and lease_expires > now:  # ours already: extend it
+            self._db.execute(
+                "UPDATE runs SET lease_expires = ? WHERE run_id = ?", (now + ttl, run_id)
+            )
+            return Lease(run_id=run_id, owner=owner, token=fence, ttl=ttl, crashes=crashes)
         if lease_owner and lease_expires > now:
             return LeaseHeld(run_id=run_id, owner=lease_owner, expires_in=lease_expires - now)
         if holder:  # taken, never released, expired: its holder died

@@ -6,13 +6,20 @@
 --
 -- acquire -> {token, crashes} when taken; {-1, holder, pttl} when held; {0} for no such run.
 --            A run whose 'holder' is set but whose lease key expired was held by a process
---            that died: its crash count goes up by one.
+--            that died: its crash count goes up by one. When the lease is held by ARGV[2]
+--            already (a resend after a lost reply: owners are unique per process and run),
+--            it is extended and the same token returned.
 -- renew   -> 1 when the token is still the run's (the lease key is set again), else 0.
 -- release -> 1 when released, 0 when the token was already superseded.
 local op = ARGV[1]
 if op == 'acquire' then
   if redis.call('EXISTS', KEYS[1]) == 0 then return {0} end
   local held = redis.call('GET', KEYS[2])
+  if held == ARGV[2] then
+    redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+    local mine = redis.call('HMGET', KEYS[1], 'fence', 'crashes')
+    return {tonumber(mine[1]), tonumber(mine[2] or '0')}
+  end
   if held then return {-1, held, redis.call('PTTL', KEYS[2])} end
   local meta = redis.call('HMGET', KEYS[1], 'holder', 'crashes')
   local crashes = tonumber(meta[2] or '0')

@@ -8,6 +8,7 @@ Key layout (one hash tag per run, so every per-run script touches one Cluster sl
     {prefix}:{run_id}:keys     hash    idempotency key -> seq
     {prefix}:{run_id}:lease    string  holder, with a TTL
     {prefix}:runs              zset    run id by creation time (an index, rebuildable)
+    {prefix}:deadlines         zset    waiting run id by its deadline (kept by commit.lua)
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ import redis.asyncio as aioredis
 from pydantic import JsonValue
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import AuthenticationError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ._codec import dump_event, dump_json, load_event, load_json, run_from_fields
@@ -84,7 +85,7 @@ class RedisStore:
     def from_url(cls, url: str, *, prefix: str = "agentfsm", retries: int = 8) -> RedisStore:
         """Connect lazily to `url` (`redis://`, `rediss://`, `unix://`), retrying connection
         errors and timeouts with jittered exponential backoff (about 7 s in all by default)."""
-        retry = Retry(ExponentialWithJitterBackoff(base=0.05, cap=2.0), retries)
+        retry = _Retry(ExponentialWithJitterBackoff(base=0.05, cap=2.0), retries)
         client = aioredis.Redis.from_url(
             url,
             decode_responses=True,
@@ -120,6 +121,10 @@ class RedisStore:
         `decode_responses=True` they are str, which redis-py's types cannot express."""
         try:
             return await op()
+        except AuthenticationError as exc:
+            raise StorageError(
+                f"Redis at {self._where} refused the credentials to {what}: {exc}"
+            ) from None
         except (RedisConnectionError, RedisTimeoutError) as exc:
             raise StoreUnavailable(
                 f"cannot reach Redis at {self._where} to {what}: {exc}"
@@ -172,11 +177,13 @@ class RedisStore:
         created = await self._call(
             f"create run {run.run_id!r}", lambda: self._create(keys=keys, args=args)
         )
+        # Index it even when it existed: the reply to an earlier try may have been lost
+        # after the script ran. (Outside the script: the index is in another Cluster slot.)
+        stamp = {run.run_id: run.created_at}
+        await self._call(
+            "index the run", lambda: self._client.zadd(f"{self._prefix}:runs", stamp, nx=True)
+        )
         if created:
-            await self._call(
-                "index the run",
-                lambda: self._client.zadd(f"{self._prefix}:runs", {run.run_id: run.created_at}),
-            )
             return run
         stored = await self.load(run.run_id)
         if stored is None:  # deleted between the two calls
@@ -314,6 +321,25 @@ class RedisStore:
 
     async def close(self) -> None:
         await self._client.aclose()
+
+
+class _Retry(Retry):
+    """redis-py's retry, except that refused credentials fail at once: `AuthenticationError`
+    is a `ConnectionError` to redis-py, and trying a wrong password again cannot help."""
+
+    async def call_with_retry(
+        self,
+        do: Callable[[], Awaitable[Any]],
+        fail: Callable[..., Any],
+        is_retryable: Callable[[Exception], bool] | None = None,
+        with_failure_count: bool = False,
+    ) -> Any:
+        def retryable(error: Exception) -> bool:
+            if isinstance(error, AuthenticationError):
+                return False
+            return is_retryable is None or is_retryable(error)
+
+        return await super().call_with_retry(do, fail, retryable, with_failure_count)
 
 
 def _deadline_arg(deadline: float | None) -> str:
