@@ -25,6 +25,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from statemachine import Graph, InvalidMemory, RendererMissing, Run, RunError, RunNotFound
+from statemachine._provenance import memory_at, why
 from storage import Event, RunStatus, StorageError, Store, open_store
 from storage.redis import redact
 
@@ -151,6 +152,13 @@ def _parser() -> argparse.ArgumentParser:
 
     show = command("show", "the run's state, status and memory")
     show.add_argument("run_id", metavar="RUN_ID")
+    show.add_argument(
+        "--at", type=int, metavar="SEQ", help="as it was right after commit SEQ (time travel)"
+    )
+    why_ = command("why", "which transition wrote a memory field, and what wrote it before")
+    why_.add_argument("run_id", metavar="RUN_ID")
+    why_.add_argument("field", metavar="FIELD")
+    why_.add_argument("--at", type=int, metavar="SEQ", help="as of commit SEQ")
     history = command("history", "one line per committed transition")
     history.add_argument("run_id", metavar="RUN_ID")
     return p
@@ -194,7 +202,9 @@ async def _dispatch(args: argparse.Namespace) -> int:
             case "report":
                 return await _report(store, args)
             case "show":
-                return await _show(store, args.run_id)
+                return await _show(store, args.run_id, args.at)
+            case "why":
+                return await _why(store, args)
             case "history":
                 return await _history(store, args.run_id)
         raise UsageProblem(f"unknown command {args.command!r}")
@@ -466,16 +476,38 @@ async def _report(store: Store, args: argparse.Namespace) -> int:
     return EXIT_DONE
 
 
-async def _show(store: Store, run_id: str) -> int:
+async def _show(store: Store, run_id: str, at: int | None) -> int:
     run = await store.load(run_id)
     if run is None:
         raise RunNotFound(run_id)
+    if at is None:
+        state, status, seq, memory = run.state, run.status, run.seq, run.memory
+    else:
+        events = await store.history(run_id)
+        try:
+            state, memory = memory_at(events, at)
+        except ValueError as exc:
+            raise UsageProblem(f"run {run_id!r}: {exc}") from None
+        status, seq = events[at].status, at
     out.print(
-        f"run      {run.run_id}\nagent    {run.agent} v{run.version}\nstate    {run.state}"
-        f"\nstatus   {run.status}\nseq      {run.seq}\nholder   {run.holder or '-'}"
+        f"run      {run.run_id}\nagent    {run.agent} v{run.version}\nstate    {state}"
+        f"\nstatus   {status}\nseq      {seq}"
+        + (f"\nholder   {run.holder or '-'}" if at is None else f" (of {run.seq})")
     )
     out.print("memory")
-    out.print_json(json.dumps(run.memory))
+    out.print_json(json.dumps(memory))
+    return EXIT_DONE
+
+
+async def _why(store: Store, args: argparse.Namespace) -> int:
+    events = await store.history(args.run_id)
+    if not events:
+        raise RunNotFound(args.run_id)
+    try:
+        answer = why(events, args.field, at=args.at)
+    except ValueError as exc:
+        raise UsageProblem(f"run {args.run_id!r}: {exc}") from None
+    out.print(escape(answer.describe(width=max(out.width - 20, 40))))
     return EXIT_DONE
 
 

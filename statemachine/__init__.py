@@ -5,6 +5,7 @@ This is agentfsm's `statemachine` package (not python-statemachine's).
 
 from ._draw import Edge, Graph, Node
 from ._machine import Machine
+from ._provenance import Provenance, Write
 from ._runner import Run
 from ._step import RetryPolicy, Step, StepContext, StepResult
 from ._table import Transition, transition
@@ -32,6 +33,7 @@ __all__ = [
     "NoTransition",
     "Node",
     "NotDue",
+    "Provenance",
     "RendererMissing",
     "RetryPolicy",
     "Run",
@@ -44,6 +46,7 @@ __all__ = [
     "StepResult",
     "Transition",
     "VersionMismatch",
+    "Write",
     "transition",
 ]
 

@@ -34,6 +34,7 @@ from storage import (
     Store,
 )
 
+from ._provenance import Provenance, memory_at, why
 from ._step import StepContext, StepResult
 from ._table import Transition
 from .errors import InvalidMemory, NotDue, RunError, RunLocked, RunNotFound, RunTakenOver
@@ -114,6 +115,18 @@ class Run(Generic[M]):
     async def history(self, from_seq: int = 0) -> list[Event]:
         """The committed events of this run, in order."""
         return await self.store.history(self.run_id, from_seq)
+
+    async def at(self, seq: int) -> tuple[str, M]:
+        """The state and memory as they were right after commit `seq` (read from the
+        history; `ValueError` for a seq the run has not reached)."""
+        state, fields = memory_at(await self.store.history(self.run_id), seq)
+        memory = self.machine.validate_memory(fields, f"run {self.run_id!r} at seq {seq}")
+        return state, memory
+
+    async def why(self, field: str, *, at: int | None = None) -> Provenance:
+        """Which transition last wrote memory field `field` (as of commit `at`), with the
+        step that ran, the model's messages, and the writes before it."""
+        return why(await self.store.history(self.run_id), field, at=at, machine=self.machine)
 
     async def __aenter__(self) -> Run[M]:
         return self
@@ -219,6 +232,7 @@ class Run(Generic[M]):
             worker=self.owner,
             usage=result.usage,
             messages=result.messages,
+            step=t.step.label if t.step else "",
         )
         return await self._commit(lease, event, memory)
 
@@ -470,6 +484,7 @@ class Run(Generic[M]):
             started_at=started,
             ended_at=now(),
             worker=self.owner,
+            step=t.step.label if t.step else "",
             usage=failed.spent,
             error={
                 "type": type(error).__name__,

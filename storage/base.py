@@ -98,6 +98,8 @@ class Event:
     """Model messages this step appended to the run's conversation (pydantic-ai JSON form)."""
     deadline: float | None = None
     """The run's deadline from this commit on: set when `dest` waits with a timeout."""
+    step: str = ""
+    """What ran: the tool function's name, the llm step's model ("" for none)."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

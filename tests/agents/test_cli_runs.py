@@ -105,6 +105,7 @@ def test_demo_show_and_history_on_the_embedded_default(tmp_path: Path) -> None:
         (["resume", "ghost"], {}, "no run with id 'ghost'"),
         (["show", "ghost"], {}, "no run with id 'ghost'"),
         (["history", "ghost"], {}, "no run with id 'ghost'"),
+        (["why", "ghost", "plan"], {}, "no run with id 'ghost'"),
         (["show", "x", "--store", "mysql://u:pw@h/db"], {}, "unknown store URL"),
     ],
 )  # fmt: skip
@@ -170,3 +171,24 @@ def test_a_due_timeout_is_fired_by_another_process(store_url: str, tmp_path: Pat
     late = agentfsm("send", run_id, "reply", "--data", '"too late"', "--agent", spec, *store,
                     cwd=tmp_path)  # fmt: skip
     assert late.returncode == 2 and "does not accept event 'reply'" in late.stderr
+
+
+def test_why_and_show_at_travel_back_in_time(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'demo.db'}"
+    assert agentfsm("demo", "--run-id", "w1", "--store", url, cwd=tmp_path).returncode == 0
+    why = agentfsm("why", "w1", "plan", "--store", url, cwd=tmp_path)
+    assert why.returncode == 0, why.stderr
+    lines = why.stdout.splitlines()
+    assert lines[0].startswith('plan = "1. Compute summary statistics') and "(at seq 5)" in lines[0]
+    assert "written by seq 1: 'plan' [llm offline:analyst] new -> planned" in lines[1]
+    assert "before that seq 0: creation of the run [start] -> new" in lines[2]
+    then = agentfsm("show", "w1", "--at", "2", "--store", url, cwd=tmp_path)
+    assert then.returncode == 0, then.stderr
+    assert "state    computed" in then.stdout and "seq      2 (of 5)" in then.stdout
+    assert '"interpretation": ""' in then.stdout and '"mean": 15.72' in then.stdout
+    for args, message in [
+        (["why", "w1", "plna"], "unknown memory field 'plna': the run's fields are anomalies"),
+        (["show", "w1", "--at", "6"], "seq 6 is out of range: the events cover seqs 0..5"),
+    ]:
+        bad = agentfsm(*args, "--store", url, cwd=tmp_path)
+        assert bad.returncode == 2 and message in bad.stderr, bad.stderr
