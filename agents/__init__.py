@@ -4,12 +4,26 @@ This is agentfsm's `agents` package (not openai-agents').
 """
 
 from ._agent import Agent
+from ._durable import DurableAgent, DurableRunFailed, DurableRunResult, StepPolicy, idempotency_key
 from ._llm import llm
 from ._report import render_report, report_html
 from ._steps import tool, wait
 from ._tool_calls import tool_calls
 
-__all__ = ["Agent", "llm", "render_report", "report_html", "tool", "tool_calls", "wait"]
+__all__ = [
+    "Agent",
+    "DurableAgent",
+    "DurableRunFailed",
+    "DurableRunResult",
+    "StepPolicy",
+    "idempotency_key",
+    "llm",
+    "render_report",
+    "report_html",
+    "tool",
+    "tool_calls",
+    "wait",
+]
 
 for _name in __all__:
     globals()[_name].__module__ = __name__

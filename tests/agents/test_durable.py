@@ -1,0 +1,401 @@
+"""DurableAgent: an unmodified pydantic-ai agent run as a durable machine."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from pydantic import BaseModel, field_validator
+from pydantic_ai import Agent, ModelRetry, RunContext
+from pydantic_ai.exceptions import ModelHTTPError
+from pydantic_ai.messages import (
+    ModelMessage,
+    ModelRequest,
+    ModelResponse,
+    RetryPromptPart,
+    TextPart,
+    ToolCallPart,
+    ToolReturnPart,
+    UserPromptPart,
+)
+from pydantic_ai.models.function import AgentInfo, FunctionModel
+
+from agents import DurableAgent, DurableRunFailed, StepPolicy, idempotency_key
+from agents.examples.durable_analyst import Findings, analyst
+from statemachine import RunError, RunNotFound
+from storage import Store, open_store
+
+Brain = Callable[[list[ModelMessage], AgentInfo], ModelResponse]
+
+
+def returns(messages: list[ModelMessage]) -> list[ToolReturnPart | RetryPromptPart]:
+    return [
+        p for m in messages if isinstance(m, ModelRequest) for p in m.parts
+        if isinstance(p, ToolReturnPart | RetryPromptPart)
+    ]  # fmt: skip
+
+
+def calls(*specs: tuple[str, dict[str, Any], str]) -> ModelResponse:
+    return ModelResponse(parts=[ToolCallPart(n, a, tool_call_id=i) for n, a, i in specs])
+
+
+class Counting:
+    """A FunctionModel brain that counts its requests."""
+
+    def __init__(self, brain: Brain) -> None:
+        self.brain = brain
+        self.requests = 0
+
+    def __call__(self, messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        self.requests += 1
+        return self.brain(messages, info)
+
+
+def two_calls_then_answer(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+    done = returns(messages)
+    if not done:
+        return calls(("add", {"a": 1, "b": 2}, "c-add"), ("mul", {"a": 3, "b": 4}, "c-mul"))
+    return ModelResponse(parts=[TextPart(" ".join(f"{p.tool_name}={p.content}" for p in done))])
+
+
+def arithmetic(brain: Brain, ran: list[str] | None = None) -> Agent[int, str]:
+    agent = Agent(FunctionModel(brain), deps_type=int, instructions="Use the tools.")
+
+    @agent.tool_plain
+    def add(a: int, b: int) -> int:
+        """Add two numbers."""
+        if ran is not None:
+            ran.append(f"add\t{idempotency_key()}")
+        return a + b
+
+    @agent.tool
+    def mul(ctx: RunContext[int], a: int, b: int) -> int:
+        """Multiply two numbers, times the deps."""
+        if ran is not None:
+            ran.append(f"mul\t{idempotency_key()}")
+        return a * b * ctx.deps
+
+    return agent
+
+
+async def test_two_tool_calls_then_an_answer_commit_one_transition_each(store: Store) -> None:
+    ran: list[str] = []
+    brain = Counting(two_calls_then_answer)
+    durable = DurableAgent(arithmetic(brain, ran), store=store, name="arith")
+    result = await durable.run("compute", run_id="r1", deps=10)
+    assert result.output == "add=3 mul=120"
+    assert ran == ["add\tr1:1:tool_call:c-add", "mul\tr1:2:tool_call:c-mul"]
+    assert (result.usage.requests, result.usage.tool_calls, brain.requests) == (2, 2, 2)
+    history = await durable.history("r1")
+    assert [(e.trigger, e.kind, e.source, e.dest, e.key) for e in history[1:]] == [
+        ("model_request", "llm", "model", "tools", "r1:0:model_request"),
+        ("tool_call", "tool", "tools", "tools", "r1:1:tool_call:c-add"),
+        ("tool_call", "tool", "tools", "model", "r1:2:tool_call:c-mul"),
+        ("model_request", "llm", "model", "done", "r1:3:model_request"),
+    ]
+    assert history[1].output == {
+        "tool_calls": [
+            {"tool_call_id": "c-add", "tool": "add", "args": {"a": 1, "b": 2}},
+            {"tool_call_id": "c-mul", "tool": "mul", "args": {"a": 3, "b": 4}},
+        ]
+    }
+    assert history[2].output == {
+        "tool_call_id": "c-add", "tool": "add", "args": {"a": 1, "b": 2}, "result": 3,
+    }  # fmt: skip
+    # The messages are what pydantic-ai's own run has: the same shape and the same output.
+    plain = await arithmetic(two_calls_then_answer).run("compute", deps=10)
+    assert plain.output == result.output
+    kinds = [(m.kind, [p.part_kind for p in m.parts]) for m in result.all_messages()]
+    assert kinds == [(m.kind, [p.part_kind for p in m.parts]) for m in plain.all_messages()]
+    assert result.new_messages() == result.all_messages()
+    assert result.all_messages_json().startswith(b"[")
+
+
+async def test_a_finished_run_returns_its_result_without_a_model_or_tool_call(
+    store: Store,
+) -> None:
+    ran: list[str] = []
+    brain = Counting(two_calls_then_answer)
+    durable = DurableAgent(arithmetic(brain, ran), store=store, name="arith")
+    first = await durable.run("compute", run_id="done-1", deps=10)
+    again = await durable.run("compute", run_id="done-1", deps=10)
+    assert (brain.requests, len(ran)) == (2, 2)
+    assert again.output == first.output
+    assert again.usage == first.usage
+    assert again.all_messages_json() == first.all_messages_json()
+    with pytest.raises(RunError, match="another prompt"):
+        await durable.run("something else", run_id="done-1", deps=10)
+
+
+async def test_parallel_calls_run_one_per_transition_in_the_models_order(store: Store) -> None:
+    def brain(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        done = returns(messages)
+        if not done:
+            return calls(*[("add", {"a": n, "b": 1}, f"c-{k}") for n, k in enumerate("zab", 1)])
+        text = ",".join(f"{p.tool_call_id}={p.content}" for p in done)
+        return ModelResponse(parts=[TextPart(text)])
+
+    durable = DurableAgent(arithmetic(brain), store=store, name="par")
+    result = await durable.run("go", run_id="p", deps=1)
+    assert result.output == "c-z=2,c-a=3,c-b=4"
+    keys = [e.key for e in await durable.history("p") if e.trigger == "tool_call"]
+    assert keys == ["p:1:tool_call:c-z", "p:2:tool_call:c-a", "p:3:tool_call:c-b"]
+
+
+@dataclass
+class Ledger:
+    owner: str
+    entries: list[str]
+
+
+async def test_deps_reach_tools_and_instructions(store: Store) -> None:
+    def brain(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        done = returns(messages)
+        if not done:
+            return calls(("record", {"item": "coffee"}, "c1"))
+        request = next(m for m in messages if isinstance(m, ModelRequest))
+        return ModelResponse(parts=[TextPart(f"{request.instructions} / {done[0].content}")])
+
+    agent = Agent(FunctionModel(brain), deps_type=Ledger)
+
+    @agent.instructions
+    def whose(ctx: RunContext[Ledger]) -> str:
+        return f"Ledger of {ctx.deps.owner}."
+
+    @agent.tool
+    def record(ctx: RunContext[Ledger], item: str) -> str:
+        """Record an item."""
+        ctx.deps.entries.append(f"{item}@{ctx.tool_call_id}")
+        return f"recorded {item} for {ctx.deps.owner}"
+
+    ledger = Ledger(owner="ada", entries=[])
+    result = await DurableAgent(agent, store=store, name="ledger").run("x", run_id="d", deps=ledger)
+    assert result.output == "Ledger of ada. / recorded coffee for ada"
+    assert ledger.entries == ["coffee@c1"]
+
+
+async def test_model_retry_and_bad_arguments_go_back_to_the_model(store: Store) -> None:
+    def brain(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        done = returns(messages)
+        if len(done) == 0:
+            return calls(("divide", {"a": 1, "b": 0}, "c1"), ("divide", {"a": "x"}, "c2"),
+                         ("nope", {}, "c3"))  # fmt: skip
+        if len(done) == 3:
+            return calls(("divide", {"a": 6, "b": 3}, "c4"))
+        return ModelResponse(parts=[TextPart(str(done[-1].content))])
+
+    agent = Agent(FunctionModel(brain))
+
+    @agent.tool_plain
+    def divide(a: float, b: float) -> float:
+        """Divide a by b."""
+        if b == 0:
+            raise ModelRetry("b must not be 0")
+        return a / b
+
+    durable = DurableAgent(agent, store=store, name="div")
+    result = await durable.run("go", run_id="m")
+    assert result.output == "2.0"
+    outputs = [e.output for e in await durable.history("m") if e.trigger == "tool_call"]
+    assert [o["tool_call_id"] for o in outputs if isinstance(o, dict)] == ["c1", "c2", "c3", "c4"]
+    assert isinstance(outputs[0], dict) and outputs[0]["retry"] == "b must not be 0"
+    assert isinstance(outputs[1], dict) and "validation error" in str(outputs[1]["retry"])
+    assert isinstance(outputs[2], dict) and "Unknown tool name: 'nope'" in str(outputs[2]["retry"])
+    # The model saw them as retries, one per call, in its order.
+    second = result.all_messages()[2]
+    assert isinstance(second, ModelRequest)
+    seen = [(getattr(p, "outcome", None), getattr(p, "tool_call_id", None)) for p in second.parts]
+    assert seen == [("retried", "c1"), ("retried", "c2"), ("retried", "c3")]
+
+
+class Verdict(BaseModel):
+    score: int
+
+    @field_validator("score")
+    @classmethod
+    def in_range(cls, v: int) -> int:
+        if not 0 <= v <= 10:
+            raise ValueError("score must be between 0 and 10")
+        return v
+
+
+async def test_output_validation_retries_happen_inside_the_model_request(store: Store) -> None:
+    brain_calls = 0
+
+    def brain(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        nonlocal brain_calls
+        brain_calls += 1
+        tool = info.output_tools[0].name
+        score = {1: 42, 2: 11}.get(brain_calls, 7)
+        return calls((tool, {"score": score}, f"out-{brain_calls}"))
+
+    agent = Agent(FunctionModel(brain), output_type=Verdict, retries={"output": 3})
+
+    @agent.output_validator
+    def not_eleven(v: Verdict) -> Verdict:
+        if v.score == 11:
+            raise ModelRetry("11 is not a score")
+        return v
+
+    durable = DurableAgent(agent, store=store, name="verdict")
+    result = await durable.run("judge", run_id="v")
+    assert result.output == Verdict(score=7)
+    assert brain_calls == 3
+    history = await durable.history("v")
+    assert [(e.trigger, e.dest) for e in history[1:]] == [("model_request", "done")]
+    assert history[1].usage is not None and history[1].usage["requests"] == 3
+    again = await durable.run("judge", run_id="v")
+    assert (again.output, brain_calls) == (Verdict(score=7), 3)
+
+
+def flaky(failures: int) -> Counting:
+    def brain(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        if counting.requests <= failures:
+            raise ModelHTTPError(503, "flaky", "overloaded")
+        return ModelResponse(parts=[TextPart("fine")])
+
+    counting = Counting(brain)
+    return counting
+
+
+async def test_model_requests_are_retried_by_their_own_policy(store: Store) -> None:
+    brain = flaky(failures=1)
+    fast = StepPolicy(retries=2, backoff=0.01)
+    durable = DurableAgent(Agent(FunctionModel(brain)), store=store, name="f", model_policy=fast)
+    result = await durable.run("hi", run_id="ok")
+    assert (result.output, brain.requests) == ("fine", 2)
+    event = (await durable.history("ok"))[-1]
+    assert (event.trigger, event.attempt) == ("model_request", 2)
+
+    brain = flaky(failures=5)
+    once = StepPolicy(retries=1, backoff=0.01)
+    durable = DurableAgent(Agent(FunctionModel(brain)), store=store, name="f", model_policy=once)
+    with pytest.raises(DurableRunFailed, match="ModelHTTPError") as failed:
+        await durable.run("hi", run_id="no")
+    assert brain.requests == 2 and failed.value.error["attempt"] == 2
+
+
+async def test_a_tool_that_times_out_is_retried_by_the_tool_policy(store: Store) -> None:
+    tries: list[str] = []
+
+    def brain(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        done = returns(messages)
+        if not done:
+            return calls(("slow", {}, "c1"))
+        return ModelResponse(parts=[TextPart(str(done[0].content))])
+
+    def agent(always_slow: bool) -> Agent[None, str]:
+        a = Agent(FunctionModel(brain))
+
+        @a.tool_plain
+        async def slow() -> str:
+            """Slow the first time (or every time)."""
+            tries.append(idempotency_key())
+            if always_slow or len(tries) == 1:
+                await asyncio.sleep(5)
+            return "finally"
+
+        return a
+
+    policy = StepPolicy(retries=1, timeout=0.2, backoff=0.01)
+    durable = DurableAgent(agent(False), store=store, name="slow", tool_policy=policy)
+    result = await durable.run("go", run_id="t")
+    assert result.output == "finally"
+    assert tries == ["t:1:tool_call:c1", "t:1:tool_call:c1"]
+    event = next(e for e in await durable.history("t") if e.trigger == "tool_call")
+    assert event.attempt == 2
+
+    strict = StepPolicy(retries=0, timeout=0.2)
+    durable = DurableAgent(agent(True), store=store, name="slow", tool_policy=strict)
+    with pytest.raises(DurableRunFailed, match=r"timed out after 0\.2s"):
+        await durable.run("go", run_id="t2")
+
+
+def test_the_graph_is_a_model_state_and_a_tool_state_in_a_loop(store: Store) -> None:
+    durable = DurableAgent(analyst, store=store)
+    text = durable.graph().mermaid()
+    for edge in (
+        'model -->|"model_request · LLM<br/>route: tool_calls"| tools',
+        'model -->|"model_request · LLM<br/>route: output"| done',
+        'tools -->|"tool_call · tool<br/>route: more"| tools',
+        'tools -->|"tool_call · tool<br/>route: done"| model',
+    ):
+        assert edge in text, text
+    assert 'title: "durable_analyst v1"' in text
+
+
+async def test_the_example_analyst_flags_the_outlier(store: Store) -> None:
+    durable = DurableAgent(analyst, store=store)
+    result = await durable.run("Analyse these numbers: [3, 4, 5, 4, 3, 5, 4, 97]", run_id="a")
+    assert isinstance(result.output, Findings)
+    assert result.output.anomalies == [97.0] and result.output.mean == 15.625
+    assert (result.usage.requests, result.usage.tool_calls) == (2, 2)
+    html = await durable.report("a")
+    assert "summary_statistics" in html and "detect_anomalies" in html
+
+
+def test_run_sync_and_message_history() -> None:
+    def brain(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        return ModelResponse(parts=[TextPart(f"{len(messages)} messages")])
+
+    earlier: list[ModelMessage] = [
+        ModelRequest(parts=[UserPromptPart("first")]),
+        ModelResponse(parts=[TextPart("1 messages")]),
+    ]
+    store = open_store("memory://")
+    durable = DurableAgent(Agent(FunctionModel(brain)), store=store, name="sync")
+    result = durable.run_sync("second", run_id="s", message_history=earlier)
+    asyncio.run(store.close())
+    assert result.output == "3 messages"
+    assert len(result.all_messages()) == 4 and len(result.new_messages()) == 2
+    assert result.all_messages()[:2] == earlier
+
+
+async def test_run_id_alone_resumes_and_an_unknown_one_is_refused(store: Store) -> None:
+    brain = Counting(two_calls_then_answer)
+    durable = DurableAgent(arithmetic(brain), store=store, name="arith")
+    run = await durable.machine.start(store, {"prompt": "compute"}, run_id="half")
+    await run.step()  # the model asked for the two calls; then this "process" stops
+    await run.release()
+    result = await durable.run(run_id="half", deps=10)
+    assert (result.output, brain.requests) == ("add=3 mul=120", 2)
+    with pytest.raises(RunNotFound):
+        await durable.run(run_id="nobody")
+
+
+async def test_an_output_call_beside_function_calls_ends_the_run_as_pydantic_ai_does(
+    store: Store,
+) -> None:
+    def brain(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        if returns(messages):
+            return calls((info.output_tools[0].name, {"score": 9}, "o2"))
+        return ModelResponse(parts=[
+            TextPart("checking"), ToolCallPart("add", {"a": 1, "b": 2}, tool_call_id="c1"),
+            ToolCallPart(info.output_tools[0].name, {"score": 5}, tool_call_id="o1"),
+        ])  # fmt: skip
+
+    agent = Agent(FunctionModel(brain), output_type=Verdict)
+
+    @agent.tool_plain
+    def add(a: int, b: int) -> int:
+        """Add."""
+        return a + b
+
+    plain = await agent.run("go")
+    result = await DurableAgent(agent, store=store, name="mix").run("go", run_id="mix")
+    assert result.output == plain.output == Verdict(score=5)
+
+
+async def test_a_failed_run_stays_failed_when_run_again(store: Store) -> None:
+    brain = flaky(failures=99)
+    durable = DurableAgent(
+        Agent(FunctionModel(brain)), store=store, name="f", model_policy=StepPolicy()
+    )
+    with pytest.raises(DurableRunFailed):
+        await durable.run("hi", run_id="gone")
+    with pytest.raises(DurableRunFailed, match="ModelHTTPError"):
+        await durable.run("hi", run_id="gone")
+    assert brain.requests == 1
