@@ -202,10 +202,7 @@ class RawRun:
     def __init__(self, store: RedisStore, run_id: str) -> None:
         self.store = store
         self.run_id = run_id
-        self.keys = [
-            *(store.key(run_id, part) for part in ("run", "events", "keys")),
-            f"{store.prefix}:deadlines",
-        ]
+        self.keys = [store.key(run_id, part) for part in ("run", "events", "keys")]
         self.script = store.client.register_script(
             files("storage").joinpath("commit.lua").read_text(encoding="utf-8")
         )
@@ -266,7 +263,7 @@ class RawRun:
         reply = await self.script(
             keys=self.keys,
             args=[seq, self.token, f"{self.run_id}:{seq}:t{seq}", f"s{seq + 1}", "running",
-                  repr(time.time()), "", self.run_id, self.event_json],
+                  repr(time.time()), "", self.event_json],
         )  # fmt: skip
         if reply[0] != "ok":
             raise RuntimeError(f"raw commit at seq {seq + 1} answered {reply!r}")

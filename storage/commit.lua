@@ -3,14 +3,15 @@
 -- KEYS[1]  run hash        {prefix}:{run_id}:run
 -- KEYS[2]  events stream   {prefix}:{run_id}:events
 -- KEYS[3]  keys hash       {prefix}:{run_id}:keys   (idempotency key -> seq)
--- KEYS[4]  deadlines zset  {prefix}:deadlines       (run id -> deadline, waiting runs only)
 -- ARGV[1]  expected seq    ARGV[2] fencing token    ARGV[3] idempotency key
 -- ARGV[4]  new state       ARGV[5] new status       ARGV[6] updated_at (unix seconds)
--- ARGV[7]  deadline ('' for none)                   ARGV[8] run id
--- ARGV[9]  event JSON      ARGV[10..] memory patch: field name, field JSON, ...
+-- ARGV[7]  deadline ('' for none)
+-- ARGV[8]  event JSON      ARGV[9..] memory patch: field name, field JSON, ...
 --
--- Returns {'ok', seq} | {'duplicate', seq} | {'lease_lost', 0} | {'conflict', current_seq}
---       | {'missing', 0}
+-- Returns {'ok', seq, previous deadline} | {'duplicate', seq} | {'lease_lost', 0}
+--       | {'conflict', current_seq} | {'missing', 0}
+-- Only this run's keys (one hash tag, one Cluster slot): the deadlines index is kept by the
+-- caller, which needs the previous deadline to know when to clear it.
 -- Redis does not roll back a script that fails half-way, so every check comes before the
 -- first write.
 local done = redis.call('HGET', KEYS[3], ARGV[3])
@@ -23,16 +24,11 @@ if cur[1] ~= ARGV[1] then return {'conflict', tonumber(cur[1])} end
 local seq = tonumber(ARGV[1]) + 1
 local fields = {'seq', seq, 'state', ARGV[4], 'status', ARGV[5], 'updated_at', ARGV[6], 'crashes', 0,
                 'deadline', ARGV[7]}
-for i = 10, #ARGV, 2 do
+for i = 9, #ARGV, 2 do
   fields[#fields + 1] = 'm:' .. ARGV[i]
   fields[#fields + 1] = ARGV[i + 1]
 end
 redis.call('HSET', KEYS[1], unpack(fields))
-redis.call('XADD', KEYS[2], seq .. '-0', 'e', ARGV[9])
-if ARGV[7] ~= '' then
-  redis.call('ZADD', KEYS[4], ARGV[7], ARGV[8])
-elseif cur[3] and cur[3] ~= '' then
-  redis.call('ZREM', KEYS[4], ARGV[8])
-end
+redis.call('XADD', KEYS[2], seq .. '-0', 'e', ARGV[8])
 redis.call('HSET', KEYS[3], ARGV[3], seq)
-return {'ok', seq}
+return {'ok', seq, cur[3] or ''}

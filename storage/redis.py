@@ -8,7 +8,7 @@ Key layout (one hash tag per run, so every per-run script touches one Cluster sl
     {prefix}:{run_id}:keys     hash    idempotency key -> seq
     {prefix}:{run_id}:lease    string  holder, with a TTL
     {prefix}:runs              zset    run id by creation time (an index, rebuildable)
-    {prefix}:deadlines         zset    waiting run id by its deadline (kept by commit.lua)
+    {prefix}:deadlines         zset    waiting run id by its deadline (an index, see `due`)
 """
 
 from __future__ import annotations
@@ -171,9 +171,10 @@ class RedisStore:
         ]
         for name, value in run.memory.items():
             fields += [f"m:{name}", dump_json(value)]
-        keys = [*self._keys(run.run_id, "run", "events", "keys"), self._deadlines]
-        deadline = _deadline_arg(run.deadline)
-        args = [dump_event(event), event.key, deadline, run.run_id, *fields]
+        keys = self._keys(run.run_id, "run", "events", "keys")
+        args = [dump_event(event), event.key, _deadline_arg(run.deadline), *fields]
+        if run.deadline is not None:
+            await self._index_deadline(run.run_id, run.deadline)
         created = await self._call(
             f"create run {run.run_id!r}", lambda: self._create(keys=keys, args=args)
         )
@@ -220,17 +221,22 @@ class RedisStore:
             event.status,
             repr(event.ended_at or time.time()),
             _deadline_arg(event.deadline),
-            run_id,
             dump_event(event),
         ]
         for name, value in event.patch.items():
             args += [name, dump_json(value)]
-        keys = [*self._keys(run_id, "run", "events", "keys"), self._deadlines]
-        verdict, seq = await self._call(
+        keys = self._keys(run_id, "run", "events", "keys")
+        if event.deadline is not None:  # indexed first: an entry without a commit is harmless
+            await self._index_deadline(run_id, event.deadline)
+        verdict, seq, *previous = await self._call(
             f"commit to run {run_id!r}", lambda: self._commit(keys=keys, args=args)
         )
         match verdict:
             case "ok":
+                if event.deadline is None and previous and previous[0]:
+                    # Left a waiting state with a deadline. Should this process die before
+                    # the ZREM, `due` drops the stale entry when it meets it.
+                    await self._unindex_deadline(run_id)
                 return Committed(seq=int(seq))
             case "duplicate":
                 return Duplicate(seq=int(seq))
@@ -312,12 +318,40 @@ class RedisStore:
         runs.sort(key=lambda r: r.updated_at, reverse=True)
         return runs[:limit]
 
+    async def _index_deadline(self, run_id: str, deadline: float) -> None:
+        await self._call(
+            "index the deadline", lambda: self._client.zadd(self._deadlines, {run_id: deadline})
+        )
+
+    async def _unindex_deadline(self, run_id: str) -> None:
+        await self._call("unindex a deadline", lambda: self._client.zrem(self._deadlines, run_id))
+
     async def due(self, now: float, *, limit: int = 100) -> list[str]:
+        """The index is kept beside the commits, not inside them (Cluster slots), so it may
+        hold entries a crash left behind: each is checked against its run and dropped, or
+        rescored, when the run says otherwise."""
         ids: list[str] = await self._call(
             "list due runs",
             lambda: self._client.zrangebyscore(self._deadlines, "-inf", now, start=0, num=limit),
         )
-        return ids
+        if not ids:
+            return []
+
+        async def stored() -> list[str | None]:
+            pipe = self._client.pipeline(transaction=False)
+            for run_id in ids:
+                pipe.hget(self.key(run_id, "run"), "deadline")
+            return await pipe.execute()
+
+        due: list[str] = []
+        for run_id, deadline in zip(ids, await self._call("list due runs", stored), strict=True):
+            if deadline and float(deadline) <= now:
+                due.append(run_id)
+            elif deadline:
+                await self._index_deadline(run_id, float(deadline))
+            else:
+                await self._unindex_deadline(run_id)
+        return due
 
     async def close(self) -> None:
         await self._client.aclose()

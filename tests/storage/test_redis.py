@@ -100,3 +100,18 @@ async def test_commits_survive_a_redis_kill_and_the_store_reconnects(
         seq=4
     )
     await store.close()
+
+
+async def test_the_deadlines_index_heals_what_a_crash_left_behind(
+    redis_store: RedisStore,
+) -> None:
+    """The index is written beside the commit script (one slot per run in a Cluster), so a
+    process may die between the two: `due` checks each entry against its run."""
+    client, index = redis_store.client, f"{redis_store.prefix}:deadlines"
+    t = time.time()
+    await redis_store.create(new_run("gone-waiting"))  # no deadline: an entry left by a crash
+    await redis_store.create(new_run("moved"))
+    await client.hset(redis_store.key("moved", "run"), "deadline", repr(t + 600))
+    await client.zadd(index, {"gone-waiting": t - 5, "moved": t - 4, "no-such-run": t - 3})
+    assert await redis_store.due(t) == []
+    assert await client.zrange(index, 0, -1, withscores=True) == [("moved", t + 600)]
