@@ -121,7 +121,7 @@ class EmbeddedStore:
         except (OSError, sqlite3.Error) as exc:
             raise StorageError(f"cannot open the store {self._path}: {exc}") from None
         try:
-            self._db.execute("PRAGMA journal_mode=WAL")
+            self._use_wal()
             self._db.execute(f"PRAGMA synchronous={synchronous}")
             self._migrate()
         except sqlite3.Error as exc:
@@ -130,6 +130,20 @@ class EmbeddedStore:
         except BaseException:
             self._db.close()
             raise
+
+    def _use_wal(self) -> None:
+        """Switch the file to WAL (it stays so). The switch needs the file to itself and
+        does not wait for a busy file like other statements: when processes open a new file
+        at once, it is tried again until the busy timeout."""
+        give_up = time.monotonic() + _BUSY_TIMEOUT
+        while True:
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > give_up:
+                    raise
+                time.sleep(0.01)
 
     @classmethod
     def from_url(cls, url: str) -> EmbeddedStore:
