@@ -12,7 +12,9 @@ import asyncio
 import importlib
 import json
 import os
+import signal
 import sys
+import time
 import traceback
 from collections.abc import Sequence
 from datetime import datetime
@@ -24,9 +26,18 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from statemachine import Graph, InvalidMemory, RendererMissing, Run, RunError, RunNotFound
+from statemachine import (
+    Graph,
+    InvalidMemory,
+    RendererMissing,
+    Run,
+    RunError,
+    RunNotFound,
+    Worker,
+)
 from statemachine._provenance import memory_at, why
-from storage import Event, RunStatus, StorageError, Store, open_store
+from storage import Event, RedisStore, RunStatus, StorageError, Store, open_store
+from storage.queue import RunQueue
 from storage.redis import redact
 
 from ._agent import Agent
@@ -118,6 +129,29 @@ def _parser() -> argparse.ArgumentParser:
     )
     runs.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
 
+    submit = command("submit", "queue a new run (or a stored one) for the workers")
+    submit.add_argument("agent", metavar="MODULE:AGENT", help="where the Agent object is")
+    submit.add_argument("--input", metavar="JSON", help="the initial memory, as JSON")
+    submit.add_argument("--run-id", help="an id of your choice; a stored run with it is queued")
+    worker = command("worker", "drive queued runs until SIGTERM/SIGINT (a second one: at once)")
+    worker.add_argument(
+        "--agents", required=True, metavar="MODULE:AGENT[,...]", help="the agents it serves"
+    )
+    worker.add_argument(
+        "--concurrency", type=int, default=100, help="runs driven at once (default 100)"
+    )
+    worker.add_argument("--name", help="how it shows in `agentfsm workers`")
+    worker.add_argument(
+        "--heartbeat", type=float, default=2.0, help="seconds between heartbeats (default 2)"
+    )
+    worker.add_argument(
+        "--reclaim-after",
+        type=float,
+        metavar="SECONDS",
+        help="take over jobs of workers silent this long (default: 3 heartbeats, at least 5 s)",
+    )
+    command("workers", "the workers on this store: alive or not, what they hold; the queues")
+
     timeouts = command(
         "timeouts", "fire the wait timeouts that are due (run it from cron, or let a worker)"
     )
@@ -197,6 +231,12 @@ async def _dispatch(args: argparse.Namespace) -> int:
                 return await _runs(store, args)
             case "timeouts":
                 return await _timeouts(store, args)
+            case "submit":
+                return await _submit(store, args)
+            case "worker":
+                return await _worker(store, args)
+            case "workers":
+                return await _workers(store)
             case "graph":
                 return await _graph(store, args)
             case "report":
@@ -409,6 +449,95 @@ async def _runs(store: Store, args: argparse.Namespace) -> int:
 
 def _when(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M:%S")
+
+
+async def _submit(store: Store, args: argparse.Namespace) -> int:
+    agent = load_agent(args.agent)
+    if args.input is None:
+        if not args.run_id:
+            raise UsageProblem("give --input JSON for a new run, or --run-id of a stored one")
+        await agent.enqueue(store, args.run_id)
+        out.print(f"queued {escape(args.run_id)} for the workers of {escape(agent.name)}")
+        return EXIT_DONE
+    memory = _json_input(args.input)
+    if not isinstance(memory, dict):
+        raise UsageProblem(
+            f"--input must be a JSON object of memory fields, not {type(memory).__name__}"
+        )
+    try:
+        run_id = await agent.submit(store, memory, run_id=args.run_id)
+    except InvalidMemory as exc:
+        raise UsageProblem(str(exc)) from None
+    out.print(f"queued {escape(run_id)} for the workers of {escape(agent.name)}")
+    return EXIT_DONE
+
+
+async def _worker(store: Store, args: argparse.Namespace) -> int:
+    agents = [_with_model(load_agent(spec.strip()), None) for spec in args.agents.split(",")]
+    if not isinstance(store, RedisStore):
+        raise UsageProblem(
+            "workers share runs through Redis: give --store redis://... (or $AGENTFSM_STORE)"
+        )
+
+    def finished(run: Run[Any], event: Event) -> None:
+        if event.status != "running":
+            out.print(f"{escape(run.run_id)}: {event.status} at {escape(event.dest)}")
+
+    worker = Worker(store, agents, concurrency=args.concurrency, name=args.name, on_event=finished)
+    loop = asyncio.get_running_loop()
+    signals = 0
+
+    def on_signal(signum: int) -> None:
+        nonlocal signals
+        signals += 1
+        if signals > 1:  # everything is committed or runs again from its last commit
+            err.print("agentfsm worker: second signal, exiting at once")
+            os._exit(128 + signum)
+        err.print(
+            f"agentfsm worker {worker.name}: stopping: finishing the steps in flight and"
+            " handing their runs back (signal again to exit at once)"
+        )
+        worker.stop()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    out.print(
+        f"worker {escape(worker.name)} serving {', '.join(a.name for a in agents)}"
+        f" ({args.concurrency} at once) on"
+        f" {escape(redact(args.store or os.environ.get('AGENTFSM_STORE', '')))}"
+    )
+    try:
+        await worker.run()
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+    out.print(f"worker {escape(worker.name)} stopped after {worker.driven} job(s)")
+    return EXIT_DONE
+
+
+async def _workers(store: Store) -> int:
+    if not isinstance(store, RedisStore):
+        raise UsageProblem("workers share runs through Redis: give --store redis://...")
+    queue = RunQueue(store)
+    beats = await queue.workers()
+    now = time.time()
+    table = Table(box=None, header_style="bold")
+    for name in ("worker", "state", "agents", "runs held", "holding", "last beat"):
+        table.add_column(name, no_wrap=name in ("worker", "holding"))
+    for b in beats:
+        alive = b.alive(now, 2.0)
+        state = ("stopping" if b.stopping else "alive") if alive else "dead"
+        shown = ", ".join(b.holding[:3]) + (" ..." if len(b.holding) > 3 else "")
+        table.add_row(b.name, state, ", ".join(b.agents), f"{len(b.holding)}/{b.concurrency}",
+                      shown or "-", f"{now - b.beat_at:.0f} s ago")  # fmt: skip
+    out.print(table if beats else "no workers have signed on to this store")
+    agents = sorted({a for b in beats for a in b.agents})
+    if agents:
+        queued, pending = await queue.waiting(agents), await queue.pending(agents)
+        out.print("queues: " + ", ".join(
+            f"{a}: {queued[a]} queued, {pending[a]} in hand" for a in agents
+        ))  # fmt: skip
+    return EXIT_DONE
 
 
 async def _timeouts(store: Store, args: argparse.Namespace) -> int:

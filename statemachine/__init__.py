@@ -9,6 +9,7 @@ from ._provenance import Provenance, Write
 from ._runner import Run
 from ._step import RetryPolicy, Step, StepContext, StepResult
 from ._table import Transition, transition
+from ._worker import Worker
 from .errors import (
     DefinitionError,
     InvalidMemory,
@@ -46,6 +47,7 @@ __all__ = [
     "StepResult",
     "Transition",
     "VersionMismatch",
+    "Worker",
     "Write",
     "transition",
 ]

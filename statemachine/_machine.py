@@ -8,9 +8,10 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, JsonValue, ValidationError
 
-from storage import Event, RunRecord, RunStatus, Store
+from storage import Event, RedisStore, RunRecord, RunStatus, Store
+from storage.queue import RunQueue
 
 from ._draw import Graph, draw
 from ._runner import Run, now
@@ -207,6 +208,40 @@ class Machine(Generic[M]):
         stored = await store.create(record)
         return self._open(store, stored, lease_wait)
 
+    async def submit(
+        self, store: Store, memory: M | Mapping[str, Any], *, run_id: str | None = None
+    ) -> str:
+        """Create a run (or find the one with `run_id`) and queue it for the workers
+        (`Worker`, `agentfsm worker`); returns its id. Safe to retry with the same `run_id`:
+        the run is created once, and a job queued twice is carried out once."""
+        run = await self.start(store, memory, run_id=run_id)
+        await _queue(store).enqueue(self.name, run.run_id)
+        return run.run_id
+
+    async def enqueue(self, store: Store, run_id: str) -> None:
+        """Queue a stored run for the workers: to go on after a stop, or after `retry`."""
+        if await store.load(run_id) is None:
+            raise RunNotFound(run_id)
+        await _queue(store).enqueue(self.name, run_id)
+
+    async def deliver(
+        self, store: Store, run_id: str, event: str, payload: JsonValue = None
+    ) -> None:
+        """Queue `event` for a worker to deliver to the run (as `Run.send`), then drive it.
+
+        The payload is checked against the wait step's schema first; a bad one raises
+        `InvalidPayload` and nothing is queued."""
+        run = await self.resume(store, run_id)
+        waits = [
+            t for rows in self.table.out.values() for t in rows if t.trigger == event and t.waits
+        ]
+        if not waits:
+            raise RunError(f"machine {self.name!r} has no wait for event {event!r}")
+        check = getattr(waits[0].step, "check_payload", None)
+        if check is not None:
+            payload = check(payload)
+        await _queue(store).enqueue(self.name, run.run_id, "event", event=event, payload=payload)
+
     async def resume(self, store: Store, run_id: str, *, lease_wait: float = 0.0) -> Run[M]:
         """The stored run `run_id`, ready to go on from its last commit, in any process.
 
@@ -251,3 +286,12 @@ class Machine(Generic[M]):
             )
         memory = self.validate_memory(record.memory, f"stored run {record.run_id!r}")
         return Run(self, store, record, memory, lease_wait=lease_wait)
+
+
+def _queue(store: Store) -> RunQueue:
+    if not isinstance(store, RedisStore):
+        raise TypeError(
+            f"the run queue lives in Redis: workers need a RedisStore, not {type(store).__name__}"
+            " (on the embedded store, drive runs with start/resume and until_done)"
+        )
+    return RunQueue(store)

@@ -12,13 +12,14 @@ __all__ = ["DEFAULT_STORE", "open_store"]
 DEFAULT_STORE = "sqlite:///.agentfsm/store.db"
 """The embedded default: a file under `.agentfsm/` in the working directory."""
 
-_REDIS = ("redis", "rediss", "unix")
+_REDIS = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster")
 
 
 def open_store(url: str | None = None, *, prefix: str = "agentfsm") -> Store:
     """A store for `url`; with no URL, `$AGENTFSM_STORE`, else the embedded default.
 
-    - `redis://host:port/db`, `rediss://` (TLS), `unix:///path.sock`: `RedisStore`.
+    - `redis://host:port/db`, `rediss://` (TLS), `unix:///path.sock`: `RedisStore`;
+      `redis+cluster://host:port` for a Redis Cluster; `?prefix=NAME` sets the key prefix.
     - `sqlite:///relative/path.db`, `sqlite:////absolute/path.db`: `EmbeddedStore`.
     - `memory://`: an in-process `EmbeddedStore`, gone when the process ends (tests).
 
@@ -37,6 +38,6 @@ def open_store(url: str | None = None, *, prefix: str = "agentfsm") -> Store:
     from .redis import redact
 
     raise ValueError(
-        f"unknown store URL {redact(url)!r}: use redis://, rediss://, unix://, sqlite:///PATH"
-        " or memory://"
+        f"unknown store URL {redact(url)!r}: use redis://, rediss://, unix://,"
+        " redis+cluster://, sqlite:///PATH or memory://"
     )

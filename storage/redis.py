@@ -16,8 +16,8 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 from importlib.resources import files
-from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from typing import Any, TypeAlias
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 from pydantic import JsonValue
@@ -43,7 +43,10 @@ from .base import (
 )
 from .errors import CorruptData, StorageError, StoreUnavailable
 
-__all__ = ["RedisStore"]
+__all__ = ["Client", "RedisStore"]
+
+Client: TypeAlias = "aioredis.Redis | aioredis.RedisCluster"
+"""A redis-py asyncio client: standalone or Cluster."""
 
 
 def _script(name: str) -> str:
@@ -61,17 +64,16 @@ def redact(url: str) -> str:
 
 
 class RedisStore:
-    """A `storage.Store` on Redis (standalone; Cluster-ready key layout).
+    """A `storage.Store` on Redis: standalone (or behind Sentinel) or Cluster.
 
     Args:
-        client: a `redis.asyncio.Redis` created with `decode_responses=True`.
+        client: a `redis.asyncio.Redis` or `redis.asyncio.RedisCluster` created with
+            `decode_responses=True`.
         prefix: the namespace of every key; one per application or tenant.
         where: how to name the server in error messages (a URL without its password).
     """
 
-    def __init__(
-        self, client: aioredis.Redis, *, prefix: str = "agentfsm", where: str = "redis"
-    ) -> None:
+    def __init__(self, client: Client, *, prefix: str = "agentfsm", where: str = "redis") -> None:
         if not prefix or "{" in prefix or "}" in prefix:
             raise ValueError(f"invalid key prefix {prefix!r}: it must be non-empty, without braces")
         self._client = client
@@ -83,21 +85,41 @@ class RedisStore:
 
     @classmethod
     def from_url(cls, url: str, *, prefix: str = "agentfsm", retries: int = 8) -> RedisStore:
-        """Connect lazily to `url` (`redis://`, `rediss://`, `unix://`), retrying connection
-        errors and timeouts with jittered exponential backoff (about 7 s in all by default)."""
+        """Connect lazily to `url`, retrying connection errors and timeouts with jittered
+        exponential backoff (about 7 s in all by default).
+
+        `redis://host:port/db`, `rediss://` (TLS), `unix:///path.sock`; a Redis Cluster with
+        `redis+cluster://host:port` or `rediss+cluster://` (any node: the others are found
+        from it). A `?prefix=NAME` query sets the key prefix (it wins over `prefix`).
+        """
+        parts = urlsplit(url)
+        query = parse_qsl(parts.query, keep_blank_values=True)
+        prefix = next((v for k, v in query if k == "prefix"), prefix)
+        scheme, _, cluster = parts.scheme.partition("+")
+        if cluster not in ("", "cluster"):
+            raise ValueError(f"unknown Redis URL scheme {parts.scheme!r} in {redact(url)!r}")
+        plain = urlunsplit(
+            parts._replace(
+                scheme=scheme, query=urlencode([(k, v) for k, v in query if k != "prefix"])
+            )
+        )
         retry = _Retry(ExponentialWithJitterBackoff(base=0.05, cap=2.0), retries)
-        client = aioredis.Redis.from_url(
-            url,
-            decode_responses=True,
-            retry=retry,
-            retry_on_error=[RedisConnectionError, RedisTimeoutError],
-            socket_connect_timeout=2,
-            socket_timeout=10,
+        options: dict[str, Any] = {
+            "decode_responses": True,
+            "retry": retry,
+            "retry_on_error": [RedisConnectionError, RedisTimeoutError],
+            "socket_connect_timeout": 2,
+            "socket_timeout": 10,
+        }
+        client: Client = (
+            aioredis.RedisCluster.from_url(plain, **options)
+            if cluster
+            else aioredis.Redis.from_url(plain, **options)
         )
         return cls(client, prefix=prefix, where=redact(url))
 
     @property
-    def client(self) -> aioredis.Redis:
+    def client(self) -> Client:
         return self._client
 
     @property

@@ -10,6 +10,7 @@ import pytest_asyncio
 
 from storage import EmbeddedStore, RedisStore, Store, open_store
 
+from .cluster_fixture import redis_cluster  # noqa: F401  (a fixture, used by name)
 from .redis_server import RedisServer
 
 _prefixes = itertools.count()

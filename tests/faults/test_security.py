@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from redis.asyncio import Redis
 
 from storage import RedisStore, StorageError, StoreUnavailable
 
@@ -122,7 +123,9 @@ async def test_password_is_not_in_errors_or_reprs(acl_server: RedisServer) -> No
     texts = [str(error), repr(error), repr(error.__cause__), repr(error.__context__)]
     assert "invalid username-password" in str(error)
     store = RedisStore.from_url(url(acl_server), prefix="alice")
-    texts += [repr(store), str(store), repr(store.client), str(store.client.connection_pool)]
+    client = store.client
+    assert isinstance(client, Redis)
+    texts += [repr(store), str(store), repr(client), str(client.connection_pool)]
     await store.close()
     for text in texts:
         assert PASSWORD not in text and PASSWORD[::-1] not in text, text

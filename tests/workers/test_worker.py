@@ -1,0 +1,165 @@
+"""`Worker` in-process, on a real redis-server: claims queued runs, drives many at once,
+delivers events, fires timeouts, hands runs back when stopped."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+from statemachine import InvalidPayload, RunNotFound, Worker
+from storage import EmbeddedStore, RedisStore
+from storage.queue import RunQueue
+
+from ..redis_server import RedisServer
+from .work_agent import STEPS, Chain, chain, inbox
+
+
+@pytest_asyncio.fixture
+async def store(redis_server: RedisServer, prefix: str) -> AsyncIterator[RedisStore]:
+    s = RedisStore.from_url(redis_server.url, prefix=prefix)
+    yield s
+    await s.close()
+
+
+async def until(condition: Callable[[], Awaitable[bool]], within: float = 10.0) -> None:
+    """Poll `condition` (a store read) until it holds; fail after `within` seconds."""
+    give_up = time.monotonic() + within
+    while not await condition():
+        assert time.monotonic() < give_up, "the workers did not get there in time"
+        await asyncio.sleep(0.02)
+
+
+async def statuses(store: RedisStore, ids: list[str]) -> list[str]:
+    return [r.status if (r := await store.load(i)) else "missing" for i in ids]
+
+
+async def test_a_worker_drives_many_queued_runs_at_once_each_exactly_once(
+    store: RedisStore, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    effects = tmp_path / "effects.log"
+    monkeypatch.setenv("AGENTFSM_EFFECTS", str(effects))
+    monkeypatch.setenv("AGENTFSM_STEP_SLEEP", "0.05")
+    ids = [await chain.submit(store, Chain(), run_id=f"c{i}") for i in range(40)]
+    await chain.submit(store, Chain(), run_id="c0")  # submitted twice: carried out once
+    worker = Worker(store, [chain], concurrency=40, heartbeat=0.5)
+    task = asyncio.create_task(worker.run())
+    peak = 0
+
+    async def all_done() -> bool:
+        nonlocal peak
+        peak = max(peak, len(worker.holding))
+        return await statuses(store, ids) == ["done"] * len(ids)
+
+    await until(all_done)
+    worker.stop()
+    await task
+    assert peak >= 20  # driven side by side, not one after another
+    lines = effects.read_text().splitlines()
+    keys = [line.split("\t")[0] for line in lines]
+    assert len(keys) == len(set(keys)) == 40 * STEPS  # every step once
+    for run_id in ids:
+        history = await store.history(run_id)
+        assert [e.seq for e in history] == list(range(STEPS + 1))
+    queue = RunQueue(store)
+    assert await queue.waiting(["chain"]) == {"chain": 0}
+    assert await queue.pending(["chain"]) == {"chain": 0}
+    assert await queue.workers() == []  # signed off
+
+
+async def test_events_are_delivered_and_due_timeouts_fired_by_workers(store: RedisStore) -> None:
+    await inbox.submit(store, {}, run_id="answered")
+    await inbox.submit(store, {}, run_id="ignored")
+    worker = Worker(store, [inbox], heartbeat=0.5, poll=0.1)
+    task = asyncio.create_task(worker.run())
+    await until(lambda: _status_is(store, "answered", "waiting"))
+    with pytest.raises(InvalidPayload):
+        await inbox.deliver(store, "answered", "reply", {"not": "a string"})
+    await inbox.deliver(store, "answered", "reply", "thanks")
+    await until(lambda: _status_is(store, "answered", "done"))
+    await until(lambda: _status_is(store, "ignored", "done"))
+    worker.stop()
+    await task
+    answered, ignored = await store.load("answered"), await store.load("ignored")
+    assert answered is not None and answered.memory == {"reply": "thanks", "late": False}
+    assert ignored is not None and ignored.memory == {"reply": "", "late": True}
+    kinds = [e.kind for e in await store.history("ignored")]
+    assert kinds.count("timeout") == 1
+
+
+async def _status_is(store: RedisStore, run_id: str, status: str) -> bool:
+    record = await store.load(run_id)
+    return record is not None and record.status == status
+
+
+async def test_a_stopped_worker_hands_its_runs_back_and_another_finishes_them(
+    store: RedisStore, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    effects = tmp_path / "effects.log"
+    monkeypatch.setenv("AGENTFSM_EFFECTS", str(effects))
+    monkeypatch.setenv("AGENTFSM_STEP_SLEEP", "0.1")
+    ids = [await chain.submit(store, Chain(), run_id=f"h{i}") for i in range(4)]
+    first = Worker(store, [chain], name="first", heartbeat=0.5)
+    task = asyncio.create_task(first.run())
+    await until(lambda: _any_step(store, ids))
+    first.stop()
+    await task
+    records = {i: await store.load(i) for i in ids}
+    held = [i for i, rec in records.items() if rec is not None and rec.status == "running"]
+    assert held, "stopped in the middle of the runs"
+    for run_id in held:
+        record = await store.load(run_id)
+        assert record is not None and record.holder == ""  # released, not left to expire
+    second = Worker(store, [chain], name="second", heartbeat=0.5)
+    task = asyncio.create_task(second.run())
+    await until(lambda: _all_done(store, ids), within=15)  # no waiting for leases or reclaims
+    second.stop()
+    await task
+    keys = [line.split("\t")[0] for line in effects.read_text().splitlines()]
+    assert len(keys) == len(set(keys)) == 4 * STEPS
+
+
+async def _any_step(store: RedisStore, ids: list[str]) -> bool:
+    records = [await store.load(i) for i in ids]
+    return any(r is not None and r.seq >= 1 for r in records)
+
+
+async def _all_done(store: RedisStore, ids: list[str]) -> bool:
+    return await statuses(store, ids) == ["done"] * len(ids)
+
+
+async def test_jobs_that_cannot_be_carried_out_are_parked_with_the_reason(
+    store: RedisStore,
+) -> None:
+    queue = RunQueue(store)
+    await queue.enqueue("chain", "never-created")
+    worker = Worker(store, [chain], heartbeat=0.5)
+    task = asyncio.create_task(worker.run())
+
+    async def parked() -> bool:
+        return bool(await store.client.xlen(queue.dead_letters))
+
+    await until(parked)
+    worker.stop()
+    await task
+    entries: Any = await store.client.xrange(queue.dead_letters)
+    [(_, fields)] = entries
+    assert fields["run"] == "never-created" and "no run 'never-created'" in fields["reason"]
+
+
+async def test_bad_setups_are_refused_with_a_clear_error(tmp_path: Path, store: RedisStore) -> None:
+    embedded = EmbeddedStore(tmp_path / "store.db")
+    with pytest.raises(TypeError, match="workers share runs through Redis"):
+        Worker(embedded, [chain])  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="the run queue lives in Redis"):
+        await chain.submit(embedded, Chain())
+    await embedded.close()
+    with pytest.raises(ValueError, match="concurrency must be at least 1"):
+        Worker(store, [chain], concurrency=0)
+    with pytest.raises(RunNotFound):
+        await chain.enqueue(store, "ghost")
