@@ -483,7 +483,15 @@ async def _worker(store: Store, args: argparse.Namespace) -> int:
         if event.status != "running":
             out.print(f"{escape(run.run_id)}: {event.status} at {escape(event.dest)}")
 
-    worker = Worker(store, agents, concurrency=args.concurrency, name=args.name, on_event=finished)
+    worker = Worker(
+        store,
+        agents,
+        concurrency=args.concurrency,
+        name=args.name,
+        heartbeat=args.heartbeat,
+        reclaim_after=args.reclaim_after,
+        on_event=finished,
+    )
     loop = asyncio.get_running_loop()
     signals = 0
 
