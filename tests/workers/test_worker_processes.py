@@ -1,0 +1,122 @@
+"""Worker processes (`agentfsm worker`) sharing one Redis: a SIGKILLed worker's runs are
+finished by another with no transition committed twice; 100 runs through 2 workers on a
+3-master Redis Cluster, each exactly once; SIGTERM stops a worker cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+from storage import RedisStore, open_store
+
+from ..redis_cluster import RedisCluster
+from ..redis_server import RedisServer
+from .work_agent import STEPS, Chain, chain
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def worker(url: str, effects: Path, name: str, sleep: float) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "AGENTFSM_EFFECTS": str(effects),
+           "AGENTFSM_STEP_SLEEP": str(sleep)}  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-m", "agents", "worker", "--agents", "tests.workers.work_agent:chain",
+         "--store", url, "--name", name, "--heartbeat", "0.5", "--reclaim-after", "1.5",
+         "--concurrency", "50"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+async def wait_for(store: RedisStore, ids: list[str], test: str, within: float) -> None:
+    give_up = time.monotonic() + within
+    while True:
+        records = [await store.load(i) for i in ids]
+        if test == "done" and all(r is not None and r.status == "done" for r in records):
+            return
+        if test == "started" and sum(r is not None and r.seq >= 1 for r in records) >= 5:
+            return
+        assert time.monotonic() < give_up, f"runs not {test} in {within} s: {records}"
+        await asyncio.sleep(0.05)
+
+
+async def check_each_step_committed_once(store: RedisStore, ids: list[str]) -> None:
+    """Every run done with a gap-free history: each step committed once, in order."""
+    for run_id in ids:
+        history = await store.history(run_id)
+        assert [e.seq for e in history] == list(range(STEPS + 1)), run_id
+        assert [e.key for e in history[1:]] == [f"{run_id}:{i}:t{i}" for i in range(STEPS)]
+
+
+def executions(effects: Path) -> Counter[str]:
+    return Counter(line.split("\t")[0] for line in effects.read_text().splitlines())
+
+
+async def test_a_killed_workers_runs_are_finished_by_another_with_nothing_committed_twice(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    url = f"{redis_server.url}?prefix=killed"
+    store = RedisStore.from_url(url)
+    ids = [await chain.submit(store, Chain(), run_id=f"k{i}") for i in range(20)]
+    effects = tmp_path / "effects.log"
+    doomed = worker(url, effects, "doomed", sleep=0.3)
+    try:
+        await wait_for(store, ids, "started", within=20)
+        doomed.send_signal(signal.SIGKILL)
+        doomed.communicate()
+        held = [r.run_id for i in ids if (r := await store.load(i)) and r.holder]
+        assert held, "the killed worker held runs"
+        survivor = worker(url, effects, "survivor", sleep=0.01)
+        try:
+            await wait_for(store, ids, "done", within=30)
+        finally:
+            survivor.send_signal(signal.SIGTERM)
+            _, err = survivor.communicate(timeout=20)
+        assert survivor.returncode == 0, err[-2000:]
+    finally:
+        if doomed.poll() is None:
+            doomed.kill()
+    await check_each_step_committed_once(store, ids)
+    ran = executions(effects)
+    committed = {f"{i}:{n}:t{n}" for i in ids for n in range(STEPS)}
+    assert set(ran) == committed  # nothing ran past a commit it did not make
+    repeated = {k: n for k, n in ran.items() if n > 1}
+    assert len(repeated) <= len(held)  # at most the step each held run was in at the kill
+    assert all(n == 2 for n in repeated.values())
+    for run_id in held:  # the survivor finished what the dead worker held
+        last = (await store.history(run_id))[-1]
+        assert last.worker.split(":")[1] == str(survivor.pid)
+    await store.close()
+
+
+async def test_two_workers_on_a_redis_cluster_finish_100_runs_exactly_once(
+    redis_cluster: RedisCluster, tmp_path: Path
+) -> None:
+    url = f"redis+cluster://127.0.0.1:{redis_cluster.ports[0]}?prefix=cl"
+    store = open_store(url)
+    assert isinstance(store, RedisStore)
+    ids = [await chain.submit(store, Chain(), run_id=f"r{i}") for i in range(100)]
+    effects = tmp_path / "effects.log"
+    workers = [worker(url, effects, f"w{n}", sleep=0.01) for n in range(2)]
+    try:
+        await wait_for(store, ids, "done", within=60)
+    finally:
+        for w in workers:
+            w.send_signal(signal.SIGTERM)
+        results = [w.communicate(timeout=20) for w in workers]
+    for w, (out, err) in zip(workers, results, strict=True):
+        assert w.returncode == 0, err[-2000:]
+        assert "stopped after" in out
+    await check_each_step_committed_once(store, ids)
+    ran = executions(effects)
+    assert len(ran) == 100 * STEPS and set(ran.values()) == {1}  # no kills: each step once
+    by_worker = Counter(line.split("\t")[1] for line in effects.read_text().splitlines())
+    assert len(by_worker) == 2  # both did work
+    slots = {await store.client.cluster_keyslot(store.key(i, "run")) for i in ids[:20]}  # type: ignore[union-attr]
+    assert len(slots) > 1  # the runs are spread over the cluster
+    await store.close()
