@@ -9,6 +9,7 @@ from typing import TypeVar
 from pydantic import BaseModel
 
 from statemachine import DefinitionError, Machine, Transition
+from statemachine._machine import DEFAULT_MAX_MEMORY
 
 from ._llm import LlmStep, ModelSpec, check_model
 
@@ -38,6 +39,7 @@ class Agent(Machine[M]):
         states: Sequence[str] | None = None,
         on_error: str | None = None,
         lease_ttl: float = 15.0,
+        max_memory: int | None = DEFAULT_MAX_MEMORY,
     ) -> None:
         self._declared = dict(
             name=name,
@@ -49,6 +51,7 @@ class Agent(Machine[M]):
             states=states,
             on_error=on_error,
             lease_ttl=lease_ttl,
+            max_memory=max_memory,
         )
         super().__init__(
             name=name,
@@ -60,6 +63,7 @@ class Agent(Machine[M]):
             states=states,
             on_error=on_error,
             lease_ttl=lease_ttl,
+            max_memory=max_memory,
         )
         self.model = model
         fields = memory.model_fields

@@ -14,11 +14,12 @@ from storage import Event, RedisStore, RunRecord, RunStatus, Store
 from storage.queue import RunQueue
 
 from ._draw import Graph, draw
-from ._runner import Run, now
+from ._runner import Run, json_size, now
 from ._table import Transition
 from ._validate import Table, compile_table
 from .errors import (
     InvalidMemory,
+    MemoryTooLarge,
     NotDue,
     NoTransition,
     RunError,
@@ -28,9 +29,12 @@ from .errors import (
     VersionMismatch,
 )
 
-__all__ = ["Machine"]
+__all__ = ["DEFAULT_MAX_MEMORY", "Machine"]
 
 M = TypeVar("M", bound=BaseModel)
+
+DEFAULT_MAX_MEMORY = 16 * 2**20
+"""Bytes of JSON a run's memory may take by default: 16 MiB."""
 
 
 class Machine(Generic[M]):
@@ -50,6 +54,9 @@ class Machine(Generic[M]):
             without it a failed run stays in the state it failed in.
         lease_ttl: seconds a process holds a run without renewing (it renews every third
             of that in the background); a crashed holder's runs can be resumed after it.
+        max_memory: the most bytes the memory may take as JSON (None: no limit). A run
+            created bigger is refused; a step that makes it bigger fails, and nothing of it
+            is written.
     """
 
     def __init__(
@@ -64,6 +71,7 @@ class Machine(Generic[M]):
         states: Sequence[str] | None = None,
         on_error: str | None = None,
         lease_ttl: float = 15.0,
+        max_memory: int | None = DEFAULT_MAX_MEMORY,
     ) -> None:
         if not isinstance(memory, type) or not issubclass(memory, BaseModel):
             raise TypeError(f"memory must be a pydantic model class, not {memory!r}")
@@ -71,6 +79,9 @@ class Machine(Generic[M]):
             raise ValueError(f"version must be a positive int, not {version!r}")
         if lease_ttl <= 0:
             raise ValueError(f"lease_ttl must be positive, not {lease_ttl}")
+        if max_memory is not None and max_memory < 1:
+            raise ValueError(f"max_memory must be positive bytes (or None), not {max_memory}")
+        self.max_memory = max_memory
         self.name = name
         self.version = version
         self.memory_type = memory
@@ -192,6 +203,13 @@ class Machine(Generic[M]):
         Nothing runs until `Run.step()` or `Run.until_done()`.
         """
         checked = self.validate_memory(memory, f"starting {self.name!r}")
+        fields = checked.model_dump(mode="json")
+        size = sum(json_size(v) for v in fields.values())
+        if self.max_memory is not None and size > self.max_memory:
+            raise MemoryTooLarge(
+                f"starting {self.name!r}: the memory takes {size} bytes as JSON, over the"
+                f" limit of {self.max_memory} (Agent(max_memory=...))"
+            )
         created = now()
         record = RunRecord(
             run_id=run_id or uuid.uuid4().hex,
@@ -200,7 +218,7 @@ class Machine(Generic[M]):
             state=self.table.initial,
             seq=0,
             status=self.status_in(self.table.initial),
-            memory=checked.model_dump(mode="json"),
+            memory=fields,
             created_at=created,
             updated_at=created,
             deadline=self.deadline_in(self.table.initial, created),

@@ -37,16 +37,31 @@ from storage import (
 from ._provenance import Provenance, memory_at, why
 from ._step import StepContext, StepResult
 from ._table import Transition
-from .errors import InvalidMemory, NotDue, RunError, RunLocked, RunNotFound, RunTakenOver
+from .errors import (
+    InvalidMemory,
+    MemoryTooLarge,
+    NotDue,
+    RunError,
+    RunLocked,
+    RunNotFound,
+    RunTakenOver,
+)
 
 if TYPE_CHECKING:
     from ._machine import Machine
 
-__all__ = ["Run", "now"]
+__all__ = ["Run", "json_size", "now"]
 
 M = TypeVar("M", bound=BaseModel)
 
 now = time.time
+
+
+def json_size(value: JsonValue) -> int:
+    """Bytes `value` takes as compact JSON, as the stores write it."""
+    return len(pydantic_core.to_json(value))
+
+
 _NOT_TABLE_EDGES = frozenset({"start", "error", "control", "timeout"})
 """Event kinds the runner writes itself; every other event is a table transition firing."""
 _OWNER_PREFIX = f"{socket.gethostname()}:{os.getpid()}"
@@ -81,6 +96,7 @@ class Run(Generic[M]):
         self.owner = f"{_OWNER_PREFIX}:{secrets.token_hex(3)}"
         self._record = record
         self._fields: dict[str, JsonValue] = dict(record.memory)
+        self._sizes: dict[str, int] | None = None
         self._lease: Lease | None = None
         self._renewer: asyncio.Task[None] | None = None
         self._lease_wait = lease_wait
@@ -373,6 +389,7 @@ class Run(Generic[M]):
         if stored.seq != self._record.seq or stored.memory != self._fields:
             self.memory = self.machine.validate_memory(stored.memory, f"stored run {self.run_id!r}")
             self._fields = dict(stored.memory)
+            self._sizes = None
             self._conversation = None
             self._visit_counts = None
         self._record = stored
@@ -456,7 +473,28 @@ class Run(Generic[M]):
             raise _StepFailed(InvalidMemory(f"run {self.run_id!r}", exc), 1) from None
         dump = checked.model_dump(mode="json", warnings=False)
         patch = {k: v for k, v in dump.items() if k not in self._fields or self._fields[k] != v}
+        limit = self.machine.max_memory
+        if limit is not None:  # sized by the fields that change, not the whole memory
+            sizes = self._field_sizes()
+            size = sum(sizes.values()) + sum(
+                json_size(v) - sizes.get(k, 0) for k, v in patch.items()
+            )
+            if size > limit:
+                self._restore_memory()
+                raise _StepFailed(
+                    MemoryTooLarge(
+                        f"run {self.run_id!r}: the step would make the memory {size} bytes as"
+                        f" JSON, over the limit of {limit}; nothing was written"
+                    ),
+                    1,
+                )
         return patch, checked
+
+    def _field_sizes(self) -> dict[str, int]:
+        """Bytes of each memory field as JSON, kept up to date by commits."""
+        if self._sizes is None:
+            self._sizes = {k: json_size(v) for k, v in self._fields.items()}
+        return self._sizes
 
     def _restore_memory(self) -> None:
         """Undo in-place changes a failed try made to the memory object."""
@@ -506,6 +544,8 @@ class Run(Generic[M]):
             self._record = _advance(self._record, event)
             if event.patch:
                 self._fields.update(event.patch)
+                if self._sizes is not None:
+                    self._sizes.update((k, json_size(v)) for k, v in event.patch.items())
             self.memory = memory
             if self._conversation is not None:
                 self._conversation.extend(event.messages)

@@ -2,7 +2,8 @@
 
 ValueError
  ├── DefinitionError     the state table is wrong; names the state or transition
- └── InvalidMemory       memory fails its schema; names the fields; nothing written
+ ├── InvalidMemory       memory fails its schema; names the fields; nothing written
+ └── MemoryTooLarge      memory over the machine's `max_memory` bytes; nothing written
 RuntimeError
  └── RunError            a run cannot do what was asked
       ├── RunNotFound    no run with that id
@@ -22,6 +23,7 @@ __all__ = [
     "DefinitionError",
     "InvalidMemory",
     "InvalidPayload",
+    "MemoryTooLarge",
     "NoTransition",
     "NotDue",
     "RendererMissing",
@@ -101,3 +103,7 @@ class RendererMissing(RuntimeError):
 
 class NotDue(RunError):
     """The run is not waiting on a timeout that is due: nothing to fire."""
+
+
+class MemoryTooLarge(ValueError):
+    """The memory would take more bytes as JSON than the machine's `max_memory`."""

@@ -10,6 +10,7 @@ from statemachine import (
     DefinitionError,
     InvalidMemory,
     Machine,
+    MemoryTooLarge,
     NoTransition,
     RunNotFound,
     Transition,
@@ -176,3 +177,52 @@ async def test_corrupt_json_in_the_run_hash_is_named_and_left_alone(
     with pytest.raises(CorruptData, match=r"corrupt data in t\d+:\{corrupt\}:run memory field 'n'"):
         await machine.resume(redis_store, "corrupt")
     assert await redis_store.client.hgetall(key) == before
+
+
+class Notes(BaseModel):
+    text: str = ""
+    log: list[str] = []
+
+
+def notes_agent(limit: int, grow: int) -> Agent[Notes]:
+    return Agent(
+        name="notes", memory=Notes, initial="a", final=["done"], on_error="failed",
+        max_memory=limit,
+        transitions=[
+            tool("small", "a", "b", lambda m: "x" * 10, into="text"),
+            tool("grow", "b", "done", lambda m: ["y" * grow], into="log"),
+        ],
+    )  # fmt: skip
+
+
+async def test_memory_over_the_limit_is_refused_at_start_and_nothing_is_written(
+    store: Store,
+) -> None:
+    agent = notes_agent(limit=100, grow=1)
+    with pytest.raises(MemoryTooLarge, match=r"takes 1\d\d bytes as JSON, over the limit of 100"):
+        await agent.start(store, Notes(text="z" * 100), run_id="big")
+    assert await store.load("big") is None
+
+
+async def test_a_step_that_would_grow_the_memory_over_the_limit_fails_before_writing(
+    store: Store,
+) -> None:
+    agent = notes_agent(limit=200, grow=500)
+    run = await agent.start(store, Notes(), run_id="grows")
+    await run.until_done()
+    assert (run.state, run.status) == ("failed", "failed")
+    stored = await store.load("grows")
+    assert stored is not None and stored.memory == {"text": "x" * 10, "log": []}
+    last = (await store.history("grows"))[-1]
+    assert last.kind == "error" and last.patch == {} and last.error is not None
+    assert last.error["type"] == "MemoryTooLarge"
+    assert "over the limit of 200; nothing was written" in str(last.error["message"])
+    # Under the limit the same table runs through.
+    ok = await notes_agent(limit=2000, grow=500).start(store, Notes(), run_id="fits")
+    await ok.until_done()
+    assert ok.status == "done"
+
+
+def test_the_limit_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="max_memory must be positive bytes"):
+        notes_agent(limit=0, grow=1)
