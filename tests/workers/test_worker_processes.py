@@ -14,6 +14,7 @@ from collections import Counter
 from pathlib import Path
 
 from storage import RedisStore, open_store
+from storage.queue import RunQueue
 
 from ..redis_cluster import RedisCluster
 from ..redis_server import RedisServer
@@ -119,4 +120,43 @@ async def test_two_workers_on_a_redis_cluster_finish_100_runs_exactly_once(
     assert len(by_worker) == 2  # both did work
     slots = {await store.client.cluster_keyslot(store.key(i, "run")) for i in ids[:20]}  # type: ignore[union-attr]
     assert len(slots) > 1  # the runs are spread over the cluster
+    await store.close()
+
+
+async def test_sigterm_hands_runs_back_and_a_second_signal_exits_at_once(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    url = f"{redis_server.url}?prefix=term"
+    store = RedisStore.from_url(url)
+    ids = [await chain.submit(store, Chain(), run_id=f"t{i}") for i in range(6)]
+    effects = tmp_path / "effects.log"
+
+    graceful = worker(url, effects, "graceful", sleep=0.4)
+    await wait_for(store, ids, "started", within=20)
+    graceful.send_signal(signal.SIGTERM)
+    out, err = graceful.communicate(timeout=20)
+    assert graceful.returncode == 0, err[-2000:]
+    assert "stopping: finishing the steps in flight" in err and "stopped after" in out
+    records = [await store.load(i) for i in ids]
+    assert all(r is not None and r.holder == "" for r in records)  # released, none left held
+    unfinished = [r.run_id for r in records if r is not None and r.status == "running"]
+    assert unfinished
+    queue = RunQueue(store)
+    assert (await queue.waiting(["chain"]))["chain"] >= len(unfinished)  # handed back
+
+    hasty = worker(url, effects, "hasty", sleep=0.4)
+    await asyncio.sleep(1.5)
+    hasty.send_signal(signal.SIGTERM)
+    await asyncio.sleep(0.05)
+    hasty.send_signal(signal.SIGTERM)
+    _, err = hasty.communicate(timeout=20)
+    assert hasty.returncode == 128 + signal.SIGTERM and "exiting at once" in err
+
+    finisher = worker(url, effects, "finisher", sleep=0.01)
+    try:
+        await wait_for(store, ids, "done", within=30)
+    finally:
+        finisher.send_signal(signal.SIGTERM)
+        finisher.communicate(timeout=20)
+    await check_each_step_committed_once(store, ids)
     await store.close()
