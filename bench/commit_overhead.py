@@ -44,7 +44,7 @@ if __package__ in (None, ""):  # run as `python3 bench/commit_overhead.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import redis.utils
-from pydantic import BaseModel, TypeAdapter
+from pydantic import BaseModel, JsonValue, TypeAdapter
 
 from agents import Agent, tool
 from bench._redis import check_loopback_url, local_redis
@@ -328,8 +328,11 @@ class StubStore:
     def __init__(self) -> None:
         self._runs: dict[str, RunRecord] = {}
 
-    async def create(self, run: RunRecord) -> RunRecord:
+    async def create(self, run: RunRecord, *, origin: JsonValue = None) -> RunRecord:
         return self._runs.setdefault(run.run_id, run)
+
+    async def restore(self, run: RunRecord, events: Sequence[Event]) -> bool:
+        return self._runs.setdefault(run.run_id, run) is run
 
     async def load(self, run_id: str) -> RunRecord | None:
         return self._runs.get(run_id)

@@ -6,6 +6,7 @@ proves them for each.
 """
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, TypeAlias, runtime_checkable
 
@@ -23,6 +24,7 @@ __all__ = [
     "RunRecord",
     "RunStatus",
     "Store",
+    "check_history",
     "check_run_id",
 ]
 
@@ -162,9 +164,16 @@ class Store(Protocol):
       `storage.CorruptData` naming the key, and nothing is overwritten.
     """
 
-    async def create(self, run: RunRecord) -> RunRecord:
+    async def create(self, run: RunRecord, *, origin: JsonValue = None) -> RunRecord:
         """Store a new run at seq 0 with its creation event, or return the one already stored
-        under `run.run_id` unchanged (creating is safe to retry)."""
+        under `run.run_id` unchanged (creating is safe to retry). `origin` is recorded as the
+        creation event's output (where a fork came from, say)."""
+        ...
+
+    async def restore(self, run: RunRecord, events: Sequence[Event]) -> bool:
+        """Write a run and its whole history as they are (an import, a copy between stores),
+        all or nothing; False, writing nothing, when a run with that id exists. The events
+        must be the run's seqs 0..`run.seq` in order (`ValueError` otherwise)."""
         ...
 
     async def load(self, run_id: str) -> RunRecord | None:
@@ -217,3 +226,19 @@ class Store(Protocol):
     async def close(self) -> None:
         """Release connections and files. The store is unusable afterwards."""
         ...
+
+
+def check_history(run: RunRecord, events: Sequence[Event]) -> None:
+    """`ValueError` naming the problem unless `events` are `run`'s seqs 0..run.seq."""
+    check_run_id(run.run_id)
+    seqs = [e.seq for e in events]
+    if seqs != list(range(run.seq + 1)):
+        raise ValueError(
+            f"run {run.run_id!r}: the events must be seqs 0..{run.seq} in order, not"
+            f" {seqs[:5]}{'...' if len(seqs) > 5 else ''}"
+        )
+    if events[-1].dest != run.state:
+        raise ValueError(
+            f"run {run.run_id!r}: its last event goes to {events[-1].dest!r}, but the run is in"
+            f" {run.state!r}"
+        )

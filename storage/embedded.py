@@ -22,7 +22,8 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal, ParamSpec, TypeAlias, TypeVar
 from urllib.parse import parse_qsl, urlsplit
@@ -41,6 +42,7 @@ from .base import (
     LeaseLost,
     RunRecord,
     RunStatus,
+    check_history,
     check_run_id,
 )
 from .errors import StorageError, StoreUnavailable
@@ -242,36 +244,51 @@ class EmbeddedStore:
             )
         return StorageError(f"cannot {what} in {self._path}: {exc}")
 
-    async def create(self, run: RunRecord) -> RunRecord:
+    async def create(self, run: RunRecord, *, origin: JsonValue = None) -> RunRecord:
         check_run_id(run.run_id)
-        if self._transaction(f"create run {run.run_id!r}", "BEGIN IMMEDIATE", self._create, run):
+        run = replace(run, seq=0, holder="", crashes=0)
+        event = Event(
+            seq=0, trigger="start", kind="start", source="", dest=run.state, status=run.status,
+            key=f"{run.run_id}:start", patch=run.memory, started_at=run.created_at,
+            ended_at=run.created_at, deadline=run.deadline, output=origin,
+        )  # fmt: skip
+        what = f"create run {run.run_id!r}"
+        if self._transaction(what, "BEGIN IMMEDIATE", self._write_run, run, [event]):
             return run
         stored = await self.load(run.run_id)
         if stored is None:  # deleted between the two calls
             raise StorageError(f"run {run.run_id!r} vanished while being created")
         return stored
 
-    def _create(self, run: RunRecord) -> bool:
+    async def restore(self, run: RunRecord, events: Sequence[Event]) -> bool:
+        check_history(run, events)
+        written: bool = self._transaction(
+            f"restore run {run.run_id!r}", "BEGIN IMMEDIATE", self._write_run, run, events
+        )
+        return written
+
+    def _write_run(self, run: RunRecord, events: Sequence[Event]) -> bool:
+        """Insert a run with its memory and events, unless it exists (then write nothing)."""
         db = self._db
         if db.execute("SELECT 1 FROM runs WHERE run_id = ?", (run.run_id,)).fetchone():
             return False
         db.execute(
             f"INSERT INTO runs (run_id, {', '.join(_RUN_COLUMNS)})"
-            " VALUES (?, ?, ?, ?, 0, ?, ?, ?, '', 0, ?)",
-            (run.run_id, run.agent, run.version, run.state, run.status, run.created_at,
-             run.updated_at, run.deadline),
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (run.run_id, run.agent, run.version, run.state, run.seq, run.status, run.created_at,
+             run.updated_at, run.holder, run.crashes, run.deadline),
         )  # fmt: skip
         db.executemany(
             "INSERT INTO memory (run_id, name, json) VALUES (?, ?, ?)",
             [(run.run_id, name, dump_json(value)) for name, value in run.memory.items()],
         )
-        event = Event(
-            seq=0, trigger="start", kind="start", source="", dest=run.state, status=run.status,
-            key=f"{run.run_id}:start", patch=run.memory, started_at=run.created_at,
-            ended_at=run.created_at, deadline=run.deadline,
-        )  # fmt: skip
-        db.execute("INSERT INTO events VALUES (?, 0, ?)", (run.run_id, dump_event(event)))
-        db.execute("INSERT INTO keys VALUES (?, ?, 0)", (run.run_id, event.key))
+        db.executemany(
+            "INSERT INTO events VALUES (?, ?, ?)",
+            [(run.run_id, e.seq, dump_event(e)) for e in events],
+        )
+        db.executemany(
+            "INSERT INTO keys VALUES (?, ?, ?)", [(run.run_id, e.key, e.seq) for e in events]
+        )
         return True
 
     async def load(self, run_id: str) -> RunRecord | None:

@@ -14,7 +14,8 @@ Key layout (one hash tag per run, so every per-run script touches one Cluster sl
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 from importlib.resources import files
 from typing import Any, TypeAlias
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -39,6 +40,7 @@ from .base import (
     LeaseLost,
     RunRecord,
     RunStatus,
+    check_history,
     check_run_id,
 )
 from .errors import CorruptData, StorageError, StoreUnavailable
@@ -82,6 +84,7 @@ class RedisStore:
         self._commit = client.register_script(_script("commit.lua"))
         self._create = client.register_script(_script("create.lua"))
         self._lease = client.register_script(_script("lease.lua"))
+        self._restore = client.register_script(_script("restore.lua"))
 
     @classmethod
     def from_url(cls, url: str, *, prefix: str = "agentfsm", retries: int = 8) -> RedisStore:
@@ -154,7 +157,7 @@ class RedisStore:
         except RedisError as exc:
             raise StorageError(f"Redis at {self._where} refused to {what}: {exc}") from None
 
-    async def create(self, run: RunRecord) -> RunRecord:
+    async def create(self, run: RunRecord, *, origin: JsonValue = None) -> RunRecord:
         check_run_id(run.run_id)
         event = Event(
             seq=0,
@@ -168,31 +171,9 @@ class RedisStore:
             started_at=run.created_at,
             ended_at=run.created_at,
             deadline=run.deadline,
+            output=origin,
         )
-        fields: list[Any] = [
-            "agent",
-            run.agent,
-            "version",
-            run.version,
-            "state",
-            run.state,
-            "seq",
-            0,
-            "status",
-            run.status,
-            "created_at",
-            repr(run.created_at),
-            "updated_at",
-            repr(run.updated_at),
-            "fence",
-            0,
-            "holder",
-            "",
-            "crashes",
-            0,
-        ]
-        for name, value in run.memory.items():
-            fields += [f"m:{name}", dump_json(value)]
+        fields = _run_fields(replace(run, seq=0, holder="", crashes=0))
         keys = self._keys(run.run_id, "run", "events", "keys")
         args = [dump_event(event), event.key, _deadline_arg(run.deadline), *fields]
         if run.deadline is not None:
@@ -212,6 +193,24 @@ class RedisStore:
         if stored is None:  # deleted between the two calls
             raise StorageError(f"run {run.run_id!r} vanished while being created")
         return stored
+
+    async def restore(self, run: RunRecord, events: Sequence[Event]) -> bool:
+        check_history(run, events)
+        fields = _run_fields(run)
+        args: list[Any] = [len(fields) // 2, *fields]
+        for e in events:
+            args += ["0-1" if e.seq == 0 else f"{e.seq}-0", dump_event(e), e.key, e.seq]
+        keys = self._keys(run.run_id, "run", "events", "keys")
+        if run.deadline is not None:
+            await self._index_deadline(run.run_id, run.deadline)
+        written = await self._call(
+            f"restore run {run.run_id!r}", lambda: self._restore(keys=keys, args=args)
+        )
+        stamp = {run.run_id: run.created_at}
+        await self._call(
+            "index the run", lambda: self._client.zadd(f"{self._prefix}:runs", stamp, nx=True)
+        )
+        return bool(written)
 
     async def load(self, run_id: str) -> RunRecord | None:
         key = self.key(run_id, "run")
@@ -396,6 +395,21 @@ class _Retry(Retry):
             return is_retryable is None or is_retryable(error)
 
         return await super().call_with_retry(do, fail, retryable, with_failure_count)
+
+
+def _run_fields(run: RunRecord) -> list[Any]:
+    """The run hash's fields and values, flat, as `create.lua` and `restore.lua` take them."""
+    fields: list[Any] = [
+        "agent", run.agent, "version", run.version, "state", run.state, "seq", run.seq,
+        "status", run.status, "created_at", repr(run.created_at),
+        "updated_at", repr(run.updated_at), "fence", 0, "holder", run.holder,
+        "crashes", run.crashes,
+    ]  # fmt: skip
+    if run.deadline is not None:
+        fields += ["deadline", repr(run.deadline)]
+    for name, value in run.memory.items():
+        fields += [f"m:{name}", dump_json(value)]
+    return fields
 
 
 def _deadline_arg(deadline: float | None) -> str:

@@ -331,7 +331,9 @@ async def test_deadlines_are_set_and_cleared_by_commits_and_listed_when_due(stor
     await store.create(new_run("w2"))
     lease = await leased(store, "w1")
     waits = dataclasses.replace(event(1, key="w1:0:go"), status="waiting", deadline=t + 60)
-    assert await store.commit("w1", expected_seq=0, token=lease.token, event=waits) == Committed(seq=1)
+    assert await store.commit("w1", expected_seq=0, token=lease.token, event=waits) == Committed(
+        seq=1
+    )
     lease2 = await leased(store, "w2")
     soon = dataclasses.replace(event(1, key="w2:0:go"), status="waiting", deadline=t - 0.5)
     assert isinstance(
@@ -358,3 +360,47 @@ async def test_deadlines_are_set_and_cleared_by_commits_and_listed_when_due(stor
         await store.commit("w1", expected_seq=1, token=lease.token + 5, event=stale), LeaseLost
     )
     assert await store.due(t + 120) == ["w0", "w1"]
+
+
+async def test_restore_writes_a_run_and_its_history_as_given_once(store: Store) -> None:
+    source = new_run("copy", n=3)
+    t = time.time()
+    run = dataclasses.replace(source, state="c", seq=2, status="waiting", updated_at=t + 2,
+                              memory={"n": 3, "items": ["x"]}, deadline=t + 60)  # fmt: skip
+    events = [
+        Event(seq=0, trigger="start", kind="start", source="", dest="a", status="running",
+              key="copy:start", patch={"n": 3, "items": []}, started_at=t, ended_at=t),
+        dataclasses.replace(event(1, key="copy:0:go"), patch={"items": ["x"]},
+                            usage={"requests": 1}),
+        dataclasses.replace(event(2, key="copy:1:go", dest="c"), source="b", status="waiting",
+                            deadline=t + 60, messages=[{"kind": "request", "parts": []}]),
+    ]  # fmt: skip
+    assert await store.restore(run, events) is True
+    assert await store.load("copy") == run
+    assert await store.history("copy") == events
+    assert await store.due(t + 61) == ["copy"]
+    assert [r.run_id for r in await store.list_runs()] == ["copy"]
+    # Restoring again writes nothing; the keys are known, so a replayed commit is a duplicate.
+    assert await store.restore(dataclasses.replace(run, memory={"n": 99}), events) is False
+    assert await store.load("copy") == run
+    lease = await leased(store, "copy")
+    again = dataclasses.replace(events[2], seq=3)
+    replay = await store.commit("copy", expected_seq=2, token=lease.token, event=again)
+    assert replay == Duplicate(seq=2)
+
+
+async def test_restore_refuses_a_history_that_does_not_fit_the_run(store: Store) -> None:
+    run = dataclasses.replace(new_run("bad"), seq=1, state="b")
+    start = Event(seq=0, trigger="start", kind="start", source="", dest="a", status="running",
+                  key="bad:start")  # fmt: skip
+    with pytest.raises(ValueError, match=r"the events must be seqs 0\.\.1 in order, not \[0\]"):
+        await store.restore(run, [start])
+    with pytest.raises(ValueError, match="its last event goes to 'c', but the run is in 'b'"):
+        await store.restore(run, [start, event(1, dest="c")])
+    assert await store.load("bad") is None
+
+
+async def test_create_records_the_origin_on_the_creation_event(store: Store) -> None:
+    await store.create(new_run("child"), origin={"forked_from": "parent", "at": 4})
+    [start] = await store.history("child")
+    assert start.output == {"forked_from": "parent", "at": 4}
