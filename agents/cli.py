@@ -37,6 +37,7 @@ from statemachine import (
 )
 from statemachine._provenance import memory_at, why
 from storage import Event, RedisStore, RunStatus, StorageError, Store, open_store
+from storage.backup import export_runs, import_runs
 from storage.queue import RunQueue
 from storage.redis import redact
 
@@ -152,6 +153,23 @@ def _parser() -> argparse.ArgumentParser:
     )
     command("workers", "the workers on this store: alive or not, what they hold; the queues")
 
+    export = command("export", "write runs and their histories to a JSON Lines file")
+    export.add_argument("run_ids", nargs="*", metavar="RUN_ID", help="these runs (default: all)")
+    export.add_argument("--agent", metavar="NAME", help="every run of this agent")
+    export.add_argument("-o", "--output", required=True, metavar="FILE", help="the .jsonl file")
+    import_ = command("import", "write the runs of an export file into the store")
+    import_.add_argument("file", metavar="FILE", help="a file written by `agentfsm export`")
+    fork = command("fork", "start a new run from a past point of a run (the original stays)")
+    fork.add_argument("run_id", metavar="RUN_ID")
+    fork.add_argument(
+        "--at", type=int, required=True, metavar="SEQ", help="right after this commit"
+    )
+    fork.add_argument("--run-id", dest="new_run_id", help="the new run's id (default: random)")
+    fork.add_argument("--set", metavar="JSON", help="memory fields to change, as a JSON object")
+    fork.add_argument(
+        "--agent", metavar="MODULE:AGENT", help="needed unless the agent is registered"
+    )
+
     timeouts = command(
         "timeouts", "fire the wait timeouts that are due (run it from cron, or let a worker)"
     )
@@ -233,6 +251,12 @@ async def _dispatch(args: argparse.Namespace) -> int:
                 return await _timeouts(store, args)
             case "submit":
                 return await _submit(store, args)
+            case "export":
+                return await _export(store, args)
+            case "import":
+                return await _import(store, args)
+            case "fork":
+                return await _fork(store, args)
             case "worker":
                 return await _worker(store, args)
             case "workers":
@@ -449,6 +473,61 @@ async def _runs(store: Store, args: argparse.Namespace) -> int:
 
 def _when(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M:%S")
+
+
+async def _export(store: Store, args: argparse.Namespace) -> int:
+    if args.run_ids and args.agent:
+        raise UsageProblem("give RUN_IDs or --agent, not both")
+    runs = events = 0
+    try:
+        # A CLI command: nothing else runs on its loop, so blocking file I/O is fine.
+        with open(args.output, "w", encoding="utf-8") as f:  # noqa: ASYNC230
+            try:
+                async for line in export_runs(store, args.run_ids, agent=args.agent):
+                    runs += line.startswith('{"run"')
+                    events += line.startswith('{"event"')
+                    f.write(line + "\n")
+            except KeyError as exc:
+                raise UsageProblem(str(exc.args[0])) from None
+    except OSError as exc:
+        raise UsageProblem(f"cannot write {args.output}: {exc.strerror or exc}") from None
+    out.print(f"wrote {runs} run(s) and {events} event(s) to {escape(args.output)}")
+    return EXIT_DONE
+
+
+async def _import(store: Store, args: argparse.Namespace) -> int:
+    try:
+        with open(args.file, encoding="utf-8") as f:  # noqa: ASYNC230  (as in _export)
+            result = await import_runs(store, f)
+    except OSError as exc:
+        raise UsageProblem(f"cannot read {args.file}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise UsageProblem(f"{args.file}: {exc}") from None
+    out.print(f"imported {len(result.imported)} run(s) with {result.events} event(s)")
+    if result.skipped:
+        out.print(
+            f"skipped {len(result.skipped)} run(s) this store has already: "
+            + escape(", ".join(result.skipped))
+        )
+    return EXIT_DONE
+
+
+async def _fork(store: Store, args: argparse.Namespace) -> int:
+    agent = await _stored_agent(store, args)
+    update = _json_input(args.set, "--set") if args.set else None
+    if update is not None and not isinstance(update, dict):
+        raise UsageProblem("--set must be a JSON object of memory fields")
+    try:
+        run = await agent.fork(
+            store, args.run_id, args.at, new_run_id=args.new_run_id, memory_update=update
+        )
+    except InvalidMemory as exc:
+        raise UsageProblem(str(exc)) from None
+    out.print(
+        f"forked {escape(args.run_id)} at seq {args.at} as [bold]{escape(run.run_id)}[/]:"
+        f" {escape(run.state)} ({run.status}); go on with: agentfsm resume {escape(run.run_id)}"
+    )
+    return EXIT_DONE
 
 
 async def _submit(store: Store, args: argparse.Namespace) -> int:

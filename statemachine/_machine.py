@@ -14,6 +14,7 @@ from storage import Event, RedisStore, RunRecord, RunStatus, Store
 from storage.queue import RunQueue
 
 from ._draw import Graph, draw
+from ._provenance import memory_at
 from ._runner import Run, json_size, now
 from ._table import Transition
 from ._validate import Table, compile_table
@@ -224,6 +225,70 @@ class Machine(Generic[M]):
             deadline=self.deadline_in(self.table.initial, created),
         )
         stored = await store.create(record)
+        return self._open(store, stored, lease_wait)
+
+    async def fork(
+        self,
+        store: Store,
+        run_id: str,
+        at_seq: int,
+        *,
+        new_run_id: str | None = None,
+        memory_update: Mapping[str, Any] | None = None,
+        lease_wait: float = 0.0,
+    ) -> Run[M]:
+        """A new run that starts where run `run_id` was right after commit `at_seq`, with
+        `memory_update` applied to its memory: to try another path from a past point. The
+        original is untouched; the new run's creation event names it (`forked_from`, `at`).
+        Nothing runs until `step()` / `until_done()`."""
+        source = await store.load(run_id)
+        if source is None:
+            raise RunNotFound(run_id)
+        if source.agent != self.name:
+            raise RunError(f"run {run_id!r} belongs to {source.agent!r}, not to {self.name!r}")
+        history = await store.history(run_id)
+        state, fields = memory_at(history, at_seq)
+        if state not in self.table.states:
+            raise RunError(
+                f"run {run_id!r} was in state {state!r} at seq {at_seq}, which {self.name!r}"
+                f" v{self.version} does not have"
+            )
+        unknown = set(memory_update or {}) - set(self.memory_type.model_fields)
+        if unknown:
+            raise ValueError(
+                f"forking run {run_id!r}: memory_update names unknown fields {sorted(unknown)};"
+                f" the fields are {sorted(self.memory_type.model_fields)}"
+            )
+        if new_run_id is not None and await store.load(new_run_id) is not None:
+            raise RunError(f"a run with id {new_run_id!r} exists: pick another new_run_id")
+        checked = self.validate_memory({**fields, **(memory_update or {})}, f"forking {run_id!r}")
+        memory = checked.model_dump(mode="json")
+        created = now()
+        record = RunRecord(
+            run_id=new_run_id or uuid.uuid4().hex,
+            agent=self.name,
+            version=self.version,
+            state=state,
+            seq=0,
+            status=self.status_in(state),
+            memory=memory,
+            created_at=created,
+            updated_at=created,
+            deadline=self.deadline_in(state, created),
+        )
+        origin: dict[str, JsonValue] = {"forked_from": run_id, "at": at_seq}
+        if memory_update:
+            origin["memory_update"] = list(sorted(memory_update))
+        start = Event(
+            seq=0, trigger="start", kind="start", source="", dest=state, status=record.status,
+            key=f"{record.run_id}:start", patch=memory, output=origin, started_at=created,
+            ended_at=created, deadline=record.deadline,
+            # The conversation so far comes along, so LLM steps of the fork go on from it.
+            messages=[m for e in history[: at_seq + 1] for m in e.messages],
+        )  # fmt: skip
+        if not await store.restore(record, [start]):
+            raise RunError(f"a run with id {record.run_id!r} exists: pick another new_run_id")
+        stored = record
         return self._open(store, stored, lease_wait)
 
     async def submit(

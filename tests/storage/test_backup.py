@@ -1,0 +1,110 @@
+"""Export and import: every run and every event survives Redis -> embedded -> Redis unchanged."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from agents.examples import data_analyst
+from agents.examples._offline import offline_model
+from agents.examples.approval import approval
+from storage import EmbeddedStore, RedisStore, Store
+from storage.backup import export_runs, import_runs
+
+from ..redis_server import RedisServer
+
+DATASET = [12.1, 11.8, 12.4, 12.0, 11.9, 12.3, 48.7, 12.2, 11.7, 12.1]
+
+
+async def runs_of_every_kind(store: Store, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Done (with LLM messages and usage), failed, waiting and cancelled runs."""
+    analyst = data_analyst.analyst.with_model(offline_model("analyst", data_analyst._offline_reply))
+    done = await analyst.start(store, {"dataset": DATASET}, run_id="done")
+    await done.until_done()
+    monkeypatch.setenv("AGENTFSM_FAIL_AT", "detect")
+    failed = await analyst.start(store, {"dataset": DATASET}, run_id="failed")
+    await failed.until_done()
+    monkeypatch.delenv("AGENTFSM_FAIL_AT")
+    replier = approval.with_model(offline_model("drafter", lambda p: "Dear customer, ok."))
+    waiting = await replier.start(store, {"request": "refund"}, run_id="waiting")
+    await waiting.until_done()
+    cancelled = await replier.start(store, {"request": "other"}, run_id="cancelled")
+    await cancelled.until_done()
+    await cancelled.cancel("duplicate ticket")
+    assert [done.status, failed.status, waiting.status] == ["done", "failed", "waiting"]
+    return ["done", "failed", "waiting", "cancelled"]
+
+
+async def snapshot(store: Store, ids: list[str]) -> dict[str, object]:
+    return {i: (await store.load(i), await store.history(i)) for i in ids}
+
+
+async def copy(source: Store, target: Store, ids: Sequence[str] = ()) -> list[str]:
+    lines = [line async for line in export_runs(source, ids)]
+    result = await import_runs(target, io.StringIO("\n".join(lines) + "\n"))
+    return result.imported
+
+
+async def test_a_round_trip_redis_embedded_redis_keeps_every_run_and_event(
+    redis_server: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    redis = RedisStore.from_url(redis_server.url, prefix="backup-a")
+    embedded = EmbeddedStore(tmp_path / "copy.db")
+    back = RedisStore.from_url(redis_server.url, prefix="backup-b")
+    ids = await runs_of_every_kind(redis, monkeypatch)
+    original = await snapshot(redis, ids)
+    assert sorted(await copy(redis, embedded)) == sorted(ids)
+    assert await snapshot(embedded, ids) == original
+    assert sorted(await copy(embedded, back)) == sorted(ids)
+    assert await snapshot(back, ids) == original
+    # The copies are live runs: the waiting one takes its event in the new store.
+    replier = approval.with_model(offline_model("drafter", lambda p: "Dear customer, ok."))
+    run = await replier.resume(back, "waiting")
+    await run.send("review", {"verdict": "approve", "by": "ana"})
+    await run.until_done()
+    assert run.status == "done"
+    for s in (redis, embedded, back):
+        await s.close()
+
+
+async def test_import_skips_runs_the_store_has_and_exports_chosen_runs(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ids = await runs_of_every_kind(store, monkeypatch)
+    target = EmbeddedStore(tmp_path / "t.db")
+    assert await copy(store, target, ["done"]) == ["done"]
+    lines = [line async for line in export_runs(store)]
+    result = await import_runs(target, lines)
+    assert result.skipped == ["done"] and sorted(result.imported) == sorted(set(ids) - {"done"})
+    await target.close()
+
+
+@pytest.mark.parametrize(
+    ("lines", "message"),
+    [
+        ([], "the file is empty"),
+        (['{"hello": 1}'], "line 1: not an agentfsm-export file"),
+        (['{"format": "agentfsm-export", "version": 9}'], "line 1: export version 9"),
+        (['{"format": "agentfsm-export", "version": 1}', '{"event": {}}'],
+         "line 2: an event before any run"),
+        (['{"format": "agentfsm-export", "version": 1}', "not json"], "line 2: Expecting value"),
+        (['{"format": "agentfsm-export", "version": 1}', '{"run": {"run_id": "x"}}'],
+         "line 2: 8 validation errors for RunRecord"),
+    ],
+)  # fmt: skip
+async def test_a_bad_export_file_is_refused_naming_the_line(
+    lines: list[str], message: str, tmp_path: Path
+) -> None:
+    target = EmbeddedStore(tmp_path / "t.db")
+    with pytest.raises(ValueError, match=message):
+        await import_runs(target, lines)
+    assert await target.list_runs() == []
+    await target.close()
+
+
+async def test_exporting_a_run_that_does_not_exist_names_it(store: Store) -> None:
+    with pytest.raises(KeyError, match="no run 'ghost' to export"):
+        [line async for line in export_runs(store, ["ghost"])]
