@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TypeVar
 
 from pydantic import BaseModel
 
 from statemachine import DefinitionError, Machine, Transition
 from statemachine._machine import DEFAULT_MAX_MEMORY
+from statemachine._migrate import Migration
 
 from ._llm import LlmStep, ModelSpec, check_model
 
@@ -40,6 +41,8 @@ class Agent(Machine[M]):
         on_error: str | None = None,
         lease_ttl: float = 15.0,
         max_memory: int | None = DEFAULT_MAX_MEMORY,
+        migrations: Mapping[int, Migration] | None = None,
+        state_renames: Mapping[str, str] | None = None,
     ) -> None:
         self._declared = dict(
             name=name,
@@ -52,6 +55,8 @@ class Agent(Machine[M]):
             on_error=on_error,
             lease_ttl=lease_ttl,
             max_memory=max_memory,
+            migrations=migrations,
+            state_renames=state_renames,
         )
         super().__init__(
             name=name,
@@ -64,6 +69,8 @@ class Agent(Machine[M]):
             on_error=on_error,
             lease_ttl=lease_ttl,
             max_memory=max_memory,
+            migrations=migrations,
+            state_renames=state_renames,
         )
         self.model = model
         fields = memory.model_fields

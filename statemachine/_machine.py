@@ -14,6 +14,7 @@ from storage import Event, RedisStore, RunRecord, RunStatus, Store
 from storage.queue import RunQueue
 
 from ._draw import Graph, draw
+from ._migrate import Migration, check_migrations, needs_upgrade, upgrade
 from ._provenance import memory_at
 from ._runner import Run, json_size, now
 from ._table import Transition
@@ -58,6 +59,11 @@ class Machine(Generic[M]):
         max_memory: the most bytes the memory may take as JSON (None: no limit). A run
             created bigger is refused; a step that makes it bigger fails, and nothing of it
             is written.
+        migrations: for each older version N, a function from the memory (JSON fields) of
+            version N to that of N + 1. A stored run of an older version is migrated when it
+            is resumed, recorded as a "migrate" event; a newer one is refused.
+        state_renames: old state name -> new, for stored runs in a state the table no
+            longer has (else they are refused, naming the state).
     """
 
     def __init__(
@@ -73,6 +79,8 @@ class Machine(Generic[M]):
         on_error: str | None = None,
         lease_ttl: float = 15.0,
         max_memory: int | None = DEFAULT_MAX_MEMORY,
+        migrations: Mapping[int, Migration] | None = None,
+        state_renames: Mapping[str, str] | None = None,
     ) -> None:
         if not isinstance(memory, type) or not issubclass(memory, BaseModel):
             raise TypeError(f"memory must be a pydantic model class, not {memory!r}")
@@ -95,6 +103,9 @@ class Machine(Generic[M]):
             states=states,
             on_error=on_error,
         )
+        self.migrations: dict[int, Migration] = dict(migrations or {})
+        self.state_renames: dict[str, str] = dict(state_renames or {})
+        check_migrations(name, version, self.migrations, self.state_renames, self.table.states)
 
     def __repr__(self) -> str:
         size = f"{len(self.table.states)} states"
@@ -225,6 +236,8 @@ class Machine(Generic[M]):
             deadline=self.deadline_in(self.table.initial, created),
         )
         stored = await store.create(record)
+        if needs_upgrade(self, stored):  # a run of that id, stored by an older version
+            stored = await upgrade(self, store, stored, lease_wait)
         return self._open(store, stored, lease_wait)
 
     async def fork(
@@ -335,6 +348,8 @@ class Machine(Generic[M]):
         stored = await store.load(run_id)
         if stored is None:
             raise RunNotFound(run_id)
+        if needs_upgrade(self, stored):
+            stored = await upgrade(self, store, stored, lease_wait)
         return self._open(store, stored, lease_wait)
 
     def run_sync(

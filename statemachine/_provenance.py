@@ -76,6 +76,8 @@ def memory_at(
         if event.seq > seq:
             break
         memory.update(event.patch)
+        for name in event.dropped:  # a schema migration removed it
+            memory.pop(name, None)
         state = event.dest
     return state, memory
 

@@ -135,7 +135,15 @@ class Run(Generic[M]):
     async def at(self, seq: int) -> tuple[str, M]:
         """The state and memory as they were right after commit `seq` (read from the
         history; `ValueError` for a seq the run has not reached)."""
-        state, fields = memory_at(await self.store.history(self.run_id), seq)
+        events = await self.store.history(self.run_id)
+        state, fields = memory_at(events, seq)
+        later = next((e for e in events[seq + 1 :] if e.version is not None), None)
+        if later is not None:
+            raise RunError(
+                f"run {self.run_id!r}: at seq {seq} its memory had the schema of an older"
+                f" version (migrated at seq {later.seq}); `agentfsm show --at` and"
+                " `statemachine._provenance.memory_at` give its fields as stored"
+            )
         memory = self.machine.validate_memory(fields, f"run {self.run_id!r} at seq {seq}")
         return state, memory
 
@@ -542,6 +550,8 @@ class Run(Generic[M]):
         )
         if isinstance(outcome, Committed):
             self._record = _advance(self._record, event)
+            for name in event.dropped:
+                self._fields.pop(name, None)
             if event.patch:
                 self._fields.update(event.patch)
                 if self._sizes is not None:
@@ -580,10 +590,12 @@ class Run(Generic[M]):
 
 def _advance(record: RunRecord, event: Event) -> RunRecord:
     memory: dict[str, Any] = {**record.memory, **event.patch} if event.patch else record.memory
+    if event.dropped:
+        memory = {k: v for k, v in memory.items() if k not in event.dropped}
     return RunRecord(
         run_id=record.run_id,
         agent=record.agent,
-        version=record.version,
+        version=record.version if event.version is None else event.version,
         state=event.dest,
         seq=event.seq,
         status=event.status,

@@ -102,6 +102,10 @@ class Event:
     """The run's deadline from this commit on: set when `dest` waits with a timeout."""
     step: str = ""
     """What ran: the tool function's name, the llm step's model ("" for none)."""
+    version: int | None = None
+    """A schema migration: the run's version from this commit on (None: unchanged)."""
+    dropped: list[str] = field(default_factory=list)
+    """A schema migration: memory fields this commit removes."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -188,8 +192,9 @@ class Store(Protocol):
 
         Checks, before any write, in this order: the key was not committed before
         (`Duplicate`), the run's fencing token is `token` (`LeaseLost`), the run is at
-        `expected_seq` (`Conflict`). A commit also clears the run's crash count and sets
-        its deadline to `event.deadline` (None clears it).
+        `expected_seq` (`Conflict`). A commit also clears the run's crash count, sets its
+        deadline to `event.deadline` (None clears it), and for a migration sets the run's
+        version (`event.version`) and removes the `event.dropped` memory fields.
         """
         ...
 

@@ -6,7 +6,8 @@
 -- ARGV[1]  expected seq    ARGV[2] fencing token    ARGV[3] idempotency key
 -- ARGV[4]  new state       ARGV[5] new status       ARGV[6] updated_at (unix seconds)
 -- ARGV[7]  deadline ('' for none)
--- ARGV[8]  event JSON      ARGV[9..] memory patch: field name, field JSON, ...
+-- ARGV[8]  new schema version ('' to keep it)       ARGV[9] memory fields to drop, one per line
+-- ARGV[10] event JSON      ARGV[11..] memory patch: field name, field JSON, ...
 --
 -- Returns {'ok', seq, previous deadline} | {'duplicate', seq} | {'lease_lost', 0}
 --       | {'conflict', current_seq} | {'missing', 0}
@@ -24,11 +25,18 @@ if cur[1] ~= ARGV[1] then return {'conflict', tonumber(cur[1])} end
 local seq = tonumber(ARGV[1]) + 1
 local fields = {'seq', seq, 'state', ARGV[4], 'status', ARGV[5], 'updated_at', ARGV[6], 'crashes', 0,
                 'deadline', ARGV[7]}
-for i = 9, #ARGV, 2 do
+for i = 11, #ARGV, 2 do
   fields[#fields + 1] = 'm:' .. ARGV[i]
   fields[#fields + 1] = ARGV[i + 1]
 end
+if ARGV[8] ~= '' then
+  fields[#fields + 1] = 'version'
+  fields[#fields + 1] = ARGV[8]
+end
 redis.call('HSET', KEYS[1], unpack(fields))
-redis.call('XADD', KEYS[2], seq .. '-0', 'e', ARGV[8])
+for name in string.gmatch(ARGV[9], '[^\n]+') do
+  redis.call('HDEL', KEYS[1], 'm:' .. name)
+end
+redis.call('XADD', KEYS[2], seq .. '-0', 'e', ARGV[10])
 redis.call('HSET', KEYS[3], ARGV[3], seq)
 return {'ok', seq, cur[3] or ''}

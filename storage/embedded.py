@@ -362,6 +362,12 @@ class EmbeddedStore:
             " ON CONFLICT (run_id, name) DO UPDATE SET json = excluded.json",
             [(run_id, name, dump_json(value)) for name, value in event.patch.items()],
         )
+        if event.version is not None:
+            db.execute("UPDATE runs SET version = ? WHERE run_id = ?", (event.version, run_id))
+        db.executemany(
+            "DELETE FROM memory WHERE run_id = ? AND name = ?",
+            [(run_id, name) for name in event.dropped],
+        )
         db.execute("INSERT INTO events VALUES (?, ?, ?)", (run_id, seq, dump_event(event)))
         db.execute("INSERT INTO keys VALUES (?, ?, ?)", (run_id, event.key, seq))
         return Committed(seq=seq)

@@ -242,6 +242,8 @@ class RedisStore:
             event.status,
             repr(event.ended_at or time.time()),
             _deadline_arg(event.deadline),
+            "" if event.version is None else event.version,
+            "\n".join(event.dropped),
             dump_event(event),
         ]
         for name, value in event.patch.items():

@@ -404,3 +404,20 @@ async def test_create_records_the_origin_on_the_creation_event(store: Store) -> 
     await store.create(new_run("child"), origin={"forked_from": "parent", "at": 4})
     [start] = await store.history("child")
     assert start.output == {"forked_from": "parent", "at": 4}
+
+
+async def test_a_migration_commit_sets_the_version_and_drops_fields(store: Store) -> None:
+    await store.create(new_run(old="x"))
+    lease = await leased(store)
+    migrate = dataclasses.replace(event(1, n=5), version=2, dropped=["old"])
+    assert await store.commit(
+        "run-1", expected_seq=0, token=lease.token, event=migrate
+    ) == Committed(seq=1)
+    run = await store.load("run-1")
+    assert run is not None and (run.version, run.memory) == (2, {"n": 5, "items": []})
+    plain = event(2, n=6)  # an ordinary commit keeps the version
+    assert isinstance(
+        await store.commit("run-1", expected_seq=1, token=lease.token, event=plain), Committed
+    )
+    run = await store.load("run-1")
+    assert run is not None and (run.version, run.memory) == (2, {"n": 6, "items": []})
