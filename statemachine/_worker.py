@@ -21,6 +21,7 @@ import os
 import secrets
 import socket
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +37,9 @@ if TYPE_CHECKING:
 __all__ = ["Worker"]
 
 log = logging.getLogger("agentfsm.worker")
+
+CLAIM_BATCH = 64
+"""Jobs claimed at most per read of the queue."""
 
 
 class Worker:
@@ -94,11 +98,13 @@ class Worker:
         self._jobs: dict[str, Job] = {}
         self._stopping: asyncio.Event | None = None
         self._queued_timeouts: dict[str, float] = {}
+        self._holding: Counter[str] = Counter()
+        """Jobs in flight per run id (a run's copies may be claimed while it is driven)."""
 
     @property
     def holding(self) -> list[str]:
         """Ids of the runs this worker is driving now."""
-        return sorted({job.run_id for job in self._jobs.values()})
+        return sorted(self._holding)
 
     @property
     def stopping(self) -> bool:
@@ -141,7 +147,9 @@ class Worker:
                     jobs = await self.queue.reclaim(self.name, agents, self.reclaim_after, free)
                     next_reclaim = now + self.reclaim_after / 2
                 block = 0.05 if self._tasks else 0.25
-                jobs += await self.queue.claim(self.name, agents, free - len(jobs), block)
+                # Claim in batches, so that workers started together share a long queue.
+                batch = min(free - len(jobs), CLAIM_BATCH)
+                jobs += await self.queue.claim(self.name, agents, batch, block)
                 for job in jobs:
                     if job.id not in self._tasks:
                         self._start(job)
@@ -156,19 +164,23 @@ class Worker:
                 await self.queue.forget(self.name)
 
     def _start(self, job: Job) -> None:
-        if job.kind == "run" and job.run_id in self.holding:
+        if job.kind == "run" and job.run_id in self._holding:
             # A copy of a job for a run this worker drives already: that job is enough.
             task = asyncio.create_task(self.queue.ack(job))
             self._tasks[job.id] = task
             task.add_done_callback(lambda _: self._tasks.pop(job.id, None))
             return
         self._jobs[job.id] = job
+        self._holding[job.run_id] += 1
         task = asyncio.create_task(self._drive(job), name=f"run:{job.run_id}")
         self._tasks[job.id] = task
 
         def done(_: asyncio.Task[None]) -> None:
             self._tasks.pop(job.id, None)
             self._jobs.pop(job.id, None)
+            self._holding[job.run_id] -= 1
+            if self._holding[job.run_id] <= 0:
+                del self._holding[job.run_id]
 
         task.add_done_callback(done)
 

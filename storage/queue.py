@@ -182,8 +182,10 @@ class RunQueue:
         key = self.stream(job.agent)
 
         async def ack_and_delete() -> None:
-            await self._client.xack(key, GROUP, job.id)
-            await self._client.xdel(key, job.id)
+            pipe = self._client.pipeline(transaction=False)  # one round trip, one key
+            pipe.xack(key, GROUP, job.id)
+            pipe.xdel(key, job.id)
+            await pipe.execute()
 
         await self._call(f"acknowledge the job of run {job.run_id!r}", ack_and_delete)
 

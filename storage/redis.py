@@ -47,6 +47,9 @@ from .errors import CorruptData, StorageError, StoreUnavailable
 
 __all__ = ["Client", "RedisStore"]
 
+DEFAULT_MAX_CONNECTIONS = 500
+"""Connections a standalone store's pool opens at most (per process)."""
+
 Client: TypeAlias = "aioredis.Redis | aioredis.RedisCluster"
 """A redis-py asyncio client: standalone or Cluster."""
 
@@ -94,6 +97,10 @@ class RedisStore:
         `redis://host:port/db`, `rediss://` (TLS), `unix:///path.sock`; a Redis Cluster with
         `redis+cluster://host:port` or `rediss+cluster://` (any node: the others are found
         from it). A `?prefix=NAME` query sets the key prefix (it wins over `prefix`).
+
+        Connections come from a pool of at most `?max_connections=` (default 500); when all
+        are busy, a command waits for one (up to 20 s) instead of failing, so a process may
+        drive far more runs at once than it has connections.
         """
         parts = urlsplit(url)
         query = parse_qsl(parts.query, keep_blank_values=True)
@@ -114,11 +121,14 @@ class RedisStore:
             "socket_connect_timeout": 2,
             "socket_timeout": 10,
         }
-        client: Client = (
-            aioredis.RedisCluster.from_url(plain, **options)
-            if cluster
-            else aioredis.Redis.from_url(plain, **options)
-        )
+        client: Client
+        if cluster:
+            client = aioredis.RedisCluster.from_url(plain, **options)
+        else:
+            pool = aioredis.BlockingConnectionPool.from_url(plain, **options)
+            if "max_connections" not in dict(query):
+                pool.max_connections = DEFAULT_MAX_CONNECTIONS
+            client = aioredis.Redis.from_pool(pool)  # closing the client closes the pool
         return cls(client, prefix=prefix, where=redact(url))
 
     @property
