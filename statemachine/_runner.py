@@ -376,8 +376,13 @@ class Run(Generic[M]):
                 raise RunLocked(self.run_id, got.owner, got.expires_in)
             await asyncio.sleep(min(max(got.expires_in, 0.01), 0.25, max(deadline - now(), 0.01)))
         self._lease = got
-        # The run may have moved while another process held it: start from what is stored.
-        await self._reload()
+        if got.seq is not None and got.seq == self._record.seq:
+            # Nothing was committed since this copy was read (every change is a commit, and
+            # commits move the seq): only the holder and crash count are new.
+            self._record = replace(self._record, holder=self.owner, crashes=got.crashes)
+        else:
+            # The run moved while another process held it: start from what is stored.
+            await self._reload()
         self._renewer = asyncio.create_task(self._renew(got), name=f"lease:{self.run_id}")
         return got
 

@@ -118,6 +118,9 @@ class Lease:
     ttl: float
     crashes: int
     """How many holders died holding this run since its last commit, this takeover included."""
+    seq: int | None = None
+    """The run's seq when the lease was taken (None if the store does not say): a holder
+    whose copy of the run is at this seq need not read it again."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -392,18 +392,19 @@ class EmbeddedStore:
         # As lease.lua: `holder` says who took the run and did not give it back;
         # `lease_owner` and `lease_expires` stand for the Redis lease key and its TTL.
         row = self._db.execute(
-            "SELECT fence, holder, crashes, lease_owner, lease_expires FROM runs WHERE run_id = ?",
+            "SELECT fence, holder, crashes, lease_owner, lease_expires, seq FROM runs"
+            " WHERE run_id = ?",
             (run_id,),
         ).fetchone()
         if row is None:
             raise KeyError(run_id)
-        fence, holder, crashes, lease_owner, lease_expires = row
+        fence, holder, crashes, lease_owner, lease_expires, seq = row
         now = time.time()
         if lease_owner == owner and lease_expires > now:  # ours already: extend it
             self._db.execute(
                 "UPDATE runs SET lease_expires = ? WHERE run_id = ?", (now + ttl, run_id)
             )
-            return Lease(run_id=run_id, owner=owner, token=fence, ttl=ttl, crashes=crashes)
+            return Lease(run_id=run_id, owner=owner, token=fence, ttl=ttl, crashes=crashes, seq=seq)
         if lease_owner and lease_expires > now:
             return LeaseHeld(run_id=run_id, owner=lease_owner, expires_in=lease_expires - now)
         if holder:  # taken, never released, expired: its holder died
@@ -414,7 +415,7 @@ class EmbeddedStore:
             " lease_expires = ? WHERE run_id = ?",
             (token, owner, crashes, owner, now + ttl, run_id),
         )
-        return Lease(run_id=run_id, owner=owner, token=token, ttl=ttl, crashes=crashes)
+        return Lease(run_id=run_id, owner=owner, token=token, ttl=ttl, crashes=crashes, seq=seq)
 
     async def renew_lease(self, lease: Lease) -> bool:
         return self._transaction(

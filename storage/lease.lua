@@ -4,7 +4,7 @@
 -- KEYS[1] run hash   KEYS[2] lease key
 -- ARGV[1] 'acquire' | 'renew' | 'release'   ARGV[2] owner   ARGV[3] ttl ms   ARGV[4] token
 --
--- acquire -> {token, crashes} when taken; {-1, holder, pttl} when held; {0} for no such run.
+-- acquire -> {token, crashes, seq} when taken; {-1, holder, pttl} when held; {0} for no such run.
 --            A run whose 'holder' is set but whose lease key expired was held by a process
 --            that died: its crash count goes up by one. When the lease is held by ARGV[2]
 --            already (a resend after a lost reply: owners are unique per process and run),
@@ -17,17 +17,17 @@ if op == 'acquire' then
   local held = redis.call('GET', KEYS[2])
   if held == ARGV[2] then
     redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
-    local mine = redis.call('HMGET', KEYS[1], 'fence', 'crashes')
-    return {tonumber(mine[1]), tonumber(mine[2] or '0')}
+    local mine = redis.call('HMGET', KEYS[1], 'fence', 'crashes', 'seq')
+    return {tonumber(mine[1]), tonumber(mine[2] or '0'), tonumber(mine[3])}
   end
   if held then return {-1, held, redis.call('PTTL', KEYS[2])} end
-  local meta = redis.call('HMGET', KEYS[1], 'holder', 'crashes')
+  local meta = redis.call('HMGET', KEYS[1], 'holder', 'crashes', 'seq')
   local crashes = tonumber(meta[2] or '0')
   if meta[1] and meta[1] ~= '' then crashes = crashes + 1 end
   local token = redis.call('HINCRBY', KEYS[1], 'fence', 1)
   redis.call('HSET', KEYS[1], 'holder', ARGV[2], 'crashes', crashes)
   redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
-  return {token, crashes}
+  return {token, crashes, tonumber(meta[3])}
 end
 if redis.call('HGET', KEYS[1], 'fence') ~= ARGV[4] then return 0 end
 if op == 'renew' then

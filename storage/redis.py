@@ -307,7 +307,10 @@ class RedisStore:
             return LeaseHeld(
                 run_id=run_id, owner=str(reply[1]), expires_in=max(int(reply[2]), 0) / 1000
             )
-        return Lease(run_id=run_id, owner=owner, token=token, ttl=ttl, crashes=int(reply[1]))
+        seq = int(reply[2]) if len(reply) > 2 else None
+        return Lease(
+            run_id=run_id, owner=owner, token=token, ttl=ttl, crashes=int(reply[1]), seq=seq
+        )
 
     async def renew_lease(self, lease: Lease) -> bool:
         keys = self._keys(lease.run_id, "run", "lease")

@@ -421,3 +421,15 @@ async def test_a_migration_commit_sets_the_version_and_drops_fields(store: Store
     )
     run = await store.load("run-1")
     assert run is not None and (run.version, run.memory) == (2, {"n": 6, "items": []})
+
+
+async def test_a_lease_says_the_seq_it_was_taken_at(store: Store) -> None:
+    await store.create(new_run())
+    lease = await leased(store)
+    assert lease.seq == 0
+    await store.commit("run-1", expected_seq=0, token=lease.token, event=event(1))
+    await store.release_lease(lease)
+    again = await leased(store, owner="w2")
+    assert (again.seq, again.token) == (1, lease.token + 1)
+    mine = await store.acquire_lease("run-1", "w2", 10)  # a resend of the same owner's acquire
+    assert isinstance(mine, Lease) and (mine.seq, mine.token) == (1, again.token)
