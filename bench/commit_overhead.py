@@ -283,7 +283,7 @@ class RawRun:
 @dataclass(frozen=True, kw_only=True, slots=True)
 class RunnerResult:
     first_ns: int
-    """The run's first step: it takes the lease and reloads the run before its commit."""
+    """The run's first step: it takes the lease (and, if the run moved, reloads it) first."""
     steps_ns: list[int]
     first_calls: Counter[str]
     steady_calls: Counter[str]
