@@ -43,6 +43,7 @@ class Agent(Machine[M]):
         max_memory: int | None = DEFAULT_MAX_MEMORY,
         migrations: Mapping[int, Migration] | None = None,
         state_renames: Mapping[str, str] | None = None,
+        retention: float | None = None,
     ) -> None:
         self._declared = dict(
             name=name,
@@ -57,6 +58,7 @@ class Agent(Machine[M]):
             max_memory=max_memory,
             migrations=migrations,
             state_renames=state_renames,
+            retention=retention,
         )
         super().__init__(
             name=name,
@@ -71,6 +73,7 @@ class Agent(Machine[M]):
             max_memory=max_memory,
             migrations=migrations,
             state_renames=state_renames,
+            retention=retention,
         )
         self.model = model
         fields = memory.model_fields

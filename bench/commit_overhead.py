@@ -355,9 +355,22 @@ class StubStore:
         return None
 
     async def list_runs(
-        self, *, agent: str | None = None, status: RunStatus | None = None, limit: int = 100
+        self,
+        *,
+        agent: str | None = None,
+        status: RunStatus | None = None,
+        state: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        limit: int = 100,
     ) -> list[RunRecord]:
         return list(self._runs.values())[:limit]
+
+    async def gc(self, now: float) -> int:
+        return 0
+
+    async def reindex(self) -> int:
+        return len(self._runs)
 
     async def due(self, now: float, *, limit: int = 100) -> list[str]:
         return []

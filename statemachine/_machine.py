@@ -64,6 +64,9 @@ class Machine(Generic[M]):
             is resumed, recorded as a "migrate" event; a newer one is refused.
         state_renames: old state name -> new, for stored runs in a state the table no
             longer has (else they are refused, naming the state).
+        retention: seconds a run is kept after it ends (done or cancelled); then Redis
+            expires its keys, and `agentfsm gc` deletes it from the embedded store. None:
+            kept for good. Failed runs are kept (they may be retried).
     """
 
     def __init__(
@@ -81,6 +84,7 @@ class Machine(Generic[M]):
         max_memory: int | None = DEFAULT_MAX_MEMORY,
         migrations: Mapping[int, Migration] | None = None,
         state_renames: Mapping[str, str] | None = None,
+        retention: float | None = None,
     ) -> None:
         if not isinstance(memory, type) or not issubclass(memory, BaseModel):
             raise TypeError(f"memory must be a pydantic model class, not {memory!r}")
@@ -91,6 +95,9 @@ class Machine(Generic[M]):
         if max_memory is not None and max_memory < 1:
             raise ValueError(f"max_memory must be positive bytes (or None), not {max_memory}")
         self.max_memory = max_memory
+        if retention is not None and not retention > 0:
+            raise ValueError(f"retention must be positive seconds (or None), not {retention}")
+        self.retention = retention
         self.name = name
         self.version = version
         self.memory_type = memory

@@ -71,12 +71,19 @@ class _StepFailed(Exception):
     """A step gave up: its last error, and the try it happened on."""
 
     def __init__(
-        self, error: BaseException, attempt: int, spent: dict[str, int] | None = None
+        self,
+        error: BaseException,
+        attempt: int,
+        spent: dict[str, int] | None = None,
+        *,
+        final: bool = False,
     ) -> None:
         super().__init__(str(error))
         self.error = error
         self.attempt = attempt
         self.spent = spent or None
+        self.final = final
+        """Past any detour: the run goes to the machine's failure state (a spent loop)."""
 
 
 class Run(Generic[M]):
@@ -232,6 +239,7 @@ class Run(Generic[M]):
                         f"transition {t.trigger!r} reached its limit of {t.max_visits} visits"
                     ),
                     1,
+                    final=True,  # a detour could lead back here: the loop ends for good
                 )
             # Holders that died since the last commit died running this very step.
             result, attempt = await self._run_step(t, seq, key, self._record.crashes, payload)
@@ -521,8 +529,9 @@ class Run(Generic[M]):
         error = failed.error
         # The transition's own failure state may be a detour the run goes on from (status
         # of that state); the machine's failure state, or none, parks the run as failed.
-        dest = t.on_error or self.machine.table.on_error or self.state
-        status: RunStatus = "failed" if t.on_error is None else self.machine.status_in(dest)
+        detour = None if failed.final else t.on_error
+        dest = detour or self.machine.table.on_error or self.state
+        status: RunStatus = "failed" if detour is None else self.machine.status_in(dest)
         event = Event(
             seq=seq + 1,
             trigger=t.trigger,
@@ -550,6 +559,9 @@ class Run(Generic[M]):
         deadline = self.machine.deadline_in(event.dest, event.ended_at or now())
         if deadline != event.deadline:
             event = replace(event, deadline=deadline)
+        retention = self.machine.retention
+        if retention is not None and event.status in ("done", "cancelled"):
+            event = replace(event, expires_at=(event.ended_at or now()) + retention)
         outcome = await self.store.commit(
             self.run_id, expected_seq=event.seq - 1, token=lease.token, event=event
         )

@@ -25,7 +25,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from storage import Event, RedisStore, StorageError
+from storage import CorruptData, Event, RedisStore, StorageError
 from storage.queue import Job, RunQueue, WorkerBeat
 
 from .errors import InvalidPayload, NotDue, RunError, RunLocked, RunNotFound, RunTakenOver
@@ -261,6 +261,10 @@ class Worker:
             # Another worker drives it: leave the job pending. If that worker dies, the job is
             # reclaimed; if it finishes, the job is acknowledged when next met.
             log.info("worker %s: run %s: %s", self.name, job.run_id, exc)
+        except CorruptData as exc:  # no retry can help: park it, naming the key
+            log.error("worker %s: run %s: %s", self.name, job.run_id, exc)
+            with contextlib.suppress(StorageError):
+                await self.queue.dead_letter(job, f"{type(exc).__name__}: {exc}")
         except StorageError as exc:
             log.warning("worker %s: run %s: %s (the job stays queued)", self.name, job.run_id, exc)
         except Exception as exc:  # the run cannot go on (bad table, stored data, a bug)

@@ -106,6 +106,8 @@ class Event:
     """A schema migration: the run's version from this commit on (None: unchanged)."""
     dropped: list[str] = field(default_factory=list)
     """A schema migration: memory fields this commit removes."""
+    expires_at: float | None = None
+    """Retention: the run may be deleted from this time on (unix seconds; set when it ends)."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -226,9 +228,26 @@ class Store(Protocol):
         ...
 
     async def list_runs(
-        self, *, agent: str | None = None, status: RunStatus | None = None, limit: int = 100
+        self,
+        *,
+        agent: str | None = None,
+        status: RunStatus | None = None,
+        state: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        limit: int = 100,
     ) -> list[RunRecord]:
-        """Runs, most recently updated first, optionally filtered."""
+        """Runs, most recently updated first, filtered by agent, status, state and the time
+        of their last commit (`since <= updated_at < until`)."""
+        ...
+
+    async def gc(self, now: float) -> int:
+        """Delete the runs whose retention ran out by `now` (where the store does not expire
+        them itself) and clean the indexes of runs that are gone; how many were removed."""
+        ...
+
+    async def reindex(self) -> int:
+        """Rebuild the indexes (runs by agent, status, time) from the runs; how many runs."""
         ...
 
     async def close(self) -> None:

@@ -9,15 +9,15 @@
 -- ARGV[8]  new schema version ('' to keep it)       ARGV[9] memory fields to drop, one per line
 -- ARGV[10] event JSON      ARGV[11..] memory patch: field name, field JSON, ...
 --
--- Returns {'ok', seq, previous deadline} | {'duplicate', seq} | {'lease_lost', 0}
+-- Returns {'ok', seq, previous deadline, previous status} | {'duplicate', seq} | {'lease_lost', 0}
 --       | {'conflict', current_seq} | {'missing', 0}
--- Only this run's keys (one hash tag, one Cluster slot): the deadlines index is kept by the
--- caller, which needs the previous deadline to know when to clear it.
+-- Only this run's keys (one hash tag, one Cluster slot): the indexes (deadlines, runs by
+-- status) are kept by the caller, which needs the previous deadline and status to do so.
 -- Redis does not roll back a script that fails half-way, so every check comes before the
 -- first write.
 local done = redis.call('HGET', KEYS[3], ARGV[3])
 if done then return {'duplicate', tonumber(done)} end
-local cur = redis.call('HMGET', KEYS[1], 'seq', 'fence', 'deadline')
+local cur = redis.call('HMGET', KEYS[1], 'seq', 'fence', 'deadline', 'status')
 if not cur[1] then return {'missing', 0} end
 if cur[2] ~= ARGV[2] then return {'lease_lost', 0} end
 if cur[1] ~= ARGV[1] then return {'conflict', tonumber(cur[1])} end
@@ -39,4 +39,4 @@ for name in string.gmatch(ARGV[9], '[^\n]+') do
 end
 redis.call('XADD', KEYS[2], seq .. '-0', 'e', ARGV[10])
 redis.call('HSET', KEYS[3], ARGV[3], seq)
-return {'ok', seq, cur[3] or ''}
+return {'ok', seq, cur[3] or '', cur[4]}

@@ -8,7 +8,7 @@ commit's checks and writes are one serialized unit, like the Lua script on Redis
 Tables (one row per thing, so a commit writes what changed, not the whole memory):
 
     runs     run_id, agent, version, state, seq, status, created_at, updated_at,
-             fence, holder, crashes, lease_owner, lease_expires, deadline
+             fence, holder, crashes, lease_owner, lease_expires, deadline, expires_at
     memory   (run_id, name) -> json          one row per memory field
     events   (run_id, seq)  -> json          one row per commit, seq 0 is the creation
     keys     (run_id, key)  -> seq           idempotency keys
@@ -53,7 +53,12 @@ P = ParamSpec("P")
 T = TypeVar("T")
 Synchronous: TypeAlias = Literal["NORMAL", "FULL"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+_QUERY_INDEXES = [
+    "CREATE INDEX runs_by_agent ON runs (agent, updated_at)",
+    "CREATE INDEX runs_by_status ON runs (status, updated_at)",
+    "CREATE INDEX runs_by_expiry ON runs (expires_at) WHERE expires_at IS NOT NULL",
+]
 _SCHEMA = [
     """CREATE TABLE runs (
         run_id TEXT PRIMARY KEY, agent TEXT NOT NULL, version INTEGER NOT NULL,
@@ -61,10 +66,11 @@ _SCHEMA = [
         created_at REAL NOT NULL, updated_at REAL NOT NULL, fence INTEGER NOT NULL DEFAULT 0,
         holder TEXT NOT NULL DEFAULT '', crashes INTEGER NOT NULL DEFAULT 0,
         lease_owner TEXT NOT NULL DEFAULT '', lease_expires REAL NOT NULL DEFAULT 0,
-        deadline REAL
+        deadline REAL, expires_at REAL
     )""",
     "CREATE INDEX runs_by_update ON runs (updated_at)",
     "CREATE INDEX runs_by_deadline ON runs (deadline) WHERE deadline IS NOT NULL",
+    *_QUERY_INDEXES,
     """CREATE TABLE memory (
         run_id TEXT NOT NULL, name TEXT NOT NULL, json TEXT NOT NULL, PRIMARY KEY (run_id, name)
     ) WITHOUT ROWID""",
@@ -82,6 +88,10 @@ _UPGRADES = {
         "ALTER TABLE runs ADD COLUMN deadline REAL",
         "CREATE INDEX runs_by_deadline ON runs (deadline) WHERE deadline IS NOT NULL",
     ],
+    2: [
+        "ALTER TABLE runs ADD COLUMN expires_at REAL",
+        *_QUERY_INDEXES,
+    ],  # version 3: retention, queries
 }
 """Statements that take a file of schema version N to N + 1."""
 _SELECT_RUN = f"SELECT run_id, {', '.join(_RUN_COLUMNS)} FROM runs"
@@ -364,6 +374,10 @@ class EmbeddedStore:
         )
         if event.version is not None:
             db.execute("UPDATE runs SET version = ? WHERE run_id = ?", (event.version, run_id))
+        if event.expires_at is not None:
+            db.execute(
+                "UPDATE runs SET expires_at = ? WHERE run_id = ?", (event.expires_at, run_id)
+            )
         db.executemany(
             "DELETE FROM memory WHERE run_id = ? AND name = ?",
             [(run_id, name) for name in event.dropped],
@@ -436,15 +450,45 @@ class EmbeddedStore:
         return self._db.execute(query, params).rowcount == 1
 
     async def list_runs(
-        self, *, agent: str | None = None, status: RunStatus | None = None, limit: int = 100
+        self,
+        *,
+        agent: str | None = None,
+        status: RunStatus | None = None,
+        state: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        limit: int = 100,
     ) -> list[RunRecord]:
         rows = self._transaction(
             "list runs", "BEGIN", self._read_runs,
             f"{_SELECT_RUN} WHERE (?1 IS NULL OR agent = ?1) AND (?2 IS NULL OR status = ?2)"
-            " ORDER BY updated_at DESC LIMIT ?3",
-            (agent, status, max(limit, 0)),
+            " AND (?3 IS NULL OR state = ?3) AND (?4 IS NULL OR updated_at >= ?4)"
+            " AND (?5 IS NULL OR updated_at < ?5) ORDER BY updated_at DESC LIMIT ?6",
+            (agent, status, state, since, until, max(min(limit, 2**62), 0)),
         )  # fmt: skip
         return [self._decode(raw) for raw in rows]
+
+    async def gc(self, now: float) -> int:
+        """Delete the runs whose retention ran out (Redis expires them by itself)."""
+        removed: int = self._transaction("collect expired runs", "BEGIN IMMEDIATE", self._gc, now)
+        return removed
+
+    def _gc(self, now: float) -> int:
+        db = self._db
+        ids = [r for (r,) in db.execute("SELECT run_id FROM runs WHERE expires_at <= ?", (now,))]
+        for table in ("memory", "events", "keys", "runs"):
+            db.executemany(f"DELETE FROM {table} WHERE run_id = ?", [(r,) for r in ids])
+        return len(ids)
+
+    async def reindex(self) -> int:
+        """SQLite keeps its indexes itself; this checks them (`REINDEX`)."""
+        count: int = self._transaction("reindex", "BEGIN IMMEDIATE", self._reindex)
+        return count
+
+    def _reindex(self) -> int:
+        self._db.execute("REINDEX runs")
+        (count,) = self._db.execute("SELECT count(*) FROM runs").fetchone()
+        return int(count)
 
     async def due(self, now: float, *, limit: int = 100) -> list[str]:
         rows = self._transaction(

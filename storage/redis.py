@@ -7,14 +7,23 @@ Key layout (one hash tag per run, so every per-run script touches one Cluster sl
     {prefix}:{run_id}:events   stream  one entry per commit, id "<seq>-0" ("0-1" for creation)
     {prefix}:{run_id}:keys     hash    idempotency key -> seq
     {prefix}:{run_id}:lease    string  holder, with a TTL
-    {prefix}:runs              zset    run id by creation time (an index, rebuildable)
-    {prefix}:deadlines         zset    waiting run id by its deadline (an index, see `due`)
+    {prefix}:runs              zset    run id by creation time
+    {prefix}:agent:<agent>     zset    the agent's run ids by creation time
+    {prefix}:status:<status>   zset    run ids in that status, by when they entered it
+    {prefix}:deadlines         zset    waiting run id by its deadline (see `due`)
+
+The four indexes live outside the per-run scripts (they are in other Cluster slots): they are
+written beside each create and each commit that changes the status, and a crash in between
+can leave them behind or ahead. Readers check every entry against its run, `gc` drops entries
+of runs that are gone, and `reindex` rebuilds them all from the runs.
+A run that ends with retention (`Event.expires_at`) gets its keys expired by Redis then.
 """
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import replace
 from importlib.resources import files
 from typing import Any, TypeAlias
@@ -46,6 +55,8 @@ from .base import (
 from .errors import CorruptData, StorageError, StoreUnavailable
 
 __all__ = ["Client", "RedisStore"]
+
+log = logging.getLogger("agentfsm.storage")
 
 DEFAULT_MAX_CONNECTIONS = 500
 """Connections a standalone store's pool opens at most (per process)."""
@@ -151,11 +162,17 @@ class RedisStore:
         """The sorted set of waiting runs with a deadline, scored by it."""
         return f"{self._prefix}:deadlines"
 
-    async def _call(self, what: str, op: Callable[[], Awaitable[Any]]) -> Any:
+    async def _call(
+        self, what: str, op: Callable[[], Awaitable[Any]], *, key: str | None = None
+    ) -> Any:
         """Await `op`, turning redis-py's errors into ours. Replies are `Any`: with
         `decode_responses=True` they are str, which redis-py's types cannot express."""
         try:
             return await op()
+        except UnicodeDecodeError as exc:  # decode_responses: bytes we did not write
+            raise CorruptData(
+                key or f"{self._where} ({what})", f"bytes that are not UTF-8 text ({exc.reason})"
+            ) from None
         except AuthenticationError as exc:
             raise StorageError(
                 f"Redis at {self._where} refused the credentials to {what}: {exc}"
@@ -192,11 +209,8 @@ class RedisStore:
             f"create run {run.run_id!r}", lambda: self._create(keys=keys, args=args)
         )
         # Index it even when it existed: the reply to an earlier try may have been lost
-        # after the script ran. (Outside the script: the index is in another Cluster slot.)
-        stamp = {run.run_id: run.created_at}
-        await self._call(
-            "index the run", lambda: self._client.zadd(f"{self._prefix}:runs", stamp, nx=True)
-        )
+        # after the script ran. (Outside the script: the indexes are in other Cluster slots.)
+        await self._index_run(run)
         if created:
             return run
         stored = await self.load(run.run_id)
@@ -216,16 +230,29 @@ class RedisStore:
         written = await self._call(
             f"restore run {run.run_id!r}", lambda: self._restore(keys=keys, args=args)
         )
-        stamp = {run.run_id: run.created_at}
-        await self._call(
-            "index the run", lambda: self._client.zadd(f"{self._prefix}:runs", stamp, nx=True)
-        )
+        await self._index_run(run)
         return bool(written)
+
+    async def _index_run(self, run: RunRecord) -> None:
+        async def index() -> None:
+            pipe = self._client.pipeline(transaction=False)
+            pipe.zadd(f"{self._prefix}:runs", {run.run_id: run.created_at}, nx=True)
+            pipe.zadd(self._by_agent(run.agent), {run.run_id: run.created_at}, nx=True)
+            pipe.zadd(self._by_status(run.status), {run.run_id: run.updated_at}, nx=True)
+            await pipe.execute()
+
+        await self._call("index the run", index)
+
+    def _by_agent(self, agent: str) -> str:
+        return f"{self._prefix}:agent:{agent}"
+
+    def _by_status(self, status: str) -> str:
+        return f"{self._prefix}:status:{status}"
 
     async def load(self, run_id: str) -> RunRecord | None:
         key = self.key(run_id, "run")
         raw: dict[str, str] = await self._call(
-            f"load run {run_id!r}", lambda: self._client.hgetall(key)
+            f"load run {run_id!r}", lambda: self._client.hgetall(key), key=key
         )
         if not raw:
             return None
@@ -270,6 +297,9 @@ class RedisStore:
                     # Left a waiting state with a deadline. Should this process die before
                     # the ZREM, `due` drops the stale entry when it meets it.
                     await self._unindex_deadline(run_id)
+                before = previous[1] if len(previous) > 1 else event.status
+                if before != event.status or event.expires_at is not None:
+                    await self._after_status_change(run_id, before, event)
                 return Committed(seq=int(seq))
             case "duplicate":
                 return Duplicate(seq=int(seq))
@@ -284,7 +314,7 @@ class RedisStore:
         key = self.key(run_id, "events")
         start = "-" if from_seq <= 0 else f"{from_seq}-0"
         entries = await self._call(
-            f"read the history of {run_id!r}", lambda: self._client.xrange(key, start, "+")
+            f"read the history of {run_id!r}", lambda: self._client.xrange(key, start, "+"), key=key
         )
         events = []
         for entry_id, fields in entries:
@@ -330,29 +360,132 @@ class RedisStore:
         )
 
     async def list_runs(
-        self, *, agent: str | None = None, status: RunStatus | None = None, limit: int = 100
+        self,
+        *,
+        agent: str | None = None,
+        status: RunStatus | None = None,
+        state: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        limit: int = 100,
     ) -> list[RunRecord]:
-        ids: list[str] = await self._call(
-            "list runs", lambda: self._client.zrange(f"{self._prefix}:runs", 0, -1, desc=True)
-        )
+        # Read the narrowest index, newest first, a page at a time; check each run itself.
+        if status is not None:
+            index = self._by_status(status)
+        elif agent is not None:
+            index = self._by_agent(agent)
+        else:
+            index = f"{self._prefix}:runs"
+        page = max(min(limit, 10_000) * 2, 100)
+        runs: list[RunRecord] = []
+        start = 0
+        while len(runs) < limit:
+            ids: list[str] = await self._call(
+                "list runs",
+                lambda s=start: self._client.zrange(index, s, s + page - 1, desc=True),  # type: ignore[misc]
+            )
+            if not ids:
+                break
+            start += page
 
-        async def load_all() -> list[dict[str, str]]:
-            pipe = self._client.pipeline(transaction=False)
+            async def load_all(ids: list[str] = ids) -> list[dict[str, str]]:
+                pipe = self._client.pipeline(transaction=False)
+                for run_id in ids:
+                    pipe.hgetall(self.key(run_id, "run"))
+                return await pipe.execute()
+
+            try:
+                raws = await self._call("list runs", load_all)
+            except CorruptData:  # one run's bytes are bad: list the others, and say which
+                raws = [await self._raw_or_none(run_id) for run_id in ids]
+            for run_id, raw in zip(ids, raws, strict=True):
+                if not raw:
+                    continue  # gone (expired: `gc` drops its index entries), or corrupt
+                run = self._decode_run(run_id, raw, self.key(run_id, "run"))
+                if _matches(run, agent, status, state, since, until):
+                    runs.append(run)
+        runs.sort(key=lambda r: r.updated_at, reverse=True)
+        return runs[: max(limit, 0)]
+
+    async def _raw_or_none(self, run_id: str) -> dict[str, str] | None:
+        key = self.key(run_id, "run")
+        try:
+            raw: dict[str, str] = await self._call(
+                f"load run {run_id!r}", lambda: self._client.hgetall(key), key=key
+            )
+        except CorruptData as exc:
+            log.warning("left out of the listing: %s", exc)
+            return None
+        return raw
+
+    async def gc(self, now: float) -> int:
+        """Redis expires finished runs itself: this drops index entries of runs gone."""
+        removed = 0
+        for index in await self._index_keys():
+            ids: list[str] = await self._call(
+                "clean the indexes",
+                lambda i=index: self._client.zrange(i, 0, -1),  # type: ignore[misc]
+            )
             for run_id in ids:
-                pipe.hgetall(self.key(run_id, "run"))
-            return await pipe.execute()
+                exists = await self._call(
+                    "clean the indexes",
+                    lambda r=run_id: self._client.exists(self.key(r, "run")),  # type: ignore[misc]
+                )
+                if not exists:
+                    await self._call(
+                        "clean the indexes",
+                        lambda i=index, r=run_id: self._client.zrem(i, r),  # type: ignore[misc]
+                    )
+                    removed += 1
+        return removed
 
-        raws = await self._call("list runs", load_all)
-        runs = []
-        for run_id, raw in zip(ids, raws, strict=True):
+    async def reindex(self) -> int:
+        runs = 0
+        for index in await self._index_keys():
+            if index != self._deadlines:
+                await self._call("reindex", lambda i=index: self._client.delete(i))  # type: ignore[misc]
+        async for key in self._scan(f"{self._prefix}:{{*}}:run"):
+            run_id = key[len(self._prefix) + 2 : -len("}:run")]
+            kind = await self._call("reindex", lambda k=key: self._client.type(k))  # type: ignore[misc]
+            if kind != "hash":  # a queue stream of an agent named "run", say
+                continue
+            raw = await self._call("reindex", lambda k=key: self._client.hgetall(k))  # type: ignore[misc]
             if not raw:
                 continue
-            run = self._decode_run(run_id, raw, self.key(run_id, "run"))
-            if (agent and run.agent != agent) or (status and run.status != status):
-                continue
-            runs.append(run)
-        runs.sort(key=lambda r: r.updated_at, reverse=True)
-        return runs[:limit]
+            run = self._decode_run(run_id, raw, key)
+            await self._index_run(run)
+            if run.deadline is not None:
+                await self._index_deadline(run_id, run.deadline)
+            runs += 1
+        return runs
+
+    async def _index_keys(self) -> list[str]:
+        keys = [f"{self._prefix}:runs", self._deadlines]
+        for pattern in (f"{self._prefix}:agent:*", f"{self._prefix}:status:*"):
+            keys += [k async for k in self._scan(pattern)]
+        return keys
+
+    async def _scan(self, pattern: str) -> AsyncIterator[str]:
+        try:
+            async for key in self._client.scan_iter(match=pattern, count=1000):
+                yield key
+        except RedisError as exc:
+            raise StorageError(f"Redis at {self._where} refused to scan keys: {exc}") from None
+
+    async def _after_status_change(self, run_id: str, before: str, event: Event) -> None:
+        """Move the run between status indexes; expire a finished run's keys (retention)."""
+
+        async def update() -> None:
+            pipe = self._client.pipeline(transaction=False)
+            if before != event.status:
+                pipe.zrem(self._by_status(before), run_id)
+                pipe.zadd(self._by_status(event.status), {run_id: event.ended_at or time.time()})
+            if event.expires_at is not None:
+                for part in ("run", "events", "keys"):
+                    pipe.pexpireat(self.key(run_id, part), max(int(event.expires_at * 1000), 1))
+            await pipe.execute()
+
+        await self._call(f"index run {run_id!r}", update)
 
     async def _index_deadline(self, run_id: str, deadline: float) -> None:
         await self._call(
@@ -410,6 +543,23 @@ class _Retry(Retry):
             return is_retryable is None or is_retryable(error)
 
         return await super().call_with_retry(do, fail, retryable, with_failure_count)
+
+
+def _matches(
+    run: RunRecord,
+    agent: str | None,
+    status: str | None,
+    state: str | None,
+    since: float | None,
+    until: float | None,
+) -> bool:
+    return (
+        (agent is None or run.agent == agent)
+        and (status is None or run.status == status)
+        and (state is None or run.state == state)
+        and (since is None or run.updated_at >= since)
+        and (until is None or run.updated_at < until)
+    )
 
 
 def _run_fields(run: RunRecord) -> list[Any]:

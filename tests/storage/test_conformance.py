@@ -18,7 +18,9 @@ from storage import (
     Lease,
     LeaseHeld,
     LeaseLost,
+    RedisStore,
     RunRecord,
+    RunStatus,
     Store,
 )
 
@@ -433,3 +435,65 @@ async def test_a_lease_says_the_seq_it_was_taken_at(store: Store) -> None:
     assert (again.seq, again.token) == (1, lease.token + 1)
     mine = await store.acquire_lease("run-1", "w2", 10)  # a resend of the same owner's acquire
     assert isinstance(mine, Lease) and (mine.seq, mine.token) == (1, again.token)
+
+
+async def test_runs_are_listed_by_agent_status_state_and_time(store: Store) -> None:
+    t = time.time()
+    specs: list[tuple[str, str, RunStatus, str, float]] = [
+        ("a1", "alpha", "running", "a", t - 30), ("a2", "alpha", "done", "end", t - 20),
+        ("b1", "beta", "done", "end", t - 10), ("b2", "beta", "waiting", "x", t),
+    ]  # fmt: skip
+    for run_id, agent, status, state, at in specs:
+        run = dataclasses.replace(new_run(run_id), agent=agent, created_at=at, updated_at=at)
+        await store.create(run)
+        if status != "running":
+            lease = await leased(store, run_id)
+            done = dataclasses.replace(event(1, key=f"{run_id}:0:go", dest=state), status=status,
+                                       ended_at=at)  # fmt: skip
+            assert isinstance(
+                await store.commit(run_id, expected_seq=0, token=lease.token, event=done), Committed
+            )
+            await store.release_lease(lease)
+
+    async def ids(**query: object) -> list[str]:
+        return [r.run_id for r in await store.list_runs(**query)]  # type: ignore[arg-type]
+
+    assert await ids() == ["b2", "b1", "a2", "a1"]  # most recently updated first
+    assert await ids(agent="alpha") == ["a2", "a1"]
+    assert await ids(status="done") == ["b1", "a2"]
+    assert await ids(agent="beta", status="done") == ["b1"]
+    assert await ids(state="x") == ["b2"]
+    assert await ids(state="a") == ["a1"]
+    assert await ids(since=t - 20) == ["b2", "b1", "a2"]
+    assert await ids(since=t - 25, until=t - 5) == ["b1", "a2"]
+    assert await ids(status="done", limit=1) == ["b1"]
+    assert await ids(agent="gamma") == []
+    assert await store.reindex() == 4
+    assert await ids(status="done") == ["b1", "a2"]
+    assert await store.gc(t + 10**6) == 0  # nothing has a retention: nothing goes
+
+
+async def test_runs_whose_retention_ran_out_are_collected(store: Store) -> None:
+    t = time.time()
+    for run_id in ("old", "kept"):
+        await store.create(new_run(run_id))
+        lease = await leased(store, run_id)
+        end = dataclasses.replace(event(1, key=f"{run_id}:0:go"), status="done",
+                                  expires_at=t + 1 if run_id == "old" else None)  # fmt: skip
+        assert isinstance(
+            await store.commit(run_id, expected_seq=0, token=lease.token, event=end), Committed
+        )
+        await store.release_lease(lease)
+    if isinstance(store, RedisStore):  # Redis expires the keys itself; gc cleans the indexes
+        ttl = await store.client.pttl(store.key("old", "run"))
+        assert 0 < ttl <= 1000
+        assert await store.client.ttl(store.key("kept", "run")) == -1
+        for part in ("run", "events", "keys"):
+            await store.client.delete(store.key("old", part))  # as if it had expired
+        assert await store.gc(t) == 3  # its entries in the runs, agent and status indexes
+    else:
+        assert await store.gc(t) == 0  # not yet
+        assert await store.gc(t + 2) == 1
+    assert await store.load("old") is None and await store.history("old") == []
+    assert [r.run_id for r in await store.list_runs()] == ["kept"]
+    assert await store.load("kept") is not None

@@ -1,0 +1,61 @@
+"""Retention: a finished run is kept `retention` seconds, then it goes (Redis expires its
+keys; `gc` deletes it from the embedded store); failed and waiting runs are kept."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from pydantic import BaseModel
+
+from agents import Agent, tool
+from storage import RedisStore, Store
+
+
+class Memo(BaseModel):
+    n: int = 0
+
+
+def agent(retention: float | None) -> Agent[Memo]:
+    return Agent(
+        name="short_lived", memory=Memo, initial="a", final=["done"], on_error="failed",
+        retention=retention,
+        transitions=[
+            tool("go", "a", "b", lambda m: 1, into="n"),
+            tool("end", "b", "done", lambda m: 2 if m.n == 1 else 1 / 0, into="n"),
+        ],
+    )  # fmt: skip
+
+
+async def test_a_done_run_goes_after_its_retention_the_others_stay(store: Store) -> None:
+    brief = agent(retention=1.0)
+    done = await brief.start(store, Memo(), run_id="done")
+    await done.until_done()
+    ending = (await done.history())[-1]
+    assert ending.expires_at == pytest.approx(ending.ended_at + 1.0)
+    failing = Agent(
+        name="short_lived", memory=Memo, initial="a", final=["done"], on_error="failed",
+        retention=1.0, transitions=[tool("go", "a", "done", lambda m: 1 / 0)],
+    )  # fmt: skip
+    failed = await failing.start(store, Memo(), run_id="failed")
+    await failed.until_done()
+    assert failed.status == "failed"
+    if isinstance(store, RedisStore):
+        assert 0 < await store.client.pttl(store.key("done", "run")) <= 1000
+        assert await store.client.pttl(store.key("failed", "run")) == -1
+        if "fake" in type(store.client).__module__:
+            return  # fakeredis's clock does not run on its own
+        await asyncio.sleep(1.2)  # the server expires the keys; gc cleans the index entries
+        assert await store.gc(time.time()) == 3
+    else:
+        assert await store.gc(time.time()) == 0  # not yet
+        assert await store.gc(time.time() + 1.5) == 1
+    assert await store.load("done") is None
+    assert await store.load("failed") is not None
+    assert [r.run_id for r in await store.list_runs()] == ["failed"]
+
+
+def test_retention_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="retention must be positive seconds"):
+        agent(retention=0)
