@@ -128,7 +128,17 @@ def _parser() -> argparse.ArgumentParser:
     runs.add_argument(
         "--status", choices=list(get_args(RunStatus)), help="only runs in this status"
     )
+    runs.add_argument("--state", help="only runs in this state")
+    runs.add_argument(
+        "--since",
+        type=_time,
+        metavar="TIME",
+        help="updated at or after TIME (ISO date/time, or a duration ago: 30s, 15m, 2h, 7d)",
+    )
+    runs.add_argument("--until", type=_time, metavar="TIME", help="updated before TIME")
     runs.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+    command("gc", "delete runs whose retention ran out; clean the indexes")
+    command("reindex", "rebuild the indexes of runs (by agent, status, time) from the runs")
 
     submit = command("submit", "queue a new run (or a stored one) for the workers")
     submit.add_argument("agent", metavar="MODULE:AGENT", help="where the Agent object is")
@@ -249,6 +259,13 @@ async def _dispatch(args: argparse.Namespace) -> int:
                 return await _runs(store, args)
             case "timeouts":
                 return await _timeouts(store, args)
+            case "gc":
+                removed = await store.gc(time.time())
+                out.print(f"removed {removed} expired run(s) or index entries")
+                return EXIT_DONE
+            case "reindex":
+                out.print(f"indexed {await store.reindex()} run(s)")
+                return EXIT_DONE
             case "submit":
                 return await _submit(store, args)
             case "export":
@@ -463,12 +480,30 @@ async def _runs(store: Store, args: argparse.Namespace) -> int:
     table.add_column("run", no_wrap=True)  # ids must stay whole: people copy them
     for name in ("agent", "state", "status", "seq", "updated", "holder", "times out"):
         table.add_column(name, no_wrap=True)
-    for run in await store.list_runs(agent=args.agent, status=args.status, limit=args.limit):
+    query = {"agent": args.agent, "status": args.status, "state": args.state}
+    found = await store.list_runs(**query, since=args.since, until=args.until, limit=args.limit)
+    for run in found:
         table.add_row(run.run_id, f"{run.agent} v{run.version}", run.state, run.status,
                       str(run.seq), _when(run.updated_at), run.holder or "-",
                       "-" if run.deadline is None else _when(run.deadline))  # fmt: skip
     out.print(table)
     return EXIT_DONE
+
+
+_AGO = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _time(text: str) -> float:
+    """`--since`/`--until`: an ISO date or date-time (local time unless it says), or a
+    duration ago such as 90s, 15m, 2h, 7d."""
+    if text[:-1].replace(".", "", 1).isdigit() and text[-1:] in _AGO:
+        return time.time() - float(text[:-1]) * _AGO[text[-1]]
+    try:
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a time: give an ISO date or date-time, or 30s, 15m, 2h, 7d ago"
+        ) from None
 
 
 def _when(timestamp: float) -> str:

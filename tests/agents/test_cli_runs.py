@@ -192,3 +192,26 @@ def test_why_and_show_at_travel_back_in_time(tmp_path: Path) -> None:
     ]:
         bad = agentfsm(*args, "--store", url, cwd=tmp_path)
         assert bad.returncode == 2 and message in bad.stderr, bad.stderr
+
+
+def test_runs_are_queried_by_state_and_time_and_the_store_kept_tidy(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'q.db'}"
+    store = ("--store", url)
+    assert agentfsm("demo", "--run-id", "q1", *store, cwd=tmp_path).returncode == 0
+    failed = agentfsm("demo", "--run-id", "q2", "--fail-at", "detect", *store, cwd=tmp_path)
+    assert failed.returncode == 1
+
+    def listed(*args: str) -> list[str]:
+        result = agentfsm("runs", *args, *store, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        return [line.split()[0] for line in result.stdout.splitlines()[1:] if line.strip()]
+
+    assert listed() == ["q2", "q1"]
+    assert listed("--state", "interpreted") == ["q2"]
+    assert listed("--since", "1h") == ["q2", "q1"]
+    assert listed("--until", "2000-01-01") == []
+    assert listed("--status", "done", "--since", "2000-01-01T00:00") == ["q1"]
+    bad = agentfsm("runs", "--since", "yesterday", *store, cwd=tmp_path)
+    assert bad.returncode == 2 and "'yesterday' is not a time" in bad.stderr
+    assert "removed 0" in agentfsm("gc", *store, cwd=tmp_path).stdout
+    assert "indexed 2 run(s)" in agentfsm("reindex", *store, cwd=tmp_path).stdout
