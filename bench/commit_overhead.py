@@ -342,7 +342,9 @@ class StubStore:
     ) -> CommitOutcome:
         return Committed(seq=event.seq)
 
-    async def history(self, run_id: str, from_seq: int = 0) -> list[Event]:
+    async def history(
+        self, run_id: str, from_seq: int = 0, to_seq: int | None = None
+    ) -> list[Event]:
         return []
 
     async def acquire_lease(self, run_id: str, owner: str, ttl: float) -> Lease | LeaseHeld:

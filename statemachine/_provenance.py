@@ -51,14 +51,20 @@ def memory_at(
 ) -> tuple[str, dict[str, JsonValue]]:
     """The state and memory (JSON fields) of the run right after commit `seq`.
 
-    Without `base`, `events` must start at seq 0 (the creation event). With `base`, the
-    replay starts from the snapshot, and `events` must hold every event after `base.seq` up
-    to `seq` (earlier ones are skipped). Raises `ValueError` naming `seq` when it is not a
-    commit these events (and the base) cover, or when the events have a gap.
+    Without `base`, `events` must start at seq 0 (the creation event) or at an event that
+    carries a snapshot of the memory (`Event.snapshot`). With `base`, the replay starts from
+    the snapshot, and `events` must hold every event after `base.seq` up to `seq` (earlier
+    ones are skipped). The replay starts from the latest snapshot at or before `seq`.
+    Raises `ValueError` naming `seq` when it is not a commit these events (and the base)
+    cover, or when the events have a gap.
     The memory returned is a new dict; its values are shared with the events, not copied.
     """
     if isinstance(seq, bool) or not isinstance(seq, int):
         raise TypeError(f"seq must be an int, not {type(seq).__name__}")
+    stored = next((e for e in reversed(events) if e.seq <= seq and e.snapshot is not None), None)
+    if stored is not None and (base is None or stored.seq > base.seq):
+        assert stored.snapshot is not None
+        base = Snapshot(seq=stored.seq, state=stored.dest, memory=stored.snapshot)
     first = base.seq + 1 if base is not None else 0
     last = _check_contiguous(events, first)
     low = base.seq if base is not None else 0

@@ -62,6 +62,8 @@ def json_size(value: JsonValue) -> int:
     return len(pydantic_core.to_json(value))
 
 
+SNAPSHOT_EVERY = 64 * 1024
+"""Bytes of patches between two snapshots of the memory, at least."""
 _NOT_TABLE_EDGES = frozenset({"start", "error", "control", "timeout"})
 """Event kinds the runner writes itself; every other event is a table transition firing."""
 _OWNER_PREFIX = f"{socket.gethostname()}:{os.getpid()}"
@@ -104,6 +106,8 @@ class Run(Generic[M]):
         self._record = record
         self._fields: dict[str, JsonValue] = dict(record.memory)
         self._sizes: dict[str, int] | None = None
+        self._since_snapshot = 0
+        """Bytes of patches this process committed since the run's last snapshot."""
         self._lease: Lease | None = None
         self._renewer: asyncio.Task[None] | None = None
         self._lease_wait = lease_wait
@@ -142,9 +146,27 @@ class Run(Generic[M]):
     async def at(self, seq: int) -> tuple[str, M]:
         """The state and memory as they were right after commit `seq` (read from the
         history; `ValueError` for a seq the run has not reached)."""
-        events = await self.store.history(self.run_id)
+        if not 0 <= seq <= self.seq:
+            raise ValueError(f"seq {seq} is out of range: the events cover seqs 0..{self.seq}")
+        # Read back from `seq` a page at a time, to the latest snapshot (or the start): the
+        # runner writes one whenever the patches since the last reach the memory's size, so
+        # this reads about that much, not the whole history.
+        events: list[Event] = []
+        page, high = 64, seq
+        while high >= 0:
+            low = max(high - page + 1, 0)
+            got = await self.store.history(self.run_id, low, high)
+            events[:0] = got
+            if low == 0 or any(e.snapshot is not None for e in got):
+                break
+            high, page = low - 1, page * 2
         state, fields = memory_at(events, seq)
-        later = next((e for e in events[seq + 1 :] if e.version is not None), None)
+        later = None
+        if self._record.version > 1:  # migrated at some point: was it after `seq`?
+            later = next(
+                (e for e in await self.store.history(self.run_id, seq + 1) if e.version),
+                None,
+            )
         if later is not None:
             raise RunError(
                 f"run {self.run_id!r}: at seq {seq} its memory had the schema of an older"
@@ -511,6 +533,19 @@ class Run(Generic[M]):
                 )
         return patch, checked
 
+    def _maybe_snapshot(self, event: Event) -> Event:
+        """`event` with a snapshot of the whole memory when the patches committed since the
+        last one (in this process) add up to the memory's size: rebuilding the memory at any
+        seq then replays at most about that much, and snapshots at most double the bytes
+        written (at least SNAPSHOT_EVERY bytes apart, so small memories rarely take one)."""
+        self._since_snapshot += sum(json_size(v) for v in event.patch.values())
+        if self._since_snapshot < max(sum(self._field_sizes().values()), SNAPSHOT_EVERY):
+            return event
+        memory = {**self._fields, **event.patch}
+        for name in event.dropped:
+            memory.pop(name, None)
+        return replace(event, snapshot=memory)
+
     def _field_sizes(self) -> dict[str, int]:
         """Bytes of each memory field as JSON, kept up to date by commits."""
         if self._sizes is None:
@@ -562,13 +597,19 @@ class Run(Generic[M]):
         retention = self.machine.retention
         if retention is not None and event.status in ("done", "cancelled"):
             event = replace(event, expires_at=(event.ended_at or now()) + retention)
+        if event.patch:
+            event = self._maybe_snapshot(event)
         outcome = await self.store.commit(
             self.run_id, expected_seq=event.seq - 1, token=lease.token, event=event
         )
         if isinstance(outcome, Committed):
             self._record = _advance(self._record, event)
+            if event.snapshot is not None:
+                self._since_snapshot = 0
             for name in event.dropped:
                 self._fields.pop(name, None)
+                if self._sizes is not None:
+                    self._sizes.pop(name, None)
             if event.patch:
                 self._fields.update(event.patch)
                 if self._sizes is not None:

@@ -28,7 +28,8 @@ def load_json(raw: str | bytes, key: str) -> JsonValue:
 
 
 def dump_event(event: Event) -> str:
-    return _EVENT.dump_json(event).decode()
+    """The event as JSON, leaving out fields at their defaults (they read back the same)."""
+    return _EVENT.dump_json(event, exclude_defaults=True).decode()
 
 
 def load_event(raw: str | bytes, key: str) -> Event:

@@ -108,6 +108,9 @@ class Event:
     """A schema migration: memory fields this commit removes."""
     expires_at: float | None = None
     """Retention: the run may be deleted from this time on (unix seconds; set when it ends)."""
+    snapshot: dict[str, JsonValue] | None = None
+    """The whole memory after this commit, written now and then so that rebuilding the memory
+    at a seq replays the events after a snapshot, not the whole history."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -207,8 +210,10 @@ class Store(Protocol):
         """Ids of runs whose deadline is at or before `now`, earliest first."""
         ...
 
-    async def history(self, run_id: str, from_seq: int = 0) -> list[Event]:
-        """Events with `seq >= from_seq`, in order; [] for an unknown run."""
+    async def history(
+        self, run_id: str, from_seq: int = 0, to_seq: int | None = None
+    ) -> list[Event]:
+        """Events with `from_seq <= seq <= to_seq`, in order; [] for an unknown run."""
         ...
 
     async def acquire_lease(self, run_id: str, owner: str, ttl: float) -> Lease | LeaseHeld:

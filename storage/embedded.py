@@ -386,11 +386,14 @@ class EmbeddedStore:
         db.execute("INSERT INTO keys VALUES (?, ?, ?)", (run_id, event.key, seq))
         return Committed(seq=seq)
 
-    async def history(self, run_id: str, from_seq: int = 0) -> list[Event]:
+    async def history(
+        self, run_id: str, from_seq: int = 0, to_seq: int | None = None
+    ) -> list[Event]:
         rows = self._transaction(
             f"read the history of {run_id!r}", "BEGIN", self._fetch,
-            "SELECT seq, json FROM events WHERE run_id = ? AND seq >= ? ORDER BY seq",
-            (run_id, from_seq),
+            "SELECT seq, json FROM events WHERE run_id = ? AND seq >= ? AND (? IS NULL OR seq <= ?)"
+            " ORDER BY seq",
+            (run_id, from_seq, to_seq, to_seq),
         )  # fmt: skip
         return [load_event(raw, self._where(run_id, f"event {seq}")) for seq, raw in rows]
 

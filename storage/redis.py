@@ -310,11 +310,16 @@ class RedisStore:
             case _:
                 raise KeyError(run_id)
 
-    async def history(self, run_id: str, from_seq: int = 0) -> list[Event]:
+    async def history(
+        self, run_id: str, from_seq: int = 0, to_seq: int | None = None
+    ) -> list[Event]:
         key = self.key(run_id, "events")
         start = "-" if from_seq <= 0 else f"{from_seq}-0"
+        end = "+" if to_seq is None else str(to_seq)  # "N" is every id of N (0-1 too)
+        if to_seq is not None and to_seq < max(from_seq, 0):
+            return []
         entries = await self._call(
-            f"read the history of {run_id!r}", lambda: self._client.xrange(key, start, "+"), key=key
+            f"read the history of {run_id!r}", lambda: self._client.xrange(key, start, end), key=key
         )
         events = []
         for entry_id, fields in entries:

@@ -497,3 +497,15 @@ async def test_runs_whose_retention_ran_out_are_collected(store: Store) -> None:
     assert await store.load("old") is None and await store.history("old") == []
     assert [r.run_id for r in await store.list_runs()] == ["kept"]
     assert await store.load("kept") is not None
+
+
+async def test_history_reads_a_range_of_seqs(store: Store) -> None:
+    await store.create(new_run())
+    lease = await leased(store)
+    for seq in range(1, 5):
+        await store.commit("run-1", expected_seq=seq - 1, token=lease.token, event=event(seq))
+    assert [e.seq for e in await store.history("run-1", 0, 0)] == [0]
+    assert [e.seq for e in await store.history("run-1", 1, 3)] == [1, 2, 3]
+    assert [e.seq for e in await store.history("run-1", 3)] == [3, 4]
+    assert [e.seq for e in await store.history("run-1", 3, 2)] == []
+    assert [e.seq for e in await store.history("run-1", 2, 99)] == [2, 3, 4]
