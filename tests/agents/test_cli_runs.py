@@ -215,3 +215,32 @@ def test_runs_are_queried_by_state_and_time_and_the_store_kept_tidy(tmp_path: Pa
     assert bad.returncode == 2 and "'yesterday' is not a time" in bad.stderr
     assert "removed 0" in agentfsm("gc", *store, cwd=tmp_path).stdout
     assert "indexed 2 run(s)" in agentfsm("reindex", *store, cwd=tmp_path).stdout
+
+
+def test_two_processes_sending_the_same_event_at_once_commit_it_once(
+    store_url: str, tmp_path: Path
+) -> None:
+    run_id = f"race-{tmp_path.name}"
+    store = ("--store", store_url)
+    started = agentfsm("run", "agents.examples.approval:approval", "--run-id", run_id,
+                       "--input", '{"request": "refund"}', *store, cwd=tmp_path)  # fmt: skip
+    assert started.returncode == 3, started.stderr
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("OPENAI_API_KEY", None)
+    env.pop("ANTHROPIC_API_KEY", None)
+    senders = [
+        subprocess.Popen(
+            [sys.executable, "-m", "agents", "send", run_id, "review", "--data",
+             f'{{"verdict": "approve", "by": "person{i}"}}', *store],
+            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for i in range(2)
+    ]  # fmt: skip
+    results = [(s.wait(60), *s.communicate()) for s in senders]
+    codes = sorted(code for code, _, _ in results)
+    assert codes == [0, 2], results
+    refused = next(err for code, _, err in results if code == 2)
+    assert "does not accept event 'review'" in refused or "moved" in refused, refused
+    history = agentfsm("history", run_id, *store, cwd=tmp_path)
+    rows = [line.split() for line in history.stdout.splitlines()[1:] if line.strip()]
+    assert [r[1] for r in rows].count("review") == 1
