@@ -11,16 +11,15 @@ same way; without a rename it is refused, naming the state and the way out.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from pydantic import JsonValue
 
-from storage import Committed, Duplicate, Event, Lease, RunRecord, RunStatus, Store
+from storage import Committed, Duplicate, Event, RunRecord, RunStatus, Store
 
-from ._runner import now
-from .errors import DefinitionError, RunError, RunLocked, VersionMismatch
+from ._runner import now, take_lease
+from .errors import DefinitionError, RunError, VersionMismatch
 
 if TYPE_CHECKING:
     from ._machine import Machine
@@ -115,7 +114,7 @@ async def upgrade(
         record.status if record.status in ("failed", "cancelled") else machine.status_in(state)
     )
     owner = f"migrate:{record.run_id}"
-    lease = await _lease(store, record.run_id, owner, machine.lease_ttl, lease_wait)
+    lease = await take_lease(store, record.run_id, owner, machine.lease_ttl, lease_wait)
     try:
         at = now()
         event = Event(
@@ -152,14 +151,3 @@ async def upgrade(
 
 
 _MISSING = object()
-
-
-async def _lease(store: Store, run_id: str, owner: str, ttl: float, wait: float) -> Lease:
-    give_up = now() + wait
-    while True:
-        got = await store.acquire_lease(run_id, owner, ttl)
-        if isinstance(got, Lease):
-            return got
-        if now() >= give_up:
-            raise RunLocked(run_id, got.owner, got.expires_in)
-        await asyncio.sleep(min(max(got.expires_in, 0.01), 0.25))

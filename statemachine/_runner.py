@@ -50,11 +50,27 @@ from .errors import (
 if TYPE_CHECKING:
     from ._machine import Machine
 
-__all__ = ["Run", "json_size", "now"]
+__all__ = ["Run", "json_size", "now", "take_lease"]
 
 M = TypeVar("M", bound=BaseModel)
 
 now = time.time
+
+
+async def take_lease(store: Store, run_id: str, owner: str, ttl: float, wait: float) -> Lease:
+    """The run's lease, waiting up to `wait` seconds for another holder's to expire.
+    Raises `RunLocked` (held by someone else) or `RunNotFound`."""
+    deadline = now() + wait
+    while True:
+        try:
+            got = await store.acquire_lease(run_id, owner, ttl)
+        except KeyError:
+            raise RunNotFound(run_id) from None
+        if not isinstance(got, LeaseHeld):
+            return got
+        if now() >= deadline:
+            raise RunLocked(run_id, got.owner, got.expires_in)
+        await asyncio.sleep(min(max(got.expires_in, 0.01), 0.25, max(deadline - now(), 0.01)))
 
 
 def json_size(value: JsonValue) -> int:
@@ -392,19 +408,9 @@ class Run(Generic[M]):
     async def _hold(self) -> Lease:
         if self._lease is not None:
             return self._lease
-        deadline = now() + self._lease_wait
-        while True:
-            try:
-                got = await self.store.acquire_lease(
-                    self.run_id, self.owner, self.machine.lease_ttl
-                )
-            except KeyError:
-                raise RunNotFound(self.run_id) from None
-            if not isinstance(got, LeaseHeld):
-                break
-            if now() >= deadline:
-                raise RunLocked(self.run_id, got.owner, got.expires_in)
-            await asyncio.sleep(min(max(got.expires_in, 0.01), 0.25, max(deadline - now(), 0.01)))
+        got = await take_lease(
+            self.store, self.run_id, self.owner, self.machine.lease_ttl, self._lease_wait
+        )
         self._lease = got
         if got.seq is not None and got.seq == self._record.seq:
             # Nothing was committed since this copy was read (every change is a commit, and
