@@ -11,6 +11,7 @@ tools sends the run to "failed" with the reason.
 from __future__ import annotations
 
 import json
+import re
 
 from pydantic import BaseModel
 from pydantic_ai.messages import (
@@ -48,14 +49,14 @@ class Research(BaseModel):
     answer: str = ""
 
 
+def _words(text: str) -> set[str]:
+    return {w for w in re.findall(r"[a-z0-9]+", text.lower()) if len(w) > 2}
+
+
 def search(query: str) -> list[str]:
     """Search the library. Returns the titles of the documents that match any query word."""
-    words = {w.strip("?.,!").lower() for w in query.split() if len(w) > 2}
-    return [
-        title
-        for title, text in LIBRARY.items()
-        if words & {w.strip("?.,;:()").lower() for w in f"{title} {text}".split()}
-    ]
+    words = _words(query) - {"the", "and", "why", "how", "what", "use"}
+    return [title for title, text in LIBRARY.items() if words & _words(f"{title} {text}")]
 
 
 def read(title: str) -> str:
