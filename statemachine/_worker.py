@@ -87,6 +87,8 @@ class Worker:
         self.machines = by_name
         self.concurrency = concurrency
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(2)}"
+        self._named = name is not None
+        """Runs it drives are held as "NAME/host:pid:random" (else as host:pid:random)."""
         self.heartbeat = heartbeat
         self.reclaim_after = reclaim_after or max(3 * heartbeat, 5.0)
         self.poll = poll
@@ -223,6 +225,8 @@ class Worker:
             run = await machine.resume(
                 self.store, job.run_id, lease_wait=machine.lease_ttl + self.heartbeat
             )
+            if self._named:  # its holder (`agentfsm runs`) and its events name this worker
+                run.owner = f"{self.name}/{run.owner}"
             if job.kind == "timeout":
                 with contextlib.suppress(NotDue):  # the event came first, or it was fired
                     await run.fire_timeout()
