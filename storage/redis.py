@@ -431,17 +431,22 @@ class RedisStore:
                 "clean the indexes",
                 lambda i=index: self._client.zrange(i, 0, -1),  # type: ignore[misc]
             )
-            for run_id in ids:
-                exists = await self._call(
-                    "clean the indexes",
-                    lambda r=run_id: self._client.exists(self.key(r, "run")),  # type: ignore[misc]
-                )
-                if not exists:
+            for start in range(0, len(ids), 1000):
+                chunk = ids[start : start + 1000]
+
+                async def gone(chunk: list[str] = chunk) -> list[str]:
+                    pipe = self._client.pipeline(transaction=False)
+                    for run_id in chunk:
+                        pipe.exists(self.key(run_id, "run"))
+                    return [r for r, n in zip(chunk, await pipe.execute(), strict=True) if not n]
+
+                missing = await self._call("clean the indexes", gone)
+                if missing:
                     await self._call(
                         "clean the indexes",
-                        lambda i=index, r=run_id: self._client.zrem(i, r),  # type: ignore[misc]
+                        lambda i=index, m=missing: self._client.zrem(i, *m),  # type: ignore[misc]
                     )
-                    removed += 1
+                    removed += len(missing)
         return removed
 
     async def reindex(self) -> int:
