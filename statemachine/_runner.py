@@ -128,6 +128,8 @@ class Run(Generic[M]):
         self._renewer: asyncio.Task[None] | None = None
         self._lease_wait = lease_wait
         self._conversation: list[JsonValue] | None = None
+        self._events: list[Event] | None = None
+        """The run's events, read once per process and extended by its own commits."""
         self._visit_counts: dict[str, int] | None = None
 
     def __repr__(self) -> str:
@@ -440,6 +442,7 @@ class Run(Generic[M]):
             self._fields = dict(stored.memory)
             self._sizes = None
             self._conversation = None
+            self._events = None
             self._visit_counts = None
         self._record = stored
 
@@ -468,7 +471,7 @@ class Run(Generic[M]):
                 attempt=attempt,
                 idempotency_key=key,
                 conversation=self._load_conversation,
-                history=self.history,
+                history=self._load_events,
                 payload=payload,
                 spent=spent,
             )
@@ -623,6 +626,8 @@ class Run(Generic[M]):
             self.memory = memory
             if self._conversation is not None:
                 self._conversation.extend(event.messages)
+            if self._events is not None:
+                self._events.append(event)
             if self._visit_counts is not None and event.kind not in _NOT_TABLE_EDGES:
                 self._visit_counts[event.trigger] = self._visit_counts.get(event.trigger, 0) + 1
             return event
@@ -644,6 +649,12 @@ class Run(Generic[M]):
             f"run {self.run_id!r}: commit of {event.trigger!r} at seq {event.seq} refused, {why};"
             " another process drives the run now"
         )
+
+    async def _load_events(self) -> list[Event]:
+        """For steps (`StepContext.history`): the events, without a read per step."""
+        if self._events is None:
+            self._events = await self.store.history(self.run_id)
+        return list(self._events)
 
     async def _load_conversation(self) -> list[JsonValue]:
         if self._conversation is None:
