@@ -27,11 +27,18 @@ async def store(redis_server: RedisServer, prefix: str) -> AsyncIterator[RedisSt
     await s.close()
 
 
-async def until(condition: Callable[[], Awaitable[bool]], within: float = 10.0) -> None:
-    """Poll `condition` (a store read) until it holds; fail after `within` seconds."""
+async def until(
+    condition: Callable[[], Awaitable[bool]],
+    within: float = 10.0,
+    show: Callable[[], Awaitable[object]] | None = None,
+) -> None:
+    """Poll `condition` (a store read) until it holds; fail after `within` seconds, saying
+    what `show` reads then."""
     give_up = time.monotonic() + within
     while not await condition():
-        assert time.monotonic() < give_up, "the workers did not get there in time"
+        if time.monotonic() >= give_up:
+            seen = await show() if show is not None else None
+            raise AssertionError(f"the workers did not get there in {within} s: {seen}")
         await asyncio.sleep(0.02)
 
 
@@ -111,17 +118,24 @@ async def test_a_stopped_worker_hands_its_runs_back_and_another_finishes_them(
     await task
     records = {i: await store.load(i) for i in ids}
     held = [i for i, rec in records.items() if rec is not None and rec.status == "running"]
-    assert held, "stopped in the middle of the runs"
+    assert held, f"stopped in the middle of the runs: {records}"
     for run_id in held:
         record = await store.load(run_id)
-        assert record is not None and record.holder == ""  # released, not left to expire
+        assert record is not None and record.holder == "", record  # released, not left to expire
     second = Worker(store, [chain], name="second", heartbeat=0.5)
     task = asyncio.create_task(second.run())
-    await until(lambda: _all_done(store, ids), within=15)  # no waiting for leases or reclaims
+
+    async def progress() -> object:
+        queue = RunQueue(store)
+        runs = [(r.run_id, r.status, r.seq, r.holder) for i in ids if (r := await store.load(i))]
+        return runs, await queue.waiting(["chain"]), await queue.pending(["chain"])
+
+    # No waiting for leases or reclaims: the runs were released and handed back.
+    await until(lambda: _all_done(store, ids), within=15, show=progress)
     second.stop()
     await task
     keys = [line.split("\t")[0] for line in effects.read_text().splitlines()]
-    assert len(keys) == len(set(keys)) == 4 * STEPS
+    assert len(keys) == len(set(keys)) == 4 * STEPS, sorted(keys)
 
 
 async def _any_step(store: RedisStore, ids: list[str]) -> bool:
