@@ -153,7 +153,12 @@ class Worker:
                 batch = min(free - len(jobs), CLAIM_BATCH)
                 jobs += await self.queue.claim(self.name, agents, batch, block)
                 for job in jobs:
-                    if job.id not in self._tasks:
+                    if self.stopping:
+                        # Claimed while stop() came: hand it on untouched. (It may be a run
+                        # this worker is handing back right now: taking it for a copy of
+                        # the job in hand, and dropping it, would lose the run.)
+                        await self.queue.requeue(job)
+                    elif job.id not in self._tasks:
                         self._start(job)
         except StorageError as exc:
             log.error("worker %s: %s; stopping", self.name, exc)
@@ -166,8 +171,12 @@ class Worker:
                 await self.queue.forget(self.name)
 
     def _start(self, job: Job) -> None:
+        log.debug("worker %s: job %s: %s %s", self.name, job.id, job.kind, job.run_id)
         if job.kind == "run" and job.run_id in self._holding:
-            # A copy of a job for a run this worker drives already: that job is enough.
+            # A copy of a job for a run this worker drives already: that job is enough (it
+            # ends by finishing the run, or leaves its own job pending; only a stopping
+            # worker hands runs back, and a stopping worker starts nothing).
+            log.debug("worker %s: job %s: a copy, dropped", self.name, job.id)
             task = asyncio.create_task(self.queue.ack(job))
             self._tasks[job.id] = task
             task.add_done_callback(lambda _: self._tasks.pop(job.id, None))
@@ -254,6 +263,10 @@ class Worker:
                 )
                 return
             await run.release(quiet=True)
+            log.debug(
+                "worker %s: job %s: run %s %s at seq %s", self.name, job.id, run.run_id,
+                run.status, run.seq,
+            )  # fmt: skip
             if run.status == "running":  # stopping: hand it to another worker now
                 await self.queue.requeue(job)
             else:

@@ -128,7 +128,8 @@ async def test_a_stopped_worker_hands_its_runs_back_and_another_finishes_them(
     async def progress() -> object:
         queue = RunQueue(store)
         runs = [(r.run_id, r.status, r.seq, r.holder) for i in ids if (r := await store.load(i))]
-        return runs, await queue.waiting(["chain"]), await queue.pending(["chain"])
+        dead = await store.client.xrange(queue.dead_letters)
+        return runs, await queue.waiting(["chain"]), await queue.pending(["chain"]), dead
 
     # No waiting for leases or reclaims: the runs were released and handed back.
     await until(lambda: _all_done(store, ids), within=15, show=progress)
