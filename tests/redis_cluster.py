@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import subprocess
@@ -11,9 +10,9 @@ import time
 from collections.abc import Collection
 from pathlib import Path
 
-import pytest
 import redis
 
+from .programs import require_program
 from .redis_server import free_port, require_redis_server
 
 __all__ = ["RedisCluster", "free_cluster_port", "require_redis_cli"]
@@ -24,13 +23,9 @@ _RESERVED = {6379, 6379 + _BUS_OFFSET}
 
 def require_redis_cli() -> str:
     """The redis-cli binary; in CI its absence fails the test, elsewhere it skips it."""
-    binary = shutil.which("redis-cli")
-    if binary:
-        return binary
-    message = "redis-cli is not installed (apt-get install redis-tools, or brew install redis)"
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(f"{message}; CI must run the real-Redis tests")
-    pytest.skip(message)
+    return require_program(
+        "redis-cli", "apt-get install redis-tools, or brew install redis", "the real-Redis tests"
+    )
 
 
 def _bindable(port: int) -> bool:

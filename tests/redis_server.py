@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 import signal
 import socket
 import subprocess
 import time
 from pathlib import Path
 
-import pytest
+from .programs import require_program
 
 __all__ = ["RedisServer", "free_port", "require_redis_server"]
 
@@ -24,13 +22,11 @@ def free_port() -> int:
 
 def require_redis_server() -> str:
     """The redis-server binary; in CI its absence fails the test, elsewhere it skips it."""
-    binary = shutil.which("redis-server")
-    if binary:
-        return binary
-    message = "redis-server is not installed (apt-get install redis-server, or brew install redis)"
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(f"{message}; CI must run the real-Redis tests")
-    pytest.skip(message)
+    return require_program(
+        "redis-server",
+        "apt-get install redis-server, or brew install redis",
+        "the real-Redis tests",
+    )
 
 
 class RedisServer:

@@ -19,7 +19,8 @@ from agents.examples import data_analyst
 from agents.examples._offline import offline_model
 from agents.examples.approval import Reply, approval
 from storage import Store, open_store
-from tests.statemachine.test_draw import require_dot, require_program
+from tests.programs import require_program
+from tests.statemachine.test_draw import require_dot
 
 ROOT = Path(__file__).resolve().parents[2]
 DATASET = [12.1, 11.8, 12.4, 12.0, 11.9, 12.3, 48.7, 12.2, 11.7, 12.1]
@@ -185,7 +186,7 @@ def png_info(data: bytes) -> tuple[int, int, Iterator[bytes]]:
 
 def screenshot(page: Path, png: Path, width: int, height: int) -> bytes:
     """Headless Chromium's picture of `page`, with nothing reaching the network."""
-    chromium = require_program("chromium", "apt-get install chromium")
+    chromium = require_program("chromium", "apt-get install chromium", "the report screenshot test")
     profile = png.parent / "chromium-profile"
     done = subprocess.run(
         [chromium, "--headless", "--no-sandbox", "--disable-gpu",

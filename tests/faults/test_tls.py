@@ -4,8 +4,6 @@ and the password of a TLS URL shows nowhere either."""
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -19,6 +17,7 @@ from pydantic import BaseModel
 from agents import Agent, tool
 from storage import RedisStore, StorageError, open_store
 
+from ..programs import require_program
 from ..redis_server import free_port, require_redis_server
 
 PASSWORD = "tls-s3cret-pw"
@@ -26,12 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def require_openssl() -> str:
-    found = shutil.which("openssl")
-    if found:
-        return found
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail("openssl is not installed (apt-get install openssl); CI must run the TLS test")
-    pytest.skip("openssl is not installed")
+    return require_program("openssl", "apt-get install openssl", "the TLS test")
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -17,6 +16,8 @@ from agents.examples._offline import offline_model
 from agents.examples.approval import approval
 from statemachine import Graph, RendererMissing, transition
 from storage import Store
+
+from ..programs import require_program
 
 ROOT = Path(__file__).resolve().parents[2]
 DATASET = [12.1, 11.8, 12.4, 12.0, 11.9, 12.3, 48.7, 12.2, 11.7, 12.1]
@@ -31,19 +32,10 @@ ANALYST_EDGES = [  # source, trigger · kind, dest
 ]
 
 
-def require_program(name: str, install: str) -> str:
-    """The program's path; in CI its absence fails the test, elsewhere it skips it."""
-    found = shutil.which(name)
-    if found:
-        return found
-    message = f"{name} is not installed ({install})"
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(f"{message}; CI must run the drawing tests")
-    pytest.skip(message)
-
-
 def require_dot() -> str:
-    return require_program("dot", "apt-get install graphviz, or brew install graphviz")
+    return require_program(
+        "dot", "apt-get install graphviz, or brew install graphviz", "the drawing tests"
+    )
 
 
 def analyst() -> Agent[data_analyst.Analysis]:
