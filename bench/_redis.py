@@ -6,18 +6,19 @@ Self-contained on purpose (benchmarks do not import from tests/). No persistence
 
 from __future__ import annotations
 
+import argparse
 import ipaddress
 import shutil
 import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
 
-__all__ = ["check_loopback_url", "local_redis"]
+__all__ = ["check_loopback_url", "local_redis", "markdown_table", "redis_for"]
 
 _LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
 
@@ -96,3 +97,33 @@ def local_redis(timeout: float = 10.0) -> Iterator[str]:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+@contextmanager
+def redis_for(url: str | None, parser: argparse.ArgumentParser) -> Iterator[tuple[str, bool]]:
+    """The server a benchmark runs on: (URL, started by us). The `--url` given, checked to
+    be on loopback (else `parser.error`), or a fresh server of our own."""
+    if url:
+        try:
+            yield check_loopback_url(url), False
+        except ValueError as exc:
+            parser.error(str(exc))
+        return
+    with local_redis() as own:
+        yield own, True
+
+
+def markdown_table(head: Sequence[str], body: Sequence[Sequence[str]]) -> str:
+    """An aligned Markdown table (readable in a terminal, pasteable into README.md): the
+    first column left-aligned, the others right-aligned."""
+    widths = [max(len(r[i]) for r in [head, *body]) for i in range(len(head))]
+
+    def fmt(cells: Sequence[str]) -> str:
+        out = [
+            c.ljust(w) if i == 0 else c.rjust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        ]
+        return "| " + " | ".join(out) + " |"
+
+    rule = "|" + "|".join("-" * (w + 1) + (":" if i else "-") for i, w in enumerate(widths)) + "|"
+    return "\n".join([fmt(head), rule, *(fmt(r) for r in body)])

@@ -47,7 +47,7 @@ import redis.utils
 from pydantic import BaseModel, JsonValue, TypeAdapter
 
 from agents import Agent, tool
-from bench._redis import check_loopback_url, local_redis
+from bench._redis import markdown_table, redis_for
 from storage import (
     CommitOutcome,
     Committed,
@@ -136,17 +136,7 @@ def table(rows: Sequence[Row], reference: Row) -> str:
         ]
         for r in rows
     ]
-    widths = [max(len(line[i]) for line in [head, *body]) for i in range(len(head))]
-
-    def fmt(cells: list[str]) -> str:
-        out = [
-            c.ljust(w) if i == 0 else c.rjust(w)
-            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-        ]
-        return "| " + " | ".join(out) + " |"
-
-    rule = "|" + "|".join("-" * (w + 1) + (":" if i else "-") for i, w in enumerate(widths)) + "|"
-    return "\n".join([fmt(head), rule, *(fmt(b) for b in body)])
+    return markdown_table(head, body)
 
 
 # ------------------------------------------------------------------------ command counting
@@ -587,15 +577,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.steps < 2 or args.repeat < 1:
         parser.error("--steps must be at least 2 and --repeat at least 1")
-    if args.url:
-        try:
-            url = check_loopback_url(args.url)
-        except ValueError as exc:
-            parser.error(str(exc))
-        asyncio.run(bench(url, args.steps, args.repeat, own_server=False))
-        return
-    with local_redis() as url:
-        asyncio.run(bench(url, args.steps, args.repeat, own_server=True))
+    with redis_for(args.url, parser) as (url, own_server):
+        asyncio.run(bench(url, args.steps, args.repeat, own_server=own_server))
 
 
 if __name__ == "__main__":

@@ -49,7 +49,7 @@ import pydantic_core
 from pydantic import BaseModel, TypeAdapter
 
 from agents import Agent, tool
-from bench._redis import check_loopback_url, local_redis
+from bench._redis import markdown_table, redis_for
 from statemachine import Run
 from storage import EmbeddedStore, Event, RedisStore, Store
 
@@ -309,20 +309,6 @@ def _size(n: float) -> str:
     return f"{n:.0f} B"
 
 
-def table(head: Sequence[str], body: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(r[i]) for r in [head, *body]) for i in range(len(head))]
-
-    def fmt(cells: Sequence[str]) -> str:
-        out = [
-            c.ljust(w) if i == 0 else c.rjust(w)
-            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-        ]
-        return "| " + " | ".join(out) + " |"
-
-    rule = "|" + "|".join("-" * (w + 1) + (":" if i else "-") for i, w in enumerate(widths)) + "|"
-    return "\n".join([fmt(head), rule, *(fmt(r) for r in body)])
-
-
 COLUMNS = {
     "sent": "sent to Redis B",
     "aof": "AOF B",
@@ -344,7 +330,7 @@ def report(rows: Sequence[Row]) -> str:
         ]
         for r in rows
     ]
-    return table(head, body)
+    return markdown_table(head, body)
 
 
 def flatness(rows: Sequence[Row], key: str) -> str:
@@ -432,15 +418,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.window < 1:
         parser.error("--window must be at least 1")
-    if args.url:
-        try:
-            url = check_loopback_url(args.url)
-        except ValueError as exc:
-            parser.error(str(exc))
-        asyncio.run(bench(url, args, own_server=False))
-        return
-    with local_redis() as url:
-        asyncio.run(bench(url, args, own_server=True))
+    with redis_for(args.url, parser) as (url, own_server):
+        asyncio.run(bench(url, args, own_server=own_server))
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as `python3 bench/throughput.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._redis import check_loopback_url, local_redis
+from bench._redis import redis_for
 from bench.commit_overhead import machine
 from storage import RedisStore
 from storage.queue import RunQueue
@@ -447,15 +447,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.max_connections = args.concurrency + 100
     if args.runs < 1 or args.steps < 1 or args.concurrency < 1 or args.rounds < 1:
         parser.error("--runs, --steps, --concurrency and --rounds must be at least 1")
-    if args.url:
-        try:
-            url = check_loopback_url(args.url)
-        except ValueError as exc:
-            parser.error(str(exc))
-        asyncio.run(bench(url, args, own_server=False))
-        return
-    with local_redis() as url:
-        asyncio.run(bench(url, args, own_server=True))
+    with redis_for(args.url, parser) as (url, own_server):
+        asyncio.run(bench(url, args, own_server=own_server))
 
 
 if __name__ == "__main__":
