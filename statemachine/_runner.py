@@ -284,7 +284,7 @@ class Run(Generic[M]):
             # Holders that died since the last commit died running this very step.
             result, attempt = await self._run_step(t, seq, key, self._record.crashes, payload)
             dest = self._dest(t, result)
-            patch, memory = self._changes(result.memory)
+            patch, memory, patch_sizes = self._changes(result.memory)
             output = pydantic_core.to_jsonable_python(result.output)
         except _StepFailed as failed:
             return await self._fail(t, seq, key, failed, started)
@@ -306,7 +306,7 @@ class Run(Generic[M]):
             messages=result.messages,
             step=t.step.label if t.step else "",
         )
-        return await self._commit(lease, event, memory)
+        return await self._commit(lease, event, memory, patch_sizes)
 
     async def _visits(self, t: Transition) -> int:
         """How often `t` fired in this run so far (read from the history once per process)."""
@@ -505,8 +505,9 @@ class Run(Generic[M]):
             1,
         )
 
-    def _changes(self, new: M) -> tuple[dict[str, JsonValue], M]:
-        """The memory patch (changed fields, as JSON) and the checked new memory."""
+    def _changes(self, new: M) -> tuple[dict[str, JsonValue], M, dict[str, int]]:
+        """The memory patch (changed fields, as JSON), the checked new memory, and the bytes
+        of each patched field as JSON (sized once, here, for the limit and the snapshots)."""
         if not isinstance(new, self.machine.memory_type):
             raise _StepFailed(
                 TypeError(
@@ -517,7 +518,7 @@ class Run(Generic[M]):
             )
         dump = new.model_dump(mode="json", warnings=False)
         if dump == self._fields:
-            return {}, self.memory
+            return {}, self.memory, {}
         try:
             checked = self.machine.memory_type.model_validate(dump)
         except ValidationError as exc:
@@ -525,12 +526,11 @@ class Run(Generic[M]):
             raise _StepFailed(InvalidMemory(f"run {self.run_id!r}", exc), 1) from None
         dump = checked.model_dump(mode="json", warnings=False)
         patch = {k: v for k, v in dump.items() if k not in self._fields or self._fields[k] != v}
+        patch_sizes = {k: json_size(v) for k, v in patch.items()}
         limit = self.machine.max_memory
         if limit is not None:  # sized by the fields that change, not the whole memory
             sizes = self._field_sizes()
-            size = sum(sizes.values()) + sum(
-                json_size(v) - sizes.get(k, 0) for k, v in patch.items()
-            )
+            size = sum(sizes.values()) + sum(n - sizes.get(k, 0) for k, n in patch_sizes.items())
             if size > limit:
                 self._restore_memory()
                 raise _StepFailed(
@@ -540,14 +540,14 @@ class Run(Generic[M]):
                     ),
                     1,
                 )
-        return patch, checked
+        return patch, checked, patch_sizes
 
-    def _maybe_snapshot(self, event: Event) -> Event:
+    def _maybe_snapshot(self, event: Event, patch_bytes: int) -> Event:
         """`event` with a snapshot of the whole memory when the patches committed since the
         last one (in this process) add up to the memory's size: rebuilding the memory at any
         seq then replays at most about that much, and snapshots at most double the bytes
         written (at least SNAPSHOT_EVERY bytes apart, so small memories rarely take one)."""
-        self._since_snapshot += sum(json_size(v) for v in event.patch.values())
+        self._since_snapshot += patch_bytes
         if self._since_snapshot < max(sum(self._field_sizes().values()), SNAPSHOT_EVERY):
             return event
         memory = {**self._fields, **event.patch}
@@ -599,15 +599,19 @@ class Run(Generic[M]):
         )
         return await self._commit(lease, event, self.memory)
 
-    async def _commit(self, lease: Lease, event: Event, memory: M) -> Event:
+    async def _commit(
+        self, lease: Lease, event: Event, memory: M, patch_sizes: dict[str, int] | None = None
+    ) -> Event:
         deadline = self.machine.deadline_in(event.dest, event.ended_at or now())
         if deadline != event.deadline:
             event = replace(event, deadline=deadline)
         retention = self.machine.retention
         if retention is not None and event.status in ("done", "cancelled"):
             event = replace(event, expires_at=(event.ended_at or now()) + retention)
-        if event.patch:
-            event = self._maybe_snapshot(event)
+        if event.patch and patch_sizes is None:
+            patch_sizes = {k: json_size(v) for k, v in event.patch.items()}
+        if patch_sizes:
+            event = self._maybe_snapshot(event, sum(patch_sizes.values()))
         outcome = await self.store.commit(
             self.run_id, expected_seq=event.seq - 1, token=lease.token, event=event
         )
@@ -621,8 +625,8 @@ class Run(Generic[M]):
                     self._sizes.pop(name, None)
             if event.patch:
                 self._fields.update(event.patch)
-                if self._sizes is not None:
-                    self._sizes.update((k, json_size(v)) for k, v in event.patch.items())
+                if self._sizes is not None and patch_sizes is not None:
+                    self._sizes.update(patch_sizes)
             self.memory = memory
             if self._conversation is not None:
                 self._conversation.extend(event.messages)
