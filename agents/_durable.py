@@ -79,7 +79,7 @@ from storage import Event, Store
 from ._agent import Agent
 from ._llm import TRANSIENT_MODEL_ERRORS, ModelSpec, check_model, model_name, transient_http_error
 from ._report import render_report
-from ._tool_calls import TOOL_CALLS_ROUTE
+from ._tool_calls import TOOL_CALLS_ROUTE, tool_answer
 
 __all__ = [
     "DurableAgent",
@@ -270,15 +270,6 @@ def _tool_state(
     return calls, results
 
 
-def _answer(out: Mapping[str, JsonValue]) -> Any:
-    """A committed tool call result, as the value `deferred_tool_results` expects."""
-    if "retry" in out:
-        return ModelRetry(str(out["retry"]))
-    if "failed" in out:
-        return ToolFailed(str(out["failed"]))
-    return out.get("result")
-
-
 def _retries_so_far(events: Sequence[Event], tool: str) -> int:
     """How many of `tool`'s calls in a row were answered with a retry (pydantic-ai's
     `RunContext.retry` for the next call)."""
@@ -322,7 +313,7 @@ class ModelRequestStep:
             if missing:
                 raise RunError(f"run {ctx.run_id!r}: the tool calls {missing} have not run yet")
             answers = DeferredToolResults(
-                calls={str(c["tool_call_id"]): _answer(results[str(c["tool_call_id"])])
+                calls={str(c["tool_call_id"]): tool_answer(results[str(c["tool_call_id"])])
                        for c in calls}
             )  # fmt: skip
         conversation = await ctx.conversation()

@@ -15,7 +15,7 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, JsonValue
 from pydantic_ai import Agent as PydanticAgent
-from pydantic_ai import DeferredToolRequests, DeferredToolResults, ModelRetry
+from pydantic_ai import DeferredToolRequests, DeferredToolResults
 from pydantic_ai.exceptions import (
     ModelConnectionError,
     ModelHTTPError,
@@ -42,7 +42,13 @@ from statemachine import (
 from statemachine._table import Guard
 
 from ._steps import Reducer, apply_output
-from ._tool_calls import TOOL_CALLS_ROUTE, FunctionTool, function_tools, tool_results
+from ._tool_calls import (
+    TOOL_CALLS_ROUTE,
+    FunctionTool,
+    function_tools,
+    tool_answer,
+    tool_results,
+)
 
 __all__ = ["LlmStep", "ModelSpec", "check_model", "llm"]
 
@@ -165,9 +171,7 @@ class LlmStep:
         for call in calls:
             out = results[call.tool_call_id]
             assert isinstance(out, dict)
-            answers[call.tool_call_id] = (
-                ModelRetry(str(out["retry"])) if "retry" in out else out.get("result")
-            )
+            answers[call.tool_call_id] = tool_answer(out)
         return DeferredToolResults(calls=answers)
 
     async def run(self, memory: Any, ctx: StepContext) -> StepResult[Any]:

@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 import pydantic_core
 from pydantic import BaseModel, ConfigDict, JsonValue, ValidationError, create_model
 from pydantic_ai import ModelRetry
+from pydantic_ai.exceptions import ToolFailed
 from pydantic_ai.messages import ModelMessagesTypeAdapter, ModelResponse, ToolCallPart
 from pydantic_ai.tools import ToolDefinition
 
@@ -41,7 +42,14 @@ from statemachine import (
 )
 from storage import Event
 
-__all__ = ["FunctionTool", "ToolCallsStep", "function_tools", "tool_calls", "tool_results"]
+__all__ = [
+    "FunctionTool",
+    "ToolCallsStep",
+    "function_tools",
+    "tool_answer",
+    "tool_calls",
+    "tool_results",
+]
 
 TOOL_CALLS_ROUTE = "tool_calls"
 """The route an `llm` step with tools takes when the model asked for tool calls."""
@@ -105,6 +113,16 @@ def function_tools(tools: Sequence[Callable[..., Any]], where: str) -> tuple[Fun
             raise DefinitionError(f"{where}: tool {name!r}: unusable signature: {exc}") from None
         out[name] = FunctionTool(fn=fn, name=name, args=args, takes_ctx=takes_ctx)
     return tuple(out.values())
+
+
+def tool_answer(out: Mapping[str, JsonValue]) -> Any:
+    """A committed tool call result, as the value pydantic-ai's `deferred_tool_results`
+    expects: a retry prompt, a failed call, or the tool's return value."""
+    if "retry" in out:
+        return ModelRetry(str(out["retry"]))
+    if "failed" in out:
+        return ToolFailed(str(out["failed"]))
+    return out.get("result")
 
 
 def _requested(event: Event) -> list[ToolCallPart]:
