@@ -16,15 +16,7 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, JsonValue
 from pydantic_ai import Agent as PydanticAgent
 from pydantic_ai import DeferredToolRequests, DeferredToolResults
-from pydantic_ai.exceptions import (
-    ModelConnectionError,
-    ModelHTTPError,
-    ModelRateLimitError,
-    ModelRequestTimeout,
-    ModelServerError,
-    ModelUnavailableError,
-    UserError,
-)
+from pydantic_ai.exceptions import UserError
 from pydantic_ai.messages import ModelMessagesTypeAdapter
 from pydantic_ai.models import Model, infer_model
 from pydantic_ai.toolsets import ExternalToolset
@@ -42,13 +34,8 @@ from statemachine import (
 from statemachine._table import Guard
 
 from ._steps import Reducer, apply_output
-from ._tool_calls import (
-    TOOL_CALLS_ROUTE,
-    FunctionTool,
-    function_tools,
-    tool_answer,
-    tool_results,
-)
+from ._tool_calls import TOOL_CALLS_ROUTE, FunctionTool, function_tools, tool_results
+from ._tool_engine import TRANSIENT_MODEL_ERRORS, charge, tool_answer, transient_http_error
 
 __all__ = ["LlmStep", "ModelSpec", "check_model", "llm"]
 
@@ -56,27 +43,6 @@ M = TypeVar("M", bound=BaseModel)
 
 ModelSpec = Model | str
 """A pydantic-ai model: a name such as "openai:gpt-4o-mini", or a `Model` object."""
-
-TRANSIENT_MODEL_ERRORS: tuple[type[BaseException], ...] = (
-    ModelServerError,
-    ModelRateLimitError,
-    ModelConnectionError,
-    ModelUnavailableError,
-    ModelRequestTimeout,
-    TimeoutError,
-)
-"""Provider errors worth another try; a rejected request (bad key, unknown model) is not."""
-
-TRANSIENT_HTTP_STATUSES = frozenset({408, 409, 425, 429})
-"""4xx statuses that mean "try again" (timeout, conflict, too early, too many requests);
-pydantic-ai files some of them under no category, as a plain `ModelHTTPError`."""
-
-
-def transient_http_error(error: BaseException) -> bool:
-    return isinstance(error, ModelHTTPError) and (
-        error.status_code in TRANSIENT_HTTP_STATUSES or error.status_code >= 500
-    )
-
 
 Text = str | Callable[[Any], str]
 
@@ -192,8 +158,7 @@ class LlmStep:
                 usage_limits=UsageLimits(request_limit=1 + self.output_retries),
             )
         finally:
-            for name in ("requests", "input_tokens", "output_tokens"):
-                ctx.spent[name] = ctx.spent.get(name, 0) + getattr(usage, name)
+            charge(ctx, usage)
         value = result.output
         messages: list[JsonValue] = ModelMessagesTypeAdapter.dump_python(
             result.new_messages(), mode="json"

@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 import pydantic_core
 from pydantic import BaseModel, ConfigDict, JsonValue, ValidationError, create_model
 from pydantic_ai import ModelRetry
-from pydantic_ai.exceptions import ToolFailed
 from pydantic_ai.messages import ModelMessagesTypeAdapter, ModelResponse, ToolCallPart
 from pydantic_ai.tools import ToolDefinition
 
@@ -42,11 +41,12 @@ from statemachine import (
 )
 from storage import Event
 
+from ._tool_engine import call_key, record_outcome
+
 __all__ = [
     "FunctionTool",
     "ToolCallsStep",
     "function_tools",
-    "tool_answer",
     "tool_calls",
     "tool_results",
 ]
@@ -115,16 +115,6 @@ def function_tools(tools: Sequence[Callable[..., Any]], where: str) -> tuple[Fun
     return tuple(out.values())
 
 
-def tool_answer(out: Mapping[str, JsonValue]) -> Any:
-    """A committed tool call result, as the value pydantic-ai's `deferred_tool_results`
-    expects: a retry prompt, a failed call, or the tool's return value."""
-    if "retry" in out:
-        return ModelRetry(str(out["retry"]))
-    if "failed" in out:
-        return ToolFailed(str(out["failed"]))
-    return out.get("result")
-
-
 def _requested(event: Event) -> list[ToolCallPart]:
     """The tool calls in the last model response an event committed, in the model's order."""
     messages = ModelMessagesTypeAdapter.validate_python(event.messages)
@@ -182,20 +172,20 @@ class ToolCallsStep:
             "args": pydantic_core.to_jsonable_python(call.args_as_dict()),
         }
         tool = next((t for t in self.tools if t.name == call.tool_name), None)
-        call_ctx = replace(ctx, idempotency_key=f"{ctx.idempotency_key}:{call.tool_call_id}")
-        try:
+        call_ctx = replace(ctx, idempotency_key=call_key(ctx, call.tool_call_id))
+
+        async def attempt() -> Any:
             if tool is None:
                 raise ModelRetry(
                     f"there is no tool {call.tool_name!r}; the tools are"
                     f" {', '.join(t.name for t in self.tools)}"
                 )
             try:
-                value = await tool.call(call.args_as_dict(), call_ctx)
+                return await tool.call(call.args_as_dict(), call_ctx)
             except ValidationError as exc:
                 raise ModelRetry(f"invalid arguments for {call.tool_name!r}: {exc}") from None
-            output["result"] = pydantic_core.to_jsonable_python(value)
-        except ModelRetry as retry:
-            output["retry"] = retry.message
+
+        output.update(await record_outcome(attempt()))
         return StepResult(
             memory=memory,
             output=output,

@@ -1,0 +1,201 @@
+"""The tool-call bookkeeping that `llm(..., tools=...)` loops and `DurableAgent` share.
+
+A tool call is committed as one event whose output names the call and its outcome:
+
+    {"tool_call_id": ..., "tool": ..., "args": ..., "result": ...}      the tool returned
+    {"tool_call_id": ..., "tool": ..., "args": ..., "retry": "..."}     it raised ModelRetry
+    {"tool_call_id": ..., "tool": ..., "args": ..., "failed": "..."}    it raised ToolFailed
+    {"tool_call_id": ..., "tool": ..., "args": ..., "deferred": {...}}  ApprovalRequired/CallDeferred
+
+`result` is the value as pydantic-ai's own durable-execution codec stores it, so a
+`ToolReturn` (with its metadata and extra content), a `BinaryContent` or a `DocumentUrl` comes
+back as the same object (`replay_outcome`), and a plain JSON value as itself. One function
+derives a call's idempotency key from its transition's (`call_key`), one charges what a model
+request cost to the transition (`charge`), and `StepPolicy` is the retry policy of both kinds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Awaitable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import pydantic_core
+from pydantic import JsonValue
+from pydantic_ai import ModelRetry
+from pydantic_ai.durable_exec import JSON_CODEC, CallToolResult
+from pydantic_ai.durable_exec._toolset import unwrap_tool_call_result, wrap_tool_call_result
+from pydantic_ai.exceptions import (
+    ApprovalRequired,
+    CallDeferred,
+    ModelConnectionError,
+    ModelHTTPError,
+    ModelRateLimitError,
+    ModelRequestTimeout,
+    ModelServerError,
+    ModelUnavailableError,
+    ToolFailed,
+)
+from pydantic_ai.usage import RunUsage
+
+from statemachine import RetryPolicy, StepContext
+
+__all__ = [
+    "TRANSIENT_MODEL_ERRORS",
+    "StepPolicy",
+    "args_digest",
+    "call_key",
+    "charge",
+    "record_outcome",
+    "replay_outcome",
+    "tool_answer",
+    "transient_http_error",
+]
+
+USAGE_FIELDS = ("requests", "input_tokens", "output_tokens")
+
+TRANSIENT_MODEL_ERRORS: tuple[type[BaseException], ...] = (
+    ModelServerError,
+    ModelRateLimitError,
+    ModelConnectionError,
+    ModelUnavailableError,
+    ModelRequestTimeout,
+    TimeoutError,
+)
+"""Provider errors worth another try; a rejected request (bad key, unknown model) is not."""
+
+TRANSIENT_HTTP_STATUSES = frozenset({408, 409, 425, 429})
+"""4xx statuses that mean "try again" (timeout, conflict, too early, too many requests);
+pydantic-ai files some of them under no category, as a plain `ModelHTTPError`."""
+
+
+def transient_http_error(error: BaseException) -> bool:
+    return isinstance(error, ModelHTTPError) and (
+        error.status_code in TRANSIENT_HTTP_STATUSES or error.status_code >= 500
+    )
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class StepPolicy:
+    """How one kind of transition (model requests, or tool calls) is retried.
+
+    `retries` extra tries after a failed one, waiting `backoff` seconds before the second
+    (doubling, with jitter, up to `max_backoff`); `timeout` seconds one try may take. A try cut
+    short by a process crash counts too. Model requests are retried only on errors that may
+    pass (5xx, 408/409/425/429, rate limits, timeouts, dropped connections). A tool call is
+    retried only after a crash or a timeout: an exception the tool raises ends the run with
+    that exception, as in `Agent.run` (`ModelRetry` and `ToolFailed` are answers to the model).
+    A sync tool that runs over its timeout is abandoned in its worker thread, not stopped.
+    """
+
+    retries: int = 0
+    backoff: float = 0.5
+    timeout: float | None = None
+    max_backoff: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.retries < 0:
+            raise ValueError(f"retries must be 0 or more, not {self.retries}")
+        if self.timeout is not None and self.timeout <= 0:
+            raise ValueError(f"timeout must be positive, not {self.timeout}")
+
+    def retry_policy(self, *, model: bool) -> RetryPolicy:
+        if model:
+            return RetryPolicy(
+                attempts=self.retries + 1,
+                backoff=self.backoff,
+                max_backoff=self.max_backoff,
+                timeout=self.timeout,
+                retry_on=TRANSIENT_MODEL_ERRORS,
+                retry_if=transient_http_error,
+            )
+        return RetryPolicy(
+            attempts=self.retries + 1,
+            backoff=self.backoff,
+            max_backoff=self.max_backoff,
+            timeout=self.timeout,
+            retry_on=(TimeoutError,),
+        )
+
+
+def call_key(ctx: StepContext, tool_call_id: str) -> str:
+    """The idempotency key of one tool call: its transition's key plus the call's id."""
+    return f"{ctx.idempotency_key}:{tool_call_id}"
+
+
+def charge(ctx: StepContext, usage: RunUsage) -> dict[str, int]:
+    """Add what model requests cost to the transition's tally (`ctx.spent`), also when the
+    request failed, so the event records every try; returns the tally."""
+    for name in USAGE_FIELDS:
+        ctx.spent[name] = ctx.spent.get(name, 0) + getattr(usage, name)
+    return dict(ctx.spent)
+
+
+async def record_outcome(call: Awaitable[Any]) -> dict[str, JsonValue]:
+    """Await a tool call and describe how it ended, as JSON (see the module docstring).
+
+    Any exception other than pydantic-ai's answers to the model propagates.
+    """
+    wrapped = await wrap_tool_call_result(call)
+    dumped = JSON_CODEC.dump(CallToolResult, wrapped)
+    assert isinstance(dumped, dict)
+    kind = dumped.get("kind")
+    if kind in ("tool_return", "tool_content_result"):
+        out: dict[str, JsonValue] = {"result": dumped.get("result")}
+        if kind == "tool_content_result":
+            out["content_result"] = True
+        return out
+    if kind == "model_retry":
+        return {"retry": dumped.get("message")}
+    if kind == "tool_failed":
+        return {"failed": dumped.get("message")}
+    if kind in ("approval_required", "call_deferred"):
+        return {"deferred": dumped}
+    raise RuntimeError(f"a tool call ended in a way DurableAgent cannot record: {kind!r}")
+
+
+def _stored(outcome: Mapping[str, JsonValue]) -> Any:
+    if "retry" in outcome:
+        return {"kind": "model_retry", "message": outcome["retry"]}
+    if "failed" in outcome:
+        return {"kind": "tool_failed", "message": outcome["failed"]}
+    if "deferred" in outcome:
+        return outcome["deferred"]
+    kind = "tool_content_result" if outcome.get("content_result") else "tool_return"
+    return {"kind": kind, "result": outcome.get("result")}
+
+
+def replay_outcome(outcome: Mapping[str, JsonValue]) -> Any:
+    """What the tool call did, again: return its value or raise what it raised."""
+    return unwrap_tool_call_result(JSON_CODEC.load(CallToolResult, _stored(outcome)))
+
+
+def tool_answer(outcome: Mapping[str, JsonValue]) -> Any:
+    """A committed outcome as the value pydantic-ai's `deferred_tool_results` expects: a
+    retry prompt, a failed call, or the tool's return value."""
+    try:
+        return replay_outcome(outcome)
+    except (ModelRetry, ToolFailed) as answer:
+        return answer
+    except (ApprovalRequired, CallDeferred):
+        raise ValueError(f"a deferred tool call has no answer yet: {outcome!r}") from None
+
+
+def args_digest(args: JsonValue) -> str:
+    """sha256 of a call's arguments as canonical JSON (an approval names what it approves)."""
+    if isinstance(args, str):
+        try:
+            args = pydantic_core.from_json(args or "{}")
+        except ValueError:
+            pass
+    canonical = pydantic_core.to_json(_sorted(args))
+    return hashlib.sha256(canonical).hexdigest()
+
+
+def _sorted(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _sorted(value[k]) for k in sorted(value)}
+    if isinstance(value, list):
+        return [_sorted(v) for v in value]
+    return pydantic_core.to_jsonable_python(value)

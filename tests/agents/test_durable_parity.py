@@ -1,0 +1,614 @@
+"""DurableAgent behaves as `Agent.run`: each case runs the same agent plainly and durably.
+
+The scenarios follow pydantic-ai's own durable-execution suites (tests/test_temporal.py,
+test_dbos.py, test_prefect.py in the pydantic-ai repository), offline with `TestModel` and
+`FunctionModel`, on the embedded store and on a real Redis. `same()` compares the output
+(type and value), the messages (part kinds and content; timestamps and run ids left out), the
+usage, and how often each tool body ran: any difference fails the case.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from pydantic import BaseModel
+from pydantic_ai import (
+    Agent,
+    BinaryContent,
+    DeferredToolRequests,
+    DeferredToolResults,
+    DocumentUrl,
+    ImageUrl,
+    ModelRetry,
+    NativeOutput,
+    PromptedOutput,
+    RunContext,
+    TextOutput,
+    ToolDenied,
+    ToolOutput,
+    ToolReturn,
+)
+from pydantic_ai.agent import AgentRunResult
+from pydantic_ai.capabilities import HandleDeferredToolCalls, ProcessHistory
+from pydantic_ai.exceptions import ApprovalRequired, UnexpectedModelBehavior, UsageLimitExceeded
+from pydantic_ai.messages import (
+    ModelMessage,
+    ModelMessagesTypeAdapter,
+    ModelRequest,
+    ModelResponse,
+    RetryPromptPart,
+    TextPart,
+    ToolCallPart,
+    ToolReturnPart,
+)
+from pydantic_ai.models.function import AgentInfo, FunctionModel
+from pydantic_ai.models.test import TestModel
+from pydantic_ai.tools import ToolApproved
+from pydantic_ai.toolsets import ExternalToolset, FunctionToolset
+from pydantic_ai.usage import UsageLimits
+
+from agents import DurableAgent
+from statemachine import DefinitionError, RunError
+from storage import Store
+
+from ..conftest import make_store
+
+_ids = itertools.count()
+
+
+@pytest_asyncio.fixture(params=["embedded", "redis"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    s = await make_store(request.param, request, tmp_path)
+    yield s
+    await s.close()
+
+
+# The comparison -----------------------------------------------------------------------------
+
+_VARYING = {"timestamp", "run_id", "conversation_id", "provider_response_id"}
+
+
+def normalized(messages: Sequence[ModelMessage]) -> list[Any]:
+    """The messages as JSON, without what differs between any two runs (times, run ids)."""
+    ids: dict[str, str] = {}
+
+    def clean(value: Any) -> Any:
+        if isinstance(value, dict):
+            out = {k: clean(v) for k, v in value.items() if k not in _VARYING}
+            if isinstance(out.get("tool_call_id"), str):
+                out["tool_call_id"] = ids.setdefault(out["tool_call_id"], f"call-{len(ids)}")
+            return out
+        if isinstance(value, list):
+            return [clean(v) for v in value]
+        return value
+
+    return clean(ModelMessagesTypeAdapter.dump_python(list(messages), mode="json"))  # type: ignore[no-any-return]
+
+
+@dataclass
+class Ran:
+    """How often each tool body ran."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def __call__(self, name: str) -> None:
+        self.counts[name] = self.counts.get(name, 0) + 1
+
+
+def same(plain: AgentRunResult[Any], durable: AgentRunResult[Any], ran: Ran, ran_d: Ran) -> None:
+    assert type(durable.output) is type(plain.output)
+    assert durable.output == plain.output
+    assert normalized(durable.all_messages()) == normalized(plain.all_messages())
+    assert normalized(durable.new_messages()) == normalized(plain.new_messages())
+    assert durable.usage == plain.usage
+    assert ran_d.counts == ran.counts
+
+
+Build = Callable[[Ran], Agent[Any, Any]]
+
+
+async def parity(
+    build: Build, store: Store, prompt: Any = "go", **kwargs: Any
+) -> tuple[AgentRunResult[Any], AgentRunResult[Any], DurableAgent[Any, Any], str]:
+    """Run `build(...)`'s agent plainly and durably with the same arguments; compare."""
+    ran, ran_d = Ran(), Ran()
+    plain = await build(ran).run(prompt, **kwargs)
+    durable = DurableAgent(build(ran_d), store=store, name="parity")
+    run_id = f"case-{next(_ids)}"
+    result = await durable.run(prompt, run_id=run_id, **kwargs)
+    same(plain, result, ran, ran_d)
+    kwargs.pop("message_history", None)
+    again = await durable.run(run_id=run_id, **kwargs)  # read back: nothing runs again
+    same(plain, again, ran, ran_d)
+    return plain, result, durable, run_id
+
+
+def test_same_fails_on_a_difference() -> None:
+    a = Agent(TestModel(custom_output_text="a")).run_sync("x")
+    b = Agent(TestModel(custom_output_text="b")).run_sync("x")
+    with pytest.raises(AssertionError):
+        same(a, b, Ran(), Ran())
+    with pytest.raises(AssertionError):
+        same(a, a, Ran({"t": 1}), Ran({"t": 2}))
+
+
+# The complex agent: deps, toolsets, parallel calls, dataclass output ---------------------------
+
+
+@dataclass
+class Deps:
+    country: str
+
+
+@dataclass
+class Answer:
+    city: str
+    weather: str
+    country: str
+
+
+def complex_agent(ran: Ran) -> Agent[Deps, Answer]:
+    extra = FunctionToolset[Deps](id="extra")
+
+    @extra.tool
+    def get_country(ctx: RunContext[Deps]) -> str:
+        ran("get_country")
+        return ctx.deps.country
+
+    agent = Agent(
+        TestModel(), deps_type=Deps, output_type=Answer, toolsets=[extra], name="complex"
+    )
+
+    @agent.tool_plain
+    def get_weather(city: str) -> str:
+        ran("get_weather")
+        return "sunny"
+
+    @agent.tool
+    def get_city(ctx: RunContext[Deps]) -> str:
+        ran("get_city")
+        return f"capital of {ctx.deps.country}"
+
+    return agent
+
+
+async def test_complex_agent(store: Store) -> None:
+    await parity(complex_agent, store, "Weather in the capital?", deps=Deps("Mexico"))
+
+
+async def test_override_deps_model_and_toolsets(store: Store) -> None:
+    ran, ran_d = Ran(), Ran()
+    other = FunctionToolset[Deps](id="other")
+
+    @other.tool
+    def from_override(ctx: RunContext[Deps]) -> str:
+        return f"override sees {ctx.deps.country} on {ctx.model.model_name}"
+
+    def go(agent: Agent[Deps, Answer]) -> Any:
+        return agent.override(deps=Deps("Peru"), model=TestModel(seed=3), toolsets=[other])
+
+    plain_agent, durable_agent = complex_agent(ran), complex_agent(ran_d)
+    with go(plain_agent):
+        plain = await plain_agent.run("x", deps=Deps("Chile"))
+    durable = DurableAgent(durable_agent, store=store, name="override")
+    with go(durable_agent):
+        result = await durable.run("x", run_id=f"o-{next(_ids)}", deps=Deps("Chile"))
+    same(plain, result, ran, ran_d)
+    assert "Peru" in str(normalized(result.all_messages()))
+
+
+# Retries, bad arguments, validators ---------------------------------------------------------
+
+
+def retrying(ran: Ran) -> Agent[None, str]:
+    def brain(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        retries = [p for m in messages if isinstance(m, ModelRequest) for p in m.parts
+                   if isinstance(p, RetryPromptPart) or getattr(p, "outcome", "") == "retried"]  # fmt: skip
+        if len(retries) < 2:
+            return ModelResponse(parts=[ToolCallPart("flaky", {"n": len(retries)})])
+        if len(retries) == 2:
+            return ModelResponse(parts=[ToolCallPart("flaky", {"n": "not a number"})])
+        return ModelResponse(parts=[TextPart(f"after {len(retries)} retries")])
+
+    agent = Agent(FunctionModel(brain), retries=5)
+
+    @agent.tool_plain
+    def flaky(n: int) -> str:
+        ran("flaky")
+        raise ModelRetry(f"try again ({n})")
+
+    return agent
+
+
+async def test_model_retries_and_invalid_tool_args(store: Store) -> None:
+    await parity(retrying, store)
+
+
+def always_retry(ran: Ran) -> Agent[None, str]:
+    def brain(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        return ModelResponse(parts=[ToolCallPart("stubborn", {})])
+
+    agent = Agent(FunctionModel(brain), name="stubborn")
+
+    @agent.tool_plain(retries=2)
+    def stubborn() -> str:
+        ran("stubborn")
+        raise ModelRetry("no")
+
+    return agent
+
+
+async def test_exhausted_tool_retries_fail_as_plain_does(store: Store) -> None:
+    ran, ran_d = Ran(), Ran()
+    with pytest.raises(UnexpectedModelBehavior) as plain:
+        await always_retry(ran).run("go")
+    durable = DurableAgent(always_retry(ran_d), store=store)
+    with pytest.raises(UnexpectedModelBehavior) as ours:
+        await durable.run("go", run_id="stubborn-1")
+    assert str(ours.value) == str(plain.value)
+    assert ran_d.counts == ran.counts == {"stubborn": 3}
+    events = await durable.history("stubborn-1")
+    assert sum(e.trigger == "model_request" for e in events) == 3
+    assert events[-1].kind == "error" and events[-1].error is not None
+    assert events[-1].error["type"] == "UnexpectedModelBehavior"
+    with pytest.raises(UnexpectedModelBehavior):  # again: the same answer, nothing runs
+        await durable.run(run_id="stubborn-1")
+    assert ran_d.counts == {"stubborn": 3}
+
+
+class Score(BaseModel):
+    value: int
+
+
+def validated(ran: Ran) -> Agent[None, Score]:
+    def brain(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        n = sum(isinstance(m, ModelResponse) for m in messages)
+        return ModelResponse(parts=[ToolCallPart(info.output_tools[0].name, {"value": [42, 11, 7][min(n, 2)]})])
+
+    agent = Agent(FunctionModel(brain), output_type=Score, retries={"output": 3})
+
+    @agent.output_validator
+    def small(v: Score) -> Score:
+        ran("validator")
+        if v.value > 10:
+            raise ModelRetry("too big")
+        return v
+
+    return agent
+
+
+async def test_output_validators(store: Store) -> None:
+    ran, ran_d = Ran(), Ran()
+    plain = await validated(ran).run("go")
+    result = await DurableAgent(validated(ran_d), store=store, name="v").run("go", run_id=f"v{next(_ids)}")
+    same(plain, result, ran, ran_d)
+
+
+# Outputs --------------------------------------------------------------------------------------
+
+
+class Foo(BaseModel):
+    foo: str
+
+
+class Bar(BaseModel):
+    bar: int
+
+
+def union(ran: Ran) -> Agent[None, Foo | Bar]:
+    def brain(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        bar = next(t for t in info.output_tools if "Bar" in t.name)
+        return ModelResponse(parts=[ToolCallPart(bar.name, {"bar": 3})])
+
+    return Agent(FunctionModel(brain), output_type=[Foo, Bar])  # type: ignore[arg-type]
+
+
+async def test_union_output_keeps_the_type_the_model_chose(store: Store) -> None:
+    plain, result, _, _ = await parity(union, store)
+    assert isinstance(result.output, Bar)
+
+
+def summarize(foo: str) -> dict[str, str]:
+    """An output function."""
+    return {"summary": foo.upper()}
+
+
+def output_function(ran: Ran) -> Agent[None, dict[str, str]]:
+    return Agent(TestModel(), output_type=summarize)
+
+
+async def test_output_functions(store: Store) -> None:
+    await parity(output_function, store)
+
+
+def shout(text: str) -> str:
+    """A text output function."""
+    return text.upper()
+
+
+@pytest.mark.parametrize("kind", ["native", "prompted", "tool", "text"])
+async def test_native_prompted_tool_and_text_outputs(store: Store, kind: str) -> None:
+    def build(ran: Ran) -> Agent[None, Any]:
+        def brain(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+            if info.output_tools:
+                return ModelResponse(parts=[ToolCallPart(info.output_tools[0].name, {"foo": "x"})])
+            return ModelResponse(parts=[TextPart('{"foo": "x"}')])
+
+        spec: Any = {
+            "native": NativeOutput(Foo), "prompted": PromptedOutput(Foo),
+            "tool": ToolOutput(Foo, name="final"), "text": TextOutput(shout),
+        }[kind]  # fmt: skip
+        return Agent(FunctionModel(brain), output_type=spec)
+
+    await parity(build, store)
+
+
+# Tool returns and multimodal content ------------------------------------------------------------
+
+
+def rich_returns(ran: Ran) -> Agent[None, str]:
+    def brain(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        done = [p for m in messages if isinstance(m, ModelRequest) for p in m.parts
+                if isinstance(p, ToolReturnPart)]  # fmt: skip
+        if not done:
+            return ModelResponse(parts=[ToolCallPart("picture", {}, tool_call_id="p"),
+                                        ToolCallPart("document", {}, tool_call_id="d")])  # fmt: skip
+        seen = [m for m in messages if isinstance(m, ModelRequest)][-1]
+        return ModelResponse(parts=[TextPart(f"{len(seen.parts)} parts")])
+
+    agent = Agent(FunctionModel(brain))
+
+    @agent.tool_plain
+    def picture() -> ToolReturn:
+        ran("picture")
+        return ToolReturn(
+            return_value={"width": 1},
+            content=["the picture:", BinaryContent(b"\x89PNG", media_type="image/png")],
+            metadata={"source": "camera"},
+        )
+
+    @agent.tool_plain
+    def document() -> DocumentUrl:
+        ran("document")
+        return DocumentUrl(url="https://example.com/report.pdf")
+
+    return agent
+
+
+async def test_tool_return_with_metadata_and_content_and_files(store: Store) -> None:
+    plain, result, _, _ = await parity(rich_returns, store)
+    parts = [p for m in result.all_messages() for p in m.parts if isinstance(p, ToolReturnPart)]
+    assert parts[0].metadata == {"source": "camera"}
+    assert isinstance(parts[1].content, DocumentUrl)
+
+
+async def test_multimodal_prompts(store: Store) -> None:
+    prompt = ["What is this?", ImageUrl(url="https://example.com/a.png"),
+              BinaryContent(b"%PDF", media_type="application/pdf")]  # fmt: skip
+    await parity(lambda ran: Agent(TestModel()), store, prompt)
+
+
+# Run options ------------------------------------------------------------------------------------
+
+
+async def test_usage_limits(store: Store) -> None:
+    limits = UsageLimits(request_limit=1)
+    with pytest.raises(UsageLimitExceeded) as plain:
+        await complex_agent(Ran()).run("x", deps=Deps("Peru"), usage_limits=limits)
+    durable = DurableAgent(complex_agent(Ran()), store=store)
+    with pytest.raises(UsageLimitExceeded) as ours:
+        await durable.run("x", run_id="limits", deps=Deps("Peru"), usage_limits=limits)
+    assert str(ours.value) == str(plain.value)
+
+
+async def test_metadata_model_settings_instructions_and_run_toolsets(store: Store) -> None:
+    extra = FunctionToolset[None](id="runtime")
+
+    @extra.tool
+    def runtime_tool(ctx: RunContext[None]) -> str:
+        return f"metadata {ctx.metadata}"
+
+    _, result, _, _ = await parity(
+        lambda ran: Agent(TestModel()), store,
+        metadata={"tenant": "acme"}, model_settings={"temperature": 0.1},
+        instructions="Be brief.", toolsets=[extra],
+    )  # fmt: skip
+    assert result.metadata == {"tenant": "acme"}
+    assert "tenant" in str(normalized(result.all_messages()))
+
+
+async def test_message_history_continuation(store: Store) -> None:
+    first = await Agent(TestModel()).run("first")
+    await parity(lambda ran: Agent(TestModel()), store, "second",
+                 message_history=first.all_messages())  # fmt: skip
+
+
+def step_dependent(ran: Ran) -> Agent[None, str]:
+    asked = itertools.count(1)
+
+    def brain(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        if next(asked) < 3:
+            return ModelResponse(parts=[ToolCallPart("tick", {})])
+        return ModelResponse(parts=[TextPart(f"saw {len(messages)} messages, tools {[t.name for t in info.function_tools]}")])
+
+    def keep_last_three(messages: list[ModelMessage]) -> list[ModelMessage]:
+        return messages[-3:]
+
+    agent = Agent(FunctionModel(brain), capabilities=[ProcessHistory(keep_last_three)])
+
+    @agent.instructions
+    def per_step(ctx: RunContext[None]) -> str:
+        return f"step {ctx.run_step}, retry {ctx.retry}, requests so far {ctx.usage.requests}"
+
+    @agent.tool(prepare=lambda ctx, d: _if(ctx.run_step < 3, d))
+    def tick(ctx: RunContext[None]) -> str:
+        ran("tick")
+        return f"tick at step {ctx.run_step} ({ctx.tool_name}, {ctx.retry}/{ctx.max_retries})"
+
+    return agent
+
+
+async def _if(cond: bool, d: Any) -> Any:
+    return d if cond else None
+
+
+async def test_history_processors_dynamic_instructions_and_step_dependent_tools(
+    store: Store,
+) -> None:
+    await parity(step_dependent, store)
+
+
+# Approvals ------------------------------------------------------------------------------------
+
+
+def gated(ran: Ran, *, handler: Any = None) -> Agent[None, str | DeferredToolRequests]:
+    def brain(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        done = [p for m in messages if isinstance(m, ModelRequest) for p in m.parts
+                if isinstance(p, ToolReturnPart | RetryPromptPart)]  # fmt: skip
+        if not done:
+            return ModelResponse(parts=[
+                ToolCallPart("delete_file", {"path": "a.txt"}, tool_call_id="del-a"),
+                ToolCallPart("read_file", {"path": "b.txt"}, tool_call_id="read-b"),
+            ])  # fmt: skip
+        return ModelResponse(parts=[TextPart("; ".join(str(p.content) for p in done))])
+
+    caps = [HandleDeferredToolCalls(handler=handler)] if handler else []
+    agent = Agent(FunctionModel(brain), output_type=[str, DeferredToolRequests], capabilities=caps)
+
+    @agent.tool_plain(requires_approval=True)
+    def delete_file(path: str) -> str:
+        ran(f"delete_file {path}")
+        return f"deleted {path}"
+
+    @agent.tool
+    def read_file(ctx: RunContext[None], path: str) -> str:
+        ran("read_file")
+        if not ctx.tool_call_approved and path == "secret":
+            raise ApprovalRequired()
+        return f"read {path}"
+
+    return agent
+
+
+async def test_nobody_approves_nothing_runs(store: Store) -> None:
+    plain, result, durable, run_id = await parity(gated, store)
+    assert isinstance(result.output, DeferredToolRequests)
+    assert [c.tool_call_id for c in result.output.approvals] == ["del-a"]
+    record = await store.load(run_id)
+    assert record is not None and record.status == "waiting"
+
+
+async def test_approved_and_denied_by_a_handler_in_the_run(store: Store) -> None:
+    def approve(ctx: RunContext[None], r: DeferredToolRequests) -> DeferredToolResults:
+        return r.build_results(approve_all=True)
+
+    def deny(ctx: RunContext[None], r: DeferredToolRequests) -> DeferredToolResults:
+        return DeferredToolResults(approvals={c.tool_call_id: ToolDenied("no") for c in r.approvals})
+
+    _, ok, _, _ = await parity(lambda ran: gated(ran, handler=approve), store)
+    assert "deleted a.txt" in str(ok.output)
+    _, denied, _, _ = await parity(lambda ran: gated(ran, handler=deny), store)
+    assert "deleted" not in str(denied.output)
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [True, ToolApproved(override_args={"path": "b.txt"}), ToolDenied("not that one"), False],
+    ids=["approve", "edited-args", "deny-with-message", "deny"],
+)
+@pytest.mark.parametrize("how", ["deferred_tool_results", "approve"])
+async def test_continuing_after_an_answer(store: Store, answer: Any, how: str) -> None:
+    ran, ran_d = Ran(), Ran()
+    first = await gated(ran).run("go")
+    assert isinstance(first.output, DeferredToolRequests)
+    results = DeferredToolResults(approvals={"del-a": answer})
+    plain = await gated(ran).run(message_history=first.all_messages(), deferred_tool_results=results)
+
+    durable = DurableAgent(gated(ran_d), store=store, name="gated")
+    run_id = f"gate-{next(_ids)}"
+    parked = await durable.run("go", run_id=run_id)
+    same(first, parked, Ran(), Ran())
+    if how == "approve":
+        edited = answer.override_args if isinstance(answer, ToolApproved) else None
+        denied = answer.message if isinstance(answer, ToolDenied) else None
+        if answer is False:
+            pytest.skip("approve() denies with a message (deny=...); False is the pydantic-ai way")
+        await durable.approve(run_id, "del-a", args=edited, deny=denied)
+        result = await durable.run(run_id=run_id)
+    else:
+        result = await durable.run(run_id=run_id, deferred_tool_results=results)
+    same(plain, result, ran, ran_d)
+    again = await durable.run(run_id=run_id)
+    same(plain, again, ran, ran_d)
+    events = await durable.history(run_id)
+    answers = [e for e in events if e.trigger == "answer"]
+    assert len(answers) == 1 and isinstance(answers[0].output, dict)
+    if answer is True or isinstance(answer, ToolApproved):
+        assert isinstance(answers[0].output["digest"], str)
+
+
+async def test_approve_names_the_calls_that_wait(store: Store) -> None:
+    durable = DurableAgent(gated(Ran()), store=store, name="gated")
+    await durable.run("go", run_id="names")
+    with pytest.raises(RunError, match=r"waiting: del-a \(delete_file\)"):
+        await durable.approve("names", "nope")
+
+
+async def test_a_tool_needing_approval_needs_deferred_tool_requests_in_the_output() -> None:
+    agent = Agent(TestModel(), name="x")
+
+    @agent.tool_plain(requires_approval=True)
+    def drop() -> None: ...
+
+    with pytest.raises(DefinitionError, match=r"output_type=\[YourOutput, DeferredToolRequests\]"):
+        DurableAgent(agent, store=None)  # type: ignore[arg-type]
+
+
+async def test_external_toolsets(store: Store) -> None:
+    from pydantic_ai.tools import ToolDefinition
+
+    external = ExternalToolset([ToolDefinition(name="ask_user", parameters_json_schema={
+        "type": "object", "properties": {"q": {"type": "string"}}})])  # fmt: skip
+
+    def build(ran: Ran) -> Agent[None, str | DeferredToolRequests]:
+        return Agent(TestModel(), toolsets=[external], output_type=[str, DeferredToolRequests])  # type: ignore[arg-type]
+
+    ran, ran_d = Ran(), Ran()
+    first = await build(ran).run("go")
+    assert isinstance(first.output, DeferredToolRequests)
+    call_id = first.output.calls[0].tool_call_id
+    results = DeferredToolResults(calls={call_id: "blue"})
+    plain = await build(ran).run(message_history=first.all_messages(), deferred_tool_results=results)
+    durable = DurableAgent(build(ran_d), store=store, name="ext")
+    run_id = f"ext-{next(_ids)}"
+    parked = await durable.run("go", run_id=run_id)
+    same(first, parked, ran, ran_d)
+    result = await durable.run(run_id=run_id, deferred_tool_results=results)
+    same(plain, result, ran, ran_d)
+
+
+# Identity -------------------------------------------------------------------------------------
+
+
+async def test_a_durable_agent_needs_a_name_and_keeps_to_its_runs(store: Store) -> None:
+    with pytest.raises(DefinitionError, match="stable name"):
+        DurableAgent(Agent(TestModel()), store=store)
+    a = DurableAgent(Agent(TestModel(custom_output_text="A")), store=store, name="a")
+    b = DurableAgent(Agent(TestModel(custom_output_text="B")), store=store, name="b")
+    await a.run("x", run_id="mine")
+    with pytest.raises(RunError, match="belongs to 'a'"):
+        await b.run("x", run_id="mine")
+    with pytest.raises(RunError, match="another prompt"):
+        await a.run("y", run_id="mine")
+
+
+async def test_one_pydantic_ai_run_id_per_durable_run(store: Store) -> None:
+    _, result, _, run_id = await parity(complex_agent, store, "x", deps=Deps("Peru"))
+    ids = {getattr(m, "run_id", None) for m in result.all_messages()}
+    assert ids == {run_id} and result.run_id == run_id
