@@ -40,7 +40,7 @@ from pydantic_ai.toolsets import AbstractToolset, FunctionToolset
 from pydantic_ai.usage import UsageLimits
 
 from statemachine import DefinitionError, Graph, RunError, RunLocked, RunNotFound, RunTakenOver
-from storage import Event, Store
+from storage import Event, Store, StorageError
 
 from ._agent import Agent
 from ._durable_steps import (
@@ -77,7 +77,8 @@ __all__ = [
 AgentDepsT = TypeVar("AgentDepsT")
 OutputT = TypeVar("OutputT")
 
-_OURS = (RunMoved, RunError, RunLocked, RunTakenOver)
+_OURS = (RunMoved, RunError, RunLocked, RunTakenOver, StorageError)
+"""Errors of durability itself: they leave the run as it is (it goes on when run again)."""
 
 
 class DurableRunFailed(RunError):

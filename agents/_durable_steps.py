@@ -430,7 +430,7 @@ class Journal(AbstractCapability[Any]):
         if index < len(self._responses):
             committed = self._requests[index]
             if request is not None and committed is not None:
-                request.timestamp = committed.timestamp  # the request as it was first sent
+                _restamp(request, committed)
             return _copy(self._responses[index])
 
         async def op(ctx: StepContext) -> StepResult[DurableMemory]:
@@ -524,6 +524,14 @@ class Journal(AbstractCapability[Any]):
         except BaseException as raised:
             if raised is not error:
                 raise
+
+
+def _restamp(request: ModelRequest, committed: ModelRequest) -> None:
+    """Give a replayed request the times it was first sent with (they are all that differ)."""
+    request.timestamp = committed.timestamp
+    for part, first in zip(request.parts, committed.parts, strict=False):
+        if part.part_kind == first.part_kind and hasattr(first, "timestamp"):
+            part.timestamp = first.timestamp
 
 
 def _copy(response: ModelResponse) -> ModelResponse:

@@ -129,9 +129,9 @@ async def parity(
     return plain, result, durable, run_id
 
 
-def test_same_fails_on_a_difference() -> None:
-    a = Agent(TestModel(custom_output_text="a")).run_sync("x")
-    b = Agent(TestModel(custom_output_text="b")).run_sync("x")
+async def test_same_fails_on_a_difference() -> None:
+    a = await Agent(TestModel(custom_output_text="a")).run("x")
+    b = await Agent(TestModel(custom_output_text="b")).run("x")
     with pytest.raises(AssertionError):
         same(a, b, Ran(), Ran())
     with pytest.raises(AssertionError):
