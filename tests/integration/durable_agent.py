@@ -1,11 +1,17 @@
 """A child process running a plain pydantic-ai agent through `DurableAgent`.
 
-    python -m tests.integration.durable_agent STORE_URL RUN_ID WORKDIR crash|normal
+    python -m tests.integration.durable_agent STORE_URL RUN_ID WORKDIR MODE
 
-The agent's `FunctionModel` asks for two tool calls in one response (`lookup`, then `convert`),
-then answers with what they returned. Every model request appends "request" to
-WORKDIR/effects.log, every tool call "{tool}\t{idempotency_key}". In `crash` mode `convert`
-SIGKILLs its process after logging, before it returns. Prints the output.
+The agent's `FunctionModel` asks for two tool calls in one response (`lookup`, then
+`convert`), then answers with what they returned. Every model request appends "request" to
+WORKDIR/effects.log, every tool call "{tool}\t{idempotency_key}". Modes:
+
+- `normal`: run to the end; prints the output.
+- `crash`: `convert` SIGKILLs its own process after logging, before it returns.
+- `gated`: `convert` needs approval; prints "deferred CALL_IDS" when the run parks.
+- `approve`: approves `call-convert` from this process without the agent (as a CLI would).
+- `hang`: like `gated`, but the approved `convert` writes WORKDIR/in-call when it starts
+  and then never returns (the parent kills the process).
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import signal
 import sys
 from pathlib import Path
 
-from pydantic_ai import Agent, RunContext
+from pydantic_ai import Agent, DeferredToolRequests, RunContext
 from pydantic_ai.messages import (
     ModelMessage,
     ModelRequest,
@@ -27,14 +33,15 @@ from pydantic_ai.messages import (
 )
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 
-from agents import DurableAgent, idempotency_key
+from agents import DurableAgent, approve_tool_call, idempotency_key
 from storage import open_store
 
 LEASE_TTL = 0.5
 RATES = {"EUR": 1.1, "GBP": 1.25}
+PREFIX = "durablecrash"
 
 
-def make_agent(workdir: Path, crash: bool) -> Agent[str, str]:
+def make_agent(workdir: Path, mode: str) -> Agent[str, str | DeferredToolRequests]:
     log = workdir / "effects.log"
 
     def note(line: str) -> None:
@@ -58,7 +65,10 @@ def make_agent(workdir: Path, crash: bool) -> Agent[str, str]:
         answer = "; ".join(f"{p.tool_name}: {p.content}" for p in done)
         return ModelResponse(parts=[TextPart(answer)])
 
-    agent = Agent(FunctionModel(brain), deps_type=str, instructions="Answer in USD.")
+    agent = Agent(
+        FunctionModel(brain), deps_type=str, instructions="Answer in USD.",
+        output_type=[str, DeferredToolRequests],  # type: ignore[arg-type]
+    )  # fmt: skip
 
     @agent.tool
     def lookup(ctx: RunContext[str], item: str) -> str:
@@ -66,28 +76,41 @@ def make_agent(workdir: Path, crash: bool) -> Agent[str, str]:
         note(f"lookup\t{idempotency_key()}")
         return f"{item} sold by {ctx.deps}"
 
-    @agent.tool_plain
-    def convert(amount: float, currency: str) -> float:
+    @agent.tool_plain(requires_approval=mode in ("gated", "hang"))
+    async def convert(amount: float, currency: str) -> float:
         """Convert an amount to USD."""
         note(f"convert\t{idempotency_key()}")
-        if crash:
+        if mode == "crash":
             os.kill(os.getpid(), signal.SIGKILL)
+        if mode == "hang":
+            (workdir / "in-call").write_text(idempotency_key())
+            await asyncio.Event().wait()
         return round(amount * RATES[currency], 2)
 
     return agent
 
 
 async def main(url: str, run_id: str, workdir: str, mode: str) -> None:
-    store = open_store(url, prefix="durablecrash")
-    durable = DurableAgent(
-        make_agent(Path(workdir), crash=mode == "crash"),
-        store=store, name="shop", lease_ttl=LEASE_TTL,
-    )  # fmt: skip
-    result = await durable.run(
-        "What does the book cost in USD?", run_id=run_id, deps="Acme", lease_wait=10 * LEASE_TTL
-    )
-    await store.close()
-    print(result.output, flush=True)
+    store = open_store(url, prefix=PREFIX)
+    try:
+        if mode == "approve":
+            await approve_tool_call(store, run_id, "call-convert")
+            print("approved", flush=True)
+            return
+        durable = DurableAgent(
+            make_agent(Path(workdir), mode), store=store, name="shop", lease_ttl=LEASE_TTL,
+        )  # fmt: skip
+        result = await durable.run(
+            "What does the book cost in USD?", run_id=run_id, deps="Acme",
+            lease_wait=10 * LEASE_TTL,
+        )  # fmt: skip
+    finally:
+        await store.close()
+    output = result.output
+    if isinstance(output, DeferredToolRequests):
+        print("deferred", " ".join(c.tool_call_id for c in output.approvals), flush=True)
+    else:
+        print(output, flush=True)
 
 
 if __name__ == "__main__":

@@ -1,25 +1,48 @@
-"""SIGKILL inside the second of two tool calls of one model response of a plain pydantic-ai
-agent run by `DurableAgent`: after a rerun with the same run id in a new process, the model is
-asked once more (for the answer), the first tool does not run again, the second runs once more
-with the same idempotency key, and the output is an uninterrupted run's."""
+"""SIGKILL inside a tool call of a plain pydantic-ai agent run by `DurableAgent`, and inside a
+call that was approved from another process: after a rerun with the same run id in a new
+process the output is an uninterrupted run's, no committed model request is asked again, no
+committed or approved call runs twice, and the killed call runs once more under its key."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
-from storage import open_store
+from storage import Event, open_store
+
+from .durable_agent import PREFIX
 
 ROOT = Path(__file__).resolve().parents[2]
+EXPECTED = "lookup: book sold by Acme; convert: 25.0"
+
+
+def command(url: str, run_id: str, workdir: Path, mode: str) -> list[str]:
+    return [sys.executable, "-m", "tests.integration.durable_agent", url, run_id, str(workdir), mode]
 
 
 def child(url: str, run_id: str, workdir: Path, mode: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "tests.integration.durable_agent", url, run_id, str(workdir), mode],
-        cwd=ROOT, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        command(url, run_id, workdir, mode), cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+
+
+async def history(url: str, run_id: str) -> list[Event]:
+    store = open_store(url, prefix=PREFIX)
+    try:
+        return await store.history(run_id)
+    finally:
+        await store.close()
+
+
+def tool_keys(events: list[Event]) -> dict[str, str]:
+    return {
+        str(e.output["tool"]): e.key for e in events
+        if e.trigger == "tool_call" and e.kind == "tool" and isinstance(e.output, dict)
+    }  # fmt: skip
 
 
 async def test_a_crash_inside_a_tool_call_repeats_only_that_call(
@@ -28,41 +51,89 @@ async def test_a_crash_inside_a_tool_call_repeats_only_that_call(
     clean_dir = tmp_path / "clean"
     clean_dir.mkdir()
     clean = await asyncio.to_thread(child, store_url, "shop-clean", clean_dir, "normal")
-    assert clean.returncode == 0, clean.stderr[-2000:]
-    expected = "lookup: book sold by Acme; convert: 25.0"
-    assert clean.stdout.strip() == expected
+    assert (clean.returncode, clean.stdout.strip()) == (0, EXPECTED), clean.stderr[-2000:]
 
     run_id = "shop-1"
     crashed = await asyncio.to_thread(child, store_url, run_id, tmp_path, "crash")
     assert crashed.returncode == -9, crashed.stderr[-2000:]
     log = tmp_path / "effects.log"
     before = log.read_text().splitlines()
-    first_key = f"{run_id}:1:tool_call:call-lookup"
-    second_key = f"{run_id}:2:tool_call:call-convert"
-    assert before == ["request", f"lookup\t{first_key}", f"convert\t{second_key}"]
+    assert [line.split("\t")[0] for line in before] == ["request", "lookup", "convert"]
 
     resumed = await asyncio.to_thread(child, store_url, run_id, tmp_path, "normal")
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert resumed.stdout.strip() == expected
-    # The model once more (the answer); the second tool once more, with the same key.
-    assert log.read_text().splitlines()[len(before) :] == [f"convert\t{second_key}", "request"]
+    assert (resumed.returncode, resumed.stdout.strip()) == (0, EXPECTED), resumed.stderr[-2000:]
+    after = log.read_text().splitlines()[len(before) :]
+    # The killed call once more, with the same key; then the model once more (the answer).
+    assert after == [before[2], "request"]
 
-    store = open_store(store_url, prefix="durablecrash")
-    history = await store.history(run_id)
-    record = await store.load(run_id)
-    await store.close()
-    assert record is not None and record.status == "done"
-    assert [(e.seq, e.trigger, e.source, e.dest, e.key) for e in history] == [
-        (0, "start", "", "model", f"{run_id}:start"),
-        (1, "model_request", "model", "tools", f"{run_id}:0:model_request"),
-        (2, "tool_call", "tools", "tools", first_key),
-        (3, "tool_call", "tools", "model", second_key),
-        (4, "model_request", "model", "done", f"{run_id}:3:model_request"),
-    ]
-    assert history[3].attempt == 2  # the killed try counted
-    assert [e.usage["requests"] if e.usage else 0 for e in history] == [0, 1, 0, 0, 1]
+    events = await history(store_url, run_id)
+    keys = tool_keys(events)
+    assert before[1:] == [f"lookup\t{keys['lookup']}", f"convert\t{keys['convert']}"]
+    assert [e.trigger for e in events] == [
+        "start", "model_request", "tool_call", "tool_call", "model_request", "output"
+    ]  # fmt: skip
+    assert events[-1].status == "done"
+    assert events[3].attempt == 2  # the killed try counted
+    assert [e.usage["requests"] if e.usage else 0 for e in events] == [0, 1, 0, 0, 1, 0]
+    clean_events = await history(store_url, "shop-clean")
+    assert [e.output for e in events[1:]] == [e.output for e in clean_events[1:]]
 
     # Running it again returns the same result and asks nobody anything.
     again = await asyncio.to_thread(child, store_url, run_id, tmp_path, "normal")
-    assert (again.returncode, again.stdout.strip()) == (0, expected), again.stderr[-2000:]
+    assert (again.returncode, again.stdout.strip()) == (0, EXPECTED), again.stderr[-2000:]
     assert len(log.read_text().splitlines()) == len(before) + 2
+
+
+async def test_a_crash_inside_an_approved_call_runs_it_once_more_and_only_it(
+    store_url: str, tmp_path: Path
+) -> None:
+    run_id = "shop-gated"
+    parked = await asyncio.to_thread(child, store_url, run_id, tmp_path, "gated")
+    assert (parked.returncode, parked.stdout.strip()) == (0, "deferred call-convert"), parked.stderr
+    log = tmp_path / "effects.log"
+    assert [line.split("\t")[0] for line in log.read_text().splitlines()] == ["request", "lookup"]
+
+    # Nobody approved yet: running it again runs nothing and still defers.
+    still = await asyncio.to_thread(child, store_url, run_id, tmp_path, "gated")
+    assert still.stdout.strip() == "deferred call-convert", still.stderr
+    assert len(log.read_text().splitlines()) == 2
+
+    approved = await asyncio.to_thread(child, store_url, run_id, tmp_path, "approve")
+    assert (approved.returncode, approved.stdout.strip()) == (0, "approved"), approved.stderr
+
+    # The approved call starts, and the process is killed inside it.
+    in_call = tmp_path / "in-call"
+    proc = await asyncio.create_subprocess_exec(
+        *command(store_url, run_id, tmp_path, "hang"), cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        while not in_call.exists():  # the readiness signal: the call has started
+            assert proc.returncode is None, await proc.stderr.read() if proc.stderr else ""
+            await asyncio.sleep(0.02)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        await proc.wait()
+    assert proc.returncode == -9
+    killed_key = in_call.read_text()
+
+    resumed = await asyncio.to_thread(child, store_url, run_id, tmp_path, "gated")
+    assert (resumed.returncode, resumed.stdout.strip()) == (0, EXPECTED), resumed.stderr[-2000:]
+    lines = log.read_text().splitlines()
+    assert [line.split("\t")[0] for line in lines] == [
+        "request", "lookup", "convert", "convert", "request"
+    ]  # fmt: skip
+    events = await history(store_url, run_id)
+    keys = tool_keys(events)
+    assert lines[2] == lines[3] == f"convert\t{keys['convert']}" and killed_key == keys["convert"]
+    assert [e.trigger for e in events] == [
+        "start", "model_request", "tool_call", "defer", "answer", "tool_call", "model_request",
+        "output",
+    ]  # fmt: skip
+    answer = events[4].output
+    assert isinstance(answer, dict) and answer["approved"] is True and answer["digest"]
+    assert events[5].attempt == 2
+
+    again = await asyncio.to_thread(child, store_url, run_id, tmp_path, "gated")
+    assert again.stdout.strip() == EXPECTED
+    assert len(log.read_text().splitlines()) == 5
