@@ -396,7 +396,9 @@ class Journal(AbstractCapability[Any]):
                 event = await run.step()
             finally:
                 _PENDING.reset(token)
-            if event is None:
+            if event is None:  # the run is no longer running, and this process did not move it
+                if run.seq != pending.seq:
+                    raise RunMoved(run.run_id)
                 raise self.stopped()
             self.events.append(event)
             self.made[trigger] = self.made.get(trigger, 0) + 1

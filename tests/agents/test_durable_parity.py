@@ -10,6 +10,8 @@ usage, and how often each tool body ran: any difference fails the case.
 from __future__ import annotations
 
 import itertools
+import os
+import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,7 +52,7 @@ from pydantic_ai.messages import (
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 from pydantic_ai.models.test import TestModel
 from pydantic_ai.tools import ToolApproved
-from pydantic_ai.toolsets import ExternalToolset, FunctionToolset
+from pydantic_ai.toolsets import AbstractToolset, ExternalToolset, FunctionToolset
 from pydantic_ai.usage import UsageLimits
 
 from agents import DurableAgent
@@ -153,7 +155,7 @@ class Answer:
     country: str
 
 
-def complex_agent(ran: Ran) -> Agent[Deps, Answer]:
+def complex_agent(ran: Ran, *more: AbstractToolset[Deps]) -> Agent[Deps, Answer]:
     extra = FunctionToolset[Deps](id="extra")
 
     @extra.tool
@@ -162,7 +164,7 @@ def complex_agent(ran: Ran) -> Agent[Deps, Answer]:
         return ctx.deps.country
 
     agent = Agent(
-        TestModel(), deps_type=Deps, output_type=Answer, toolsets=[extra], name="complex"
+        TestModel(), deps_type=Deps, output_type=Answer, toolsets=[extra, *more], name="complex"
     )
 
     @agent.tool_plain
@@ -180,6 +182,25 @@ def complex_agent(ran: Ran) -> Agent[Deps, Answer]:
 
 async def test_complex_agent(store: Store) -> None:
     await parity(complex_agent, store, "Weather in the capital?", deps=Deps("Mexico"))
+
+
+async def test_complex_agent_with_an_mcp_server_over_stdio(store: Store, tmp_path: Path) -> None:
+    from fastmcp.client.transports import StdioTransport
+    from pydantic_ai.mcp import MCPToolset
+
+    log = tmp_path / "mcp.log"
+    root = Path(__file__).resolve().parents[2]
+
+    def build(ran: Ran) -> Agent[Deps, Answer]:
+        server = StdioTransport(
+            command=sys.executable, args=["-m", "tests.agents.mcp_weather"], cwd=str(root),
+            env={**os.environ, "MCP_LOG": str(log)},
+        )  # fmt: skip
+        return complex_agent(ran, MCPToolset(server, id="weather"))
+
+    await parity(build, store, "Weather in the capital?", deps=Deps("Mexico"))
+    # The MCP tool ran once plainly and once durably (not again when the run was read back).
+    assert log.read_text().splitlines() == ["a", "a"]
 
 
 async def test_override_deps_model_and_toolsets(store: Store) -> None:
@@ -517,12 +538,19 @@ async def test_approved_and_denied_by_a_handler_in_the_run(store: Store) -> None
     assert "deleted" not in str(denied.output)
 
 
-@pytest.mark.parametrize(
-    "answer",
-    [True, ToolApproved(override_args={"path": "b.txt"}), ToolDenied("not that one"), False],
-    ids=["approve", "edited-args", "deny-with-message", "deny"],
-)
-@pytest.mark.parametrize("how", ["deferred_tool_results", "approve"])
+ANSWERS = [
+    ("deferred_tool_results", True),
+    ("deferred_tool_results", ToolApproved(override_args={"path": "b.txt"})),
+    ("deferred_tool_results", ToolDenied("not that one")),
+    ("deferred_tool_results", False),
+    ("approve", True),
+    ("approve", ToolApproved(override_args={"path": "b.txt"})),
+    ("approve", ToolDenied("not that one")),
+]
+
+
+@pytest.mark.parametrize(("how", "answer"), ANSWERS,
+                         ids=[f"{h}-{i}" for i, (h, _) in enumerate(ANSWERS)])  # fmt: skip
 async def test_continuing_after_an_answer(store: Store, answer: Any, how: str) -> None:
     ran, ran_d = Ran(), Ran()
     first = await gated(ran).run("go")
@@ -537,8 +565,6 @@ async def test_continuing_after_an_answer(store: Store, answer: Any, how: str) -
     if how == "approve":
         edited = answer.override_args if isinstance(answer, ToolApproved) else None
         denied = answer.message if isinstance(answer, ToolDenied) else None
-        if answer is False:
-            pytest.skip("approve() denies with a message (deny=...); False is the pydantic-ai way")
         await durable.approve(run_id, "del-a", args=edited, deny=denied)
         result = await durable.run(run_id=run_id)
     else:
@@ -551,6 +577,9 @@ async def test_continuing_after_an_answer(store: Store, answer: Any, how: str) -
     assert len(answers) == 1 and isinstance(answers[0].output, dict)
     if answer is True or isinstance(answer, ToolApproved):
         assert isinstance(answers[0].output["digest"], str)
+        assert ran_d.counts.get("delete_file b.txt" if answer is not True else "delete_file a.txt") == 1
+    else:
+        assert not any(name.startswith("delete_file") for name in ran_d.counts)
 
 
 async def test_approve_names_the_calls_that_wait(store: Store) -> None:
@@ -612,3 +641,174 @@ async def test_one_pydantic_ai_run_id_per_durable_run(store: Store) -> None:
     _, result, _, run_id = await parity(complex_agent, store, "x", deps=Deps("Peru"))
     ids = {getattr(m, "run_id", None) for m in result.all_messages()}
     assert ids == {run_id} and result.run_id == run_id
+
+
+async def test_a_call_runs_only_with_the_arguments_approved(store: Store) -> None:
+    ran = Ran()
+    durable = DurableAgent(gated(ran), store=store, name="gated")
+    await durable.run("go", run_id="tamper")
+    run = await durable.machine.resume(store, "tamper")
+    forged = {"segment": 0, "tool_call_id": "del-a", "kind": "approval", "digest": "0" * 64}
+    await run.send("answer", forged)  # an approval of other arguments than the model's
+    await run.release()
+    with pytest.raises(RunError, match="other than the ones approved"):
+        await durable.run(run_id="tamper")
+    assert "delete_file a.txt" not in ran.counts
+
+
+async def test_a_tool_raising_approval_required_waits_for_its_approval(store: Store) -> None:
+    def build(ran: Ran) -> Agent[None, str | DeferredToolRequests]:
+        agent = gated(ran)
+        agent._function_toolset.tools.pop("delete_file")  # only the dynamic gate is left
+        return agent
+
+    def secret(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        if not any(isinstance(p, ToolReturnPart) for m in messages for p in m.parts):
+            return ModelResponse(parts=[ToolCallPart("read_file", {"path": "secret"}, tool_call_id="s")])
+        return ModelResponse(parts=[TextPart("done")])
+
+    ran, ran_d = Ran(), Ran()
+    plain_agent, durable_agent = build(ran), build(ran_d)
+    for a in (plain_agent, durable_agent):
+        a._model = FunctionModel(secret)  # type: ignore[assignment]
+    first = await plain_agent.run("go")
+    assert isinstance(first.output, DeferredToolRequests)
+    results = DeferredToolResults(approvals={"s": True})
+    plain = await plain_agent.run(message_history=first.all_messages(), deferred_tool_results=results)
+    durable = DurableAgent(durable_agent, store=store, name="secret")
+    parked = await durable.run("go", run_id="secret")
+    await durable.approve("secret", "s")
+    result = await durable.run(run_id="secret")
+    same(first, parked, Ran(), Ran())
+    same(plain, result, ran, ran_d)
+    assert ran_d.counts == {"read_file": 2}  # once to raise ApprovalRequired, once approved
+
+
+# RunContext -----------------------------------------------------------------------------------
+
+
+def introspective(ran: Ran) -> Agent[Deps, str]:
+    def brain(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        returns = [p for m in messages for p in m.parts if isinstance(p, ToolReturnPart | RetryPromptPart)]
+        if len(returns) < 3:
+            return ModelResponse(parts=[ToolCallPart("look", {"n": len(returns)})])
+        return ModelResponse(parts=[TextPart("seen")])
+
+    agent = Agent(FunctionModel(brain, model_name="introspective"), deps_type=Deps,
+                  name="introspective")  # fmt: skip
+
+    @agent.instructions
+    def about(ctx: RunContext[Deps]) -> str:
+        return f"step {ctx.run_step} of {ctx.agent.name if ctx.agent else None}"
+
+    @agent.tool(retries=3)
+    def look(ctx: RunContext[Deps], n: int) -> str:
+        ran("look")
+        if n == 1 and ctx.retry == 0:
+            raise ModelRetry("once more")
+        return (
+            f"deps={ctx.deps.country} model={ctx.model.model_name} agent={ctx.agent and ctx.agent.name}"
+            f" step={ctx.run_step} requests={ctx.usage.requests} retry={ctx.retry}/{ctx.max_retries}"
+            f" metadata={ctx.metadata} prompt={ctx.prompt} messages={len(ctx.messages)}"
+            f" tool={ctx.tool_name} approved={ctx.tool_call_approved}"
+        )
+
+    return agent
+
+
+async def test_tools_and_instructions_see_the_run_context_of_a_plain_run(store: Store) -> None:
+    _, result, _, _ = await parity(introspective, store, "look around", deps=Deps("Peru"),
+                                   metadata={"k": "v"})  # fmt: skip
+    text = str(normalized(result.all_messages()))
+    assert "agent=introspective" in text and "retry=1/3" in text and "step=" in text
+
+
+async def test_under_override_tools_see_the_override(store: Store) -> None:
+    ran, ran_d = Ran(), Ran()
+    other = FunctionModel(introspective(Ran()).model.function, model_name="other")  # type: ignore[union-attr]
+    plain_agent, durable_agent = introspective(ran), introspective(ran_d)
+    with plain_agent.override(deps=Deps("Chile"), model=other):
+        plain = await plain_agent.run("x", deps=Deps("Peru"))
+    durable = DurableAgent(durable_agent, store=store)
+    with durable_agent.override(deps=Deps("Chile"), model=other):
+        result = await durable.run("x", run_id=f"ov-{next(_ids)}", deps=Deps("Peru"))
+    same(plain, result, ran, ran_d)
+    assert "deps=Chile model=other" in str(normalized(result.all_messages()))
+
+
+# Across processes -----------------------------------------------------------------------------
+
+
+class Stop(BaseException):
+    """Stands for the process dying: nothing catches it."""
+
+
+def stop_after(n: int) -> Callable[[Any], None]:
+    seen = itertools.count(1)
+
+    def hook(event: Any) -> None:
+        if event.trigger == "model_request" and next(seen) == n:
+            raise Stop
+
+    return hook
+
+
+async def test_usage_limits_count_the_requests_committed_before_a_crash(store: Store) -> None:
+    limits = UsageLimits(request_limit=2)
+    brain_calls: list[int] = []
+
+    def build() -> Agent[None, str]:
+        def brain(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+            brain_calls.append(1)
+            return ModelResponse(parts=[ToolCallPart("again", {})])
+
+        agent = Agent(FunctionModel(brain), name="looping")
+
+        @agent.tool_plain
+        def again() -> str:
+            return "again"
+
+        return agent
+
+    with pytest.raises(UsageLimitExceeded) as plain:
+        await build().run("go", usage_limits=limits)
+    plain_calls = len(brain_calls)
+    durable = DurableAgent(build(), store=store)
+    with pytest.raises(Stop):
+        await durable.run("go", run_id="limited", usage_limits=limits, on_event=stop_after(2))
+    with pytest.raises(UsageLimitExceeded) as ours:  # in "another process": the 2 requests count
+        await durable.run(run_id="limited", usage_limits=limits)
+    assert str(ours.value) == str(plain.value)
+    assert len(brain_calls) == 2 * plain_calls
+
+
+async def test_a_run_driven_meanwhile_by_another_process_is_replayed_not_repeated(
+    store: Store,
+) -> None:
+    ran = Ran()
+    other: list[DurableAgent[Deps, Answer]] = []
+
+    def build(first: bool) -> Agent[Deps, Answer]:
+        agent = complex_agent(ran)
+
+        @agent.instructions
+        async def meanwhile(ctx: RunContext[Deps]) -> str:
+            if first and other and ctx.run_step == 1:
+                # This process replays; another one drives the run to its end before it commits.
+                await other.pop().run(run_id="race", deps=ctx.deps)
+            return "Be quick."
+
+        return agent
+
+    durable = DurableAgent(build(False), store=store)
+    with pytest.raises(Stop):
+        await durable.run("x", run_id="race", deps=Deps("Peru"), on_event=stop_after(1))
+    other.append(DurableAgent(build(False), store=store))
+    result = await DurableAgent(build(True), store=store).run(run_id="race", deps=Deps("Peru"))
+    plain_ran = Ran()
+    plain = await complex_agent(plain_ran).run("x", deps=Deps("Peru"))
+    assert result.output == plain.output
+    assert ran.counts == plain_ran.counts  # every tool once, though two processes drove it
+    assert not other  # the other process did drive it
+    triggers = [e.trigger for e in await store.history("race")]
+    assert triggers.count("output") == 1 and triggers.count("tool_call") == 3
