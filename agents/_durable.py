@@ -24,6 +24,7 @@ the exact arguments it approves, and the call runs only with those.
 from __future__ import annotations
 
 import asyncio
+import typing
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
@@ -40,7 +41,7 @@ from pydantic_ai.toolsets import AbstractToolset, FunctionToolset
 from pydantic_ai.usage import UsageLimits
 
 from statemachine import DefinitionError, Graph, RunError, RunLocked, RunNotFound, RunTakenOver
-from storage import Event, Store, StorageError
+from storage import Event, StorageError, Store
 
 from ._agent import Agent
 from ._durable_steps import (
@@ -64,7 +65,7 @@ from ._durable_steps import (
 )
 from ._llm import ModelSpec
 from ._report import render_report
-from ._tool_engine import StepPolicy, args_digest, record_outcome
+from ._tool_engine import MODEL_POLICY, TOOL_POLICY, StepPolicy, args_digest, record_outcome
 
 __all__ = [
     "DurableAgent",
@@ -95,8 +96,8 @@ def durable_machine(
     name: str,
     version: int = 1,
     *,
-    model_policy: StepPolicy = StepPolicy(retries=3, backoff=1.0),
-    tool_policy: StepPolicy = StepPolicy(retries=2),
+    model_policy: StepPolicy = MODEL_POLICY,
+    tool_policy: StepPolicy = TOOL_POLICY,
     lease_ttl: float = 15.0,
 ) -> Agent[DurableMemory]:
     """The machine of a DurableAgent named `name` (the same table for every one)."""
@@ -181,8 +182,8 @@ class DurableAgent(Generic[AgentDepsT, OutputT]):
         store: Store,
         name: str | None = None,
         version: int = 1,
-        model_policy: StepPolicy = StepPolicy(retries=3, backoff=1.0),
-        tool_policy: StepPolicy = StepPolicy(retries=2),
+        model_policy: StepPolicy = MODEL_POLICY,
+        tool_policy: StepPolicy = TOOL_POLICY,
         lease_ttl: float = 15.0,
     ) -> None:
         if not isinstance(agent, PydanticAgent):
@@ -364,10 +365,10 @@ class DurableAgent(Generic[AgentDepsT, OutputT]):
             if not isinstance(output, DeferredToolRequests):
                 if run.status == "running":
                     await journal.finish(output)
-                return result
+                return typing.cast(AgentRunResult[OutputT], result)
             if journal.segment >= len(journal.rounds):
                 await journal.defer(output)
-                return result
+                return typing.cast(AgentRunResult[OutputT], result)
             parked = journal.rounds[journal.segment]
             ids = sorted(c.tool_call_id for c in [*output.approvals, *output.calls])
             stored = sorted(c.tool_call_id for c in [*parked.requests.approvals,
@@ -378,7 +379,7 @@ class DurableAgent(Generic[AgentDepsT, OutputT]):
                     f" {stored}: the agent no longer does what it did when the run started"
                 )
             if parked.pending:
-                return result  # still waiting for answers
+                return typing.cast(AgentRunResult[OutputT], result)  # still waiting for answers
             answers = [parked.answers[i] for i in ids]
             prompt, history = None, result.all_messages()
             journal.segment += 1
@@ -400,13 +401,15 @@ async def _answers(
     for call_id, value in results.approvals.items():
         call = approvals.get(call_id)
         if call is None:
-            raise RunError(f"no call {call_id!r} is waiting for approval (waiting: {sorted(approvals)})")
+            raise RunError(
+                f"no call {call_id!r} is waiting for approval (waiting: {sorted(approvals)})"
+            )
         out.append(_approval(segment, call.tool_call_id, call.args_as_dict(), value))
-    for call_id, value in results.calls.items():
+    for call_id, result in results.calls.items():
         if call_id not in calls:
             raise RunError(f"no external call {call_id!r} is waiting (waiting: {sorted(calls)})")
 
-        async def give(value: Any = value) -> Any:
+        async def give(value: Any = result) -> Any:
             if isinstance(value, ModelRetry | ToolDenied):
                 raise value if isinstance(value, ModelRetry) else ModelRetry(value.message)
             return value
@@ -463,8 +466,10 @@ async def approve_tool_call(
         raise RunError(
             f"run {run_id!r} has no call {tool_call_id!r} waiting for approval; waiting: {names}"
         )
-    value: Any = ToolDenied(deny) if deny is not None else ToolApproved(
-        override_args=dict(args) if args is not None else None
+    value: Any = (
+        ToolDenied(deny)
+        if deny is not None
+        else ToolApproved(override_args=dict(args) if args is not None else None)
     )
     answer = _approval(len(rounds) - 1, tool_call_id, call.args_as_dict(), value)
     try:

@@ -26,9 +26,9 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-from datetime import datetime, timezone
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import pydantic_core
@@ -60,8 +60,8 @@ __all__ = [
     "Answer",
     "DurableMemory",
     "Journal",
-    "durable_transitions",
     "dump_prompt",
+    "durable_transitions",
     "load_prompt",
 ]
 
@@ -70,7 +70,7 @@ STATES = (RUNNING, APPROVAL, DONE, FAILED)
 MODEL_REQUEST, TOOL_CALL, DEFER, ANSWER, OUTPUT, FAIL = (
     "model_request", "tool_call", "defer", "answer", "output", "fail"
 )  # fmt: skip
-DURABLE_KIND = "pydantic_ai.Agent"
+DURABLE_KIND: Literal["pydantic_ai.Agent"] = "pydantic_ai.Agent"
 """`memory["kind"]` of every DurableAgent run: how a CLI tells them from state-table runs."""
 
 _REQUESTS: TypeAdapter[DeferredToolRequests] = TypeAdapter(DeferredToolRequests)
@@ -85,7 +85,7 @@ class DurableMemory(BaseModel):
 
     kind: Literal["pydantic_ai.Agent"] = DURABLE_KIND
     prompt: list[JsonValue] = []
-    """The user prompt, as one pydantic-ai `ModelRequest` holding a `UserPromptPart` ([] for none)."""
+    """The user prompt: one pydantic-ai `ModelRequest` holding a `UserPromptPart` ([] for none)."""
     message_history: list[JsonValue] = []
     answers: list[JsonValue] = []
     """`deferred_tool_results` the first call was given, as `Answer`s."""
@@ -111,7 +111,7 @@ def load_prompt(stored: list[JsonValue]) -> str | Sequence[UserContent] | None:
     return message.parts[0].content
 
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 """The stored prompt's timestamp: the prompt is compared, its time is not."""
 
 
@@ -167,10 +167,12 @@ def _rounds(events: Sequence[Event]) -> list[_Round]:
             continue
         if e.trigger == DEFER and isinstance(e.output, dict):
             rounds.append(_Round(requests=_REQUESTS.validate_python(e.output.get("requests"))))
-        elif e.trigger == ANSWER and rounds and isinstance(e.output, dict):
-            if not e.output.get("duplicate"):
-                a = Answer.model_validate(e.output)
-                rounds[-1].answers.setdefault(a.tool_call_id, a)
+        elif (
+            e.trigger == ANSWER and rounds and isinstance(e.output, dict)
+            and not e.output.get("duplicate")
+        ):  # fmt: skip
+            a = Answer.model_validate(e.output)
+            rounds[-1].answers.setdefault(a.tool_call_id, a)
     return rounds
 
 
@@ -449,7 +451,7 @@ class Journal(AbstractCapability[Any]):
                     output_tokens=response.usage.output_tokens,
                 ),
             )
-            sent = [request, response] if request is not None else [response]
+            sent: list[ModelMessage] = [response] if request is None else [request, response]
             dumped: list[JsonValue] = ModelMessagesTypeAdapter.dump_python(sent, mode="json")
             return StepResult(memory=self.run.memory, usage=spent, messages=dumped)
 
@@ -533,7 +535,7 @@ def _restamp(request: ModelRequest, committed: ModelRequest) -> None:
     request.timestamp = committed.timestamp
     for part, first in zip(request.parts, committed.parts, strict=False):
         if part.part_kind == first.part_kind and hasattr(first, "timestamp"):
-            part.timestamp = first.timestamp
+            setattr(part, "timestamp", first.timestamp)  # noqa: B010  (not every part has one)
 
 
 def _copy(response: ModelResponse) -> ModelResponse:

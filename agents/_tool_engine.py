@@ -5,17 +5,18 @@ A tool call is committed as one event whose output names the call and its outcom
     {"tool_call_id": ..., "tool": ..., "args": ..., "result": ...}      the tool returned
     {"tool_call_id": ..., "tool": ..., "args": ..., "retry": "..."}     it raised ModelRetry
     {"tool_call_id": ..., "tool": ..., "args": ..., "failed": "..."}    it raised ToolFailed
-    {"tool_call_id": ..., "tool": ..., "args": ..., "deferred": {...}}  ApprovalRequired/CallDeferred
+    {"tool_call_id": ..., "tool": ..., "args": ..., "deferred": {...}}  it deferred the call
 
-`result` is the value as pydantic-ai's own durable-execution codec stores it, so a
-`ToolReturn` (with its metadata and extra content), a `BinaryContent` or a `DocumentUrl` comes
-back as the same object (`replay_outcome`), and a plain JSON value as itself. One function
+`result` is the value as pydantic-ai's own durable-execution codec stores it, so
+a `ToolReturn` (with its metadata and extra content), a `BinaryContent` or a `DocumentUrl`
+comes back as the same object (`replay_outcome`), and a plain JSON value as itself. One function
 derives a call's idempotency key from its transition's (`call_key`), one charges what a model
 request cost to the transition (`charge`), and `StepPolicy` is the retry policy of both kinds.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
@@ -42,6 +43,8 @@ from pydantic_ai.usage import RunUsage
 from statemachine import RetryPolicy, StepContext
 
 __all__ = [
+    "MODEL_POLICY",
+    "TOOL_POLICY",
     "TRANSIENT_MODEL_ERRORS",
     "StepPolicy",
     "args_digest",
@@ -119,6 +122,12 @@ class StepPolicy:
         )
 
 
+MODEL_POLICY = StepPolicy(retries=3, backoff=1.0)
+"""The default for model requests: three more tries after a provider error that may pass."""
+TOOL_POLICY = StepPolicy(retries=2)
+"""The default for tool calls: a call a crash cut short runs up to twice more."""
+
+
 def call_key(ctx: StepContext, tool_call_id: str) -> str:
     """The idempotency key of one tool call: its transition's key plus the call's id."""
     return f"{ctx.idempotency_key}:{tool_call_id}"
@@ -185,10 +194,8 @@ def tool_answer(outcome: Mapping[str, JsonValue]) -> Any:
 def args_digest(args: JsonValue) -> str:
     """sha256 of a call's arguments as canonical JSON (an approval names what it approves)."""
     if isinstance(args, str):
-        try:
+        with contextlib.suppress(ValueError):  # not JSON: the text as sent is what is approved
             args = pydantic_core.from_json(args or "{}")
-        except ValueError:
-            pass
     canonical = pydantic_core.to_json(_sorted(args))
     return hashlib.sha256(canonical).hexdigest()
 

@@ -333,7 +333,10 @@ async def test_the_example_analyst_flags_the_outlier(store: Store) -> None:
     assert isinstance(result.output, Findings)
     assert result.output.anomalies == [97.0] and result.output.mean == 15.625
     assert (result.usage.requests, result.usage.tool_calls) == (2, 2)
-    assert result.output == (await analyst.run("Analyse these numbers: [3, 4, 5, 4, 3, 5, 4, 97]")).output
+    assert (
+        result.output
+        == (await analyst.run("Analyse these numbers: [3, 4, 5, 4, 3, 5, 4, 97]")).output
+    )
     html = await durable.report("a")
     assert "summary_statistics" in html and "detect_anomalies" in html
 

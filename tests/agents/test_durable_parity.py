@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-from pydantic import BaseModel
+from pydantic import BaseModel, JsonValue
 from pydantic_ai import (
     Agent,
     BinaryContent,
@@ -62,6 +62,7 @@ from storage import Store
 from ..conftest import make_store
 
 _ids = itertools.count()
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest_asyncio.fixture(params=["embedded", "redis"])
@@ -189,7 +190,7 @@ async def test_complex_agent_with_an_mcp_server_over_stdio(store: Store, tmp_pat
     from pydantic_ai.mcp import MCPToolset
 
     log = tmp_path / "mcp.log"
-    root = Path(__file__).resolve().parents[2]
+    root = ROOT
 
     def build(ran: Ran) -> Agent[Deps, Answer]:
         server = StdioTransport(
@@ -230,7 +231,7 @@ async def test_override_deps_model_and_toolsets(store: Store) -> None:
 def retrying(ran: Ran) -> Agent[None, str]:
     def brain(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
         retries = [p for m in messages if isinstance(m, ModelRequest) for p in m.parts
-                   if isinstance(p, RetryPromptPart) or getattr(p, "outcome", "") == "retried"]  # fmt: skip
+                   if getattr(p, "outcome", "") == "retried"]  # fmt: skip
         if len(retries) < 2:
             return ModelResponse(parts=[ToolCallPart("flaky", {"n": len(retries)})])
         if len(retries) == 2:
@@ -290,7 +291,9 @@ class Score(BaseModel):
 def validated(ran: Ran) -> Agent[None, Score]:
     def brain(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
         n = sum(isinstance(m, ModelResponse) for m in messages)
-        return ModelResponse(parts=[ToolCallPart(info.output_tools[0].name, {"value": [42, 11, 7][min(n, 2)]})])
+        return ModelResponse(
+            parts=[ToolCallPart(info.output_tools[0].name, {"value": [42, 11, 7][min(n, 2)]})]
+        )
 
     agent = Agent(FunctionModel(brain), output_type=Score, retries={"output": 3})
 
@@ -307,7 +310,9 @@ def validated(ran: Ran) -> Agent[None, Score]:
 async def test_output_validators(store: Store) -> None:
     ran, ran_d = Ran(), Ran()
     plain = await validated(ran).run("go")
-    result = await DurableAgent(validated(ran_d), store=store, name="v").run("go", run_id=f"v{next(_ids)}")
+    result = await DurableAgent(validated(ran_d), store=store, name="v").run(
+        "go", run_id=f"v{next(_ids)}"
+    )
     same(plain, result, ran, ran_d)
 
 
@@ -327,11 +332,11 @@ def union(ran: Ran) -> Agent[None, Foo | Bar]:
         bar = next(t for t in info.output_tools if "Bar" in t.name)
         return ModelResponse(parts=[ToolCallPart(bar.name, {"bar": 3})])
 
-    return Agent(FunctionModel(brain), output_type=[Foo, Bar])  # type: ignore[arg-type]
+    return Agent(FunctionModel(brain), output_type=[Foo, Bar])
 
 
 async def test_union_output_keeps_the_type_the_model_chose(store: Store) -> None:
-    plain, result, _, _ = await parity(union, store)
+    _, result, _, _ = await parity(union, store)
     assert isinstance(result.output, Bar)
 
 
@@ -378,8 +383,9 @@ def rich_returns(ran: Ran) -> Agent[None, str]:
         done = [p for m in messages if isinstance(m, ModelRequest) for p in m.parts
                 if isinstance(p, ToolReturnPart)]  # fmt: skip
         if not done:
-            return ModelResponse(parts=[ToolCallPart("picture", {}, tool_call_id="p"),
-                                        ToolCallPart("document", {}, tool_call_id="d")])  # fmt: skip
+            calls = [ToolCallPart("picture", {}, tool_call_id="p"),
+                     ToolCallPart("document", {}, tool_call_id="d")]  # fmt: skip
+            return ModelResponse(parts=calls)
         seen = [m for m in messages if isinstance(m, ModelRequest)][-1]
         return ModelResponse(parts=[TextPart(f"{len(seen.parts)} parts")])
 
@@ -403,7 +409,7 @@ def rich_returns(ran: Ran) -> Agent[None, str]:
 
 
 async def test_tool_return_with_metadata_and_content_and_files(store: Store) -> None:
-    plain, result, _, _ = await parity(rich_returns, store)
+    _, result, _, _ = await parity(rich_returns, store)
     parts = [p for m in result.all_messages() for p in m.parts if isinstance(p, ToolReturnPart)]
     assert parts[0].metadata == {"source": "camera"}
     assert isinstance(parts[1].content, DocumentUrl)
@@ -456,12 +462,20 @@ def step_dependent(ran: Ran) -> Agent[None, str]:
     def brain(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
         if next(asked) < 3:
             return ModelResponse(parts=[ToolCallPart("tick", {})])
-        return ModelResponse(parts=[TextPart(f"saw {len(messages)} messages, tools {[t.name for t in info.function_tools]}")])
+        return ModelResponse(
+            parts=[
+                TextPart(
+                    f"saw {len(messages)} messages, tools {[t.name for t in info.function_tools]}"
+                )
+            ]
+        )
 
     def keep_last_three(messages: list[ModelMessage]) -> list[ModelMessage]:
         return messages[-3:]
 
-    agent = Agent(FunctionModel(brain), capabilities=[ProcessHistory(keep_last_three)])
+    agent: Agent[None, str] = Agent(
+        FunctionModel(brain), deps_type=type(None), capabilities=[ProcessHistory(keep_last_three)]
+    )
 
     @agent.instructions
     def per_step(ctx: RunContext[None]) -> str:
@@ -518,7 +532,7 @@ def gated(ran: Ran, *, handler: Any = None) -> Agent[None, str | DeferredToolReq
 
 
 async def test_nobody_approves_nothing_runs(store: Store) -> None:
-    plain, result, durable, run_id = await parity(gated, store)
+    _, result, _, run_id = await parity(gated, store)
     assert isinstance(result.output, DeferredToolRequests)
     assert [c.tool_call_id for c in result.output.approvals] == ["del-a"]
     record = await store.load(run_id)
@@ -530,7 +544,9 @@ async def test_approved_and_denied_by_a_handler_in_the_run(store: Store) -> None
         return r.build_results(approve_all=True)
 
     def deny(ctx: RunContext[None], r: DeferredToolRequests) -> DeferredToolResults:
-        return DeferredToolResults(approvals={c.tool_call_id: ToolDenied("no") for c in r.approvals})
+        return DeferredToolResults(
+            approvals={c.tool_call_id: ToolDenied("no") for c in r.approvals}
+        )
 
     _, ok, _, _ = await parity(lambda ran: gated(ran, handler=approve), store)
     assert "deleted a.txt" in str(ok.output)
@@ -556,7 +572,9 @@ async def test_continuing_after_an_answer(store: Store, answer: Any, how: str) -
     first = await gated(ran).run("go")
     assert isinstance(first.output, DeferredToolRequests)
     results = DeferredToolResults(approvals={"del-a": answer})
-    plain = await gated(ran).run(message_history=first.all_messages(), deferred_tool_results=results)
+    plain = await gated(ran).run(
+        message_history=first.all_messages(), deferred_tool_results=results
+    )
 
     durable = DurableAgent(gated(ran_d), store=store, name="gated")
     run_id = f"gate-{next(_ids)}"
@@ -577,7 +595,10 @@ async def test_continuing_after_an_answer(store: Store, answer: Any, how: str) -
     assert len(answers) == 1 and isinstance(answers[0].output, dict)
     if answer is True or isinstance(answer, ToolApproved):
         assert isinstance(answers[0].output["digest"], str)
-        assert ran_d.counts.get("delete_file b.txt" if answer is not True else "delete_file a.txt") == 1
+        assert (
+            ran_d.counts.get("delete_file b.txt" if answer is not True else "delete_file a.txt")
+            == 1
+        )
     else:
         assert not any(name.startswith("delete_file") for name in ran_d.counts)
 
@@ -606,14 +627,16 @@ async def test_external_toolsets(store: Store) -> None:
         "type": "object", "properties": {"q": {"type": "string"}}})])  # fmt: skip
 
     def build(ran: Ran) -> Agent[None, str | DeferredToolRequests]:
-        return Agent(TestModel(), toolsets=[external], output_type=[str, DeferredToolRequests])  # type: ignore[arg-type]
+        return Agent(TestModel(), toolsets=[external], output_type=[str, DeferredToolRequests])
 
     ran, ran_d = Ran(), Ran()
     first = await build(ran).run("go")
     assert isinstance(first.output, DeferredToolRequests)
     call_id = first.output.calls[0].tool_call_id
     results = DeferredToolResults(calls={call_id: "blue"})
-    plain = await build(ran).run(message_history=first.all_messages(), deferred_tool_results=results)
+    plain = await build(ran).run(
+        message_history=first.all_messages(), deferred_tool_results=results
+    )
     durable = DurableAgent(build(ran_d), store=store, name="ext")
     run_id = f"ext-{next(_ids)}"
     parked = await durable.run("go", run_id=run_id)
@@ -648,7 +671,12 @@ async def test_a_call_runs_only_with_the_arguments_approved(store: Store) -> Non
     durable = DurableAgent(gated(ran), store=store, name="gated")
     await durable.run("go", run_id="tamper")
     run = await durable.machine.resume(store, "tamper")
-    forged = {"segment": 0, "tool_call_id": "del-a", "kind": "approval", "digest": "0" * 64}
+    forged: dict[str, JsonValue] = {
+        "segment": 0,
+        "tool_call_id": "del-a",
+        "kind": "approval",
+        "digest": "0" * 64,
+    }
     await run.send("answer", forged)  # an approval of other arguments than the model's
     await run.release()
     with pytest.raises(RunError, match="other than the ones approved"):
@@ -664,17 +692,21 @@ async def test_a_tool_raising_approval_required_waits_for_its_approval(store: St
 
     def secret(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
         if not any(isinstance(p, ToolReturnPart) for m in messages for p in m.parts):
-            return ModelResponse(parts=[ToolCallPart("read_file", {"path": "secret"}, tool_call_id="s")])
+            return ModelResponse(
+                parts=[ToolCallPart("read_file", {"path": "secret"}, tool_call_id="s")]
+            )
         return ModelResponse(parts=[TextPart("done")])
 
     ran, ran_d = Ran(), Ran()
     plain_agent, durable_agent = build(ran), build(ran_d)
     for a in (plain_agent, durable_agent):
-        a._model = FunctionModel(secret)  # type: ignore[assignment]
+        a._model = FunctionModel(secret)
     first = await plain_agent.run("go")
     assert isinstance(first.output, DeferredToolRequests)
     results = DeferredToolResults(approvals={"s": True})
-    plain = await plain_agent.run(message_history=first.all_messages(), deferred_tool_results=results)
+    plain = await plain_agent.run(
+        message_history=first.all_messages(), deferred_tool_results=results
+    )
     durable = DurableAgent(durable_agent, store=store, name="secret")
     parked = await durable.run("go", run_id="secret")
     await durable.approve("secret", "s")
@@ -689,7 +721,9 @@ async def test_a_tool_raising_approval_required_waits_for_its_approval(store: St
 
 def introspective(ran: Ran) -> Agent[Deps, str]:
     def brain(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
-        returns = [p for m in messages for p in m.parts if isinstance(p, ToolReturnPart | RetryPromptPart)]
+        returns = [
+            p for m in messages for p in m.parts if isinstance(p, ToolReturnPart | RetryPromptPart)
+        ]
         if len(returns) < 3:
             return ModelResponse(parts=[ToolCallPart("look", {"n": len(returns)})])
         return ModelResponse(parts=[TextPart("seen")])
@@ -706,9 +740,11 @@ def introspective(ran: Ran) -> Agent[Deps, str]:
         ran("look")
         if n == 1 and ctx.retry == 0:
             raise ModelRetry("once more")
+        agent = ctx.agent.name if ctx.agent else None
         return (
-            f"deps={ctx.deps.country} model={ctx.model.model_name} agent={ctx.agent and ctx.agent.name}"
-            f" step={ctx.run_step} requests={ctx.usage.requests} retry={ctx.retry}/{ctx.max_retries}"
+            f"deps={ctx.deps.country} model={ctx.model.model_name} agent={agent}"
+            f" step={ctx.run_step} requests={ctx.usage.requests}"
+            f" retry={ctx.retry}/{ctx.max_retries}"
             f" metadata={ctx.metadata} prompt={ctx.prompt} messages={len(ctx.messages)}"
             f" tool={ctx.tool_name} approved={ctx.tool_call_approved}"
         )

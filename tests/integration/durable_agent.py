@@ -67,7 +67,7 @@ def make_agent(workdir: Path, mode: str) -> Agent[str, str | DeferredToolRequest
 
     agent = Agent(
         FunctionModel(brain), deps_type=str, instructions="Answer in USD.",
-        output_type=[str, DeferredToolRequests],  # type: ignore[arg-type]
+        output_type=[str, DeferredToolRequests],
     )  # fmt: skip
 
     @agent.tool

@@ -21,7 +21,15 @@ EXPECTED = "lookup: book sold by Acme; convert: 25.0"
 
 
 def command(url: str, run_id: str, workdir: Path, mode: str) -> list[str]:
-    return [sys.executable, "-m", "tests.integration.durable_agent", url, run_id, str(workdir), mode]
+    return [
+        sys.executable,
+        "-m",
+        "tests.integration.durable_agent",
+        url,
+        run_id,
+        str(workdir),
+        mode,
+    ]
 
 
 def child(url: str, run_id: str, workdir: Path, mode: str) -> subprocess.CompletedProcess[str]:
