@@ -77,9 +77,7 @@ async def test_crashes_past_crash_retries_fail_the_run_apart_from_retries(store:
     assert (second.status, second.state, second.memory.n) == ("failed", "a", 0)
     last = (await second.history())[-1]
     assert last.kind == "error" and last.error is not None and last.attempt == 1
-    assert "cut short by its process dying 1 times (crash_retries=0)" in str(
-        last.error["message"]
-    )
+    assert "cut short by its process dying 1 times (crash_retries=0)" in str(last.error["message"])
 
 
 async def test_a_second_driver_in_the_same_process_is_locked_out(store: Store) -> None:
