@@ -170,8 +170,9 @@ class DurableAgent(Generic[AgentDepsT, OutputT]):
         version: bump it when the agent changes incompatibly with runs in flight.
         model_policy: retries, backoff and timeout of each model request (retried only on
             errors that may pass: 5xx, rate limits, timeouts, dropped connections).
-        tool_policy: timeout of each tool call, and how many tries one may take when a
-            crash or a timeout cuts it short (an exception the tool raises is not retried).
+        tool_policy: timeout of each tool call, and how often one that ran over it is tried
+            again (an exception the tool raises is not retried, as in `Agent.run`). Calls
+            cut short by a crash run again with the same key, up to `crash_retries`.
         lease_ttl: see `statemachine.Machine`.
     """
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,48 +84,53 @@ class StepPolicy:
     """How one kind of transition (model requests, or tool calls) is retried.
 
     `retries` extra tries after a failed one, waiting `backoff` seconds before the second
-    (doubling, with jitter, up to `max_backoff`); `timeout` seconds one try may take. A try cut
-    short by a process crash counts too. Model requests are retried only on errors that may
-    pass (5xx, 408/409/425/429, rate limits, timeouts, dropped connections). A tool call is
-    retried only after a crash or a timeout: an exception the tool raises ends the run with
-    that exception, as in `Agent.run` (`ModelRetry` and `ToolFailed` are answers to the model).
-    A sync tool that runs over its timeout is abandoned in its worker thread, not stopped.
+    (doubling, with jitter, up to `max_backoff`); `timeout` seconds one try may take. Model
+    requests are retried only on errors that may pass (5xx, 408/409/425/429, rate limits,
+    timeouts, dropped connections); tool calls only when they ran over their `timeout`: any
+    other exception a tool raises ends the run with that exception, as in `Agent.run`
+    (`ModelRetry` and `ToolFailed` are answers to the model). A try cut short by its process
+    dying counts against `crash_retries` instead (None: the machine's default). A sync tool
+    that runs over its timeout is abandoned in its worker thread, not stopped.
     """
 
     retries: int = 0
     backoff: float = 0.5
     timeout: float | None = None
     max_backoff: float = 30.0
+    crash_retries: int | None = None
 
     def __post_init__(self) -> None:
         if self.retries < 0:
             raise ValueError(f"retries must be 0 or more, not {self.retries}")
         if self.timeout is not None and self.timeout <= 0:
             raise ValueError(f"timeout must be positive, not {self.timeout}")
+        if self.crash_retries is not None and self.crash_retries < 0:
+            raise ValueError(f"crash_retries must be 0 or more, not {self.crash_retries}")
 
     def retry_policy(self, *, model: bool) -> RetryPolicy:
-        if model:
-            return RetryPolicy(
-                attempts=self.retries + 1,
-                backoff=self.backoff,
-                max_backoff=self.max_backoff,
-                timeout=self.timeout,
-                retry_on=TRANSIENT_MODEL_ERRORS,
-                retry_if=transient_http_error,
-            )
         return RetryPolicy(
             attempts=self.retries + 1,
             backoff=self.backoff,
             max_backoff=self.max_backoff,
             timeout=self.timeout,
-            retry_on=(TimeoutError,),
+            retry_on=TRANSIENT_MODEL_ERRORS if model else (),
+            retry_if=transient_http_error if model else _ran_over(self.timeout),
+            crash_retries=self.crash_retries,
         )
+
+
+def _ran_over(timeout: float | None) -> Callable[[BaseException], bool] | None:
+    """A tool try the runner cut short at `timeout` (its TimeoutError) may be tried again."""
+    if timeout is None:
+        return None
+    return lambda error: isinstance(error, TimeoutError)
 
 
 MODEL_POLICY = StepPolicy(retries=3, backoff=1.0)
 """The default for model requests: three more tries after a provider error that may pass."""
-TOOL_POLICY = StepPolicy(retries=2)
-"""The default for tool calls: a call a crash cut short runs up to twice more."""
+TOOL_POLICY = StepPolicy()
+"""The default for tool calls: as in `Agent.run`, an exception is not retried (a call a crash
+cut short runs again, up to the machine's `crash_retries`)."""
 
 
 def call_key(ctx: StepContext, tool_call_id: str) -> str:

@@ -20,6 +20,7 @@ import pytest
 from statemachine import RunError, StepContext
 from storage import StorageError
 
+from ..keys import plain
 from ..redis_server import RedisServer
 from .fault_agent import CountingStore, Progress, make_agent
 
@@ -98,7 +99,9 @@ async def test_runs_survive_redis_restarts(
             assert record.memory["done"] == [f"t{n}" for n in range(STEPS)]
             history = await store.history(run_id)
             assert [e.seq for e in history] == list(range(STEPS + 1))
-            assert [e.key for e in history[1:]] == [f"{run_id}:{n}:t{n}" for n in range(STEPS)]
+            assert [plain(e.key) for e in history[1:]] == [
+                f"{run_id}:{n}:t{n}" for n in range(STEPS)
+            ]
         listed = {r.run_id for r in await store.list_runs(limit=1000)}
         assert listed == {f"r{i}" for i in range(RUNS)}
     finally:

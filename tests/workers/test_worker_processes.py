@@ -16,6 +16,7 @@ from pathlib import Path
 from storage import RedisStore, open_store
 from storage.queue import RunQueue
 
+from ..keys import plain
 from ..redis_cluster import RedisCluster
 from ..redis_server import RedisServer
 from .work_agent import STEPS, Chain, chain
@@ -51,7 +52,7 @@ async def check_each_step_committed_once(store: RedisStore, ids: list[str]) -> N
     for run_id in ids:
         history = await store.history(run_id)
         assert [e.seq for e in history] == list(range(STEPS + 1)), run_id
-        assert [e.key for e in history[1:]] == [f"{run_id}:{i}:t{i}" for i in range(STEPS)]
+        assert [plain(e.key) for e in history[1:]] == [f"{run_id}:{i}:t{i}" for i in range(STEPS)]
 
 
 def executions(effects: Path) -> Counter[str]:
