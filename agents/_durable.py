@@ -136,10 +136,12 @@ def _check_agent(agent: PydanticAgent[Any, Any], name: str) -> None:
             f"{where}: the agent already has a durable-execution capability (Temporal, DBOS,"
             " Prefect); use one engine: remove it, or do not wrap the agent in DurableAgent"
         )
-    if getattr(agent, "_event_stream_handler", None) is not None:
+    root = agent.root_capability
+    if root.has_wrap_run_event_stream or root.has_on_event:
         raise DefinitionError(
-            f"{where}: event_stream_handler (streaming) is not durable yet; build the agent"
-            " without it"
+            f"{where}: a capability of the agent handles its event stream (ProcessEventStream,"
+            " an event_stream_handler, on_event hooks): streamed model requests are not durable"
+            " yet; build the agent without it"
         )
     if _allows_deferred(agent.output_type):
         return

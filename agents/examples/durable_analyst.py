@@ -6,7 +6,9 @@
 `analyst` is an ordinary `pydantic_ai.Agent` with two `@analyst.tool_plain` tools and a typed
 output. `DurableAgent(analyst, store=...)` runs it with every model request and every tool call
 committed: kill the process at any moment and run the same command again, and it goes on from
-the last commit without asking the model or running a tool twice. It uses a real model when
+the last commit without asking the model or running a tool twice (it prints how many model
+requests this process made: 0 for a run that was already done). The same run id with other
+numbers is refused with a message saying what to do. It uses a real model when
 `OPENAI_API_KEY` or `ANTHROPIC_API_KEY` is set (or `AGENTFSM_MODEL`), an offline one otherwise.
 """
 
@@ -35,7 +37,8 @@ from pydantic_ai.models.function import AgentInfo, FunctionModel
 
 from agents import DurableAgent
 from agents.examples._offline import choose_model
-from storage import open_store
+from statemachine import RunError
+from storage import Event, open_store
 
 __all__ = ["Findings", "analyst", "detect_anomalies", "main", "summary_statistics"]
 
@@ -125,22 +128,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--run-id", default=None, help="the same id resumes the same run")
     parser.add_argument("--graph", action="store_true", help="print the machine as Mermaid")
     args = parser.parse_args(argv)
-    return asyncio.run(_main(args.values, args.store, args.run_id, args.graph))
+    try:
+        return asyncio.run(_main(args.values, args.store, args.run_id, args.graph))
+    except RunError as exc:  # e.g. a run id used before with other numbers: say so, and how
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 async def _main(values: list[float], url: str | None, run_id: str | None, graph: bool) -> int:
     store = open_store(url)
+    made: list[Event] = []  # what this process committed (a run read back commits nothing)
     try:
         durable = DurableAgent(analyst, store=store)  # the one line
         if graph:
             print(durable.graph().mermaid())
             return 0
-        result = await durable.run(f"Analyse these numbers: {json.dumps(values)}", run_id=run_id)
+        result = await durable.run(
+            f"Analyse these numbers: {json.dumps(values)}", run_id=run_id, on_event=made.append
+        )
     finally:
         await store.close()
     print(result.output.model_dump_json(indent=2))
-    print(f"run {result.run_id}: {result.usage.requests} model requests,"
-          f" {result.usage.tool_calls} tool calls")  # fmt: skip
+    requests = sum(e.trigger == "model_request" for e in made)
+    calls = sum(e.trigger == "tool_call" for e in made)
+    print(f"run {result.run_id}: {requests} model requests and {calls} tool calls made by this"
+          f" process (the run: {result.usage.requests} and {result.usage.tool_calls})")  # fmt: skip
     return 0
 
 

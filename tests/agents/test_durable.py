@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,7 +25,7 @@ from pydantic_ai.messages import (
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 
 from agents import DurableAgent, DurableRunFailed, StepPolicy, idempotency_key
-from agents.examples.durable_analyst import Findings, analyst
+from agents.examples.durable_analyst import Findings, analyst, main
 from statemachine import RunError, RunNotFound
 from storage import Event, Store, open_store
 
@@ -341,6 +342,21 @@ async def test_the_example_analyst_flags_the_outlier(store: Store) -> None:
     )
     html = await durable.report("a")
     assert "summary_statistics" in html and "detect_anomalies" in html
+
+
+def test_the_example_prints_what_this_process_asked_and_refuses_other_input(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    args = ["3", "4", "97", "--store", url, "--run-id", "ex"]
+    assert main(args) == 0
+    assert "ex: 2 model requests and 2 tool calls made by this process" in capsys.readouterr().out
+    assert main(args) == 0  # done already: read back, nothing asked
+    assert "ex: 0 model requests and 0 tool calls made by this process" in capsys.readouterr().out
+    assert main(["1", "2", "--store", url, "--run-id", "ex"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: run 'ex' exists and was started with another prompt")
+    assert "start a new run with another run_id" in err and "Traceback" not in err
 
 
 def test_run_sync_and_message_history() -> None:

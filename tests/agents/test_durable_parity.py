@@ -37,7 +37,7 @@ from pydantic_ai import (
     ToolReturn,
 )
 from pydantic_ai.agent import AgentRunResult
-from pydantic_ai.capabilities import HandleDeferredToolCalls, ProcessHistory
+from pydantic_ai.capabilities import HandleDeferredToolCalls, ProcessEventStream, ProcessHistory
 from pydantic_ai.exceptions import ApprovalRequired, UnexpectedModelBehavior, UsageLimitExceeded
 from pydantic_ai.messages import (
     ModelMessage,
@@ -55,7 +55,7 @@ from pydantic_ai.tools import ToolApproved
 from pydantic_ai.toolsets import AbstractToolset, ExternalToolset, FunctionToolset
 from pydantic_ai.usage import UsageLimits
 
-from agents import DurableAgent
+from agents import DurableAgent, DurableRunFailed
 from statemachine import DefinitionError, RunError
 from storage import Store
 
@@ -848,3 +848,116 @@ async def test_a_run_driven_meanwhile_by_another_process_is_replayed_not_repeate
     assert not other  # the other process did drive it
     triggers = [e.trigger for e in await store.history("race")]
     assert triggers.count("output") == 1 and triggers.count("tool_call") == 3
+
+
+# The differences from Agent.run the README lists, each shown ------------------------------------
+
+
+async def test_difference_code_between_operations_runs_again_when_a_run_is_replayed(
+    store: Store,
+) -> None:
+    ran = Ran()
+    durable = DurableAgent(validated(ran), store=store, name="v")
+    await durable.run("go", run_id="replayed")
+    assert ran.counts == {"validator": 3}
+    await durable.run(run_id="replayed")  # read back: no model request, the validator again
+    assert ran.counts == {"validator": 6}
+
+
+async def test_difference_tool_calls_of_one_response_run_one_after_another(store: Store) -> None:
+    import asyncio
+
+    both: list[str] = []
+
+    def build(ran: Ran) -> Agent[None, str]:
+        def brain(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+            if any(isinstance(p, ToolReturnPart) for m in messages for p in m.parts):
+                return ModelResponse(parts=[TextPart(",".join(both))])
+            return ModelResponse(
+                parts=[ToolCallPart("slow", {"n": 1}), ToolCallPart("slow", {"n": 2})]
+            )
+
+        agent = Agent(FunctionModel(brain))
+
+        @agent.tool_plain
+        async def slow(n: int) -> int:
+            both.append(f"start {n}")
+            await asyncio.sleep(0)
+            both.append(f"end {n}")
+            return n
+
+        return agent
+
+    await build(Ran()).run("go")
+    assert both == ["start 1", "start 2", "end 1", "end 2"]  # plain: side by side
+    both.clear()
+    await DurableAgent(build(Ran()), store=store, name="seq").run("go", run_id="seq")
+    assert both == ["start 1", "end 1", "start 2", "end 2"]  # durable: in the model's order
+
+
+@dataclass
+class Point:
+    x: int
+
+
+async def test_difference_a_tool_result_comes_back_as_stored(store: Store) -> None:
+    def build(ran: Ran) -> Agent[None, str]:
+        agent = Agent(TestModel())
+
+        @agent.tool_plain
+        def where() -> Point:
+            return Point(3)
+
+        return agent
+
+    plain, result, _, _ = await parity(build, store)  # the same to the model (JSON)
+    returned = [
+        p.content for m in result.all_messages() for p in m.parts if isinstance(p, ToolReturnPart)
+    ]
+    assert returned == [{"x": 3}]
+    assert [p.content for m in plain.all_messages() for p in m.parts
+            if isinstance(p, ToolReturnPart)] == [Point(3)]  # fmt: skip
+
+
+async def test_difference_streaming_is_refused_at_construction(store: Store) -> None:
+    async def handler(ctx: RunContext[None], events: Any) -> None:
+        async for _ in events:
+            pass
+
+    agent = Agent(TestModel(), name="streams", capabilities=[ProcessEventStream(handler)])
+    with pytest.raises(DefinitionError, match="event_stream_handler"):
+        DurableAgent(agent, store=store)
+
+
+async def test_difference_a_failed_run_read_back_raises_durable_run_failed(store: Store) -> None:
+    def build(ran: Ran) -> Agent[None, str]:
+        agent = Agent(TestModel(), name="boom")
+
+        @agent.tool_plain
+        def explode() -> str:
+            ran("explode")
+            raise ValueError("boom")
+
+        return agent
+
+    ran = Ran()
+    durable = DurableAgent(build(ran), store=store)
+    with pytest.raises(ValueError, match="boom"):  # as Agent.run raises it
+        await durable.run("go", run_id="boom")
+    with pytest.raises(DurableRunFailed, match="ValueError: boom"):
+        await durable.run(run_id="boom")
+    assert ran.counts == {"explode": 1}
+
+
+async def test_difference_a_streamed_model_request_is_refused(store: Store) -> None:
+    from pydantic_ai.models import ModelRequestParameters
+
+    from agents._durable_steps import DurableMemory, Journal
+
+    durable = DurableAgent(Agent(TestModel()), store=store, name="s")
+    run = await durable.machine.start(store, DurableMemory(), run_id="stream")
+    model = Journal(run=run, events=[]).get_wrapper_model(TestModel())
+    assert model is not None
+    with pytest.raises(RunError, match="streamed model request"):
+        async with model.request_stream([], None, ModelRequestParameters()):
+            pass
