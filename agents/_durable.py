@@ -33,7 +33,12 @@ from pydantic_ai import Agent as PydanticAgent
 from pydantic_ai import DeferredToolRequests, DeferredToolResults, ModelRetry, ToolDenied
 from pydantic_ai.agent import AgentRunResult
 from pydantic_ai.durable_exec import BaseDurabilityCapability
-from pydantic_ai.messages import ModelMessage, ModelMessagesTypeAdapter, UserContent
+from pydantic_ai.messages import (
+    ModelMessage,
+    ModelMessagesTypeAdapter,
+    ModelResponse,
+    UserContent,
+)
 from pydantic_ai.settings import ModelSettings
 from pydantic_ai.tool_manager import ToolManager
 from pydantic_ai.tools import ToolApproved
@@ -53,6 +58,7 @@ from ._durable_steps import (
     RUNNING,
     STATES,
     Answer,
+    CallbackFailed,
     DurableMemory,
     Journal,
     RunMoved,
@@ -224,6 +230,7 @@ class DurableAgent(Generic[AgentDepsT, OutputT]):
         metadata: Mapping[str, Any] | None = None,
         toolsets: Sequence[AbstractToolset[AgentDepsT]] | None = None,
         instructions: Any = None,
+        output_type: Any = None,
         lease_wait: float = 0.0,
         on_event: Callable[[Event], object] | None = None,
     ) -> AgentRunResult[OutputT]:
@@ -232,8 +239,9 @@ class DurableAgent(Generic[AgentDepsT, OutputT]):
         With the `run_id` of a run that exists, go on from its last commit (or, for a finished
         run, rebuild its result: no model request, no tool call). `run_id` alone resumes;
         `run_id` with `deferred_tool_results` answers the calls a waiting run deferred, then
-        goes on. `deps`, `model`, `model_settings`, `usage_limits`, `metadata`, `toolsets` and
-        `instructions` are not stored: give the same ones to every call of one run.
+        goes on. `deps`, `model`, `model_settings`, `usage_limits`, `metadata`, `toolsets`,
+        `instructions` and `output_type` are not stored: give the same ones to every call of
+        one run.
         `on_event` sees each transition this process commits.
 
         Raises what `Agent.run` raises; `DurableRunFailed` for a run that failed in another
@@ -244,10 +252,20 @@ class DurableAgent(Generic[AgentDepsT, OutputT]):
                                lease_wait)  # fmt: skip
         if deferred_tool_results is not None and run.status == "waiting":
             await self._answer(run, deferred_tool_results)
+        elif (
+            deferred_tool_results is not None
+            and not run.memory.answers
+            and not _rounds(await run.history())
+        ):
+            raise RunError(
+                f"run {run.run_id!r} deferred no tool calls: it takes no deferred_tool_results"
+            )
         options: dict[str, Any] = dict(
             deps=deps, model=model, model_settings=model_settings, usage_limits=usage_limits,
             metadata=metadata, toolsets=toolsets, instructions=instructions,
         )  # fmt: skip
+        if output_type is not None:
+            options["output_type"] = output_type
         for _ in range(100):
             journal = Journal(run=run, events=await run.history(), notify=on_event)
             try:
@@ -309,9 +327,10 @@ class DurableAgent(Generic[AgentDepsT, OutputT]):
             return await self.machine.resume(self.store, run_id, lease_wait=lease_wait)
         given: list[JsonValue] = []
         if answers is not None:
-            last = ModelMessagesTypeAdapter.validate_python(history)[-1] if history else None
-            calls = [p for p in getattr(last, "parts", []) if p.part_kind == "tool-call"]
-            requests = DeferredToolRequests(approvals=calls)
+            past = ModelMessagesTypeAdapter.validate_python(history)
+            last = next((m for m in reversed(past) if isinstance(m, ModelResponse)), None)
+            calls = last.tool_calls if last is not None else []
+            requests = DeferredToolRequests(calls=calls, approvals=calls)  # answered either way
             given = [a.model_dump(mode="json") for a in await _answers(requests, answers, 0)]
         memory = DurableMemory(prompt=dump_prompt(user_prompt), message_history=history,
                                answers=given)  # fmt: skip
@@ -360,6 +379,8 @@ class DurableAgent(Generic[AgentDepsT, OutputT]):
                     )
             except _OURS:
                 raise
+            except CallbackFailed as failed:
+                raise failed.error from None
             except Exception as exc:
                 if run.status == "running":  # pydantic-ai gave up: the run ends the same way
                     await journal.fail(exc)

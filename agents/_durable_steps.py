@@ -59,6 +59,7 @@ from ._tool_engine import args_digest, call_key, charge, record_outcome, replay_
 
 __all__ = [
     "Answer",
+    "CallbackFailed",
     "DurableMemory",
     "Journal",
     "dump_prompt",
@@ -193,6 +194,15 @@ _PENDING: contextvars.ContextVar[_Pending | None] = contextvars.ContextVar(
 
 class RunMoved(Exception):
     """The run moved on in another process since this one read its history: replay again."""
+
+
+class CallbackFailed(Exception):
+    """The caller's `on_event` raised `error`: it reaches the caller, and the run stays as
+    it is (the transition is committed; the run goes on when run again)."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 def _wants(kind: str) -> Callable[[DurableMemory], bool]:
@@ -406,7 +416,10 @@ class Journal(AbstractCapability[Any]):
             self.events.append(event)
             self.made[trigger] = self.made.get(trigger, 0) + 1
             if self.notify is not None:
-                self.notify(event)
+                try:
+                    self.notify(event)
+                except Exception as exc:
+                    raise CallbackFailed(exc) from exc
             if event.kind == "error":
                 if pending.error is not None:
                     raise pending.error

@@ -35,7 +35,7 @@ from statemachine._table import Guard
 
 from ._steps import Reducer, apply_output
 from ._tool_calls import TOOL_CALLS_ROUTE, FunctionTool, function_tools, tool_results
-from ._tool_engine import TRANSIENT_MODEL_ERRORS, charge, tool_answer, transient_http_error
+from ._tool_engine import StepPolicy, charge, tool_answer
 
 __all__ = ["LlmStep", "ModelSpec", "check_model", "llm"]
 
@@ -268,14 +268,9 @@ def llm(
         into=into,
         update=update,
         model=model,
-        policy=RetryPolicy(
-            attempts=retries + 1,
-            backoff=backoff,
-            timeout=timeout,
-            retry_on=TRANSIENT_MODEL_ERRORS,
-            retry_if=transient_http_error,
-            crash_retries=crash_retries,
-        ),
+        policy=StepPolicy(
+            retries=retries, backoff=backoff, timeout=timeout, crash_retries=crash_retries
+        ).retry_policy(model=True),
         output_retries=output_retries,
         history=history,
         routes=tuple(routes or ()),

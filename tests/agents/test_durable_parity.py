@@ -74,7 +74,7 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
 
 # The comparison -----------------------------------------------------------------------------
 
-_VARYING = {"timestamp", "run_id", "conversation_id", "provider_response_id"}
+_VARYING = {"timestamp", "run_id", "conversation_id", "provider_response_id", "duration"}
 
 
 def normalized(messages: Sequence[ModelMessage]) -> list[Any]:
@@ -375,6 +375,24 @@ async def test_native_prompted_tool_and_text_outputs(store: Store, kind: str) ->
     await parity(build, store)
 
 
+def falling_back(ran: Ran) -> Agent[None, str]:
+    from pydantic_ai.exceptions import ModelHTTPError
+    from pydantic_ai.models.fallback import FallbackModel
+
+    def down(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        ran("down")
+        raise ModelHTTPError(500, "down", "unavailable")
+
+    return Agent(FallbackModel(FunctionModel(down), TestModel(custom_output_text="from backup")))
+
+
+async def test_a_fallback_model_falls_back_inside_one_request(store: Store) -> None:
+    _, result, durable, run_id = await parity(falling_back, store)
+    assert result.output == "from backup"
+    events = await durable.history(run_id)
+    assert [e.trigger for e in events[1:]] == ["model_request", "output"]
+
+
 # Tool returns and multimodal content ------------------------------------------------------------
 
 
@@ -603,6 +621,30 @@ async def test_continuing_after_an_answer(store: Store, answer: Any, how: str) -
         assert not any(name.startswith("delete_file") for name in ran_d.counts)
 
 
+async def test_a_plain_run_that_deferred_goes_on_durably(store: Store) -> None:
+    ran, ran_d = Ran(), Ran()
+    first = await gated(Ran()).run("go")
+    results = DeferredToolResults(approvals={"del-a": True})
+    history = first.all_messages()
+    plain = await gated(ran).run(message_history=history, deferred_tool_results=results)
+    durable = DurableAgent(gated(ran_d), store=store, name="gated")
+    result = await durable.run(
+        message_history=history, deferred_tool_results=results, run_id="from-plain"
+    )
+    same(plain, result, ran, ran_d)
+    again = await durable.run(run_id="from-plain")
+    same(plain, again, ran, ran_d)
+    assert ran_d.counts == {"delete_file a.txt": 1}
+    with pytest.raises(RunError, match="no call 'del-a' is waiting"):  # nothing asked for it
+        await DurableAgent(gated(Ran()), store=store, name="g2").run(
+            "go", run_id="fresh", deferred_tool_results=results
+        )
+    plainly = DurableAgent(Agent(TestModel()), store=store, name="plainly")
+    await plainly.run("go", run_id="no-deferrals")
+    with pytest.raises(RunError, match="takes no deferred_tool_results"):
+        await plainly.run(run_id="no-deferrals", deferred_tool_results=results)
+
+
 async def test_approve_names_the_calls_that_wait(store: Store) -> None:
     durable = DurableAgent(gated(Ran()), store=store, name="gated")
     await durable.run("go", run_id="names")
@@ -787,6 +829,26 @@ def stop_after(n: int) -> Callable[[Any], None]:
             raise Stop
 
     return hook
+
+
+async def test_an_on_event_callback_that_raises_reaches_the_caller_and_the_run_goes_on(
+    store: Store,
+) -> None:
+    class Oops(Exception):
+        pass
+
+    def oops(event: Any) -> None:
+        raise Oops(event.trigger)
+
+    ran = Ran()
+    durable = DurableAgent(complex_agent(ran), store=store)
+    with pytest.raises(Oops, match="model_request"):
+        await durable.run("x", run_id="oops", deps=Deps("Peru"), on_event=oops)
+    record = await store.load("oops")
+    assert record is not None and record.status == "running"
+    result = await durable.run(run_id="oops", deps=Deps("Peru"))
+    plain = await complex_agent(Ran()).run("x", deps=Deps("Peru"))
+    assert result.output == plain.output
 
 
 async def test_usage_limits_count_the_requests_committed_before_a_crash(store: Store) -> None:
