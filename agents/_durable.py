@@ -32,7 +32,7 @@ from pydantic import JsonValue
 from pydantic_ai import Agent as PydanticAgent
 from pydantic_ai import DeferredToolRequests, DeferredToolResults, ModelRetry, ToolDenied
 from pydantic_ai.agent import AgentRunResult
-from pydantic_ai.durable_exec import BaseDurabilityCapability
+from pydantic_ai.durable_exec import BaseDurabilityCapability, replay_scope
 from pydantic_ai.messages import (
     ModelMessage,
     ModelMessagesTypeAdapter,
@@ -134,6 +134,26 @@ def _allows_deferred(output_type: Any) -> bool:
     return DeferredToolRequests in flat
 
 
+def _fingerprint(agent: PydanticAgent[Any, Any]) -> str:
+    """What tells one agent of a name from another: its function tools and output type."""
+    tools: list[str] = []
+
+    def visit(ts: AbstractToolset[Any]) -> None:
+        if isinstance(ts, FunctionToolset):
+            tools.extend(ts.tools)
+
+    for toolset in agent.toolsets:
+        toolset.apply(visit)
+    outputs = [
+        getattr(t, "__qualname__", None) or repr(t) for t in _output_types(agent.output_type)
+    ]
+    spec: dict[str, JsonValue] = {
+        "tools": list[JsonValue](sorted(tools)),
+        "output": list[JsonValue](outputs),
+    }
+    return args_digest(spec)[:16]
+
+
 def _check_agent(agent: PydanticAgent[Any, Any], name: str) -> None:
     """Refuse at construction what cannot be made durable, naming the alternative."""
     where = f"DurableAgent {name!r}"
@@ -209,6 +229,7 @@ class DurableAgent(Generic[AgentDepsT, OutputT]):
         self.name = stable
         self.model_policy = model_policy
         self.tool_policy = tool_policy
+        self.fingerprint = _fingerprint(agent)
         self.machine = durable_machine(
             stable, version, model_policy=model_policy, tool_policy=tool_policy, lease_ttl=lease_ttl
         )
@@ -250,6 +271,11 @@ class DurableAgent(Generic[AgentDepsT, OutputT]):
         """
         run = await self._open(user_prompt, run_id, message_history, deferred_tool_results,
                                lease_wait)  # fmt: skip
+        if run.memory.agent != self.fingerprint:
+            raise RunError(
+                f"run {run.run_id!r} was started by another agent named {self.name!r} (its tools"
+                " or output type differ): give this agent another name, or bump version="
+            )
         if deferred_tool_results is not None and run.status == "waiting":
             await self._answer(run, deferred_tool_results)
         elif (
@@ -332,8 +358,8 @@ class DurableAgent(Generic[AgentDepsT, OutputT]):
             calls = last.tool_calls if last is not None else []
             requests = DeferredToolRequests(calls=calls, approvals=calls)  # answered either way
             given = [a.model_dump(mode="json") for a in await _answers(requests, answers, 0)]
-        memory = DurableMemory(prompt=dump_prompt(user_prompt), message_history=history,
-                               answers=given)  # fmt: skip
+        memory = DurableMemory(agent=self.fingerprint, prompt=dump_prompt(user_prompt),
+                               message_history=history, answers=given)  # fmt: skip
         run = await self.machine.start(self.store, memory, run_id=run_id, lease_wait=lease_wait)
         stored = run.memory
         if (stored.prompt, stored.message_history) != (memory.prompt, memory.message_history):
@@ -367,7 +393,8 @@ class DurableAgent(Generic[AgentDepsT, OutputT]):
         while True:
             journal.answers_in = {a.tool_call_id: a for a in answers}
             try:
-                with ToolManager.parallel_execution_mode("sequential"):
+                # Spans of replayed work are not reported again (pydantic-ai's replay scope).
+                with ToolManager.parallel_execution_mode("sequential"), replay_scope():
                     result = await self.agent.run(
                         prompt,
                         message_history=history,

@@ -36,6 +36,7 @@ import pydantic_core
 from pydantic import BaseModel, JsonValue, TypeAdapter
 from pydantic_ai import DeferredToolRequests, DeferredToolResults, RunContext, ToolDenied
 from pydantic_ai.capabilities import AbstractCapability, CapabilityOrdering
+from pydantic_ai.durable_exec import record_durable_unit
 from pydantic_ai.messages import (
     ModelMessage,
     ModelMessagesTypeAdapter,
@@ -86,6 +87,8 @@ class DurableMemory(BaseModel):
     """
 
     kind: Literal["pydantic_ai.Agent"] = DURABLE_KIND
+    agent: str = ""
+    """A digest of the agent's function tools and output type: who may go on with the run."""
     prompt: list[JsonValue] = []
     """The user prompt: one pydantic-ai `ModelRequest` holding a `UserPromptPart` ([] for none)."""
     message_history: list[JsonValue] = []
@@ -449,6 +452,7 @@ class Journal(AbstractCapability[Any]):
             committed = self._requests[index]
             if request is not None and committed is not None:
                 _restamp(request, committed)
+            record_durable_unit(executed=False)
             return _copy(self._responses[index])
 
         async def op(ctx: StepContext) -> StepResult[DurableMemory]:
@@ -470,6 +474,7 @@ class Journal(AbstractCapability[Any]):
             return StepResult(memory=self.run.memory, usage=spent, messages=dumped)
 
         event = await self.fire(MODEL_REQUEST, op)
+        record_durable_unit(executed=True)
         messages_back = ModelMessagesTypeAdapter.validate_python(event.messages)
         response = messages_back[-1]
         assert isinstance(response, ModelResponse)
@@ -495,6 +500,7 @@ class Journal(AbstractCapability[Any]):
                     f" {call_id!r}, which the history has as {done.get('tool')!r}: the agent"
                     " no longer does what it did when the run started"
                 )
+            record_durable_unit(executed=False)
             return replay_outcome(done)
         args: JsonValue = pydantic_core.to_jsonable_python(tool_args, fallback=repr)
 
@@ -511,6 +517,7 @@ class Journal(AbstractCapability[Any]):
             return StepResult(memory=self.run.memory, output=output, subkey=call_id)
 
         event = await self.fire(TOOL_CALL, op)
+        record_durable_unit(executed=True)
         assert isinstance(event.output, dict)
         self._tools[where] = event.output
         return replay_outcome(event.output)

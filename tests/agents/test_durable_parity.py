@@ -37,7 +37,12 @@ from pydantic_ai import (
     ToolReturn,
 )
 from pydantic_ai.agent import AgentRunResult
-from pydantic_ai.capabilities import HandleDeferredToolCalls, ProcessEventStream, ProcessHistory
+from pydantic_ai.capabilities import (
+    HandleDeferredToolCalls,
+    Instrumentation,
+    ProcessEventStream,
+    ProcessHistory,
+)
 from pydantic_ai.exceptions import ApprovalRequired, UnexpectedModelBehavior, UsageLimitExceeded
 from pydantic_ai.messages import (
     ModelMessage,
@@ -204,7 +209,7 @@ async def test_complex_agent_with_an_mcp_server_over_stdio(store: Store, tmp_pat
     assert log.read_text().splitlines() == ["a", "a"]
 
 
-async def test_override_deps_model_and_toolsets(store: Store) -> None:
+async def test_override_deps_model_tools_and_toolsets(store: Store) -> None:
     ran, ran_d = Ran(), Ran()
     other = FunctionToolset[Deps](id="other")
 
@@ -212,8 +217,13 @@ async def test_override_deps_model_and_toolsets(store: Store) -> None:
     def from_override(ctx: RunContext[Deps]) -> str:
         return f"override sees {ctx.deps.country} on {ctx.model.model_name}"
 
+    def overriding_tool(ctx: RunContext[Deps]) -> str:
+        return f"an override tool for {ctx.deps.country}"
+
     def go(agent: Agent[Deps, Answer]) -> Any:
-        return agent.override(deps=Deps("Peru"), model=TestModel(seed=3), toolsets=[other])
+        return agent.override(
+            deps=Deps("Peru"), model=TestModel(seed=3), toolsets=[other], tools=[overriding_tool]
+        )
 
     plain_agent, durable_agent = complex_agent(ran), complex_agent(ran_d)
     with go(plain_agent):
@@ -223,6 +233,113 @@ async def test_override_deps_model_and_toolsets(store: Store) -> None:
         result = await durable.run("x", run_id=f"o-{next(_ids)}", deps=Deps("Chile"))
     same(plain, result, ran, ran_d)
     assert "Peru" in str(normalized(result.all_messages()))
+
+
+class WeatherArgs(BaseModel):
+    city: str
+
+
+@dataclass
+class Labelled:
+    label: str
+    answer: str
+
+
+@dataclass
+class Response:
+    answers: list[Labelled]
+
+
+def upstream_complex_agent(ran: Ran) -> Agent[Deps, Response]:
+    """The shape of the complex agent in pydantic-ai's durable-execution suites: deps, a
+    toolset with an id, a tool taking a model, instrumentation, a nested dataclass output."""
+
+    async def get_country(ctx: RunContext[Deps]) -> str:
+        ran("get_country")
+        return ctx.deps.country
+
+    def get_weather(args: WeatherArgs) -> str:
+        ran("get_weather")
+        return "sunny" if args.city == "a" else "unknown"
+
+    return Agent(
+        TestModel(), deps_type=Deps, output_type=Response, name="complex_agent",
+        toolsets=[FunctionToolset[Deps](tools=[get_country], id="country")],
+        tools=[get_weather], capabilities=[Instrumentation()],
+    )  # fmt: skip
+
+
+async def test_upstreams_complex_agent(store: Store) -> None:
+    _, result, _, _ = await parity(upstream_complex_agent, store, "Tell me", deps=Deps("Mexico"))
+    assert isinstance(result.output, Response)
+
+
+class Unserializable:
+    """Deps that cannot be stored (a lock): DurableAgent never stores deps."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.lock = threading.Lock()
+        self.country = "Peru"
+
+
+async def test_unserializable_deps(store: Store) -> None:
+    def build(ran: Ran) -> Agent[Unserializable, str]:
+        agent = Agent(TestModel(), deps_type=Unserializable)
+
+        @agent.tool
+        def country(ctx: RunContext[Unserializable]) -> str:
+            with ctx.deps.lock:
+                return ctx.deps.country
+
+        return agent
+
+    await parity(build, store, deps=Unserializable())
+
+
+def dynamic(ran: Ran) -> Agent[Deps, str]:
+    agent = Agent(TestModel(), deps_type=Deps)
+
+    @agent.toolset
+    def per_country(ctx: RunContext[Deps]) -> FunctionToolset[Deps]:
+        toolset = FunctionToolset[Deps]()
+
+        @toolset.tool_plain(name=f"capital_of_{ctx.deps.country.lower()}")
+        def capital() -> str:
+            ran("capital")
+            return f"the capital, at step {ctx.run_step}"
+
+        return toolset
+
+    return agent
+
+
+async def test_dynamic_toolsets(store: Store) -> None:
+    await parity(dynamic, store, deps=Deps("Peru"))
+
+
+def failing_and_sequential(ran: Ran) -> Agent[None, str]:
+    from pydantic_ai.exceptions import ToolFailed
+
+    agent = Agent(TestModel())
+
+    @agent.tool_plain
+    def broken() -> str:
+        ran("broken")
+        raise ToolFailed("the disk is full")
+
+    @agent.tool_plain(sequential=True)
+    def one_at_a_time() -> str:
+        ran("one_at_a_time")
+        return "alone"
+
+    return agent
+
+
+async def test_tool_failed_and_sequential_tools(store: Store) -> None:
+    _, result, _, _ = await parity(failing_and_sequential, store)
+    assert "the disk is full" in str(normalized(result.all_messages()))
 
 
 # Retries, bad arguments, validators ---------------------------------------------------------
@@ -662,6 +779,18 @@ async def test_a_tool_needing_approval_needs_deferred_tool_requests_in_the_outpu
         DurableAgent(agent, store=None)  # type: ignore[arg-type]
 
 
+async def test_run_time_external_toolsets(store: Store) -> None:
+    from pydantic_ai.tools import ToolDefinition
+
+    external = ExternalToolset([ToolDefinition(name="ask_user")], id="external")
+    spec: Any = [str, DeferredToolRequests]
+    first = await Agent(TestModel(), output_type=spec).run("go", toolsets=[external])
+    assert isinstance(first.output, DeferredToolRequests)
+    durable = DurableAgent(Agent(TestModel(), output_type=spec), store=store, name="rt-ext")
+    parked = await durable.run("go", run_id=f"rt-{next(_ids)}", toolsets=[external])
+    same(first, parked, Ran(), Ran())
+
+
 async def test_external_toolsets(store: Store) -> None:
     from pydantic_ai.tools import ToolDefinition
 
@@ -700,6 +829,9 @@ async def test_a_durable_agent_needs_a_name_and_keeps_to_its_runs(store: Store) 
         await b.run("x", run_id="mine")
     with pytest.raises(RunError, match="another prompt"):
         await a.run("y", run_id="mine")
+    same_name = Agent(TestModel(), output_type=Score)
+    with pytest.raises(RunError, match="started by another agent named 'a'"):
+        await DurableAgent(same_name, store=store, name="a").run(run_id="mine")
 
 
 async def test_one_pydantic_ai_run_id_per_durable_run(store: Store) -> None:
