@@ -5,7 +5,7 @@ This is agentfsm's `agents` package (not openai-agents').
 
 from ._agent import Agent
 from ._durable import DurableAgent, DurableRunFailed, approve_tool_call
-from ._durable_steps import idempotency_key
+from ._durable_journal import idempotency_key
 from ._llm import llm
 from ._report import render_report, report_html
 from ._steps import tool, wait

@@ -30,7 +30,7 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import JsonValue
 from pydantic_ai import Agent as PydanticAgent
-from pydantic_ai import DeferredToolRequests, DeferredToolResults, ModelRetry, ToolDenied
+from pydantic_ai import DeferredToolRequests, DeferredToolResults
 from pydantic_ai.agent import AgentRunResult
 from pydantic_ai.durable_exec import BaseDurabilityCapability, replay_scope
 from pydantic_ai.messages import (
@@ -41,37 +41,31 @@ from pydantic_ai.messages import (
 )
 from pydantic_ai.settings import ModelSettings
 from pydantic_ai.tool_manager import ToolManager
-from pydantic_ai.tools import ToolApproved
 from pydantic_ai.toolsets import AbstractToolset, FunctionToolset
 from pydantic_ai.usage import UsageLimits
 
-from statemachine import DefinitionError, Graph, RunError, RunLocked, RunNotFound, RunTakenOver
+from statemachine import DefinitionError, Graph, RunError, RunLocked, RunTakenOver
 from storage import Event, StorageError, Store
 
-from ._agent import Agent
+from ._durable_approvals import answers_to, approve_tool_call
+from ._durable_journal import Journal, idempotency_key
 from ._durable_steps import (
     ANSWER,
     APPROVAL,
-    DONE,
-    DURABLE_KIND,
-    FAILED,
-    RUNNING,
-    STATES,
     Answer,
     CallbackFailed,
     DurableMemory,
-    Journal,
+    DurableRunFailed,
     RunMoved,
-    _rounds,
     deferred_results,
     dump_prompt,
-    durable_transitions,
-    idempotency_key,
+    durable_machine,
     load_prompt,
+    rounds_of,
 )
 from ._llm import ModelSpec
 from ._report import render_report
-from ._tool_engine import MODEL_POLICY, TOOL_POLICY, StepPolicy, args_digest, record_outcome
+from ._tool_engine import MODEL_POLICY, TOOL_POLICY, StepPolicy, args_digest
 
 __all__ = [
     "DurableAgent",
@@ -86,40 +80,6 @@ OutputT = TypeVar("OutputT")
 
 _OURS = (RunMoved, RunError, RunLocked, RunTakenOver, StorageError)
 """Errors of durability itself: they leave the run as it is (it goes on when run again)."""
-
-
-class DurableRunFailed(RunError):
-    """The run failed in an earlier process: a step gave up (its error is in `error`)."""
-
-    def __init__(self, run_id: str, error: Mapping[str, Any] | None) -> None:
-        self.run_id = run_id
-        self.error = dict(error or {})
-        what = f"{self.error.get('type', 'Error')}: {self.error.get('message', '')}"
-        super().__init__(f"run {run_id!r} failed: {what}")
-
-
-def durable_machine(
-    name: str,
-    version: int = 1,
-    *,
-    model_policy: StepPolicy = MODEL_POLICY,
-    tool_policy: StepPolicy = TOOL_POLICY,
-    lease_ttl: float = 15.0,
-) -> Agent[DurableMemory]:
-    """The machine of a DurableAgent named `name` (the same table for every one)."""
-    return Agent(
-        name=name,
-        memory=DurableMemory,
-        version=version,
-        initial=RUNNING,
-        final=[DONE],
-        on_error=FAILED,
-        lease_ttl=lease_ttl,
-        states=list(STATES),
-        transitions=durable_transitions(
-            model_policy.retry_policy(model=True), tool_policy.retry_policy(model=False)
-        ),
-    )
 
 
 def _output_types(output_type: Any) -> list[Any]:
@@ -281,7 +241,7 @@ class DurableAgent(Generic[AgentDepsT, OutputT]):
         elif (
             deferred_tool_results is not None
             and not run.memory.answers
-            and not _rounds(await run.history())
+            and not rounds_of(await run.history())
         ):
             raise RunError(
                 f"run {run.run_id!r} deferred no tool calls: it takes no deferred_tool_results"
@@ -357,7 +317,7 @@ class DurableAgent(Generic[AgentDepsT, OutputT]):
             last = next((m for m in reversed(past) if isinstance(m, ModelResponse)), None)
             calls = last.tool_calls if last is not None else []
             requests = DeferredToolRequests(calls=calls, approvals=calls)  # answered either way
-            given = [a.model_dump(mode="json") for a in await _answers(requests, answers, 0)]
+            given = [a.model_dump(mode="json") for a in await answers_to(requests, answers, 0)]
         memory = DurableMemory(agent=self.fingerprint, prompt=dump_prompt(user_prompt),
                                message_history=history, answers=given)  # fmt: skip
         run = await self.machine.start(self.store, memory, run_id=run_id, lease_wait=lease_wait)
@@ -371,11 +331,11 @@ class DurableAgent(Generic[AgentDepsT, OutputT]):
         return run
 
     async def _answer(self, run: Any, results: DeferredToolResults) -> None:
-        rounds = _rounds(await run.history())
+        rounds = rounds_of(await run.history())
         if not rounds or run.state != APPROVAL:
             raise RunError(f"run {run.run_id!r} is not waiting for deferred tool results")
         current = rounds[-1]
-        for answer in await _answers(current.requests, results, len(rounds) - 1):
+        for answer in await answers_to(current.requests, results, len(rounds) - 1):
             if answer.tool_call_id in current.pending:
                 await run.send(ANSWER, answer.model_dump(mode="json"))
         await run.release()
@@ -440,90 +400,3 @@ def _segment_run_id(run_id: str, segment: int) -> str:
     """pydantic-ai's run id of one `Agent.run` of the durable run: the durable run's id for
     the first, then one per continuation after deferred calls (pydantic-ai needs a new one)."""
     return run_id if segment == 0 else f"{run_id}/{segment}"
-
-
-async def _answers(
-    requests: DeferredToolRequests, results: DeferredToolResults, segment: int
-) -> list[Answer]:
-    """`deferred_tool_results` as `Answer`s to `requests` (approvals carry the args digest)."""
-    approvals = {c.tool_call_id: c for c in requests.approvals}
-    calls = {c.tool_call_id: c for c in requests.calls}
-    out: list[Answer] = []
-    for call_id, value in results.approvals.items():
-        call = approvals.get(call_id)
-        if call is None:
-            raise RunError(
-                f"no call {call_id!r} is waiting for approval (waiting: {sorted(approvals)})"
-            )
-        out.append(_approval(segment, call.tool_call_id, call.args_as_dict(), value))
-    for call_id, result in results.calls.items():
-        if call_id not in calls:
-            raise RunError(f"no external call {call_id!r} is waiting (waiting: {sorted(calls)})")
-
-        async def give(value: Any = result) -> Any:
-            if isinstance(value, ModelRetry | ToolDenied):
-                raise value if isinstance(value, ModelRetry) else ModelRetry(value.message)
-            return value
-
-        outcome = await record_outcome(give())
-        out.append(Answer(segment=segment, tool_call_id=call_id, kind="call", outcome=outcome))
-    return out
-
-
-def _approval(segment: int, call_id: str, args: dict[str, Any], value: Any) -> Answer:
-    if value is False or isinstance(value, ToolDenied):
-        message = value.message if isinstance(value, ToolDenied) else None
-        return Answer(segment=segment, tool_call_id=call_id, kind="approval", approved=False,
-                      message=message)  # fmt: skip
-    override = value.override_args if isinstance(value, ToolApproved) else None
-    approved_args = dict(override) if override is not None else args
-    return Answer(segment=segment, tool_call_id=call_id, kind="approval",
-                  override_args=override, digest=args_digest(approved_args))  # fmt: skip
-
-
-async def approve_tool_call(
-    store: Store,
-    run_id: str,
-    tool_call_id: str,
-    *,
-    args: Mapping[str, Any] | None = None,
-    deny: str | None = None,
-) -> Event:
-    """Answer one call that a waiting DurableAgent run deferred for approval, from any process.
-
-    Approves the call with the arguments the model gave, or with `args` (they replace the
-    model's); with `deny`, denies it and the model is told `deny`. The answer is committed
-    with the sha256 of the exact arguments approved; once every deferred call is answered
-    the run can go on (`DurableAgent.run(run_id=...)`). Needs only the store: the agent
-    itself is not loaded. Returns the committed event.
-
-    Raises `RunNotFound`; `RunError` when the run is not a DurableAgent run, is not waiting,
-    or has no call `tool_call_id` waiting for approval (the message lists those that are).
-    """
-    record = await store.load(run_id)
-    if record is None:
-        raise RunNotFound(run_id)
-    if record.memory.get("kind") != DURABLE_KIND:
-        raise RunError(f"run {run_id!r} is not a DurableAgent run (agent {record.agent!r})")
-    run = await durable_machine(record.agent, record.version).resume(store, run_id)
-    rounds = _rounds(await run.history())
-    current = rounds[-1] if rounds and run.state == APPROVAL else None
-    if current is None:
-        raise RunError(f"run {run_id!r} is {run.status} in state {run.state!r}: nothing to approve")
-    waiting = [c for c in current.requests.approvals if c.tool_call_id in current.pending]
-    call = next((c for c in waiting if c.tool_call_id == tool_call_id), None)
-    if call is None:
-        names = ", ".join(f"{c.tool_call_id} ({c.tool_name})" for c in waiting) or "none"
-        raise RunError(
-            f"run {run_id!r} has no call {tool_call_id!r} waiting for approval; waiting: {names}"
-        )
-    value: Any = (
-        ToolDenied(deny)
-        if deny is not None
-        else ToolApproved(override_args=dict(args) if args is not None else None)
-    )
-    answer = _approval(len(rounds) - 1, tool_call_id, call.args_as_dict(), value)
-    try:
-        return await run.send(ANSWER, answer.model_dump(mode="json"))
-    finally:
-        await run.release(quiet=True)

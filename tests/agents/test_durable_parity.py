@@ -1146,7 +1146,8 @@ async def test_difference_a_failed_run_read_back_raises_durable_run_failed(store
 async def test_difference_a_streamed_model_request_is_refused(store: Store) -> None:
     from pydantic_ai.models import ModelRequestParameters
 
-    from agents._durable_steps import DurableMemory, Journal
+    from agents._durable_journal import Journal
+    from agents._durable_steps import DurableMemory
 
     durable = DurableAgent(Agent(TestModel()), store=store, name="s")
     run = await durable.machine.start(store, DurableMemory(), run_id="stream")

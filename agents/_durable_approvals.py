@@ -1,0 +1,105 @@
+"""Answers to the calls a DurableAgent run deferred: `approve_tool_call` from any process,
+and `deferred_tool_results` turned into committed `Answer`s."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic_ai import DeferredToolRequests, DeferredToolResults, ModelRetry, ToolDenied
+from pydantic_ai.tools import ToolApproved
+
+from statemachine import RunError, RunNotFound
+from storage import Event, Store
+
+from ._durable_steps import ANSWER, APPROVAL, DURABLE_KIND, Answer, durable_machine, rounds_of
+from ._tool_engine import args_digest, record_outcome
+
+__all__ = ["answers_to", "approve_tool_call"]
+
+
+async def answers_to(
+    requests: DeferredToolRequests, results: DeferredToolResults, segment: int
+) -> list[Answer]:
+    """`deferred_tool_results` as `Answer`s to `requests` (approvals carry the args digest)."""
+    approvals = {c.tool_call_id: c for c in requests.approvals}
+    calls = {c.tool_call_id: c for c in requests.calls}
+    out: list[Answer] = []
+    for call_id, value in results.approvals.items():
+        call = approvals.get(call_id)
+        if call is None:
+            raise RunError(
+                f"no call {call_id!r} is waiting for approval (waiting: {sorted(approvals)})"
+            )
+        out.append(_approval(segment, call.tool_call_id, call.args_as_dict(), value))
+    for call_id, result in results.calls.items():
+        if call_id not in calls:
+            raise RunError(f"no external call {call_id!r} is waiting (waiting: {sorted(calls)})")
+
+        async def give(value: Any = result) -> Any:
+            if isinstance(value, ModelRetry | ToolDenied):
+                raise value if isinstance(value, ModelRetry) else ModelRetry(value.message)
+            return value
+
+        outcome = await record_outcome(give())
+        out.append(Answer(segment=segment, tool_call_id=call_id, kind="call", outcome=outcome))
+    return out
+
+
+def _approval(segment: int, call_id: str, args: dict[str, Any], value: Any) -> Answer:
+    if value is False or isinstance(value, ToolDenied):
+        message = value.message if isinstance(value, ToolDenied) else None
+        return Answer(segment=segment, tool_call_id=call_id, kind="approval", approved=False,
+                      message=message)  # fmt: skip
+    override = value.override_args if isinstance(value, ToolApproved) else None
+    approved_args = dict(override) if override is not None else args
+    return Answer(segment=segment, tool_call_id=call_id, kind="approval",
+                  override_args=override, digest=args_digest(approved_args))  # fmt: skip
+
+
+async def approve_tool_call(
+    store: Store,
+    run_id: str,
+    tool_call_id: str,
+    *,
+    args: Mapping[str, Any] | None = None,
+    deny: str | None = None,
+) -> Event:
+    """Answer one call that a waiting DurableAgent run deferred for approval, from any process.
+
+    Approves the call with the arguments the model gave, or with `args` (they replace the
+    model's); with `deny`, denies it and the model is told `deny`. The answer is committed
+    with the sha256 of the exact arguments approved; once every deferred call is answered
+    the run can go on (`DurableAgent.run(run_id=...)`). Needs only the store: the agent
+    itself is not loaded. Returns the committed event.
+
+    Raises `RunNotFound`; `RunError` when the run is not a DurableAgent run, is not waiting,
+    or has no call `tool_call_id` waiting for approval (the message lists those that are).
+    """
+    record = await store.load(run_id)
+    if record is None:
+        raise RunNotFound(run_id)
+    if record.memory.get("kind") != DURABLE_KIND:
+        raise RunError(f"run {run_id!r} is not a DurableAgent run (agent {record.agent!r})")
+    run = await durable_machine(record.agent, record.version).resume(store, run_id)
+    rounds = rounds_of(await run.history())
+    current = rounds[-1] if rounds and run.state == APPROVAL else None
+    if current is None:
+        raise RunError(f"run {run_id!r} is {run.status} in state {run.state!r}: nothing to approve")
+    waiting = [c for c in current.requests.approvals if c.tool_call_id in current.pending]
+    call = next((c for c in waiting if c.tool_call_id == tool_call_id), None)
+    if call is None:
+        names = ", ".join(f"{c.tool_call_id} ({c.tool_name})" for c in waiting) or "none"
+        raise RunError(
+            f"run {run_id!r} has no call {tool_call_id!r} waiting for approval; waiting: {names}"
+        )
+    value: Any = (
+        ToolDenied(deny)
+        if deny is not None
+        else ToolApproved(override_args=dict(args) if args is not None else None)
+    )
+    answer = _approval(len(rounds) - 1, tool_call_id, call.args_as_dict(), value)
+    try:
+        return await run.send(ANSWER, answer.model_dump(mode="json"))
+    finally:
+        await run.release(quiet=True)

@@ -1,0 +1,348 @@
+"""The journal: the capability that makes a pydantic-ai run's model requests and tool calls
+durable transitions of the DurableAgent machine (`_durable_steps`).
+
+When a run is resumed, in any process, `Agent.run` is simply run again: each model request and
+tool call already committed is answered from the history (nothing is sent or run), and the
+first one that is not goes live and commits. What happens between them is pydantic-ai's own
+code, run again, so it behaves exactly as in a plain run (and must be deterministic: given the
+same model responses and tool results it must do the same, as in any replaying engine).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import pydantic_core
+from pydantic import JsonValue
+from pydantic_ai import DeferredToolRequests, RunContext
+from pydantic_ai.capabilities import AbstractCapability, CapabilityOrdering
+from pydantic_ai.durable_exec import record_durable_unit
+from pydantic_ai.messages import ModelMessage, ModelMessagesTypeAdapter, ModelRequest, ModelResponse
+from pydantic_ai.models import Model, ModelRequestParameters, StreamedResponse
+from pydantic_ai.models.wrapper import WrapperModel
+from pydantic_ai.settings import ModelSettings
+from pydantic_ai.tools import ToolDefinition
+from pydantic_ai.toolsets import AbstractToolset, ToolsetTool, WrapperToolset
+from pydantic_ai.usage import RunUsage
+
+from statemachine import Run, RunError, StepContext, StepResult
+from storage import Event
+
+from ._durable_steps import (
+    DEFER,
+    FAIL,
+    MODEL_REQUEST,
+    OUTPUT,
+    PENDING,
+    REQUESTS,
+    TOOL_CALL,
+    Answer,
+    CallbackFailed,
+    DurableMemory,
+    DurableRunFailed,
+    Pending,
+    Round,
+    RunMoved,
+    rounds_of,
+)
+from ._tool_engine import args_digest, call_key, charge, record_outcome, replay_outcome
+
+__all__ = ["Journal", "idempotency_key"]
+
+_KEY: contextvars.ContextVar[str | None] = contextvars.ContextVar("agentfsm_call_key", default=None)
+
+
+def idempotency_key() -> str:
+    """Inside a tool a `DurableAgent` runs: the call's idempotency key (its transition's key
+    plus the `tool_call_id`), the same on every try in any process."""
+    key = _KEY.get()
+    if key is None:
+        raise LookupError("idempotency_key() is only known inside a DurableAgent's tool call")
+    return key
+
+
+@dataclass(eq=False)
+class Journal(AbstractCapability[Any]):
+    """The capability that makes model requests and tool calls durable (see the module doc).
+
+    One per `DurableAgent.run` call: it holds what the run committed so far and where the
+    replay is.
+    """
+
+    run: Run[DurableMemory] = field(repr=False)
+    events: list[Event] = field(repr=False)
+    notify: Callable[[Event], object] | None = field(default=None, repr=False)
+    segment: int = 0
+    """Which `Agent.run` of the durable run this is (each deferral round starts another)."""
+    model_index: int = 0
+    """Model requests this replay has asked for so far."""
+    made: dict[str, int] = field(default_factory=dict)
+    """Transitions committed by this process, by trigger."""
+    answers_in: dict[str, Answer] = field(default_factory=dict)
+    """The answers the current segment was started with, by tool_call_id."""
+    _responses: list[ModelResponse] = field(default_factory=list, repr=False)
+    _requests: list[ModelRequest | None] = field(default_factory=list, repr=False)
+    _tools: dict[tuple[int, int, str], dict[str, JsonValue]] = field(default_factory=dict)
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
+
+    def __post_init__(self) -> None:
+        for e in self.events:
+            if e.kind == "error":
+                continue
+            if e.trigger == MODEL_REQUEST:
+                messages = ModelMessagesTypeAdapter.validate_python(e.messages)
+                response = messages[-1]
+                assert isinstance(response, ModelResponse)
+                self._responses.append(response)
+                request = messages[-2] if len(messages) > 1 else None
+                self._requests.append(request if isinstance(request, ModelRequest) else None)
+            elif e.trigger == TOOL_CALL and isinstance(e.output, dict):
+                o = e.output
+                where = (int(str(o["segment"])), int(str(o["after"])), str(o["tool_call_id"]))
+                self._tools[where] = o
+        self.rounds = rounds_of(self.events)
+
+    def get_ordering(self) -> CapabilityOrdering:
+        return CapabilityOrdering(position="innermost")
+
+    def get_wrapper_model(self, model: Model) -> Model | None:
+        return _JournaledModel(model, self)
+
+    def get_wrapper_toolset(self, toolset: AbstractToolset[Any]) -> AbstractToolset[Any] | None:
+        return _JournaledToolset(toolset, journal=self)
+
+    async def wrap_tool_execute(
+        self,
+        ctx: RunContext[Any],
+        *,
+        call: Any,
+        tool_def: ToolDefinition,
+        args: dict[str, Any],
+        handler: Callable[[dict[str, Any]], Awaitable[Any]],
+    ) -> Any:
+        """The approval gate: a call answered by an approval runs only if approved, and only
+        with the exact arguments approved (checked against the committed digest)."""
+        answer = self.answers_in.get(call.tool_call_id)
+        if answer is not None and answer.kind == "approval":
+            if not answer.approved:
+                raise RunError(f"tool call {call.tool_call_id!r} was denied: it must not run")
+            if answer.digest != args_digest(call.args_as_dict()):
+                raise RunError(
+                    f"tool call {call.tool_call_id!r} would run with arguments other than the"
+                    " ones approved: refused"
+                )
+        return await handler(args)
+
+    # The operations -----------------------------------------------------------------------
+
+    async def fire(
+        self, trigger: str, op: Callable[[StepContext], Awaitable[StepResult[DurableMemory]]]
+    ) -> Event:
+        """Commit one transition whose step is `op`, in this process; raises the step's own
+        error when it gave up (the run is then failed)."""
+        async with self._lock:
+            run = self.run
+            if run.status != "running":
+                raise self.stopped()
+            pending = Pending(kind=trigger, op=op, run=run, seq=run.seq)
+            token = PENDING.set(pending)
+            try:
+                event = await run.step()
+            finally:
+                PENDING.reset(token)
+            if event is None:  # the run is no longer running, and this process did not move it
+                if run.seq != pending.seq:
+                    raise RunMoved(run.run_id)
+                raise self.stopped()
+            self.events.append(event)
+            self.made[trigger] = self.made.get(trigger, 0) + 1
+            if self.notify is not None:
+                try:
+                    self.notify(event)
+                except Exception as exc:
+                    raise CallbackFailed(exc) from exc
+            if event.kind == "error":
+                if pending.error is not None:
+                    raise pending.error
+                raise self.stopped()
+            return event
+
+    def stopped(self) -> Exception:
+        run = self.run
+        if run.status == "failed":
+            error = next((e.error for e in reversed(self.events) if e.error), None)
+            return DurableRunFailed(run.run_id, error)
+        return RunError(f"run {run.run_id!r} is {run.status} in state {run.state!r}")
+
+    async def model_request(
+        self,
+        wrapped: Model,
+        messages: list[ModelMessage],
+        settings: ModelSettings | None,
+        params: ModelRequestParameters,
+    ) -> ModelResponse:
+        index = self.model_index
+        self.model_index += 1
+        request = messages[-1] if messages and isinstance(messages[-1], ModelRequest) else None
+        if index < len(self._responses):
+            committed = self._requests[index]
+            if request is not None and committed is not None:
+                _restamp(request, committed)
+            record_durable_unit(executed=False)
+            return _copy(self._responses[index])
+
+        async def op(ctx: StepContext) -> StepResult[DurableMemory]:
+            try:
+                response = await wrapped.request(messages, settings, params)
+            except Exception:
+                charge(ctx, RunUsage(requests=1))
+                raise
+            spent = charge(
+                ctx,
+                RunUsage(
+                    requests=1,
+                    input_tokens=response.usage.input_tokens,
+                    output_tokens=response.usage.output_tokens,
+                ),
+            )
+            sent: list[ModelMessage] = [response] if request is None else [request, response]
+            dumped: list[JsonValue] = ModelMessagesTypeAdapter.dump_python(sent, mode="json")
+            return StepResult(memory=self.run.memory, usage=spent, messages=dumped)
+
+        event = await self.fire(MODEL_REQUEST, op)
+        record_durable_unit(executed=True)
+        messages_back = ModelMessagesTypeAdapter.validate_python(event.messages)
+        response = messages_back[-1]
+        assert isinstance(response, ModelResponse)
+        self._responses.append(response)
+        self._requests.append(request)
+        return _copy(response)
+
+    async def tool_call(
+        self,
+        toolset: AbstractToolset[Any],
+        name: str,
+        tool_args: dict[str, Any],
+        ctx: RunContext[Any],
+        tool: ToolsetTool[Any],
+    ) -> Any:
+        call_id = ctx.tool_call_id or name
+        where = (self.segment, self.model_index, call_id)
+        done = self._tools.get(where)
+        if done is not None:
+            if done.get("tool") != name:
+                raise RunError(
+                    f"run {self.run.run_id!r}: the replay asked tool {name!r} for call"
+                    f" {call_id!r}, which the history has as {done.get('tool')!r}: the agent"
+                    " no longer does what it did when the run started"
+                )
+            record_durable_unit(executed=False)
+            return replay_outcome(done)
+        args: JsonValue = pydantic_core.to_jsonable_python(tool_args, fallback=repr)
+
+        async def op(sctx: StepContext) -> StepResult[DurableMemory]:
+            token = _KEY.set(call_key(sctx, call_id))
+            try:
+                outcome = await record_outcome(toolset.call_tool(name, tool_args, ctx, tool))
+            finally:
+                _KEY.reset(token)
+            output: dict[str, JsonValue] = {
+                "segment": where[0], "after": where[1], "tool_call_id": call_id, "tool": name,
+                "args": args, **outcome,
+            }  # fmt: skip
+            return StepResult(memory=self.run.memory, output=output, subkey=call_id)
+
+        event = await self.fire(TOOL_CALL, op)
+        record_durable_unit(executed=True)
+        assert isinstance(event.output, dict)
+        self._tools[where] = event.output
+        return replay_outcome(event.output)
+
+    async def defer(self, requests: DeferredToolRequests) -> None:
+        dumped: JsonValue = REQUESTS.dump_python(requests, mode="json")
+
+        async def op(ctx: StepContext) -> StepResult[DurableMemory]:
+            new = self.run.memory.model_copy(update={"deferred": dumped})
+            return StepResult(memory=new, output={"segment": self.segment, "requests": dumped})
+
+        await self.fire(DEFER, op)
+        self.rounds.append(Round(requests=requests))
+
+    async def finish(self, output: Any) -> None:
+        value: JsonValue = pydantic_core.to_jsonable_python(output, fallback=repr)
+
+        async def op(ctx: StepContext) -> StepResult[DurableMemory]:
+            return StepResult(memory=self.run.memory.model_copy(update={"output": value}))
+
+        await self.fire(OUTPUT, op)
+
+    async def fail(self, error: BaseException) -> None:
+        async def op(ctx: StepContext) -> StepResult[DurableMemory]:
+            raise error
+
+        try:
+            await self.fire(FAIL, op)
+        except BaseException as raised:
+            if raised is not error:
+                raise
+
+
+def _restamp(request: ModelRequest, committed: ModelRequest) -> None:
+    """Give a replayed request the times it was first sent with (they are all that differ)."""
+    request.timestamp = committed.timestamp
+    for part, first in zip(request.parts, committed.parts, strict=False):
+        if part.part_kind == first.part_kind and hasattr(first, "timestamp"):
+            setattr(part, "timestamp", first.timestamp)  # noqa: B010  (not every part has one)
+
+
+def _copy(response: ModelResponse) -> ModelResponse:
+    """A fresh copy of a committed response (pydantic-ai may change the one it is given)."""
+    dumped = ModelMessagesTypeAdapter.dump_python([response])
+    copy = ModelMessagesTypeAdapter.validate_python(dumped)[0]
+    assert isinstance(copy, ModelResponse)
+    return copy
+
+
+class _JournaledModel(WrapperModel):
+    def __init__(self, wrapped: Model, journal: Journal) -> None:
+        super().__init__(wrapped)
+        self.journal = journal
+
+    async def request(
+        self,
+        messages: list[ModelMessage],
+        model_settings: ModelSettings | None,
+        model_request_parameters: ModelRequestParameters,
+    ) -> ModelResponse:
+        return await self.journal.model_request(
+            self.wrapped, messages, model_settings, model_request_parameters
+        )
+
+    @asynccontextmanager
+    async def request_stream(
+        self,
+        messages: list[ModelMessage],
+        model_settings: ModelSettings | None,
+        model_request_parameters: ModelRequestParameters,
+        run_context: RunContext[Any] | None = None,
+    ) -> AsyncIterator[StreamedResponse]:
+        raise RunError(
+            "a streamed model request (run_stream, an event stream handler) is not durable yet:"
+            " use DurableAgent.run without streaming"
+        )
+        yield  # pragma: no cover  (makes this an async generator, as the base's)
+
+
+@dataclass
+class _JournaledToolset(WrapperToolset[Any]):
+    journal: Journal = field(kw_only=True, repr=False)
+
+    async def call_tool(
+        self, name: str, tool_args: dict[str, Any], ctx: RunContext[Any], tool: ToolsetTool[Any]
+    ) -> Any:
+        return await self.journal.tool_call(self.wrapped, name, tool_args, ctx, tool)
