@@ -81,8 +81,6 @@ class Journal(AbstractCapability[Any]):
     """Which `Agent.run` of the durable run this is (each deferral round starts another)."""
     model_index: int = 0
     """Model requests this replay has asked for so far."""
-    made: dict[str, int] = field(default_factory=dict)
-    """Transitions committed by this process, by trigger."""
     answers_in: dict[str, Answer] = field(default_factory=dict)
     """The answers the current segment was started with, by tool_call_id."""
     _responses: list[ModelResponse] = field(default_factory=list, repr=False)
@@ -160,7 +158,6 @@ class Journal(AbstractCapability[Any]):
                     raise RunMoved(run.run_id)
                 raise self.stopped()
             self.events.append(event)
-            self.made[trigger] = self.made.get(trigger, 0) + 1
             if self.notify is not None:
                 try:
                     self.notify(event)
