@@ -45,11 +45,11 @@ async def test_a_charge_that_timed_out_is_retried_under_its_one_key(
     await run.until_done()
     assert run.status == "failed"
     await run.retry()
-    await run.until_done()
-    assert run.status == "done"
+    paid = await run.until_done()
+    assert paid.status == "done"
     keys = log.read_text().splitlines()
     assert len(keys) == 2 and len(set(keys)) == 1  # two tries, one key: the provider dedups
-    assert run.memory.receipt == f"paid under {keys[0]}"
+    assert paid.memory.receipt == f"paid under {keys[0]}"
     assert keys[0] == f"job-2:{run.record.nonce}:0:charge"
 
 
