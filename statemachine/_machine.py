@@ -11,6 +11,7 @@ from typing import Any, Generic, TypeVar
 from pydantic import BaseModel, JsonValue, ValidationError
 
 from storage import Event, RedisStore, RunRecord, RunStatus, Store
+from storage.base import check_run_id
 from storage.queue import RunQueue
 
 from ._draw import Graph, draw
@@ -18,7 +19,7 @@ from ._migrate import Migration, check_migrations, needs_upgrade, upgrade
 from ._provenance import memory_at
 from ._runner import Run, json_size, now
 from ._table import Transition
-from ._validate import Table, compile_table
+from ._validate import Table, check_machine_name, compile_table
 from .errors import (
     InvalidMemory,
     MemoryTooLarge,
@@ -98,7 +99,7 @@ class Machine(Generic[M]):
         if retention is not None and not retention > 0:
             raise ValueError(f"retention must be positive seconds (or None), not {retention}")
         self.retention = retention
-        self.name = name
+        self.name = check_machine_name(name)
         self.version = version
         self.memory_type = memory
         self.lease_ttl = lease_ttl
@@ -221,6 +222,8 @@ class Machine(Generic[M]):
 
         Nothing runs until `Run.step()` or `Run.until_done()`.
         """
+        if run_id is not None:
+            check_run_id(run_id)
         checked = self.validate_memory(memory, f"starting {self.name!r}")
         fields = checked.model_dump(mode="json")
         size = sum(json_size(v) for v in fields.values())
@@ -279,7 +282,7 @@ class Machine(Generic[M]):
                 f"forking run {run_id!r}: memory_update names unknown fields {sorted(unknown)};"
                 f" the fields are {sorted(self.memory_type.model_fields)}"
             )
-        if new_run_id is not None and await store.load(new_run_id) is not None:
+        if new_run_id is not None and await store.load(check_run_id(new_run_id)) is not None:
             raise RunError(f"a run with id {new_run_id!r} exists: pick another new_run_id")
         checked = self.validate_memory({**fields, **(memory_update or {})}, f"forking {run_id!r}")
         memory = checked.model_dump(mode="json")
