@@ -5,9 +5,9 @@ stream in one Cluster slot, so a worker reads all of its agents' streams in one
 `XREADGROUP`), read through one consumer group, "workers". The dead letters are
 `{prefix}:{queue}:dead`, which no agent's stream can be (an agent named "dead" has
 `{prefix}:{queue}:q:dead`); a stream's agent is what follows `:q:`, colons and all.
-Streams of an older agentfsm (`{prefix}:{queue}:<agent>`) are renamed when first used. An entry names a run and what to
-do with it: drive it ("run"), deliver an event first ("event"), or fire its due timeout
-("timeout").
+Streams of an older agentfsm (`{prefix}:{queue}:<agent>`) are renamed when first used.
+An entry names a run and what to do with it: drive it ("run"), deliver an event first
+("event"), or fire its due timeout ("timeout").
 
 Delivery is at least once; exactly-once *execution* comes from the runs themselves (leases
 with fencing, idempotency keys), so an entry seen twice costs a lookup, never a step run twice:
@@ -113,8 +113,11 @@ class RunQueue:
                 continue
             key = self.stream(agent)
 
-            async def create(key: str = key, old: str = f"{self._prefix}:{{queue}}:{agent}") -> None:
-                if agent not in _LEGACY_CLASHES and await self._client.type(old) == "stream":
+            old = f"{self._prefix}:{{queue}}:{agent}"
+            legacy = agent not in _LEGACY_CLASHES
+
+            async def create(key: str = key, old: str = old, legacy: bool = legacy) -> None:
+                if legacy and await self._client.type(old) == "stream":
                     await self._client.renamenx(old, key)  # an older agentfsm's stream
                 try:
                     await self._client.xgroup_create(key, GROUP, id="0", mkstream=True)

@@ -34,8 +34,8 @@ import math
 import re
 import ssl
 import time
-from contextvars import ContextVar
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from importlib.resources import files
 from typing import Any, TypeAlias
@@ -45,8 +45,8 @@ import redis.asyncio as aioredis
 from pydantic import JsonValue
 from redis.asyncio.connection import URL_QUERY_ARGUMENT_PARSERS
 from redis.asyncio.retry import Retry
-from redis.commands.core import AsyncScript
 from redis.backoff import ExponentialWithJitterBackoff
+from redis.commands.core import AsyncScript
 from redis.exceptions import AuthenticationError, NoPermissionError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -622,7 +622,8 @@ class RedisStore:
                 name = key[len(f"{self._prefix}:{kind}:") :]
                 if "{" in name or "}" in name:
                     continue
-                if await self._call("clean the indexes", lambda k=key: self._client.type(k)) == "zset":  # type: ignore[misc]
+                kind = await self._call("reindex", lambda k=key: self._client.type(k))  # type: ignore[misc]
+                if kind == "zset":
                     keys.append(key)
         return keys
 
@@ -700,9 +701,10 @@ class _Bound:
 
     @classmethod
     def of(cls, client: Client) -> _Bound:
-        scripts = [client.register_script(_script(f"{name}.lua"))
-                   for name in ("commit", "create", "lease", "restore")]  # fmt: skip
-        return cls(client, *scripts)
+        def script(name: str) -> AsyncScript:
+            return client.register_script(_script(f"{name}.lua"))
+
+        return cls(client, script("commit"), script("create"), script("lease"), script("restore"))
 
 
 _retry_until: ContextVar[float | None] = ContextVar("agentfsm_redis_retry_until", default=None)
