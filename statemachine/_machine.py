@@ -12,6 +12,7 @@ from pydantic import BaseModel, JsonValue, ValidationError
 
 from storage import Event, RedisStore, RunRecord, RunStatus, Store
 from storage.base import check_run_id
+from storage.errors import Unstorable
 from storage.queue import RunQueue
 
 from ._draw import Graph, draw
@@ -226,7 +227,7 @@ class Machine(Generic[M]):
             check_run_id(run_id)
         checked = self.validate_memory(memory, f"starting {self.name!r}")
         fields = checked.model_dump(mode="json")
-        size = sum(json_size(v) for v in fields.values())
+        size = _stored_size(fields, f"starting {self.name!r}")
         if self.max_memory is not None and size > self.max_memory:
             raise MemoryTooLarge(
                 f"starting {self.name!r}: the memory takes {size} bytes as JSON, over the"
@@ -286,6 +287,7 @@ class Machine(Generic[M]):
             raise RunError(f"a run with id {new_run_id!r} exists: pick another new_run_id")
         checked = self.validate_memory({**fields, **(memory_update or {})}, f"forking {run_id!r}")
         memory = checked.model_dump(mode="json")
+        _stored_size(memory, f"forking {run_id!r}")
         created = now()
         record = RunRecord(
             run_id=new_run_id or uuid.uuid4().hex,
@@ -336,7 +338,8 @@ class Machine(Generic[M]):
         """Queue `event` for a worker to deliver to the run (as `Run.send`), then drive it.
 
         The payload is checked against the wait step's schema first; a bad one raises
-        `InvalidPayload` and nothing is queued."""
+        `InvalidPayload` and nothing is queued. So does one that would take the memory past
+        `max_memory` (`MemoryTooLarge`) or that no store would read back (`InvalidMemory`)."""
         run = await self.resume(store, run_id)
         waits = [
             t for rows in self.table.out.values() for t in rows if t.trigger == event and t.waits
@@ -346,6 +349,12 @@ class Machine(Generic[M]):
         check = getattr(waits[0].step, "check_payload", None)
         if check is not None:
             payload = check(payload)
+        try:
+            t, payload = run._accept(event, payload)
+        except RunError:
+            pass  # not waiting for it yet: the worker delivers it when it is
+        else:
+            await run._rehearse(t, payload)  # refuse what would break the run, writing nothing
         await _queue(store).enqueue(self.name, run.run_id, "event", event=event, payload=payload)
 
     async def resume(self, store: Store, run_id: str, *, lease_wait: float = 0.0) -> Run[M]:
@@ -394,6 +403,15 @@ class Machine(Generic[M]):
             )
         memory = self.validate_memory(record.memory, f"stored run {record.run_id!r}")
         return Run(self, store, record, memory, lease_wait=lease_wait)
+
+
+def _stored_size(fields: Mapping[str, JsonValue], where: str) -> int:
+    """Bytes of the memory as JSON; `InvalidMemory` naming a field that would not read
+    back equal (a NaN, nesting deeper than `storage` keeps)."""
+    try:
+        return sum(json_size(value, f"memory field {name!r}") for name, value in fields.items())
+    except Unstorable as exc:
+        raise InvalidMemory(where, str(exc)) from None
 
 
 def _queue(store: Store) -> RunQueue:

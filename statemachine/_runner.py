@@ -33,6 +33,8 @@ from storage import (
     StorageError,
     Store,
 )
+from storage.base import json_bytes
+from storage.errors import Unstorable
 
 from ._provenance import Provenance, memory_at, why
 from ._step import StepContext, StepResult
@@ -73,9 +75,10 @@ async def take_lease(store: Store, run_id: str, owner: str, ttl: float, wait: fl
         await asyncio.sleep(min(max(got.expires_in, 0.01), 0.25, max(deadline - now(), 0.01)))
 
 
-def json_size(value: JsonValue) -> int:
-    """Bytes `value` takes as compact JSON, as the stores write it."""
-    return len(pydantic_core.to_json(value))
+def json_size(value: JsonValue, where: str = "a value") -> int:
+    """Bytes `value` takes as compact JSON, as the stores write it; `storage.errors.
+    Unstorable` naming `where` for a value that would not read back equal."""
+    return len(json_bytes(value, where))
 
 
 SNAPSHOT_EVERY = 64 * 1024
@@ -242,6 +245,7 @@ class Run(Generic[M]):
         Like `step()`, this takes the run's lease: go on with `until_done()` or `release()`.
         """
         t, checked = self._accept(event, payload)  # refuse before taking the lease
+        await self._rehearse(t, checked)
         lease = await self._hold()
         try:
             t, checked = self._accept(event, payload)  # the run may have moved meanwhile
@@ -267,6 +271,27 @@ class Run(Generic[M]):
         check = getattr(t.step, "check_payload", None)
         return t, check(payload) if check is not None else payload
 
+    async def _rehearse(self, t: Transition, payload: JsonValue) -> None:
+        """Apply wait `t` with `payload` to a copy of the memory, writing nothing: raises
+        what committing it would meet (`MemoryTooLarge`, `InvalidMemory`)."""
+        if t.step is None:
+            return
+        ctx = StepContext(
+            run_id=self.run_id, seq=self.seq, trigger=t.trigger, attempt=1, idempotency_key="",
+            conversation=self._load_conversation, history=self._load_events, payload=payload,
+            spent={},
+        )  # fmt: skip
+        kept = self.memory
+        self.memory = kept.model_copy(deep=True)
+        try:
+            result = await t.step.run(self.memory, ctx)
+            self._changes(result.memory)
+            _storable(result.output, f"the payload of event {t.trigger!r}")
+        except _StepFailed as failed:
+            raise failed.error from None
+        finally:
+            self.memory = kept
+
     async def _fire(self, lease: Lease, t: Transition, payload: JsonValue) -> Event:
         """Run `t`'s step and commit its outcome: the one path every transition takes."""
         seq = self.seq
@@ -285,8 +310,12 @@ class Run(Generic[M]):
             result, attempt = await self._run_step(t, seq, key, self._record.crashes, payload)
             dest = self._dest(t, result)
             patch, memory, patch_sizes = self._changes(result.memory)
-            output = pydantic_core.to_jsonable_python(result.output)
+            output = _storable(result.output, f"the output of step {t.trigger!r}")
         except _StepFailed as failed:
+            if t.waits and isinstance(failed.error, ValueError):
+                # The event's payload would break the run: refuse it, the run waits on.
+                await self.release(quiet=True)
+                raise failed.error from None
             return await self._fail(t, seq, key, failed, started)
         event = Event(
             seq=seq + 1,
@@ -436,7 +465,7 @@ class Run(Generic[M]):
     async def _reload(self) -> None:
         stored = await self.store.load(self.run_id)
         if stored is None:
-            raise RunNotFound(self.run_id)
+            raise RunNotFound(self.run_id, lost=True)
         if stored.seq != self._record.seq or stored.memory != self._fields:
             self.memory = self.machine.validate_memory(stored.memory, f"stored run {self.run_id!r}")
             self._fields = dict(stored.memory)
@@ -526,7 +555,11 @@ class Run(Generic[M]):
             raise _StepFailed(InvalidMemory(f"run {self.run_id!r}", exc), 1) from None
         dump = checked.model_dump(mode="json", warnings=False)
         patch = {k: v for k, v in dump.items() if k not in self._fields or self._fields[k] != v}
-        patch_sizes = {k: json_size(v) for k, v in patch.items()}
+        try:
+            patch_sizes = {k: json_size(v, f"memory field {k!r}") for k, v in patch.items()}
+        except Unstorable as exc:
+            self._restore_memory()
+            raise _StepFailed(InvalidMemory(f"run {self.run_id!r}", str(exc)), 1) from None
         limit = self.machine.max_memory
         if limit is not None:  # sized by the fields that change, not the whole memory
             sizes = self._field_sizes()
@@ -612,9 +645,13 @@ class Run(Generic[M]):
             patch_sizes = {k: json_size(v) for k, v in event.patch.items()}
         if patch_sizes:
             event = self._maybe_snapshot(event, sum(patch_sizes.values()))
-        outcome = await self.store.commit(
-            self.run_id, expected_seq=event.seq - 1, token=lease.token, event=event
-        )
+        try:
+            outcome = await self.store.commit(
+                self.run_id, expected_seq=event.seq - 1, token=lease.token, event=event
+            )
+        except KeyError:
+            await self.release(quiet=True)
+            raise RunNotFound(self.run_id, lost=True) from None
         if isinstance(outcome, Committed):
             self._record = _advance(self._record, event)
             if event.snapshot is not None:
@@ -665,6 +702,16 @@ class Run(Generic[M]):
             events = await self.store.history(self.run_id)
             self._conversation = [m for e in events for m in e.messages]
         return list(self._conversation)
+
+
+def _storable(value: object, where: str) -> JsonValue:
+    """`value` as JSON data, or a failed step naming what in it would not read back."""
+    data: JsonValue = pydantic_core.to_jsonable_python(value)
+    try:
+        json_bytes(data, where)
+    except Unstorable as exc:
+        raise _StepFailed(exc, 1) from None
+    return data
 
 
 def _advance(record: RunRecord, event: Event) -> RunRecord:

@@ -12,7 +12,10 @@ from typing import Literal, Protocol, TypeAlias, runtime_checkable
 
 from pydantic import JsonValue
 
+from ._json import MAX_DEPTH, json_bytes
+
 __all__ = [
+    "MAX_DEPTH",
     "CommitOutcome",
     "Committed",
     "Conflict",
@@ -26,6 +29,7 @@ __all__ = [
     "Store",
     "check_history",
     "check_run_id",
+    "json_bytes",
 ]
 
 RunStatus: TypeAlias = Literal["running", "waiting", "done", "failed", "cancelled"]

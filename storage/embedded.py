@@ -290,7 +290,10 @@ class EmbeddedStore:
         )  # fmt: skip
         db.executemany(
             "INSERT INTO memory (run_id, name, json) VALUES (?, ?, ?)",
-            [(run.run_id, name, dump_json(value)) for name, value in run.memory.items()],
+            [
+                (run.run_id, name, dump_json(value, f"memory field {name!r}"))
+                for name, value in run.memory.items()
+            ],
         )
         db.executemany(
             "INSERT INTO events VALUES (?, ?, ?)",
@@ -370,7 +373,10 @@ class EmbeddedStore:
         db.executemany(
             "INSERT INTO memory (run_id, name, json) VALUES (?, ?, ?)"
             " ON CONFLICT (run_id, name) DO UPDATE SET json = excluded.json",
-            [(run_id, name, dump_json(value)) for name, value in event.patch.items()],
+            [
+                (run_id, name, dump_json(value, f"memory field {name!r}"))
+                for name, value in event.patch.items()
+            ],
         )
         if event.version is not None:
             db.execute("UPDATE runs SET version = ? WHERE run_id = ?", (event.version, run_id))

@@ -423,7 +423,7 @@ class RedisStore:
             dump_event(event),
         ]
         for name, value in event.patch.items():
-            args += [name, dump_json(value)]
+            args += [name, dump_json(value, f"memory field {name!r}")]
         keys = self._keys(run_id, "run", "events", "keys")
         if event.deadline is not None:  # indexed first: an entry without a commit is harmless
             await self._index_deadline(run_id, event.deadline)
@@ -846,7 +846,7 @@ def _run_fields(run: RunRecord) -> list[Any]:
     if run.deadline is not None:
         fields += ["deadline", repr(run.deadline)]
     for name, value in run.memory.items():
-        fields += [f"m:{name}", dump_json(value)]
+        fields += [f"m:{name}", dump_json(value, f"memory field {name!r}")]
     return fields
 
 
