@@ -731,4 +731,6 @@ def _advance(record: RunRecord, event: Event) -> RunRecord:
         holder=record.holder,
         crashes=0,
         deadline=event.deadline,
+        nonce=record.nonce,
+        expires_at=record.expires_at if event.expires_at is None else event.expires_at,
     )

@@ -64,6 +64,8 @@ def run_from_fields(
             holder=fields.get("holder", ""),
             crashes=int(fields.get("crashes", "0")),
             deadline=float(fields["deadline"]) if fields.get("deadline") else None,
+            nonce=fields.get("nonce", ""),
+            expires_at=float(fields["expires_at"]) if fields.get("expires_at") else None,
         )
     except KeyError as exc:
         raise CorruptData(key, f"missing field {exc.args[0]!r}") from None

@@ -72,6 +72,10 @@ class RunRecord:
     """Lease holders that died since the last commit (a takeover found them gone)."""
     deadline: float | None = None
     """When a waiting run times out (unix seconds), if its state has a timeout."""
+    nonce: str = ""
+    """Random, made at `start`: part of every idempotency key of the run."""
+    expires_at: float | None = None
+    """Retention: when the store may delete the run (set by the commit that ended it)."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

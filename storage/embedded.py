@@ -8,7 +8,7 @@ commit's checks and writes are one serialized unit, like the Lua script on Redis
 Tables (one row per thing, so a commit writes what changed, not the whole memory):
 
     runs     run_id, agent, version, state, seq, status, created_at, updated_at,
-             fence, holder, crashes, lease_owner, lease_expires, deadline, expires_at
+             fence, holder, crashes, lease_owner, lease_expires, deadline, expires_at, nonce
     memory   (run_id, name) -> json          one row per memory field
     events   (run_id, seq)  -> json          one row per commit, seq 0 is the creation
     keys     (run_id, key)  -> seq           idempotency keys
@@ -53,7 +53,7 @@ P = ParamSpec("P")
 T = TypeVar("T")
 Synchronous: TypeAlias = Literal["NORMAL", "FULL"]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 _QUERY_INDEXES = [
     "CREATE INDEX runs_by_agent ON runs (agent, updated_at)",
     "CREATE INDEX runs_by_status ON runs (status, updated_at)",
@@ -66,7 +66,7 @@ _SCHEMA = [
         created_at REAL NOT NULL, updated_at REAL NOT NULL, fence INTEGER NOT NULL DEFAULT 0,
         holder TEXT NOT NULL DEFAULT '', crashes INTEGER NOT NULL DEFAULT 0,
         lease_owner TEXT NOT NULL DEFAULT '', lease_expires REAL NOT NULL DEFAULT 0,
-        deadline REAL, expires_at REAL
+        deadline REAL, expires_at REAL, nonce TEXT NOT NULL DEFAULT ''
     )""",
     "CREATE INDEX runs_by_update ON runs (updated_at)",
     "CREATE INDEX runs_by_deadline ON runs (deadline) WHERE deadline IS NOT NULL",
@@ -82,7 +82,7 @@ _SCHEMA = [
     ) WITHOUT ROWID""",
 ]
 _RUN_COLUMNS = ("agent", "version", "state", "seq", "status", "created_at", "updated_at",
-                "holder", "crashes", "deadline")  # fmt: skip
+                "holder", "crashes", "deadline", "nonce", "expires_at")  # fmt: skip
 _UPGRADES = {
     1: [  # version 2: deadlines of waiting runs
         "ALTER TABLE runs ADD COLUMN deadline REAL",
@@ -92,6 +92,7 @@ _UPGRADES = {
         "ALTER TABLE runs ADD COLUMN expires_at REAL",
         *_QUERY_INDEXES,
     ],  # version 3: retention, queries
+    3: ["ALTER TABLE runs ADD COLUMN nonce TEXT NOT NULL DEFAULT ''"],  # version 4: run nonces
 }
 """Statements that take a file of schema version N to N + 1."""
 _SELECT_RUN = f"SELECT run_id, {', '.join(_RUN_COLUMNS)} FROM runs"
@@ -284,9 +285,9 @@ class EmbeddedStore:
             return False
         db.execute(
             f"INSERT INTO runs (run_id, {', '.join(_RUN_COLUMNS)})"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (run.run_id, run.agent, run.version, run.state, run.seq, run.status, run.created_at,
-             run.updated_at, run.holder, run.crashes, run.deadline),
+             run.updated_at, run.holder, run.crashes, run.deadline, run.nonce, run.expires_at),
         )  # fmt: skip
         db.executemany(
             "INSERT INTO memory (run_id, name, json) VALUES (?, ?, ?)",

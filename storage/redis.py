@@ -369,6 +369,15 @@ class RedisStore:
         written = await self._call(
             f"restore run {run.run_id!r}", lambda: self._restore(keys=keys, args=args)
         )
+        if written and run.expires_at is not None:
+            expires_at = run.expires_at
+
+            async def expire() -> None:
+                pipe = self._client.pipeline(transaction=False)
+                self._expire(pipe, run.run_id, expires_at)
+                await pipe.execute()
+
+            await self._call(f"restore the retention of run {run.run_id!r}", expire)
         await self._index_run(run)
         return bool(written)
 
@@ -643,11 +652,15 @@ class RedisStore:
                 pipe.zrem(self._by_status(before), run_id)
                 pipe.zadd(self._by_status(event.status), {run_id: event.ended_at or time.time()})
             if event.expires_at is not None:
-                for part in ("run", "events", "keys"):
-                    pipe.pexpireat(self.key(run_id, part), max(int(event.expires_at * 1000), 1))
+                pipe.hset(self.key(run_id, "run"), "expires_at", repr(event.expires_at))
+                self._expire(pipe, run_id, event.expires_at)
             await pipe.execute()
 
         await self._call(f"index run {run_id!r}", update)
+
+    def _expire(self, pipe: Any, run_id: str, expires_at: float) -> None:
+        for part in ("run", "events", "keys"):
+            pipe.pexpireat(self.key(run_id, part), max(int(expires_at * 1000), 1))
 
     async def _index_deadline(self, run_id: str, deadline: float) -> None:
         await self._call(
@@ -845,6 +858,10 @@ def _run_fields(run: RunRecord) -> list[Any]:
     ]  # fmt: skip
     if run.deadline is not None:
         fields += ["deadline", repr(run.deadline)]
+    if run.nonce:
+        fields += ["nonce", run.nonce]
+    if run.expires_at is not None:
+        fields += ["expires_at", repr(run.expires_at)]
     for name, value in run.memory.items():
         fields += [f"m:{name}", dump_json(value, f"memory field {name!r}")]
     return fields
