@@ -18,7 +18,7 @@ from storage.queue import RunQueue
 from ._draw import Graph, draw
 from ._migrate import Migration, check_migrations, needs_upgrade, upgrade
 from ._provenance import memory_at
-from ._runner import Run, json_size, now
+from ._runner import Run, check_payload_storable, json_size, now
 from ._table import Transition
 from ._validate import Table, check_machine_name, compile_table
 from .errors import (
@@ -207,8 +207,12 @@ class Machine(Generic[M]):
             if isinstance(memory, self.memory_type):
                 return self.memory_type.model_validate(memory.model_dump())
             return self.memory_type.model_validate(memory)
-        except ValidationError as exc:
-            raise InvalidMemory(where, exc) from None
+        except ValueError as exc:  # pydantic gives up on values nested some 250 levels deep
+            given = memory if isinstance(memory, Mapping) else dict(memory)
+            _stored_size(given, where)  # says which field no store would keep, if one
+            if isinstance(exc, ValidationError):
+                raise InvalidMemory(where, exc) from None
+            raise
 
     async def start(
         self,
@@ -346,6 +350,7 @@ class Machine(Generic[M]):
         ]
         if not waits:
             raise RunError(f"machine {self.name!r} has no wait for event {event!r}")
+        check_payload_storable(event, payload)
         check = getattr(waits[0].step, "check_payload", None)
         if check is not None:
             payload = check(payload)

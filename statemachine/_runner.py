@@ -33,7 +33,7 @@ from storage import (
     StorageError,
     Store,
 )
-from storage.base import json_bytes
+from storage.base import MAX_DEPTH, json_bytes
 from storage.errors import Unstorable
 
 from ._provenance import Provenance, memory_at, why
@@ -41,6 +41,7 @@ from ._step import StepContext, StepResult
 from ._table import Transition
 from .errors import (
     InvalidMemory,
+    InvalidPayload,
     MemoryTooLarge,
     NotDue,
     RunError,
@@ -52,7 +53,7 @@ from .errors import (
 if TYPE_CHECKING:
     from ._machine import Machine
 
-__all__ = ["Run", "json_size", "now", "take_lease"]
+__all__ = ["Run", "check_payload_storable", "json_size", "now", "take_lease"]
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -268,6 +269,7 @@ class Run(Generic[M]):
         t = next((t for t in candidates if t.guard is None or t.guard(self.memory)), None)
         if t is None:
             raise RunError(f"run {self.run_id!r}: every guard on event {event!r} returned False")
+        check_payload_storable(event, payload)
         check = getattr(t.step, "check_payload", None)
         return t, check(payload) if check is not None else payload
 
@@ -545,21 +547,32 @@ class Run(Generic[M]):
                 ),
                 1,
             )
-        dump = new.model_dump(mode="json", warnings=False)
+        where = f"run {self.run_id!r}"
+        try:
+            dump = new.model_dump(mode="json", warnings=False)
+        except ValueError:  # pydantic gives up on values nested some 250 levels deep
+            self._restore_memory()
+            too_deep = f"the memory is nested more than {MAX_DEPTH} levels deep"
+            raise _StepFailed(InvalidMemory(where, too_deep), 1) from None
         if dump == self._fields:
             return {}, self.memory, {}
+        changed = {k: v for k, v in dump.items() if k not in self._fields or self._fields[k] != v}
+        try:  # before the schema: a schema error on a value nested 200 deep is pages long
+            sizes_of = {k: json_size(v, f"memory field {k!r}") for k, v in changed.items()}
+        except Unstorable as exc:
+            self._restore_memory()
+            raise _StepFailed(InvalidMemory(where, str(exc)), 1) from None
         try:
             checked = self.machine.memory_type.model_validate(dump)
         except ValidationError as exc:
             self._restore_memory()
-            raise _StepFailed(InvalidMemory(f"run {self.run_id!r}", exc), 1) from None
+            raise _StepFailed(InvalidMemory(where, exc), 1) from None
         dump = checked.model_dump(mode="json", warnings=False)
         patch = {k: v for k, v in dump.items() if k not in self._fields or self._fields[k] != v}
-        try:
-            patch_sizes = {k: json_size(v, f"memory field {k!r}") for k, v in patch.items()}
-        except Unstorable as exc:
-            self._restore_memory()
-            raise _StepFailed(InvalidMemory(f"run {self.run_id!r}", str(exc)), 1) from None
+        patch_sizes = {
+            k: sizes_of[k] if k in changed and changed[k] == v else json_size(v)
+            for k, v in patch.items()
+        }  # the schema may have coerced a value: sized again, and checked by the store
         limit = self.machine.max_memory
         if limit is not None:  # sized by the fields that change, not the whole memory
             sizes = self._field_sizes()
@@ -596,7 +609,11 @@ class Run(Generic[M]):
 
     def _restore_memory(self) -> None:
         """Undo in-place changes a failed try made to the memory object."""
-        if self.memory.model_dump(mode="json", warnings=False) != self._fields:
+        try:
+            same = self.memory.model_dump(mode="json", warnings=False) == self._fields
+        except ValueError:  # a try left a value too deep to dump in it
+            same = False
+        if not same:
             self.memory = self.machine.memory_type.model_validate(self._fields)
 
     async def _fail(
@@ -702,6 +719,15 @@ class Run(Generic[M]):
             events = await self.store.history(self.run_id)
             self._conversation = [m for e in events for m in e.messages]
         return list(self._conversation)
+
+
+def check_payload_storable(event: str, payload: object) -> None:
+    """`InvalidPayload` for a payload no store would read back equal (checked before its
+    schema: pydantic's errors on a value nested 200 deep are pages long)."""
+    try:
+        json_bytes(payload, f"the payload of event {event!r}")
+    except Unstorable as exc:
+        raise InvalidPayload(event, f"{exc.problem}; nothing was written") from None
 
 
 def _storable(value: object, where: str) -> JsonValue:
