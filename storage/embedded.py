@@ -31,6 +31,7 @@ from urllib.parse import parse_qsl, urlsplit
 from pydantic import JsonValue
 
 from ._codec import dump_event, dump_json, load_event, load_json, run_from_fields
+from ._sqlite_trouble import busy, unwritable
 from .base import (
     CommitOutcome,
     Committed,
@@ -132,14 +133,18 @@ class EmbeddedStore:
                 self._path, timeout=_BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
             )
         except (OSError, sqlite3.Error) as exc:
-            raise StorageError(f"cannot open the store {self._path}: {exc}") from None
+            why = unwritable(self._path, str(exc))
+            raise StorageError(why or f"cannot open the store {self._path}: {exc}") from None
         try:
             self._use_wal()
             self._db.execute(f"PRAGMA synchronous={synchronous}")
             self._migrate()
         except sqlite3.Error as exc:
             self._db.close()
-            raise StorageError(f"cannot open the store {self._path}: {exc}") from None
+            why = unwritable(self._path, str(exc))
+            if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_BUSY:
+                why = busy(self._path, _BUSY_TIMEOUT)
+            raise StorageError(why or f"cannot open the store {self._path}: {exc}") from None
         except BaseException:
             self._db.close()
             raise
@@ -249,11 +254,11 @@ class EmbeddedStore:
 
     def _error(self, what: str, exc: sqlite3.Error) -> StorageError:
         if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_BUSY:
-            return StoreUnavailable(
-                f"cannot {what}: {self._path} stayed locked by another process for"
-                f" {_BUSY_TIMEOUT:g} s"
-            )
-        return StorageError(f"cannot {what} in {self._path}: {exc}")
+            return StoreUnavailable(f"cannot {what}: {busy(self._path, _BUSY_TIMEOUT)}")
+        why = unwritable(self._path, str(exc))
+        return StorageError(
+            f"cannot {what}: {why}" if why else f"cannot {what} in {self._path}: {exc}"
+        )
 
     async def create(self, run: RunRecord, *, origin: JsonValue = None) -> RunRecord:
         check_run_id(run.run_id)
