@@ -376,6 +376,18 @@ class Machine(Generic[M]):
             stored = await upgrade(self, store, stored, lease_wait)
         return self._open(store, stored, lease_wait)
 
+    async def run(
+        self,
+        store: Store,
+        memory: M | Mapping[str, Any],
+        *,
+        run_id: str | None = None,
+    ) -> Run[M]:
+        """Start (or find) a run and drive it until it is done, failed or waiting, in one call:
+        `await agent.run(store, memory, run_id="r1")`."""
+        run = await self.start(store, memory, run_id=run_id)
+        return await run.until_done()
+
     def run_sync(
         self,
         store: Store,
@@ -383,13 +395,16 @@ class Machine(Generic[M]):
         *,
         run_id: str | None = None,
     ) -> Run[M]:
-        """Start (or find) a run and drive it until it is done, failed or waiting; for scripts."""
-
-        async def go() -> Run[M]:
-            run = await self.start(store, memory, run_id=run_id)
-            return await run.until_done()
-
-        return asyncio.run(go())
+        """`run`, for scripts without an event loop. Inside one (Jupyter, an async app) it
+        raises `RunError`: use `await agent.run(...)` there."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(self.run(store, memory, run_id=run_id))
+        raise RunError(
+            f"{self.name}.run_sync() was called inside a running event loop (Jupyter, an async"
+            " app), where it cannot wait: use `await agent.run(store, memory, run_id=...)`"
+        )
 
     def _open(self, store: Store, record: RunRecord, lease_wait: float) -> Run[M]:
         if record.agent != self.name:

@@ -29,12 +29,13 @@ the command that moves their keys (`python -m storage.rekey`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import re
 import ssl
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from importlib.resources import files
@@ -155,12 +156,12 @@ class RedisStore:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return bound
+        if bound.loop is not loop and bound.loop is not None and self._reconnect is not None:
+            self._bound = bound = _Bound.of(self._reconnect())
         if bound.loop is None:
             bound.loop = loop
-        elif bound.loop is not loop and self._reconnect is not None:
-            # The old client's connections belong to the old loop: they are dropped with it.
-            self._bound = bound = _Bound.of(self._reconnect())
-            bound.loop = loop
+            if self._reconnect is not None:  # our own client: it closes with its loop
+                bound.closer = _close_with_loop(bound.client)
         return bound
 
     @property
@@ -711,6 +712,7 @@ class _Bound:
     lease: AsyncScript
     restore: AsyncScript
     loop: asyncio.AbstractEventLoop | None = None
+    closer: AsyncGenerator[None, None] | None = None
 
     @classmethod
     def of(cls, client: Client) -> _Bound:
@@ -718,6 +720,26 @@ class _Bound:
             return client.register_script(_script(f"{name}.lua"))
 
         return cls(client, script("commit"), script("create"), script("lease"), script("restore"))
+
+
+def _close_with_loop(client: Client) -> AsyncGenerator[None, None]:
+    """An async generator, started, that closes `client` when its event loop shuts down.
+
+    A loop ending in `asyncio.run` closes the async generators begun on it (and alive), on
+    the loop, before it closes: the client's connections are closed there, where they can
+    be, not left to the garbage collector after the loop is gone."""
+
+    async def closer() -> AsyncGenerator[None, None]:
+        try:
+            yield
+        finally:
+            with contextlib.suppress(Exception):
+                await client.aclose()
+
+    generator = closer()
+    with contextlib.suppress(StopIteration):
+        generator.__anext__().send(None)  # runs to the yield at once: nothing is awaited
+    return generator
 
 
 _retry_until: ContextVar[float | None] = ContextVar("agentfsm_redis_retry_until", default=None)
