@@ -246,6 +246,7 @@ def llm(
     on_error: str | None = None,
     tools: Sequence[Callable[..., Any]] = (),
     on_tool_calls: str | None = None,
+    crash_retries: int | None = None,
 ) -> Transition:
     """A transition that makes one model request.
 
@@ -269,6 +270,8 @@ def llm(
             them one by one, each committed; the next firing of this step hands the results
             to the model (no new prompt), until the model answers.
         on_tool_calls: the state to go to when the model asks for tool calls.
+        crash_retries: how often the process may die during this step before the run
+            fails (default: the agent's).
     """
     what = f"llm step {trigger!r}"
     if not (isinstance(prompt, str) or callable(prompt)):
@@ -306,6 +309,7 @@ def llm(
             timeout=timeout,
             retry_on=TRANSIENT_MODEL_ERRORS,
             retry_if=transient_http_error,
+            crash_retries=crash_retries,
         ),
         output_retries=output_retries,
         history=history,

@@ -129,14 +129,17 @@ def tool(
     in_thread: bool = True,
     max_visits: int | None = None,
     on_error: str | None = None,
+    crash_retries: int | None = None,
 ) -> Transition:
     """A transition that runs the Python function `fn` on the memory.
 
     Its return value goes `into=` a memory field, or through an `update=` reducer, or, when it
     is a memory object itself, becomes the new memory. With `routes`, it must return a route
     name. `retries` tries again after an error (with jittered exponential `backoff`); a
-    `timeout` (seconds) bounds each try. `max_visits` caps how often the transition fires
-    in one run (a loop's way out): one more sends the run to its failure state.
+    `timeout` (seconds) bounds each try. `crash_retries` (default: the agent's, 3) is how
+    often its process may die during the step before the run fails. `max_visits` caps how
+    often the transition fires in one run (a loop's way out): one more sends the run to its
+    failure state.
     `on_error` names the state to go to when this step gives up (default: the agent's).
     """
     what = f"tool step {trigger!r}"
@@ -151,7 +154,11 @@ def tool(
         into=into,
         update=update,
         policy=RetryPolicy(
-            attempts=retries + 1, backoff=backoff, timeout=timeout, retry_on=retry_on
+            attempts=retries + 1,
+            backoff=backoff,
+            timeout=timeout,
+            retry_on=retry_on,
+            crash_retries=crash_retries,
         ),
         in_thread=in_thread,
         takes_ctx=_arity(fn, what),

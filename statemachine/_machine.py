@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any, Generic, TypeVar
@@ -57,7 +58,11 @@ class Machine(Generic[M]):
         on_error: the state a run moves to when a step gives up (status `failed`);
             without it a failed run stays in the state it failed in.
         lease_ttl: seconds a process holds a run without renewing (it renews every third
-            of that in the background); a crashed holder's runs can be resumed after it.
+            of that in the background). A holder on this machine whose process is gone is
+            taken over at once; one elsewhere, once its lease expired.
+        crash_retries: how often a step may be cut short by its process dying (counted
+            durably, apart from the step's `retries`, which are for errors it raises) before
+            the run goes to its failure state; a step's own `crash_retries` overrides it.
         max_memory: the most bytes the memory may take as JSON (None: no limit). A run
             created bigger is refused; a step that makes it bigger fails, and nothing of it
             is written.
@@ -83,6 +88,7 @@ class Machine(Generic[M]):
         states: Sequence[str] | None = None,
         on_error: str | None = None,
         lease_ttl: float = 15.0,
+        crash_retries: int = 3,
         max_memory: int | None = DEFAULT_MAX_MEMORY,
         migrations: Mapping[int, Migration] | None = None,
         state_renames: Mapping[str, str] | None = None,
@@ -94,6 +100,9 @@ class Machine(Generic[M]):
             raise ValueError(f"version must be a positive int, not {version!r}")
         if lease_ttl <= 0:
             raise ValueError(f"lease_ttl must be positive, not {lease_ttl}")
+        if not isinstance(crash_retries, int) or crash_retries < 0:
+            raise ValueError(f"crash_retries must be an int, 0 or more, not {crash_retries!r}")
+        self.crash_retries = crash_retries
         if max_memory is not None and max_memory < 1:
             raise ValueError(f"max_memory must be positive bytes (or None), not {max_memory}")
         self.max_memory = max_memory
@@ -220,12 +229,12 @@ class Machine(Generic[M]):
         memory: M | Mapping[str, Any],
         *,
         run_id: str | None = None,
-        lease_wait: float = 0.0,
+        lease_wait: float | None = None,
     ) -> Run[M]:
         """Create a run in the initial state; with the `run_id` of a run that exists, return
         that run instead (so a client may retry `start` safely).
 
-        Nothing runs until `Run.step()` or `Run.until_done()`.
+        Nothing runs until `Run.step()` or `Run.until_done()`. `lease_wait` as for `resume`.
         """
         if run_id is not None:
             check_run_id(run_id)
@@ -249,6 +258,7 @@ class Machine(Generic[M]):
             created_at=created,
             updated_at=created,
             deadline=self.deadline_in(self.table.initial, created),
+            nonce=secrets.token_hex(8),
         )
         stored = await store.create(record)
         if needs_upgrade(self, stored):  # a run of that id, stored by an older version
@@ -263,7 +273,7 @@ class Machine(Generic[M]):
         *,
         new_run_id: str | None = None,
         memory_update: Mapping[str, Any] | None = None,
-        lease_wait: float = 0.0,
+        lease_wait: float | None = None,
     ) -> Run[M]:
         """A new run that starts where run `run_id` was right after commit `at_seq`, with
         `memory_update` applied to its memory: to try another path from a past point. The
@@ -304,14 +314,15 @@ class Machine(Generic[M]):
             created_at=created,
             updated_at=created,
             deadline=self.deadline_in(state, created),
+            nonce=secrets.token_hex(8),
         )
         origin: dict[str, JsonValue] = {"forked_from": run_id, "at": at_seq}
         if memory_update:
             origin["memory_update"] = list(sorted(memory_update))
         start = Event(
             seq=0, trigger="start", kind="start", source="", dest=state, status=record.status,
-            key=f"{record.run_id}:start", patch=memory, output=origin, started_at=created,
-            ended_at=created, deadline=record.deadline,
+            key=f"{record.run_id}:{record.nonce}:start", patch=memory, output=origin,
+            started_at=created, ended_at=created, deadline=record.deadline,
             # The conversation so far comes along, so LLM steps of the fork go on from it.
             messages=[m for e in history[: at_seq + 1] for m in e.messages],
         )  # fmt: skip
@@ -362,12 +373,14 @@ class Machine(Generic[M]):
             await run._rehearse(t, payload)  # refuse what would break the run, writing nothing
         await _queue(store).enqueue(self.name, run.run_id, "event", event=event, payload=payload)
 
-    async def resume(self, store: Store, run_id: str, *, lease_wait: float = 0.0) -> Run[M]:
+    async def resume(self, store: Store, run_id: str, *, lease_wait: float | None = None) -> Run[M]:
         """The stored run `run_id`, ready to go on from its last commit, in any process.
 
         Raises `RunNotFound`, `VersionMismatch`, or `InvalidMemory` for a stored memory that
         no longer fits the schema. `lease_wait` is how long `step()` waits for a lease held
-        by another process before raising `RunLocked`.
+        by another live process before raising `RunLocked` (default: the lease TTL, so a
+        restarted process goes on once a crashed holder elsewhere has lost its lease; one on
+        this machine whose process is gone is taken over at once).
         """
         stored = await store.load(run_id)
         if stored is None:
@@ -406,7 +419,7 @@ class Machine(Generic[M]):
             " app), where it cannot wait: use `await agent.run(store, memory, run_id=...)`"
         )
 
-    def _open(self, store: Store, record: RunRecord, lease_wait: float) -> Run[M]:
+    def _open(self, store: Store, record: RunRecord, lease_wait: float | None) -> Run[M]:
         if record.agent != self.name:
             raise RunError(
                 f"run {record.run_id!r} belongs to {record.agent!r}, not to {self.name!r}"
@@ -422,7 +435,8 @@ class Machine(Generic[M]):
                 f" version {self.version} does not have"
             )
         memory = self.validate_memory(record.memory, f"stored run {record.run_id!r}")
-        return Run(self, store, record, memory, lease_wait=lease_wait)
+        wait = self.lease_ttl if lease_wait is None else lease_wait
+        return Run(self, store, record, memory, lease_wait=wait)
 
 
 def _stored_size(fields: Mapping[str, JsonValue], where: str) -> int:

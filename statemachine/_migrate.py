@@ -17,7 +17,9 @@ from typing import TYPE_CHECKING, Any
 from pydantic import JsonValue
 
 from storage import Committed, Duplicate, Event, RunRecord, RunStatus, Store
+from storage._process import owner_id
 
+from ._keys import control_key
 from ._runner import now, take_lease
 from .errors import DefinitionError, RunError, VersionMismatch
 
@@ -90,7 +92,7 @@ def _migrated_memory(machine: Machine[Any], record: RunRecord) -> dict[str, Json
 
 
 async def upgrade(
-    machine: Machine[Any], store: Store, record: RunRecord, lease_wait: float
+    machine: Machine[Any], store: Store, record: RunRecord, lease_wait: float | None
 ) -> RunRecord:
     """Commit the "migrate" event that brings `record` to `machine`'s version and states;
     the upgraded record. Raises `VersionMismatch` / `RunError` (nothing written) when it
@@ -113,8 +115,9 @@ async def upgrade(
     status: RunStatus = (
         record.status if record.status in ("failed", "cancelled") else machine.status_in(state)
     )
-    owner = f"migrate:{record.run_id}"
-    lease = await take_lease(store, record.run_id, owner, machine.lease_ttl, lease_wait)
+    owner = owner_id("migrate")
+    wait = machine.lease_ttl if lease_wait is None else lease_wait
+    lease = await take_lease(store, record.run_id, owner, machine.lease_ttl, wait)
     try:
         at = now()
         event = Event(
@@ -124,7 +127,7 @@ async def upgrade(
             source=record.state,
             dest=state,
             status=status,
-            key=f"{record.run_id}:{record.seq}:migrate:v{machine.version}",
+            key=control_key(record, f"migrate:v{machine.version}"),
             patch=patch,
             dropped=dropped,
             version=machine.version,

@@ -1,21 +1,24 @@
 """`Run`: one execution of a machine, driven one durable transition at a time.
 
 The protocol, as `Run.step` shows it: pick the transition out of the current state → run its
-step under the idempotency key `f"{run_id}:{seq}:{trigger}"` → ONE `Store.commit` that
-checks the key, the seq and the fencing token and writes the new state, the memory patch and
-the event → handle the outcome. The lease is taken once and renewed in the background, so the
-hot path is that one commit.
+step under its idempotency key (`_keys.step_key`: the same for every try of the transition) →
+ONE `Store.commit` that checks the key, the seq and the fencing token and writes the new
+state, the memory patch and the event → handle the outcome. The lease is taken once and
+renewed in the background, so the hot path is that one commit.
+
+Each try of a step works on its own copy of the memory: a try that timed out or was abandoned
+(a sync tool's thread runs on after its timeout) can change nothing a later commit writes.
+Process deaths during a step count against the step's `crash_retries`, apart from its
+`retries`, which are for errors the step raises.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
-import secrets
-import socket
+import logging
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import pydantic_core
@@ -33,9 +36,11 @@ from storage import (
     StorageError,
     Store,
 )
-from storage.base import MAX_DEPTH, json_bytes
+from storage._process import owner_id
+from storage.base import json_bytes
 from storage.errors import Unstorable
 
+from ._keys import control_key, enters, step_key
 from ._provenance import Provenance, memory_at, why
 from ._step import StepContext, StepResult
 from ._table import Transition
@@ -48,6 +53,7 @@ from .errors import (
     RunLocked,
     RunNotFound,
     RunTakenOver,
+    UnstorableResult,
 )
 
 if TYPE_CHECKING:
@@ -86,7 +92,7 @@ SNAPSHOT_EVERY = 64 * 1024
 """Bytes of patches between two snapshots of the memory, at least."""
 _NOT_TABLE_EDGES = frozenset({"start", "error", "control", "timeout"})
 """Event kinds the runner writes itself; every other event is a table transition firing."""
-_OWNER_PREFIX = f"{socket.gethostname()}:{os.getpid()}"
+_log = logging.getLogger("statemachine.runner")
 
 
 class _StepFailed(Exception):
@@ -108,6 +114,64 @@ class _StepFailed(Exception):
         """Past any detour: the run goes to the machine's failure state (a spent loop)."""
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class _Settled(Generic[M]):
+    """A step's result as its commit will write it: checked, and storable as JSON."""
+
+    result: StepResult[M]
+    dest: str
+    patch: dict[str, JsonValue]
+    memory: M
+    patch_sizes: dict[str, int]
+    output: JsonValue
+
+
+def _storable(t: Transition, what: str, value: object) -> JsonValue:
+    """`value` as JSON-able data, or `UnstorableResult` naming `what` and the trouble: also
+    what would not read back equal (NaN, nesting too deep; see `storage.base.json_bytes`)."""
+    try:
+        jsonable: JsonValue = pydantic_core.to_jsonable_python(value)
+        json_bytes(jsonable, what)  # also catches bytes that are not UTF-8 text
+    except (pydantic_core.PydanticSerializationError, ValueError, TypeError) as exc:
+        raise _unstorable(t, what, value, exc) from None
+    return jsonable
+
+
+def _sized(t: Transition, what: str, value: JsonValue) -> int:
+    """`json_size(value)`, or `UnstorableResult` as `_storable` says it."""
+    try:
+        return json_size(value, what)
+    except Unstorable as exc:
+        raise _unstorable(t, what, value, exc) from None
+
+
+def _unstorable(t: Transition, what: str, value: object, exc: Exception) -> UnstorableResult:
+    problem: object = exc
+    if isinstance(exc, Unstorable):
+        problem = exc.problem
+    else:  # pydantic's words ("Circular reference detected"): say where, and what, in ours
+        try:
+            json_bytes(value, what)
+        except Unstorable as ours:
+            problem = ours.problem
+    return UnstorableResult(
+        f"step {t.trigger!r} returned what cannot be stored as JSON in {what}"
+        f" ({type(value).__name__}): {problem}; return JSON-able data (str, finite numbers,"
+        " bool, None, lists, dicts, pydantic models)"
+    )
+
+
+def _memory_dump(t: Transition, memory: BaseModel) -> dict[str, JsonValue]:
+    """The memory's fields as JSON, or `UnstorableResult` naming the field that is not."""
+    try:
+        dump: dict[str, JsonValue] = memory.model_dump(mode="json", warnings=False)
+    except (pydantic_core.PydanticSerializationError, ValueError, TypeError):
+        for name in type(memory).model_fields:
+            _storable(t, f"memory field {name!r}", getattr(memory, name))
+        raise  # every field alone was storable: not ours to explain
+    return dump
+
+
 class Run(Generic[M]):
     """A run of a `Machine`. Get one from `Machine.start` or `Machine.resume`.
 
@@ -122,7 +186,7 @@ class Run(Generic[M]):
         self.machine = machine
         self.store = store
         self.memory = memory
-        self.owner = f"{_OWNER_PREFIX}:{secrets.token_hex(3)}"
+        self.owner = owner_id()
         self._record = record
         self._fields: dict[str, JsonValue] = dict(record.memory)
         self._sizes: dict[str, int] | None = None
@@ -135,6 +199,8 @@ class Run(Generic[M]):
         self._events: list[Event] | None = None
         """The run's events, read once per process and extended by its own commits."""
         self._visit_counts: dict[str, int] | None = None
+        self._entered: int | None = 0 if record.seq == 0 else None
+        """The seq at which the run entered its current state (None: not read yet)."""
 
     def __repr__(self) -> str:
         where = f"{self.state} seq={self.seq} {self.status}"
@@ -275,7 +341,8 @@ class Run(Generic[M]):
 
     async def _rehearse(self, t: Transition, payload: JsonValue) -> None:
         """Apply wait `t` with `payload` to a copy of the memory, writing nothing: raises
-        what committing it would meet (`MemoryTooLarge`, `InvalidMemory`)."""
+        what committing it would meet (`MemoryTooLarge`, `InvalidMemory`,
+        `UnstorableResult`)."""
         if t.step is None:
             return
         ctx = StepContext(
@@ -283,21 +350,16 @@ class Run(Generic[M]):
             conversation=self._load_conversation, history=self._load_events, payload=payload,
             spent={},
         )  # fmt: skip
-        kept = self.memory
-        self.memory = kept.model_copy(deep=True)
         try:
-            result = await t.step.run(self.memory, ctx)
-            self._changes(result.memory)
-            _storable(result.output, f"the payload of event {t.trigger!r}")
+            mine = self.machine.memory_type.model_validate(self._fields)
+            self._settle(t, await t.step.run(mine, ctx))
         except _StepFailed as failed:
             raise failed.error from None
-        finally:
-            self.memory = kept
 
     async def _fire(self, lease: Lease, t: Transition, payload: JsonValue) -> Event:
         """Run `t`'s step and commit its outcome: the one path every transition takes."""
         seq = self.seq
-        key = f"{self.run_id}:{seq}:{t.trigger}"
+        key = await self.idempotency_key(t.trigger)
         started = now()
         try:
             if t.max_visits is not None and await self._visits(t) >= t.max_visits:
@@ -309,26 +371,24 @@ class Run(Generic[M]):
                     final=True,  # a detour could lead back here: the loop ends for good
                 )
             # Holders that died since the last commit died running this very step.
-            result, attempt = await self._run_step(t, seq, key, self._record.crashes, payload)
-            dest = self._dest(t, result)
-            patch, memory, patch_sizes = self._changes(result.memory)
-            output = _storable(result.output, f"the output of step {t.trigger!r}")
+            done, attempt = await self._run_step(t, seq, key, self._record.crashes, payload)
         except _StepFailed as failed:
-            if t.waits and isinstance(failed.error, ValueError):
+            if t.waits and isinstance(failed.error, ValueError | UnstorableResult):
                 # The event's payload would break the run: refuse it, the run waits on.
                 await self.release(quiet=True)
                 raise failed.error from None
             return await self._fail(t, seq, key, failed, started)
+        result = done.result
         event = Event(
             seq=seq + 1,
             trigger=t.trigger,
             kind=t.step.kind if t.step else "move",
             source=self.state,
-            dest=dest,
-            status=self.machine.status_in(dest),
+            dest=done.dest,
+            status=self.machine.status_in(done.dest),
             key=key if result.subkey is None else f"{key}:{result.subkey}",
-            patch=patch,
-            output=output,
+            patch=done.patch,
+            output=done.output,
             attempt=attempt,
             started_at=started,
             ended_at=now(),
@@ -337,7 +397,28 @@ class Run(Generic[M]):
             messages=result.messages,
             step=t.step.label if t.step else "",
         )
-        return await self._commit(lease, event, memory, patch_sizes)
+        return await self._commit(lease, event, done.memory, done.patch_sizes)
+
+    async def idempotency_key(self, trigger: str) -> str:
+        """The key every try of `trigger` out of the current state runs under (see
+        `statemachine._keys`): the same after a crash, an error and `retry()`, new on the
+        next visit of the state."""
+        if self._entered is None:
+            self._entered = await self._entered_at()
+        return step_key(self._record, self._entered, trigger)
+
+    async def _entered_at(self) -> int:
+        """The seq of the last commit that entered the current state, read back from the
+        latest event a page at a time (usually one event: the last commit is the visit)."""
+        high, page = self.seq, 1
+        while True:
+            low = max(high - page + 1, 0)
+            for event in reversed(await self.store.history(self.run_id, low, high)):
+                if enters(event):
+                    return event.seq
+            if low == 0:
+                return 0
+            high, page = low - 1, page * 4
 
     async def _visits(self, t: Transition) -> int:
         """How often `t` fired in this run so far (read from the history once per process)."""
@@ -394,7 +475,7 @@ class Run(Generic[M]):
             source=self.state,
             dest=timed.on_timeout,
             status=self.machine.status_in(timed.on_timeout),
-            key=f"{self.run_id}:{self.seq}:{timed.trigger}:timeout",
+            key=f"{await self.idempotency_key(timed.trigger)}:timeout",
             output={"deadline": deadline, "timeout": timed.timeout},
             started_at=at,
             ended_at=at,
@@ -415,7 +496,7 @@ class Run(Generic[M]):
             source=self.state,
             dest=dest,
             status=status,
-            key=f"{self.run_id}:{self.seq}:{trigger}",
+            key=control_key(self._record, trigger),
             output=output,
             started_at=at,
             ended_at=at,
@@ -475,26 +556,36 @@ class Run(Generic[M]):
             self._conversation = None
             self._events = None
             self._visit_counts = None
+            self._entered = None
         self._record = stored
 
     async def _run_step(
         self, t: Transition, seq: int, key: str, crashes: int, payload: JsonValue
-    ) -> tuple[StepResult[M], int]:
+    ) -> tuple[_Settled[M], int]:
+        """Try `t`'s step as its policy allows; what the try that worked produced, settled
+        (destination, patch, output: all checked storable), and that try's attempt number."""
         if t.step is None:
-            return StepResult(memory=self.memory), 1
+            return self._settle(t, StepResult(memory=self.memory)), 1
         policy = t.step.policy
         # A process that died holding a waiting run was not running its wait step.
-        attempt = 1 if t.waits else crashes + 1
-        spent: dict[str, int] = {}
-        if attempt > policy.attempts:
+        died = 0 if t.waits else crashes
+        allowance = (
+            self.machine.crash_retries if policy.crash_retries is None else policy.crash_retries
+        )
+        if died > allowance:
             raise _StepFailed(
                 RunError(
-                    f"step {t.trigger!r} was cut short by a process crash {crashes} times"
-                    f" (limit {policy.attempts} attempts)"
+                    f"step {t.trigger!r} was cut short by its process dying {died} times"
+                    f" (crash_retries={allowance}): it may be what kills the process; fix it,"
+                    " then `retry` the run"
                 ),
-                crashes,
+                died,
             )
+        spent: dict[str, int] = {}
+        tries = 0
         while True:
+            tries += 1
+            attempt = died + tries
             ctx = StepContext(
                 run_id=self.run_id,
                 seq=seq,
@@ -506,22 +597,44 @@ class Run(Generic[M]):
                 payload=payload,
                 spent=spent,
             )
+            # Its own copy, as a resumed process would read it (and 5x cheaper than a deep
+            # copy): a try abandoned on its timeout may go on changing it.
+            mine = self.machine.memory_type.model_validate(self._fields)
             try:
                 if policy.timeout is None:
-                    result = await t.step.run(self.memory, ctx)
+                    result = await t.step.run(mine, ctx)
                 else:
-                    result = await asyncio.wait_for(t.step.run(self.memory, ctx), policy.timeout)
-                return result, attempt
+                    result = await asyncio.wait_for(t.step.run(mine, ctx), policy.timeout)
+                return self._settle(t, result), attempt
+            except _StepFailed:
+                raise  # a result that can never commit (a bad route, memory, size)
             except Exception as exc:
-                self._restore_memory()
                 error: BaseException = exc
                 if isinstance(exc, TimeoutError) and policy.timeout is not None:
                     error = TimeoutError(f"step {t.trigger!r} timed out after {policy.timeout}s")
+                    _log.debug(
+                        "run %s: try %d of %r timed out; whatever it still does is dropped",
+                        self.run_id, attempt, t.trigger,
+                    )  # fmt: skip
                 retryable = policy.retries(exc) and not isinstance(exc, InvalidMemory)
-                if not retryable or attempt >= policy.attempts:
+                if not retryable or tries >= policy.attempts:
                     raise _StepFailed(error, attempt, spent) from exc
-                await asyncio.sleep(policy.delay(attempt, exc))
-                attempt += 1
+                await asyncio.sleep(policy.delay(tries, exc))
+
+    def _settle(self, t: Transition, result: StepResult[M]) -> _Settled[M]:
+        """Where `result` goes and what its commit writes; `UnstorableResult` naming the
+        part that cannot be stored as JSON (the try fails), `_StepFailed` for a result no
+        try can fix."""
+        dest = self._dest(t, result)
+        patch, memory, patch_sizes = self._changes(t, result.memory)
+        return _Settled(
+            result=result,
+            dest=dest,
+            patch=patch,
+            memory=memory,
+            patch_sizes=patch_sizes,
+            output=_storable(t, "its output", result.output),
+        )
 
     def _dest(self, t: Transition, result: StepResult[M]) -> str:
         if t.dest is not None:
@@ -536,7 +649,7 @@ class Run(Generic[M]):
             1,
         )
 
-    def _changes(self, new: M) -> tuple[dict[str, JsonValue], M, dict[str, int]]:
+    def _changes(self, t: Transition, new: M) -> tuple[dict[str, JsonValue], M, dict[str, int]]:
         """The memory patch (changed fields, as JSON), the checked new memory, and the bytes
         of each patched field as JSON (sized once, here, for the limit and the snapshots)."""
         if not isinstance(new, self.machine.memory_type):
@@ -547,38 +660,27 @@ class Run(Generic[M]):
                 ),
                 1,
             )
-        where = f"run {self.run_id!r}"
-        try:
-            dump = new.model_dump(mode="json", warnings=False)
-        except ValueError:  # pydantic gives up on values nested some 250 levels deep
-            self._restore_memory()
-            too_deep = f"the memory is nested more than {MAX_DEPTH} levels deep"
-            raise _StepFailed(InvalidMemory(where, too_deep), 1) from None
+        dump = _memory_dump(t, new)
         if dump == self._fields:
             return {}, self.memory, {}
         changed = {k: v for k, v in dump.items() if k not in self._fields or self._fields[k] != v}
-        try:  # before the schema: a schema error on a value nested 200 deep is pages long
-            sizes_of = {k: json_size(v, f"memory field {k!r}") for k, v in changed.items()}
-        except Unstorable as exc:
-            self._restore_memory()
-            raise _StepFailed(InvalidMemory(where, str(exc)), 1) from None
+        # Before the schema: a schema error on a value nested 200 deep is pages long.
+        sizes_of = {k: _sized(t, f"memory field {k!r}", v) for k, v in changed.items()}
         try:
             checked = self.machine.memory_type.model_validate(dump)
         except ValidationError as exc:
-            self._restore_memory()
-            raise _StepFailed(InvalidMemory(where, exc), 1) from None
+            raise _StepFailed(InvalidMemory(f"run {self.run_id!r}", exc), 1) from None
         dump = checked.model_dump(mode="json", warnings=False)
         patch = {k: v for k, v in dump.items() if k not in self._fields or self._fields[k] != v}
         patch_sizes = {
-            k: sizes_of[k] if k in changed and changed[k] == v else json_size(v)
+            k: sizes_of[k] if k in changed and changed[k] == v else _sized(t, repr(k), v)
             for k, v in patch.items()
-        }  # the schema may have coerced a value: sized again, and checked by the store
+        }  # the schema may have coerced a value: sized (and checked) again
         limit = self.machine.max_memory
         if limit is not None:  # sized by the fields that change, not the whole memory
             sizes = self._field_sizes()
             size = sum(sizes.values()) + sum(n - sizes.get(k, 0) for k, n in patch_sizes.items())
             if size > limit:
-                self._restore_memory()
                 raise _StepFailed(
                     MemoryTooLarge(
                         f"run {self.run_id!r}: the step would make the memory {size} bytes as"
@@ -607,15 +709,6 @@ class Run(Generic[M]):
             self._sizes = {k: json_size(v) for k, v in self._fields.items()}
         return self._sizes
 
-    def _restore_memory(self) -> None:
-        """Undo in-place changes a failed try made to the memory object."""
-        try:
-            same = self.memory.model_dump(mode="json", warnings=False) == self._fields
-        except ValueError:  # a try left a value too deep to dump in it
-            same = False
-        if not same:
-            self.memory = self.machine.memory_type.model_validate(self._fields)
-
     async def _fail(
         self, t: Transition, seq: int, key: str, failed: _StepFailed, started: float
     ) -> Event:
@@ -633,7 +726,7 @@ class Run(Generic[M]):
             source=self.state,
             dest=dest,
             status=status,
-            key=f"{key}:failed",
+            key=f"{key}:failed:{seq + 1}",
             attempt=failed.attempt,
             started_at=started,
             ended_at=now(),
@@ -671,6 +764,8 @@ class Run(Generic[M]):
             raise RunNotFound(self.run_id, lost=True) from None
         if isinstance(outcome, Committed):
             self._record = _advance(self._record, event)
+            if enters(event):
+                self._entered = event.seq
             if event.snapshot is not None:
                 self._since_snapshot = 0
             for name in event.dropped:
@@ -728,16 +823,6 @@ def check_payload_storable(event: str, payload: object) -> None:
         json_bytes(payload, f"the payload of event {event!r}")
     except Unstorable as exc:
         raise InvalidPayload(event, f"{exc.problem}; nothing was written") from None
-
-
-def _storable(value: object, where: str) -> JsonValue:
-    """`value` as JSON data, or a failed step naming what in it would not read back."""
-    data: JsonValue = pydantic_core.to_jsonable_python(value)
-    try:
-        json_bytes(data, where)
-    except Unstorable as exc:
-        raise _StepFailed(exc, 1) from None
-    return data
 
 
 def _advance(record: RunRecord, event: Event) -> RunRecord:

@@ -20,8 +20,9 @@ M = TypeVar("M", bound=BaseModel)
 class RetryPolicy:
     """How often a step is tried and how long each try may take.
 
-    `attempts` counts every try, including those cut short by a process crash: a step that
-    kills its process each time still ends in the failure state after `attempts` tries.
+    `attempts` counts the tries that end in an error the step raises; tries cut short by
+    the process dying count against `crash_retries` instead, so a step that kills its process
+    each time still ends in the failure state, and a single crash does not use up `attempts`.
     """
 
     attempts: int = 1
@@ -33,10 +34,15 @@ class RetryPolicy:
     retry_on: tuple[type[BaseException], ...] = (Exception,)
     retry_if: Callable[[BaseException], bool] | None = None
     """Also retry errors outside `retry_on` for which this returns True."""
+    crash_retries: int | None = None
+    """How often the step may be cut short by its process dying before the run fails
+    (counted durably, apart from `attempts`); None: the machine's `crash_retries`."""
 
     def __post_init__(self) -> None:
         if self.attempts < 1:
             raise ValueError(f"attempts must be at least 1, not {self.attempts}")
+        if self.crash_retries is not None and self.crash_retries < 0:
+            raise ValueError(f"crash_retries must be 0 or more, not {self.crash_retries}")
         if self.timeout is not None and self.timeout <= 0:
             raise ValueError(f"timeout must be positive, not {self.timeout}")
 
@@ -60,8 +66,9 @@ class RetryPolicy:
 class StepContext:
     """What a step knows of the transition it runs in.
 
-    `idempotency_key` is the same on every try of this transition, in any process, so an
-    external system can drop a duplicate of a side effect.
+    `idempotency_key` is the same on every try of this transition, in any process, after
+    a crash and after `Run.retry()`, and no other run anywhere has it, so an external system
+    can drop a duplicate of a side effect (format: `statemachine._keys`).
     """
 
     run_id: str

@@ -12,6 +12,7 @@ RuntimeError
       ├── RunTakenOver   the lease was lost mid-run; this process must stop driving it
       ├── NoTransition   no transition out of the current state applies
       ├── NotDue         the run has no timeout that is due now
+      ├── UnstorableResult  a step returned what cannot be stored as JSON (a failed try)
       └── VersionMismatch  the stored run was made by another version of the machine
  └── RendererMissing     Graphviz's `dot` program, needed for SVG and PNG, is not installed
 """
@@ -34,6 +35,7 @@ __all__ = [
     "RunLocked",
     "RunNotFound",
     "RunTakenOver",
+    "UnstorableResult",
     "VersionMismatch",
 ]
 
@@ -95,8 +97,9 @@ class RunNotFound(RunError, LookupError):
 class RunLocked(RunError):
     def __init__(self, run_id: str, owner: str, expires_in: float) -> None:
         super().__init__(
-            f"run {run_id!r} is held by {owner!r} (lease expires in {expires_in:.1f}s unless"
-            " renewed); wait for it or pass lease_wait= to wait"
+            f"run {run_id!r} is held by {owner!r}, a process that is alive or on another"
+            f" machine (lease expires in {expires_in:.1f}s unless renewed); wait for it with"
+            " lease_wait=SECONDS, or stop that process"
         )
         self.run_id = run_id
         self.owner = owner
@@ -105,6 +108,11 @@ class RunLocked(RunError):
 
 class RunTakenOver(RunError):
     """This process lost the run's lease; another process drives the run now."""
+
+
+class UnstorableResult(RunError):
+    """A step returned something the store cannot keep as JSON (a try that fails; the
+    step's retries apply)."""
 
 
 class NoTransition(RunError):

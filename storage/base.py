@@ -73,7 +73,10 @@ class RunRecord:
     deadline: float | None = None
     """When a waiting run times out (unix seconds), if its state has a timeout."""
     nonce: str = ""
-    """Random, made at `start`: part of every idempotency key of the run."""
+    """Random, made when the run is created and kept with it (exports included): part of
+    every idempotency key of the run, so no two runs anywhere share a key, even runs of one
+    id in two stores, or an id used again after the first run was deleted. "" for runs
+    stored before nonces existed."""
     expires_at: float | None = None
     """Retention: when the store may delete the run (set by the commit that ended it)."""
 
@@ -95,7 +98,8 @@ class Event:
     dest: str
     status: RunStatus
     key: str
-    """The idempotency key, `f"{run_id}:{seq - 1}:{trigger}"` for steps."""
+    """The idempotency key the step ran under (`statemachine` builds it; see
+    `Run.idempotency_key`); with a suffix for the runner's own events."""
     patch: dict[str, JsonValue] = field(default_factory=dict)
     output: JsonValue = None
     attempt: int = 1
@@ -228,7 +232,10 @@ class Store(Protocol):
         """Take the run's lease for `ttl` seconds with a new, larger fencing token.
 
         When the previous holder never released it (it died), this is a takeover and the
-        run's crash count goes up by one. Raises `KeyError` for an unknown run.
+        run's crash count goes up by one. A lease that has not expired is taken over at once
+        when its holder is provably dead (`owner` ids carry the proof: same host, boot and
+        pid namespace, and the process is gone; see `storage._process`); any other live
+        lease is `LeaseHeld`. Raises `KeyError` for an unknown run.
         """
         ...
 

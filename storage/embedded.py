@@ -8,13 +8,17 @@ commit's checks and writes are one serialized unit, like the Lua script on Redis
 Tables (one row per thing, so a commit writes what changed, not the whole memory):
 
     runs     run_id, agent, version, state, seq, status, created_at, updated_at,
-             fence, holder, crashes, lease_owner, lease_expires, deadline, expires_at, nonce
+             fence, holder, crashes, lease_owner, lease_expires, deadline, expires_at,
+             nonce, lease_boot
     memory   (run_id, name) -> json          one row per memory field
     events   (run_id, seq)  -> json          one row per commit, seq 0 is the creation
     keys     (run_id, key)  -> seq           idempotency keys
 
 `PRAGMA user_version` holds the schema version; a file of another version is refused.
-Lease expiry is wall-clock time (`time.time()`), since several processes share the file.
+Lease expiry is on the machine's monotonic clock, which every process of one boot shares,
+kept with the boot's id (`lease_boot`): a step of the wall clock cannot make a live holder's
+lease look expired, and a lease of an earlier boot is expired (its holder is gone). Where the
+system names no boot, the wall clock is used.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from urllib.parse import parse_qsl, urlsplit
 from pydantic import JsonValue
 
 from ._codec import dump_event, dump_json, load_event, load_json, run_from_fields
+from ._process import boot_id, provably_dead
 from ._sqlite_trouble import busy, unwritable
 from .base import (
     CommitOutcome,
@@ -67,7 +72,8 @@ _SCHEMA = [
         created_at REAL NOT NULL, updated_at REAL NOT NULL, fence INTEGER NOT NULL DEFAULT 0,
         holder TEXT NOT NULL DEFAULT '', crashes INTEGER NOT NULL DEFAULT 0,
         lease_owner TEXT NOT NULL DEFAULT '', lease_expires REAL NOT NULL DEFAULT 0,
-        deadline REAL, expires_at REAL, nonce TEXT NOT NULL DEFAULT ''
+        deadline REAL, expires_at REAL, nonce TEXT NOT NULL DEFAULT '',
+        lease_boot TEXT NOT NULL DEFAULT ''
     )""",
     "CREATE INDEX runs_by_update ON runs (updated_at)",
     "CREATE INDEX runs_by_deadline ON runs (deadline) WHERE deadline IS NOT NULL",
@@ -93,7 +99,11 @@ _UPGRADES = {
         "ALTER TABLE runs ADD COLUMN expires_at REAL",
         *_QUERY_INDEXES,
     ],  # version 3: retention, queries
-    3: ["ALTER TABLE runs ADD COLUMN nonce TEXT NOT NULL DEFAULT ''"],  # version 4: run nonces
+    3: [  # version 4: run nonces; leases on the monotonic clock (wall-clock ones lapse)
+        "ALTER TABLE runs ADD COLUMN nonce TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE runs ADD COLUMN lease_boot TEXT NOT NULL DEFAULT ''",
+        "UPDATE runs SET lease_expires = 0",
+    ],
 }
 """Statements that take a file of schema version N to N + 1."""
 _SELECT_RUN = f"SELECT run_id, {', '.join(_RUN_COLUMNS)} FROM runs"
@@ -265,7 +275,8 @@ class EmbeddedStore:
         run = replace(run, seq=0, holder="", crashes=0)
         event = Event(
             seq=0, trigger="start", kind="start", source="", dest=run.state, status=run.status,
-            key=f"{run.run_id}:start", patch=run.memory, started_at=run.created_at,
+            key=f"{run.run_id}:{run.nonce}:start" if run.nonce else f"{run.run_id}:start",
+            patch=run.memory, started_at=run.created_at,
             ended_at=run.created_at, deadline=run.deadline, output=origin,
         )  # fmt: skip
         what = f"create run {run.run_id!r}"
@@ -421,36 +432,39 @@ class EmbeddedStore:
         # As lease.lua: `holder` says who took the run and did not give it back;
         # `lease_owner` and `lease_expires` stand for the Redis lease key and its TTL.
         row = self._db.execute(
-            "SELECT fence, holder, crashes, lease_owner, lease_expires, seq FROM runs"
+            "SELECT fence, holder, crashes, lease_owner, lease_expires, lease_boot, seq FROM runs"
             " WHERE run_id = ?",
             (run_id,),
         ).fetchone()
         if row is None:
             raise KeyError(run_id)
-        fence, holder, crashes, lease_owner, lease_expires, seq = row
-        now = time.time()
-        if lease_owner == owner and lease_expires > now:  # ours already: extend it
+        fence, holder, crashes, lease_owner, lease_expires, lease_boot, seq = row
+        boot, now = _lease_clock()
+        live = lease_owner and lease_boot == boot and lease_expires > now
+        if live and lease_owner == owner:  # ours already: extend it
             self._db.execute(
                 "UPDATE runs SET lease_expires = ? WHERE run_id = ?", (now + ttl, run_id)
             )
             return Lease(run_id=run_id, owner=owner, token=fence, ttl=ttl, crashes=crashes, seq=seq)
-        if lease_owner and lease_expires > now:
+        if live and not provably_dead(lease_owner):
             return LeaseHeld(run_id=run_id, owner=lease_owner, expires_in=lease_expires - now)
-        if holder:  # taken, never released, expired: its holder died
+        if holder:  # taken, never released, expired or provably dead: its holder died
             crashes += 1
         token = fence + 1
         self._db.execute(
             "UPDATE runs SET fence = ?, holder = ?, crashes = ?, lease_owner = ?,"
-            " lease_expires = ? WHERE run_id = ?",
-            (token, owner, crashes, owner, now + ttl, run_id),
+            " lease_expires = ?, lease_boot = ? WHERE run_id = ?",
+            (token, owner, crashes, owner, now + ttl, boot, run_id),
         )
         return Lease(run_id=run_id, owner=owner, token=token, ttl=ttl, crashes=crashes, seq=seq)
 
     async def renew_lease(self, lease: Lease) -> bool:
         return self._transaction(
             f"renew the lease on {lease.run_id!r}", "BEGIN IMMEDIATE", self._update,
-            "UPDATE runs SET lease_owner = ?, lease_expires = ? WHERE run_id = ? AND fence = ?",
-            (lease.owner, time.time() + lease.ttl, lease.run_id, lease.token),
+            "UPDATE runs SET lease_owner = ?, lease_expires = ?, lease_boot = ?"
+            " WHERE run_id = ? AND fence = ?",
+            (lease.owner, _lease_clock()[1] + lease.ttl, _lease_clock()[0], lease.run_id,
+             lease.token),
         )  # fmt: skip
 
     async def release_lease(self, lease: Lease) -> None:
@@ -516,3 +530,10 @@ class EmbeddedStore:
     async def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def _lease_clock() -> tuple[str, float]:
+    """The boot leases are kept in, and the time on its clock: the monotonic clock of this
+    boot where the system names its boot, else ("", wall-clock time)."""
+    boot = boot_id()
+    return (boot, time.monotonic()) if boot else ("", time.time())

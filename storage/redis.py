@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import re
@@ -53,6 +54,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ._codec import dump_event, dump_json, load_event, load_json, run_from_fields
+from ._process import provably_dead
 from .base import (
     CommitOutcome,
     Committed,
@@ -333,7 +335,7 @@ class RedisStore:
             source="",
             dest=run.state,
             status=run.status,
-            key=f"{run.run_id}:start",
+            key=f"{run.run_id}:{run.nonce}:start" if run.nonce else f"{run.run_id}:start",
             patch=run.memory,
             started_at=run.created_at,
             ended_at=run.created_at,
@@ -480,17 +482,23 @@ class RedisStore:
 
     async def acquire_lease(self, run_id: str, owner: str, ttl: float) -> Lease | LeaseHeld:
         keys = self._keys(run_id, "run", "lease")
-        reply = await self._call(
-            f"lease run {run_id!r}",
-            lambda: self._lease(keys=keys, args=["acquire", owner, _ms(ttl), 0]),
-        )
-        token = int(reply[0])
-        if token == 0:
-            raise KeyError(run_id)
-        if token < 0:
-            return LeaseHeld(
-                run_id=run_id, owner=str(reply[1]), expires_in=max(int(reply[2]), 0) / 1000
+        dead = ""
+        while True:
+            args: list[Any] = ["acquire", owner, _ms(ttl), 0, dead]
+            reply = await self._call(
+                f"lease run {run_id!r}", functools.partial(self._lease, keys=keys, args=args)
             )
+            token = int(reply[0])
+            if token == 0:
+                raise KeyError(run_id)
+            if token > 0:
+                break
+            holder = str(reply[1])
+            if holder == dead or not provably_dead(holder):
+                return LeaseHeld(
+                    run_id=run_id, owner=holder, expires_in=max(int(reply[2]), 0) / 1000
+                )
+            dead = holder  # take it over, unless it changed hands meanwhile
         seq = int(reply[2]) if len(reply) > 2 else None
         return Lease(
             run_id=run_id, owner=owner, token=token, ttl=ttl, crashes=int(reply[1]), seq=seq
@@ -876,12 +884,10 @@ def _run_fields(run: RunRecord) -> list[Any]:
         "agent", run.agent, "version", run.version, "state", run.state, "seq", run.seq,
         "status", run.status, "created_at", repr(run.created_at),
         "updated_at", repr(run.updated_at), "fence", 0, "holder", run.holder,
-        "crashes", run.crashes,
+        "crashes", run.crashes, "nonce", run.nonce,
     ]  # fmt: skip
     if run.deadline is not None:
         fields += ["deadline", repr(run.deadline)]
-    if run.nonce:
-        fields += ["nonce", run.nonce]
     if run.expires_at is not None:
         fields += ["expires_at", repr(run.expires_at)]
     for name, value in run.memory.items():

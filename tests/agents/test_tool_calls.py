@@ -23,6 +23,8 @@ from agents.examples.researcher import LIBRARY, Research, researcher
 from statemachine import DefinitionError
 from storage import Store
 
+from ..keys import plain
+
 Brain = Callable[[list[ModelMessage], AgentInfo], ModelResponse]
 
 
@@ -73,7 +75,7 @@ async def test_the_researcher_searches_reads_in_parallel_and_answers(store: Stor
         ]
     }
     act = history[2]
-    assert act.key == "r:1:act:call-search"
+    assert plain(act.key) == "r:1:act:call-search"
     assert act.output == {
         "tool_call_id": "call-search", "tool": "search", "args": {"query": "Why use leases?"},
         "result": ["leases"],
@@ -98,7 +100,7 @@ async def test_parallel_calls_run_one_per_transition_in_the_models_order(store: 
     await run.until_done()
     assert run.memory.answer == "Z,A,B"
     acts = [e for e in await run.history() if e.trigger == "act"]
-    assert [e.key for e in acts] == ["p:1:act:c-z", "p:2:act:c-a", "p:3:act:c-b"]
+    assert [plain(e.key) for e in acts] == ["p:1:act:c-z", "p:2:act:c-a", "p:3:act:c-b"]
     assert [e.dest for e in acts] == ["acting", "acting", "observed"]
 
 
@@ -144,7 +146,7 @@ async def test_an_unknown_tool_is_refused_inside_the_model_request(store: Store)
     think = (await run.history())[1]
     assert think.usage is not None and think.usage["requests"] == 2
     assert "fetch" in str(think.messages[2])
-    assert [e.key for e in await run.history() if e.trigger == "act"] == ["u:1:act:c2"]
+    assert [plain(e.key) for e in await run.history() if e.trigger == "act"] == ["u:1:act:c2"]
 
 
 async def test_a_tool_that_keeps_failing_sends_the_run_to_the_failure_state(store: Store) -> None:
@@ -157,7 +159,7 @@ async def test_a_tool_that_keeps_failing_sends_the_run_to_the_failure_state(stor
     last = (await run.history())[-1]
     assert last.kind == "error" and last.error is not None
     assert (last.error["type"], last.error["attempt"]) == ("ConnectionError", 2)
-    assert last.key == "f:1:act:failed"
+    assert plain(last.key) == "f:1:act:failed:2"
 
 
 async def test_a_model_that_never_stops_calling_tools_ends_at_the_loop_limit(

@@ -38,8 +38,9 @@ from statemachine import StepContext, Transition
 STEPS = 6
 LEASE_TTL = 2.0
 RETRIES = 9
-"""A crash counts as a try (a guard against steps that kill their process every time): under
-a storm one step can be cut short by several kills in a row, so allow 10 tries, not 4."""
+CRASH_RETRIES = 9
+"""Deaths during a step are counted (a guard against steps that kill their process every
+time): under a storm one step can be cut short by several kills in a row, so allow 9, not 3."""
 PAUSE = (0.03, 0.2)
 """Seconds a step sleeps before, and again after, its side effect."""
 
@@ -100,8 +101,13 @@ def _append(memory: Storm, value: str) -> dict[str, list[str]]:
 def _step(i: int) -> Transition:
     trigger, source, dest = TRIGGERS[i], f"s{i}", f"s{i + 1}"
     if trigger.startswith("t"):
-        return tool(trigger, source, dest, act, into="done", retries=RETRIES)
-    return llm(trigger, source, dest, prompt=_key_prompt(trigger), update=_append, retries=RETRIES)
+        return tool(
+            trigger, source, dest, act, into="done", retries=RETRIES, crash_retries=CRASH_RETRIES
+        )
+    return llm(
+        trigger, source, dest, prompt=_key_prompt(trigger), update=_append, retries=RETRIES,
+        crash_retries=CRASH_RETRIES,
+    )  # fmt: skip
 
 
 storm = Agent(

@@ -22,6 +22,7 @@ import pytest_asyncio
 from statemachine import StepContext
 from storage import RedisStore, StoreUnavailable
 
+from ..keys import plain
 from ..redis_server import RedisServer
 from .fault_agent import CountingStore, Progress, make_agent
 
@@ -167,7 +168,7 @@ async def check_run(store: RedisStore, run_id: str, effects: Counter[str]) -> No
     assert [e.seq for e in history] == list(range(STEPS + 1))
     assert [e.trigger for e in history[1:]] == [f"t{i}" for i in range(STEPS)]
     keys = [e.key for e in history[1:]]
-    assert keys == [f"{run_id}:{i}:t{i}" for i in range(STEPS)]
+    assert [plain(k) for k in keys] == [f"{run_id}:{i}:t{i}" for i in range(STEPS)]
     assert effects == Counter(keys)  # every committed step applied once, nothing else ran
 
 
@@ -209,7 +210,7 @@ async def test_lost_commit_reply_without_retries_resumes(proxy: CutProxy, prefix
         await load_scripts(fragile)
         run = await agent.start(fragile, Progress(), run_id="no-retry")
         await run.step()
-        proxy.rule = CutRule(COMMIT, contains=b"no-retry:1:t1")
+        proxy.rule = CutRule(COMMIT, contains=f"no-retry:{run.record.nonce}:1:t1".encode())
         with pytest.raises(StoreUnavailable):
             await run.step()
         assert proxy.cuts == 1

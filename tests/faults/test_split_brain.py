@@ -18,6 +18,7 @@ import pytest
 
 from storage import Event, RedisStore
 
+from ..keys import plain
 from ..redis_server import RedisServer
 from .fault_agent import EXIT_TAKEN_OVER
 
@@ -42,7 +43,7 @@ def read_log(log: Path) -> list[tuple[str, int, float, float]]:
     rows = []
     for line in log.read_text().splitlines():
         key, pid, started, ended = line.split("\t")
-        rows.append((key, int(pid), float(started), float(ended)))
+        rows.append((plain(key), int(pid), float(started), float(ended)))
     return rows
 
 
@@ -57,7 +58,7 @@ def check_history(history: list[Event], run_id: str, steps: int) -> None:
     assert [e.seq for e in history] == list(range(steps + 1))
     assert [e.trigger for e in history[1:]] == [f"t{i}" for i in range(steps)]
     keys = [e.key for e in history[1:]]
-    assert keys == [f"{run_id}:{i}:t{i}" for i in range(steps)]
+    assert [plain(k) for k in keys] == [f"{run_id}:{i}:t{i}" for i in range(steps)]
     assert all(e.kind == "tool" for e in history[1:])
     # One advances at a time: each step started after the previous one was committed.
     for before, after in itertools.pairwise(history[1:]):
@@ -116,7 +117,7 @@ async def test_eight_processes_drive_one_run(
 
     runs = read_log(log)
     executions = Counter(key for key, *_ in runs)
-    committed = {e.key for e in history[1:]}
+    committed = {plain(e.key) for e in history[1:]}
     assert set(executions) == committed  # nothing ran past a commit it did not make
     # A step runs again only when its first runner lost the lease while running it.
     extra = sum(n - 1 for n in executions.values())

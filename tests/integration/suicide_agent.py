@@ -19,7 +19,7 @@ from statemachine import StepContext
 from storage import open_store
 
 LEASE_TTL = 0.3
-ATTEMPTS = 3
+CRASH_RETRIES = 2
 
 
 class Memory(BaseModel):
@@ -41,7 +41,7 @@ def make_agent(log_path: str) -> Agent[Memory]:
         lease_ttl=LEASE_TTL,
         transitions=[
             tool("prepare", "new", "ready", lambda m: True, into="prepared"),
-            tool("crash", "ready", "done", crash, into="done", retries=ATTEMPTS - 1),
+            tool("crash", "ready", "done", crash, into="done", crash_retries=CRASH_RETRIES),
         ],
     )  # fmt: skip
 

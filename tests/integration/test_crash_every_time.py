@@ -1,5 +1,5 @@
-"""A step that kills its own process on every try: resumers count the crashes durably and,
-after the step's attempt limit, drive the run into its failure state with the attempts
+"""A step that kills its own process on every try: resumers count the deaths durably and,
+after `crash_retries + 1` of them, drive the run into its failure state with the deaths
 recorded, instead of crash-looping forever."""
 
 from __future__ import annotations
@@ -11,7 +11,9 @@ from pathlib import Path
 
 from storage import open_store
 
-from .suicide_agent import ATTEMPTS
+from .suicide_agent import CRASH_RETRIES
+
+DEATHS = CRASH_RETRIES + 1
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -19,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def resume_until_settled(url: str, run_id: str, log: Path) -> list[int]:
     """Start fresh processes on the run until one exits by itself; their return codes."""
     codes: list[int] = []
-    for _ in range(ATTEMPTS + 3):
+    for _ in range(DEATHS + 3):
         proc = subprocess.run(
             [sys.executable, "-m", "tests.integration.suicide_agent", url, run_id, str(log)],
             cwd=ROOT, capture_output=True, text=True, timeout=60,
@@ -31,28 +33,29 @@ def resume_until_settled(url: str, run_id: str, log: Path) -> list[int]:
     raise AssertionError(f"still crashing after {len(codes)} processes: {codes}")
 
 
-async def test_a_step_that_kills_its_process_every_time_fails_after_its_attempts(
+async def test_a_step_that_kills_its_process_every_time_fails_after_crash_retries_deaths(
     store_url: str, tmp_path: Path
 ) -> None:
     log = tmp_path / "tries.log"
     codes = await asyncio.to_thread(resume_until_settled, store_url, "doomed", log)
-    assert codes == [-9] * ATTEMPTS + [0]
-
-    key = "doomed:1:crash"
-    assert log.read_text().splitlines() == [f"{key}\t{n}" for n in range(1, ATTEMPTS + 1)]
+    assert codes == [-9] * DEATHS + [0]
 
     store = open_store(store_url, prefix="suicide")
     record = await store.load("doomed")
     history = await store.history("doomed")
     await store.close()
     assert record is not None
+    key = f"doomed:{record.nonce}:1:crash"  # every try under one key
+    assert log.read_text().splitlines() == [f"{key}\t{n}" for n in range(1, DEATHS + 1)]
     # The commit that ended the step reset the crash count for the next transition.
     assert (record.state, record.status, record.seq, record.crashes) == ("failed", "failed", 2, 0)
     assert [(e.trigger, e.kind) for e in history] == [
         ("start", "start"), ("prepare", "tool"), ("crash", "error"),
     ]  # fmt: skip
     failed = history[-1]
-    assert failed.error is not None and failed.attempt == ATTEMPTS
-    assert failed.error["attempt"] == ATTEMPTS
-    assert f"cut short by a process crash {ATTEMPTS} times" in str(failed.error["message"])
-    assert failed.key == f"{key}:failed"
+    assert failed.error is not None and failed.attempt == DEATHS
+    assert failed.error["attempt"] == DEATHS
+    assert f"cut short by its process dying {DEATHS} times (crash_retries={CRASH_RETRIES})" in (
+        str(failed.error["message"])
+    )
+    assert failed.key == f"{key}:failed:2"  # the seq it commits at

@@ -12,6 +12,8 @@ from pathlib import Path
 
 from storage import open_store
 
+from ..keys import plain
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -36,7 +38,7 @@ async def test_a_crash_inside_a_tool_call_repeats_only_that_call(
     crashed = await asyncio.to_thread(child, store_url, run_id, tmp_path, "crash")
     assert crashed.returncode == -9, crashed.stderr[-2000:]
     log = tmp_path / "effects.log"
-    before = log.read_text().splitlines()
+    before = [plain(line) for line in log.read_text().splitlines()]
     first_key = f"{run_id}:1:tool_call:call-lookup"
     second_key = f"{run_id}:2:tool_call:call-convert"
     assert before == ["request", f"lookup\t{first_key}", f"convert\t{second_key}"]
@@ -45,14 +47,18 @@ async def test_a_crash_inside_a_tool_call_repeats_only_that_call(
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert resumed.stdout.strip() == expected
     # The model once more (the answer); the second tool once more, with the same key.
-    assert log.read_text().splitlines()[len(before) :] == [f"convert\t{second_key}", "request"]
+    after = [plain(line) for line in log.read_text().splitlines()]
+    assert after[len(before) :] == [
+        f"convert\t{second_key}",
+        "request",
+    ]
 
     store = open_store(store_url, prefix="durablecrash")
     history = await store.history(run_id)
     record = await store.load(run_id)
     await store.close()
     assert record is not None and record.status == "done"
-    assert [(e.seq, e.trigger, e.source, e.dest, e.key) for e in history] == [
+    assert [(e.seq, e.trigger, e.source, e.dest, plain(e.key)) for e in history] == [
         (0, "start", "", "model", f"{run_id}:start"),
         (1, "model_request", "model", "tools", f"{run_id}:0:model_request"),
         (2, "tool_call", "tools", "tools", first_key),

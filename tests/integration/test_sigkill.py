@@ -19,6 +19,7 @@ import pytest
 
 from storage import EmbeddedStore, RedisStore, Store
 
+from ..keys import plain
 from ..redis_server import RedisServer
 from .sigkill_agent import STEPS
 
@@ -72,7 +73,7 @@ async def check(store: Store, run_id: str, effects: str, kills: int) -> None:
 
     executions = Counter(line.split("\t")[0] for line in effects.splitlines())
     for e in steps:
-        assert e.key == f"{run_id}:{e.seq - 1}:{e.trigger}"
+        assert plain(e.key) == f"{run_id}:{e.seq - 1}:{e.trigger}"
         assert executions[e.key] >= 1
     # Only the step in flight at a kill runs again: at most one extra execution per kill,
     # and no key outside the committed ones (nothing ran past a commit it did not make).

@@ -13,6 +13,8 @@ from typing import Any
 from agents.examples.researcher import LIBRARY
 from storage import open_store
 
+from ..keys import plain
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -31,7 +33,7 @@ async def test_a_crash_between_two_tool_calls_repeats_neither_request_nor_commit
     crashed = await asyncio.to_thread(child, store_url, run_id, tmp_path, "crash")
     assert crashed.returncode == -9, crashed.stderr[-2000:]
     log = tmp_path / "effects.log"
-    before = log.read_text().splitlines()
+    before = [plain(line) for line in log.read_text().splitlines()]
     key = f"{run_id}:4:act:call-read-1"  # seq 4 is the second call of the second response
     assert before == [
         "request", f"search\t{run_id}:1:act:call-search",
@@ -40,7 +42,11 @@ async def test_a_crash_between_two_tool_calls_repeats_neither_request_nor_commit
 
     resumed = await asyncio.to_thread(child, store_url, run_id, tmp_path, "normal")
     assert (resumed.returncode, resumed.stdout.strip()) == (0, "done"), resumed.stderr[-2000:]
-    assert log.read_text().splitlines()[len(before) :] == [f"read\t{key}", "request"]
+    after = [plain(line) for line in log.read_text().splitlines()]
+    assert after[len(before) :] == [
+        f"read\t{key}",
+        "request",
+    ]
 
     store = open_store(store_url, prefix="toolcrash")
     history = await store.history(run_id)
@@ -56,7 +62,7 @@ async def test_a_crash_between_two_tool_calls_repeats_neither_request_nor_commit
         (5, "act", "acting", "observed"),
         (6, "think", "observed", "answered"),
     ]
-    assert [e.key for e in history if e.trigger == "act"] == [
+    assert [plain(e.key) for e in history if e.trigger == "act"] == [
         f"{run_id}:1:act:call-search", f"{run_id}:3:act:call-read-0",
         f"{run_id}:4:act:call-read-1",
     ]  # fmt: skip

@@ -17,7 +17,9 @@ class Count(BaseModel):
     attempts: list[int] = []
 
 
-def chain(*, retries: int = 0, lease_ttl: float = 0.3, hang_first: bool = False) -> Agent[Count]:
+def chain(
+    *, retries: int = 0, lease_ttl: float = 0.3, hang_first: bool = False, crash_retries: int = 3
+) -> Agent[Count]:
     async def work(m: Count, ctx: StepContext) -> Count:
         if hang_first and ctx.trigger == "first" and ctx.attempt == 1:
             await asyncio.Event().wait()  # "the process dies here"
@@ -25,6 +27,7 @@ def chain(*, retries: int = 0, lease_ttl: float = 0.3, hang_first: bool = False)
 
     return Agent(
         name="chain", memory=Count, initial="a", final=["c"], lease_ttl=lease_ttl,
+        crash_retries=crash_retries,
         transitions=[
             tool("first", "a", "b", work, retries=retries),
             tool("second", "b", "c", work, retries=retries),
@@ -56,23 +59,32 @@ async def test_a_takeover_counts_an_attempt_for_the_step_in_flight_only(store: S
     assert [(e.trigger, e.attempt) for e in history[1:]] == [("first", 2), ("second", 1)]
 
 
-async def test_a_step_that_keeps_killing_its_process_fails_after_its_attempts(store: Store) -> None:
+async def test_one_crash_does_not_use_up_a_step_without_retries(store: Store) -> None:
     agent = chain(retries=0, hang_first=True)
+    first = await agent.start(store, Count(), run_id="r")
+    await die_during_step(first)
+    second = await agent.resume(store, "r", lease_wait=2)
+    await second.until_done()
+    assert (second.status, second.state, second.memory.attempts) == ("done", "c", [2, 1])
+
+
+async def test_crashes_past_crash_retries_fail_the_run_apart_from_retries(store: Store) -> None:
+    agent = chain(retries=5, hang_first=True, crash_retries=0)
     first = await agent.start(store, Count(), run_id="r")
     await die_during_step(first)
     second = await agent.resume(store, "r", lease_wait=2)
     await second.until_done()
     assert (second.status, second.state, second.memory.n) == ("failed", "a", 0)
     last = (await second.history())[-1]
-    assert last.kind == "error" and last.error is not None
-    assert "cut short by a process crash 1 times" in str(last.error["message"])
+    assert last.kind == "error" and last.error is not None and last.attempt == 1
+    assert "cut short by its process dying 1 times (crash_retries=0)" in str(last.error["message"])
 
 
 async def test_a_second_driver_in_the_same_process_is_locked_out(store: Store) -> None:
     agent = chain(lease_ttl=5)
     one = await agent.start(store, Count(), run_id="r")
     await one.step()
-    two = await agent.resume(store, "r")
+    two = await agent.resume(store, "r", lease_wait=0)
     with pytest.raises(RunLocked, match=f"held by '{one.owner}'"):
         await two.step()
     await one.until_done()
@@ -85,4 +97,6 @@ async def test_each_transition_commits_once_with_a_deterministic_key(store: Stor
     run = await agent.start(store, Count(), run_id="keyed")
     await run.until_done()
     keys = [e.key for e in await run.history()]
-    assert keys == ["keyed:start", "keyed:0:first", "keyed:1:second"]
+    nonce = run.record.nonce
+    assert len(nonce) == 16
+    assert keys == [f"keyed:{nonce}:start", f"keyed:{nonce}:0:first", f"keyed:{nonce}:1:second"]

@@ -3,6 +3,7 @@ that it is stopped), a read-only file, a folder it cannot write in."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
@@ -31,17 +32,17 @@ def record(run_id: str) -> RunRecord:
                      memory={}, created_at=1.0, updated_at=1.0)  # fmt: skip
 
 
-async def test_a_stopped_process_holding_the_write_lock_is_named(tmp_path: Path) -> None:
+def test_a_stopped_process_holding_the_write_lock_is_named(tmp_path: Path) -> None:
     path = tmp_path / "store.db"
     store = EmbeddedStore(path)
-    await store.create(record("before"))
+    asyncio.run(store.create(record("before")))
     holder = subprocess.Popen(
         [sys.executable, "-c", HOLD, str(path)], stdout=subprocess.PIPE, text=True
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline() == "holding\n"
         with pytest.raises(StoreUnavailable) as caught:
-            await store.create(record("blocked"))
+            asyncio.run(store.create(record("blocked")))
         message = str(caught.value)
         assert f"pid {holder.pid}" in message and "is stopped" in message, message
         assert "write lock" in message
@@ -50,8 +51,8 @@ async def test_a_stopped_process_holding_the_write_lock_is_named(tmp_path: Path)
         holder.wait()
         if holder.stdout is not None:
             holder.stdout.close()
-    assert [r.run_id for r in await store.list_runs()] == ["before"]
-    await store.close()
+    assert [r.run_id for r in asyncio.run(store.list_runs())] == ["before"]
+    asyncio.run(store.close())
 
 
 @contextmanager

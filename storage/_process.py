@@ -1,0 +1,92 @@
+"""Lease owner ids that carry a proof of life: who holds a run, and whether it provably died.
+
+An owner id reads `host:pid:random@boot.pidns.start` (a worker's is `NAME/host:pid:random@...`).
+The part after `@` names the machine's boot (`/proc/sys/kernel/random/boot_id`), the pid
+namespace and the process's start time (clock ticks after boot, from `/proc/PID/stat`). A
+holder on the same host, boot and pid namespace is provably dead when its pid is gone, is a
+zombie, or now belongs to a process that started at another time (the pid was reused). Nothing
+else is proof: a holder on another machine, in another container, or on a system without
+`/proc` may be alive, so its lease is waited for until it expires.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import secrets
+import socket
+
+__all__ = ["boot_id", "owner_id", "provably_dead"]
+
+_PROOF = re.compile(r"([0-9a-f]{8,32})\.(\d+)\.(\d+)")
+
+
+@functools.cache
+def boot_id() -> str:
+    """This boot of this machine ("" where the system does not say): processes of an earlier
+    boot are all gone."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip().replace("-", "")
+    except OSError:
+        return ""
+
+
+def _pid_namespace() -> str:
+    try:
+        link = os.readlink("/proc/self/ns/pid")  # "pid:[4026531836]"
+    except OSError:
+        return ""
+    return "".join(c for c in link if c.isdigit())
+
+
+def _start_time(pid: int) -> tuple[str, str] | None:
+    """The state letter and start time of process `pid`, None when there is no such process."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    # "pid (comm) state ppid ...": comm may hold spaces and parentheses; starttime is field 22.
+    fields = stat.rpartition(")")[2].split()
+    return fields[0], fields[19]
+
+
+@functools.cache
+def _proof() -> str:
+    """This process's proof of life, "" where the system gives none."""
+    boot, namespace = boot_id(), _pid_namespace()
+    own = _start_time(os.getpid()) if boot and namespace else None
+    return f"@{boot[:16]}.{namespace}.{own[1]}" if own else ""
+
+
+def owner_id(name: str = "") -> str:
+    """A new lease owner id for this process (unique: a random part per call), `name/` first
+    when given."""
+    me = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}{_proof()}"
+    return f"{name}/{me}" if name else me
+
+
+def provably_dead(owner: str) -> bool:
+    """Whether the process behind lease owner id `owner` is provably gone (see the module doc).
+
+    False for this process, for owners of other hosts, boots or pid namespaces, and for ids
+    without a proof (older ones, other systems).
+    """
+    who, at, proof = owner.rpartition("@")
+    match = _PROOF.fullmatch(proof) if at else None
+    mine = _PROOF.fullmatch(_proof()[1:])
+    if match is None or mine is None or match.groups()[:2] != mine.groups()[:2]:
+        return False
+    parts = who.rpartition("/")[2].split(":")
+    if len(parts) != 3 or parts[0] != socket.gethostname() or not parts[1].isdigit():
+        return False
+    pid = int(parts[1])
+    if pid == os.getpid():
+        return False
+    seen = _start_time(pid)
+    if seen is None:
+        return True
+    state, started = seen
+    return started != match.group(3) or state in ("Z", "X")

@@ -1,0 +1,133 @@
+"""Child processes for the exactly-once tests: agents with **default** settings.
+
+    python -m tests.integration.exactly_once_agents start SHAPE URL RUN_ID WORKDIR BLOCK_AT
+    python -m tests.integration.exactly_once_agents resume SHAPE URL RUN_ID WORKDIR
+
+SHAPE `tools`: five sync tool steps t0..t4. SHAPE `analysis`: plan (LLM) → calculate (tool)
+→ interpret (LLM) → detect (tool) → report (LLM), the data-analysis shape. Every tool try
+appends "{idempotency_key}\t{trigger}\t{pid}" to WORKDIR/effects.log and every model request
+a line to WORKDIR/requests.log (both fsynced). With `start`, the step named BLOCK_AT prints
+"in BLOCK_AT" and blocks until WORKDIR/go exists (the parent SIGKILLs or SIGSTOPs it there).
+`resume` calls
+`agent.resume(store, run_id)` + `until_done()` without `lease_wait`, then prints
+"done SECONDS STATUS REFUSED" (time from the call to the end, the run's status, how often the
+store answered LeaseHeld) or "taken-over". With ONCE_RESUME_GATE set, it first prints
+"ready" and waits for WORKDIR/resume-go (so its start-up is not part of what is measured).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart
+from pydantic_ai.models.function import AgentInfo, FunctionModel
+
+from agents import Agent, llm, tool
+from statemachine import RunTakenOver, StepContext
+from storage import Lease, LeaseHeld, Store, open_store
+
+TOOLS = [f"t{i}" for i in range(5)]
+ANALYSIS = ["plan", "calculate", "interpret", "detect", "report"]
+
+
+class Work(BaseModel):
+    done: list[str] = []
+
+
+def _append(path: Path, line: str) -> None:
+    with open(path, "a") as log:
+        log.write(line + "\n")
+        log.flush()
+        os.fsync(log.fileno())
+
+
+def make_agent(shape: str, workdir: Path, block_at: str) -> Agent[Work]:
+    def block_if(trigger: str) -> None:
+        if trigger == block_at:
+            print(f"in {trigger}", flush=True)
+            while not (workdir / "go").exists():  # killed or stopped here by the parent
+                time.sleep(0.05)
+
+    def step(memory: Work, ctx: StepContext) -> list[str]:
+        _append(workdir / "effects.log", f"{ctx.idempotency_key}\t{ctx.trigger}\t{os.getpid()}")
+        block_if(ctx.trigger)
+        return [*memory.done, ctx.trigger]
+
+    ttl = float(os.environ.get("ONCE_LEASE_TTL", "15"))  # 15: the default
+    if shape == "tools":
+        return Agent(
+            name="five_tools", memory=Work, initial="s0", final=["s5"], lease_ttl=ttl,
+            transitions=[tool(t, f"s{i}", f"s{i + 1}", step, into="done")
+                         for i, t in enumerate(TOOLS)],
+        )  # fmt: skip
+
+    def model(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        asked = str(messages[-1].parts[-1].content)  # type: ignore[union-attr]
+        _append(workdir / "requests.log", asked)
+        block_if(asked)
+        return ModelResponse(parts=[TextPart(f"answer to {asked}")])
+
+    def ask(trigger: str) -> Any:
+        return lambda m: trigger
+
+    return Agent(
+        name="analysis", memory=Work, model=FunctionModel(model), initial="s0", final=["s5"],
+        lease_ttl=ttl,
+        transitions=[
+            llm(t, f"s{i}", f"s{i + 1}", prompt=ask(t),
+                update=lambda m, out: {"done": [*m.done, out]})
+            if t in ("plan", "interpret", "report")
+            else tool(t, f"s{i}", f"s{i + 1}", step, into="done")
+            for i, t in enumerate(ANALYSIS)
+        ],
+    )  # fmt: skip
+
+
+def count_refusals(store: Store) -> list[LeaseHeld]:
+    """The `LeaseHeld` answers this process gets (a list the store's method appends to)."""
+    refused: list[LeaseHeld] = []
+    acquire = store.acquire_lease
+
+    async def counted(run_id: str, owner: str, ttl: float) -> Lease | LeaseHeld:
+        got = await acquire(run_id, owner, ttl)
+        if isinstance(got, LeaseHeld):
+            refused.append(got)
+        return got
+
+    store.acquire_lease = counted  # type: ignore[method-assign]
+    return refused
+
+
+async def main(command: str, shape: str, url: str, run_id: str, workdir: str, *rest: str) -> None:
+    block_at = rest[0] if command == "start" else ""
+    agent = make_agent(shape, Path(workdir), block_at)
+    store = open_store(url, prefix="once")
+    try:
+        refused = count_refusals(store)
+        if os.environ.get("ONCE_RESUME_GATE"):  # started early: go when the parent says
+            print("ready", flush=True)
+            while not (Path(workdir) / "resume-go").exists():  # noqa: ASYNC110 (a file)
+                await asyncio.sleep(0.01)
+        began = time.monotonic()
+        if command == "start":
+            run = await agent.start(store, Work(), run_id=run_id)
+        else:
+            run = await agent.resume(store, run_id)
+        try:
+            await run.until_done()
+        except RunTakenOver:
+            print("taken-over", flush=True)
+            return
+        print(f"done {time.monotonic() - began:.3f} {run.status} {len(refused)}", flush=True)
+    finally:
+        await store.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(main(*sys.argv[1:]))
