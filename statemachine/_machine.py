@@ -12,14 +12,16 @@ from typing import Any, Generic, TypeVar
 from pydantic import BaseModel, JsonValue, ValidationError
 
 from storage import Event, RedisStore, RunRecord, RunStatus, Store
+from storage.base import check_run_id
+from storage.errors import Unstorable
 from storage.queue import RunQueue
 
 from ._draw import Graph, draw
 from ._migrate import Migration, check_migrations, needs_upgrade, upgrade
 from ._provenance import memory_at
-from ._runner import Run, json_size, now
+from ._runner import Run, check_payload_storable, json_size, now
 from ._table import Transition
-from ._validate import Table, compile_table
+from ._validate import Table, check_machine_name, compile_table
 from .errors import (
     InvalidMemory,
     MemoryTooLarge,
@@ -107,7 +109,7 @@ class Machine(Generic[M]):
         if retention is not None and not retention > 0:
             raise ValueError(f"retention must be positive seconds (or None), not {retention}")
         self.retention = retention
-        self.name = name
+        self.name = check_machine_name(name)
         self.version = version
         self.memory_type = memory
         self.lease_ttl = lease_ttl
@@ -214,8 +216,12 @@ class Machine(Generic[M]):
             if isinstance(memory, self.memory_type):
                 return self.memory_type.model_validate(memory.model_dump())
             return self.memory_type.model_validate(memory)
-        except ValidationError as exc:
-            raise InvalidMemory(where, exc) from None
+        except ValueError as exc:  # pydantic gives up on values nested some 250 levels deep
+            given = memory if isinstance(memory, Mapping) else dict(memory)
+            _stored_size(given, where)  # says which field no store would keep, if one
+            if isinstance(exc, ValidationError):
+                raise InvalidMemory(where, exc) from None
+            raise
 
     async def start(
         self,
@@ -230,9 +236,11 @@ class Machine(Generic[M]):
 
         Nothing runs until `Run.step()` or `Run.until_done()`. `lease_wait` as for `resume`.
         """
+        if run_id is not None:
+            check_run_id(run_id)
         checked = self.validate_memory(memory, f"starting {self.name!r}")
         fields = checked.model_dump(mode="json")
-        size = sum(json_size(v) for v in fields.values())
+        size = _stored_size(fields, f"starting {self.name!r}")
         if self.max_memory is not None and size > self.max_memory:
             raise MemoryTooLarge(
                 f"starting {self.name!r}: the memory takes {size} bytes as JSON, over the"
@@ -289,10 +297,11 @@ class Machine(Generic[M]):
                 f"forking run {run_id!r}: memory_update names unknown fields {sorted(unknown)};"
                 f" the fields are {sorted(self.memory_type.model_fields)}"
             )
-        if new_run_id is not None and await store.load(new_run_id) is not None:
+        if new_run_id is not None and await store.load(check_run_id(new_run_id)) is not None:
             raise RunError(f"a run with id {new_run_id!r} exists: pick another new_run_id")
         checked = self.validate_memory({**fields, **(memory_update or {})}, f"forking {run_id!r}")
         memory = checked.model_dump(mode="json")
+        _stored_size(memory, f"forking {run_id!r}")
         created = now()
         record = RunRecord(
             run_id=new_run_id or uuid.uuid4().hex,
@@ -344,16 +353,24 @@ class Machine(Generic[M]):
         """Queue `event` for a worker to deliver to the run (as `Run.send`), then drive it.
 
         The payload is checked against the wait step's schema first; a bad one raises
-        `InvalidPayload` and nothing is queued."""
+        `InvalidPayload` and nothing is queued. So does one that would take the memory past
+        `max_memory` (`MemoryTooLarge`) or that no store would read back (`InvalidMemory`)."""
         run = await self.resume(store, run_id)
         waits = [
             t for rows in self.table.out.values() for t in rows if t.trigger == event and t.waits
         ]
         if not waits:
             raise RunError(f"machine {self.name!r} has no wait for event {event!r}")
+        check_payload_storable(event, payload)
         check = getattr(waits[0].step, "check_payload", None)
         if check is not None:
             payload = check(payload)
+        try:
+            t, payload = run._accept(event, payload)
+        except RunError:
+            pass  # not waiting for it yet: the worker delivers it when it is
+        else:
+            await run._rehearse(t, payload)  # refuse what would break the run, writing nothing
         await _queue(store).enqueue(self.name, run.run_id, "event", event=event, payload=payload)
 
     async def resume(self, store: Store, run_id: str, *, lease_wait: float | None = None) -> Run[M]:
@@ -372,6 +389,18 @@ class Machine(Generic[M]):
             stored = await upgrade(self, store, stored, lease_wait)
         return self._open(store, stored, lease_wait)
 
+    async def run(
+        self,
+        store: Store,
+        memory: M | Mapping[str, Any],
+        *,
+        run_id: str | None = None,
+    ) -> Run[M]:
+        """Start (or find) a run and drive it until it is done, failed or waiting, in one call:
+        `await agent.run(store, memory, run_id="r1")`."""
+        run = await self.start(store, memory, run_id=run_id)
+        return await run.until_done()
+
     def run_sync(
         self,
         store: Store,
@@ -379,13 +408,16 @@ class Machine(Generic[M]):
         *,
         run_id: str | None = None,
     ) -> Run[M]:
-        """Start (or find) a run and drive it until it is done, failed or waiting; for scripts."""
-
-        async def go() -> Run[M]:
-            run = await self.start(store, memory, run_id=run_id)
-            return await run.until_done()
-
-        return asyncio.run(go())
+        """`run`, for scripts without an event loop. Inside one (Jupyter, an async app) it
+        raises `RunError`: use `await agent.run(...)` there."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(self.run(store, memory, run_id=run_id))
+        raise RunError(
+            f"{self.name}.run_sync() was called inside a running event loop (Jupyter, an async"
+            " app), where it cannot wait: use `await agent.run(store, memory, run_id=...)`"
+        )
 
     def _open(self, store: Store, record: RunRecord, lease_wait: float | None) -> Run[M]:
         if record.agent != self.name:
@@ -405,6 +437,15 @@ class Machine(Generic[M]):
         memory = self.validate_memory(record.memory, f"stored run {record.run_id!r}")
         wait = self.lease_ttl if lease_wait is None else lease_wait
         return Run(self, store, record, memory, lease_wait=wait)
+
+
+def _stored_size(fields: Mapping[str, JsonValue], where: str) -> int:
+    """Bytes of the memory as JSON; `InvalidMemory` naming a field that would not read
+    back equal (a NaN, nesting deeper than `storage` keeps)."""
+    try:
+        return sum(json_size(value, f"memory field {name!r}") for name, value in fields.items())
+    except Unstorable as exc:
+        raise InvalidMemory(where, str(exc)) from None
 
 
 def _queue(store: Store) -> RunQueue:

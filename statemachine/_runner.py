@@ -37,6 +37,8 @@ from storage import (
     Store,
 )
 from storage._process import owner_id
+from storage.base import json_bytes
+from storage.errors import Unstorable
 
 from ._keys import control_key, enters, step_key
 from ._provenance import Provenance, memory_at, why
@@ -44,6 +46,7 @@ from ._step import StepContext, StepResult
 from ._table import Transition
 from .errors import (
     InvalidMemory,
+    InvalidPayload,
     MemoryTooLarge,
     NotDue,
     RunError,
@@ -56,7 +59,7 @@ from .errors import (
 if TYPE_CHECKING:
     from ._machine import Machine
 
-__all__ = ["Run", "json_size", "now", "take_lease"]
+__all__ = ["Run", "check_payload_storable", "json_size", "now", "take_lease"]
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -79,9 +82,10 @@ async def take_lease(store: Store, run_id: str, owner: str, ttl: float, wait: fl
         await asyncio.sleep(min(max(got.expires_in, 0.01), 0.25, max(deadline - now(), 0.01)))
 
 
-def json_size(value: JsonValue) -> int:
-    """Bytes `value` takes as compact JSON, as the stores write it."""
-    return len(pydantic_core.to_json(value))
+def json_size(value: JsonValue, where: str = "a value") -> int:
+    """Bytes `value` takes as compact JSON, as the stores write it; `storage.errors.
+    Unstorable` naming `where` for a value that would not read back equal."""
+    return len(json_bytes(value, where))
 
 
 SNAPSHOT_EVERY = 64 * 1024
@@ -123,17 +127,38 @@ class _Settled(Generic[M]):
 
 
 def _storable(t: Transition, what: str, value: object) -> JsonValue:
-    """`value` as JSON-able data, or `UnstorableResult` naming `what` and the trouble."""
+    """`value` as JSON-able data, or `UnstorableResult` naming `what` and the trouble: also
+    what would not read back equal (NaN, nesting too deep; see `storage.base.json_bytes`)."""
     try:
         jsonable: JsonValue = pydantic_core.to_jsonable_python(value)
-        pydantic_core.to_json(jsonable)  # also catches bytes that are not UTF-8 text
+        json_bytes(jsonable, what)  # also catches bytes that are not UTF-8 text
     except (pydantic_core.PydanticSerializationError, ValueError, TypeError) as exc:
-        raise UnstorableResult(
-            f"step {t.trigger!r} returned what cannot be stored as JSON in {what}"
-            f" ({type(value).__name__}): {exc}; return JSON-able data (str, numbers, bool,"
-            " None, lists, dicts, pydantic models)"
-        ) from None
+        raise _unstorable(t, what, value, exc) from None
     return jsonable
+
+
+def _sized(t: Transition, what: str, value: JsonValue) -> int:
+    """`json_size(value)`, or `UnstorableResult` as `_storable` says it."""
+    try:
+        return json_size(value, what)
+    except Unstorable as exc:
+        raise _unstorable(t, what, value, exc) from None
+
+
+def _unstorable(t: Transition, what: str, value: object, exc: Exception) -> UnstorableResult:
+    problem: object = exc
+    if isinstance(exc, Unstorable):
+        problem = exc.problem
+    else:  # pydantic's words ("Circular reference detected"): say where, and what, in ours
+        try:
+            json_bytes(value, what)
+        except Unstorable as ours:
+            problem = ours.problem
+    return UnstorableResult(
+        f"step {t.trigger!r} returned what cannot be stored as JSON in {what}"
+        f" ({type(value).__name__}): {problem}; return JSON-able data (str, finite numbers,"
+        " bool, None, lists, dicts, pydantic models)"
+    )
 
 
 def _memory_dump(t: Transition, memory: BaseModel) -> dict[str, JsonValue]:
@@ -287,6 +312,7 @@ class Run(Generic[M]):
         Like `step()`, this takes the run's lease: go on with `until_done()` or `release()`.
         """
         t, checked = self._accept(event, payload)  # refuse before taking the lease
+        await self._rehearse(t, checked)
         lease = await self._hold()
         try:
             t, checked = self._accept(event, payload)  # the run may have moved meanwhile
@@ -309,8 +335,26 @@ class Run(Generic[M]):
         t = next((t for t in candidates if t.guard is None or t.guard(self.memory)), None)
         if t is None:
             raise RunError(f"run {self.run_id!r}: every guard on event {event!r} returned False")
+        check_payload_storable(event, payload)
         check = getattr(t.step, "check_payload", None)
         return t, check(payload) if check is not None else payload
+
+    async def _rehearse(self, t: Transition, payload: JsonValue) -> None:
+        """Apply wait `t` with `payload` to a copy of the memory, writing nothing: raises
+        what committing it would meet (`MemoryTooLarge`, `InvalidMemory`,
+        `UnstorableResult`)."""
+        if t.step is None:
+            return
+        ctx = StepContext(
+            run_id=self.run_id, seq=self.seq, trigger=t.trigger, attempt=1, idempotency_key="",
+            conversation=self._load_conversation, history=self._load_events, payload=payload,
+            spent={},
+        )  # fmt: skip
+        try:
+            mine = self.machine.memory_type.model_validate(self._fields)
+            self._settle(t, await t.step.run(mine, ctx))
+        except _StepFailed as failed:
+            raise failed.error from None
 
     async def _fire(self, lease: Lease, t: Transition, payload: JsonValue) -> Event:
         """Run `t`'s step and commit its outcome: the one path every transition takes."""
@@ -329,6 +373,10 @@ class Run(Generic[M]):
             # Holders that died since the last commit died running this very step.
             done, attempt = await self._run_step(t, seq, key, self._record.crashes, payload)
         except _StepFailed as failed:
+            if t.waits and isinstance(failed.error, ValueError | UnstorableResult):
+                # The event's payload would break the run: refuse it, the run waits on.
+                await self.release(quiet=True)
+                raise failed.error from None
             return await self._fail(t, seq, key, failed, started)
         result = done.result
         event = Event(
@@ -500,7 +548,7 @@ class Run(Generic[M]):
     async def _reload(self) -> None:
         stored = await self.store.load(self.run_id)
         if stored is None:
-            raise RunNotFound(self.run_id)
+            raise RunNotFound(self.run_id, lost=True)
         if stored.seq != self._record.seq or stored.memory != self._fields:
             self.memory = self.machine.validate_memory(stored.memory, f"stored run {self.run_id!r}")
             self._fields = dict(stored.memory)
@@ -549,8 +597,9 @@ class Run(Generic[M]):
                 payload=payload,
                 spent=spent,
             )
-            # Its own copy: a try abandoned on its timeout may go on changing it.
-            mine = self.memory.model_copy(deep=True)
+            # Its own copy, as a resumed process would read it (and 5x cheaper than a deep
+            # copy): a try abandoned on its timeout may go on changing it.
+            mine = self.machine.memory_type.model_validate(self._fields)
             try:
                 if policy.timeout is None:
                     result = await t.step.run(mine, ctx)
@@ -614,13 +663,19 @@ class Run(Generic[M]):
         dump = _memory_dump(t, new)
         if dump == self._fields:
             return {}, self.memory, {}
+        changed = {k: v for k, v in dump.items() if k not in self._fields or self._fields[k] != v}
+        # Before the schema: a schema error on a value nested 200 deep is pages long.
+        sizes_of = {k: _sized(t, f"memory field {k!r}", v) for k, v in changed.items()}
         try:
             checked = self.machine.memory_type.model_validate(dump)
         except ValidationError as exc:
             raise _StepFailed(InvalidMemory(f"run {self.run_id!r}", exc), 1) from None
         dump = checked.model_dump(mode="json", warnings=False)
         patch = {k: v for k, v in dump.items() if k not in self._fields or self._fields[k] != v}
-        patch_sizes = {k: json_size(v) for k, v in patch.items()}
+        patch_sizes = {
+            k: sizes_of[k] if k in changed and changed[k] == v else _sized(t, repr(k), v)
+            for k, v in patch.items()
+        }  # the schema may have coerced a value: sized (and checked) again
         limit = self.machine.max_memory
         if limit is not None:  # sized by the fields that change, not the whole memory
             sizes = self._field_sizes()
@@ -700,9 +755,13 @@ class Run(Generic[M]):
             patch_sizes = {k: json_size(v) for k, v in event.patch.items()}
         if patch_sizes:
             event = self._maybe_snapshot(event, sum(patch_sizes.values()))
-        outcome = await self.store.commit(
-            self.run_id, expected_seq=event.seq - 1, token=lease.token, event=event
-        )
+        try:
+            outcome = await self.store.commit(
+                self.run_id, expected_seq=event.seq - 1, token=lease.token, event=event
+            )
+        except KeyError:
+            await self.release(quiet=True)
+            raise RunNotFound(self.run_id, lost=True) from None
         if isinstance(outcome, Committed):
             self._record = _advance(self._record, event)
             if enters(event):
@@ -757,6 +816,15 @@ class Run(Generic[M]):
         return list(self._conversation)
 
 
+def check_payload_storable(event: str, payload: object) -> None:
+    """`InvalidPayload` for a payload no store would read back equal (checked before its
+    schema: pydantic's errors on a value nested 200 deep are pages long)."""
+    try:
+        json_bytes(payload, f"the payload of event {event!r}")
+    except Unstorable as exc:
+        raise InvalidPayload(event, f"{exc.problem}; nothing was written") from None
+
+
 def _advance(record: RunRecord, event: Event) -> RunRecord:
     memory: dict[str, Any] = {**record.memory, **event.patch} if event.patch else record.memory
     if event.dropped:
@@ -775,4 +843,5 @@ def _advance(record: RunRecord, event: Event) -> RunRecord:
         crashes=0,
         deadline=event.deadline,
         nonce=record.nonce,
+        expires_at=record.expires_at if event.expires_at is None else event.expires_at,
     )

@@ -22,9 +22,10 @@ from transitions import Machine as FSM
 from ._table import Transition
 from .errors import DefinitionError
 
-__all__ = ["Table", "compile_table"]
+__all__ = ["Table", "check_machine_name", "compile_table"]
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
+MAX_MACHINE_NAME = 100
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -56,6 +57,19 @@ def _check_name(what: str, name: object) -> str:
         raise DefinitionError(
             f"{what} {name!r} is not a valid name: use letters, digits, _ . -, starting with a"
             " letter or _"
+        )
+    return name
+
+
+def check_machine_name(name: object) -> str:
+    """A machine's (agent's) name: a state-like name of at most 100 characters. It becomes
+    part of store keys and queue names, so `:`, braces and spaces are refused."""
+    _check_name("machine name", name)
+    assert isinstance(name, str)
+    if len(name) > MAX_MACHINE_NAME:
+        raise DefinitionError(
+            f"machine name {name[:20]!r}... is {len(name)} characters long: use at most"
+            f" {MAX_MACHINE_NAME}"
         )
     return name
 

@@ -25,7 +25,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from storage import CorruptData, Event, RedisStore, StorageError
+from storage import CorruptData, Event, RedisStore, StorageError, StoreUnavailable
 from storage.queue import Job, RunQueue, WorkerBeat
 
 from .errors import InvalidPayload, NotDue, RunError, RunLocked, RunNotFound, RunTakenOver
@@ -102,6 +102,8 @@ class Worker:
         self._queued_timeouts: dict[str, float] = {}
         self._holding: Counter[str] = Counter()
         """Jobs in flight per run id (a run's copies may be claimed while it is driven)."""
+        self._down_since: float | None = None
+        """When the store became unavailable (monotonic), while it is."""
 
     @property
     def holding(self) -> list[str]:
@@ -120,55 +122,90 @@ class Worker:
         self._stopping.set()
 
     async def run(self) -> None:
-        """Claim and drive jobs until `stop()`."""
+        """Claim and drive jobs until `stop()`.
+
+        A store outage does not end it: it backs off (0.5 s doubling to 5 s), says so once
+        when the store goes away and once when it is back, and goes on from its place in
+        the queue. Only an error before the store was first reached (refused credentials,
+        say) is raised, as that is the configuration, not an outage.
+        """
         if self._stopping is None:
             self._stopping = asyncio.Event()
         agents = list(self.machines)
-        await self.queue.ensure_group(agents)
-        await self._beat()
+        ready = False
+        pause = 0.0
         next_beat = next_reclaim = next_poll = 0.0
         try:
             while not self._stopping.is_set():
-                now = time.monotonic()
-                if now >= next_beat:
-                    await self._beat()
-                    next_beat = now + self.heartbeat
-                if now >= next_poll:
-                    await self._queue_due_timeouts()
-                    next_poll = now + self.poll
-                free = self.concurrency - len(self._tasks)
-                if free <= 0:
-                    await asyncio.wait(
-                        list(self._tasks.values()),
-                        timeout=0.1,
-                        return_when=asyncio.FIRST_COMPLETED,
-                    )
+                try:
+                    if not ready:
+                        await self.queue.ensure_group(agents)
+                        ready = True
+                    now = time.monotonic()
+                    if now >= next_beat:
+                        await self._beat()
+                        next_beat = now + self.heartbeat
+                    if now >= next_poll:
+                        await self._queue_due_timeouts()
+                        next_poll = now + self.poll
+                    free = self.concurrency - len(self._tasks)
+                    if free <= 0:
+                        await asyncio.wait(
+                            list(self._tasks.values()),
+                            timeout=0.1,
+                            return_when=asyncio.FIRST_COMPLETED,
+                        )
+                        continue
+                    jobs: list[Job] = []
+                    if now >= next_reclaim:
+                        jobs = await self.queue.reclaim(self.name, agents, self.reclaim_after, free)
+                        next_reclaim = now + self.reclaim_after / 2
+                    block = 0.05 if self._tasks else 0.25
+                    # Claim in batches, so that workers started together share a long queue.
+                    batch = min(free - len(jobs), CLAIM_BATCH)
+                    jobs += await self.queue.claim(self.name, agents, batch, block)
+                    for job in jobs:
+                        if self.stopping:
+                            # Claimed while stop() came: hand it on untouched. (It may be a
+                            # run this worker is handing back right now: taking it for a copy
+                            # of the job in hand, and dropping it, would lose the run.)
+                            await self.queue.requeue(job)
+                        elif job.id not in self._tasks:
+                            self._start(job)
+                except StorageError as exc:
+                    if not ready and not isinstance(exc, StoreUnavailable):
+                        log.error("worker %s: %s; stopping", self.name, exc)
+                        raise
+                    pause = self._store_down(exc, pause)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._stopping.wait(), pause)
                     continue
-                jobs: list[Job] = []
-                if now >= next_reclaim:
-                    jobs = await self.queue.reclaim(self.name, agents, self.reclaim_after, free)
-                    next_reclaim = now + self.reclaim_after / 2
-                block = 0.05 if self._tasks else 0.25
-                # Claim in batches, so that workers started together share a long queue.
-                batch = min(free - len(jobs), CLAIM_BATCH)
-                jobs += await self.queue.claim(self.name, agents, batch, block)
-                for job in jobs:
-                    if self.stopping:
-                        # Claimed while stop() came: hand it on untouched. (It may be a run
-                        # this worker is handing back right now: taking it for a copy of
-                        # the job in hand, and dropping it, would lose the run.)
-                        await self.queue.requeue(job)
-                    elif job.id not in self._tasks:
-                        self._start(job)
-        except StorageError as exc:
-            log.error("worker %s: %s; stopping", self.name, exc)
-            raise
+                pause = self._store_up(pause)
         finally:
             self._stopping.set()
             if self._tasks:
                 await asyncio.gather(*self._tasks.values(), return_exceptions=True)
             with contextlib.suppress(StorageError):
                 await self.queue.forget(self.name)
+
+    def _store_down(self, exc: StorageError, pause: float) -> float:
+        """Log the outage when it starts; the next pause (0.5 s, doubling, at most 5 s)."""
+        if self._down_since is None:
+            self._down_since = time.monotonic()
+            log.warning(
+                "worker %s: the store is unavailable (%s); retrying with backoff until it is"
+                " back", self.name, exc,
+            )  # fmt: skip
+        return min(max(pause * 2, 0.5), 5.0)
+
+    def _store_up(self, pause: float) -> float:
+        if self._down_since is not None:
+            log.warning(
+                "worker %s: the store is back after %.1f s; going on",
+                self.name, time.monotonic() - self._down_since,
+            )  # fmt: skip
+            self._down_since = None
+        return 0.0
 
     def _start(self, job: Job) -> None:
         log.debug("worker %s: job %s: %s %s", self.name, job.id, job.kind, job.run_id)
@@ -283,7 +320,11 @@ class Worker:
             with contextlib.suppress(StorageError):
                 await self.queue.dead_letter(job, f"{type(exc).__name__}: {exc}")
         except StorageError as exc:
-            log.warning("worker %s: run %s: %s (the job stays queued)", self.name, job.run_id, exc)
+            # The job stays pending, and is reclaimed when the store is back.
+            level = logging.DEBUG if self._down_since is not None else logging.WARNING
+            log.log(
+                level, "worker %s: run %s: %s (the job stays queued)", self.name, job.run_id, exc
+            )
         except Exception as exc:  # the run cannot go on (bad table, stored data, a bug)
             log.error("worker %s: run %s: %s", self.name, job.run_id, exc)
             with contextlib.suppress(StorageError):

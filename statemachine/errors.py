@@ -2,7 +2,8 @@
 
 ValueError
  ├── DefinitionError     the state table is wrong; names the state or transition
- ├── InvalidMemory       memory fails its schema; names the fields; nothing written
+ ├── InvalidMemory       memory fails its schema, or would not read back equal (NaN,
+ │                       nesting deeper than 100); names the fields; nothing written
  └── MemoryTooLarge      memory over the machine's `max_memory` bytes; nothing written
 RuntimeError
  └── RunError            a run cannot do what was asked
@@ -17,6 +18,8 @@ RuntimeError
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -51,19 +54,27 @@ class DefinitionError(ValueError):
 class InvalidMemory(ValueError):
     """Memory that fails its schema. Raised before any write."""
 
-    def __init__(self, where: str, error: ValidationError) -> None:
+    def __init__(self, where: str, error: ValidationError | str) -> None:
+        if isinstance(error, str):  # a value no store would read back equal
+            super().__init__(f"{where}: {error}")
+            self.errors: list[Any] = []
+            return
         problems = _problems(error, "memory")
         super().__init__(f"{where}: memory fails the {error.title} schema: {problems}")
-        self.errors = error.errors()
+        self.errors = list(error.errors())
 
 
 class InvalidPayload(ValueError):
     """An event payload that fails its schema. Raised before any write."""
 
-    def __init__(self, event: str, error: ValidationError) -> None:
+    def __init__(self, event: str, error: ValidationError | str) -> None:
+        if isinstance(error, str):
+            super().__init__(f"payload of event {event!r}: {error}")
+            self.errors: list[Any] = []
+            return
         problems = _problems(error, "payload")
         super().__init__(f"payload of event {event!r} fails its schema: {problems}")
-        self.errors = error.errors()
+        self.errors = list(error.errors())
 
 
 class RunError(RuntimeError):
@@ -71,8 +82,15 @@ class RunError(RuntimeError):
 
 
 class RunNotFound(RunError, LookupError):
-    def __init__(self, run_id: str) -> None:
-        super().__init__(f"no run with id {run_id!r} in this store")
+    def __init__(self, run_id: str, *, lost: bool = False) -> None:
+        if lost:  # it was there when this process read it
+            super().__init__(
+                f"run {run_id!r} is gone from the store while it ran: the store lost it"
+                " (a Redis restarted without persistence, FLUSHALL, an expiry); restore it from"
+                " an export (`agentfsm import`) or start it again"
+            )
+        else:
+            super().__init__(f"no run with id {run_id!r} in this store")
         self.run_id = run_id
 
 

@@ -8,6 +8,7 @@ from typing import get_args
 import pydantic_core
 from pydantic import JsonValue, TypeAdapter, ValidationError
 
+from ._json import json_bytes
 from .base import Event, RunRecord, RunStatus
 from .errors import CorruptData
 
@@ -15,8 +16,9 @@ _EVENT = TypeAdapter(Event)
 _STATUSES = frozenset(get_args(RunStatus))
 
 
-def dump_json(value: JsonValue) -> str:
-    return pydantic_core.to_json(value).decode()
+def dump_json(value: JsonValue, where: str = "a value") -> str:
+    """`value` as JSON, or `Unstorable` when it would not read back equal (see `_json`)."""
+    return json_bytes(value, where).decode()
 
 
 def load_json(raw: str | bytes, key: str) -> JsonValue:
@@ -28,8 +30,10 @@ def load_json(raw: str | bytes, key: str) -> JsonValue:
 
 
 def dump_event(event: Event) -> str:
-    """The event as JSON, leaving out fields at their defaults (they read back the same)."""
-    return _EVENT.dump_json(event, exclude_defaults=True).decode()
+    """The event as JSON, leaving out fields at their defaults (they read back the same);
+    `Unstorable` when a value in it would not read back equal."""
+    data = _EVENT.dump_python(event, exclude_defaults=True)
+    return json_bytes(data, f"the event of seq {event.seq}", envelope=True).decode()
 
 
 def load_event(raw: str | bytes, key: str) -> Event:
@@ -61,6 +65,7 @@ def run_from_fields(
             crashes=int(fields.get("crashes", "0")),
             deadline=float(fields["deadline"]) if fields.get("deadline") else None,
             nonce=fields.get("nonce", ""),
+            expires_at=float(fields["expires_at"]) if fields.get("expires_at") else None,
         )
     except KeyError as exc:
         raise CorruptData(key, f"missing field {exc.args[0]!r}") from None

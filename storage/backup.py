@@ -8,8 +8,10 @@ events, one `{"event": ...}` line each, oldest first:
     {"event": {"seq": 0, "trigger": "start", ...}}
     {"event": {"seq": 1, "trigger": "plan", ...}}
 
-Everything is written as stored (memory, messages, usage, deadlines), so an export imported
-into another store (Redis to embedded, or back) holds the same runs and events. An import
+Everything is written as stored (memory, messages, usage, deadlines, the run's nonce, its
+retention's expiry), so an export imported into another store (Redis to embedded, or back)
+holds the same runs and events; a run keeps its expiry there. Never a lease: a run that a
+process held when it was exported is imported free (no holder, no crash counted for it). An import
 writes each run with `Store.restore`: all or nothing per run, and a run whose id exists in
 the target is skipped, not overwritten.
 """
@@ -20,12 +22,13 @@ import json
 import sys
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
 from ._codec import dump_event
+from ._json import json_bytes
 from .base import Event, RunRecord, Store
 
 __all__ = ["FORMAT", "ImportResult", "export_runs", "import_runs"]
@@ -59,7 +62,9 @@ async def export_runs(
             raise KeyError(f"no run {run_id!r} to export")
         # The run may move on while it is read: its history is cut at the seq just loaded.
         events = (await store.history(run_id))[: record.seq + 1]
-        yield '{"run": ' + _RUN.dump_json(record).decode() + "}"
+        # Never a holder: the import is not held by anyone, and must not count a crash.
+        run = _RUN.dump_python(replace(record, holder=""))
+        yield '{"run": ' + json_bytes(run, f"run {run_id!r}", envelope=True).decode() + "}"
         for event in events:
             yield '{"event": ' + dump_event(event) + "}"
 
@@ -99,7 +104,7 @@ async def import_runs(store: Store, lines: Iterable[str]) -> ImportResult:
                 raise ValueError('expected {"run": ...} or {"event": ...}')
             if "run" in item:
                 await flush()
-                run, events = _RUN.validate_python(item["run"]), []
+                run, events = replace(_RUN.validate_python(item["run"]), holder=""), []
             elif "event" in item:
                 if run is None:
                     raise ValueError("an event before any run")

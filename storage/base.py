@@ -12,7 +12,10 @@ from typing import Literal, Protocol, TypeAlias, runtime_checkable
 
 from pydantic import JsonValue
 
+from ._json import MAX_DEPTH, json_bytes
+
 __all__ = [
+    "MAX_DEPTH",
     "CommitOutcome",
     "Committed",
     "Conflict",
@@ -26,6 +29,7 @@ __all__ = [
     "Store",
     "check_history",
     "check_run_id",
+    "json_bytes",
 ]
 
 RunStatus: TypeAlias = Literal["running", "waiting", "done", "failed", "cancelled"]
@@ -73,6 +77,8 @@ class RunRecord:
     every idempotency key of the run, so no two runs anywhere share a key, even runs of one
     id in two stores, or an id used again after the first run was deleted. "" for runs
     stored before nonces existed."""
+    expires_at: float | None = None
+    """Retention: when the store may delete the run (set by the commit that ended it)."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

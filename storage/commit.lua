@@ -33,7 +33,9 @@ if ARGV[8] ~= '' then
   fields[#fields + 1] = 'version'
   fields[#fields + 1] = ARGV[8]
 end
-redis.call('HSET', KEYS[1], unpack(fields))
+for i = 1, #fields, 400 do  -- in slices: unpack() of thousands of values fails
+  redis.call('HSET', KEYS[1], unpack(fields, i, math.min(i + 399, #fields)))
+end
 for name in string.gmatch(ARGV[9], '[^\n]+') do
   redis.call('HDEL', KEYS[1], 'm:' .. name)
 end

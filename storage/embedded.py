@@ -36,6 +36,7 @@ from pydantic import JsonValue
 
 from ._codec import dump_event, dump_json, load_event, load_json, run_from_fields
 from ._process import boot_id, provably_dead
+from ._sqlite_trouble import busy, unwritable
 from .base import (
     CommitOutcome,
     Committed,
@@ -88,7 +89,7 @@ _SCHEMA = [
     ) WITHOUT ROWID""",
 ]
 _RUN_COLUMNS = ("agent", "version", "state", "seq", "status", "created_at", "updated_at",
-                "holder", "crashes", "deadline", "nonce")  # fmt: skip
+                "holder", "crashes", "deadline", "nonce", "expires_at")  # fmt: skip
 _UPGRADES = {
     1: [  # version 2: deadlines of waiting runs
         "ALTER TABLE runs ADD COLUMN deadline REAL",
@@ -142,14 +143,18 @@ class EmbeddedStore:
                 self._path, timeout=_BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
             )
         except (OSError, sqlite3.Error) as exc:
-            raise StorageError(f"cannot open the store {self._path}: {exc}") from None
+            why = unwritable(self._path, str(exc))
+            raise StorageError(why or f"cannot open the store {self._path}: {exc}") from None
         try:
             self._use_wal()
             self._db.execute(f"PRAGMA synchronous={synchronous}")
             self._migrate()
         except sqlite3.Error as exc:
             self._db.close()
-            raise StorageError(f"cannot open the store {self._path}: {exc}") from None
+            why = unwritable(self._path, str(exc))
+            if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_BUSY:
+                why = busy(self._path, _BUSY_TIMEOUT)
+            raise StorageError(why or f"cannot open the store {self._path}: {exc}") from None
         except BaseException:
             self._db.close()
             raise
@@ -259,11 +264,11 @@ class EmbeddedStore:
 
     def _error(self, what: str, exc: sqlite3.Error) -> StorageError:
         if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_BUSY:
-            return StoreUnavailable(
-                f"cannot {what}: {self._path} stayed locked by another process for"
-                f" {_BUSY_TIMEOUT:g} s"
-            )
-        return StorageError(f"cannot {what} in {self._path}: {exc}")
+            return StoreUnavailable(f"cannot {what}: {busy(self._path, _BUSY_TIMEOUT)}")
+        why = unwritable(self._path, str(exc))
+        return StorageError(
+            f"cannot {what}: {why}" if why else f"cannot {what} in {self._path}: {exc}"
+        )
 
     async def create(self, run: RunRecord, *, origin: JsonValue = None) -> RunRecord:
         check_run_id(run.run_id)
@@ -296,13 +301,16 @@ class EmbeddedStore:
             return False
         db.execute(
             f"INSERT INTO runs (run_id, {', '.join(_RUN_COLUMNS)})"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (run.run_id, run.agent, run.version, run.state, run.seq, run.status, run.created_at,
-             run.updated_at, run.holder, run.crashes, run.deadline, run.nonce),
+             run.updated_at, run.holder, run.crashes, run.deadline, run.nonce, run.expires_at),
         )  # fmt: skip
         db.executemany(
             "INSERT INTO memory (run_id, name, json) VALUES (?, ?, ?)",
-            [(run.run_id, name, dump_json(value)) for name, value in run.memory.items()],
+            [
+                (run.run_id, name, dump_json(value, f"memory field {name!r}"))
+                for name, value in run.memory.items()
+            ],
         )
         db.executemany(
             "INSERT INTO events VALUES (?, ?, ?)",
@@ -382,7 +390,10 @@ class EmbeddedStore:
         db.executemany(
             "INSERT INTO memory (run_id, name, json) VALUES (?, ?, ?)"
             " ON CONFLICT (run_id, name) DO UPDATE SET json = excluded.json",
-            [(run_id, name, dump_json(value)) for name, value in event.patch.items()],
+            [
+                (run_id, name, dump_json(value, f"memory field {name!r}"))
+                for name, value in event.patch.items()
+            ],
         )
         if event.version is not None:
             db.execute("UPDATE runs SET version = ? WHERE run_id = ?", (event.version, run_id))

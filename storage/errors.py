@@ -4,6 +4,8 @@
      └── StorageError            anything a store cannot do
           ├── StoreUnavailable   the server cannot be reached (after retries)
           └── CorruptData        stored bytes that are not what we wrote; names the key
+    ValueError
+     └── Unstorable              a value that would not read back equal (NaN, too deep, ...)
 
 Expected commit outcomes (duplicate key, seq conflict, stale lease) are *values*
 (`storage.Committed | Duplicate | Conflict | LeaseLost`), never exceptions.
@@ -11,7 +13,7 @@ Expected commit outcomes (duplicate key, seq conflict, stale lease) are *values*
 
 from __future__ import annotations
 
-__all__ = ["CorruptData", "StorageError", "StoreUnavailable"]
+__all__ = ["CorruptData", "StorageError", "StoreUnavailable", "Unstorable"]
 
 
 class StorageError(RuntimeError):
@@ -31,4 +33,17 @@ class CorruptData(StorageError):
     def __init__(self, key: str, problem: str) -> None:
         super().__init__(f"corrupt data in {key}: {problem}")
         self.key = key
+        self.problem = problem
+
+
+class Unstorable(ValueError):
+    """A value a store would not read back equal: refused before anything is written.
+
+    `where` names the value (a memory field, an event's output), `problem` what is wrong and
+    where inside it.
+    """
+
+    def __init__(self, where: str, problem: str) -> None:
+        super().__init__(f"cannot store {where}: {problem}; nothing was written")
+        self.where = where
         self.problem = problem

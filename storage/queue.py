@@ -1,10 +1,13 @@
 """`RunQueue`: the work queue of runs to drive, in Redis Streams, shared by all workers.
 
-One stream per agent, `{prefix}:{queue}:<agent>` (the `{queue}` hash tag puts every queue
+One stream per agent, `{prefix}:{queue}:q:<agent>` (the `{queue}` hash tag puts every queue
 stream in one Cluster slot, so a worker reads all of its agents' streams in one
-`XREADGROUP`), read through one consumer group, "workers". An entry names a run and what to
-do with it: drive it ("run"), deliver an event first ("event"), or fire its due timeout
-("timeout").
+`XREADGROUP`), read through one consumer group, "workers". The dead letters are
+`{prefix}:{queue}:dead`, which no agent's stream can be (an agent named "dead" has
+`{prefix}:{queue}:q:dead`); a stream's agent is what follows `:q:`, colons and all.
+Streams of an older agentfsm (`{prefix}:{queue}:<agent>`) are renamed when first used.
+An entry names a run and what to do with it: drive it ("run"), deliver an event first
+("event"), or fire its due timeout ("timeout").
 
 Delivery is at least once; exactly-once *execution* comes from the runs themselves (leases
 with fencing, idempotency keys), so an entry seen twice costs a lookup, never a step run twice:
@@ -29,11 +32,13 @@ from typing import Any, Literal
 from pydantic import JsonValue
 from redis.exceptions import ResponseError
 
-from .redis import RedisStore
+from .redis import Client, RedisStore
 
 __all__ = ["Job", "RunQueue", "WorkerBeat"]
 
 GROUP = "workers"
+_LEGACY_CLASHES = frozenset({"dead", "run", "events", "keys", "lease"})
+"""Agent names whose streams an older agentfsm shared with other keys: not renamed."""
 JobKind = Literal["run", "event", "timeout"]
 
 
@@ -74,12 +79,16 @@ class RunQueue:
 
     def __init__(self, store: RedisStore) -> None:
         self._store = store
-        self._client = store.client
         self._prefix = store.prefix
         self._groups: set[str] = set()
 
     def stream(self, agent: str) -> str:
-        return f"{self._prefix}:{{queue}}:{agent}"
+        return f"{self._streams}{agent}"
+
+    @property
+    def _streams(self) -> str:
+        """What every agent's stream name starts with; the agent's name follows."""
+        return f"{self._prefix}:{{queue}}:q:"
 
     @property
     def dead_letters(self) -> str:
@@ -89,6 +98,10 @@ class RunQueue:
     @property
     def _workers(self) -> str:
         return f"{self._prefix}:workers"
+
+    @property
+    def _client(self) -> Client:
+        return self._store.client  # the client of the running event loop
 
     async def _call(self, what: str, op: Callable[[], Awaitable[Any]]) -> Any:
         return await self._store._call(what, op)
@@ -100,7 +113,12 @@ class RunQueue:
                 continue
             key = self.stream(agent)
 
-            async def create(key: str = key) -> None:
+            old = f"{self._prefix}:{{queue}}:{agent}"
+            legacy = agent not in _LEGACY_CLASHES
+
+            async def create(key: str = key, old: str = old, legacy: bool = legacy) -> None:
+                if legacy and await self._client.type(old) == "stream":
+                    await self._client.renamenx(old, key)  # an older agentfsm's stream
                 try:
                     await self._client.xgroup_create(key, GROUP, id="0", mkstream=True)
                 except ResponseError as exc:
@@ -284,7 +302,7 @@ class RunQueue:
         return gone
 
     def _jobs(self, stream: str, entries: Any) -> list[Job]:
-        agent = stream.rsplit(":", 1)[1]
+        agent = stream.removeprefix(self._streams)
         jobs = []
         for entry_id, fields in entries or []:
             if not fields:  # deleted meanwhile

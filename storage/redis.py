@@ -17,24 +17,39 @@ written beside each create and each commit that changes the status, and a crash 
 can leave them behind or ahead. Readers check every entry against its run, `gc` drops entries
 of runs that are gone, and `reindex` rebuilds them all from the runs.
 A run that ends with retention (`Event.expires_at`) gets its keys expired by Redis then.
+
+Tenants stay apart: a prefix is 1-64 letters, digits, `_`, `.`, `-` (`PREFIX_ALPHABET`),
+so it never holds the `:` that ends it, nor a glob character. Every key of prefix P starts
+with `P:` and no key of another prefix can: no pattern one tenant scans (`P:agent:*`,
+`P:{*}:run`) can match another tenant's keys, and each key a scan finds is parsed again
+before it is used. Prefixes an older agentfsm accepted (with `:`, say) are refused with
+the command that moves their keys (`python -m storage.rekey`).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import logging
+import math
+import re
+import ssl
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import replace
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass, replace
 from importlib.resources import files
 from typing import Any, TypeAlias
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 from pydantic import JsonValue
+from redis.asyncio.connection import URL_QUERY_ARGUMENT_PARSERS
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
-from redis.exceptions import AuthenticationError, RedisError
+from redis.commands.core import AsyncScript
+from redis.exceptions import AuthenticationError, NoPermissionError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -56,15 +71,44 @@ from .base import (
 )
 from .errors import CorruptData, StorageError, StoreUnavailable
 
-__all__ = ["Client", "RedisStore"]
+__all__ = ["PREFIX_ALPHABET", "Client", "RedisStore", "check_prefix"]
 
 log = logging.getLogger("agentfsm.storage")
 
 DEFAULT_MAX_CONNECTIONS = 500
 """Connections a standalone store's pool opens at most (per process)."""
 
+DEFAULT_SOCKET_TIMEOUT = 4.0
+"""Seconds a command waits for its reply (`?socket_timeout=`)."""
+DEFAULT_CONNECT_TIMEOUT = 2.0
+"""Seconds a connection attempt waits (`?socket_connect_timeout=`)."""
+DEFAULT_RETRY_FOR = 7.0
+"""Seconds within which failed calls are tried again (`?retry_for=`): no new try starts
+after it, so an unreachable or silent server fails a call in about 8 s at most."""
+PREFIX_ALPHABET = "letters, digits, _ . - (1-64 of them, starting with a letter or digit)"
+_PREFIX = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_OUR_OPTIONS = ("prefix", "retries", "retry_for")
+_warned: set[tuple[str, str]] = set()
+"""(server, problem) pairs this process has warned about: each is said once."""
+_STRING_OPTIONS = frozenset(
+    {"client_name", "username", "password", "ssl_keyfile", "ssl_certfile", "ssl_cert_reqs",
+     "ssl_ca_certs", "ssl_ca_data", "ssl_ca_path", "ssl_ciphers", "ssl_password", "path"}
+)  # fmt: skip
+_NUMBER_OPTIONS = ("socket_timeout", "socket_connect_timeout", "max_connections", "retry_for")
+
 Client: TypeAlias = "aioredis.Redis | aioredis.RedisCluster"
 """A redis-py asyncio client: standalone or Cluster."""
+
+
+def check_prefix(prefix: str) -> str:
+    """`prefix` if it is a valid key prefix, else `ValueError` saying why and what to do."""
+    if not isinstance(prefix, str) or not _PREFIX.fullmatch(prefix):
+        raise ValueError(
+            f"invalid key prefix {prefix!r}: use {PREFIX_ALPHABET}, so that no tenant's keys"
+            " can match another's patterns. Runs stored under an older agentfsm with such a"
+            " prefix move to a valid one with `python -m storage.rekey REDIS_URL OLD NEW`"
+        )
+    return prefix
 
 
 def _script(name: str) -> str:
@@ -91,58 +135,112 @@ class RedisStore:
         where: how to name the server in error messages (a URL without its password).
     """
 
-    def __init__(self, client: Client, *, prefix: str = "agentfsm", where: str = "redis") -> None:
-        if not prefix or "{" in prefix or "}" in prefix:
-            raise ValueError(f"invalid key prefix {prefix!r}: it must be non-empty, without braces")
-        self._client = client
-        self._prefix = prefix
+    def __init__(
+        self,
+        client: Client,
+        *,
+        prefix: str = "agentfsm",
+        where: str = "redis",
+        reconnect: Callable[[], Client] | None = None,
+    ) -> None:
+        self._prefix = check_prefix(prefix)
         self._where = where
-        self._commit = client.register_script(_script("commit.lua"))
-        self._create = client.register_script(_script("create.lua"))
-        self._lease = client.register_script(_script("lease.lua"))
-        self._restore = client.register_script(_script("restore.lua"))
+        self._reconnect = reconnect
+        self._bound = _Bound.of(client)
+        self._checked = False
+
+    def _on_this_loop(self) -> _Bound:
+        """The client and scripts for the running event loop: a redis.asyncio client is bound
+        to the loop it first connected on, so a store used from a new loop (a second
+        `asyncio.run`, a notebook) gets a new client there, when it knows how to make one."""
+        bound = self._bound
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return bound
+        if bound.loop is not loop and bound.loop is not None and self._reconnect is not None:
+            self._bound = bound = _Bound.of(self._reconnect())
+        if bound.loop is None:
+            bound.loop = loop
+            if self._reconnect is not None:  # our own client: it closes with its loop
+                bound.closer = _close_with_loop(bound.client)
+        return bound
+
+    @property
+    def _client(self) -> Client:
+        return self._on_this_loop().client
+
+    @property
+    def _commit(self) -> AsyncScript:
+        return self._on_this_loop().commit
+
+    @property
+    def _create(self) -> AsyncScript:
+        return self._on_this_loop().create
+
+    @property
+    def _lease(self) -> AsyncScript:
+        return self._on_this_loop().lease
+
+    @property
+    def _restore(self) -> AsyncScript:
+        return self._on_this_loop().restore
 
     @classmethod
     def from_url(cls, url: str, *, prefix: str = "agentfsm", retries: int = 8) -> RedisStore:
         """Connect lazily to `url`, retrying connection errors and timeouts with jittered
-        exponential backoff (about 7 s in all by default).
+        exponential backoff, for about 7 s in all (`?retry_for=`) or `retries` tries.
 
         `redis://host:port/db`, `rediss://` (TLS), `unix:///path.sock`; a Redis Cluster with
         `redis+cluster://host:port` or `rediss+cluster://` (any node: the others are found
         from it). A `?prefix=NAME` query sets the key prefix (it wins over `prefix`).
+        A command waits `?socket_timeout=` seconds for its reply (default 4), a connection
+        attempt `?socket_connect_timeout=` (default 2): a server that accepts connections
+        but never answers fails a call with `StoreUnavailable` in about 8 s.
 
         Connections come from a pool of at most `?max_connections=` (default 500); when all
         are busy, a command waits for one (up to 20 s) instead of failing, so a process may
         drive far more runs at once than it has connections.
+
+        Raises `ValueError` for a URL whose path is not a database number or whose options
+        are unknown or not numbers where numbers belong.
         """
         parts = urlsplit(url)
-        query = parse_qsl(parts.query, keep_blank_values=True)
-        prefix = next((v for k, v in query if k == "prefix"), prefix)
         scheme, _, cluster = parts.scheme.partition("+")
         if cluster not in ("", "cluster"):
             raise ValueError(f"unknown Redis URL scheme {parts.scheme!r} in {redact(url)!r}")
+        query = parse_qsl(parts.query, keep_blank_values=True)
+        _check_url(url, scheme, parts.path, query)
+        ours = dict((k, v) for k, v in query if k in _OUR_OPTIONS)
+        prefix = ours.get("prefix", prefix)
+        retries = int(ours["retries"]) if "retries" in ours else retries
+        retry_for = float(ours.get("retry_for", DEFAULT_RETRY_FOR))
         plain = urlunsplit(
             parts._replace(
-                scheme=scheme, query=urlencode([(k, v) for k, v in query if k != "prefix"])
+                scheme=scheme,
+                query=urlencode([(k, v) for k, v in query if k not in _OUR_OPTIONS]),
             )
         )
-        retry = _Retry(ExponentialWithJitterBackoff(base=0.05, cap=2.0), retries)
-        options: dict[str, Any] = {
-            "decode_responses": True,
-            "retry": retry,
-            "retry_on_error": [RedisConnectionError, RedisTimeoutError],
-            "socket_connect_timeout": 2,
-            "socket_timeout": 10,
-        }
-        client: Client
-        if cluster:
-            client = aioredis.RedisCluster.from_url(plain, **options)
-        else:
+        where = redact(url)
+        check_prefix(prefix)
+
+        def connect() -> Client:
+            retry = _Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), retries, retry_for)
+            options: dict[str, Any] = {
+                "decode_responses": True,
+                "retry": retry,
+                "retry_on_error": [RedisConnectionError, RedisTimeoutError],
+                "socket_connect_timeout": DEFAULT_CONNECT_TIMEOUT,
+                "socket_timeout": DEFAULT_SOCKET_TIMEOUT,
+            }
+            if cluster:
+                return aioredis.RedisCluster.from_url(plain, **options)
             pool = aioredis.BlockingConnectionPool.from_url(plain, **options)
             if "max_connections" not in dict(query):
                 pool.max_connections = DEFAULT_MAX_CONNECTIONS
-            client = aioredis.Redis.from_pool(pool)  # closing the client closes the pool
-        return cls(client, prefix=prefix, where=redact(url))
+            return aioredis.Redis.from_pool(pool)  # closing the client closes the pool
+
+        return cls(connect(), prefix=prefix, where=where, reconnect=connect)
 
     @property
     def client(self) -> Client:
@@ -169,6 +267,8 @@ class RedisStore:
     ) -> Any:
         """Await `op`, turning redis-py's errors into ours. Replies are `Any`: with
         `decode_responses=True` they are str, which redis-py's types cannot express."""
+        if not self._checked:
+            await self._check_server(what)
         try:
             return await op()
         except UnicodeDecodeError as exc:  # decode_responses: bytes we did not write
@@ -180,11 +280,51 @@ class RedisStore:
                 f"Redis at {self._where} refused the credentials to {what}: {exc}"
             ) from None
         except (RedisConnectionError, RedisTimeoutError) as exc:
-            raise StoreUnavailable(
-                f"cannot reach Redis at {self._where} to {what}: {exc}"
-            ) from None
+            raise self._unavailable(what, exc) from None
         except RedisError as exc:
             raise StorageError(f"Redis at {self._where} refused to {what}: {exc}") from None
+
+    def _unavailable(self, what: str, exc: RedisError) -> StoreUnavailable:
+        tls = _tls_failure(exc)
+        if tls is not None:
+            return StoreUnavailable(
+                f"cannot {what}: the TLS handshake with Redis at {self._where} failed"
+                f" ({tls.reason or tls}): the server may not speak TLS (then use redis://), or"
+                " its certificate is not trusted (pass ?ssl_ca_certs=)"
+            )
+        if self._where.startswith("rediss") and "Timeout connecting" in str(exc):
+            return StoreUnavailable(
+                f"cannot {what}: Redis at {self._where} did not complete the TLS handshake"
+                f" ({exc}): the server may not speak TLS (then use redis://), or may be"
+                " overloaded"
+            )
+        if isinstance(exc, RedisTimeoutError) or "Timeout" in str(exc):
+            return StoreUnavailable(
+                f"cannot {what}: Redis at {self._where} accepted the connection but did not"
+                f" answer in time ({exc}); is it overloaded or stopped, or is this a TLS port"
+                " reached with redis://? (?socket_timeout= sets the wait)"
+            )
+        return StoreUnavailable(f"cannot reach Redis at {self._where} to {what}: {exc}")
+
+    async def _check_server(self, what: str) -> None:
+        """Once per store: warn when the server's settings can lose or evict runs. Reads
+        `INFO` (ACL users may be allowed it when `CONFIG` is denied); skipped when refused."""
+        self._checked = True
+        try:
+            memory = _info_of(await self._client.info("memory"))
+            persistence = _info_of(await self._client.info("persistence"))
+        except NoPermissionError:
+            return
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            self._checked = False  # try again with the next call
+            raise self._unavailable(what, exc) from None
+        except RedisError as exc:
+            log.debug("could not read INFO from Redis at %s: %s", self._where, exc)
+            return
+        for problem in server_problems(memory, persistence):
+            if (self._where, problem) not in _warned:
+                _warned.add((self._where, problem))
+                log.warning("Redis at %s: %s", self._where, problem)
 
     async def create(self, run: RunRecord, *, origin: JsonValue = None) -> RunRecord:
         check_run_id(run.run_id)
@@ -232,6 +372,15 @@ class RedisStore:
         written = await self._call(
             f"restore run {run.run_id!r}", lambda: self._restore(keys=keys, args=args)
         )
+        if written and run.expires_at is not None:
+            expires_at = run.expires_at
+
+            async def expire() -> None:
+                pipe = self._client.pipeline(transaction=False)
+                self._expire(pipe, run.run_id, expires_at)
+                await pipe.execute()
+
+            await self._call(f"restore the retention of run {run.run_id!r}", expire)
         await self._index_run(run)
         return bool(written)
 
@@ -286,7 +435,7 @@ class RedisStore:
             dump_event(event),
         ]
         for name, value in event.patch.items():
-            args += [name, dump_json(value)]
+            args += [name, dump_json(value, f"memory field {name!r}")]
         keys = self._keys(run_id, "run", "events", "keys")
         if event.deadline is not None:  # indexed first: an entry without a commit is harmless
             await self._index_deadline(run_id, event.deadline)
@@ -462,10 +611,14 @@ class RedisStore:
         for index in await self._index_keys():
             if index != self._deadlines:
                 await self._call("reindex", lambda i=index: self._client.delete(i))  # type: ignore[misc]
-        async for key in self._scan(f"{self._prefix}:{{*}}:run"):
-            run_id = key[len(self._prefix) + 2 : -len("}:run")]
+        run_key = re.compile(re.escape(self._prefix) + r":\{([^{}]+)\}:run")
+        async for key in self._scan(f"{_glob(self._prefix)}:{{*}}:run"):
+            found = run_key.fullmatch(key)
+            if found is None:  # `*` matched across braces: not a run's hash
+                continue
+            run_id = found.group(1)
             kind = await self._call("reindex", lambda k=key: self._client.type(k))  # type: ignore[misc]
-            if kind != "hash":  # a queue stream of an agent named "run", say
+            if kind != "hash":
                 continue
             raw = await self._call("reindex", lambda k=key: self._client.hgetall(k))  # type: ignore[misc]
             if not raw:
@@ -478,9 +631,18 @@ class RedisStore:
         return runs
 
     async def _index_keys(self) -> list[str]:
+        """This prefix's index keys: sorted sets named as `_by_agent` and `_by_status` name
+        them (the prefix has no `:`, so no other prefix's keys start with `{prefix}:`)."""
         keys = [f"{self._prefix}:runs", self._deadlines]
-        for pattern in (f"{self._prefix}:agent:*", f"{self._prefix}:status:*"):
-            keys += [k async for k in self._scan(pattern)]
+        for kind in ("agent", "status"):
+            found = [k async for k in self._scan(f"{_glob(self._prefix)}:{kind}:*")]
+            for key in found:
+                name = key[len(f"{self._prefix}:{kind}:") :]
+                if "{" in name or "}" in name:
+                    continue
+                kind = await self._call("reindex", lambda k=key: self._client.type(k))  # type: ignore[misc]
+                if kind == "zset":
+                    keys.append(key)
         return keys
 
     async def _scan(self, pattern: str) -> AsyncIterator[str]:
@@ -499,11 +661,15 @@ class RedisStore:
                 pipe.zrem(self._by_status(before), run_id)
                 pipe.zadd(self._by_status(event.status), {run_id: event.ended_at or time.time()})
             if event.expires_at is not None:
-                for part in ("run", "events", "keys"):
-                    pipe.pexpireat(self.key(run_id, part), max(int(event.expires_at * 1000), 1))
+                pipe.hset(self.key(run_id, "run"), "expires_at", repr(event.expires_at))
+                self._expire(pipe, run_id, event.expires_at)
             await pipe.execute()
 
         await self._call(f"index run {run_id!r}", update)
+
+    def _expire(self, pipe: Any, run_id: str, expires_at: float) -> None:
+        for part in ("run", "events", "keys"):
+            pipe.pexpireat(self.key(run_id, part), max(int(expires_at * 1000), 1))
 
     async def _index_deadline(self, run_id: str, deadline: float) -> None:
         await self._call(
@@ -544,9 +710,59 @@ class RedisStore:
         await self._client.aclose()
 
 
+@dataclass(slots=True)
+class _Bound:
+    """A client, its scripts, and the event loop it is used on (None until first used)."""
+
+    client: Client
+    commit: AsyncScript
+    create: AsyncScript
+    lease: AsyncScript
+    restore: AsyncScript
+    loop: asyncio.AbstractEventLoop | None = None
+    closer: AsyncGenerator[None, None] | None = None
+
+    @classmethod
+    def of(cls, client: Client) -> _Bound:
+        def script(name: str) -> AsyncScript:
+            return client.register_script(_script(f"{name}.lua"))
+
+        return cls(client, script("commit"), script("create"), script("lease"), script("restore"))
+
+
+def _close_with_loop(client: Client) -> AsyncGenerator[None, None]:
+    """An async generator, started, that closes `client` when its event loop shuts down.
+
+    A loop ending in `asyncio.run` closes the async generators begun on it (and alive), on
+    the loop, before it closes: the client's connections are closed there, where they can
+    be, not left to the garbage collector after the loop is gone."""
+
+    async def closer() -> AsyncGenerator[None, None]:
+        try:
+            yield
+        finally:
+            with contextlib.suppress(Exception):
+                await client.aclose()
+
+    generator = closer()
+    with contextlib.suppress(StopIteration):
+        generator.__anext__().send(None)  # runs to the yield at once: nothing is awaited
+    return generator
+
+
+_retry_until: ContextVar[float | None] = ContextVar("agentfsm_redis_retry_until", default=None)
+"""When the outermost retrying call in this task gives up: redis-py retries a connection's
+set-up inside the retry of the command that needed it, and both share one time budget."""
+
+
 class _Retry(Retry):
-    """redis-py's retry, except that refused credentials fail at once: `AuthenticationError`
-    is a `ConnectionError` to redis-py, and trying a wrong password again cannot help."""
+    """redis-py's retry with a time budget (no new try starts `retry_for` seconds after the
+    first), and refused credentials or TLS failures fail at once: `AuthenticationError` is a
+    `ConnectionError` to redis-py, and trying a wrong password or protocol again cannot help."""
+
+    def __init__(self, backoff: ExponentialWithJitterBackoff, retries: int, retry_for: float):
+        super().__init__(backoff, retries)
+        self._retry_for = retry_for
 
     async def call_with_retry(
         self,
@@ -555,12 +771,94 @@ class _Retry(Retry):
         is_retryable: Callable[[Exception], bool] | None = None,
         with_failure_count: bool = False,
     ) -> Any:
-        def retryable(error: Exception) -> bool:
-            if isinstance(error, AuthenticationError):
-                return False
-            return is_retryable is None or is_retryable(error)
+        outer = _retry_until.get()
+        until = time.monotonic() + self._retry_for if outer is None else outer
+        token = _retry_until.set(until) if outer is None else None
+        try:
+            failures = 0
+            while True:
+                try:
+                    return await do()
+                except (RedisConnectionError, RedisTimeoutError) as error:
+                    if _hopeless(error) or (is_retryable is not None and not is_retryable(error)):
+                        raise
+                    failures += 1
+                    await (fail(error, failures) if with_failure_count else fail(error))
+                    pause = self._backoff.compute(failures)
+                    if failures > self._retries or time.monotonic() + pause >= until:
+                        raise
+                    await asyncio.sleep(pause)
+        finally:
+            if token is not None:
+                _retry_until.reset(token)
 
-        return await super().call_with_retry(do, fail, retryable, with_failure_count)
+
+def _hopeless(error: BaseException) -> bool:
+    """Failures no retry can mend: refused credentials, a TLS handshake that cannot work."""
+    return isinstance(error, AuthenticationError) or _tls_failure(error) is not None
+
+
+def _tls_failure(error: BaseException) -> ssl.SSLError | None:
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, ssl.SSLError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _check_url(url: str, scheme: str, path: str, query: list[tuple[str, str]]) -> None:
+    """`ValueError` for a path that is not a database number and for unknown or bad options."""
+    where = redact(url)
+    if scheme != "unix" and path not in ("", "/"):
+        db = path[1:]
+        if not db.isdigit():
+            raise ValueError(
+                f"Redis URL {where!r}: the path {path!r} is not a database number (use"
+                " redis://host:port/0, or another number)"
+            )
+    known = set(URL_QUERY_ARGUMENT_PARSERS) | _STRING_OPTIONS | set(_OUR_OPTIONS)
+    for name, value in query:
+        if name not in known:
+            raise ValueError(
+                f"Redis URL {where!r}: unknown option {name!r} (known: {', '.join(sorted(known))})"
+            )
+        if name in _NUMBER_OPTIONS or name == "retries":
+            try:
+                number = float(value)
+            except ValueError:
+                number = math.nan
+            if not number >= (0 if name == "retries" else 0.001) or math.isinf(number):
+                raise ValueError(
+                    f"Redis URL {where!r}: option {name}={value!r} must be a positive number"
+                )
+        if name == "prefix":
+            check_prefix(value)
+
+
+def server_problems(memory: dict[str, Any], persistence: dict[str, Any]) -> list[str]:
+    """What in these `INFO memory` and `INFO persistence` sections can lose runs."""
+    problems = []
+    policy = str(memory.get("maxmemory_policy", "noeviction"))
+    if policy != "noeviction":
+        problems.append(
+            f"maxmemory-policy is {policy}: Redis may evict parts of runs when memory is"
+            " full; set maxmemory-policy noeviction (commits then fail loudly instead)"
+        )
+    if str(persistence.get("aof_enabled", "1")) == "0":
+        problems.append(
+            "appendonly is no: a restart loses every commit since the last snapshot; set"
+            " appendonly yes (appendfsync everysec loses at most about a second of commits,"
+            " always loses none)"
+        )
+    return problems
+
+
+def _info_of(reply: Any) -> dict[str, Any]:
+    """An INFO reply as one section dict (a Cluster answers per node: take the first)."""
+    if isinstance(reply, dict) and reply and all(isinstance(v, dict) for v in reply.values()):
+        return dict(next(iter(reply.values())))
+    return dict(reply) if isinstance(reply, dict) else {}
 
 
 def _matches(
@@ -590,9 +888,16 @@ def _run_fields(run: RunRecord) -> list[Any]:
     ]  # fmt: skip
     if run.deadline is not None:
         fields += ["deadline", repr(run.deadline)]
+    if run.expires_at is not None:
+        fields += ["expires_at", repr(run.expires_at)]
     for name, value in run.memory.items():
-        fields += [f"m:{name}", dump_json(value)]
+        fields += [f"m:{name}", dump_json(value, f"memory field {name!r}")]
     return fields
+
+
+def _glob(text: str) -> str:
+    """`text` with the characters SCAN's MATCH treats specially escaped."""
+    return re.sub(r"([*?\[\]\\])", r"\\\1", text)
 
 
 def _deadline_arg(deadline: float | None) -> str:

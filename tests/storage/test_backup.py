@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import io
+import time
 from collections.abc import Sequence
+from dataclasses import fields, replace
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel
 
+from agents import Agent, tool
 from agents.examples import data_analyst
 from agents.examples._offline import offline_model
 from agents.examples.approval import approval
-from storage import EmbeddedStore, RedisStore, Store
+from storage import EmbeddedStore, Lease, RedisStore, RunRecord, Store
 from storage.backup import export_runs, import_runs
 
 from ..redis_server import RedisServer
@@ -39,7 +43,9 @@ async def runs_of_every_kind(store: Store, monkeypatch: pytest.MonkeyPatch) -> l
 
 
 async def snapshot(store: Store, ids: list[str]) -> dict[str, object]:
-    return {i: (await store.load(i), await store.history(i)) for i in ids}
+    """Each run as stored, but for its holder (an export never carries a lease)."""
+    runs = {i: await store.load(i) for i in ids}
+    return {i: (r and replace(r, holder=""), await store.history(i)) for i, r in runs.items()}
 
 
 async def copy(source: Store, target: Store, ids: Sequence[str] = ()) -> list[str]:
@@ -67,6 +73,59 @@ async def test_a_round_trip_redis_embedded_redis_keeps_every_run_and_event(
     await run.until_done()
     assert run.status == "done"
     for s in (redis, embedded, back):
+        await s.close()
+
+
+class Memo(BaseModel):
+    n: int = 0
+
+
+async def test_every_stored_field_survives_the_round_trip_but_the_lease(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """Nonce, retention expiry, crash count, deadline, memory and events come back; a run
+    that was held comes back free, and taking it is not a takeover (no crash counted)."""
+    kept = Agent(
+        name="kept", memory=Memo, initial="a", final=["done"], retention=3600,
+        transitions=[tool("go", "a", "done", lambda m: 7, into="n")],
+    )  # fmt: skip
+    source = RedisStore.from_url(redis_server.url, prefix="backup-c")
+    embedded = EmbeddedStore(tmp_path / "fields.db")
+    back = RedisStore.from_url(redis_server.url, prefix="backup-d")
+    now = time.time()
+    await source.create(
+        RunRecord(run_id="nonced", agent="kept", version=1, state="a", seq=0, status="running",
+                  memory={"n": 1}, created_at=now, updated_at=now, nonce="0f1e2d3c4b5a")
+    )  # fmt: skip
+    await source.acquire_lease("nonced", "someone:1:abc", 60)  # and never released
+    done = await kept.start(source, Memo(), run_id="retained")
+    await done.until_done()
+    ids = ["nonced", "retained"]
+    original = {i: await source.load(i) for i in ids}
+    assert original["nonced"] and original["nonced"].holder == "someone:1:abc"
+    assert original["retained"] and original["retained"].expires_at is not None
+    history = {i: await source.history(i) for i in ids}
+    await copy(source, embedded)
+    await copy(embedded, back)
+    for target in (embedded, back):
+        for i in ids:
+            copied = await target.load(i)
+            assert copied is not None
+            for f in fields(RunRecord):
+                want = "" if f.name == "holder" else getattr(original[i], f.name)
+                assert getattr(copied, f.name) == want, (type(target).__name__, i, f.name)
+            assert await target.history(i) == history[i]
+    # Redis expires the copy when the original expires; the embedded copy says so too.
+    ttl = await source.client.pttl(source.key("retained", "run"))
+    copied_ttl = await back.client.pttl(back.key("retained", "run"))
+    assert copied_ttl > 0 and abs(ttl - copied_ttl) < 5_000
+    (expiry,) = embedded.connection.execute(
+        "SELECT expires_at FROM runs WHERE run_id = 'retained'"
+    ).fetchone()
+    assert expiry == original["retained"].expires_at
+    lease = await back.acquire_lease("nonced", "me:2:def", 60)
+    assert isinstance(lease, Lease) and lease.crashes == 0
+    for s in (source, embedded, back):
         await s.close()
 
 

@@ -47,6 +47,17 @@ async def wait_for(store: RedisStore, ids: list[str], test: str, within: float) 
         await asyncio.sleep(0.05)
 
 
+async def wait_for_holder(store: RedisStore, ids: list[str], prefix: str, within: float) -> None:
+    """Until a worker whose owner ids start with `prefix` holds one of the runs: it is up,
+    its signal handlers are installed (before it claims), and a step is in flight."""
+    give_up = time.monotonic() + within
+    while not any(
+        r is not None and r.holder.startswith(prefix) for r in [await store.load(i) for i in ids]
+    ):
+        assert time.monotonic() < give_up, f"no run held by {prefix}... in {within} s"
+        await asyncio.sleep(0.02)
+
+
 async def check_each_step_committed_once(store: RedisStore, ids: list[str]) -> None:
     """Every run done with a gap-free history: each step committed once, in order."""
     for run_id in ids:
@@ -56,7 +67,7 @@ async def check_each_step_committed_once(store: RedisStore, ids: list[str]) -> N
 
 
 def executions(effects: Path) -> Counter[str]:
-    return Counter(line.split("\t")[0] for line in effects.read_text().splitlines())
+    return Counter(plain(line.split("\t")[0]) for line in effects.read_text().splitlines())
 
 
 async def test_a_killed_workers_runs_are_finished_by_another_with_nothing_committed_twice(
@@ -146,7 +157,7 @@ async def test_sigterm_hands_runs_back_and_a_second_signal_exits_at_once(
     assert (await queue.waiting(["chain"]))["chain"] >= len(unfinished)  # handed back
 
     hasty = worker(url, effects, "hasty", sleep=0.4)
-    await asyncio.sleep(1.5)
+    await wait_for_holder(store, ids, "hasty/", within=30)  # it handles signals and is busy
     hasty.send_signal(signal.SIGTERM)
     await asyncio.sleep(0.05)
     hasty.send_signal(signal.SIGTERM)
