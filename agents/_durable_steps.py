@@ -35,7 +35,7 @@ from statemachine._table import Transition
 from storage import Event
 
 from ._agent import Agent
-from ._tool_engine import MODEL_POLICY, TOOL_POLICY, StepPolicy, tool_answer
+from ._tool_engine import MODEL_POLICY, TOOL_POLICY, StepPolicy, args_digest, tool_answer
 
 __all__ = [
     "PENDING",
@@ -162,6 +162,7 @@ def rounds_of(events: Sequence[Event]) -> list[Round]:
         elif (
             e.trigger == ANSWER and rounds and isinstance(e.output, dict)
             and not e.output.get("duplicate")
+            and not e.output.get("refused")
         ):  # fmt: skip
             a = Answer.model_validate(e.output)
             rounds[-1].answers.setdefault(a.tool_call_id, a)
@@ -261,10 +262,27 @@ class AnswerStep:
         if current is None or answer.tool_call_id not in current.pending:
             out["duplicate"] = True  # answered meanwhile (two approvers): the first one counts
             left = current.pending if current else []
+        elif (why := _wrong(answer, current.requests)) is not None:
+            out["refused"] = why  # committed, so it can be seen; it answers nothing
+            left = current.pending
         else:
             left = [i for i in current.pending if i != answer.tool_call_id]
         new = memory if left else memory.model_copy(update={"deferred": None})
         return StepResult(memory=new, output=out, route="more" if left else "done")
+
+
+def _wrong(answer: Answer, requests: DeferredToolRequests) -> str | None:
+    """Why `answer` cannot answer its call, or None: an approval must name the call as an
+    approval and carry the digest of exactly the arguments it approves."""
+    calls = requests.approvals if answer.kind == "approval" else requests.calls
+    call = next((c for c in calls if c.tool_call_id == answer.tool_call_id), None)
+    if call is None:
+        return f"call {answer.tool_call_id!r} is not waiting for an answer of kind {answer.kind!r}"
+    if answer.kind == "approval" and answer.approved:
+        approved = answer.override_args if answer.override_args is not None else call.args_as_dict()
+        if answer.digest != args_digest(approved):
+            return "the digest does not match the arguments approved"
+    return None
 
 
 def durable_transitions(model: RetryPolicy, tool: RetryPolicy) -> list[Transition]:

@@ -61,6 +61,7 @@ from pydantic_ai.toolsets import AbstractToolset, ExternalToolset, FunctionTools
 from pydantic_ai.usage import UsageLimits
 
 from agents import DurableAgent, DurableRunFailed
+from agents._tool_engine import args_digest
 from statemachine import DefinitionError, RunError
 from storage import Store
 
@@ -851,11 +852,50 @@ async def test_a_call_runs_only_with_the_arguments_approved(store: Store) -> Non
         "kind": "approval",
         "digest": "0" * 64,
     }
-    await run.send("answer", forged)  # an approval of other arguments than the model's
+    event = await run.send("answer", forged)  # an approval of other arguments than the model's
     await run.release()
-    with pytest.raises(RunError, match="other than the ones approved"):
-        await durable.run(run_id="tamper")
+    assert isinstance(event.output, dict) and "digest does not match" in str(
+        event.output["refused"]
+    )
+    still = await durable.run(run_id="tamper")  # it answered nothing: the call still waits
+    assert isinstance(still.output, DeferredToolRequests)
     assert "delete_file a.txt" not in ran.counts
+
+
+async def test_the_gate_refuses_a_call_whose_arguments_are_not_the_approved_ones(
+    store: Store,
+) -> None:
+    from agents._durable_journal import Journal
+    from agents._durable_steps import Answer, DurableMemory
+
+    durable = DurableAgent(Agent(TestModel()), store=store, name="gate")
+    run = await durable.machine.start(store, DurableMemory(), run_id="gate")
+    journal = Journal(run=run, events=[])
+    approved: dict[str, Any] = {"path": "a.txt"}
+    journal.answers_in = {
+        "c": Answer(segment=0, tool_call_id="c", kind="approval", digest=args_digest(approved)),
+        "d": Answer(segment=0, tool_call_id="d", kind="approval", approved=False),
+    }
+    ran: list[dict[str, Any]] = []
+
+    async def handler(args: dict[str, Any]) -> str:
+        ran.append(args)
+        return "ran"
+
+    async def call(call_id: str, args: dict[str, Any]) -> Any:
+        part = ToolCallPart("delete_file", args, tool_call_id=call_id)
+        ctx: Any = None
+        tool_def: Any = None
+        return await journal.wrap_tool_execute(
+            ctx, call=part, tool_def=tool_def, args=args, handler=handler
+        )
+
+    assert await call("c", approved) == "ran"
+    with pytest.raises(RunError, match="other than the ones approved"):
+        await call("c", {"path": "everything"})
+    with pytest.raises(RunError, match="was denied"):
+        await call("d", approved)
+    assert ran == [approved]
 
 
 async def test_a_tool_raising_approval_required_waits_for_its_approval(store: Store) -> None:
@@ -1156,3 +1196,65 @@ async def test_difference_a_streamed_model_request_is_refused(store: Store) -> N
     with pytest.raises(RunError, match="streamed model request"):
         async with model.request_stream([], None, ModelRequestParameters()):
             pass
+
+
+def two_gated(ran: Ran) -> Agent[None, str | DeferredToolRequests]:
+    def brain(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        done = [p for m in messages for p in m.parts if isinstance(p, ToolReturnPart)]
+        if not done:
+            return ModelResponse(parts=[
+                ToolCallPart("delete_file", {"path": "a"}, tool_call_id="del-a"),
+                ToolCallPart("delete_file", {"path": "b"}, tool_call_id="del-b"),
+            ])  # fmt: skip
+        return ModelResponse(parts=[TextPart("; ".join(str(p.content) for p in done))])
+
+    spec: Any = [str, DeferredToolRequests]
+    agent = Agent(FunctionModel(brain), output_type=spec, name="two")
+
+    @agent.tool_plain(requires_approval=True)
+    def delete_file(path: str) -> str:
+        ran(f"delete_file {path}")
+        return f"deleted {path}"
+
+    return agent
+
+
+async def test_answers_one_at_a_time_and_the_same_answer_twice_counts_once(store: Store) -> None:
+    ran = Ran()
+    durable = DurableAgent(two_gated(ran), store=store)
+    await durable.run("go", run_id="two")
+    await durable.approve("two", "del-a")
+    record = await store.load("two")
+    assert record is not None and record.status == "waiting"  # del-b still waits
+    waiting = await durable.run(run_id="two")  # nothing runs while one call waits
+    assert isinstance(waiting.output, DeferredToolRequests) and ran.counts == {}
+    run = await durable.machine.resume(store, "two")
+    again: dict[str, JsonValue] = {
+        "segment": 0, "tool_call_id": "del-a", "kind": "approval", "digest": "x"
+    }  # fmt: skip
+    event = await run.send("answer", again)  # a second approver, too late
+    await run.release()
+    assert isinstance(event.output, dict) and event.output["duplicate"] is True
+    with pytest.raises(RunError, match=r"waiting: del-b \(delete_file\)"):
+        await durable.approve("two", "del-a")
+    await durable.approve("two", "del-b", deny="keep b")
+    result = await durable.run(run_id="two")
+    assert ran.counts == {"delete_file a": 1}
+    assert "keep b" in str(result.output)
+
+
+async def test_approve_refuses_what_is_not_a_waiting_durable_agent_run(store: Store) -> None:
+    from agents import approve_tool_call
+    from statemachine import RunNotFound
+
+    with pytest.raises(RunNotFound):
+        await approve_tool_call(store, "nobody", "c1")
+    durable = DurableAgent(Agent(TestModel()), store=store, name="quick")
+    await durable.run("go", run_id="finished")
+    with pytest.raises(RunError, match="is done in state 'done': nothing to approve"):
+        await approve_tool_call(store, "finished", "c1")
+    from tests.agents.ticket_agent import ticket
+
+    await ticket.start(store, {}, run_id="a-ticket")
+    with pytest.raises(RunError, match="not a DurableAgent run"):
+        await approve_tool_call(store, "a-ticket", "c1")
