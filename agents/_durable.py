@@ -212,7 +212,7 @@ class DurableAgent(Generic[AgentDepsT, OutputT]):
         toolsets: Sequence[AbstractToolset[AgentDepsT]] | None = None,
         instructions: Any = None,
         output_type: Any = None,
-        lease_wait: float = 0.0,
+        lease_wait: float | None = None,
         on_event: Callable[[Event], object] | None = None,
     ) -> AgentRunResult[OutputT]:
         """`Agent.run`, durable: the same arguments, the same result.
@@ -223,7 +223,9 @@ class DurableAgent(Generic[AgentDepsT, OutputT]):
         goes on. `deps`, `model`, `model_settings`, `usage_limits`, `metadata`, `toolsets`,
         `instructions` and `output_type` are not stored: give the same ones to every call of
         one run.
-        `on_event` sees each transition this process commits.
+        `on_event` sees each transition this process commits. `lease_wait`: how long to
+        wait for a run another live process holds (default: the lease TTL; see
+        `Machine.resume`).
 
         Raises what `Agent.run` raises; `DurableRunFailed` for a run that failed in another
         process; `RunError` when `run_id` names a run started with another prompt or
@@ -300,7 +302,7 @@ class DurableAgent(Generic[AgentDepsT, OutputT]):
         run_id: str | None,
         message_history: Sequence[ModelMessage] | None,
         answers: DeferredToolResults | None,
-        lease_wait: float,
+        lease_wait: float | None,
     ) -> Any:
         history: list[JsonValue] = (
             ModelMessagesTypeAdapter.dump_python(list(message_history), mode="json")
