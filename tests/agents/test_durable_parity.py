@@ -1258,3 +1258,35 @@ async def test_approve_refuses_what_is_not_a_waiting_durable_agent_run(store: St
     await ticket.start(store, {}, run_id="a-ticket")
     with pytest.raises(RunError, match="not a DurableAgent run"):
         await approve_tool_call(store, "a-ticket", "c1")
+
+
+@pytest.mark.parametrize("strategy", ["early", "exhaustive"])
+async def test_an_output_call_beside_function_calls(store: Store, strategy: Any) -> None:
+    def build(ran: Ran) -> Agent[None, Score]:
+        def brain(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+            out = info.output_tools[0].name
+            return ModelResponse(parts=[
+                ToolCallPart("note", {"text": "first"}, tool_call_id="n1"),
+                ToolCallPart(out, {"value": 5}, tool_call_id="o1"),
+                ToolCallPart("note", {"text": "second"}, tool_call_id="n2"),
+            ])  # fmt: skip
+
+        agent = Agent(FunctionModel(brain), output_type=Score, end_strategy=strategy)
+
+        @agent.tool_plain
+        def note(text: str) -> str:
+            ran(f"note {text}")
+            return text
+
+        return agent
+
+    plain, _, durable, run_id = await parity(build, store)
+    ran_calls = sum(
+        1 for m in plain.all_messages() for p in m.parts
+        if isinstance(p, ToolReturnPart) and p.tool_name == "note"
+        and not str(p.content).startswith("Tool not executed")
+    )  # fmt: skip
+    triggers = [e.trigger for e in await durable.history(run_id)]
+    assert triggers.count("tool_call") == ran_calls  # each function call its own transition
+    assert triggers.count("model_request") == 1
+    assert ran_calls == (2 if strategy == "exhaustive" else 0)
