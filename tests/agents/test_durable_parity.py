@@ -724,6 +724,7 @@ async def test_continuing_after_an_answer(store: Store, answer: Any, how: str) -
     else:
         result = await durable.run(run_id=run_id, deferred_tool_results=results)
     same(plain, result, ran, ran_d)
+    assert result.run_id == f"{run_id}/1"  # pydantic-ai's run of the continuation
     again = await durable.run(run_id=run_id)
     same(plain, again, ran, ran_d)
     events = await durable.history(run_id)
@@ -1290,3 +1291,31 @@ async def test_an_output_call_beside_function_calls(store: Store, strategy: Any)
     assert triggers.count("tool_call") == ran_calls  # each function call its own transition
     assert triggers.count("model_request") == 1
     assert ran_calls == (2 if strategy == "exhaustive" else 0)
+
+
+async def test_difference_an_error_a_capability_would_recover_from_fails_the_run(
+    store: Store,
+) -> None:
+    from pydantic_ai.capabilities import AbstractCapability
+
+    @dataclass
+    class Forgiving(AbstractCapability[Any]):
+        async def on_tool_execute_error(self, ctx: Any, *, call: Any, tool_def: Any, args: Any,
+                                        error: Exception) -> Any:  # fmt: skip
+            return f"recovered from {error}"
+
+    def build(ran: Ran) -> Agent[None, str]:
+        agent = Agent(TestModel(), name="forgiving", capabilities=[Forgiving()])
+
+        @agent.tool_plain
+        def explode() -> str:
+            ran("explode")
+            raise ValueError("boom")
+
+        return agent
+
+    plain = await build(Ran()).run("go")
+    assert "recovered from boom" in str(normalized(plain.all_messages()))
+    durable = DurableAgent(build(Ran()), store=store)
+    with pytest.raises(DurableRunFailed, match="ValueError: boom"):
+        await durable.run("go", run_id="forgiving")
