@@ -6,7 +6,7 @@ from pydantic import BaseModel
 
 from agents import Agent, tool, wait
 
-TIMEOUT = 1.0
+TIMEOUT = 3.0
 
 
 class Ticket(BaseModel):
