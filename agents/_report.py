@@ -158,7 +158,22 @@ def _header(machine: Machine[Any], record: RunRecord, events: Sequence[Event]) -
     return (
         f'<header><h1>Run <code>{_esc(record.run_id)}</code> <span class="status'
         f' {_esc(record.status)}">{_esc(record.status)}</span></h1>'
+        f"{_failure(record, events)}"
         f'<dl class="facts">{cells}</dl></header>'
+    )
+
+
+def _failure(record: RunRecord, events: Sequence[Event]) -> str:
+    """For a failed run, first of all: the step that failed it and its error."""
+    if record.status != "failed":
+        return ""
+    failed = next((e for e in reversed(events) if e.kind == "error" and e.error), None)
+    if failed is None or failed.error is None:
+        return ""
+    return (
+        f'<p class="failure">✗ step <b>{_esc(failed.trigger)}</b> failed'
+        f' (<a href="#seq-{failed.seq}">seq {failed.seq}</a>, attempt {failed.attempt}):'
+        f" {_esc(str(failed.error.get('type')))}: {_esc(str(failed.error.get('message')))}</p>"
     )
 
 
@@ -341,6 +356,8 @@ a { color: var(--blue); text-decoration: none; }
 .move { font-weight: 400; color: #374151; margin-left: 6px; }
 .meta { font-weight: 400; color: var(--grey); font-size: 12px; margin-left: 8px; }
 .error { color: var(--red); font-weight: 600; }
+.failure { color: var(--red); background: #fdecea; border-radius: 6px; padding: 8px 12px;
+  margin: 0 0 12px; overflow-wrap: anywhere; }
 .muted { color: var(--grey); margin: 6px 0; }
 .code { background: #f8fafc; border: 1px solid var(--line); border-radius: 6px; padding: 8px 10px;
   max-height: 360px; overflow: auto; }

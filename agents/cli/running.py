@@ -185,11 +185,10 @@ async def drive(run: Run[Any]) -> int:
     if run.status == "failed":
         from ._output import err
 
-        last = next((e for e in reversed(await run.history()) if e.error), None)
-        if last is not None and last.error:
+        if run.error:
             err.print(
-                f"step {shown(last.trigger)!r} failed after {last.attempt} attempt(s):"
-                f" {shown(error_text(last.error))}"
+                f"step {shown(run.error.get('trigger'))!r} failed after"
+                f" {run.error.get('attempt')} attempt(s): {shown(error_text(run.error))}"
             )
         return EXIT_FAILED
     return {"done": EXIT_DONE, "waiting": EXIT_WAITING}.get(run.status, EXIT_FAILED)
