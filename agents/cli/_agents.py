@@ -115,5 +115,15 @@ def with_model(agent: Agent[Any], model: str | None) -> Agent[Any]:
     """`agent` on `model` (or its own), checked to be usable before anything runs."""
     if model:
         agent = agent.with_model(model)
-    agent.check_models()
+    try:
+        agent.check_models()
+    except ValueError as exc:
+        extra = next((x for x in _EXTRAS if f"pydantic-ai-slim[{x}]" in str(exc)), None)
+        if extra is None:
+            raise
+        raise UsageProblem(f'{exc}; with agentfsm: pip install "agentfsm[{extra}]"') from None
     return agent
+
+
+_EXTRAS = ("anthropic",)
+"""Provider SDKs that agentfsm's extras of the same name install."""

@@ -8,6 +8,7 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from ._command import UsageProblem
 
@@ -54,9 +55,9 @@ async def _check_answers(store: Store, args: argparse.Namespace) -> None:
     url = backend.redact(store_url(args))
     try:
         await asyncio.wait_for(store.client.ping(), ANSWER_WITHIN)
-    except TimeoutError:
-        reason = f"no answer within {ANSWER_WITHIN:g} s"
-    except Exception as exc:  # refused, unknown host, TLS, auth: say which, then what to do
+    except TimeoutError:  # the client retried until now: was it refused, or is it silent?
+        reason = await _why_no_answer(store_url(args))
+    except Exception as exc:  # unknown host, TLS, auth: say which, then what to do
         reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else exc!r}"
     else:
         return
@@ -66,3 +67,23 @@ async def _check_answers(store: Store, args: argparse.Namespace) -> None:
         " `redis-server`), or point --store / AGENTFSM_STORE at a store that runs"
         " (unset, the embedded store .agentfsm/store.db is used)"
     )
+
+
+async def _why_no_answer(url: str) -> str:
+    """Why a Redis URL gave no answer: nothing listens there, or the server is silent."""
+    parts = urlsplit(url)
+    try:
+        if parts.scheme == "unix":
+            connecting = asyncio.open_unix_connection(parts.path)
+        else:
+            connecting = asyncio.open_connection(parts.hostname or "localhost", parts.port or 6379)
+        _, writer = await asyncio.wait_for(connecting, 0.5)
+    except TimeoutError:
+        pass
+    except ConnectionRefusedError:
+        return "connection refused: nothing listens there"
+    except OSError as exc:
+        return f"cannot connect: {exc.strerror or exc}"
+    else:
+        writer.close()
+    return f"no answer within {ANSWER_WITHIN:g} s"
