@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 import threading
@@ -119,3 +120,27 @@ def test_ci_runs_the_readme_test_command() -> None:
     test_command = next(c for c in commands if "pytest" in c)
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
     assert test_command in ci
+
+
+def test_the_recovery_walkthrough_does_what_the_readme_says(tmp_path: Path) -> None:
+    """The "Watch it recover" commands as written, in a fresh directory: their exit codes,
+    and the model requests each process says it made."""
+    block = README[README.index("## Watch it recover") :]
+    [commands] = re.findall(r"```sh\n(.*?)\n```", block, re.S)[:1]
+    clean = {k: v for k, v in os.environ.items() if k not in (*KEYS, "AGENTFSM_MODEL")}
+    said = []
+    for line in commands.splitlines():
+        command, _, comment = line.partition("#")
+        argv = shlex.split(command)
+        assert argv[0] == "agentfsm"
+        done = subprocess.run(
+            [sys.executable, "-m", "agents", *argv[1:]], cwd=tmp_path,
+            env={**clean, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        expected = re.search(r"\(exit (\d)\)", comment)
+        assert done.returncode == (int(expected.group(1)) if expected else 0), done.stderr
+        said.append(done.stdout)
+    requests = [re.findall(r"model requests made by this process: (\d+)", out) for out in said]
+    assert requests[:2] == [["2"], ["1"]]  # as the paragraph below the block says
+    assert "model requests made by this process: 2" in README[README.index("## Watch it") :]
+    assert "detect" in said[2] and "status   done" in said[3]

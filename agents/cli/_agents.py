@@ -16,7 +16,15 @@ if TYPE_CHECKING:
 
     from .._agent import Agent
 
-__all__ = ["load_agent", "registered_agent", "stored_agent", "with_model"]
+__all__ = [
+    "known_agent",
+    "load_agent",
+    "quiet_pydantic_ai",
+    "registered_agent",
+    "registered_names",
+    "stored_agent",
+    "with_model",
+]
 
 ENTRY_POINTS = "agentfsm.agents"
 
@@ -44,7 +52,7 @@ def load_agent(spec: str, store: Store | None = None) -> Agent[Any]:
     found = getattr(module, attr, None)
     if found is None:
         raise UsageProblem(f"module {module_name!r} has no attribute {attr!r}")
-    _quiet_pydantic_ai()
+    quiet_pydantic_ai()
     return _as_agent(found, spec, store)
 
 
@@ -72,7 +80,7 @@ def _as_agent(found: object, spec: str, store: Store | None) -> Agent[Any]:
     )
 
 
-def _quiet_pydantic_ai() -> None:
+def quiet_pydantic_ai() -> None:
     """No pydantic-ai first-run banner in the middle of our output (it is shown on a
     terminal, and says "observability: off" where we print which model runs)."""
     import pydantic_ai
@@ -96,19 +104,30 @@ def registered_names() -> list[str]:
 async def stored_agent(store: Store, args: argparse.Namespace) -> Agent[Any]:
     """The agent the stored run `args.run_id` belongs to: `--agent`, else the registered one
     of its name."""
+    name, agent = await _agent_of_run(store, args)
+    if agent is None:
+        raise UsageProblem(
+            f"run {args.run_id!r} belongs to agent {name!r}, which is not registered:"
+            " pass --agent MODULE:AGENT (where the agents.Agent, DurableAgent or"
+            " pydantic_ai.Agent object is)"
+        )
+    return agent
+
+
+async def known_agent(store: Store, args: argparse.Namespace) -> Agent[Any] | None:
+    """`stored_agent`, or None when the run's agent is neither given nor registered."""
+    return (await _agent_of_run(store, args))[1]
+
+
+async def _agent_of_run(store: Store, args: argparse.Namespace) -> tuple[str, Agent[Any] | None]:
     from statemachine import RunNotFound
 
     record = await store.load(args.run_id)
     if record is None:
         raise RunNotFound(args.run_id)
-    agent = load_agent(args.agent, store) if args.agent else registered_agent(record.agent, store)
-    if agent is None:
-        raise UsageProblem(
-            f"run {args.run_id!r} belongs to agent {record.agent!r}, which is not registered:"
-            " pass --agent MODULE:AGENT (where the agents.Agent, DurableAgent or"
-            " pydantic_ai.Agent object is)"
-        )
-    return agent
+    if args.agent:
+        return record.agent, load_agent(args.agent, store)
+    return record.agent, registered_agent(record.agent, store)
 
 
 def with_model(agent: Agent[Any], model: str | None) -> Agent[Any]:

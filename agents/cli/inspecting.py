@@ -10,7 +10,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ._agents import load_agent, stored_agent
+from ._agents import known_agent, load_agent
 from ._command import AGENT, EXIT_DONE, Commands, UsageProblem, arg, at_least
 from ._output import error_text, out, shown
 from ._store import opened
@@ -290,8 +290,13 @@ async def report(args: argparse.Namespace) -> int:
     from .._report import render_report
 
     async with opened(args) as store:
-        agent = await stored_agent(store, args)
+        agent = await known_agent(store, args)
         page = await render_report(agent, store, args.run_id)
     save(args.output, page)
     out.print(f"wrote {shown(args.output)}: the report of run {shown(args.run_id)}")
+    if agent is None:
+        out.print(
+            "  without its graph: the run's agent is not registered; pass --agent MODULE:AGENT"
+            " to draw it"
+        )
     return EXIT_DONE

@@ -6,7 +6,7 @@ import json
 import os
 from typing import TYPE_CHECKING, Any
 
-from ._agents import load_agent, stored_agent, with_model
+from ._agents import load_agent, quiet_pydantic_ai, stored_agent, with_model
 from ._command import (
     AGENT,
     EXIT_DONE,
@@ -64,16 +64,16 @@ async def run(args: argparse.Namespace) -> int:
     memory = memory_input(args.input)
     async with opened(args) as store:
         agent = with_model(load_agent(args.agent, store), args.model)
-        return (await start_and_drive(store, agent, memory, args.run_id))[0]
+        return (await start_and_drive(store, agent, memory, args))[0]
 
 
 async def start_and_drive(
-    store: Store, agent: Agent[Any], memory: dict[str, Any], run_id: str | None
+    store: Store, agent: Agent[Any], memory: dict[str, Any], args: argparse.Namespace
 ) -> tuple[int, Run[Any]]:
     from statemachine import InvalidMemory
 
     try:
-        run = await agent.start(store, memory, run_id=run_id)
+        run = await agent.start(store, memory, run_id=args.run_id)
     except InvalidMemory as exc:
         raise UsageProblem(str(exc)) from None
     say_model(agent)
@@ -81,7 +81,9 @@ async def start_and_drive(
         f"run [bold]{shown(run.run_id)}[/] of {shown(agent.name)} v{agent.version}:"
         f" {shown(run.state)} ({run.status})"
     )
-    return await drive(run), run
+    if run.status == "failed":
+        out.print("  it had failed before: nothing runs now, and --input is not used")
+    return await drive(run, args), run
 
 
 @commands.command(
@@ -99,14 +101,12 @@ async def start_and_drive(
 async def demo(args: argparse.Namespace) -> int:
     from agents.examples.data_analyst import analyst
 
-    from ._agents import _quiet_pydantic_ai
-
-    _quiet_pydantic_ai()
+    quiet_pydantic_ai()
     if args.fail_at:
         os.environ["AGENTFSM_FAIL_AT"] = args.fail_at
     agent = with_model(analyst, args.model)
     async with opened(args) as store:
-        code, run = await start_and_drive(store, agent, {"dataset": DEMO_DATASET}, args.run_id)
+        code, run = await start_and_drive(store, agent, {"dataset": DEMO_DATASET}, args)
     from storage.redis import redact
 
     store_arg = f" --store {redact(args.store)}" if args.store else ""
@@ -165,10 +165,21 @@ async def resume(args: argparse.Namespace) -> int:
             if run.status == "failed":
                 await run.retry()
                 out.print(f"  retrying from {shown(run.state)}")
-            return await drive(run)
+            return await drive(run, args)
 
 
-async def drive(run: Run[Any]) -> int:
+def command_line(command: str, run_id: str, args: argparse.Namespace) -> str:
+    """`agentfsm COMMAND RUN_ID` with the --agent and --store this command was given."""
+    from storage.redis import redact
+
+    line = f"agentfsm {command} {run_id}"
+    agent = getattr(args, "agent", None)
+    if agent and args.command != "demo":
+        line += f" --agent {agent}"
+    return line + (f" --store {redact(args.store)}" if args.store else "")
+
+
+async def drive(run: Run[Any], args: argparse.Namespace) -> int:
     """Drive `run` to a final, failed or waiting state, printing each commit; the exit code."""
     requests = 0
 
@@ -190,6 +201,8 @@ async def drive(run: Run[Any]) -> int:
                 f"step {shown(run.error.get('trigger'))!r} failed after"
                 f" {run.error.get('attempt')} attempt(s): {shown(error_text(run.error))}"
             )
+        if args.command != "demo":  # the demo tells its own story (resume)
+            err.print(f"retry it from there with: {shown(command_line('retry', run.run_id, args))}")
         return EXIT_FAILED
     return {"done": EXIT_DONE, "waiting": EXIT_WAITING}.get(run.status, EXIT_FAILED)
 
@@ -208,7 +221,7 @@ async def _control(args: argparse.Namespace) -> int:
             else:
                 event = await run.retry()
             out.print(event_line(event))
-            return await drive(run)
+            return await drive(run, args)
 
 
 @commands.command(

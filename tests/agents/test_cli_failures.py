@@ -57,6 +57,11 @@ def test_a_failed_run_says_which_step_failed_and_why_wherever_one_looks(tmp_path
     assert ran.returncode == 1, ran.stderr
     assert f"step 'explode' failed after 1 attempt(s): RuntimeError: {SHOWN}" in ran.stderr
     assert SHOWN in ran.stdout  # on the step's own line
+    retry = "retry it from there with: agentfsm retry h1 --agent tests.agents.hostile_agent:hostile"
+    assert retry in ran.stderr
+    again = agentfsm("run", spec, "--run-id", "h1", "--input", "{}", *store, cwd=tmp_path)
+    assert again.returncode == 1
+    assert "it had failed before: nothing runs now" in again.stdout and retry in again.stderr
 
     show = agentfsm("show", "h1", *store, cwd=tmp_path)
     assert show.returncode == 0, show.stderr
@@ -225,11 +230,17 @@ def durable_run(tmp_path: Path) -> list[str]:
 
 
 def test_a_durable_agents_run_is_reported_by_the_cli(
-    durable_run: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    durable_run: list[str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    unregistered = main(["report", "analysis-1", "-o", str(tmp_path / "r.html"), *durable_run])
-    assert unregistered == 2
-    assert "pass --agent MODULE:AGENT" in capsys.readouterr().err
+    monkeypatch.setattr("agents.cli._agents.entry_points", lambda group: [])  # none registered
+    unknown = tmp_path / "unknown.html"
+    assert main(["report", "analysis-1", "-o", str(unknown), *durable_run]) == 0
+    assert "without its graph: the run's agent is not registered" in capsys.readouterr().out
+    assert "is not known where this report was written" in unknown.read_text()
+    assert "model_request" in unknown.read_text()  # the timeline, the steps: all but the graph
     (tmp_path / "durable_mod.py").write_text(
         "from agents import DurableAgent\nfrom agents.examples.durable_analyst import analyst\n"
         "from storage import open_store\n"
@@ -241,7 +252,8 @@ def test_a_durable_agents_run_is_reported_by_the_cli(
             page = tmp_path / f"{spec.replace(':', '-')}.html"
             args = ["report", "analysis-1", "--agent", spec, "-o", str(page), *durable_run]
             assert main(args) == 0
-            assert "analysis-1" in page.read_text() and "model_request" in page.read_text()
+            drawn = page.read_text()
+            assert "analysis-1" in drawn and "model_request" in drawn and "not known" not in drawn
     finally:
         sys.path.remove(str(tmp_path))
         sys.modules.pop("durable_mod", None)
