@@ -107,31 +107,35 @@ async def demo(args: argparse.Namespace) -> int:
     agent = with_model(analyst, args.model)
     async with opened(args) as store:
         code, run = await start_and_drive(store, agent, {"dataset": DEMO_DATASET}, args)
-    from storage.redis import redact
-
-    store_arg = f" --store {redact(args.store)}" if args.store else ""
-    rid = shown(run.run_id)
     if run.status == "done":
         out.print()
         out.print(shown_text(str(run.memory.report)))
     elif run.status == "failed":
-        out.print(
-            f"\nThe run stopped at {shown(run.state)!r}; continue it with:"
-            f"  agentfsm resume {rid}{shown(store_arg)}"
-        )
-    out.print(
-        f"\nstored in {shown(redact(store_url(args)))}"
-        + ("" if args.store or os.environ.get("AGENTFSM_STORE") else " (the default store)")
-        + f"; try next:\n  agentfsm history {rid}{shown(store_arg)}      # one line per commit"
-        f"\n  agentfsm show {rid}{shown(store_arg)}         # state, status and memory"
-        f"\n  agentfsm report {rid} -o {rid}.html{shown(store_arg)}   # the run as a web page"
-        + (
-            "\n  agentfsm demo --fail-at detect   # a run that fails, then `agentfsm resume` it"
-            if not args.fail_at
-            else ""
-        )
-    )
+        again = shown(command_line("resume", run.run_id, args))
+        out.print(f"\nThe run stopped at {shown(run.state)!r}; continue it with:  {again}")
+    out.print(_what_next(run.run_id, args))
     return code
+
+
+def _what_next(run_id: str, args: argparse.Namespace) -> str:
+    """Where the demo's run is stored, and the commands a newcomer tries next."""
+    from storage.redis import redact
+
+    url = store_url(args)
+    where = shown(redact(url))
+    if url.startswith("memory://"):
+        return f"\nstored in {where}: gone with this process (leave out --store to keep it)"
+    default = "" if args.store or os.environ.get("AGENTFSM_STORE") else " (the default store)"
+    lines = [f"\nstored in {where}{default}; try next:"]
+    for command, extra, what in [
+        ("history", "", "one line per commit"),
+        ("show", "", "state, status and memory"),
+        ("report", f" -o {run_id}.html", "the run as a web page"),
+    ]:
+        lines.append(f"  {shown(command_line(command, run_id + extra, args)):<60} # {what}")
+    if not args.fail_at:
+        lines.append(f"  {'agentfsm demo --fail-at detect':<60} # a run that fails, to resume")
+    return "\n".join(lines)
 
 
 def shown_text(text: str) -> str:

@@ -145,7 +145,9 @@ async def test_sigterm_hands_runs_back_and_a_second_signal_exits_at_once(
     assert (await queue.waiting(["chain"]))["chain"] >= len(unfinished)  # handed back
 
     hasty = worker(url, effects, "hasty", sleep=0.4)
-    await asyncio.sleep(1.5)
+    assert hasty.stdout is not None  # its "serving" line comes once its signal handlers are set
+    assert "serving" in await asyncio.to_thread(hasty.stdout.readline)
+    await asyncio.sleep(1.5)  # claiming runs: steps in flight
     hasty.send_signal(signal.SIGTERM)
     await asyncio.sleep(0.05)
     hasty.send_signal(signal.SIGTERM)
