@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 __all__ = ["ANSWER_WITHIN", "opened", "store_url"]
 
-ANSWER_WITHIN = 2.5
+ANSWER_WITHIN = 2.0
 """Seconds a Redis server has to answer a PING before the command gives up on it."""
 
 

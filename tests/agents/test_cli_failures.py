@@ -152,7 +152,7 @@ def test_a_store_that_does_not_answer_is_named_with_the_way_out(
     assert done.stdout == ""  # nothing before it: no "serving" line, no table
     [line] = done.stderr.strip().splitlines()
     assert f"the store {url} (from $AGENTFSM_STORE) does not answer" in line
-    why = "no answer within 2.5 s" if server == "silent" else "connection refused: nothing listens"
+    why = "no answer within 2 s" if server == "silent" else "connection refused: nothing listens"
     assert why in line
     assert "start it (for example `redis-server`)" in line and "AGENTFSM_STORE" in line
 
