@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 import sqlite3
+import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from pathlib import Path
@@ -22,6 +23,7 @@ from storage import (
     StoreUnavailable,
     open_store,
 )
+from storage._checkpoint import Checkpointer
 from storage.embedded import SCHEMA_VERSION
 
 from .test_conformance import event, new_run
@@ -242,3 +244,27 @@ async def test_open_store_without_a_url_uses_the_environment_then_the_default(
     await default.create(new_run())
     await default.close()
     assert (tmp_path / ".agentfsm" / "store.db").is_file()
+
+
+async def test_commits_leave_wal_checkpoints_to_a_thread_of_their_own(tmp_path: Path) -> None:
+    store = EmbeddedStore(tmp_path / "store.db")
+    assert store.connection.execute("PRAGMA wal_autocheckpoint").fetchone() == (0,)
+    await store.close()
+
+
+def test_the_checkpoint_thread_checkpoints_when_due(tmp_path: Path) -> None:
+    db = tmp_path / "other.db"
+    with closing(sqlite3.connect(db)) as raw:
+        raw.execute("PRAGMA journal_mode=WAL")
+        raw.execute("CREATE TABLE t (x)")
+        raw.execute("INSERT INTO t VALUES (1)")
+        raw.commit()
+        checkpoints = Checkpointer(str(db), every=2)
+        checkpoints.due()
+        assert checkpoints.done == 0  # not due yet
+        checkpoints.due()
+        give_up = time.monotonic() + 30
+        while checkpoints.done == 0 and time.monotonic() < give_up:  # wait for the thread
+            time.sleep(0.01)
+        checkpoints.stop()
+        assert checkpoints.done == 1
