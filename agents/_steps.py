@@ -219,6 +219,10 @@ def tool(
     `timeout` (seconds) bounds each try. `max_visits` caps how often the transition fires
     in one run (a loop's way out): one more sends the run to its failure state.
     `on_error` names the state to go to when this step gives up (default: the agent's).
+    A sync `fn` runs in a worker thread with `in_thread=True`, inline on the event loop with
+    `in_thread=False`; by default in a thread until its calls have shown they are short
+    (under a millisecond), then inline, and always in a thread when it has a `timeout`.
+    Give `in_thread=True` to a function that is quick but may block on I/O now and then.
     """
     what = f"tool step {trigger!r}"
     if not callable(fn):
