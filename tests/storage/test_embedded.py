@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 import sqlite3
 import time
@@ -19,6 +20,7 @@ from storage import (
     Lease,
     LeaseHeld,
     LeaseLost,
+    RunStatus,
     StorageError,
     StoreUnavailable,
     open_store,
@@ -268,3 +270,30 @@ def test_the_checkpoint_thread_checkpoints_when_due(tmp_path: Path) -> None:
             time.sleep(0.01)
         checkpoints.stop()
         assert checkpoints.done == 1
+
+
+async def test_a_commit_writes_only_the_pages_it_must(tmp_path: Path) -> None:
+    # WAL frames are whole pages; the checkpoints are on their own thread, far apart, so the
+    # WAL only grows here. A commit that keeps the status writes the run row, the event and
+    # the key (no index on updated_at, no status index); one that changes it, also the
+    # status index.
+    path = tmp_path / "store.db"
+    store = EmbeddedStore(path)
+    await store.create(new_run())
+    lease = await leased(store, "w1")
+    page: int = store.connection.execute("PRAGMA page_size").fetchone()[0]
+
+    async def pages_written(seq: int, status: RunStatus) -> int:
+        before = _size(f"{path}-wal")
+        e = dataclasses.replace(event(seq), status=status)
+        assert await store.commit("run-1", expected_seq=seq - 1, token=lease.token, event=e)
+        return (_size(f"{path}-wal") - before) // (page + 24)  # a frame: 24-byte header + page
+
+    assert await pages_written(1, "running") == 3
+    assert await pages_written(2, "waiting") == 4
+    assert await pages_written(3, "waiting") == 3
+    await store.close()
+
+
+def _size(path: str) -> int:
+    return Path(path).stat().st_size
