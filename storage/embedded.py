@@ -386,7 +386,10 @@ class EmbeddedStore:
         try:
             db.execute("INSERT INTO keys VALUES (?, ?, ?)", (run_id, event.key, seq))
         except sqlite3.IntegrityError:  # the key was committed at another seq; nothing written
-            return Duplicate(seq=self._committed_at(run_id, event.key) or 0)
+            done = self._committed_at(run_id, event.key)
+            if done is None:  # another constraint failed
+                raise
+            return Duplicate(seq=done)
         values = (seq, event.dest, event.ended_at or time.time(), event.deadline, event.version,
                   event.expires_at, run_id)  # fmt: skip
         if cur[2] == event.status:
