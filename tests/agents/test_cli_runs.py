@@ -84,8 +84,14 @@ def test_demo_show_and_history_on_the_embedded_default(tmp_path: Path) -> None:
     assert demo.returncode == 0, demo.stderr
     assert "offline" in demo.stdout and "Anomalies flagged: 48.7" in demo.stdout
     assert (tmp_path / ".agentfsm" / "store.db").exists()
+    assert "stored in sqlite:///.agentfsm/store.db (the default store); try next:" in demo.stdout
+    for then in ("agentfsm history d1", "agentfsm show d1", "agentfsm demo --fail-at detect"):
+        assert then in demo.stdout
     show = agentfsm("show", "d1", cwd=tmp_path)
     assert show.returncode == 0 and "status   done" in show.stdout and '"anomalies"' in show.stdout
+    at_the_end = agentfsm("show", "d1", "--at", "5", cwd=tmp_path)
+    memory = show.stdout[show.stdout.index("memory\n") :]
+    assert at_the_end.stdout[at_the_end.stdout.index("memory\n") :] == memory  # same order
     history = agentfsm("history", "d1", cwd=tmp_path)
     assert history.returncode == 0
     for trigger in ("plan", "calculate", "interpret", "detect", "report"):
