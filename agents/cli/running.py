@@ -289,3 +289,31 @@ async def fork(args: argparse.Namespace) -> int:
         f" {shown(run.state)} ({run.status}); go on with: agentfsm resume {shown(run.run_id)}"
     )
     return EXIT_DONE
+
+
+@commands.command(
+    "approve",
+    "approve (or deny) a tool call a waiting DurableAgent run deferred for approval",
+    arg("run_id", metavar="RUN_ID"),
+    arg("call_id", metavar="CALL_ID", help="the tool call id (a wrong one is refused, naming those that wait)"),
+    arg("--deny", metavar="MESSAGE", help="deny the call; the model is told MESSAGE"),
+    arg("--args", metavar="JSON", help="approve it with these arguments instead of the model's"),
+)
+async def approve(args: argparse.Namespace) -> int:
+    from agents import approve_tool_call
+
+    if args.deny is not None and args.args is not None:
+        raise UsageProblem("give --deny or --args, not both")
+    edited = json_input(args.args, "--args") if args.args is not None else None
+    if edited is not None and not isinstance(edited, dict):
+        raise UsageProblem("--args must be a JSON object of the tool's arguments")
+    async with opened(args) as store:
+        event = await approve_tool_call(
+            store, args.run_id, args.call_id, args=edited, deny=args.deny
+        )
+    verdict = "denied" if args.deny is not None else "approved"
+    out.print(
+        f"{verdict} call {shown(args.call_id)} of run {shown(args.run_id)} (seq {event.seq});"
+        f" the run goes on when it is run again: DurableAgent.run(run_id={args.run_id!r})"
+    )
+    return EXIT_DONE
