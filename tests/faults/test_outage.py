@@ -4,7 +4,7 @@
   with its AOF: runs submitted before the outage, during it (they fail to submit, with a
   clear error) and after it all finish, and no worker process exits. The outage lasts 12 s
   (30 s with `--full`): the worker's backoff is capped at 5 s and a call's retries at about
-  7 s, so 12 s already covers several capped pauses and failed calls, as 30 s does.
+  5 s, so 12 s already covers several capped pauses and failed calls, as 30 s does.
 - A TCP server that accepts connections and never answers: opening the store and a CLI
   command end with a clear `StoreUnavailable` (exit 2) instead of hanging.
 """
@@ -119,7 +119,7 @@ async def test_a_silent_server_is_a_clear_error_not_a_hang(silent_port: int) -> 
     with pytest.raises(StoreUnavailable) as caught:
         await store.load("anything")
     assert "accepted the connection but did not answer in time" in str(caught.value)
-    assert time.monotonic() - started < 60  # generous: the bound (about 8 s) is in the docs
+    assert time.monotonic() - started < 60  # generous: the bound (about 6 s) is in the docs
     await store.close()
 
 
