@@ -1,14 +1,27 @@
 """Agents on durable state machines: `Agent`, the step kinds, the CLI and example agents.
 
 This is agentfsm's `agents` package (not openai-agents').
+
+The names below are imported on first use (PEP 562), so that `agents.cli` can answer
+`agentfsm --help` without importing pydantic-ai.
 """
 
-from ._agent import Agent
-from ._durable import DurableAgent, DurableRunFailed, DurableRunResult, StepPolicy, idempotency_key
-from ._llm import llm
-from ._report import render_report, report_html
-from ._steps import tool, wait
-from ._tool_calls import tool_calls
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._agent import Agent
+    from ._durable import (
+        DurableAgent,
+        DurableRunFailed,
+        DurableRunResult,
+        StepPolicy,
+        idempotency_key,
+    )
+    from ._llm import llm
+    from ._report import render_report, report_html
+    from ._steps import tool, wait
+    from ._tool_calls import tool_calls
 
 __all__ = [
     "Agent",
@@ -25,6 +38,26 @@ __all__ = [
     "wait",
 ]
 
-for _name in __all__:
-    globals()[_name].__module__ = __name__
-del _name
+_WHERE = {
+    "Agent": "_agent",
+    "DurableAgent": "_durable",
+    "DurableRunFailed": "_durable",
+    "DurableRunResult": "_durable",
+    "StepPolicy": "_durable",
+    "idempotency_key": "_durable",
+    "llm": "_llm",
+    "render_report": "_report",
+    "report_html": "_report",
+    "tool": "_steps",
+    "wait": "_steps",
+    "tool_calls": "_tool_calls",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(f"{__name__}.{_WHERE[name]}"), name)
+    value.__module__ = __name__
+    globals()[name] = value
+    return value

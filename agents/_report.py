@@ -27,8 +27,9 @@ __all__ = ["render_report", "report_html"]
 _esc = html.escape
 
 
-async def render_report(agent: Machine[Any], store: Store, run_id: str) -> str:
-    """The HTML report of the stored run `run_id` of `agent` (raises `RunNotFound`)."""
+async def render_report(agent: Machine[Any] | None, store: Store, run_id: str) -> str:
+    """The HTML report of the stored run `run_id` of `agent` (raises `RunNotFound`); with
+    `agent=None`, everything but the graph (which needs the agent's table)."""
     record = await store.load(run_id)
     if record is None:
         raise RunNotFound(run_id)
@@ -36,13 +37,45 @@ async def render_report(agent: Machine[Any], store: Store, run_id: str) -> str:
 
 
 def report_html(
-    machine: Machine[Any], record: RunRecord, events: Sequence[Event], *, svg: bool = True
+    machine: Machine[Any] | None,
+    record: RunRecord,
+    events: Sequence[Event],
+    *,
+    svg: bool = True,
 ) -> str:
     """The HTML report of a run, from its record and events (reads nothing).
 
     With `svg=False`, or when Graphviz's `dot` is not installed, the graph is shown as
-    Mermaid text instead of a picture.
+    Mermaid text instead of a picture; with `machine=None` (the agent is not known), it is
+    left out, saying how to get it.
     """
+    title = f"run {record.run_id} of {record.agent} v{record.version}"
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{_esc(title)}</title>",
+        f"<style>{_CSS}</style>",
+        "</head><body><main>",
+        _header(record, events),
+        _graph(machine, record, events, svg=svg),
+        _timeline(machine, events),
+        _steps(machine, events),
+        "</main></body></html>",
+    ]
+    return "\n".join(parts) + "\n"
+
+
+def _graph(
+    machine: Machine[Any] | None, record: RunRecord, events: Sequence[Event], *, svg: bool
+) -> str:
+    if machine is None:
+        return (
+            '<section><h2>Graph</h2><p class="note">The agent '
+            f"<code>{_esc(record.agent)}</code> is not known where this report was written, so"
+            " its graph is not drawn: <code>agentfsm report RUN_ID --agent MODULE:AGENT</code>"
+            " (or registering the agent) draws it.</p></section>"
+        )
     graph = machine.graph(run=record, events=events)
     picture = ""
     if svg:
@@ -57,27 +90,13 @@ def report_html(
             " it into any Mermaid renderer.</p>"
             f'<pre class="code">{_esc(graph.mermaid())}</pre>'
         )
-    title = f"run {record.run_id} of {machine.name} v{machine.version}"
-    parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>{_esc(title)}</title>",
-        f"<style>{_CSS}</style>",
-        "</head><body><main>",
-        _header(machine, record, events),
-        '<section><h2>Graph</h2><figure class="graph">',
-        picture,
-        "</figure>",
+    return (
+        '<section><h2>Graph</h2><figure class="graph">' + picture + "</figure>"
         '<p class="legend"><span class="key current">current state</span>'
         '<span class="key taken">taken (&times;&#8239;times)</span>'
         '<span class="key failed">failed step</span>'
-        "<span>edge labels: trigger · step kind, [guard] or route</span></p></section>",
-        _timeline(machine, events),
-        _steps(machine, events),
-        "</main></body></html>",
-    ]
-    return "\n".join(parts) + "\n"
+        "<span>edge labels: trigger · step kind, [guard] or route</span></p></section>"
+    )
 
 
 def _inline_svg(svg: str) -> str:
@@ -119,7 +138,7 @@ def _json(value: Any, indent: str = "") -> str:
     return "[\n" + ",\n".join(f"{inner}{_json(v, inner)}" for v in value) + f"\n{indent}]"
 
 
-def _model(machine: Machine[Any], e: Event) -> str:
+def _model(machine: Machine[Any] | None, e: Event) -> str:
     """The model that answered: from the response messages, else the LLM step's label."""
     for message in reversed(e.messages):
         if isinstance(message, dict) and message.get("kind") == "response":
@@ -127,7 +146,7 @@ def _model(machine: Machine[Any], e: Event) -> str:
             if isinstance(name, str) and name:
                 return name
     step_kind = (e.error or {}).get("step") if e.kind == "error" else e.kind
-    if step_kind != "llm":
+    if step_kind != "llm" or machine is None:
         return ""
     for t in machine.table.out.get(e.source, ()):
         if t.trigger == e.trigger and t.step is not None:
@@ -135,7 +154,7 @@ def _model(machine: Machine[Any], e: Event) -> str:
     return ""
 
 
-def _header(machine: Machine[Any], record: RunRecord, events: Sequence[Event]) -> str:
+def _header(record: RunRecord, events: Sequence[Event]) -> str:
     usage = [e.usage or {} for e in events]
     requests = sum(u.get("requests", 0) for u in usage)
     tokens_in = sum(u.get("input_tokens", 0) for u in usage)
@@ -143,7 +162,7 @@ def _header(machine: Machine[Any], record: RunRecord, events: Sequence[Event]) -
     steps = sum(1 for e in events if e.kind not in ("start", "control"))
     failures = sum(1 for e in events if e.kind == "error")
     facts = [
-        ("agent", f"{machine.name} v{record.version}"),
+        ("agent", f"{record.agent} v{record.version}"),
         ("state", record.state),
         ("status", record.status),
         ("commits", str(record.seq)),
@@ -158,11 +177,26 @@ def _header(machine: Machine[Any], record: RunRecord, events: Sequence[Event]) -
     return (
         f'<header><h1>Run <code>{_esc(record.run_id)}</code> <span class="status'
         f' {_esc(record.status)}">{_esc(record.status)}</span></h1>'
+        f"{_failure(record, events)}"
         f'<dl class="facts">{cells}</dl></header>'
     )
 
 
-def _timeline(machine: Machine[Any], events: Sequence[Event]) -> str:
+def _failure(record: RunRecord, events: Sequence[Event]) -> str:
+    """For a failed run, first of all: the step that failed it and its error."""
+    if record.status != "failed":
+        return ""
+    failed = next((e for e in reversed(events) if e.kind == "error" and e.error), None)
+    if failed is None or failed.error is None:
+        return ""
+    return (
+        f'<p class="failure">✗ step <b>{_esc(failed.trigger)}</b> failed'
+        f' (<a href="#seq-{failed.seq}">seq {failed.seq}</a>, attempt {failed.attempt}):'
+        f" {_esc(str(failed.error.get('type')))}: {_esc(str(failed.error.get('message')))}</p>"
+    )
+
+
+def _timeline(machine: Machine[Any] | None, events: Sequence[Event]) -> str:
     rows = []
     for e in events:
         error = f' <span class="error">{_esc(str(e.error.get("type")))}</span>' if e.error else ""
@@ -181,7 +215,7 @@ def _timeline(machine: Machine[Any], events: Sequence[Event]) -> str:
     )
 
 
-def _steps(machine: Machine[Any], events: Sequence[Event]) -> str:
+def _steps(machine: Machine[Any] | None, events: Sequence[Event]) -> str:
     memory: dict[str, JsonValue] = {}
     cards = []
     for e in events:
@@ -341,6 +375,8 @@ a { color: var(--blue); text-decoration: none; }
 .move { font-weight: 400; color: #374151; margin-left: 6px; }
 .meta { font-weight: 400; color: var(--grey); font-size: 12px; margin-left: 8px; }
 .error { color: var(--red); font-weight: 600; }
+.failure { color: var(--red); background: #fdecea; border-radius: 6px; padding: 8px 12px;
+  margin: 0 0 12px; overflow-wrap: anywhere; }
 .muted { color: var(--grey); margin: 6px 0; }
 .code { background: #f8fafc; border: 1px solid var(--line); border-radius: 6px; padding: 8px 10px;
   max-height: 360px; overflow: auto; }

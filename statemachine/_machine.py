@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import secrets
 import uuid
 from collections.abc import Mapping, Sequence
@@ -37,6 +38,7 @@ from .errors import (
 __all__ = ["DEFAULT_MAX_MEMORY", "Machine"]
 
 M = TypeVar("M", bound=BaseModel)
+_log = logging.getLogger("agentfsm")
 
 DEFAULT_MAX_MEMORY = 16 * 2**20
 """Bytes of JSON a run's memory may take by default: 16 MiB."""
@@ -397,9 +399,24 @@ class Machine(Generic[M]):
         run_id: str | None = None,
     ) -> Run[M]:
         """Start (or find) a run and drive it until it is done, failed or waiting, in one call:
-        `await agent.run(store, memory, run_id="r1")`."""
+        `await agent.run(store, memory, run_id="r1")`.
+
+        A run of that id that had failed before is returned as it is, with a warning on the
+        "agentfsm" logger saying why and how to retry it (`run.error` holds the reason).
+        """
         run = await self.start(store, memory, run_id=run_id)
-        return await run.until_done()
+        failed_before = run.status == "failed"
+        await run.until_done()
+        if failed_before:  # nothing ran: a script run again must not just print "failed"
+            error = run.error or {}
+            _log.warning(
+                "run %r had failed before this call, at step %r (%s: %s); nothing ran."
+                " Retry it from there with `await run.retry()` then `await run.until_done()`"
+                " (or `agentfsm retry %s --agent MODULE:AGENT`), or start a new run_id",
+                run.run_id, error.get("trigger"), error.get("type"), error.get("message"),
+                run.run_id,
+            )  # fmt: skip
+        return run
 
     def run_sync(
         self,

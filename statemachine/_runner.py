@@ -227,6 +227,18 @@ class Run(Generic[M]):
         """The run as last committed (or loaded)."""
         return self._record
 
+    @property
+    def error(self) -> dict[str, JsonValue] | None:
+        """Why a failed run failed: the last error event's "type", "message", "attempt",
+        "step" kind, "trigger" and "seq" (known once `until_done()` returned); None when the
+        run is not failed."""
+        if self.status != "failed" or not self._events:
+            return None
+        failed = next((e for e in reversed(self._events) if e.error), None)
+        if failed is None:
+            return None
+        return {**(failed.error or {}), "trigger": failed.trigger, "seq": failed.seq}
+
     async def history(self, from_seq: int = 0) -> list[Event]:
         """The committed events of this run, in order."""
         return await self.store.history(self.run_id, from_seq)
@@ -287,6 +299,8 @@ class Run(Generic[M]):
                     on_event(event)
         finally:
             await self.release(quiet=True)
+        if self.status == "failed":  # read once, so that `error` can say why
+            await self._load_events()
         return self
 
     async def step(self) -> Event | None:

@@ -84,8 +84,14 @@ def test_demo_show_and_history_on_the_embedded_default(tmp_path: Path) -> None:
     assert demo.returncode == 0, demo.stderr
     assert "offline" in demo.stdout and "Anomalies flagged: 48.7" in demo.stdout
     assert (tmp_path / ".agentfsm" / "store.db").exists()
+    assert "stored in sqlite:///.agentfsm/store.db (the default store); try next:" in demo.stdout
+    for then in ("agentfsm history d1", "agentfsm show d1", "agentfsm demo --fail-at detect"):
+        assert then in demo.stdout
     show = agentfsm("show", "d1", cwd=tmp_path)
     assert show.returncode == 0 and "status   done" in show.stdout and '"anomalies"' in show.stdout
+    at_the_end = agentfsm("show", "d1", "--at", "5", cwd=tmp_path)
+    memory = show.stdout[show.stdout.index("memory\n") :]
+    assert at_the_end.stdout[at_the_end.stdout.index("memory\n") :] == memory  # same order
     history = agentfsm("history", "d1", cwd=tmp_path)
     assert history.returncode == 0
     for trigger in ("plan", "calculate", "interpret", "detect", "report"):
@@ -166,13 +172,12 @@ def test_a_due_timeout_is_fired_by_another_process(store_url: str, tmp_path: Pat
     started = agentfsm("run", spec, "--run-id", run_id, "--input", "{}", *store, cwd=tmp_path)
     assert started.returncode == 3, started.stderr  # waiting for a reply
     deadline = asyncio.run(stored_deadline(store_url, run_id))
-    asked = time.time()
     early = agentfsm("timeouts", "--agent", spec, *store, cwd=tmp_path)
     assert early.returncode == 0, early.stderr
     if time.time() < deadline:  # on a busy machine the deadline may pass meanwhile
         assert "fired 0 due timeout(s)" in early.stdout
     listed = agentfsm("runs", "--status", "waiting", *store, cwd=tmp_path)
-    if asked < deadline:
+    if "fired 0 due timeout(s)" in early.stdout:  # still waiting
         row = next(line for line in listed.stdout.splitlines() if run_id in line)
         assert row.split()[-2:] != ["-", "-"]  # a deadline is shown
     time.sleep(max(deadline - time.time(), 0) + 0.05)  # until it is due: a deadline, not a race

@@ -19,7 +19,7 @@ from agents.examples import data_analyst
 from agents.examples._offline import offline_model
 from agents.examples.approval import Reply, approval
 from storage import Store, open_store
-from tests.programs import require_program
+from tests.programs import require_programs
 from tests.statemachine.test_draw import require_dot
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -185,8 +185,13 @@ def png_info(data: bytes) -> tuple[int, int, Iterator[bytes]]:
 
 
 def screenshot(page: Path, png: Path, width: int, height: int) -> bytes:
-    """Headless Chromium's picture of `page`, with nothing reaching the network."""
-    chromium = require_program("chromium", "apt-get install chromium", "the report screenshot test")
+    """Headless Chromium's picture of `page` (the graph drawn by Graphviz's `dot`), with
+    nothing reaching the network."""
+    chromium, _ = require_programs(
+        ("chromium", "apt-get install chromium"),
+        ("dot", "apt-get install graphviz, or brew install graphviz"),
+        needed_by="the report screenshot test",
+    )
     profile = png.parent / "chromium-profile"
     done = subprocess.run(
         [chromium, "--headless", "--no-sandbox", "--disable-gpu",
@@ -200,7 +205,6 @@ def screenshot(page: Path, png: Path, width: int, height: int) -> bytes:
 
 
 def test_headless_chromium_draws_the_report(report: str, tmp_path: Path) -> None:
-    require_dot()
     page = tmp_path / "report.html"
     page.write_text(report, encoding="utf-8")
     shot = screenshot(page, tmp_path / "shot.png", 1280, 2000)

@@ -45,9 +45,14 @@ class CountingStore(RedisStore):
     the server acknowledged (`Committed`, or `Duplicate`: applied on an earlier send)."""
 
     def __init__(
-        self, client: aioredis.Redis, *, prefix: str = "agentfsm", where: str = "redis"
+        self,
+        client: aioredis.Redis,
+        *,
+        prefix: str = "agentfsm",
+        where: str = "redis",
+        reconnect: Callable[[], aioredis.Redis] | None = None,
     ) -> None:
-        super().__init__(client, prefix=prefix, where=where)
+        super().__init__(client, prefix=prefix, where=where, reconnect=reconnect)
         self.outcomes: Counter[str] = Counter()
         self.acknowledged: set[str] = set()
 

@@ -28,6 +28,7 @@ import pytest
 from storage import RedisStore
 from storage.queue import RunQueue
 
+from ..keys import plain
 from ..redis_server import RedisServer
 from .storm_agent import STEPS, TRIGGERS, Storm, storm
 
@@ -182,14 +183,16 @@ async def test_crash_storm(
         history = await store.history(run_id)
         assert [e.seq for e in history] == list(range(STEPS + 1)), run_id
         steps = history[1:]
-        assert [e.key for e in steps] == [f"{run_id}:{i}:{t}" for i, t in enumerate(TRIGGERS)]
+        assert [e.key for e in steps] == [
+            f"{run_id}:{record.nonce}:{i}:{t}" for i, t in enumerate(TRIGGERS)
+        ]
         assert [e.kind for e in steps] == ["tool" if t[0] == "t" else "llm" for t in TRIGGERS]
         assert all(e.error is None for e in steps), run_id
         # A run whose holder was killed goes on in another worker: the step it was in (or
         # the next one) counts the dead holder in its attempt.
         resumed_runs += len({e.worker for e in steps}) > 1 or any(e.attempt > 1 for e in steps)
         for e in steps:
-            committer[e.key] = pid_of(e.worker)
+            committer[plain(e.key)] = pid_of(e.worker)
             crashed_attempts += e.attempt - 1
             if e.kind == "llm":
                 assert e.usage is not None and e.usage["requests"] == 1, e
@@ -198,7 +201,10 @@ async def test_crash_storm(
 
     # Every side effect applied once; every extra execution was a killed worker's step.
     raw = await outside.hgetall(f"{prefix}:execs")
-    execs = {str(k): int(n) for k, n in raw.items()}
+    # Tools apply under ctx.idempotency_key, LLM steps under a key their prompt spells
+    # without the nonce: compare them without it.
+    written = {plain(str(k)): str(k) for k in raw}
+    execs = {plain(str(k)): int(n) for k, n in raw.items()}
     assert set(execs) == set(committer)  # nothing ran that was not committed, nothing lost
     applied = int(await outside.get(f"{prefix}:applied") or 0)
     absorbed = int(await outside.get(f"{prefix}:absorbed") or 0)
@@ -206,7 +212,7 @@ async def test_crash_storm(
     assert applied == len(committer) == size.runs * STEPS
     assert absorbed == sum(n - 1 for n in reexecuted.values())
     for key in reexecuted:
-        pids = [int(p) for p in await outside.lrange(f"{prefix}:pids:{key}", 0, -1)]
+        pids = [int(p) for p in await outside.lrange(f"{prefix}:pids:{written[key]}", 0, -1)]
         assert pids[-1] == committer[key], (key, pids)
         assert set(pids[:-1]) <= pool.killed, (key, pids, pool.killed)
 
