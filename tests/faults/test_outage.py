@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -133,7 +134,7 @@ def test_the_cli_against_a_silent_server_exits_2_with_a_clear_message(
     )  # fmt: skip
     assert done.returncode == 2, done.stderr
     message = " ".join(done.stderr.split())
-    assert "did not answer in time" in message and "socket_timeout" in message
+    assert re.search(r"d(oes|id) not answer", message) and f"127.0.0.1:{silent_port}" in message
 
 
 @pytest.mark.redis
