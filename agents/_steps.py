@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import time
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -53,24 +55,76 @@ def apply_output(memory: M, value: Any, into: str | None, update: Reducer | None
     return memory
 
 
+INLINE_BELOW = 0.001
+"""Seconds: a sync tool (default placement) whose calls take less than this runs inline."""
+SHORT_CALLS_FIRST = 3
+"""Calls in a row under INLINE_BELOW, in the worker thread, before a sync tool runs inline."""
+
+
+@dataclass(kw_only=True, slots=True)
+class Placement:
+    """Where a sync tool with the default placement runs, learnt from its calls in this process.
+
+    In a worker thread at first, so that a slow function cannot stall the event loop (and the
+    lease renewals on it). Once SHORT_CALLS_FIRST calls in a row each took under INLINE_BELOW,
+    inline on the loop: a hop to a thread and back costs ~40-170 µs on a busy 2-core machine,
+    far more than such a call, and a call that short cannot delay a renewal that comes every
+    ttl/3 seconds. A call that runs inline and takes INLINE_BELOW or longer sends the tool back
+    to the thread for good, so the loop stalls for a long call at most once per tool.
+    """
+
+    short_calls: int = 0
+    pinned: bool = False
+    """Sent back to the thread for good."""
+
+    @property
+    def inline(self) -> bool:
+        return not self.pinned and self.short_calls >= SHORT_CALLS_FIRST
+
+    def took(self, seconds: float, *, inline: bool) -> None:
+        if seconds < INLINE_BELOW:
+            self.short_calls += 1
+        elif inline:
+            self.pinned = True
+        else:
+            self.short_calls = 0
+
+
+_PLACEMENTS: weakref.WeakKeyDictionary[Callable[..., Any], Placement] = weakref.WeakKeyDictionary()
+"""One `Placement` per function, shared by every step that runs it (a chain of steps may
+call one function once each)."""
+
+
+def placement_of(fn: Callable[..., Any]) -> Placement:
+    """The `Placement` of `fn`, shared by all its steps in this process."""
+    key = getattr(fn, "__func__", fn)  # a bound method: its function
+    try:
+        return _PLACEMENTS.setdefault(key, Placement())
+    except TypeError:  # cannot be weakly referenced (a builtin): a placement of its own
+        return Placement()
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class ToolStep:
     """A Python function as a step: `fn(memory)` or `fn(memory, ctx)`, sync or async.
 
-    Sync functions run in a worker thread by default, so a slow one does not stall the
-    event loop (and with it the lease renewal); `in_thread=False` runs them inline.
+    Sync functions run where `in_thread` says: True in a worker thread, False inline on the
+    event loop; None (the default) in a worker thread until they have shown that they are
+    short, then inline (see `Placement`). With a `timeout`, the default is the thread, where
+    an overrunning call does not hold up the loop.
     """
 
     fn: Callable[..., Any]
     into: str | None
     update: Reducer | None
     policy: RetryPolicy
-    in_thread: bool
+    in_thread: bool | None
     takes_ctx: bool
     is_async: bool
     routes: bool = False
     """The function returns the name of the route to take."""
     kind: str = "tool"
+    placement: Placement = field(default_factory=Placement, compare=False, repr=False)
 
     @property
     def label(self) -> str:
@@ -84,15 +138,42 @@ class ToolStep:
         args = (memory, ctx) if self.takes_ctx else (memory,)
         if self.is_async:
             value = await self.fn(*args)
-        elif self.in_thread:
-            value = await asyncio.to_thread(self.fn, *args)
-        else:
+        elif self.in_thread is None and self.policy.timeout is None:
+            value = await self._run_placed(args)
+        elif self.in_thread is False:
             value = self.fn(*args)
+        else:
+            value = await asyncio.to_thread(self.fn, *args)
         new = apply_output(memory, value, self.into, self.update)
         route = value if self.routes and isinstance(value, str) else None
         # With into=, the value is already in the event's memory patch: record it once.
         output = None if new is value or self.into is not None else value
         return StepResult(memory=new, output=output, route=route)
+
+    async def _run_placed(self, args: tuple[Any, ...]) -> Any:
+        """Run the sync function where its `Placement` says, and time the call."""
+        placement = self.placement
+        clock = time.perf_counter
+        if placement.inline:
+            start = clock()
+            try:
+                return self.fn(*args)
+            finally:
+                placement.took(clock() - start, inline=True)
+        took: list[float] = []
+
+        def timed() -> Any:
+            start = clock()
+            try:
+                return self.fn(*args)
+            finally:
+                took.append(clock() - start)
+
+        try:
+            return await asyncio.to_thread(timed)
+        finally:
+            if took:  # not when cancelled before the thread ran it
+                placement.took(took[0], inline=False)
 
 
 def _arity(fn: Callable[..., Any], what: str) -> bool:
@@ -126,7 +207,7 @@ def tool(
     timeout: float | None = None,
     backoff: float = 0.5,
     retry_on: tuple[type[BaseException], ...] = (Exception,),
-    in_thread: bool = True,
+    in_thread: bool | None = None,
     max_visits: int | None = None,
     on_error: str | None = None,
     crash_retries: int | None = None,
@@ -141,6 +222,10 @@ def tool(
     often the transition fires in one run (a loop's way out): one more sends the run to its
     failure state.
     `on_error` names the state to go to when this step gives up (default: the agent's).
+    A sync `fn` runs in a worker thread with `in_thread=True`, inline on the event loop with
+    `in_thread=False`; by default in a thread until its calls have shown they are short
+    (under a millisecond), then inline, and always in a thread when it has a `timeout`.
+    Give `in_thread=True` to a function that is quick but may block on I/O now and then.
     """
     what = f"tool step {trigger!r}"
     if not callable(fn):
@@ -161,6 +246,7 @@ def tool(
             crash_retries=crash_retries,
         ),
         in_thread=in_thread,
+        placement=placement_of(fn),
         takes_ctx=_arity(fn, what),
         is_async=inspect.iscoroutinefunction(fn),
         routes=bool(routes),

@@ -89,14 +89,15 @@ async def measure(url: str, out: Path, runs: int, steps: int, concurrency: int, 
 
     print("ready", flush=True)
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
-    started = time.time()
+    started, cpu_started = time.time(), time.process_time()
     await asyncio.gather(*(drive() for _ in range(min(concurrency, runs))))
-    ended = time.time()
+    ended, cpu_ended = time.time(), time.process_time()
     await store.close()
     result: dict[str, Any] = {
         "commits": len(samples),
         "first_at": started,
         "last_at": ended,
+        "cpu": cpu_ended - cpu_started,
         "steps_ns": samples,
     }
     await asyncio.to_thread(out.write_text, json.dumps(result))

@@ -50,6 +50,9 @@ class TimedWorker(Worker):
         self.first_at = 0.0
         self.last_at = 0.0
         """Wall clock (`time.time`) of the first and the last commit seen by this process."""
+        self.cpu_first = 0.0
+        """CPU time of this process (`time.process_time`, a system call: read once) at the
+        first commit; `serve` reads it again when the worker stops (it idles after its last)."""
         self.peak = 0
         """The most runs this process drove at once (its jobs in flight, at each commit)."""
         self._last: dict[str, int] = {}
@@ -76,7 +79,7 @@ class TimedWorker(Worker):
             self.steps_ns.append(gap)
         wall = time.time()
         if not self.commits:
-            self.first_at = wall
+            self.first_at, self.cpu_first = wall, time.process_time()
         self.last_at = wall
         self.commits += 1
         held = len(self._jobs)
@@ -92,9 +95,15 @@ async def serve(url: str, out: Path, concurrency: int, name: str | None) -> None
         loop.add_signal_handler(signum, worker.stop)
     try:
         # Open the pool's connections first, as a long-running worker has them: redis-py
-        # spends ~0.8 ms of CPU creating each one (see bench/README.md).
-        await asyncio.gather(*(store.client.ping() for _ in range(concurrency)))
+        # spends ~0.8 ms of CPU creating each one (see bench/README.md). Held all at once, so
+        # that `concurrency` connections are made (PINGs in parallel reuse a few).
+        client: Any = store.client  # standalone: it has a pool
+        pool = client.connection_pool
+        held = [await pool.get_connection() for _ in range(concurrency)]
+        for connection in held:
+            await pool.release(connection)
         await worker.run()
+        cpu_end = time.process_time()
     finally:
         await store.close()
     result: dict[str, Any] = {
@@ -103,6 +112,7 @@ async def serve(url: str, out: Path, concurrency: int, name: str | None) -> None
         "driven": worker.driven,
         "first_at": worker.first_at,
         "last_at": worker.last_at,
+        "cpu": cpu_end - worker.cpu_first,
         "peak": worker.peak,
         "steps_ns": worker.steps_ns,
         "first_ns": worker.first_ns,

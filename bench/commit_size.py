@@ -267,9 +267,13 @@ async def bench_embedded(
         frame = 24 + int(page_size)
 
         async def checkpoint(db: sqlite3.Connection = db, path: Path = path) -> None:
-            busy, _, _ = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-            if busy:
-                raise RuntimeError(f"{path}: the WAL checkpoint was blocked by a reader")
+            # The store's own checkpoint thread may be checkpointing right now: try again.
+            for _ in range(500):
+                busy, _, _ = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+                if not busy:
+                    return
+                await asyncio.sleep(0.01)
+            raise RuntimeError(f"{path}: the WAL checkpoint was blocked by a reader")
 
         async def probe(run_id: str, wal: Path = wal, frame: int = frame) -> dict[str, float]:
             body = max(_file_size(wal) - 32, 0)  # the 32-byte WAL header is written once

@@ -38,7 +38,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as `python3 bench/throughput.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._redis import redis_for
+from bench._redis import markdown_table, redis_for
 from bench.commit_overhead import machine
 from storage import RedisStore
 from storage.queue import RunQueue
@@ -73,6 +73,14 @@ class Phase:
     first_ns: list[int] = field(default_factory=list)
     peaks: list[int] = field(default_factory=list)
     beat_peaks: list[int] = field(default_factory=list)
+    cpu: float = 0.0
+    """CPU seconds of the phase's processes over their busy window."""
+    redis_cpu: float = 0.0
+    """CPU seconds redis-server used meanwhile (`INFO cpu`)."""
+    busy: float = 0.0
+    """CPU seconds the whole machine used meanwhile (/proc/stat), all processes."""
+    metered: float = 1.0
+    """Seconds over which `redis_cpu` and `busy` were measured."""
 
     @property
     def rate(self) -> float:
@@ -114,6 +122,32 @@ def _finish(procs: Sequence[subprocess.Popen[str]], logs: Sequence[Path], what: 
             proc.communicate()
         if proc.returncode != 0:
             raise RuntimeError(f"{what} exited with {proc.returncode}: {log.read_text()[-3000:]}")
+
+
+class CpuMeter:
+    """CPU seconds used by redis-server (`INFO cpu`) and by the whole machine (/proc/stat)
+    between `start()` and `stop()`."""
+
+    def __init__(self, store: RedisStore) -> None:
+        self.store = store
+        self.redis = self.busy = self.wall = 0.0
+
+    async def _redis(self) -> float:
+        info: dict[str, Any] = await self.store.client.info("cpu")
+        return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+    @staticmethod
+    def _machine() -> float:
+        jiffies = [int(f) for f in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
+        busy = sum(jiffies) - jiffies[3] - jiffies[4]  # all but idle and iowait
+        return busy / os.sysconf("SC_CLK_TCK")
+
+    async def start(self) -> None:
+        self.redis, self.busy, self.wall = await self._redis(), self._machine(), time.time()
+
+    async def stop(self) -> None:
+        self.redis, self.busy = await self._redis() - self.redis, self._machine() - self.busy
+        self.wall = time.time() - self.wall
 
 
 async def _clear(store: RedisStore, own_server: bool) -> None:
@@ -174,6 +208,8 @@ async def workers_phase(
         pipe = store.client.pipeline(transaction=True)
         for run_id in ids:
             pipe.xadd(key, {"run": run_id, "kind": "run"})  # what RunQueue.enqueue adds
+        meter = CpuMeter(store)
+        await meter.start()
         queued_at = time.time()
         await pipe.execute()
         # Done when every job is acknowledged (a worker deletes the entries it acknowledges).
@@ -189,6 +225,7 @@ async def workers_phase(
                         beat_peaks[beat.name] = max(beat_peaks[beat.name], len(beat.holding))
                 next_look = time.monotonic() + 0.25
             await asyncio.sleep(0.02)
+        await meter.stop()
     except BaseException:
         for w in workers:
             w.kill()
@@ -220,6 +257,10 @@ async def workers_phase(
         first_ns=[x for r in reports for x in r["first_ns"]],
         peaks=[int(r["peak"]) for r in reports],
         beat_peaks=list(beat_peaks.values()),
+        cpu=sum(float(r["cpu"]) for r in reports),
+        redis_cpu=meter.redis,
+        busy=meter.busy,
+        metered=meter.wall,
     )
 
 
@@ -251,12 +292,14 @@ async def baseline_phase(
         )
         for n, (out, log) in enumerate(zip(outs, logs, strict=True))
     ]
+    meter = CpuMeter(store := RedisStore.from_url(f"{url}?prefix={prefix}"))
     try:
         for proc in raws:  # each has created its runs and taken their leases
             assert proc.stdout is not None
             line = await asyncio.to_thread(proc.stdout.readline)
             if line.strip() != "ready":
                 raise RuntimeError("a baseline process did not get ready")
+        await meter.start()
         for proc in raws:
             assert proc.stdin is not None
             proc.stdin.write("go\n")
@@ -267,11 +310,11 @@ async def baseline_phase(
                 proc.stdin.close()
                 proc.stdin = None
         await asyncio.to_thread(_finish, raws, logs, "a baseline process")
+    await meter.stop()
     reports = [json.loads(out.read_text()) for out in outs]
     commits = sum(int(r["commits"]) for r in reports)
     if commits != procs * runs * steps:
         raise RuntimeError(f"{commits} baseline commits, not {procs * runs * steps}")
-    store = RedisStore.from_url(f"{url}?prefix={prefix}")
     await _clear(store, own_server)
     await store.close()
     return Phase(
@@ -279,6 +322,10 @@ async def baseline_phase(
         seconds=max(float(r["last_at"]) for r in reports)
         - min(float(r["first_at"]) for r in reports),
         steps_ns=[x for r in reports for x in r["steps_ns"]],
+        cpu=sum(float(r["cpu"]) for r in reports),
+        redis_cpu=meter.redis,
+        busy=meter.busy,
+        metered=meter.wall,
     )
 
 
@@ -321,6 +368,45 @@ def report(res: Results, processes: Sequence[int]) -> list[str]:
 
     rule = "|" + "|".join("-" * (w + 1) + ":" for w in widths) + "|"
     return [fmt(head), rule, *(fmt(b) for b in body)]
+
+
+def cpu_report(res: Results, processes: Sequence[int]) -> list[str]:
+    """Where the CPU went, per transition and in cores, and the ceiling it puts on scaling."""
+    cores = os.cpu_count() or 1
+    head = ["processes", "side", "their CPU µs/transition", "redis-server CPU µs/transition",
+            "cores busy: theirs", "redis-server", "everything else", "machine"]  # fmt: skip
+    body = []
+    for p in processes:
+        for side, phases in (("workers", res.workers[p]), ("baseline", res.baseline[p])):
+            per = [(ph.cpu / ph.commits, ph.redis_cpu / ph.commits) for ph in phases]
+            use = [(ph.cpu / ph.seconds, ph.redis_cpu / ph.metered, ph.busy / ph.metered)
+                   for ph in phases]  # fmt: skip
+            mine = statistics.median(u[0] for u in use)
+            red = statistics.median(u[1] for u in use)
+            busy = statistics.median(u[2] for u in use)
+            body.append([
+                str(p), side, f"{statistics.median(x[0] for x in per) * 1e6:,.0f}",
+                f"{statistics.median(x[1] for x in per) * 1e6:,.0f}", f"{mine:.2f}", f"{red:.2f}",
+                f"{max(busy - mine - red, 0):.2f}", f"{busy:.2f} of {cores}",
+            ])  # fmt: skip
+    lines = markdown_table(head, body).splitlines()
+    if 1 in processes and 2 in processes:
+        one, two = res.workers[1], res.workers[2]
+        rate1 = statistics.median(w.rate for w in one)
+        rate2 = statistics.median(w.rate for w in two)
+        cpu2 = statistics.median((w.cpu + w.redis_cpu) / w.commits for w in two)
+        others = statistics.median(
+            max(w.busy / w.metered - w.cpu / w.seconds - w.redis_cpu / w.metered, 0) for w in two
+        )
+        ceiling = (cores - others) / cpu2
+        lines.append("")
+        lines.append(
+            f"- 2 worker processes: a transition costs {cpu2 * 1e6:,.0f} µs of CPU (workers +"
+            f" redis-server); with {cores} cores less {others:.2f} busy with everything else,"
+            f" that caps them at {ceiling:,.0f}/s = x{ceiling / rate1:.2f} over 1 process"
+            f" ({rate1:,.0f}/s); measured {rate2:,.0f}/s = x{rate2 / rate1:.2f}"
+        )
+    return lines
 
 
 def verdicts(res: Results, processes: Sequence[int]) -> list[str]:
@@ -410,6 +496,8 @@ async def bench(url: str, args: argparse.Namespace, *, own_server: bool) -> None
                     )
     print()
     print("\n".join(report(res, processes)))
+    print()
+    print("\n".join(cpu_report(res, processes)))
     print()
     print("\n".join(verdicts(res, processes)))
     print(f"\ntotal time {time.perf_counter() - t_start:.1f} s")

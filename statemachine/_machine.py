@@ -8,14 +8,13 @@ import logging
 import secrets
 import uuid
 from collections.abc import Mapping, Sequence
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from pydantic import BaseModel, JsonValue, ValidationError
 
-from storage import Event, RedisStore, RunRecord, RunStatus, Store
+from storage import Event, RunRecord, RunStatus, Store
 from storage.base import check_run_id
 from storage.errors import Unstorable
-from storage.queue import RunQueue
 
 from ._draw import Graph, draw
 from ._migrate import Migration, check_migrations, needs_upgrade, upgrade
@@ -34,6 +33,9 @@ from .errors import (
     RunTakenOver,
     VersionMismatch,
 )
+
+if TYPE_CHECKING:
+    from storage.queue import RunQueue
 
 __all__ = ["DEFAULT_MAX_MEMORY", "Machine"]
 
@@ -466,6 +468,9 @@ def _stored_size(fields: Mapping[str, JsonValue], where: str) -> int:
 
 
 def _queue(store: Store) -> RunQueue:
+    from storage import RedisStore  # loaded here: `statemachine` imports no Redis code
+    from storage.queue import RunQueue
+
     if not isinstance(store, RedisStore):
         raise TypeError(
             f"the run queue lives in Redis: workers need a RedisStore, not {type(store).__name__}"

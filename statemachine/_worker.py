@@ -25,12 +25,14 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from storage import CorruptData, Event, RedisStore, StorageError, StoreUnavailable
-from storage.queue import Job, RunQueue, WorkerBeat
+from storage import CorruptData, Event, StorageError, StoreUnavailable
 
 from .errors import InvalidPayload, NotDue, RunError, RunLocked, RunNotFound, RunTakenOver
 
 if TYPE_CHECKING:
+    from storage import RedisStore
+    from storage.queue import Job
+
     from ._machine import Machine
     from ._runner import Run
 
@@ -69,6 +71,9 @@ class Worker:
         poll: float = 1.0,
         on_event: Callable[[Run[Any], Event], object] | None = None,
     ) -> None:
+        from storage import RedisStore  # Redis code is loaded when a worker is made, not before
+        from storage.queue import RunQueue
+
         if not isinstance(store, RedisStore):
             raise TypeError(
                 f"workers share runs through Redis: give a RedisStore, not {type(store).__name__}"
@@ -234,6 +239,8 @@ class Worker:
 
     async def _beat(self) -> None:
         """Heartbeat, and touch the jobs in flight so nobody reclaims them."""
+        from storage.queue import WorkerBeat
+
         await self.queue.beat(
             WorkerBeat(
                 name=self.name,

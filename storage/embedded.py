@@ -15,6 +15,8 @@ Tables (one row per thing, so a commit writes what changed, not the whole memory
     keys     (run_id, key)  -> seq           idempotency keys
 
 `PRAGMA user_version` holds the schema version; a file of another version is refused.
+A commit runs one read and the writes it must (the run row, the event, the key, the patch);
+WAL checkpoints run on a thread of their own (`_checkpoint.py`), not inside a commit.
 Lease expiry is on the machine's monotonic clock, which every process of one boot shares,
 kept with the boot's id (`lease_boot`): a step of the wall clock cannot make a live holder's
 lease look expired, and a lease of an earlier boot is expired (its holder is gone). Where the
@@ -34,6 +36,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import JsonValue
 
+from ._checkpoint import Checkpointer
 from ._codec import dump_event, dump_json, load_event, load_json, run_from_fields
 from ._process import boot_id, provably_dead
 from ._sqlite_trouble import busy, unwritable
@@ -59,10 +62,13 @@ P = ParamSpec("P")
 T = TypeVar("T")
 Synchronous: TypeAlias = Literal["NORMAL", "FULL"]
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 _QUERY_INDEXES = [
-    "CREATE INDEX runs_by_agent ON runs (agent, updated_at)",
-    "CREATE INDEX runs_by_status ON runs (status, updated_at)",
+    # On columns a commit rarely changes, so that most commits write no index page: the
+    # status index only when the status changes (the commit leaves `status` out of its
+    # UPDATE otherwise), the agent index never. Listings sort what they pick by updated_at.
+    "CREATE INDEX runs_by_agent ON runs (agent)",
+    "CREATE INDEX runs_by_status ON runs (status)",
     "CREATE INDEX runs_by_expiry ON runs (expires_at) WHERE expires_at IS NOT NULL",
 ]
 _SCHEMA = [
@@ -75,7 +81,6 @@ _SCHEMA = [
         deadline REAL, expires_at REAL, nonce TEXT NOT NULL DEFAULT '',
         lease_boot TEXT NOT NULL DEFAULT ''
     )""",
-    "CREATE INDEX runs_by_update ON runs (updated_at)",
     "CREATE INDEX runs_by_deadline ON runs (deadline) WHERE deadline IS NOT NULL",
     *_QUERY_INDEXES,
     """CREATE TABLE memory (
@@ -95,18 +100,36 @@ _UPGRADES = {
         "ALTER TABLE runs ADD COLUMN deadline REAL",
         "CREATE INDEX runs_by_deadline ON runs (deadline) WHERE deadline IS NOT NULL",
     ],
-    2: [
+    2: [  # version 3: retention, queries
         "ALTER TABLE runs ADD COLUMN expires_at REAL",
-        *_QUERY_INDEXES,
-    ],  # version 3: retention, queries
+        "CREATE INDEX runs_by_agent ON runs (agent, updated_at)",
+        "CREATE INDEX runs_by_status ON runs (status, updated_at)",
+        "CREATE INDEX runs_by_expiry ON runs (expires_at) WHERE expires_at IS NOT NULL",
+    ],
     3: [  # version 4: run nonces; leases on the monotonic clock (wall-clock ones lapse)
         "ALTER TABLE runs ADD COLUMN nonce TEXT NOT NULL DEFAULT ''",
         "ALTER TABLE runs ADD COLUMN lease_boot TEXT NOT NULL DEFAULT ''",
         "UPDATE runs SET lease_expires = 0",
     ],
+    4: [  # version 5: no index on updated_at, which every commit changes
+        "DROP INDEX runs_by_update",
+        "DROP INDEX runs_by_agent",
+        "DROP INDEX runs_by_status",
+        "CREATE INDEX runs_by_agent ON runs (agent)",
+        "CREATE INDEX runs_by_status ON runs (status)",
+    ],
 }
 """Statements that take a file of schema version N to N + 1."""
+_SET_RUN = ("seq = ?, state = ?, updated_at = ?, crashes = 0, deadline = ?,"
+            " version = coalesce(?, version), expires_at = coalesce(?, expires_at)")  # fmt: skip
+_UPDATE_RUN = f"UPDATE runs SET {_SET_RUN} WHERE run_id = ?"
+"""A commit that leaves the status as it is (so the status index is not touched)."""
+_UPDATE_RUN_STATUS = f"UPDATE runs SET status = ?, {_SET_RUN} WHERE run_id = ?"
 _SELECT_RUN = f"SELECT run_id, {', '.join(_RUN_COLUMNS)} FROM runs"
+_INSERT_RUN = (
+    f"INSERT INTO runs (run_id, {', '.join(_RUN_COLUMNS)})"
+    f" VALUES ({', '.join('?' * (len(_RUN_COLUMNS) + 1))}) ON CONFLICT (run_id) DO NOTHING"
+)
 _BUSY_TIMEOUT = 5.0
 """Seconds to wait for another process's write lock before giving up."""
 
@@ -149,6 +172,10 @@ class EmbeddedStore:
             self._use_wal()
             self._db.execute(f"PRAGMA synchronous={synchronous}")
             self._migrate()
+            self._checkpoints: Checkpointer | None = None
+            if self._path != ":memory:":
+                self._db.execute("PRAGMA wal_autocheckpoint=0")  # done off the loop, below
+                self._checkpoints = Checkpointer(self._path, timeout=_BUSY_TIMEOUT)
         except sqlite3.Error as exc:
             self._db.close()
             why = unwritable(self._path, str(exc))
@@ -297,14 +324,13 @@ class EmbeddedStore:
     def _write_run(self, run: RunRecord, events: Sequence[Event]) -> bool:
         """Insert a run with its memory and events, unless it exists (then write nothing)."""
         db = self._db
-        if db.execute("SELECT 1 FROM runs WHERE run_id = ?", (run.run_id,)).fetchone():
-            return False
-        db.execute(
-            f"INSERT INTO runs (run_id, {', '.join(_RUN_COLUMNS)})"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        inserted = db.execute(
+            _INSERT_RUN,
             (run.run_id, run.agent, run.version, run.state, run.seq, run.status, run.created_at,
              run.updated_at, run.holder, run.crashes, run.deadline, run.nonce, run.expires_at),
         )  # fmt: skip
+        if inserted.rowcount != 1:  # it exists: write nothing
+            return False
         db.executemany(
             "INSERT INTO memory (run_id, name, json) VALUES (?, ?, ?)",
             [
@@ -354,60 +380,65 @@ class EmbeddedStore:
     ) -> CommitOutcome:
         if event.seq != expected_seq + 1:
             raise ValueError(f"event seq {event.seq} does not follow expected seq {expected_seq}")
-        return self._transaction(
+        outcome = self._transaction(
             f"commit to run {run_id!r}", "BEGIN IMMEDIATE", self._commit, run_id, expected_seq,
             token, event,
         )  # fmt: skip
+        if self._checkpoints is not None:
+            self._checkpoints.due()
+        return outcome
 
     def _commit(self, run_id: str, expected_seq: int, token: int, event: Event) -> CommitOutcome:
-        # Every check before the first write, in the order of commit.lua.
+        # One read, then only the writes: the run row, the event, the key, the patch.
         db = self._db
-        done = db.execute(
-            "SELECT seq FROM keys WHERE run_id = ? AND key = ?", (run_id, event.key)
+        cur = db.execute(
+            "SELECT seq, fence, status FROM runs WHERE run_id = ?", (run_id,)
         ).fetchone()
-        if done is not None:
-            return Duplicate(seq=int(done[0]))
-        cur = db.execute("SELECT seq, fence FROM runs WHERE run_id = ?", (run_id,)).fetchone()
-        if cur is None:
-            raise KeyError(run_id)
-        if cur[1] != token:
-            return LeaseLost()
-        if cur[0] != expected_seq:
-            return Conflict(current_seq=int(cur[0]))
+        if cur is None or cur[1] != token or cur[0] != expected_seq:
+            # Refused: say why in the order of commit.lua (duplicate, missing, lease, seq).
+            done = self._committed_at(run_id, event.key)
+            if done is not None:
+                return Duplicate(seq=done)
+            if cur is None:
+                raise KeyError(run_id)
+            return LeaseLost() if cur[1] != token else Conflict(current_seq=int(cur[0]))
         seq = expected_seq + 1
-        db.execute(
-            "UPDATE runs SET seq = ?, state = ?, status = ?, updated_at = ?, crashes = 0,"
-            " deadline = ? WHERE run_id = ?",
-            (
-                seq,
-                event.dest,
-                event.status,
-                event.ended_at or time.time(),
-                event.deadline,
-                run_id,
-            ),
-        )
-        db.executemany(
-            "INSERT INTO memory (run_id, name, json) VALUES (?, ?, ?)"
-            " ON CONFLICT (run_id, name) DO UPDATE SET json = excluded.json",
-            [
-                (run_id, name, dump_json(value, f"memory field {name!r}"))
-                for name, value in event.patch.items()
-            ],
-        )
-        if event.version is not None:
-            db.execute("UPDATE runs SET version = ? WHERE run_id = ?", (event.version, run_id))
-        if event.expires_at is not None:
-            db.execute(
-                "UPDATE runs SET expires_at = ? WHERE run_id = ?", (event.expires_at, run_id)
+        try:
+            db.execute("INSERT INTO keys VALUES (?, ?, ?)", (run_id, event.key, seq))
+        except sqlite3.IntegrityError:  # the key was committed at another seq; nothing written
+            done = self._committed_at(run_id, event.key)
+            if done is None:  # another constraint failed
+                raise
+            return Duplicate(seq=done)
+        values = (seq, event.dest, event.ended_at or time.time(), event.deadline, event.version,
+                  event.expires_at, run_id)  # fmt: skip
+        if cur[2] == event.status:
+            db.execute(_UPDATE_RUN, values)
+        else:
+            db.execute(_UPDATE_RUN_STATUS, (event.status, *values))
+        if event.patch:
+            db.executemany(
+                "INSERT INTO memory (run_id, name, json) VALUES (?, ?, ?)"
+                " ON CONFLICT (run_id, name) DO UPDATE SET json = excluded.json",
+                [
+                    (run_id, name, dump_json(value, f"memory field {name!r}"))
+                    for name, value in event.patch.items()
+                ],
             )
-        db.executemany(
-            "DELETE FROM memory WHERE run_id = ? AND name = ?",
-            [(run_id, name) for name in event.dropped],
-        )
+        if event.dropped:
+            db.executemany(
+                "DELETE FROM memory WHERE run_id = ? AND name = ?",
+                [(run_id, name) for name in event.dropped],
+            )
         db.execute("INSERT INTO events VALUES (?, ?, ?)", (run_id, seq, dump_event(event)))
-        db.execute("INSERT INTO keys VALUES (?, ?, ?)", (run_id, event.key, seq))
         return Committed(seq=seq)
+
+    def _committed_at(self, run_id: str, key: str) -> int | None:
+        """The seq that idempotency key `key` was committed at, if it was."""
+        row = self._db.execute(
+            "SELECT seq FROM keys WHERE run_id = ? AND key = ?", (run_id, key)
+        ).fetchone()
+        return None if row is None else int(row[0])
 
     async def history(
         self, run_id: str, from_seq: int = 0, to_seq: int | None = None
@@ -528,6 +559,8 @@ class EmbeddedStore:
         return [str(run_id) for (run_id,) in rows]
 
     async def close(self) -> None:
+        if self._checkpoints is not None:
+            self._checkpoints.stop()
         with self._lock:
             self._db.close()
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import ast
 import dataclasses
 import importlib
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -65,3 +67,15 @@ def test_public_dataclasses_are_frozen_and_keyword_only(package: str) -> None:
             assert all(f.kw_only for f in dataclasses.fields(obj)), (
                 f"{package}.{name} is not kw_only"
             )
+
+
+def test_statemachine_imports_no_redis_code() -> None:
+    # A fresh interpreter: in this one, other tests have loaded redis long ago.
+    probe = (
+        "import sys, statemachine; print(sorted(m for m in sys.modules"
+        " if m.split('.')[0] == 'redis' or m in ('storage.redis', 'storage.queue')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert out == "[]", f"importing statemachine loaded {out}"

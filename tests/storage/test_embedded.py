@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 import sqlite3
+import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from pathlib import Path
@@ -18,10 +20,12 @@ from storage import (
     Lease,
     LeaseHeld,
     LeaseLost,
+    RunStatus,
     StorageError,
     StoreUnavailable,
     open_store,
 )
+from storage._checkpoint import Checkpointer
 from storage.embedded import SCHEMA_VERSION
 
 from .test_conformance import event, new_run
@@ -242,3 +246,54 @@ async def test_open_store_without_a_url_uses_the_environment_then_the_default(
     await default.create(new_run())
     await default.close()
     assert (tmp_path / ".agentfsm" / "store.db").is_file()
+
+
+async def test_commits_leave_wal_checkpoints_to_a_thread_of_their_own(tmp_path: Path) -> None:
+    store = EmbeddedStore(tmp_path / "store.db")
+    assert store.connection.execute("PRAGMA wal_autocheckpoint").fetchone() == (0,)
+    await store.close()
+
+
+def test_the_checkpoint_thread_checkpoints_when_due(tmp_path: Path) -> None:
+    db = tmp_path / "other.db"
+    with closing(sqlite3.connect(db)) as raw:
+        raw.execute("PRAGMA journal_mode=WAL")
+        raw.execute("CREATE TABLE t (x)")
+        raw.execute("INSERT INTO t VALUES (1)")
+        raw.commit()
+        checkpoints = Checkpointer(str(db), every=2)
+        checkpoints.due()
+        assert checkpoints.done == 0  # not due yet
+        checkpoints.due()
+        give_up = time.monotonic() + 30
+        while checkpoints.done == 0 and time.monotonic() < give_up:  # wait for the thread
+            time.sleep(0.01)
+        checkpoints.stop()
+        assert checkpoints.done == 1
+
+
+async def test_a_commit_writes_only_the_pages_it_must(tmp_path: Path) -> None:
+    # WAL frames are whole pages; the checkpoints are on their own thread, far apart, so the
+    # WAL only grows here. A commit that keeps the status writes the run row, the event and
+    # the key (no index on updated_at, no status index); one that changes it, also the
+    # status index.
+    path = tmp_path / "store.db"
+    store = EmbeddedStore(path)
+    await store.create(new_run())
+    lease = await leased(store, "w1")
+    page: int = store.connection.execute("PRAGMA page_size").fetchone()[0]
+
+    async def pages_written(seq: int, status: RunStatus) -> int:
+        before = _size(f"{path}-wal")
+        e = dataclasses.replace(event(seq), status=status)
+        assert await store.commit("run-1", expected_seq=seq - 1, token=lease.token, event=e)
+        return (_size(f"{path}-wal") - before) // (page + 24)  # a frame: 24-byte header + page
+
+    assert await pages_written(1, "running") == 3
+    assert await pages_written(2, "waiting") == 4
+    assert await pages_written(3, "waiting") == 3
+    await store.close()
+
+
+def _size(path: str) -> int:
+    return Path(path).stat().st_size
