@@ -78,13 +78,13 @@ log = logging.getLogger("agentfsm.storage")
 DEFAULT_MAX_CONNECTIONS = 500
 """Connections a standalone store's pool opens at most (per process)."""
 
-DEFAULT_SOCKET_TIMEOUT = 4.0
+DEFAULT_SOCKET_TIMEOUT = 3.0
 """Seconds a command waits for its reply (`?socket_timeout=`)."""
 DEFAULT_CONNECT_TIMEOUT = 2.0
 """Seconds a connection attempt waits (`?socket_connect_timeout=`)."""
-DEFAULT_RETRY_FOR = 7.0
+DEFAULT_RETRY_FOR = 5.0
 """Seconds within which failed calls are tried again (`?retry_for=`): no new try starts
-after it, so an unreachable or silent server fails a call in about 8 s at most."""
+after it, so an unreachable or silent server fails a call in about 6 s at most."""
 PREFIX_ALPHABET = "letters, digits, _ . - (1-64 of them, starting with a letter or digit)"
 _PREFIX = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _OUR_OPTIONS = ("prefix", "retries", "retry_for")
@@ -141,11 +141,11 @@ class RedisStore:
         *,
         prefix: str = "agentfsm",
         where: str = "redis",
-        reconnect: Callable[[], Client] | None = None,
     ) -> None:
         self._prefix = check_prefix(prefix)
         self._where = where
-        self._reconnect = reconnect
+        self._reconnect: Callable[[], Client] | None = None
+        """How to make a new client (for a new event loop): known for stores from a URL."""
         self._bound = _Bound.of(client)
         self._checked = False
 
@@ -189,14 +189,14 @@ class RedisStore:
     @classmethod
     def from_url(cls, url: str, *, prefix: str = "agentfsm", retries: int = 8) -> RedisStore:
         """Connect lazily to `url`, retrying connection errors and timeouts with jittered
-        exponential backoff, for about 7 s in all (`?retry_for=`) or `retries` tries.
+        exponential backoff, for about 5 s in all (`?retry_for=`) or `retries` tries.
 
         `redis://host:port/db`, `rediss://` (TLS), `unix:///path.sock`; a Redis Cluster with
         `redis+cluster://host:port` or `rediss+cluster://` (any node: the others are found
         from it). A `?prefix=NAME` query sets the key prefix (it wins over `prefix`).
-        A command waits `?socket_timeout=` seconds for its reply (default 4), a connection
+        A command waits `?socket_timeout=` seconds for its reply (default 3), a connection
         attempt `?socket_connect_timeout=` (default 2): a server that accepts connections
-        but never answers fails a call with `StoreUnavailable` in about 8 s.
+        but never answers fails a call with `StoreUnavailable` in about 6 s.
 
         Connections come from a pool of at most `?max_connections=` (default 500); when all
         are busy, a command waits for one (up to 20 s) instead of failing, so a process may
@@ -240,7 +240,9 @@ class RedisStore:
                 pool.max_connections = DEFAULT_MAX_CONNECTIONS
             return aioredis.Redis.from_pool(pool)  # closing the client closes the pool
 
-        return cls(connect(), prefix=prefix, where=where, reconnect=connect)
+        store = cls(connect(), prefix=prefix, where=where)
+        store._reconnect = connect
+        return store
 
     @property
     def client(self) -> Client:
@@ -267,9 +269,9 @@ class RedisStore:
     ) -> Any:
         """Await `op`, turning redis-py's errors into ours. Replies are `Any`: with
         `decode_responses=True` they are str, which redis-py's types cannot express."""
-        if not self._checked:
-            await self._check_server(what)
         try:
+            if not self._checked:
+                await self._check_server()
             return await op()
         except UnicodeDecodeError as exc:  # decode_responses: bytes we did not write
             raise CorruptData(
@@ -306,7 +308,7 @@ class RedisStore:
             )
         return StoreUnavailable(f"cannot reach Redis at {self._where} to {what}: {exc}")
 
-    async def _check_server(self, what: str) -> None:
+    async def _check_server(self) -> None:
         """Once per store: warn when the server's settings can lose or evict runs. Reads
         `INFO` (ACL users may be allowed it when `CONFIG` is denied); skipped when refused."""
         self._checked = True
@@ -315,9 +317,9 @@ class RedisStore:
             persistence = _info_of(await self._client.info("persistence"))
         except NoPermissionError:
             return
-        except (RedisConnectionError, RedisTimeoutError) as exc:
-            self._checked = False  # try again with the next call
-            raise self._unavailable(what, exc) from None
+        except (RedisConnectionError, RedisTimeoutError):
+            self._checked = False  # try again with the next call; this one fails as it
+            raise
         except RedisError as exc:
             log.debug("could not read INFO from Redis at %s: %s", self._where, exc)
             return
@@ -646,9 +648,13 @@ class RedisStore:
         return keys
 
     async def _scan(self, pattern: str) -> AsyncIterator[str]:
+        if not self._checked:
+            await self._call("scan keys", _nothing)
         try:
             async for key in self._client.scan_iter(match=pattern, count=1000):
                 yield key
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            raise self._unavailable("scan keys", exc) from None
         except RedisError as exc:
             raise StorageError(f"Redis at {self._where} refused to scan keys: {exc}") from None
 
@@ -893,6 +899,10 @@ def _run_fields(run: RunRecord) -> list[Any]:
     for name, value in run.memory.items():
         fields += [f"m:{name}", dump_json(value, f"memory field {name!r}")]
     return fields
+
+
+async def _nothing() -> None:
+    """An operation that does nothing (for `_call` to check the server first)."""
 
 
 def _glob(text: str) -> str:

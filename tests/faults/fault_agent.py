@@ -45,14 +45,9 @@ class CountingStore(RedisStore):
     the server acknowledged (`Committed`, or `Duplicate`: applied on an earlier send)."""
 
     def __init__(
-        self,
-        client: aioredis.Redis,
-        *,
-        prefix: str = "agentfsm",
-        where: str = "redis",
-        reconnect: Callable[[], aioredis.Redis] | None = None,
+        self, client: aioredis.Redis, *, prefix: str = "agentfsm", where: str = "redis"
     ) -> None:
-        super().__init__(client, prefix=prefix, where=where, reconnect=reconnect)
+        super().__init__(client, prefix=prefix, where=where)
         self.outcomes: Counter[str] = Counter()
         self.acknowledged: set[str] = set()
 

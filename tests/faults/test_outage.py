@@ -4,7 +4,7 @@
   with its AOF: runs submitted before the outage, during it (they fail to submit, with a
   clear error) and after it all finish, and no worker process exits. The outage lasts 12 s
   (30 s with `--full`): the worker's backoff is capped at 5 s and a call's retries at about
-  7 s, so 12 s already covers several capped pauses and failed calls, as 30 s does.
+  5 s, so 12 s already covers several capped pauses and failed calls, as 30 s does.
 - A TCP server that accepts connections and never answers: opening the store and a CLI
   command end with a clear `StoreUnavailable` (exit 2) instead of hanging.
 """
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -53,6 +54,14 @@ async def started(store: RedisStore, ids: list[str]) -> None:
         await asyncio.sleep(0.05)
 
 
+async def said_back(logs: list[Path]) -> None:
+    """Until each worker has logged that the store is back (within its backoff cap)."""
+    give_up = time.monotonic() + 60
+    while not all("the store is back after" in log.read_text() for log in logs):
+        assert time.monotonic() < give_up, [log.read_text()[-500:] for log in logs]
+        await asyncio.sleep(0.1)
+
+
 async def all_done(store: RedisStore, ids: list[str], within: float) -> None:
     give_up = time.monotonic() + within
     while True:
@@ -88,6 +97,7 @@ async def test_a_worker_fleet_rides_out_a_redis_outage(
         during = await chain.submit(store, Chain(), run_id="during")  # submitted again
         await all_done(store, [*before, during, *after], within=120)
         assert [w.poll() for w in fleet] == [None] * len(fleet), "a worker exited"
+        await said_back(logs)  # a worker may still be in its backoff pause: not stopped in it
         for run_id in [*before, during, *after]:
             history = await store.history(run_id)
             assert [e.seq for e in history] == list(range(STEPS + 1)), run_id
@@ -119,7 +129,7 @@ async def test_a_silent_server_is_a_clear_error_not_a_hang(silent_port: int) -> 
     with pytest.raises(StoreUnavailable) as caught:
         await store.load("anything")
     assert "accepted the connection but did not answer in time" in str(caught.value)
-    assert time.monotonic() - started < 60  # generous: the bound (about 8 s) is in the docs
+    assert time.monotonic() - started < 60  # generous: the bound (about 6 s) is in the docs
     await store.close()
 
 
@@ -133,7 +143,7 @@ def test_the_cli_against_a_silent_server_exits_2_with_a_clear_message(
     )  # fmt: skip
     assert done.returncode == 2, done.stderr
     message = " ".join(done.stderr.split())
-    assert "did not answer in time" in message and "socket_timeout" in message
+    assert re.search(r"d(oes|id) not answer", message) and f"127.0.0.1:{silent_port}" in message
 
 
 @pytest.mark.redis

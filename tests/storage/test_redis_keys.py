@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+
 import pytest
 from redis.asyncio import Redis
 
 from storage import RedisStore, open_store
 from storage.queue import RunQueue
+
+from ..redis_server import RedisServer
 
 
 @pytest.mark.redis
@@ -74,3 +79,22 @@ def test_good_url_options_are_taken() -> None:
     assert isinstance(store.client, Redis)
     kwargs = store.client.connection_pool.connection_kwargs
     assert kwargs["socket_timeout"] == 0.5 and kwargs["db"] == 3
+
+
+@pytest.mark.redis
+async def test_unsafe_server_settings_are_warned_about_once(
+    redis_factory: type[RedisServer], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = redis_factory(tmp_path / "lru").start()  # no AOF: appendonly no
+    raw = Redis.from_url(server.url)
+    await raw.config_set("maxmemory-policy", "allkeys-lru")
+    await raw.aclose()
+    caplog.set_level(logging.WARNING, logger="agentfsm.storage")
+    for _ in range(2):  # a second store on the same server says nothing new
+        store = RedisStore.from_url(server.url, prefix="settings")
+        assert await store.load("x") is None
+        await store.close()
+    said = [r.getMessage() for r in caplog.records if r.name == "agentfsm.storage"]
+    assert len(said) == 2, said
+    assert any("maxmemory-policy is allkeys-lru" in m and "noeviction" in m for m in said)
+    assert any("appendonly is no" in m and "appendonly yes" in m for m in said)
