@@ -295,7 +295,7 @@ async def fork(args: argparse.Namespace) -> int:
     "approve",
     "approve (or deny) a tool call a waiting DurableAgent run deferred for approval",
     arg("run_id", metavar="RUN_ID"),
-    arg("call_id", metavar="CALL_ID", help="the tool call id (a wrong one is refused, naming those that wait)"),
+    arg("call_id", metavar="CALL_ID", help="a wrong one is refused, naming those that wait"),
     arg("--deny", metavar="MESSAGE", help="deny the call; the model is told MESSAGE"),
     arg("--args", metavar="JSON", help="approve it with these arguments instead of the model's"),
 )
