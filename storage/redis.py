@@ -435,6 +435,7 @@ class RedisStore:
             "" if event.version is None else event.version,
             "\n".join(event.dropped),
             dump_event(event),
+            "" if event.expires_at is None else repr(event.expires_at),
         ]
         for name, value in event.patch.items():
             args += [name, dump_json(value, f"memory field {name!r}")]
@@ -451,7 +452,7 @@ class RedisStore:
                     # the ZREM, `due` drops the stale entry when it meets it.
                     await self._unindex_deadline(run_id)
                 before = previous[1] if len(previous) > 1 else event.status
-                if before != event.status or event.expires_at is not None:
+                if before != event.status:
                     await self._after_status_change(run_id, before, event)
                 return Committed(seq=int(seq))
             case "duplicate":
@@ -659,16 +660,12 @@ class RedisStore:
             raise StorageError(f"Redis at {self._where} refused to scan keys: {exc}") from None
 
     async def _after_status_change(self, run_id: str, before: str, event: Event) -> None:
-        """Move the run between status indexes; expire a finished run's keys (retention)."""
+        """Move the run between status indexes (its retention expiry was set by the commit)."""
 
         async def update() -> None:
             pipe = self._client.pipeline(transaction=False)
-            if before != event.status:
-                pipe.zrem(self._by_status(before), run_id)
-                pipe.zadd(self._by_status(event.status), {run_id: event.ended_at or time.time()})
-            if event.expires_at is not None:
-                pipe.hset(self.key(run_id, "run"), "expires_at", repr(event.expires_at))
-                self._expire(pipe, run_id, event.expires_at)
+            pipe.zrem(self._by_status(before), run_id)
+            pipe.zadd(self._by_status(event.status), {run_id: event.ended_at or time.time()})
             await pipe.execute()
 
         await self._call(f"index run {run_id!r}", update)

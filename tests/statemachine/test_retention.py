@@ -10,7 +10,7 @@ import pytest
 from pydantic import BaseModel
 
 from agents import Agent, tool
-from storage import RedisStore, Store
+from storage import RedisStore, Store, StoreUnavailable
 
 
 class Memo(BaseModel):
@@ -59,3 +59,25 @@ async def test_a_done_run_goes_after_its_retention_the_others_stay(store: Store)
 def test_retention_must_be_positive() -> None:
     with pytest.raises(ValueError, match="retention must be positive seconds"):
         agent(retention=0)
+
+
+async def test_the_expiry_is_set_by_the_final_commit_itself(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A connection dropped right after the final commit (before any index upkeep) cannot
+    leave a finished run kept for good: the commit itself set its expiry."""
+    if not isinstance(store, RedisStore):
+        pytest.skip("the embedded store writes expires_at in the commit's own transaction")
+
+    async def dropped(*args: object) -> None:
+        raise StoreUnavailable("the connection dropped after the commit")
+
+    monkeypatch.setattr(store, "_after_status_change", dropped)
+    run = await agent(retention=3600.0).start(store, Memo(), run_id="kept")
+    with pytest.raises(StoreUnavailable):
+        await run.until_done()
+    for part in ("run", "events", "keys"):
+        assert 0 < await store.client.pttl(store.key("kept", part)) <= 3600 * 1000
+    record = await store.load("kept")
+    assert record is not None and record.status == "done"
+    assert record.expires_at == pytest.approx(record.updated_at + 3600.0)
