@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from agents import Agent, tool
 from statemachine import StepContext
 
-TIMEOUT = 0.5
+TIMEOUT = 1.0
 
 
 class Order(BaseModel):
@@ -29,7 +29,7 @@ def charge_card(memory: Order, ctx: StepContext) -> str:
     with open(log, "a") as f:
         f.write(ctx.idempotency_key + "\n")
     if first:  # the provider charged, but the answer comes too late
-        time.sleep(TIMEOUT * 4)
+        time.sleep(TIMEOUT * 3)
     return f"paid under {ctx.idempotency_key}"
 
 

@@ -62,18 +62,18 @@ def finish(proc: subprocess.Popen[str]) -> str:
 
 def kill_then_resume(
     shape: str, url: str, run_id: str, workdir: Path, block_at: str
-) -> tuple[float, float]:
+) -> tuple[float, int]:
     """SIGKILL a child inside step `block_at`, then resume in a fresh process; the seconds
-    the resumer took from its resume call to the end, and from the kill to its exit."""
+    the resumer took from its resume call to the end, and how often it was refused the lease
+    (0: it took the dead holder's lease over at once)."""
     first = spawn("start", shape, url, run_id, str(workdir), block_at)
     wait_for_line(first, f"in {block_at}")
     first.send_signal(signal.SIGKILL)
-    killed = time.monotonic()
     first.communicate()
     line = finish(spawn("resume", shape, url, run_id, str(workdir)))
-    word, seconds, status, _ = line.split()
+    word, seconds, status, refused = line.split()
     assert (word, status) == ("done", "done"), line
-    return float(seconds), time.monotonic() - killed
+    return float(seconds), int(refused)
 
 
 def effects(workdir: Path) -> list[tuple[str, str]]:
@@ -103,12 +103,14 @@ async def test_a_process_killed_inside_any_step_is_resumed_at_once(
     store_url: str, tmp_path: Path, block_at: str
 ) -> None:
     run_id = f"kill-{block_at}"
-    took, since_kill = await asyncio.to_thread(
+    took, refused = await asyncio.to_thread(
         kill_then_resume, "tools", store_url, run_id, tmp_path, block_at
     )
-    # The resumer took the dead holder's lease over at once: it did not wait for its TTL.
-    assert took < 2.0, f"resume + until_done took {took:.2f} s"
-    assert since_kill < DEFAULT_LEASE_TTL, f"the run finished {since_kill:.1f} s after the kill"
+    # The resumer took the dead holder's lease over at once: never refused, and done in a
+    # few ms (a bound far below the 15 s TTL it would otherwise wait, so a busy machine
+    # cannot fail it; its start-up, which the machine decides, is not measured).
+    assert refused == 0, "the dead holder's lease was waited for"
+    assert took < DEFAULT_LEASE_TTL / 3, f"resume + until_done took {took:.2f} s"
 
     record, triggers, keys, attempts = await stored(store_url, run_id)
     assert (record.status, record.state, record.crashes) == ("done", "s5", 0)
@@ -127,10 +129,10 @@ async def test_the_data_analysis_shape_killed_in_step_4_asks_the_model_once_more
     store_url: str, tmp_path: Path
 ) -> None:
     run_id = "analysis-kill"
-    took, _ = await asyncio.to_thread(
+    took, refused = await asyncio.to_thread(
         kill_then_resume, "analysis", store_url, run_id, tmp_path, "detect"
     )
-    assert took < 2.0
+    assert refused == 0 and took < DEFAULT_LEASE_TTL / 3
     requests = (tmp_path / "requests.log").read_text().splitlines()
     assert requests == ["plan", "interpret", "report"]  # the restarted process asked once
     record, triggers, _, _ = await stored(store_url, run_id)
@@ -166,11 +168,11 @@ def stop_then_resume(url: str, run_id: str, workdir: Path, ttl: float) -> tuple[
 async def test_a_stopped_holder_is_waited_for_and_its_late_commit_refused(
     store_url: str, tmp_path: Path
 ) -> None:
-    ttl = 5.0
+    ttl = 8.0  # renewed every ttl/3: whatever the load, seconds of lease left at the stop
     took, refused, late = await asyncio.to_thread(
         stop_then_resume, store_url, "stopped", tmp_path, ttl
     )
-    # It renews every ttl/3, so its lease had at least 2/3 of the TTL left when it stopped.
+    # It renews every ttl/3, so its lease had about 2/3 of the TTL left when it stopped.
     assert refused >= 1, "a live (stopped) holder's lease was taken at once"
     assert took >= ttl / 3, f"took over after {took:.2f} s: a live holder was not waited for"
     assert late == "taken-over"

@@ -177,20 +177,20 @@ async def test_a_try_abandoned_on_its_timeout_changes_nothing_committed(store: S
     def slow(m: Scratch, ctx: StepContext) -> str:
         if ctx.attempt == 1:
             m.scratch.append("written by the abandoned try")  # in place, on its own copy
-            time.sleep(0.6)  # past the timeout: this try is abandoned, its thread goes on
+            time.sleep(2.5)  # past the timeout: this try is abandoned, its thread goes on
             m.scratch.append("and again, late")
             returned.set()
             return "late result"
         return "in time"
 
     def after(m: Scratch) -> str:
-        assert returned.wait(10), "the abandoned try never returned"
+        assert returned.wait(30), "the abandoned try never returned"
         return "next step"
 
     agent = Agent(
         name="abandon", memory=Scratch, initial="a", final=["c"],
         transitions=[
-            tool("slow", "a", "b", slow, into="result", timeout=0.2, retries=1),
+            tool("slow", "a", "b", slow, into="result", timeout=1.0, retries=3),
             tool("after", "b", "c", after, into="other"),
         ],
     )  # fmt: skip
