@@ -51,8 +51,9 @@ def make_agent(shape: str, workdir: Path, block_at: str) -> Agent[Work]:
     def block_if(trigger: str) -> None:
         if trigger == block_at:
             print(f"in {trigger}", flush=True)
-            while not (workdir / "go").exists():  # killed or stopped here by the parent
-                time.sleep(0.05)
+            give_up = time.monotonic() + 600  # a parent that failed never says go
+            while not (workdir / "go").exists() and time.monotonic() < give_up:
+                time.sleep(0.05)  # killed or stopped here by the parent
 
     def step(memory: Work, ctx: StepContext) -> list[str]:
         _append(workdir / "effects.log", f"{ctx.idempotency_key}\t{ctx.trigger}\t{os.getpid()}")

@@ -67,9 +67,11 @@ def kill_then_resume(
     the resumer took from its resume call to the end, and how often it was refused the lease
     (0: it took the dead holder's lease over at once)."""
     first = spawn("start", shape, url, run_id, str(workdir), block_at)
-    wait_for_line(first, f"in {block_at}")
-    first.send_signal(signal.SIGKILL)
-    first.communicate()
+    try:
+        wait_for_line(first, f"in {block_at}")
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.communicate()
     line = finish(spawn("resume", shape, url, run_id, str(workdir)))
     word, seconds, status, refused = line.split()
     assert (word, status) == ("done", "done"), line
@@ -148,18 +150,23 @@ def stop_then_resume(url: str, run_id: str, workdir: Path, ttl: float) -> tuple[
     it was refused the lease, and the stopped child's last line."""
     env = {"ONCE_LEASE_TTL": str(ttl)}
     stopped = spawn("start", "tools", url, run_id, str(workdir), "t2", env=env)
-    wait_for_line(stopped, "in t2")
     resumer = spawn(
         "resume", "tools", url, run_id, str(workdir), env={**env, "ONCE_RESUME_GATE": "1"}
     )
-    wait_for_line(resumer, "ready")
-    stopped.send_signal(signal.SIGSTOP)
     try:
+        wait_for_line(stopped, "in t2")
+        wait_for_line(resumer, "ready")
+        stopped.send_signal(signal.SIGSTOP)
         (workdir / "resume-go").touch()
         line = finish(resumer)
+    except BaseException:
+        for proc in (stopped, resumer):
+            proc.kill()
+            proc.communicate()
+        raise
     finally:
         stopped.send_signal(signal.SIGCONT)
-    (workdir / "go").touch()
+        (workdir / "go").touch()
     word, seconds, status, refused = line.split()
     assert (word, status) == ("done", "done"), line
     return float(seconds), int(refused), finish(stopped)
