@@ -1,4 +1,5 @@
-"""Idempotency keys: the one place their format is decided.
+"""Idempotency keys of steps and of the runner's own events, on `storage.base.run_key` (the
+one function every key of a run, its creation's included, is built with).
 
 A step's key names the *logical* transition, and is unique in the world:
 
@@ -19,6 +20,7 @@ the seq they commit at, or by the step key they belong to, so each is unique too
 from __future__ import annotations
 
 from storage import Event, RunRecord
+from storage.base import run_key
 
 __all__ = ["control_key", "enters", "step_key"]
 
@@ -26,14 +28,12 @@ __all__ = ["control_key", "enters", "step_key"]
 def step_key(run: RunRecord, entered: int, trigger: str) -> str:
     """The key every try of `trigger` out of the state `run` entered at seq `entered` runs
     under (`StepContext.idempotency_key`)."""
-    base = f"{run.run_id}:{run.nonce}" if run.nonce else run.run_id
-    return f"{base}:{entered}:{trigger}"
+    return run_key(run, entered, trigger)
 
 
 def control_key(run: RunRecord, what: str) -> str:
     """The key of a runner's own event committed on top of `run` as it is now."""
-    base = f"{run.run_id}:{run.nonce}" if run.nonce else run.run_id
-    return f"{base}:{run.seq}:{what}"
+    return run_key(run, run.seq, what)
 
 
 def enters(event: Event) -> bool:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from pydantic import BaseModel, JsonValue, ValidationError
 
 from storage import Event, RunRecord, RunStatus, Store
-from storage.base import check_run_id
+from storage.base import check_run_id, run_key
 from storage.errors import Unstorable
 
 from ._draw import Graph, draw
@@ -325,7 +325,7 @@ class Machine(Generic[M]):
             origin["memory_update"] = list(sorted(memory_update))
         start = Event(
             seq=0, trigger="start", kind="start", source="", dest=state, status=record.status,
-            key=f"{record.run_id}:{record.nonce}:start", patch=memory, output=origin,
+            key=run_key(record, "start"), patch=memory, output=origin,
             started_at=created, ended_at=created, deadline=record.deadline,
             # The conversation so far comes along, so LLM steps of the fork go on from it.
             messages=[m for e in history[: at_seq + 1] for m in e.messages],

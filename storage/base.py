@@ -30,6 +30,7 @@ __all__ = [
     "check_history",
     "check_run_id",
     "json_bytes",
+    "run_key",
 ]
 
 RunStatus: TypeAlias = Literal["running", "waiting", "done", "failed", "cancelled"]
@@ -38,6 +39,14 @@ until an event arrives. `done`: reached a final state. `failed`: a step gave up;
 retries it. `cancelled`: stopped by a person."""
 
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,199}")
+
+
+def run_key(run: "RunRecord", *parts: object) -> str:
+    """An idempotency key of `run`: its id and nonce (runs stored before nonces have none),
+    then `parts`, colon-separated. The creation event's key is `run_key(run, "start")`; the
+    keys of steps are built on it by `statemachine._keys`."""
+    base = f"{run.run_id}:{run.nonce}" if run.nonce else run.run_id
+    return ":".join([base, *map(str, parts)])
 
 
 def check_run_id(run_id: str) -> str:

@@ -53,6 +53,7 @@ from .base import (
     RunStatus,
     check_history,
     check_run_id,
+    run_key,
 )
 from .errors import StorageError, StoreUnavailable
 
@@ -302,7 +303,7 @@ class EmbeddedStore:
         run = replace(run, seq=0, holder="", crashes=0)
         event = Event(
             seq=0, trigger="start", kind="start", source="", dest=run.state, status=run.status,
-            key=f"{run.run_id}:{run.nonce}:start" if run.nonce else f"{run.run_id}:start",
+            key=run_key(run, "start"),
             patch=run.memory, started_at=run.created_at,
             ended_at=run.created_at, deadline=run.deadline, output=origin,
         )  # fmt: skip

@@ -68,6 +68,7 @@ from .base import (
     RunStatus,
     check_history,
     check_run_id,
+    run_key,
 )
 from .errors import CorruptData, StorageError, StoreUnavailable
 
@@ -337,7 +338,7 @@ class RedisStore:
             source="",
             dest=run.state,
             status=run.status,
-            key=f"{run.run_id}:{run.nonce}:start" if run.nonce else f"{run.run_id}:start",
+            key=run_key(run, "start"),
             patch=run.memory,
             started_at=run.created_at,
             ended_at=run.created_at,
