@@ -491,12 +491,12 @@ class EmbeddedStore:
         return Lease(run_id=run_id, owner=owner, token=token, ttl=ttl, crashes=crashes, seq=seq)
 
     async def renew_lease(self, lease: Lease) -> bool:
+        boot, now = _lease_clock()
         return self._transaction(
             f"renew the lease on {lease.run_id!r}", "BEGIN IMMEDIATE", self._update,
             "UPDATE runs SET lease_owner = ?, lease_expires = ?, lease_boot = ?"
             " WHERE run_id = ? AND fence = ?",
-            (lease.owner, _lease_clock()[1] + lease.ttl, _lease_clock()[0], lease.run_id,
-             lease.token),
+            (lease.owner, now + lease.ttl, boot, lease.run_id, lease.token),
         )  # fmt: skip
 
     async def release_lease(self, lease: Lease) -> None:
