@@ -4,7 +4,10 @@ The protocol, as `Run.step` shows it: pick the transition out of the current sta
 step under its idempotency key (`_keys.step_key`: the same for every try of the transition) →
 ONE `Store.commit` that checks the key, the seq and the fencing token and writes the new
 state, the memory patch and the event → handle the outcome. The lease is taken once and
-renewed in the background, so the hot path is that one commit.
+renewed in the background (`_lease`), so the hot path is that one commit; the commit that
+leaves the run not running gives the lease back itself. What the run keeps in memory
+between commits (fields, sizes, the history it read) is its `_ledger`; results are made
+ready to commit by `_settle`, and events are built by `_events`.
 
 Each try of a step works on its own copy of the memory: a try that timed out or was abandoned
 (a sync tool's thread runs on after its timeout) can change nothing a later commit writes.
@@ -18,11 +21,10 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-import pydantic_core
-from pydantic import BaseModel, JsonValue, ValidationError
+from pydantic import BaseModel, JsonValue
 
 from storage import (
     Committed,
@@ -30,27 +32,27 @@ from storage import (
     Duplicate,
     Event,
     Lease,
-    LeaseHeld,
     RunRecord,
     RunStatus,
-    StorageError,
     Store,
 )
 from storage._process import owner_id
 from storage.base import json_bytes
 from storage.errors import Unstorable
 
-from ._keys import control_key, enters, step_key
+from ._events import control_event, error_event, step_event, timeout_event
+from ._keys import step_key
+from ._lease import LeaseKeeper, take_lease
+from ._ledger import SNAPSHOT_EVERY, Ledger, json_size
 from ._provenance import Provenance, memory_at, why
+from ._settle import Settled, StepFailed, settle
 from ._step import StepContext, StepResult
 from ._table import Transition
 from .errors import (
     InvalidMemory,
     InvalidPayload,
-    MemoryTooLarge,
     NotDue,
     RunError,
-    RunLocked,
     RunNotFound,
     RunTakenOver,
     UnstorableResult,
@@ -59,117 +61,13 @@ from .errors import (
 if TYPE_CHECKING:
     from ._machine import Machine
 
-__all__ = ["Run", "check_payload_storable", "json_size", "now", "take_lease"]
+__all__ = ["SNAPSHOT_EVERY", "Run", "check_payload_storable", "json_size", "now", "take_lease"]
 
 M = TypeVar("M", bound=BaseModel)
 
 now = time.time
 
-
-async def take_lease(store: Store, run_id: str, owner: str, ttl: float, wait: float) -> Lease:
-    """The run's lease, waiting up to `wait` seconds for another holder's to expire.
-    Raises `RunLocked` (held by someone else) or `RunNotFound`."""
-    deadline = now() + wait
-    while True:
-        try:
-            got = await store.acquire_lease(run_id, owner, ttl)
-        except KeyError:
-            raise RunNotFound(run_id) from None
-        if not isinstance(got, LeaseHeld):
-            return got
-        if now() >= deadline:
-            raise RunLocked(run_id, got.owner, got.expires_in)
-        await asyncio.sleep(min(max(got.expires_in, 0.01), 0.25, max(deadline - now(), 0.01)))
-
-
-def json_size(value: JsonValue, where: str = "a value") -> int:
-    """Bytes `value` takes as compact JSON, as the stores write it; `storage.errors.
-    Unstorable` naming `where` for a value that would not read back equal."""
-    return len(json_bytes(value, where))
-
-
-SNAPSHOT_EVERY = 64 * 1024
-"""Bytes of patches between two snapshots of the memory, at least."""
-_NOT_TABLE_EDGES = frozenset({"start", "error", "control", "timeout"})
-"""Event kinds the runner writes itself; every other event is a table transition firing."""
 _log = logging.getLogger("statemachine.runner")
-
-
-class _StepFailed(Exception):
-    """A step gave up: its last error, and the try it happened on."""
-
-    def __init__(
-        self,
-        error: BaseException,
-        attempt: int,
-        spent: dict[str, int] | None = None,
-        *,
-        final: bool = False,
-    ) -> None:
-        super().__init__(str(error))
-        self.error = error
-        self.attempt = attempt
-        self.spent = spent or None
-        self.final = final
-        """Past any detour: the run goes to the machine's failure state (a spent loop)."""
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class _Settled(Generic[M]):
-    """A step's result as its commit will write it: checked, and storable as JSON."""
-
-    result: StepResult[M]
-    dest: str
-    patch: dict[str, JsonValue]
-    memory: M
-    patch_sizes: dict[str, int]
-    output: JsonValue
-
-
-def _storable(t: Transition, what: str, value: object) -> JsonValue:
-    """`value` as JSON-able data, or `UnstorableResult` naming `what` and the trouble: also
-    what would not read back equal (NaN, nesting too deep; see `storage.base.json_bytes`)."""
-    try:
-        jsonable: JsonValue = pydantic_core.to_jsonable_python(value)
-        json_bytes(jsonable, what)  # also catches bytes that are not UTF-8 text
-    except (pydantic_core.PydanticSerializationError, ValueError, TypeError) as exc:
-        raise _unstorable(t, what, value, exc) from None
-    return jsonable
-
-
-def _sized(t: Transition, what: str, value: JsonValue) -> int:
-    """`json_size(value)`, or `UnstorableResult` as `_storable` says it."""
-    try:
-        return json_size(value, what)
-    except Unstorable as exc:
-        raise _unstorable(t, what, value, exc) from None
-
-
-def _unstorable(t: Transition, what: str, value: object, exc: Exception) -> UnstorableResult:
-    problem: object = exc
-    if isinstance(exc, Unstorable):
-        problem = exc.problem
-    else:  # pydantic's words ("Circular reference detected"): say where, and what, in ours
-        try:
-            json_bytes(value, what)
-        except Unstorable as ours:
-            problem = ours.problem
-    return UnstorableResult(
-        f"step {t.trigger!r} returned what cannot be stored as JSON in {what}"
-        f" ({type(value).__name__}): {problem}; return JSON-able data (str, finite numbers,"
-        " bool, None, lists, dicts, pydantic models)"
-    )
-
-
-def _memory_dump(t: Transition, memory: BaseModel) -> dict[str, JsonValue]:
-    """The memory's fields as JSON, or `UnstorableResult` naming the field that is not."""
-    try:
-        dump: dict[str, JsonValue] = memory.model_dump(mode="json", warnings=False)
-    except (pydantic_core.PydanticSerializationError, ValueError, TypeError):
-        for name in type(memory).model_fields:
-            _storable(t, f"memory field {name!r}", getattr(memory, name))
-        raise  # every field alone was storable: not ours to explain
-    return dump
 
 
 class Run(Generic[M]):
@@ -188,19 +86,8 @@ class Run(Generic[M]):
         self.memory = memory
         self.owner = owner_id()
         self._record = record
-        self._fields: dict[str, JsonValue] = dict(record.memory)
-        self._sizes: dict[str, int] | None = None
-        self._since_snapshot = 0
-        """Bytes of patches this process committed since the run's last snapshot."""
-        self._lease: Lease | None = None
-        self._renewer: asyncio.Task[None] | None = None
-        self._lease_wait = lease_wait
-        self._conversation: list[JsonValue] | None = None
-        self._events: list[Event] | None = None
-        """The run's events, read once per process and extended by its own commits."""
-        self._visit_counts: dict[str, int] | None = None
-        self._entered: int | None = 0 if record.seq == 0 else None
-        """The seq at which the run entered its current state (None: not read yet)."""
+        self._ledger = Ledger(store, record.run_id, record.memory, record.seq)
+        self._keeper = LeaseKeeper(store, record.run_id, self.owner, machine.lease_ttl, lease_wait)
 
     def __repr__(self) -> str:
         where = f"{self.state} seq={self.seq} {self.status}"
@@ -232,9 +119,10 @@ class Run(Generic[M]):
         """Why a failed run failed: the last error event's "type", "message", "attempt",
         "step" kind, "trigger" and "seq" (known once `until_done()` returned); None when the
         run is not failed."""
-        if self.status != "failed" or not self._events:
+        events = self._ledger.events
+        if self.status != "failed" or not events:
             return None
-        failed = next((e for e in reversed(self._events) if e.error), None)
+        failed = next((e for e in reversed(events) if e.error), None)
         if failed is None:
             return None
         return {**(failed.error or {}), "trigger": failed.trigger, "seq": failed.seq}
@@ -300,7 +188,7 @@ class Run(Generic[M]):
         finally:
             await self.release(quiet=True)
         if self.status == "failed":  # read once, so that `error` can say why
-            await self._load_events()
+            await self._ledger.load_events()
         return self
 
     async def step(self) -> Event | None:
@@ -361,13 +249,13 @@ class Run(Generic[M]):
             return
         ctx = StepContext(
             run_id=self.run_id, seq=self.seq, trigger=t.trigger, attempt=1, idempotency_key="",
-            conversation=self._load_conversation, history=self._load_events, payload=payload,
-            spent={},
+            conversation=self._ledger.load_conversation, history=self._ledger.load_events,
+            payload=payload, spent={},
         )  # fmt: skip
         try:
-            mine = self.machine.memory_type.model_validate(self._fields)
+            mine = self.machine.memory_type.model_validate(self._ledger.fields)
             self._settle(t, await t.step.run(mine, ctx))
-        except _StepFailed as failed:
+        except StepFailed as failed:
             raise failed.error from None
 
     async def _fire(self, lease: Lease, t: Transition, payload: JsonValue) -> Event:
@@ -376,8 +264,8 @@ class Run(Generic[M]):
         key = await self.idempotency_key(t.trigger)
         started = now()
         try:
-            if t.max_visits is not None and await self._visits(t) >= t.max_visits:
-                raise _StepFailed(
+            if t.max_visits is not None and await self._ledger.visits(t.trigger) >= t.max_visits:
+                raise StepFailed(
                     RunError(
                         f"transition {t.trigger!r} reached its limit of {t.max_visits} visits"
                     ),
@@ -386,63 +274,24 @@ class Run(Generic[M]):
                 )
             # Holders that died since the last commit died running this very step.
             done, attempt = await self._run_step(t, seq, key, self._record.crashes, payload)
-        except _StepFailed as failed:
+        except StepFailed as failed:
             if t.waits and isinstance(failed.error, ValueError | UnstorableResult):
                 # The event's payload would break the run: refuse it, the run waits on.
                 await self.release(quiet=True)
                 raise failed.error from None
             return await self._fail(t, seq, key, failed, started)
-        result = done.result
-        event = Event(
-            seq=seq + 1,
-            trigger=t.trigger,
-            kind=t.step.kind if t.step else "move",
-            source=self.state,
-            dest=done.dest,
-            status=self.machine.status_in(done.dest),
-            key=key if result.subkey is None else f"{key}:{result.subkey}",
-            patch=done.patch,
-            output=done.output,
-            attempt=attempt,
-            started_at=started,
-            ended_at=now(),
+        status = self.machine.status_in(done.dest)
+        event = step_event(
+            self._record, t, key, done, status, attempt=attempt, started=started, ended=now(),
             worker=self.owner,
-            usage=result.usage,
-            messages=result.messages,
-            step=t.step.label if t.step else "",
-        )
+        )  # fmt: skip
         return await self._commit(lease, event, done.memory, done.patch_sizes)
 
     async def idempotency_key(self, trigger: str) -> str:
         """The key every try of `trigger` out of the current state runs under (see
         `statemachine._keys`): the same after a crash, an error and `retry()`, new on the
         next visit of the state."""
-        if self._entered is None:
-            self._entered = await self._entered_at()
-        return step_key(self._record, self._entered, trigger)
-
-    async def _entered_at(self) -> int:
-        """The seq of the last commit that entered the current state, read back from the
-        latest event a page at a time (usually one event: the last commit is the visit)."""
-        high, page = self.seq, 1
-        while True:
-            low = max(high - page + 1, 0)
-            for event in reversed(await self.store.history(self.run_id, low, high)):
-                if enters(event):
-                    return event.seq
-            if low == 0:
-                return 0
-            high, page = low - 1, page * 4
-
-    async def _visits(self, t: Transition) -> int:
-        """How often `t` fired in this run so far (read from the history once per process)."""
-        if self._visit_counts is None:
-            counts: dict[str, int] = {}
-            for e in await self.store.history(self.run_id):
-                if e.kind not in _NOT_TABLE_EDGES:
-                    counts[e.trigger] = counts.get(e.trigger, 0) + 1
-            self._visit_counts = counts
-        return self._visit_counts.get(t.trigger, 0)
+        return step_key(self._record, await self._ledger.entered_at(self.seq), trigger)
 
     async def retry(self) -> Event:
         """Put a failed run back in the state it failed from, status `running`.
@@ -481,19 +330,10 @@ class Run(Generic[M]):
                 f" {self.state!r}{when}"
             )
         assert timed.on_timeout is not None  # checked with the table
-        at = now()
-        event = Event(
-            seq=self.seq + 1,
-            trigger=timed.trigger,
-            kind="timeout",
-            source=self.state,
-            dest=timed.on_timeout,
-            status=self.machine.status_in(timed.on_timeout),
-            key=f"{await self.idempotency_key(timed.trigger)}:timeout",
-            output={"deadline": deadline, "timeout": timed.timeout},
-            started_at=at,
-            ended_at=at,
-            worker=self.owner,
+        key = await self.idempotency_key(timed.trigger)
+        status = self.machine.status_in(timed.on_timeout)
+        event = timeout_event(
+            self._record, timed, key, status, deadline, at=now(), worker=self.owner
         )
         return await self._commit(lease, event, self.memory)
 
@@ -502,44 +342,19 @@ class Run(Generic[M]):
     ) -> Event:
         """Commit a transition of the runner's own (not from the table)."""
         lease = await self._hold()
-        at = now()
-        event = Event(
-            seq=self.seq + 1,
-            trigger=trigger,
-            kind="control",
-            source=self.state,
-            dest=dest,
-            status=status,
-            key=control_key(self._record, trigger),
-            output=output,
-            started_at=at,
-            ended_at=at,
-            worker=self.owner,
+        event = control_event(
+            self._record, trigger, dest, status, output, at=now(), worker=self.owner
         )
         return await self._commit(lease, event, self.memory)
 
     async def release(self, *, quiet: bool = False) -> None:
         """Give the run's lease back, if this process holds it."""
-        lease, self._lease = self._lease, None
-        if self._renewer is not None:
-            self._renewer.cancel()
-            self._renewer = None
-        if lease is None:
-            return
-        try:
-            await self.store.release_lease(lease)
-        except StorageError:
-            if not quiet:
-                raise
-            # The lease expires on its own; the next holder then counts one crash.
+        await self._keeper.release(quiet=quiet)
 
     async def _hold(self) -> Lease:
-        if self._lease is not None:
-            return self._lease
-        got = await take_lease(
-            self.store, self.run_id, self.owner, self.machine.lease_ttl, self._lease_wait
-        )
-        self._lease = got
+        if self._keeper.lease is not None:
+            return self._keeper.lease
+        got = await self._keeper.take()
         if got.seq is not None and got.seq == self._record.seq:
             # Nothing was committed since this copy was read (every change is a commit, and
             # commits move the seq): only the holder and crash count are new.
@@ -547,35 +362,20 @@ class Run(Generic[M]):
         else:
             # The run moved while another process held it: start from what is stored.
             await self._reload()
-        self._renewer = asyncio.create_task(self._renew(got), name=f"lease:{self.run_id}")
         return got
-
-    async def _renew(self, lease: Lease) -> None:
-        while True:
-            await asyncio.sleep(lease.ttl / 3)
-            try:
-                if not await self.store.renew_lease(lease):
-                    return  # taken over; the next commit is refused and says so
-            except StorageError:
-                continue  # a blip; the lease is still ours until it expires
 
     async def _reload(self) -> None:
         stored = await self.store.load(self.run_id)
         if stored is None:
             raise RunNotFound(self.run_id, lost=True)
-        if stored.seq != self._record.seq or stored.memory != self._fields:
+        if stored.seq != self._record.seq or stored.memory != self._ledger.fields:
             self.memory = self.machine.validate_memory(stored.memory, f"stored run {self.run_id!r}")
-            self._fields = dict(stored.memory)
-            self._sizes = None
-            self._conversation = None
-            self._events = None
-            self._visit_counts = None
-            self._entered = None
+            self._ledger.forget(stored.memory)
         self._record = stored
 
     async def _run_step(
         self, t: Transition, seq: int, key: str, crashes: int, payload: JsonValue
-    ) -> tuple[_Settled[M], int]:
+    ) -> tuple[Settled[M], int]:
         """Try `t`'s step as its policy allows; what the try that worked produced, settled
         (destination, patch, output: all checked storable), and that try's attempt number."""
         if t.step is None:
@@ -587,7 +387,7 @@ class Run(Generic[M]):
             self.machine.crash_retries if policy.crash_retries is None else policy.crash_retries
         )
         if died > allowance:
-            raise _StepFailed(
+            raise StepFailed(
                 RunError(
                     f"step {t.trigger!r} was cut short by its process dying {died} times"
                     f" (crash_retries={allowance}): it may be what kills the process; fix it,"
@@ -606,21 +406,21 @@ class Run(Generic[M]):
                 trigger=t.trigger,
                 attempt=attempt,
                 idempotency_key=key,
-                conversation=self._load_conversation,
-                history=self._load_events,
+                conversation=self._ledger.load_conversation,
+                history=self._ledger.load_events,
                 payload=payload,
                 spent=spent,
             )
             # Its own copy, as a resumed process would read it (and 5x cheaper than a deep
             # copy): a try abandoned on its timeout may go on changing it.
-            mine = self.machine.memory_type.model_validate(self._fields)
+            mine = self.machine.memory_type.model_validate(self._ledger.fields)
             try:
                 if policy.timeout is None:
                     result = await t.step.run(mine, ctx)
                 else:
                     result = await asyncio.wait_for(t.step.run(mine, ctx), policy.timeout)
                 return self._settle(t, result), attempt
-            except _StepFailed:
+            except StepFailed:
                 raise  # a result that can never commit (a bad route, memory, size)
             except Exception as exc:
                 error: BaseException = exc
@@ -632,128 +432,25 @@ class Run(Generic[M]):
                     )  # fmt: skip
                 retryable = policy.retries(exc) and not isinstance(exc, InvalidMemory)
                 if not retryable or tries >= policy.attempts:
-                    raise _StepFailed(error, attempt, spent) from exc
+                    raise StepFailed(error, attempt, spent) from exc
                 await asyncio.sleep(policy.delay(tries, exc))
 
-    def _settle(self, t: Transition, result: StepResult[M]) -> _Settled[M]:
-        """Where `result` goes and what its commit writes; `UnstorableResult` naming the
-        part that cannot be stored as JSON (the try fails), `_StepFailed` for a result no
-        try can fix."""
-        dest = self._dest(t, result)
-        patch, memory, patch_sizes = self._changes(t, result.memory)
-        return _Settled(
-            result=result,
-            dest=dest,
-            patch=patch,
-            memory=memory,
-            patch_sizes=patch_sizes,
-            output=_storable(t, "its output", result.output),
-        )
-
-    def _dest(self, t: Transition, result: StepResult[M]) -> str:
-        if t.dest is not None:
-            return t.dest
-        if result.route in t.routes:
-            return t.routes[result.route]  # type: ignore[index]  # checked just above
-        raise _StepFailed(
-            RunError(
-                f"step {t.trigger!r} chose route {result.route!r}, which is not one of"
-                f" {sorted(t.routes)}"
-            ),
-            1,
-        )
-
-    def _changes(self, t: Transition, new: M) -> tuple[dict[str, JsonValue], M, dict[str, int]]:
-        """The memory patch (changed fields, as JSON), the checked new memory, and the bytes
-        of each patched field as JSON (sized once, here, for the limit and the snapshots)."""
-        if not isinstance(new, self.machine.memory_type):
-            raise _StepFailed(
-                TypeError(
-                    f"a step returned {type(new).__name__} as memory,"
-                    f" not {self.machine.memory_type.__name__}"
-                ),
-                1,
-            )
-        dump = _memory_dump(t, new)
-        if dump == self._fields:
-            return {}, self.memory, {}
-        changed = {k: v for k, v in dump.items() if k not in self._fields or self._fields[k] != v}
-        # Before the schema: a schema error on a value nested 200 deep is pages long.
-        sizes_of = {k: _sized(t, f"memory field {k!r}", v) for k, v in changed.items()}
-        try:
-            checked = self.machine.memory_type.model_validate(dump)
-        except ValidationError as exc:
-            raise _StepFailed(InvalidMemory(f"run {self.run_id!r}", exc), 1) from None
-        dump = checked.model_dump(mode="json", warnings=False)
-        patch = {k: v for k, v in dump.items() if k not in self._fields or self._fields[k] != v}
-        patch_sizes = {
-            k: sizes_of[k] if k in changed and changed[k] == v else _sized(t, repr(k), v)
-            for k, v in patch.items()
-        }  # the schema may have coerced a value: sized (and checked) again
-        limit = self.machine.max_memory
-        if limit is not None:  # sized by the fields that change, not the whole memory
-            sizes = self._field_sizes()
-            size = sum(sizes.values()) + sum(n - sizes.get(k, 0) for k, n in patch_sizes.items())
-            if size > limit:
-                raise _StepFailed(
-                    MemoryTooLarge(
-                        f"run {self.run_id!r}: the step would make the memory {size} bytes as"
-                        f" JSON, over the limit of {limit}; nothing was written"
-                    ),
-                    1,
-                )
-        return patch, checked, patch_sizes
-
-    def _maybe_snapshot(self, event: Event, patch_bytes: int) -> Event:
-        """`event` with a snapshot of the whole memory when the patches committed since the
-        last one (in this process) add up to the memory's size: rebuilding the memory at any
-        seq then replays at most about that much, and snapshots at most double the bytes
-        written (at least SNAPSHOT_EVERY bytes apart, so small memories rarely take one)."""
-        self._since_snapshot += patch_bytes
-        if self._since_snapshot < max(sum(self._field_sizes().values()), SNAPSHOT_EVERY):
-            return event
-        memory = {**self._fields, **event.patch}
-        for name in event.dropped:
-            memory.pop(name, None)
-        return replace(event, snapshot=memory)
-
-    def _field_sizes(self) -> dict[str, int]:
-        """Bytes of each memory field as JSON, kept up to date by commits."""
-        if self._sizes is None:
-            self._sizes = {k: json_size(v) for k, v in self._fields.items()}
-        return self._sizes
+    def _settle(self, t: Transition, result: StepResult[M]) -> Settled[M]:
+        return settle(self.machine, self.run_id, self._ledger, self.memory, t, result)
 
     async def _fail(
-        self, t: Transition, seq: int, key: str, failed: _StepFailed, started: float
+        self, t: Transition, seq: int, key: str, failed: StepFailed, started: float
     ) -> Event:
         lease = await self._hold()
-        error = failed.error
         # The transition's own failure state may be a detour the run goes on from (status
         # of that state); the machine's failure state, or none, parks the run as failed.
         detour = None if failed.final else t.on_error
         dest = detour or self.machine.table.on_error or self.state
         status: RunStatus = "failed" if detour is None else self.machine.status_in(dest)
-        event = Event(
-            seq=seq + 1,
-            trigger=t.trigger,
-            kind="error",
-            source=self.state,
-            dest=dest,
-            status=status,
-            key=f"{key}:failed:{seq + 1}",
-            attempt=failed.attempt,
-            started_at=started,
-            ended_at=now(),
+        event = error_event(
+            self._record, t, key, failed, dest, status, started=started, ended=now(),
             worker=self.owner,
-            step=t.step.label if t.step else "",
-            usage=failed.spent,
-            error={
-                "type": type(error).__name__,
-                "message": str(error),
-                "attempt": failed.attempt,
-                "step": t.step.kind if t.step else "move",
-            },
-        )
+        )  # fmt: skip
         return await self._commit(lease, event, self.memory)
 
     async def _commit(
@@ -768,7 +465,7 @@ class Run(Generic[M]):
         if event.patch and patch_sizes is None:
             patch_sizes = {k: json_size(v) for k, v in event.patch.items()}
         if patch_sizes:
-            event = self._maybe_snapshot(event, sum(patch_sizes.values()))
+            event = self._ledger.with_snapshot(event, sum(patch_sizes.values()))
         try:
             outcome = await self.store.commit(
                 self.run_id, expected_seq=event.seq - 1, token=lease.token, event=event
@@ -778,25 +475,8 @@ class Run(Generic[M]):
             raise RunNotFound(self.run_id, lost=True) from None
         if isinstance(outcome, Committed):
             self._record = _advance(self._record, event)
-            if enters(event):
-                self._entered = event.seq
-            if event.snapshot is not None:
-                self._since_snapshot = 0
-            for name in event.dropped:
-                self._fields.pop(name, None)
-                if self._sizes is not None:
-                    self._sizes.pop(name, None)
-            if event.patch:
-                self._fields.update(event.patch)
-                if self._sizes is not None and patch_sizes is not None:
-                    self._sizes.update(patch_sizes)
+            self._ledger.committed(event, patch_sizes)
             self.memory = memory
-            if self._conversation is not None:
-                self._conversation.extend(event.messages)
-            if self._events is not None:
-                self._events.append(event)
-            if self._visit_counts is not None and event.kind not in _NOT_TABLE_EDGES:
-                self._visit_counts[event.trigger] = self._visit_counts.get(event.trigger, 0) + 1
             return event
         if isinstance(outcome, Duplicate):
             # The key was committed before. By this process, on a try whose answer was lost:
@@ -816,18 +496,6 @@ class Run(Generic[M]):
             f"run {self.run_id!r}: commit of {event.trigger!r} at seq {event.seq} refused, {why};"
             " another process drives the run now"
         )
-
-    async def _load_events(self) -> list[Event]:
-        """For steps (`StepContext.history`): the events, without a read per step."""
-        if self._events is None:
-            self._events = await self.store.history(self.run_id)
-        return list(self._events)
-
-    async def _load_conversation(self) -> list[JsonValue]:
-        if self._conversation is None:
-            events = await self.store.history(self.run_id)
-            self._conversation = [m for e in events for m in e.messages]
-        return list(self._conversation)
 
 
 def check_payload_storable(event: str, payload: object) -> None:
