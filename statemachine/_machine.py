@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from pydantic import BaseModel, JsonValue, ValidationError
 
-from storage import Event, RunRecord, RunStatus, Store
+from storage import Event, Lease, RunRecord, RunStatus, Store
+from storage._process import owner_id
 from storage.base import check_run_id, run_key
 from storage.errors import Unstorable
 
@@ -234,11 +235,17 @@ class Machine(Generic[M]):
         *,
         run_id: str | None = None,
         lease_wait: float | None = None,
+        hold: bool = False,
     ) -> Run[M]:
         """Create a run in the initial state; with the `run_id` of a run that exists, return
         that run instead (so a client may retry `start` safely).
 
         Nothing runs until `Run.step()` or `Run.until_done()`. `lease_wait` as for `resume`.
+        `hold=True` takes the run's lease in the same round trip (`Store.start`), as the
+        first `step()` would: for a caller that drives the run now. The run is then held
+        until `until_done()`, `release()` or a commit that leaves it not running gives it
+        back, so another process cannot resume it meanwhile; a run another process holds is
+        returned unheld (its `step()` waits for the lease, as always).
         """
         if run_id is not None:
             check_run_id(run_id)
@@ -264,10 +271,19 @@ class Machine(Generic[M]):
             deadline=self.deadline_in(self.table.initial, created),
             nonce=secrets.token_hex(8),
         )
-        stored = await store.create(record)
+        lease: Lease | None = None
+        if hold:
+            owner = owner_id()
+            stored, got = await store.start(record, owner=owner, ttl=self.lease_ttl)
+            lease = got if isinstance(got, Lease) else None
+        else:
+            stored = await store.create(record)
         if needs_upgrade(self, stored):  # a run of that id, stored by an older version
+            if lease is not None:
+                await store.release_lease(lease)
+                lease = None
             stored = await upgrade(self, store, stored, lease_wait)
-        return self._open(store, stored, lease_wait)
+        return self._open(store, stored, lease_wait, lease=lease)
 
     async def fork(
         self,
@@ -438,7 +454,14 @@ class Machine(Generic[M]):
             " app), where it cannot wait: use `await agent.run(store, memory, run_id=...)`"
         )
 
-    def _open(self, store: Store, record: RunRecord, lease_wait: float | None) -> Run[M]:
+    def _open(
+        self,
+        store: Store,
+        record: RunRecord,
+        lease_wait: float | None,
+        *,
+        lease: Lease | None = None,
+    ) -> Run[M]:
         if record.agent != self.name:
             raise RunError(
                 f"run {record.run_id!r} belongs to {record.agent!r}, not to {self.name!r}"
@@ -455,7 +478,7 @@ class Machine(Generic[M]):
             )
         memory = self.validate_memory(record.memory, f"stored run {record.run_id!r}")
         wait = self.lease_ttl if lease_wait is None else lease_wait
-        return Run(self, store, record, memory, lease_wait=wait)
+        return Run(self, store, record, memory, lease_wait=wait, lease=lease)
 
 
 def _stored_size(fields: Mapping[str, JsonValue], where: str) -> int:

@@ -79,15 +79,18 @@ class Run(Generic[M]):
     """
 
     def __init__(
-        self, machine: Machine[M], store: Store, record: RunRecord, memory: M, *, lease_wait: float
-    ) -> None:
+        self, machine: Machine[M], store: Store, record: RunRecord, memory: M, *,
+        lease_wait: float, lease: Lease | None = None,
+    ) -> None:  # fmt: skip
         self.machine = machine
         self.store = store
         self.memory = memory
-        self.owner = owner_id()
+        self.owner = owner_id() if lease is None else lease.owner
         self._record = record
         self._ledger = Ledger(store, record.run_id, record.memory, record.seq)
         self._keeper = LeaseKeeper(store, record.run_id, self.owner, machine.lease_ttl, lease_wait)
+        if lease is not None:  # taken with the run (`Machine.start(hold=True)`)
+            self._keeper.keep(lease)
 
     def __repr__(self) -> str:
         where = f"{self.state} seq={self.seq} {self.status}"
@@ -477,6 +480,8 @@ class Run(Generic[M]):
             self._record = _advance(self._record, event)
             self._ledger.committed(event, patch_sizes)
             self.memory = memory
+            if event.status != "running":
+                self._keeper.dropped()  # the commit gave the lease back
             return event
         if isinstance(outcome, Duplicate):
             # The key was committed before. By this process, on a try whose answer was lost:
@@ -485,6 +490,8 @@ class Run(Generic[M]):
             stored = await self.store.history(self.run_id, outcome.seq)
             if stored and stored[0].seq == outcome.seq and stored[0].worker == self.owner:
                 await self._reload()
+                if stored[0].status != "running":
+                    self._keeper.dropped()  # that commit gave the lease back
                 return stored[0]
             why = f"another process committed {event.trigger!r} as seq {outcome.seq}"
         elif isinstance(outcome, Conflict):

@@ -203,6 +203,16 @@ class Store(Protocol):
         creation event's output (where a fork came from, say)."""
         ...
 
+    async def start(
+        self, run: RunRecord, *, owner: str, ttl: float, origin: JsonValue = None
+    ) -> tuple[RunRecord, "Lease | LeaseHeld"]:
+        """`create` and `acquire_lease(run.run_id, owner, ttl)` in one round trip (one
+        transaction): store `run` as `create` does, or find the run stored under its id
+        (returned as stored, unchanged but for the lease), and take its lease. A lease held
+        by another live process is `LeaseHeld` (the run is returned all the same); one held
+        by a provably dead process is taken over, as `acquire_lease` does."""
+        ...
+
     async def restore(self, run: RunRecord, events: Sequence[Event]) -> bool:
         """Write a run and its whole history as they are (an import, a copy between stores),
         all or nothing; False, writing nothing, when a run with that id exists. The events
@@ -224,6 +234,11 @@ class Store(Protocol):
         `expected_seq` (`Conflict`). A commit also clears the run's crash count, sets its
         deadline to `event.deadline` (None clears it), and for a migration sets the run's
         version (`event.version`) and removes the `event.dropped` memory fields.
+
+        A commit whose `event.status` is not "running" (done, failed, waiting, cancelled) also
+        gives the lease back, as `release_lease` would, in the same round trip: the run's
+        holder cannot run anything more without a new lease. A renewal of that lease is then
+        refused (`renew_lease` is False).
         """
         ...
 

@@ -3,6 +3,10 @@
 -- KEYS[1]  run hash        {prefix}:{run_id}:run
 -- KEYS[2]  events stream   {prefix}:{run_id}:events
 -- KEYS[3]  keys hash       {prefix}:{run_id}:keys   (idempotency key -> seq)
+-- KEYS[4]  lease key       {prefix}:{run_id}:lease  (deleted, with 'holder', by a commit that
+--          leaves the run not running: the lease is given back in the same round trip)
+-- KEYS[5..] (standalone Redis only) the indexes: KEYS[5] deadlines, KEYS[6..] runs by status
+--          ({prefix}:status:<status>, one per status); kept here when given, else by the caller
 -- ARGV[1]  expected seq    ARGV[2] fencing token    ARGV[3] idempotency key
 -- ARGV[4]  new state       ARGV[5] new status       ARGV[6] updated_at (unix seconds)
 -- ARGV[7]  deadline ('' for none)
@@ -13,8 +17,8 @@
 --
 -- Returns {'ok', seq, previous deadline, previous status} | {'duplicate', seq} | {'lease_lost', 0}
 --       | {'conflict', current_seq} | {'missing', 0}
--- Only this run's keys (one hash tag, one Cluster slot): the indexes (deadlines, runs by
--- status) are kept by the caller, which needs the previous deadline and status to do so.
+-- On Cluster only this run's keys are given (one hash tag, one slot): the indexes (deadlines,
+-- runs by status) are kept by the caller, which needs the previous deadline and status to do so.
 -- Redis does not roll back a script that fails half-way, so every check comes before the
 -- first write.
 local done = redis.call('HGET', KEYS[3], ARGV[3])
@@ -47,5 +51,24 @@ if ARGV[11] and ARGV[11] ~= '' then
   redis.call('HSET', KEYS[1], 'expires_at', ARGV[11])
   local at = math.max(math.floor(tonumber(ARGV[11]) * 1000), 1)
   for i = 1, 3 do redis.call('PEXPIREAT', KEYS[i], at) end
+end
+if ARGV[5] ~= 'running' then
+  redis.call('DEL', KEYS[4])
+  redis.call('HSET', KEYS[1], 'holder', '')
+end
+if #KEYS > 4 then
+  local run_id = string.match(KEYS[1], '^[^{]*{(.*)}:run$')
+  if ARGV[7] ~= '' then
+    redis.call('ZADD', KEYS[5], ARGV[7], run_id)
+  elseif cur[3] and cur[3] ~= '' then
+    redis.call('ZREM', KEYS[5], run_id)
+  end
+  if cur[4] ~= ARGV[5] then
+    local before, after = ':status:' .. cur[4], ':status:' .. ARGV[5]
+    for i = 6, #KEYS do
+      if string.sub(KEYS[i], -#before) == before then redis.call('ZREM', KEYS[i], run_id) end
+      if string.sub(KEYS[i], -#after) == after then redis.call('ZADD', KEYS[i], ARGV[6], run_id) end
+    end
+  end
 end
 return {'ok', seq, cur[3] or '', cur[4]}

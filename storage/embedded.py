@@ -126,6 +126,10 @@ _SET_RUN = ("seq = ?, state = ?, updated_at = ?, crashes = 0, deadline = ?,"
 _UPDATE_RUN = f"UPDATE runs SET {_SET_RUN} WHERE run_id = ?"
 """A commit that leaves the status as it is (so the status index is not touched)."""
 _UPDATE_RUN_STATUS = f"UPDATE runs SET status = ?, {_SET_RUN} WHERE run_id = ?"
+_RELEASE = "holder = '', lease_owner = '', lease_expires = 0"
+_UPDATE_RUN_ENDED = f"UPDATE runs SET {_RELEASE}, {_SET_RUN} WHERE run_id = ?"
+"""A commit that leaves the run not running gives the lease back too (status unchanged)."""
+_UPDATE_RUN_STATUS_ENDED = f"UPDATE runs SET status = ?, {_RELEASE}, {_SET_RUN} WHERE run_id = ?"
 _SELECT_RUN = f"SELECT run_id, {', '.join(_RUN_COLUMNS)} FROM runs"
 _INSERT_RUN = (
     f"INSERT INTO runs (run_id, {', '.join(_RUN_COLUMNS)})"
@@ -299,6 +303,19 @@ class EmbeddedStore:
         )
 
     async def create(self, run: RunRecord, *, origin: JsonValue = None) -> RunRecord:
+        stored, _ = await self._create_and_lease(run, origin, "", 0)
+        return stored
+
+    async def start(
+        self, run: RunRecord, *, owner: str, ttl: float, origin: JsonValue = None
+    ) -> tuple[RunRecord, Lease | LeaseHeld]:
+        stored, lease = await self._create_and_lease(run, origin, owner, ttl)
+        assert lease is not None
+        return stored, lease
+
+    async def _create_and_lease(
+        self, run: RunRecord, origin: JsonValue, owner: str, ttl: float
+    ) -> tuple[RunRecord, Lease | LeaseHeld | None]:
         check_run_id(run.run_id)
         run = replace(run, seq=0, holder="", crashes=0)
         event = Event(
@@ -308,12 +325,23 @@ class EmbeddedStore:
             ended_at=run.created_at, deadline=run.deadline, output=origin,
         )  # fmt: skip
         what = f"create run {run.run_id!r}"
-        if self._transaction(what, "BEGIN IMMEDIATE", self._write_run, run, [event]):
-            return run
-        stored = await self.load(run.run_id)
-        if stored is None:  # deleted between the two calls
-            raise StorageError(f"run {run.run_id!r} vanished while being created")
-        return stored
+        raw, lease = self._transaction(
+            what, "BEGIN IMMEDIATE", self._write_and_lease, run, event, owner, ttl
+        )
+        if raw is None:
+            return (replace(run, holder=owner) if isinstance(lease, Lease) else run), lease
+        return self._decode(raw), lease
+
+    def _write_and_lease(
+        self, run: RunRecord, event: Event, owner: str, ttl: float
+    ) -> tuple[_RawRun | None, Lease | LeaseHeld | None]:
+        """Insert `run` unless it exists, take its lease for `owner` (if given); the
+        existing run as stored (None when inserted)."""
+        inserted = self._write_run(run, [event])
+        lease = self._acquire(run.run_id, owner, ttl) if owner else None
+        if inserted:
+            return None, lease
+        return self._read_runs(f"{_SELECT_RUN} WHERE run_id = ?", (run.run_id,))[0], lease
 
     async def restore(self, run: RunRecord, events: Sequence[Event]) -> bool:
         check_history(run, events)
@@ -413,10 +441,13 @@ class EmbeddedStore:
             return Duplicate(seq=done)
         values = (seq, event.dest, event.ended_at or time.time(), event.deadline, event.version,
                   event.expires_at, run_id)  # fmt: skip
+        ended = event.status != "running"
         if cur[2] == event.status:
-            db.execute(_UPDATE_RUN, values)
+            db.execute(_UPDATE_RUN_ENDED if ended else _UPDATE_RUN, values)
         else:
-            db.execute(_UPDATE_RUN_STATUS, (event.status, *values))
+            db.execute(
+                _UPDATE_RUN_STATUS_ENDED if ended else _UPDATE_RUN_STATUS, (event.status, *values)
+            )
         if event.patch:
             db.executemany(
                 "INSERT INTO memory (run_id, name, json) VALUES (?, ?, ?)"
@@ -495,8 +526,8 @@ class EmbeddedStore:
         return self._transaction(
             f"renew the lease on {lease.run_id!r}", "BEGIN IMMEDIATE", self._update,
             "UPDATE runs SET lease_owner = ?, lease_expires = ?, lease_boot = ?"
-            " WHERE run_id = ? AND fence = ?",
-            (lease.owner, now + lease.ttl, boot, lease.run_id, lease.token),
+            " WHERE run_id = ? AND fence = ? AND holder = ?",
+            (lease.owner, now + lease.ttl, boot, lease.run_id, lease.token, lease.owner),
         )  # fmt: skip
 
     async def release_lease(self, lease: Lease) -> None:

@@ -12,7 +12,8 @@
 --            already (a resend after a lost reply: owners are unique per process and run),
 --            it is extended and the same token returned. A lease key still held by ARGV[5]
 --            is taken over like an expired one (a crash).
--- renew   -> 1 when the token is still the run's (the lease key is set again), else 0.
+-- renew   -> 1 when the token is still the run's and ARGV[2] its holder (the lease key is set
+--            again), else 0.
 -- release -> 1 when released, 0 when the token was already superseded.
 local op = ARGV[1]
 if op == 'acquire' then
@@ -34,6 +35,9 @@ if op == 'acquire' then
 end
 if redis.call('HGET', KEYS[1], 'fence') ~= ARGV[4] then return 0 end
 if op == 'renew' then
+  -- A commit that left the run not running gave the lease back ('holder' ''): a renewal
+  -- sent before it must not take the lease again.
+  if redis.call('HGET', KEYS[1], 'holder') ~= ARGV[2] then return 0 end
   redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
 else
   redis.call('DEL', KEYS[2])

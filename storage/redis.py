@@ -12,10 +12,12 @@ Key layout (one hash tag per run, so every per-run script touches one Cluster sl
     {prefix}:status:<status>   zset    run ids in that status, by when they entered it
     {prefix}:deadlines         zset    waiting run id by its deadline (see `due`)
 
-The four indexes live outside the per-run scripts (they are in other Cluster slots): they are
-written beside each create and each commit that changes the status, and a crash in between
-can leave them behind or ahead. Readers check every entry against its run, `gc` drops entries
-of runs that are gone, and `reindex` rebuilds them all from the runs.
+On standalone Redis the scripts keep the indexes too: `create.lua` and `commit.lua` get their
+keys, so a start and every commit are one round trip. On Cluster the indexes are in other
+slots: they are written beside each create and each commit that changes the status (or the
+deadline), and a crash in between can leave them behind or ahead. Readers check every entry
+against its run, `gc` drops entries of runs that are gone, and `reindex` rebuilds them all
+from the runs.
 A run that ends with retention (`Event.expires_at`) gets its keys expired by Redis then.
 
 Tenants stay apart: a prefix is 1-64 letters, digits, `_`, `.`, `-` (`PREFIX_ALPHABET`),
@@ -40,7 +42,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, 
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from importlib.resources import files
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, get_args
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
@@ -149,6 +151,11 @@ class RedisStore:
         """How to make a new client (for a new event loop): known for stores from a URL."""
         self._bound = _Bound.of(client)
         self._checked = False
+        self._indexes: list[str] = []
+        """The index keys a commit keeps in its own script (deadlines, then runs by each
+        status): on standalone Redis; on Cluster they are in other slots (none here)."""
+        if not isinstance(client, aioredis.RedisCluster):
+            self._indexes = [self._deadlines, *map(self._by_status, get_args(RunStatus))]
 
     def _on_this_loop(self) -> _Bound:
         """The client and scripts for the running event loop: a redis.asyncio client is bound
@@ -330,6 +337,20 @@ class RedisStore:
                 log.warning("Redis at %s: %s", self._where, problem)
 
     async def create(self, run: RunRecord, *, origin: JsonValue = None) -> RunRecord:
+        stored, _ = await self._create_and_lease(run, origin, "", 0)
+        return stored
+
+    async def start(
+        self, run: RunRecord, *, owner: str, ttl: float, origin: JsonValue = None
+    ) -> tuple[RunRecord, Lease | LeaseHeld]:
+        stored, lease = await self._create_and_lease(run, origin, owner, ttl)
+        assert lease is not None
+        return stored, lease
+
+    async def _create_and_lease(
+        self, run: RunRecord, origin: JsonValue, owner: str, ttl: float
+    ) -> tuple[RunRecord, Lease | LeaseHeld | None]:
+        """One `create.lua` (two when a provably dead holder's lease is taken over)."""
         check_run_id(run.run_id)
         event = Event(
             seq=0,
@@ -346,22 +367,48 @@ class RedisStore:
             output=origin,
         )
         fields = _run_fields(replace(run, seq=0, holder="", crashes=0))
-        keys = self._keys(run.run_id, "run", "events", "keys")
-        args = [dump_event(event), event.key, _deadline_arg(run.deadline), *fields]
-        if run.deadline is not None:
+        keys = self._keys(run.run_id, "run", "events", "keys", "lease")
+        if self._indexes:
+            keys += [f"{self._prefix}:runs", self._by_agent(run.agent)]
+            keys += [self._by_status(run.status), self._deadlines]
+        elif run.deadline is not None:
             await self._index_deadline(run.run_id, run.deadline)
-        created = await self._call(
-            f"create run {run.run_id!r}", lambda: self._create(keys=keys, args=args)
-        )
-        # Index it even when it existed: the reply to an earlier try may have been lost
-        # after the script ran. (Outside the script: the indexes are in other Cluster slots.)
-        await self._index_run(run)
+        head = [dump_event(event), event.key, _deadline_arg(run.deadline), owner, _ms(ttl)]
+        tail = [repr(run.created_at), repr(run.updated_at), *fields]
+        dead = ""
+        while True:
+            args = [*head, dead, *tail]
+            created, got, raw = await self._call(
+                f"create run {run.run_id!r}",
+                functools.partial(self._create, keys=keys, args=args),
+            )
+            lease = self._lease_of(run.run_id, owner, ttl, got) if owner else None
+            if not isinstance(lease, LeaseHeld) or lease.owner == dead:
+                break
+            if not provably_dead(lease.owner):
+                break
+            dead = lease.owner  # take it over, unless it changed hands meanwhile
+        if not self._indexes:
+            # Index it even when it existed: the reply to an earlier try may have been lost
+            # after the script ran. (Outside the script: the indexes are in other slots.)
+            await self._index_run(run)
         if created:
-            return run
-        stored = await self.load(run.run_id)
-        if stored is None:  # deleted between the two calls
-            raise StorageError(f"run {run.run_id!r} vanished while being created")
-        return stored
+            return (replace(run, holder=owner) if isinstance(lease, Lease) else run), lease
+        stored = dict(zip(raw[::2], raw[1::2], strict=True))
+        return self._decode_run(run.run_id, stored, self.key(run.run_id, "run")), lease
+
+    @staticmethod
+    def _lease_of(run_id: str, owner: str, ttl: float, reply: list[Any]) -> Lease | LeaseHeld:
+        """A lease.lua (or create.lua) acquire reply as a `Lease` or `LeaseHeld`."""
+        token = int(reply[0])
+        if token < 0:
+            return LeaseHeld(
+                run_id=run_id, owner=str(reply[1]), expires_in=max(int(reply[2]), 0) / 1000
+            )
+        seq = int(reply[2]) if len(reply) > 2 else None
+        return Lease(
+            run_id=run_id, owner=owner, token=token, ttl=ttl, crashes=int(reply[1]), seq=seq
+        )
 
     async def restore(self, run: RunRecord, events: Sequence[Event]) -> bool:
         check_history(run, events)
@@ -440,13 +487,16 @@ class RedisStore:
         ]
         for name, value in event.patch.items():
             args += [name, dump_json(value, f"memory field {name!r}")]
-        keys = self._keys(run_id, "run", "events", "keys")
-        if event.deadline is not None:  # indexed first: an entry without a commit is harmless
+        keys = [*self._keys(run_id, "run", "events", "keys", "lease"), *self._indexes]
+        if event.deadline is not None and not self._indexes:
+            # Indexed first: an entry without a commit is harmless.
             await self._index_deadline(run_id, event.deadline)
         verdict, seq, *previous = await self._call(
             f"commit to run {run_id!r}", lambda: self._commit(keys=keys, args=args)
         )
         match verdict:
+            case "ok" if self._indexes:  # the script kept them
+                return Committed(seq=int(seq))
             case "ok":
                 if event.deadline is None and previous and previous[0]:
                     # Left a waiting state with a deadline. Should this process die before
@@ -492,21 +542,12 @@ class RedisStore:
             reply = await self._call(
                 f"lease run {run_id!r}", functools.partial(self._lease, keys=keys, args=args)
             )
-            token = int(reply[0])
-            if token == 0:
+            if int(reply[0]) == 0:
                 raise KeyError(run_id)
-            if token > 0:
-                break
-            holder = str(reply[1])
-            if holder == dead or not provably_dead(holder):
-                return LeaseHeld(
-                    run_id=run_id, owner=holder, expires_in=max(int(reply[2]), 0) / 1000
-                )
-            dead = holder  # take it over, unless it changed hands meanwhile
-        seq = int(reply[2]) if len(reply) > 2 else None
-        return Lease(
-            run_id=run_id, owner=owner, token=token, ttl=ttl, crashes=int(reply[1]), seq=seq
-        )
+            got = self._lease_of(run_id, owner, ttl, reply)
+            if isinstance(got, Lease) or got.owner == dead or not provably_dead(got.owner):
+                return got
+            dead = got.owner  # take it over, unless it changed hands meanwhile
 
     async def renew_lease(self, lease: Lease) -> bool:
         keys = self._keys(lease.run_id, "run", "lease")

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
+import sys
 import time
+from pathlib import Path
 
 import pytest
 from pydantic import JsonValue
@@ -25,6 +28,8 @@ from storage import (
 )
 
 from .corrupt import corrupt_last_event, corrupt_memory_field
+
+_ROOT = str(Path(__file__).resolve().parents[2])
 
 
 def new_run(run_id: str = "run-1", **memory: JsonValue) -> RunRecord:
@@ -235,6 +240,62 @@ async def test_renew_keeps_the_lease_past_its_ttl(store: Store) -> None:
         assert await store.renew_lease(lease)
     held = await store.acquire_lease("run-1", "w2", 1)
     assert isinstance(held, LeaseHeld)
+
+
+async def test_start_creates_the_run_and_takes_its_lease_at_once(store: Store) -> None:
+    run, lease = await store.start(new_run(), owner="w1", ttl=10)
+    assert isinstance(lease, Lease) and (lease.owner, lease.crashes, lease.seq) == ("w1", 0, 0)
+    assert run.seq == 0 and run.holder == "w1" and run.memory == new_run().memory
+    stored = await store.load("run-1")
+    assert stored is not None and (stored.seq, stored.holder, stored.status) == (0, "w1", "running")
+    assert [e.kind for e in await store.history("run-1")] == ["start"]
+    held = await store.acquire_lease("run-1", "w2", 10)
+    assert isinstance(held, LeaseHeld) and held.owner == "w1"
+    assert await store.commit("run-1", expected_seq=0, token=lease.token, event=event(1))
+    assert [r.run_id for r in await store.list_runs(status="running")] == ["run-1"]
+
+
+async def test_start_of_a_stored_run_returns_it_as_stored_and_leases_it(store: Store) -> None:
+    await store.create(new_run())
+    first = await leased(store, owner="w1")
+    assert await store.commit("run-1", expected_seq=0, token=first.token, event=event(1, n=5))
+    again, held = await store.start(new_run(n=99), owner="w2", ttl=10)
+    assert isinstance(held, LeaseHeld) and held.owner == "w1"  # refused: w1 holds it
+    assert (again.seq, again.memory["n"], again.holder) == (1, 5, "w1")
+    await store.release_lease(first)
+    again, lease = await store.start(new_run(n=99), owner="w2", ttl=10)
+    assert isinstance(lease, Lease) and lease.token > first.token and lease.seq == 1
+    assert (again.seq, again.memory["n"], again.holder, lease.crashes) == (1, 5, "w2", 0)
+    assert len(await store.history("run-1")) == 2
+
+
+async def test_start_takes_over_a_lease_whose_holder_is_provably_dead(store: Store) -> None:
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", "from storage._process import owner_id; print(owner_id())",
+        stdout=asyncio.subprocess.PIPE, env={**os.environ, "PYTHONPATH": _ROOT},
+    )  # fmt: skip
+    out, _ = await child.communicate()  # it has exited: its owner id is provably dead
+    dead = out.decode().strip()
+    await store.create(new_run())
+    assert isinstance(await store.acquire_lease("run-1", dead, 60), Lease)
+    run, lease = await store.start(new_run(), owner="w2", ttl=10)
+    assert isinstance(lease, Lease) and lease.crashes == 1 and run.holder == "w2"
+
+
+async def test_a_commit_that_leaves_the_run_not_running_gives_the_lease_back(
+    store: Store,
+) -> None:
+    await store.create(new_run())
+    for seq, status in enumerate(["waiting", "waiting", "done"], start=1):
+        lease = await leased(store, owner=f"w{seq}")
+        assert lease.crashes == 0  # given back, not died
+        e = dataclasses.replace(event(seq), status=status)
+        assert await store.commit("run-1", expected_seq=seq - 1, token=lease.token, event=e)
+        assert not await store.renew_lease(lease)  # a late renewal takes nothing back
+        run = await store.load("run-1")
+        assert run is not None and (run.holder, run.status) == ("", status)
+        assert [r.run_id for r in await store.list_runs(status=status)] == ["run-1"]
+    assert await store.list_runs(status="running") == []
 
 
 async def test_history_is_in_order_and_starts_where_asked(store: Store) -> None:

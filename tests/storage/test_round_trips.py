@@ -1,8 +1,9 @@
 """Round trips of a run's life on a real redis-server, counted on the wire.
 
-The numbers are what the code does today, asserted exactly: a change that saves a round trip
-updates its constant here on purpose (issue 17's targets: start 1, each step 1, the final
-step 1 with the release inside it).
+The numbers are what the code does, asserted exactly: a change that saves a round trip
+updates its constant here on purpose. Issue 17's targets, met: start 1 (the lease taken with
+the run), each step 1, the final step 1 with the release and the index upkeep inside it, so
+a K-step run costs K + 1 round trips.
 """
 
 from __future__ import annotations
@@ -17,16 +18,22 @@ from storage import RedisStore
 from ..redis_server import RedisServer
 from .roundtrips import count_round_trips
 
-START = 2
-"""`agent.start`: create.lua, then the run's index entries (one pipeline)."""
-FIRST_STEP = 2
-"""The first step: lease.lua (acquire, which says the seq: no reload), then commit.lua."""
+START = 1
+"""`agent.start(hold=True)`: create.lua, which indexes the run and takes its lease too."""
+FIRST_STEP = 1
+"""The first step of a held run: commit.lua alone."""
 STEP = 1
 """A step that does not end the run: commit.lua alone."""
-FINAL_STEP = 2
-"""The step into a final state: commit.lua, then moving the run between status indexes."""
-RELEASE = 1
-"""Giving the lease back: lease.lua (release)."""
+FINAL_STEP = 1
+"""The step into a final state: commit.lua, which moves the run between the status indexes
+and gives the lease back."""
+RELEASE = 0
+"""Giving the lease back: nothing left to do, the final commit did it."""
+UNHELD_START = 1
+"""`agent.start()` (no lease): create.lua with the index entries."""
+UNHELD_FIRST_STEP = 2
+"""The first step of a run started unheld: lease.lua (acquire, which says the seq: no
+reload), then commit.lua."""
 
 _ids = itertools.count()
 
@@ -51,7 +58,7 @@ async def test_a_run_costs_the_round_trips_counted_here(redis_server: RedisServe
     try:
         await (await three_steps.start(store, Memory())).until_done()  # loads the scripts
         wire.take()
-        run = await three_steps.start(store, Memory())
+        run = await three_steps.start(store, Memory(), hold=True)
         counted = {"start": wire.take()}
         await run.step()
         counted["first step"] = wire.take()
@@ -71,3 +78,21 @@ async def test_a_run_costs_the_round_trips_counted_here(redis_server: RedisServe
         "final step": FINAL_STEP,
         "release": RELEASE,
     }
+
+
+async def test_a_run_started_unheld_takes_its_lease_with_the_first_step(
+    redis_server: RedisServer,
+) -> None:
+    store = RedisStore.from_url(redis_server.url, prefix=f"rt{next(_ids)}")
+    wire = count_round_trips(store)
+    try:
+        await (await three_steps.start(store, Memory())).until_done()  # loads the scripts
+        wire.take()
+        run = await three_steps.start(store, Memory())
+        counted = {"start": wire.take()}
+        await run.step()
+        counted["first step"] = wire.take()
+        await run.until_done()
+    finally:
+        await store.close()
+    assert counted == {"start": UNHELD_START, "first step": UNHELD_FIRST_STEP}
