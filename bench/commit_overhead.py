@@ -321,6 +321,11 @@ class StubStore:
     async def create(self, run: RunRecord, *, origin: JsonValue = None) -> RunRecord:
         return self._runs.setdefault(run.run_id, run)
 
+    async def start(
+        self, run: RunRecord, *, owner: str, ttl: float, origin: JsonValue = None
+    ) -> tuple[RunRecord, Lease | LeaseHeld]:
+        return await self.create(run), await self.acquire_lease(run.run_id, owner, ttl)
+
     async def restore(self, run: RunRecord, events: Sequence[Event]) -> bool:
         return self._runs.setdefault(run.run_id, run) is run
 

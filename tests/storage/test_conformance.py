@@ -286,7 +286,8 @@ async def test_a_commit_that_leaves_the_run_not_running_gives_the_lease_back(
     store: Store,
 ) -> None:
     await store.create(new_run())
-    for seq, status in enumerate(["waiting", "waiting", "done"], start=1):
+    ends: list[RunStatus] = ["waiting", "waiting", "done"]
+    for seq, status in enumerate(ends, start=1):
         lease = await leased(store, owner=f"w{seq}")
         assert lease.crashes == 0  # given back, not died
         e = dataclasses.replace(event(seq), status=status)
