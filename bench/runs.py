@@ -8,7 +8,8 @@ connection, sequential awaits), on one private redis-server:
 2. our per-step p50/p99 (`await run.step()` of a chain of no-op tool steps, a 1,000-step
    run, its first step left out): async tool, sync tool inline (`in_thread=False`), sync
    tool with the default;
-3. the short-run scenario: 200 runs of 5 steps, each `start` + 5 `step()` + `release()`:
+3. the short-run scenario: 200 runs of 5 steps, each `start(hold=True)` (the lease taken with
+   the run) + 5 `step()` + `release()` (nothing left to give back: the final commit did):
    µs per run, its start, first step, final step and end (the release), and the round trips
    and Redis commands per run, counted: round trips and replies on the client's connections
    (`bench/_counting.py`), and every command the server ran (`INFO commandstats` deltas,
@@ -126,7 +127,7 @@ def short_runs(
         samples: list[tuple[int, ...]] = []
         for _ in range(n):
             t0 = clock()
-            run = await agent.start(store, Memory(), run_id=f"{tag}-{next(counter)}")
+            run = await agent.start(store, Memory(), run_id=f"{tag}-{next(counter)}", hold=True)
             t1 = clock()
             await run.step()
             t2 = clock()

@@ -85,16 +85,25 @@ class Run(Generic[M]):
         self.machine = machine
         self.store = store
         self.memory = memory
-        self.owner = owner_id() if lease is None else lease.owner
         self._record = record
         self._ledger = Ledger(store, record.run_id, record.memory, record.seq)
-        self._keeper = LeaseKeeper(store, record.run_id, self.owner, machine.lease_ttl, lease_wait)
+        owner = owner_id() if lease is None else lease.owner
+        self._keeper = LeaseKeeper(store, record.run_id, owner, machine.lease_ttl, lease_wait)
         if lease is not None:  # taken with the run (`Machine.start(hold=True)`)
             self._keeper.keep(lease)
 
     def __repr__(self) -> str:
         where = f"{self.state} seq={self.seq} {self.status}"
         return f"<Run {self.run_id!r} of {self.machine.name!r}: {where}>"
+
+    @property
+    def owner(self) -> str:
+        """The lease owner id this run takes leases as, and names in its events."""
+        return self._keeper.owner
+
+    @owner.setter
+    def owner(self, owner: str) -> None:  # a worker names itself in it (`Worker`)
+        self._keeper.owner = owner
 
     @property
     def run_id(self) -> str:
@@ -420,8 +429,9 @@ class Run(Generic[M]):
             try:
                 if policy.timeout is None:
                     result = await t.step.run(mine, ctx)
-                else:
-                    result = await asyncio.wait_for(t.step.run(mine, ctx), policy.timeout)
+                else:  # in this task: wait_for would start a task per step
+                    async with asyncio.timeout(policy.timeout):
+                        result = await t.step.run(mine, ctx)
                 return self._settle(t, result), attempt
             except StepFailed:
                 raise  # a result that can never commit (a bad route, memory, size)

@@ -56,6 +56,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ._codec import dump_event, dump_json, load_event, load_json, run_from_fields
+from ._connection import send_in_task
 from ._process import provably_dead
 from .base import (
     CommitOutcome,
@@ -244,6 +245,7 @@ class RedisStore:
             if cluster:
                 return aioredis.RedisCluster.from_url(plain, **options)
             pool = aioredis.BlockingConnectionPool.from_url(plain, **options)
+            send_in_task(pool)
             if "max_connections" not in dict(query):
                 pool.max_connections = DEFAULT_MAX_CONNECTIONS
             return aioredis.Redis.from_pool(pool)  # closing the client closes the pool
