@@ -7,7 +7,9 @@ line), strings that are not Unicode text (lone surrogates), and anything that is
 Integers of any size, empty containers and all of Unicode round-trip and are kept.
 
 The check costs one serialization, which the caller needed anyway (the bytes are returned),
-and a few scans of those bytes in C: the slow walk that names the place runs only on failure.
+and a few scans of those bytes in C (counting the brackets and looking for NaN usually
+settles it; strings are stripped with a regex only when not): the slow walk that names the
+place runs only on failure.
 """
 
 from __future__ import annotations
@@ -43,7 +45,9 @@ def json_bytes(value: Any, where: str, *, envelope: bool = False) -> bytes:
         text = pydantic_core.to_json(value, inf_nan_mode="constants")
     except (pydantic_core.PydanticSerializationError, ValueError, RecursionError):
         raise Unstorable(where, _problem(value, limit) or "it is not JSON") from None
-    bare = _STRING.sub(b"", text) if b'"' in text else text
+    if text.count(b"[") + text.count(b"{") <= limit and not (b"NaN" in text or b"Inf" in text):
+        return text  # the usual case, without a regex pass: it cannot be nested too deep
+    bare = _STRING.sub(b"", text) if b'"' in text else text  # brackets in strings do not nest
     if _NON_FINITE.search(bare) or _too_deep(bare, limit):
         raise Unstorable(where, _problem(value, limit) or "it is not JSON")
     return text
