@@ -56,7 +56,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ._codec import dump_event, dump_json, load_event, load_json, run_from_fields
-from ._connection import send_in_task
+from ._connection import HeldConnections, send_in_task
 from ._process import provably_dead
 from .base import (
     CommitOutcome,
@@ -380,9 +380,9 @@ class RedisStore:
         dead = ""
         while True:
             args = [*head, dead, *tail]
+            bound = self._on_this_loop()
             created, got, raw = await self._call(
-                f"create run {run.run_id!r}",
-                functools.partial(self._create, keys=keys, args=args),
+                f"create run {run.run_id!r}", functools.partial(bound.run, bound.create, keys, args)
             )
             lease = self._lease_of(run.run_id, owner, ttl, got) if owner else None
             if not isinstance(lease, LeaseHeld) or lease.owner == dead:
@@ -493,8 +493,9 @@ class RedisStore:
         if event.deadline is not None and not self._indexes:
             # Indexed first: an entry without a commit is harmless.
             await self._index_deadline(run_id, event.deadline)
+        bound = self._on_this_loop()
         verdict, seq, *previous = await self._call(
-            f"commit to run {run_id!r}", lambda: self._commit(keys=keys, args=args)
+            f"commit to run {run_id!r}", lambda: bound.run(bound.commit, keys, args)
         )
         match verdict:
             case "ok" if self._indexes:  # the script kept them
@@ -768,13 +769,25 @@ class _Bound:
     restore: AsyncScript
     loop: asyncio.AbstractEventLoop | None = None
     closer: AsyncGenerator[None, None] | None = None
+    held: HeldConnections | None = None
+    """Connections kept for the hot path's scripts (standalone Redis; None on Cluster)."""
 
     @classmethod
     def of(cls, client: Client) -> _Bound:
         def script(name: str) -> AsyncScript:
             return client.register_script(_script(f"{name}.lua"))
 
-        return cls(client, script("commit"), script("create"), script("lease"), script("restore"))
+        bound = cls(client, script("commit"), script("create"), script("lease"), script("restore"))
+        if not isinstance(client, aioredis.RedisCluster):
+            bound.held = HeldConnections(client.connection_pool)
+        return bound
+
+    def run(self, script: AsyncScript, keys: list[str], args: list[Any]) -> Awaitable[Any]:
+        """`script(keys, args)`, on a held connection where there are some."""
+        ordinary = functools.partial(script, keys=keys, args=args)
+        if self.held is None:
+            return ordinary()
+        return self.held.evalsha(script, keys, args, ordinary)
 
 
 def _close_with_loop(client: Client) -> AsyncGenerator[None, None]:

@@ -27,8 +27,9 @@ class Wire:
         return got
 
 
-def count_round_trips(store: RedisStore) -> Wire:
-    """Count what `store` sends from now on; it must not have opened a connection yet."""
+def count_round_trips(store: RedisStore, names: list[str] | None = None) -> Wire:
+    """Count what `store` sends from now on; it must not have opened a connection yet.
+    `names`: where to append the name of each command sent alone (not pipelined)."""
     client: Any = store.client
     pool = client.connection_pool
     if getattr(pool, "_in_use_connections", None) or getattr(pool, "_available_connections", ()):
@@ -40,6 +41,11 @@ def count_round_trips(store: RedisStore) -> Wire:
         async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
             wire.round_trips += 1
             await super().send_packed_command(command, check_health)
+
+        async def send_command(self, *args: Any, **kwargs: Any) -> None:
+            if names is not None:
+                names.append(str(args[0]))
+            await super().send_command(*args, **kwargs)
 
         async def read_response(self, *args: Any, **kwargs: Any) -> Any:
             wire.commands += 1

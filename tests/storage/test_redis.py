@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Callable
 
 import pytest
 from redis.crc import key_slot
@@ -13,6 +12,7 @@ from storage import Committed, Lease, RedisStore, RunRecord, StoreUnavailable, o
 from storage.redis import redact
 
 from ..redis_server import RedisServer, free_port
+from .roundtrips import count_round_trips
 from .test_conformance import event, new_run
 
 
@@ -26,22 +26,20 @@ async def test_every_key_of_a_run_is_in_one_cluster_slot(redis_store: RedisStore
     assert len({key_slot(k.encode()) for k in keys}) == 1
 
 
-async def test_a_commit_is_one_evalsha(
-    redis_store: RedisStore, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    await redis_store.create(new_run())
-    lease = await redis_store.acquire_lease("run-1", "w1", 10)
-    assert isinstance(lease, Lease)
+async def test_a_commit_is_one_evalsha(redis_server: RedisServer) -> None:
+    store = RedisStore.from_url(redis_server.url, prefix="one-evalsha")
     sent: list[str] = []
-    execute: Callable[..., Awaitable[Any]] = redis_store.client.execute_command
-
-    async def counting(*args: Any, **options: Any) -> Any:
-        sent.append(str(args[0]))
-        return await execute(*args, **options)
-
-    monkeypatch.setattr(redis_store.client, "execute_command", counting)
-    await redis_store.commit("run-1", expected_seq=0, token=lease.token, event=event(1, n=1))
-    assert sent == ["EVALSHA"]
+    wire = count_round_trips(store, sent)
+    try:
+        await store.create(new_run())
+        lease = await store.acquire_lease("run-1", "w1", 10)
+        assert isinstance(lease, Lease)
+        await store.commit("run-1", expected_seq=0, token=lease.token, event=event(1, n=1))
+        wire.take(), sent.clear()  # the first may have loaded the script
+        await store.commit("run-1", expected_seq=1, token=lease.token, event=event(2, n=2))
+        assert (wire.round_trips, wire.commands, sent) == (1, 1, ["EVALSHA"])
+    finally:
+        await store.close()
 
 
 async def test_the_commit_script_survives_a_script_cache_flush(redis_store: RedisStore) -> None:
