@@ -85,11 +85,12 @@ class HeldConnections:
     redis-py 8's pool checkout (a lock, a timer, observability hooks: two each way) cost
     about 90 µs of a 320 µs step on the 2-core test machine (issue 17). The pool still
     bounds the connections (`max_connections`): at most as many are held as calls were in
-    flight at once, and closing the client closes them. A connection whose call did not end
-    with a reply (a timeout, a cancellation, a dropped socket) is never used again: it is
-    disconnected and given back to the pool, and the call goes the ordinary way
-    (`fallback`), with redis-py's retries: a commit may then be sent twice, and its
-    second answer is "duplicate" (handled above, as for any retried call).
+    flight at once, and closing the client closes them. Failures are retried as redis-py's
+    client retries them (the connection's `retry`: reconnect, send again; a commit may then
+    be sent twice, and its second answer is "duplicate", handled above as for any retried
+    call). A connection whose call did not end with a reply (out of retries, cancelled) is
+    disconnected and given back to the pool. A script the server lost goes the ordinary
+    way (`fallback`), which loads it.
     """
 
     def __init__(self, pool: ConnectionPool) -> None:
@@ -104,19 +105,23 @@ class HeldConnections:
             conn = self._idle.pop()
         else:
             conn = await self._pool.get_connection()  # type: ignore[no-untyped-call]
-        try:
+
+        async def send() -> Any:
             await conn.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
-            reply = await conn.read_response()
+            return await conn.read_response()
+
+        async def failed(error: Exception) -> None:  # as redis-py's client: reconnect, retry
+            await conn.disconnect()
+
+        try:
+            reply = await conn.retry.call_with_retry(send, failed)
         except NoScriptError:  # a server restarted or flushed: load it the ordinary way
             self._idle.append(conn)
             return await fallback()
         except ResponseError:
             self._idle.append(conn)  # an error reply: the connection is fine
             raise
-        except (RedisConnectionError, RedisTimeoutError, OSError):
-            await self._drop(conn)
-            return await fallback()
-        except BaseException:
+        except BaseException:  # out of retries, cancelled: no reply, or one left unread
             await self._drop(conn)
             raise
         self._idle.append(conn)
