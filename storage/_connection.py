@@ -84,8 +84,8 @@ class HeldConnections:
 
     redis-py 8's pool checkout (a lock, a timer, observability hooks: two each way) cost
     about 90 µs of a 320 µs step on the 2-core test machine (issue 17). The pool still
-    bounds the connections (`max_connections`): at most as many are held as calls were in
-    flight at once, and closing the client closes them. Failures are retried as redis-py's
+    bounds the connections (`max_connections`): at most a quarter of them are kept idle (the
+    rest go back), and closing the client closes them. Failures are retried as redis-py's
     client retries them (the connection's `retry`: reconnect, send again; a commit may then
     be sent twice, and its second answer is "duplicate", handled above as for any retried
     call). A connection whose call did not end with a reply (out of retries, cancelled) is
@@ -96,6 +96,9 @@ class HeldConnections:
     def __init__(self, pool: ConnectionPool) -> None:
         self._pool = pool
         self._idle: list[AbstractConnection] = []
+        self._keep = max(1, int(getattr(pool, "max_connections", 100)) // 4)
+        """Idle connections kept at most: the rest go back to the pool, so the other
+        commands (loads, leases, the queue) always find some there."""
 
     async def evalsha(
         self, script: AsyncScript, keys: list[str], args: list[Any],
@@ -116,16 +119,22 @@ class HeldConnections:
         try:
             reply = await conn.retry.call_with_retry(send, failed)
         except NoScriptError:  # a server restarted or flushed: load it the ordinary way
-            self._idle.append(conn)
+            await self._put_back(conn)
             return await fallback()
         except ResponseError:
-            self._idle.append(conn)  # an error reply: the connection is fine
+            await self._put_back(conn)  # an error reply: the connection is fine
             raise
         except BaseException:  # out of retries, cancelled: no reply, or one left unread
             await self._drop(conn)
             raise
-        self._idle.append(conn)
+        await self._put_back(conn)
         return reply
+
+    async def _put_back(self, conn: AbstractConnection) -> None:
+        if len(self._idle) < self._keep:
+            self._idle.append(conn)
+        else:
+            await self._pool.release(conn)
 
     async def _drop(self, conn: AbstractConnection) -> None:
         await conn.disconnect(nowait=True)
