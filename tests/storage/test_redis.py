@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 
@@ -35,7 +36,8 @@ async def test_a_commit_is_one_evalsha(redis_server: RedisServer) -> None:
         lease = await store.acquire_lease("run-1", "w1", 10)
         assert isinstance(lease, Lease)
         await store.commit("run-1", expected_seq=0, token=lease.token, event=event(1, n=1))
-        wire.take(), sent.clear()  # the first may have loaded the script
+        wire.take()  # the first may have loaded the script
+        sent.clear()
         await store.commit("run-1", expected_seq=1, token=lease.token, event=event(2, n=2))
         assert (wire.round_trips, wire.commands, sent) == (1, 1, ["EVALSHA"])
     finally:
@@ -113,3 +115,31 @@ async def test_the_deadlines_index_heals_what_a_crash_left_behind(
     await client.zadd(index, {"gone-waiting": t - 5, "moved": t - 4, "no-such-run": t - 3})
     assert await redis_store.due(t) == []
     assert await client.zrange(index, 0, -1, withscores=True) == [("moved", t + 600)]
+
+
+async def test_the_connections_held_for_commits_leave_the_pool_enough(
+    redis_server: RedisServer,
+) -> None:
+    """Commits keep their connections (no pool checkout per commit), a quarter of the pool
+    at most when idle: 8 commits at once on a pool of 8 leave 2 kept, and other commands
+    still get connections."""
+    store = RedisStore.from_url(f"{redis_server.url}?max_connections=8", prefix="held")
+    try:
+        ids = [f"h{i}" for i in range(8)]
+        leases = []
+        for run_id in ids:
+            _, lease = await store.start(new_run(run_id), owner="w1", ttl=10)
+            assert isinstance(lease, Lease)
+            leases.append(lease)
+        outcomes = await asyncio.gather(
+            *(
+                store.commit(r, expected_seq=0, token=lease.token, event=event(1))
+                for r, lease in zip(ids, leases, strict=True)
+            )
+        )
+        assert outcomes == [Committed(seq=1)] * 8
+        held = store._on_this_loop().held
+        assert held is not None and 1 <= len(held._idle) <= 2
+        assert [r.seq for r in await asyncio.gather(*map(store.load, ids)) if r] == [1] * 8
+    finally:
+        await store.close()
