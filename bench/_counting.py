@@ -7,6 +7,7 @@ asyncio and sync clients alike. (Self-contained: benchmarks do not import from t
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +28,7 @@ def count_wire(pool: Any) -> Wire:
     """Count what `pool`'s connections send from now on (set before its first connection)."""
     wire = Wire()
     base = pool.connection_class
-    if base.__module__.startswith("redis.asyncio"):
+    if inspect.iscoroutinefunction(base.send_packed_command):  # redis.asyncio's (or ours)
 
         class AsyncCounting(base):  # type: ignore[misc, valid-type]
             async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
