@@ -40,6 +40,7 @@ class LeaseKeeper:
         self.ttl = ttl
         self.wait = wait
         self.lease: Lease | None = None
+        self._timer: asyncio.TimerHandle | None = None
         self._renewer: asyncio.Task[None] | None = None
 
     async def take(self) -> Lease:
@@ -49,14 +50,25 @@ class LeaseKeeper:
         return self.lease
 
     def keep(self, lease: Lease) -> None:
-        """Hold `lease` (taken here, or by `Store.start`) and renew it in the background."""
+        """Hold `lease` (taken here, or by `Store.start`) and renew it in the background,
+        every third of its ttl. The renewing task starts at the first renewal (a timer until
+        then): most runs are given back before, and never pay for a task."""
         self.lease = lease
-        self._renewer = asyncio.create_task(self._renew(lease), name=f"lease:{self.run_id}")
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(lease.ttl / 3, self._start_renewing, lease)
+
+    def _start_renewing(self, lease: Lease) -> None:
+        self._timer = None
+        if self.lease is lease:
+            self._renewer = asyncio.create_task(self._renew(lease), name=f"lease:{self.run_id}")
 
     def dropped(self) -> None:
         """The store gave the lease back (a commit that left the run not running does):
-        stop renewing it, hold nothing."""
+        stop renewing it, hold nothing. (Also what a process that dies holding it does.)"""
         self.lease = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self._renewer is not None:
             self._renewer.cancel()
             self._renewer = None
@@ -76,9 +88,9 @@ class LeaseKeeper:
 
     async def _renew(self, lease: Lease) -> None:
         while True:
-            await asyncio.sleep(lease.ttl / 3)
             try:
                 if not await self.store.renew_lease(lease):
                     return  # taken over; the next commit is refused and says so
             except StorageError:
-                continue  # a blip; the lease is still ours until it expires
+                pass  # a blip; the lease is still ours until it expires
+            await asyncio.sleep(lease.ttl / 3)

@@ -39,8 +39,8 @@ async def die_during_step(run: Run[Count]) -> None:
     """Start a step and kill it mid-way the way SIGKILL would: no release, no more renewals."""
     task = asyncio.create_task(run.step())
     await asyncio.sleep(0.05)
-    assert run._keeper._renewer is not None
-    run._keeper._renewer.cancel()
+    assert run._keeper.lease is not None
+    run._keeper.dropped()  # no more renewals, nothing given back
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
