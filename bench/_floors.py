@@ -59,7 +59,7 @@ class Floor:
     """Runs committed seq after seq with raw EVALSHAs of commit.lua, as RedisStore sends them."""
 
     def __init__(self, store: RedisStore, run_id: str, token: int) -> None:
-        self.keys = [store.key(run_id, part) for part in ("run", "events", "keys")]
+        self.keys = store.commit_keys(run_id)
         self.run_id = run_id
         self.token = token
         self.seq = 0

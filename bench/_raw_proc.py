@@ -66,7 +66,7 @@ async def measure(url: str, out: Path, runs: int, steps: int, concurrency: int, 
     async def drive() -> None:
         clock = time.perf_counter_ns
         for run_id in todo:
-            keys = [store.key(run_id, part) for part in ("run", "events", "keys")]
+            keys = store.commit_keys(run_id)
             token = tokens[run_id]
             at = time.time()
             event_json = encode(

@@ -192,7 +192,7 @@ class RawRun:
     def __init__(self, store: RedisStore, run_id: str) -> None:
         self.store = store
         self.run_id = run_id
-        self.keys = [store.key(run_id, part) for part in ("run", "events", "keys")]
+        self.keys = store.commit_keys(run_id)
         self.script = store.client.register_script(
             files("storage").joinpath("commit.lua").read_text(encoding="utf-8")
         )

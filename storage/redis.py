@@ -266,6 +266,10 @@ class RedisStore:
         """The Redis key of one part ("run", "events", "keys", "lease") of a run."""
         return f"{self._prefix}:{{{run_id}}}:{part}"
 
+    def commit_keys(self, run_id: str) -> list[str]:
+        """The keys `commit` sends `commit.lua` (benchmarks send the same)."""
+        return [*self._keys(run_id, "run", "events", "keys", "lease"), *self._indexes]
+
     def _keys(self, run_id: str, *parts: str) -> list[str]:
         return [self.key(run_id, p) for p in parts]
 
@@ -489,7 +493,7 @@ class RedisStore:
         ]
         for name, value in event.patch.items():
             args += [name, dump_json(value, f"memory field {name!r}")]
-        keys = [*self._keys(run_id, "run", "events", "keys", "lease"), *self._indexes]
+        keys = self.commit_keys(run_id)
         if event.deadline is not None and not self._indexes:
             # Indexed first: an entry without a commit is harmless.
             await self._index_deadline(run_id, event.deadline)
