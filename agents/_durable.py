@@ -45,6 +45,7 @@ from pydantic_ai.toolsets import AbstractToolset, FunctionToolset
 from pydantic_ai.usage import UsageLimits
 
 from statemachine import DefinitionError, Graph, RunError, RunLocked, RunTakenOver
+from statemachine._tracing import attached
 from storage import Event, StorageError, Store
 
 from ._durable_approvals import answers_to, approve_tool_call
@@ -257,7 +258,8 @@ class DurableAgent(Generic[AgentDepsT, OutputT]):
         for _ in range(100):
             journal = Journal(run=run, events=await run.history(), notify=on_event)
             try:
-                return await self._replay(journal, options)
+                with attached(run.record):  # pydantic-ai's spans join the run's trace
+                    return await self._replay(journal, options)
             except RunMoved:
                 await run.release(quiet=True)
                 run = await self.machine.resume(self.store, run.run_id, lease_wait=lease_wait)

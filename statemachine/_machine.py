@@ -21,6 +21,7 @@ from ._migrate import Migration, check_migrations, needs_upgrade, upgrade
 from ._provenance import memory_at
 from ._runner import Run, check_payload_storable, json_size, now
 from ._table import Transition
+from ._tracing import open_trace
 from ._validate import Table, check_machine_name, compile_table
 from .errors import (
     InvalidMemory,
@@ -251,8 +252,10 @@ class Machine(Generic[M]):
                 f" limit of {self.max_memory} (Agent(max_memory=...))"
             )
         created = now()
+        run_id = run_id or uuid.uuid4().hex
+        traced = open_trace(self.name, self.version, run_id, self.table.initial)
         record = RunRecord(
-            run_id=run_id or uuid.uuid4().hex,
+            run_id=run_id,
             agent=self.name,
             version=self.version,
             state=self.table.initial,
@@ -263,8 +266,10 @@ class Machine(Generic[M]):
             updated_at=created,
             deadline=self.deadline_in(self.table.initial, created),
             nonce=secrets.token_hex(8),
+            trace=traced.traceparent,
         )
         stored = await store.create(record)
+        traced.created(stored.trace == record.trace)
         if needs_upgrade(self, stored):  # a run of that id, stored by an older version
             stored = await upgrade(self, store, stored, lease_wait)
         return self._open(store, stored, lease_wait)
@@ -307,8 +312,10 @@ class Machine(Generic[M]):
         memory = checked.model_dump(mode="json")
         _stored_size(memory, f"forking {run_id!r}")
         created = now()
+        new_run_id = new_run_id or uuid.uuid4().hex
+        traced = open_trace(self.name, self.version, new_run_id, state, forked_from=source)
         record = RunRecord(
-            run_id=new_run_id or uuid.uuid4().hex,
+            run_id=new_run_id,
             agent=self.name,
             version=self.version,
             state=state,
@@ -319,6 +326,7 @@ class Machine(Generic[M]):
             updated_at=created,
             deadline=self.deadline_in(state, created),
             nonce=secrets.token_hex(8),
+            trace=traced.traceparent,
         )
         origin: dict[str, JsonValue] = {"forked_from": run_id, "at": at_seq}
         if memory_update:
@@ -332,6 +340,7 @@ class Machine(Generic[M]):
         )  # fmt: skip
         if not await store.restore(record, [start]):
             raise RunError(f"a run with id {record.run_id!r} exists: pick another new_run_id")
+        traced.created(True)
         stored = record
         return self._open(store, stored, lease_wait)
 
