@@ -64,6 +64,7 @@ from ._durable_steps import (
     load_prompt,
     rounds_of,
 )
+from ._durable_tracing import traced_steps
 from ._llm import ModelSpec
 from ._report import render_report
 from ._tool_engine import MODEL_POLICY, TOOL_POLICY, StepPolicy, args_digest
@@ -365,7 +366,7 @@ class DurableAgent(Generic[AgentDepsT, OutputT]):
                         deferred_tool_results=deferred_results(answers) if answers else None,
                         run_id=_segment_run_id(run.run_id, journal.segment),
                         conversation_id=run.run_id,
-                        capabilities=[journal],
+                        capabilities=[journal, *traced_steps(run)],
                         **options,
                     )
             except _OURS:

@@ -57,7 +57,7 @@ if TYPE_CHECKING:
     from opentelemetry.context import Context
     from opentelemetry.trace import Span, SpanContext, Tracer
 
-__all__ = ["RunTrace", "attached", "open_trace", "step_failed", "transition_span"]
+__all__ = ["RunTrace", "attached", "open_trace", "step_failed", "traced", "transition_span"]
 
 _TRACER_NAME = "agentfsm"
 _active: ContextVar[_Transition | None] = ContextVar("agentfsm_transition", default=None)
@@ -77,6 +77,11 @@ def _tracer() -> Tracer | None:
         _cached[:] = [provider, provider.get_tracer(_TRACER_NAME) if real else None]
     tracer: Tracer | None = _cached[1]
     return tracer
+
+
+def traced() -> bool:
+    """Whether a tracer provider is set (spans made now are reported)."""
+    return _tracer() is not None
 
 
 @lru_cache(maxsize=1024)
@@ -174,12 +179,14 @@ _UNTRACED = _Untraced()
 class _Transition:
     """One transition's span, current from `__enter__` to `__exit__`."""
 
-    __slots__ = ("_context", "_outcome", "_span", "_tokens")
+    __slots__ = ("_context", "_outcome", "_pending", "_span", "_tokens")
 
-    def __init__(self, span: Span, context: Context) -> None:
+    def __init__(self, span: Span, context: Context, *, pending: bool) -> None:
         self._span = span
         self._context = context
         self._outcome = ""
+        self._pending = pending
+        """Opened ahead of its transition: dropped (never ended) unless one joins it."""
         self._tokens: tuple[object, Token[_Transition | None]] | None = None
 
     def __enter__(self) -> _Transition:
@@ -218,6 +225,8 @@ class _Transition:
     ) -> None:
         span = self._span
         try:
+            if self._pending:
+                return  # no transition ran inside (a replayed unit): never reported
             if exc is not None:
                 from asyncio import CancelledError
 
@@ -258,11 +267,16 @@ class _Joined:
         return self._outer.committed(event)
 
 
-def transition_span(record: RunRecord, trigger: str, kind: str) -> _Transition | _Joined | _Untraced:
+def transition_span(
+    record: RunRecord, trigger: str, kind: str, *, pending: bool = False
+) -> _Transition | _Joined | _Untraced:
     """The span of one transition of run `record` (use with `with`; `.committed(event)` once
-    the commit landed). Inside another transition's span, that one is used."""
+    the commit landed). Inside another transition's span, that one is used. `pending`: a
+    span opened ahead of the transition it may hold (so that spans opened in between nest
+    inside it), reported only if a transition ran inside it."""
     outer = _active.get()
     if outer is not None:
+        outer._pending = False
         return _Joined(outer)
     tracer = _tracer()
     if tracer is None:
@@ -287,7 +301,7 @@ def transition_span(record: RunRecord, trigger: str, kind: str) -> _Transition |
     span = tracer.start_span(f"{kind} {trigger}", context, attributes=attributes, links=links)
     if record.crashes:
         span.add_event("agentfsm.crash_retry", {"agentfsm.crashes": record.crashes})
-    return _Transition(span, trace.set_span_in_context(span))
+    return _Transition(span, trace.set_span_in_context(span), pending=pending)
 
 
 def step_failed(error: BaseException, attempt: int, *, retry: bool) -> None:
