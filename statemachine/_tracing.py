@@ -42,6 +42,7 @@ worker with an SDK) put its spans in one trace whose root was never reported.
 
 from __future__ import annotations
 
+import os
 import secrets
 import sys
 from contextvars import ContextVar, Token
@@ -63,6 +64,7 @@ _TRACER_NAME = "agentfsm"
 _active: ContextVar[_Transition | None] = ContextVar("agentfsm_transition", default=None)
 _cached: list[Any] = [None, None]
 """The tracer provider last seen, and our tracer from it (None when it traces nothing)."""
+_MISSING = object()
 
 
 def _tracer() -> Tracer | None:
@@ -71,12 +73,24 @@ def _tracer() -> Tracer | None:
     api = sys.modules.get("opentelemetry.trace")
     if api is None:
         return None
-    provider = api.get_tracer_provider()
+    # The API's global, read directly: `get_tracer_provider()` looks in os.environ on every
+    # call until a provider is set, which would cost each untraced step a few µs.
+    provider = getattr(api, "_TRACER_PROVIDER", _MISSING)
+    if provider is None and not _provider_from_environment():
+        return None
+    if provider is None or provider is _MISSING:
+        provider = api.get_tracer_provider()
     if provider is not _cached[0]:
         real = not isinstance(provider, api.ProxyTracerProvider | api.NoOpTracerProvider)
         _cached[:] = [provider, provider.get_tracer(_TRACER_NAME) if real else None]
     tracer: Tracer | None = _cached[1]
     return tracer
+
+
+@lru_cache(maxsize=1)
+def _provider_from_environment() -> bool:
+    """Whether `OTEL_PYTHON_TRACER_PROVIDER` names a provider (read once per process)."""
+    return "OTEL_PYTHON_TRACER_PROVIDER" in os.environ
 
 
 def traced() -> bool:
