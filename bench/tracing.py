@@ -110,9 +110,9 @@ def _hook() -> float:
     for _ in range(3):
         t0 = time.perf_counter_ns()
         for _ in range(HOOK_CALLS):
-            with transition_span(record, "t", "tool"):
-                with transition_span(record, "t", "tool") as span:
-                    span.committed(event)
+            # _fire's span, and _commit's (which joins it)
+            with transition_span(record, "t", "tool"), transition_span(record, "t", "tool") as s:
+                s.committed(event)
         best = min(best, (time.perf_counter_ns() - t0) / 1000 / HOOK_CALLS)
     return best
 

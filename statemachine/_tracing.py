@@ -82,7 +82,10 @@ def _tracer() -> Tracer | None:
         provider = api.get_tracer_provider()
     if provider is not _cached[0]:
         real = not isinstance(provider, api.ProxyTracerProvider | api.NoOpTracerProvider)
-        _cached[:] = [provider, provider.get_tracer(_TRACER_NAME) if real else None]
+        _cached[:] = [
+            provider,
+            api.get_tracer(_TRACER_NAME, tracer_provider=provider) if real else None,
+        ]
     tracer: Tracer | None = _cached[1]
     return tracer
 
@@ -224,7 +227,9 @@ class _Transition:
 
             self._outcome = "failed"
             error = event.error or {}
-            span.set_status(Status(StatusCode.ERROR, f"{error.get('type')}: {error.get('message')}"))
+            span.set_status(
+                Status(StatusCode.ERROR, f"{error.get('type')}: {error.get('message')}")
+            )
         else:
             self._outcome = "committed"
         return event
@@ -325,7 +330,7 @@ def step_failed(error: BaseException, attempt: int, *, retry: bool) -> None:
         active.failed_try(error, attempt, retry)
 
 
-class attached:  # noqa: N801  (a context manager used like a function)
+class attached:
     """Make run `record`'s trace current (for code that makes its own spans around
     transitions, such as pydantic-ai's agent run span in a DurableAgent run)."""
 

@@ -30,7 +30,9 @@ def span_dict(span: ReadableSpan) -> dict[str, Any]:
         "parent_remote": span.parent.is_remote if span.parent else None,
         "attributes": dict(span.attributes or {}),
         "events": [{"name": e.name, "attributes": dict(e.attributes or {})} for e in span.events],
-        "links": [f"{link.context.trace_id:032x}-{link.context.span_id:016x}" for link in span.links],
+        "links": [
+            f"{link.context.trace_id:032x}-{link.context.span_id:016x}" for link in span.links
+        ],
         "status": span.status.status_code.name,
         "pid": os.getpid(),
     }
@@ -62,8 +64,8 @@ def read_spans(path: Path) -> list[dict[str, Any]]:
 def _reset_global_provider() -> None:
     """Let the API's global tracer provider be set again (it may be set once per process;
     the OpenTelemetry test utilities reset it the same way)."""
-    trace._TRACER_PROVIDER_SET_ONCE = Once()  # type: ignore[attr-defined]
-    trace._TRACER_PROVIDER = None  # type: ignore[attr-defined]
+    trace._TRACER_PROVIDER_SET_ONCE = Once()
+    trace._TRACER_PROVIDER = None
 
 
 def install(exporter: SpanExporter) -> TracerProvider:

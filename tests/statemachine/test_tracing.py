@@ -5,6 +5,7 @@ to their source, and no SDK: no spans, no errors, a trace context stored all the
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -80,7 +81,11 @@ async def test_every_transition_of_a_run_is_a_span_of_its_one_trace(
     _, trace_id, root_id, flags = stored.trace.split("-")
     got = finished(spans)
     assert [s["name"] for s in got] == [
-        "run ticket", "tool open", "wait reply", "tool close", "tool unstick"
+        "run ticket",
+        "tool open",
+        "wait reply",
+        "tool close",
+        "tool unstick",
     ]
     root, opened, replied, closed, unstuck = got
     assert {s["trace_id"] for s in got} == {trace_id}
@@ -215,3 +220,26 @@ async def test_without_an_sdk_nothing_is_traced_and_a_trace_is_stored(store: Sto
     assert (version, len(trace_id), len(span_id), flags) == ("00", 32, 16, "01")
     stored = await store.load("tr-7")
     assert stored is not None and stored.trace == run.record.trace
+
+
+async def test_a_timeout_fired_by_a_poller_is_a_span_of_the_run(
+    store: Store, spans: InMemorySpanExporter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    timed = Agent(
+        name="timed", memory=Ticket, initial="asked", final=["closed"],
+        transitions=[
+            wait("reply", "asked", "closed", payload=str, into="answer", timeout=60,
+                 on_timeout="late"),
+            tool("give_up", "late", "closed", lambda m: True, into="closed"),
+        ],
+    )  # fmt: skip
+    run = await timed.start(store, Ticket(), run_id="tr-8")
+    ahead = time.time() + 120
+    monkeypatch.setattr("statemachine._runner.now", lambda: ahead)
+    monkeypatch.setattr("statemachine._machine.now", lambda: ahead)
+    assert await timed.fire_due(store) == ["tr-8"]  # fires it, then drives it to the end
+    got = finished(spans)
+    assert [s["name"] for s in got] == ["run timed", "timeout reply", "tool give_up"]
+    assert all(s["parent_id"] == got[0]["span_id"] for s in got[1:])
+    assert got[1]["attributes"]["agentfsm.kind"] == "timeout"
+    assert run.record.trace.split("-")[1] == got[1]["trace_id"]
