@@ -319,7 +319,7 @@ def transition_span(
         if current.is_valid:
             links = [trace.Link(current)]
     span = tracer.start_span(f"{kind} {trigger}", context, attributes=attributes, links=links)
-    if record.crashes:
+    if record.crashes and kind != "wait":  # a holder of a waiting run was not running a step
         span.add_event("agentfsm.crash_retry", {"agentfsm.crashes": record.crashes})
     return _Transition(span, trace.set_span_in_context(span), pending=pending)
 
