@@ -243,3 +243,19 @@ async def test_a_timeout_fired_by_a_poller_is_a_span_of_the_run(
     assert all(s["parent_id"] == got[0]["span_id"] for s in got[1:])
     assert got[1]["attributes"]["agentfsm.kind"] == "timeout"
     assert run.record.trace.split("-")[1] == got[1]["trace_id"]
+
+
+async def test_a_run_started_untraced_is_one_trace_where_it_is_driven_traced(
+    store: Store,
+) -> None:
+    flaky.calls = 2  # type: ignore[attr-defined]
+    await ticket.start(store, Ticket(), run_id="tr-9")  # no SDK here (a CLI's `submit`)
+    with global_provider() as exporter:  # a worker with one
+        run = await ticket.resume(store, "tr-9")
+        await run.until_done()
+        await run.send("reply", "ok")
+        await run.until_done()
+        got = finished(exporter)
+    _, trace_id, root_id, _ = run.record.trace.split("-")
+    assert [s["name"] for s in got] == ["tool open", "wait reply", "tool close", "tool unstick"]
+    assert {(s["trace_id"], s["parent_id"]) for s in got} == {(trace_id, root_id)}
