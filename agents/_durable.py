@@ -45,6 +45,7 @@ from pydantic_ai.toolsets import AbstractToolset, FunctionToolset
 from pydantic_ai.usage import UsageLimits
 
 from statemachine import DefinitionError, Graph, RunError, RunLocked, RunTakenOver
+from statemachine._tracing import attached
 from storage import Event, StorageError, Store
 
 from ._durable_approvals import answers_to, approve_tool_call
@@ -63,6 +64,7 @@ from ._durable_steps import (
     load_prompt,
     rounds_of,
 )
+from ._durable_tracing import traced_steps
 from ._llm import ModelSpec
 from ._report import render_report
 from ._tool_engine import MODEL_POLICY, TOOL_POLICY, StepPolicy, args_digest
@@ -257,7 +259,8 @@ class DurableAgent(Generic[AgentDepsT, OutputT]):
         for _ in range(100):
             journal = Journal(run=run, events=await run.history(), notify=on_event)
             try:
-                return await self._replay(journal, options)
+                with attached(run.record):  # pydantic-ai's spans join the run's trace
+                    return await self._replay(journal, options)
             except RunMoved:
                 await run.release(quiet=True)
                 run = await self.machine.resume(self.store, run.run_id, lease_wait=lease_wait)
@@ -363,7 +366,7 @@ class DurableAgent(Generic[AgentDepsT, OutputT]):
                         deferred_tool_results=deferred_results(answers) if answers else None,
                         run_id=_segment_run_id(run.run_id, journal.segment),
                         conversation_id=run.run_id,
-                        capabilities=[journal],
+                        capabilities=[journal, *traced_steps(run)],
                         **options,
                     )
             except _OURS:

@@ -22,6 +22,7 @@ from ._migrate import Migration, check_migrations, needs_upgrade, upgrade
 from ._provenance import memory_at
 from ._runner import Run, check_payload_storable, json_size, now
 from ._table import Transition
+from ._tracing import open_trace
 from ._validate import Table, check_machine_name, compile_table
 from .errors import (
     InvalidMemory,
@@ -258,8 +259,10 @@ class Machine(Generic[M]):
                 f" limit of {self.max_memory} (Agent(max_memory=...))"
             )
         created = now()
+        run_id = run_id or uuid.uuid4().hex
+        traced = open_trace(self.name, self.version, run_id, self.table.initial)
         record = RunRecord(
-            run_id=run_id or uuid.uuid4().hex,
+            run_id=run_id,
             agent=self.name,
             version=self.version,
             state=self.table.initial,
@@ -270,6 +273,7 @@ class Machine(Generic[M]):
             updated_at=created,
             deadline=self.deadline_in(self.table.initial, created),
             nonce=secrets.token_hex(8),
+            trace=traced.traceparent,
         )
         lease: Lease | None = None
         if hold:
@@ -278,6 +282,7 @@ class Machine(Generic[M]):
             lease = got if isinstance(got, Lease) else None
         else:
             stored = await store.create(record)
+        traced.created(stored.trace == record.trace)
         if needs_upgrade(self, stored):  # a run of that id, stored by an older version
             if lease is not None:
                 await store.release_lease(lease)
@@ -323,8 +328,10 @@ class Machine(Generic[M]):
         memory = checked.model_dump(mode="json")
         _stored_size(memory, f"forking {run_id!r}")
         created = now()
+        new_run_id = new_run_id or uuid.uuid4().hex
+        traced = open_trace(self.name, self.version, new_run_id, state, forked_from=source)
         record = RunRecord(
-            run_id=new_run_id or uuid.uuid4().hex,
+            run_id=new_run_id,
             agent=self.name,
             version=self.version,
             state=state,
@@ -335,6 +342,7 @@ class Machine(Generic[M]):
             updated_at=created,
             deadline=self.deadline_in(state, created),
             nonce=secrets.token_hex(8),
+            trace=traced.traceparent,
         )
         origin: dict[str, JsonValue] = {"forked_from": run_id, "at": at_seq}
         if memory_update:
@@ -348,6 +356,7 @@ class Machine(Generic[M]):
         )  # fmt: skip
         if not await store.restore(record, [start]):
             raise RunError(f"a run with id {record.run_id!r} exists: pick another new_run_id")
+        traced.created(True)
         stored = record
         return self._open(store, stored, lease_wait)
 

@@ -48,6 +48,7 @@ from ._provenance import Provenance, memory_at, why
 from ._settle import Settled, StepFailed, settle
 from ._step import StepContext, StepResult
 from ._table import Transition
+from ._tracing import step_failed, transition_span
 from .errors import (
     InvalidMemory,
     InvalidPayload,
@@ -271,6 +272,11 @@ class Run(Generic[M]):
             raise failed.error from None
 
     async def _fire(self, lease: Lease, t: Transition, payload: JsonValue) -> Event:
+        """`_run_and_commit`, in the transition's span (`_tracing`: current while it runs)."""
+        with transition_span(self._record, t.trigger, t.step.kind if t.step else "move"):
+            return await self._run_and_commit(lease, t, payload)
+
+    async def _run_and_commit(self, lease: Lease, t: Transition, payload: JsonValue) -> Event:
         """Run `t`'s step and commit its outcome: the one path every transition takes."""
         seq = self.seq
         key = await self.idempotency_key(t.trigger)
@@ -444,7 +450,9 @@ class Run(Generic[M]):
                         self.run_id, attempt, t.trigger,
                     )  # fmt: skip
                 retryable = policy.retries(exc) and not isinstance(exc, InvalidMemory)
-                if not retryable or tries >= policy.attempts:
+                gives_up = not retryable or tries >= policy.attempts
+                step_failed(error, attempt, retry=not gives_up)
+                if gives_up:
                     raise StepFailed(error, attempt, spent) from exc
                 await asyncio.sleep(policy.delay(tries, exc))
 
@@ -467,6 +475,13 @@ class Run(Generic[M]):
         return await self._commit(lease, event, self.memory)
 
     async def _commit(
+        self, lease: Lease, event: Event, memory: M, patch_sizes: dict[str, int] | None = None
+    ) -> Event:
+        """`_commit_event`, in the transition's span (`_fire`'s, or one of its own)."""
+        with transition_span(self._record, event.trigger, event.kind) as span:
+            return span.committed(await self._commit_event(lease, event, memory, patch_sizes))
+
+    async def _commit_event(
         self, lease: Lease, event: Event, memory: M, patch_sizes: dict[str, int] | None = None
     ) -> Event:
         deadline = self.machine.deadline_in(event.dest, event.ended_at or now())
@@ -543,4 +558,5 @@ def _advance(record: RunRecord, event: Event) -> RunRecord:
         deadline=event.deadline,
         nonce=record.nonce,
         expires_at=record.expires_at if event.expires_at is None else event.expires_at,
+        trace=record.trace,
     )

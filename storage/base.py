@@ -88,6 +88,10 @@ class RunRecord:
     stored before nonces existed."""
     expires_at: float | None = None
     """Retention: when the store may delete the run (set by the commit that ended it)."""
+    trace: str = ""
+    """The W3C `traceparent` of the run's trace (made at `start`, kept with the run, exports
+    included): every process that drives the run parents its transition spans to it
+    (`statemachine._tracing`). "" for runs stored before traces existed."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

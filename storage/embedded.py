@@ -9,7 +9,7 @@ Tables (one row per thing, so a commit writes what changed, not the whole memory
 
     runs     run_id, agent, version, state, seq, status, created_at, updated_at,
              fence, holder, crashes, lease_owner, lease_expires, deadline, expires_at,
-             nonce, lease_boot
+             nonce, lease_boot, trace
     memory   (run_id, name) -> json          one row per memory field
     events   (run_id, seq)  -> json          one row per commit, seq 0 is the creation
     keys     (run_id, key)  -> seq           idempotency keys
@@ -63,7 +63,7 @@ P = ParamSpec("P")
 T = TypeVar("T")
 Synchronous: TypeAlias = Literal["NORMAL", "FULL"]
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 _QUERY_INDEXES = [
     # On columns a commit rarely changes, so that most commits write no index page: the
     # status index only when the status changes (the commit leaves `status` out of its
@@ -80,7 +80,7 @@ _SCHEMA = [
         holder TEXT NOT NULL DEFAULT '', crashes INTEGER NOT NULL DEFAULT 0,
         lease_owner TEXT NOT NULL DEFAULT '', lease_expires REAL NOT NULL DEFAULT 0,
         deadline REAL, expires_at REAL, nonce TEXT NOT NULL DEFAULT '',
-        lease_boot TEXT NOT NULL DEFAULT ''
+        lease_boot TEXT NOT NULL DEFAULT '', trace TEXT NOT NULL DEFAULT ''
     )""",
     "CREATE INDEX runs_by_deadline ON runs (deadline) WHERE deadline IS NOT NULL",
     *_QUERY_INDEXES,
@@ -95,7 +95,7 @@ _SCHEMA = [
     ) WITHOUT ROWID""",
 ]
 _RUN_COLUMNS = ("agent", "version", "state", "seq", "status", "created_at", "updated_at",
-                "holder", "crashes", "deadline", "nonce", "expires_at")  # fmt: skip
+                "holder", "crashes", "deadline", "nonce", "expires_at", "trace")  # fmt: skip
 _UPGRADES = {
     1: [  # version 2: deadlines of waiting runs
         "ALTER TABLE runs ADD COLUMN deadline REAL",
@@ -118,6 +118,9 @@ _UPGRADES = {
         "DROP INDEX runs_by_status",
         "CREATE INDEX runs_by_agent ON runs (agent)",
         "CREATE INDEX runs_by_status ON runs (status)",
+    ],
+    5: [  # version 6: each run's trace context (its W3C traceparent)
+        "ALTER TABLE runs ADD COLUMN trace TEXT NOT NULL DEFAULT ''",
     ],
 }
 """Statements that take a file of schema version N to N + 1."""
@@ -356,7 +359,8 @@ class EmbeddedStore:
         inserted = db.execute(
             _INSERT_RUN,
             (run.run_id, run.agent, run.version, run.state, run.seq, run.status, run.created_at,
-             run.updated_at, run.holder, run.crashes, run.deadline, run.nonce, run.expires_at),
+             run.updated_at, run.holder, run.crashes, run.deadline, run.nonce, run.expires_at,
+             run.trace),
         )  # fmt: skip
         if inserted.rowcount != 1:  # it exists: write nothing
             return False

@@ -954,6 +954,8 @@ def _run_fields(run: RunRecord) -> list[Any]:
         fields += ["deadline", repr(run.deadline)]
     if run.expires_at is not None:
         fields += ["expires_at", repr(run.expires_at)]
+    if run.trace:
+        fields += ["trace", run.trace]
     for name, value in run.memory.items():
         fields += [f"m:{name}", dump_json(value, f"memory field {name!r}")]
     return fields
