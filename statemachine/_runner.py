@@ -37,6 +37,7 @@ from storage import (
     Store,
 )
 from storage._process import owner_id
+from storage._usage import added
 from storage.base import json_bytes
 from storage.errors import Unstorable
 
@@ -53,6 +54,7 @@ from .errors import (
     RunLocked,
     RunNotFound,
     RunTakenOver,
+    StepHalted,
     UnstorableResult,
 )
 
@@ -90,7 +92,7 @@ def json_size(value: JsonValue, where: str = "a value") -> int:
 
 SNAPSHOT_EVERY = 64 * 1024
 """Bytes of patches between two snapshots of the memory, at least."""
-_NOT_TABLE_EDGES = frozenset({"start", "error", "control", "timeout"})
+_NOT_TABLE_EDGES = frozenset({"start", "error", "control", "timeout", "halt"})
 """Event kinds the runner writes itself; every other event is a table transition firing."""
 _log = logging.getLogger("statemachine.runner")
 
@@ -392,6 +394,8 @@ class Run(Generic[M]):
                 await self.release(quiet=True)
                 raise failed.error from None
             return await self._fail(t, seq, key, failed, started)
+        except StepHalted as halted:
+            return await self._halt(t, seq, key, halted, started)
         result = done.result
         event = Event(
             seq=seq + 1,
@@ -449,11 +453,12 @@ class Run(Generic[M]):
 
         This is a new committed event ("retry"), not a rewrite of history.
         """
-        if self.status != "failed":
+        last = await self.store.history(self.run_id, self.seq)
+        halted = self.status == "waiting" and bool(last) and last[0].kind == "halt"
+        if self.status != "failed" and not halted:
             raise RunError(f"run {self.run_id!r} is {self.status}, not failed: nothing to retry")
         await self._hold()
-        last = await self.store.history(self.run_id, self.seq)
-        back = last[0].source if last and last[0].kind == "error" else self.state
+        back = last[0].source if last and last[0].kind in ("error", "halt") else self.state
         return await self._control("retry", back, self.machine.status_in(back))
 
     async def cancel(self, reason: str = "") -> Event:
@@ -609,6 +614,8 @@ class Run(Generic[M]):
                 conversation=self._load_conversation,
                 history=self._load_events,
                 payload=payload,
+                usage=self._record.usage,
+                store=self.store,
                 spent=spent,
             )
             # Its own copy, as a resumed process would read it (and 5x cheaper than a deep
@@ -622,6 +629,9 @@ class Run(Generic[M]):
                 return self._settle(t, result), attempt
             except _StepFailed:
                 raise  # a result that can never commit (a bad route, memory, size)
+            except StepHalted as halted:
+                halted.spent = dict(spent) or None
+                raise
             except Exception as exc:
                 error: BaseException = exc
                 if isinstance(exc, TimeoutError) and policy.timeout is not None:
@@ -756,6 +766,21 @@ class Run(Generic[M]):
         )
         return await self._commit(lease, event, self.memory)
 
+    async def _halt(
+        self, t: Transition, seq: int, key: str, halted: StepHalted, started: float
+    ) -> Event:
+        """Commit a step's `StepHalted`: to its `dest`, or parked `waiting` where it is."""
+        lease = await self._hold()
+        dest = halted.dest or self.state
+        event = Event(
+            seq=seq + 1, trigger=t.trigger, kind="halt", source=self.state, dest=dest,
+            status="waiting" if halted.dest is None else self.machine.status_in(dest),
+            key=f"{key}:halted:{seq + 1}", output=halted.output, started_at=started,
+            ended_at=now(), worker=self.owner, step=t.step.label if t.step else "",
+            usage=halted.spent,
+        )  # fmt: skip
+        return await self._commit(lease, event, self.memory)
+
     async def _commit(
         self, lease: Lease, event: Event, memory: M, patch_sizes: dict[str, int] | None = None
     ) -> Event:
@@ -858,4 +883,5 @@ def _advance(record: RunRecord, event: Event) -> RunRecord:
         deadline=event.deadline,
         nonce=record.nonce,
         expires_at=record.expires_at if event.expires_at is None else event.expires_at,
+        usage=added(record.usage, event.usage),
     )

@@ -66,6 +66,7 @@ def run_from_fields(
             deadline=float(fields["deadline"]) if fields.get("deadline") else None,
             nonce=fields.get("nonce", ""),
             expires_at=float(fields["expires_at"]) if fields.get("expires_at") else None,
+            usage={k[2:]: int(v) for k, v in fields.items() if k.startswith("u:")},
         )
     except KeyError as exc:
         raise CorruptData(key, f"missing field {exc.args[0]!r}") from None

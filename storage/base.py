@@ -88,6 +88,9 @@ class RunRecord:
     stored before nonces existed."""
     expires_at: float | None = None
     """Retention: when the store may delete the run (set by the commit that ended it)."""
+    usage: dict[str, int] = field(default_factory=dict)
+    """The usage ledger: the sums of the committed events' `usage` figures (requests,
+    tokens, tool calls, `cost_nusd`), kept by the commits themselves (see `storage._usage`)."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
