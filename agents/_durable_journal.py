@@ -252,7 +252,9 @@ class Journal(AbstractCapability[Any]):
                 "segment": where[0], "after": where[1], "tool_call_id": call_id, "tool": name,
                 "args": args, **outcome,
             }  # fmt: skip
-            return StepResult(memory=self.run.memory, output=output, subkey=call_id)
+            return StepResult(
+                memory=self.run.memory, output=output, usage={"tool_calls": 1}, subkey=call_id
+            )
 
         event = await self.fire(TOOL_CALL, op)
         record_durable_unit(executed=True)

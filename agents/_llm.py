@@ -33,6 +33,7 @@ from statemachine import (
 )
 from statemachine._table import Guard
 
+from ._budget import BudgetGate
 from ._steps import Reducer, apply_output
 from ._tool_calls import TOOL_CALLS_ROUTE, FunctionTool, function_tools, tool_results
 from ._tool_engine import StepPolicy, charge, tool_answer
@@ -86,6 +87,8 @@ class LlmStep:
     routes: tuple[str, ...] = ()
     """The route names the model chooses from (not the tool-calls route)."""
     tools: tuple[FunctionTool, ...] = ()
+    gate: BudgetGate | None = None
+    """The agent's budgets, checked before the request (bound by `Agent`)."""
     kind: str = "llm"
     _agents: dict[int, PydanticAgent[None, Any]] = field(
         default_factory=dict, repr=False, compare=False
@@ -99,10 +102,11 @@ class LlmStep:
     def writes(self) -> tuple[str, ...]:
         return (self.into,) if self.into else ()
 
-    def bound(self, model: ModelSpec | None) -> LlmStep:
+    def bound(self, model: ModelSpec | None, gate: BudgetGate | None = None) -> LlmStep:
+        step = self if gate is None else replace(self, gate=gate)
         if self.model is not None or model is None:
-            return self
-        return replace(self, model=model, _agents={})
+            return step
+        return replace(step, model=model, _agents={})
 
     def _agent(self) -> PydanticAgent[None, Any]:
         """The pydantic-ai agent for this step, built on first use (so a missing API key
@@ -147,6 +151,10 @@ class LlmStep:
         )
         past = await ctx.conversation() if self.history else []
         answers = await self._answers(ctx) if self.tools else None
+        requests = 1 + self.output_retries
+        if self.gate is not None:
+            left = await self.gate.admit(memory, ctx)  # StepHalted when over a budget
+            requests = requests if left is None else max(min(requests, left), 1)
         usage = RunUsage()  # pydantic-ai counts into it as it goes, also when the run fails
         try:
             result = await self._agent().run(
@@ -155,7 +163,7 @@ class LlmStep:
                 message_history=ModelMessagesTypeAdapter.validate_python(past) if past else None,
                 deferred_tool_results=answers,
                 usage=usage,
-                usage_limits=UsageLimits(request_limit=1 + self.output_retries),
+                usage_limits=UsageLimits(request_limit=requests),
             )
         finally:
             charge(ctx, usage)

@@ -7,7 +7,7 @@ import contextlib
 import logging
 import secrets
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from pydantic import BaseModel, JsonValue, ValidationError
@@ -39,6 +39,8 @@ if TYPE_CHECKING:
 
 __all__ = ["DEFAULT_MAX_MEMORY", "Machine"]
 
+AfterCommit = Callable[[RunRecord, Event, Store], Awaitable[None]]
+"""A hook run after each commit of a run (see `Machine.after_commit`)."""
 M = TypeVar("M", bound=BaseModel)
 _log = logging.getLogger("agentfsm")
 
@@ -113,6 +115,10 @@ class Machine(Generic[M]):
         if retention is not None and not retention > 0:
             raise ValueError(f"retention must be positive seconds (or None), not {retention}")
         self.retention = retention
+        self.after_commit: list[AfterCommit] = []
+        """Called with the run and each event it committed, and again with its last event
+        whenever a process picks the run up (so must be idempotent by the event's key):
+        ledgers beside the run (a budget scope's) are kept this way."""
         self.name = check_machine_name(name)
         self.version = version
         self.memory_type = memory

@@ -553,6 +553,10 @@ class Run(Generic[M]):
             # The run moved while another process held it: start from what is stored.
             await self._reload()
         self._renewer = asyncio.create_task(self._renew(got), name=f"lease:{self.run_id}")
+        if self.machine.after_commit and self.seq > 0:  # a crash may have cut the last short
+            last = await self.store.history(self.run_id, self.seq, self.seq)
+            for hook in self.machine.after_commit:
+                await hook(self._record, last[0], self.store)
         return got
 
     async def _renew(self, lease: Lease) -> None:
@@ -803,6 +807,8 @@ class Run(Generic[M]):
             raise RunNotFound(self.run_id, lost=True) from None
         if isinstance(outcome, Committed):
             self._record = _advance(self._record, event)
+            for hook in self.machine.after_commit:
+                await hook(self._record, event, self.store)
             if enters(event):
                 self._entered = event.seq
             if event.snapshot is not None:

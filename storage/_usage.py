@@ -66,8 +66,12 @@ def lua_increments(event: Event) -> str:
 
 
 def create_tables(db: sqlite3.Connection) -> None:
+    """The embedded store's ledger tables: the runs' totals, and those of `_ledger`."""
+    from ._ledger import create_tables as ledger_tables
+
     for statement in _TABLES:
         db.execute(statement)
+    ledger_tables(db)
 
 
 def add_run_usage(db: sqlite3.Connection, run_id: str, usage: Mapping[str, int]) -> None:
