@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ._agent import Agent
+    from ._budget import Budget, raise_budget
     from ._durable import DurableAgent, DurableRunFailed, approve_tool_call
     from ._durable_journal import idempotency_key
     from ._llm import llm
@@ -21,12 +22,14 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Agent",
+    "Budget",
     "DurableAgent",
     "DurableRunFailed",
     "StepPolicy",
     "approve_tool_call",
     "idempotency_key",
     "llm",
+    "raise_budget",
     "render_report",
     "report_html",
     "tool",
@@ -36,6 +39,8 @@ __all__ = [
 
 _WHERE = {
     "Agent": "_agent",
+    "Budget": "_budget",
+    "raise_budget": "_budget",
     "DurableAgent": "_durable",
     "DurableRunFailed": "_durable",
     "StepPolicy": "_tool_engine",

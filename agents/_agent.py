@@ -11,7 +11,6 @@ from pydantic import BaseModel
 from statemachine import DefinitionError, Machine, Transition
 from statemachine._machine import DEFAULT_MAX_MEMORY
 from statemachine._migrate import Migration
-
 from storage import Store
 
 from ._budget import Budget, BudgetGate, raise_budget
@@ -121,7 +120,6 @@ class Agent(Machine[M]):
         for t in self.transitions:
             if isinstance(t.step, LlmStep):
                 check_model(t.step.model, f"{self.name}: llm step {t.trigger!r}")
-
 
     async def raise_budget(
         self, store: Store, *, run_id: str | None = None, scope: str | None = None,

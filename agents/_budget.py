@@ -133,7 +133,12 @@ class BudgetGate:
         return left
 
     def _halt(
-        self, kind: str, name: str, reached: dict[str, int], used: dict[str, int], period: str | None
+        self,
+        kind: str,
+        name: str,
+        reached: dict[str, int],
+        used: dict[str, int],
+        period: str | None,
     ) -> StepHalted:
         output: dict[str, JsonValue] = {
             "budget": kind, "name": name, "limits": dict(reached),

@@ -21,11 +21,9 @@ Exception
 
 from __future__ import annotations
 
-from pydantic import JsonValue
-
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import JsonValue, ValidationError
 
 __all__ = [
     "DefinitionError",
@@ -39,6 +37,7 @@ __all__ = [
     "RunLocked",
     "RunNotFound",
     "RunTakenOver",
+    "StepHalted",
     "UnstorableResult",
     "VersionMismatch",
 ]

@@ -145,7 +145,7 @@ class _RedisLedger:
     async def set_limits(self, subject: str, limits: Mapping[str, int | None]) -> None:
         key = self._limits_key(subject)
         gone = [k for k, v in limits.items() if v is None]
-        kept = {k: int(v) for k, v in limits.items() if v is not None}
+        kept: dict[Any, Any] = {k: int(v) for k, v in limits.items() if v is not None}
 
         async def write() -> None:
             pipe = self._store.client.pipeline(transaction=True)
@@ -210,9 +210,7 @@ class _EmbeddedLedger:
             db = self._store.connection
             for name, value in limits.items():
                 if value is None:
-                    db.execute(
-                        "DELETE FROM limits WHERE subject = ? AND name = ?", (subject, name)
-                    )
+                    db.execute("DELETE FROM limits WHERE subject = ? AND name = ?", (subject, name))
                 else:
                     db.execute(
                         "INSERT INTO limits VALUES (?, ?, ?) ON CONFLICT (subject, name)"
