@@ -58,7 +58,7 @@ def offline_model(workdir: Path, block: bool, pause: float = 0.0) -> FunctionMod
         _log(workdir, "start")
         if block and calls == 3:
             (workdir / "blocked").touch()
-            time.sleep(3600)  # killed here, mid-request: paid, never recorded
+            await asyncio.sleep(3600)  # killed here, mid-request: paid, never recorded
         if pause:
             await asyncio.sleep(pause)  # the process's other runs go on meanwhile
         _log(workdir, "end")
@@ -127,7 +127,7 @@ def scope_agent(workdir: Path) -> Agent[Chat]:
         if event.usage:
             _log(workdir, "charged")
 
-    BudgetGate.admit = admit_logged  # type: ignore[method-assign]
+    BudgetGate.admit = admit_logged  # type: ignore[method-assign,assignment]
     agent.after_commit.append(charged)  # after the gate's own charge
     return agent
 

@@ -115,7 +115,8 @@ async def test_a_run_budget_stops_at_exactly_n_requests_across_a_crash_and_a_rai
         "budget": "run", "name": run_id, "limits": {"requests": BUDGET},
         "used": {"requests": BUDGET},
     }  # fmt: skip
-    cli = subprocess.run(
+    cli = await asyncio.to_thread(
+        subprocess.run,
         [sys.executable, "-m", "agents", "budget", run_id, "--requests", str(BUDGET + 2),
          "--agent", "tests.integration.cost_agent:budgeted", "--store", store_url],
         cwd=ROOT, capture_output=True, text=True, timeout=60,
