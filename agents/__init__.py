@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from ._durable import DurableAgent, DurableRunFailed, approve_tool_call
     from ._durable_journal import idempotency_key
     from ._llm import llm
+    from ._ratelimit import RateLimit
     from ._report import render_report, report_html
     from ._steps import tool, wait
     from ._tool_calls import tool_calls
@@ -25,6 +26,7 @@ __all__ = [
     "Budget",
     "DurableAgent",
     "DurableRunFailed",
+    "RateLimit",
     "StepPolicy",
     "approve_tool_call",
     "idempotency_key",
@@ -43,6 +45,7 @@ _WHERE = {
     "raise_budget": "_budget",
     "DurableAgent": "_durable",
     "DurableRunFailed": "_durable",
+    "RateLimit": "_ratelimit",
     "StepPolicy": "_tool_engine",
     "approve_tool_call": "_durable",
     "idempotency_key": "_durable_journal",

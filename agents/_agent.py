@@ -15,6 +15,7 @@ from storage import Store
 
 from ._budget import Budget, BudgetGate, raise_budget
 from ._llm import LlmStep, ModelSpec, check_model
+from ._ratelimit import RateLimit
 
 __all__ = ["Agent"]
 
@@ -33,6 +34,8 @@ class Agent(Machine[M]):
             `budget_scope(memory)` names the same scope (a tenant), per `Budget(per=...)`.
         on_budget: the state a run goes to when it reaches a budget; without one it parks
             `waiting` where it is until the budget is raised (`raise_budget`).
+        rate_limits: limits on model requests shared by every process on the store
+            (`RateLimit(requests_per_second=, tokens_per_minute=, concurrency=)`).
     """
 
     def __init__(
@@ -57,6 +60,7 @@ class Agent(Machine[M]):
         scope_budget: Budget | None = None,
         budget_scope: Callable[[M], str] | None = None,
         on_budget: str | None = None,
+        rate_limits: Sequence[RateLimit] = (),
     ) -> None:
         self._declared = dict(
             name=name,
@@ -77,6 +81,7 @@ class Agent(Machine[M]):
             scope_budget=scope_budget,
             budget_scope=budget_scope,
             on_budget=on_budget,
+            rate_limits=rate_limits,
         )
         gate = _gate(budget, scope_budget, budget_scope, on_budget, memory)
         super().__init__(
@@ -84,7 +89,7 @@ class Agent(Machine[M]):
             memory=memory,
             initial=initial,
             final=final,
-            transitions=[_bind(t, model, gate) for t in transitions],
+            transitions=[_bind(t, model, gate, tuple(rate_limits)) for t in transitions],
             version=version,
             states=states,
             on_error=on_error,
@@ -168,7 +173,9 @@ def _gate(
     )  # fmt: skip
 
 
-def _bind(t: Transition, model: ModelSpec | None, gate: BudgetGate | None) -> Transition:
+def _bind(
+    t: Transition, model: ModelSpec | None, gate: BudgetGate | None, limits: tuple[RateLimit, ...]
+) -> Transition:
     if isinstance(t.step, LlmStep):
-        return dataclasses.replace(t, step=t.step.bound(model, gate))
+        return dataclasses.replace(t, step=t.step.bound(model, gate, limits))
     return t

@@ -9,7 +9,8 @@ pass (5xx, rate limits, timeouts, dropped connections) are retried with backoff.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, TypeVar
 
@@ -34,6 +35,7 @@ from statemachine import (
 from statemachine._table import Guard
 
 from ._budget import BudgetGate
+from ._ratelimit import RateLimit, rate_limited
 from ._steps import Reducer, apply_output
 from ._tool_calls import TOOL_CALLS_ROUTE, FunctionTool, function_tools, tool_results
 from ._tool_engine import StepPolicy, charge, tool_answer
@@ -41,6 +43,7 @@ from ._tool_engine import StepPolicy, charge, tool_answer
 __all__ = ["LlmStep", "ModelSpec", "check_model", "llm"]
 
 M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
 
 ModelSpec = Model | str
 """A pydantic-ai model: a name such as "openai:gpt-4o-mini", or a `Model` object."""
@@ -89,6 +92,10 @@ class LlmStep:
     tools: tuple[FunctionTool, ...] = ()
     gate: BudgetGate | None = None
     """The agent's budgets, checked before the request (bound by `Agent`)."""
+    rate_limits: tuple[RateLimit, ...] = ()
+    """The agent's shared rate limits, a slot of each held around the request."""
+    request_timeout: float | None = None
+    """With rate limits: the step's timeout, on the request alone (see `bound`)."""
     kind: str = "llm"
     _agents: dict[int, PydanticAgent[None, Any]] = field(
         default_factory=dict, repr=False, compare=False
@@ -102,8 +109,21 @@ class LlmStep:
     def writes(self) -> tuple[str, ...]:
         return (self.into,) if self.into else ()
 
-    def bound(self, model: ModelSpec | None, gate: BudgetGate | None = None) -> LlmStep:
+    def bound(
+        self,
+        model: ModelSpec | None,
+        gate: BudgetGate | None = None,
+        rate_limits: tuple[RateLimit, ...] = (),
+    ) -> LlmStep:
         step = self if gate is None else replace(self, gate=gate)
+        if rate_limits:
+            # Waiting for a slot counts against the timeout only where a limit says so: the
+            # step times its request itself (and the waits of such limits), not the runner.
+            timeout = step.policy.timeout
+            step = replace(
+                step, rate_limits=rate_limits, request_timeout=timeout,
+                policy=replace(step.policy, timeout=None),
+            )  # fmt: skip
         if self.model is not None or model is None:
             return step
         return replace(step, model=model, _agents={})
@@ -156,15 +176,23 @@ class LlmStep:
             left = await self.gate.admit(memory, ctx)  # StepHalted when over a budget
             requests = requests if left is None else max(min(requests, left), 1)
         usage = RunUsage()  # pydantic-ai counts into it as it goes, also when the run fails
+        limited = rate_limited(ctx, self.rate_limits, self.label, self.request_timeout)
         try:
-            result = await self._agent().run(
-                None if answers is not None else prompt,  # tool results go on, no new prompt
-                instructions=instructions,
-                message_history=ModelMessagesTypeAdapter.validate_python(past) if past else None,
-                deferred_tool_results=answers,
-                usage=usage,
-                usage_limits=UsageLimits(request_limit=requests),
-            )
+            async with limited as report:
+                request = self._agent().run(
+                    None if answers is not None else prompt,  # tool results go on, no prompt
+                    instructions=instructions,
+                    message_history=(
+                        ModelMessagesTypeAdapter.validate_python(past) if past else None
+                    ),
+                    deferred_tool_results=answers,
+                    usage=usage,
+                    usage_limits=UsageLimits(request_limit=requests),
+                )
+                try:
+                    result = await _within(request, self.request_timeout, ctx.trigger)
+                finally:
+                    report(usage.input_tokens + usage.output_tokens)
         finally:
             charge(ctx, usage)
         value = result.output
@@ -195,6 +223,15 @@ class LlmStep:
             usage=dict(ctx.spent),  # every try of this transition, not only the last
             messages=messages,
         )
+
+
+async def _within(request: Awaitable[T], seconds: float | None, trigger: str) -> T:
+    if seconds is None:
+        return await request
+    try:
+        return await asyncio.wait_for(request, seconds)
+    except TimeoutError:
+        raise TimeoutError(f"step {trigger!r} timed out after {seconds}s") from None
 
 
 def llm(

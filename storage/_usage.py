@@ -66,12 +66,15 @@ def lua_increments(event: Event) -> str:
 
 
 def create_tables(db: sqlite3.Connection) -> None:
-    """The embedded store's ledger tables: the runs' totals, and those of `_ledger`."""
+    """The embedded store's tables beside the runs: their totals, and those of `_ledger`
+    and `_ratelimit`."""
     from ._ledger import create_tables as ledger_tables
+    from ._ratelimit import create_tables as rate_tables
 
     for statement in _TABLES:
         db.execute(statement)
     ledger_tables(db)
+    rate_tables(db)
 
 
 def add_run_usage(db: sqlite3.Connection, run_id: str, usage: Mapping[str, int]) -> None:
