@@ -99,11 +99,10 @@ class Agent(Machine[M]):
             migrations=migrations,
             state_renames=state_renames,
             retention=retention,
+            halt_states=[on_budget] if on_budget is not None else [],
         )
         self.model = model
         self.budget_gate = gate
-        if on_budget is not None and on_budget not in self.table.states:
-            raise DefinitionError(f"on_budget={on_budget!r} is not a state of {name!r}")
         if gate is not None and gate.scope_budget is not None:
             self.after_commit.append(gate.charge)
         fields = memory.model_fields

@@ -26,12 +26,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, JsonValue
 
-from statemachine import RunError, StepContext, StepHalted
+from statemachine import Run, RunError, StepContext, StepHalted
 from storage import Event, RunRecord, Store
 from storage._ledger import ledger_of
 from storage._usage import COST_UNIT, increments
 
-__all__ = ["Budget", "BudgetGate", "period_of", "raise_budget"]
+__all__ = ["Budget", "BudgetGate", "BudgetReached", "halted", "period_of", "raise_budget"]
 
 Period = Literal["hour", "day", "month"]
 _FORMATS: dict[str, str] = {"hour": "%Y-%m-%dT%H", "day": "%Y-%m-%d", "month": "%Y-%m"}
@@ -70,6 +70,27 @@ class Budget:
         if self.tool_calls is not None:
             out["tool_calls"] = self.tool_calls
         return out
+
+
+class BudgetReached(RunError):
+    """A `DurableAgent` run reached its budget and is parked; raise the budget
+    (`raise_budget`) and call `run` again to go on."""
+
+    def __init__(self, run_id: str, figures: JsonValue) -> None:
+        super().__init__(
+            f"run {run_id!r} reached its budget ({figures}): raise it with"
+            f" `agentfsm budget {run_id} --requests N` (or `raise_budget`), then run it again"
+        )
+        self.run_id = run_id
+        self.figures = figures
+
+
+async def halted(run: Run[Any]) -> bool:
+    """Whether `run` is parked by its budget (`waiting` after a halt event)."""
+    if run.status != "waiting":
+        return False
+    last = await run.store.history(run.run_id, run.seq, run.seq)
+    return bool(last) and last[0].kind == "halt"
 
 
 def period_of(per: Period | None, at: float) -> str:

@@ -80,6 +80,8 @@ class Machine(Generic[M]):
         retention: seconds a run is kept after it ends (done or cancelled); then Redis
             expires its keys, and `agentfsm gc` deletes it from the embedded store. None:
             kept for good. Failed runs are kept (they may be retried).
+        halt_states: states a step may send the run to by raising `StepHalted` (a budget's
+            state): reached without a transition of the table.
     """
 
     def __init__(
@@ -99,6 +101,7 @@ class Machine(Generic[M]):
         migrations: Mapping[int, Migration] | None = None,
         state_renames: Mapping[str, str] | None = None,
         retention: float | None = None,
+        halt_states: Sequence[str] = (),
     ) -> None:
         if not isinstance(memory, type) or not issubclass(memory, BaseModel):
             raise TypeError(f"memory must be a pydantic model class, not {memory!r}")
@@ -130,6 +133,7 @@ class Machine(Generic[M]):
             transitions=list(transitions),
             states=states,
             on_error=on_error,
+            halts=halt_states,
         )
         self.migrations: dict[int, Migration] = dict(migrations or {})
         self.state_renames: dict[str, str] = dict(state_renames or {})
