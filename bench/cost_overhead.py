@@ -10,7 +10,12 @@ interleaved round by round (one warm-up round first), medians over the rounds:
    steps on an offline `FunctionModel` (pydantic-ai's own cost included);
 3. `+ run budget`: the same with `Budget(requests=10**9)` (checked, never reached);
 4. `+ scope budget`: with a scope budget (a scope read before, a scope charge after);
-5. `+ rate limit (unlimited)`: with `RateLimit(requests_per_second=1e9, burst=1e9)`.
+5. `+ rate limit (unlimited)`: with `RateLimit(requests_per_second=1e9, burst=1e9)`;
+6. the added store calls alone, without pydantic-ai's noise around them: a scope's read and
+   charge, a rate limit's acquire and release.
+
+The llm-step rows carry pydantic-ai's own milliseconds per request; on a busy machine their
+differences drown in its noise: read the round trips, and the rows of the calls alone.
 
     python3 bench/cost_overhead.py [--steps 200] [--repeat 3] [--url redis://127.0.0.1:PORT]
 """
@@ -39,6 +44,8 @@ from agents import Agent, Budget, RateLimit, llm
 from bench._counting import Wire, count_wire
 from bench._redis import markdown_table, redis_for
 from storage import Event, Lease, RedisStore, RunRecord, Store, open_store
+from storage._ledger import ledger_of
+from storage._ratelimit import Bucket, limiter_of
 
 USAGE = {"requests": 1, "input_tokens": 120, "output_tokens": 40, "cost_nusd": 5200}
 
@@ -94,6 +101,32 @@ async def time_commits(store: Store, n: int, usage: dict[str, int] | None) -> li
     return out
 
 
+async def time_limiter(store: Store, n: int) -> list[float]:
+    """One unlimited rate limit's acquire + release, as an llm step does them."""
+    limiter = limiter_of(store)
+    bucket = Bucket(rate=1e9, burst=1e9)
+    out = []
+    for i in range(n):
+        start = time.perf_counter_ns()
+        await limiter.acquire("bench", bucket, f"h{i}")
+        await limiter.release("bench", f"h{i}", 160)
+        out.append((time.perf_counter_ns() - start) / 1000)
+    return out
+
+
+async def time_scope(store: Store, n: int) -> list[float]:
+    """A scope budget's read before a request and its charge after the commit."""
+    ledger = ledger_of(store)
+    scope = f"s{time.monotonic_ns()}"
+    out = []
+    for i in range(n):
+        start = time.perf_counter_ns()
+        await ledger.scope_usage(scope, "2026-12-02")
+        await ledger.charge_scope(scope, "2026-12-02", f"k{i}", USAGE, 0)
+        out.append((time.perf_counter_ns() - start) / 1000)
+    return out
+
+
 async def time_steps(
     store: Store, agent: Agent[Memory], wire: Wire | None
 ) -> tuple[list[float], float]:
@@ -126,6 +159,17 @@ async def bench_store(
             if wire is not None:
                 wire.reset()
             got = await time_commits(store, args.steps, usage)
+            if round_:
+                samples.setdefault(label, []).append(statistics.median(got))
+                if wire is not None:
+                    trips.setdefault(label, []).append(wire.round_trips / args.steps)
+        for label, timer in (
+            ("scope read + charge (alone)", time_scope),
+            ("rate limit acquire + release (alone)", time_limiter),
+        ):
+            if wire is not None:
+                wire.reset()
+            got = await timer(store, args.steps)
             if round_:
                 samples.setdefault(label, []).append(statistics.median(got))
                 if wire is not None:
