@@ -17,7 +17,7 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, JsonValue
 from pydantic_ai import Agent as PydanticAgent
 from pydantic_ai import DeferredToolRequests, DeferredToolResults
-from pydantic_ai.exceptions import UserError
+from pydantic_ai.exceptions import UsageLimitExceeded, UserError
 from pydantic_ai.messages import ModelMessagesTypeAdapter
 from pydantic_ai.models import Model, infer_model
 from pydantic_ai.toolsets import ExternalToolset
@@ -193,8 +193,12 @@ class LlmStep:
                     result = await _within(request, self.request_timeout, ctx.trigger)
                 finally:
                     report(usage.input_tokens + usage.output_tokens)
-        finally:
-            charge(ctx, usage)
+        except BaseException as exc:
+            charge(ctx, usage)  # what failed tries paid is recorded on the error event
+            if isinstance(exc, UsageLimitExceeded) and self.gate is not None:
+                await self.gate.admit(memory, ctx)  # output retries reached the budget: halt
+            raise
+        charge(ctx, usage)
         value = result.output
         messages: list[JsonValue] = ModelMessagesTypeAdapter.dump_python(
             result.new_messages(), mode="json"

@@ -123,3 +123,23 @@ async def test_a_durable_agent_stops_at_its_budget_and_goes_on_once_raised(
     result = await durable.run(run_id="d1")
     assert result.output == "pong"
     assert await ledger_of(store).limits("run/d1") == {"requests": 5}
+
+
+class Verdict(BaseModel):
+    ok: bool
+
+
+async def test_output_retries_stop_at_the_budget_too(store: Store) -> None:
+    def sloppy(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        return ModelResponse(parts=[TextPart("not the structured output")])
+
+    agent = Agent(
+        name="sloppy", memory=Chat, model=FunctionModel(sloppy), initial="new", final=["done"],
+        budget=Budget(requests=1),
+        transitions=[llm("judge", "new", "done", prompt="p", output=Verdict, output_retries=3)],
+    )  # fmt: skip
+    run = await agent.start(store, Chat())
+    await run.until_done()
+    assert run.status == "waiting"
+    assert run.record.usage["requests"] == 1
+    assert (await run.history())[-1].kind == "halt"
