@@ -807,8 +807,6 @@ class Run(Generic[M]):
             raise RunNotFound(self.run_id, lost=True) from None
         if isinstance(outcome, Committed):
             self._record = _advance(self._record, event)
-            for hook in self.machine.after_commit:
-                await hook(self._record, event, self.store)
             if enters(event):
                 self._entered = event.seq
             if event.snapshot is not None:
@@ -828,6 +826,8 @@ class Run(Generic[M]):
                 self._events.append(event)
             if self._visit_counts is not None and event.kind not in _NOT_TABLE_EDGES:
                 self._visit_counts[event.trigger] = self._visit_counts.get(event.trigger, 0) + 1
+            for hook in self.machine.after_commit:  # last: this copy is up to date if one fails
+                await hook(self._record, event, self.store)
             return event
         if isinstance(outcome, Duplicate):
             # The key was committed before. By this process, on a try whose answer was lost:
