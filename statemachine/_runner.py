@@ -449,15 +449,19 @@ class Run(Generic[M]):
         return self._visit_counts.get(t.trigger, 0)
 
     async def retry(self) -> Event:
-        """Put a failed run back in the state it failed from, status `running`.
+        """Put a failed run back in the state it failed from, status `running`; likewise a
+        run a step halted `waiting` (`StepHalted`: a budget), to try that step again.
 
         This is a new committed event ("retry"), not a rewrite of history.
         """
+        if self.status not in ("failed", "waiting"):
+            raise RunError(f"run {self.run_id!r} is {self.status}, not failed: nothing to retry")
+        await self._hold()
         last = await self.store.history(self.run_id, self.seq)
         halted = self.status == "waiting" and bool(last) and last[0].kind == "halt"
         if self.status != "failed" and not halted:
+            await self.release(quiet=True)
             raise RunError(f"run {self.run_id!r} is {self.status}, not failed: nothing to retry")
-        await self._hold()
         back = last[0].source if last and last[0].kind in ("error", "halt") else self.state
         return await self._control("retry", back, self.machine.status_in(back))
 
