@@ -197,8 +197,9 @@ async def raise_budget(
     limits: Budget,
 ) -> None:
     """Set the limits of one run (`run_id`) or of a scope, in place of the declared ones
-    (limits left None keep theirs). Runs parked by the budget stay parked: `Agent.
-    raise_budget` also sends them on."""
+    (limits left None keep theirs). A scope's raised limits hold for every period (a day's
+    limit raised stays raised the next days) until set again. Runs parked by the budget stay
+    parked: `Agent.raise_budget` also sends them on."""
     if (run_id is None) == (scope is None):
         raise ValueError("give run_id= or scope=, one of them")
     subject = f"run/{run_id}" if run_id is not None else f"scope/{scope}"
