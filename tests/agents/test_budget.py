@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -143,3 +144,45 @@ async def test_output_retries_stop_at_the_budget_too(store: Store) -> None:
     assert run.status == "waiting"
     assert run.record.usage["requests"] == 1
     assert (await run.history())[-1].kind == "halt"
+
+
+def test_a_priced_request_records_its_cost_in_nano_dollars() -> None:
+    from decimal import Decimal
+
+    from pydantic_ai.usage import RunUsage
+
+    from agents._tool_engine import charge
+    from agents._usage_text import usage_line
+    from statemachine import StepContext
+
+    async def nothing() -> list[Any]:
+        return []
+
+    ctx = StepContext(run_id="r", seq=0, trigger="t", attempt=1, idempotency_key="k",
+                      conversation=nothing, history=nothing)  # fmt: skip
+    usage = RunUsage(requests=1, input_tokens=1000, output_tokens=100, cache_read_tokens=50,
+                     cost=Decimal("0.00021"))  # fmt: skip
+    spent = charge(ctx, usage)
+    assert spent == {"requests": 1, "input_tokens": 1000, "output_tokens": 100,
+                     "cache_read_tokens": 50, "cost_nusd": 210_000}  # fmt: skip
+    assert usage_line(spent) == "1 requests, 1000 in, 100 out, 50 cache read, $0.000210"
+    assert Budget(cost=0.5).ledger_limits() == {"cost_nusd": 500_000_000}
+
+
+async def test_a_cost_budget_counts_what_genai_prices_says_the_requests_cost(
+    store: Store,
+) -> None:
+    def priced(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        return ModelResponse(
+            parts=[TextPart("ok")], usage=RequestUsage(input_tokens=1000, output_tokens=100),
+            model_name="gpt-4o-mini", provider_name="openai",
+        )  # fmt: skip
+
+    agent = chain(4, budget=Budget(cost=0.0004)).with_model(
+        FunctionModel(priced, model_name="gpt-4o-mini")
+    )
+    run = await agent.start(store, Chat())
+    await run.until_done()
+    assert run.status == "waiting"  # $0.00021 a request: the third would go past $0.0004
+    assert run.record.usage["requests"] == 2
+    assert run.record.usage["cost_nusd"] == 420_000
