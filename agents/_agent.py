@@ -16,6 +16,7 @@ from storage import Store
 from ._budget import Budget, BudgetGate, raise_budget
 from ._llm import LlmStep, ModelSpec, check_model
 from ._ratelimit import RateLimit
+from ._spending import Spending
 
 __all__ = ["Agent"]
 
@@ -176,5 +177,6 @@ def _bind(
     t: Transition, model: ModelSpec | None, gate: BudgetGate | None, limits: tuple[RateLimit, ...]
 ) -> Transition:
     if isinstance(t.step, LlmStep):
-        return dataclasses.replace(t, step=t.step.bound(model, gate, limits))
+        spending = Spending(gate=gate, rate_limits=limits) if gate or limits else None
+        return dataclasses.replace(t, step=t.step.bound(model, spending))
     return t

@@ -9,15 +9,14 @@ pass (5xx, rate limits, timeouts, dropped connections) are retried with backoff.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, JsonValue
 from pydantic_ai import Agent as PydanticAgent
 from pydantic_ai import DeferredToolRequests, DeferredToolResults
-from pydantic_ai.exceptions import UsageLimitExceeded, UserError
+from pydantic_ai.exceptions import UserError
 from pydantic_ai.messages import ModelMessagesTypeAdapter
 from pydantic_ai.models import Model, infer_model
 from pydantic_ai.toolsets import ExternalToolset
@@ -34,16 +33,14 @@ from statemachine import (
 )
 from statemachine._table import Guard
 
-from ._budget import BudgetGate
-from ._ratelimit import RateLimit, rate_limited
+from ._spending import Spending, spend
 from ._steps import Reducer, apply_output
 from ._tool_calls import TOOL_CALLS_ROUTE, FunctionTool, function_tools, tool_results
-from ._tool_engine import StepPolicy, charge, tool_answer
+from ._tool_engine import StepPolicy, tool_answer
 
 __all__ = ["LlmStep", "ModelSpec", "check_model", "llm"]
 
 M = TypeVar("M", bound=BaseModel)
-T = TypeVar("T")
 
 ModelSpec = Model | str
 """A pydantic-ai model: a name such as "openai:gpt-4o-mini", or a `Model` object."""
@@ -90,12 +87,8 @@ class LlmStep:
     routes: tuple[str, ...] = ()
     """The route names the model chooses from (not the tool-calls route)."""
     tools: tuple[FunctionTool, ...] = ()
-    gate: BudgetGate | None = None
-    """The agent's budgets, checked before the request (bound by `Agent`)."""
-    rate_limits: tuple[RateLimit, ...] = ()
-    """The agent's shared rate limits, a slot of each held around the request."""
-    request_timeout: float | None = None
-    """With rate limits: the step's timeout, on the request alone (see `bound`)."""
+    spending: Spending | None = None
+    """The agent's budgets and rate limits, around the request (bound by `Agent`)."""
     kind: str = "llm"
     _agents: dict[int, PydanticAgent[None, Any]] = field(
         default_factory=dict, repr=False, compare=False
@@ -109,21 +102,11 @@ class LlmStep:
     def writes(self) -> tuple[str, ...]:
         return (self.into,) if self.into else ()
 
-    def bound(
-        self,
-        model: ModelSpec | None,
-        gate: BudgetGate | None = None,
-        rate_limits: tuple[RateLimit, ...] = (),
-    ) -> LlmStep:
-        step = self if gate is None else replace(self, gate=gate)
-        if rate_limits:
-            # Waiting for a slot counts against the timeout only where a limit says so: the
-            # step times its request itself (and the waits of such limits), not the runner.
-            timeout = step.policy.timeout
-            step = replace(
-                step, rate_limits=rate_limits, request_timeout=timeout,
-                policy=replace(step.policy, timeout=None),
-            )  # fmt: skip
+    def bound(self, model: ModelSpec | None, spending: Spending | None = None) -> LlmStep:
+        step = self
+        if spending is not None:
+            spending, policy = spending.policy(self.policy)
+            step = replace(self, spending=spending, policy=policy)
         if self.model is not None or model is None:
             return step
         return replace(step, model=model, _agents={})
@@ -171,34 +154,18 @@ class LlmStep:
         )
         past = await ctx.conversation() if self.history else []
         answers = await self._answers(ctx) if self.tools else None
-        requests = 1 + self.output_retries
-        if self.gate is not None:
-            left = await self.gate.admit(memory, ctx)  # StepHalted when over a budget
-            requests = requests if left is None else max(min(requests, left), 1)
         usage = RunUsage()  # pydantic-ai counts into it as it goes, also when the run fails
-        limited = rate_limited(ctx, self.rate_limits, self.label, self.request_timeout)
-        try:
-            async with limited as report:
-                request = self._agent().run(
-                    None if answers is not None else prompt,  # tool results go on, no prompt
-                    instructions=instructions,
-                    message_history=(
-                        ModelMessagesTypeAdapter.validate_python(past) if past else None
-                    ),
-                    deferred_tool_results=answers,
-                    usage=usage,
-                    usage_limits=UsageLimits(request_limit=requests),
-                )
-                try:
-                    result = await _within(request, self.request_timeout, ctx.trigger)
-                finally:
-                    report(usage.input_tokens + usage.output_tokens)
-        except BaseException as exc:
-            charge(ctx, usage)  # what failed tries paid is recorded on the error event
-            if isinstance(exc, UsageLimitExceeded) and self.gate is not None:
-                await self.gate.admit(memory, ctx)  # output retries reached the budget: halt
-            raise
-        charge(ctx, usage)
+        result = await spend(
+            self.spending, memory, ctx, self.label, 1 + self.output_retries, usage,
+            lambda limit: self._agent().run(
+                None if answers is not None else prompt,  # tool results go on, no new prompt
+                instructions=instructions,
+                message_history=ModelMessagesTypeAdapter.validate_python(past) if past else None,
+                deferred_tool_results=answers,
+                usage=usage,
+                usage_limits=UsageLimits(request_limit=limit),
+            ),
+        )  # fmt: skip
         value = result.output
         messages: list[JsonValue] = ModelMessagesTypeAdapter.dump_python(
             result.new_messages(), mode="json"
@@ -227,15 +194,6 @@ class LlmStep:
             usage=dict(ctx.spent),  # every try of this transition, not only the last
             messages=messages,
         )
-
-
-async def _within(request: Awaitable[T], seconds: float | None, trigger: str) -> T:
-    if seconds is None:
-        return await request
-    try:
-        return await asyncio.wait_for(request, seconds)
-    except TimeoutError:
-        raise TimeoutError(f"step {trigger!r} timed out after {seconds}s") from None
 
 
 def llm(
