@@ -11,9 +11,11 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ._agent import Agent
+    from ._budget import Budget, raise_budget
     from ._durable import DurableAgent, DurableRunFailed, approve_tool_call
     from ._durable_journal import idempotency_key
     from ._llm import llm
+    from ._ratelimit import RateLimit
     from ._report import render_report, report_html
     from ._steps import tool, wait
     from ._tool_calls import tool_calls
@@ -21,12 +23,15 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Agent",
+    "Budget",
     "DurableAgent",
     "DurableRunFailed",
+    "RateLimit",
     "StepPolicy",
     "approve_tool_call",
     "idempotency_key",
     "llm",
+    "raise_budget",
     "render_report",
     "report_html",
     "tool",
@@ -36,8 +41,11 @@ __all__ = [
 
 _WHERE = {
     "Agent": "_agent",
+    "Budget": "_budget",
+    "raise_budget": "_budget",
     "DurableAgent": "_durable",
     "DurableRunFailed": "_durable",
+    "RateLimit": "_ratelimit",
     "StepPolicy": "_tool_engine",
     "approve_tool_call": "_durable",
     "idempotency_key": "_durable_journal",

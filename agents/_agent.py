@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
-from typing import TypeVar
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
 from statemachine import DefinitionError, Machine, Transition
 from statemachine._machine import DEFAULT_MAX_MEMORY
 from statemachine._migrate import Migration
+from storage import Store
 
+from ._budget import Budget, BudgetGate, raise_budget
 from ._llm import LlmStep, ModelSpec, check_model
+from ._ratelimit import RateLimit
+from ._spending import Spending
 
 __all__ = ["Agent"]
 
@@ -25,6 +29,14 @@ class Agent(Machine[M]):
     Args:
         model: the default pydantic-ai model (a name such as "openai:gpt-4o-mini" or a
             `Model` object) for `llm()` steps that do not name their own.
+        budget: limits on what one run may spend (`Budget(requests=, total_tokens=,
+            cost=)`), checked before each model request (see `agents._budget`).
+        scope_budget / budget_scope: limits shared by all runs whose memory
+            `budget_scope(memory)` names the same scope (a tenant), per `Budget(per=...)`.
+        on_budget: the state a run goes to when it reaches a budget; without one it parks
+            `waiting` where it is until the budget is raised (`raise_budget`).
+        rate_limits: limits on model requests shared by every process on the store
+            (`RateLimit(requests_per_second=, tokens_per_minute=, concurrency=)`).
     """
 
     def __init__(
@@ -45,6 +57,11 @@ class Agent(Machine[M]):
         migrations: Mapping[int, Migration] | None = None,
         state_renames: Mapping[str, str] | None = None,
         retention: float | None = None,
+        budget: Budget | None = None,
+        scope_budget: Budget | None = None,
+        budget_scope: Callable[[M], str] | None = None,
+        on_budget: str | None = None,
+        rate_limits: Sequence[RateLimit] = (),
     ) -> None:
         self._declared = dict(
             name=name,
@@ -61,13 +78,19 @@ class Agent(Machine[M]):
             migrations=migrations,
             state_renames=state_renames,
             retention=retention,
+            budget=budget,
+            scope_budget=scope_budget,
+            budget_scope=budget_scope,
+            on_budget=on_budget,
+            rate_limits=rate_limits,
         )
+        gate = _gate(budget, scope_budget, budget_scope, on_budget, memory)
         super().__init__(
             name=name,
             memory=memory,
             initial=initial,
             final=final,
-            transitions=[_bind(t, model) for t in transitions],
+            transitions=[_bind(t, model, gate, tuple(rate_limits)) for t in transitions],
             version=version,
             states=states,
             on_error=on_error,
@@ -77,8 +100,12 @@ class Agent(Machine[M]):
             migrations=migrations,
             state_renames=state_renames,
             retention=retention,
+            halt_states=[on_budget] if on_budget is not None else [],
         )
         self.model = model
+        self.budget_gate = gate
+        if gate is not None and gate.scope_budget is not None:
+            self.after_commit.append(gate.charge)
         fields = memory.model_fields
         for t in self.transitions:
             for field in getattr(t.step, "writes", ()):
@@ -99,8 +126,57 @@ class Agent(Machine[M]):
             if isinstance(t.step, LlmStep):
                 check_model(t.step.model, f"{self.name}: llm step {t.trigger!r}")
 
+    async def raise_budget(
+        self, store: Store, *, run_id: str | None = None, scope: str | None = None,
+        limits: Budget,
+    ) -> list[str]:  # fmt: skip
+        """Set new limits for one run or a scope (see `agents.raise_budget`), then send on
+        the runs of this agent that the budget parked (`waiting` after a halt event of that
+        budget): the ids of the runs sent on. They go on when a process drives them."""
+        await raise_budget(store, run_id=run_id, scope=scope, limits=limits)
+        if run_id is not None:
+            stored = await store.load(run_id)
+            candidates = [stored] if stored is not None and stored.status == "waiting" else []
+        else:
+            candidates = await store.list_runs(agent=self.name, status="waiting", limit=10**6)
+        moved = []
+        for record in candidates:
+            last = await store.history(record.run_id, record.seq, record.seq)
+            out = last[0].output if last and last[0].kind == "halt" else None
+            if not isinstance(out, dict):
+                continue
+            if run_id is None and (out.get("budget") != "scope" or out.get("name") != scope):
+                continue
+            run = await self.resume(store, record.run_id)
+            await run.retry()
+            await run.release()
+            moved.append(record.run_id)
+        return moved
 
-def _bind(t: Transition, model: ModelSpec | None) -> Transition:
+
+def _gate(
+    budget: Budget | None,
+    scope_budget: Budget | None,
+    budget_scope: Callable[[Any], str] | None,
+    on_budget: str | None,
+    memory: type[BaseModel],
+) -> BudgetGate | None:
+    if (scope_budget is None) != (budget_scope is None):
+        raise DefinitionError("scope_budget= and budget_scope= go together")
+    if budget is None and scope_budget is None:
+        if on_budget is not None:
+            raise DefinitionError("on_budget= needs budget= or scope_budget=")
+        return None
+    return BudgetGate(
+        run_budget=budget, scope_budget=scope_budget, scope=budget_scope,
+        on_budget=on_budget, memory_type=memory,
+    )  # fmt: skip
+
+
+def _bind(
+    t: Transition, model: ModelSpec | None, gate: BudgetGate | None, limits: tuple[RateLimit, ...]
+) -> Transition:
     if isinstance(t.step, LlmStep):
-        return dataclasses.replace(t, step=t.step.bound(model))
+        spending = Spending(gate=gate, rate_limits=limits) if gate or limits else None
+        return dataclasses.replace(t, step=t.step.bound(model, spending))
     return t

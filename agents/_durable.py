@@ -48,6 +48,7 @@ from statemachine import DefinitionError, Graph, RunError, RunLocked, RunTakenOv
 from statemachine._tracing import attached
 from storage import Event, StorageError, Store
 
+from ._budget import Budget, BudgetGate, halted
 from ._durable_approvals import answers_to, approve_tool_call
 from ._durable_journal import Journal, idempotency_key
 from ._durable_steps import (
@@ -66,6 +67,7 @@ from ._durable_steps import (
 )
 from ._durable_tracing import traced_steps
 from ._llm import ModelSpec
+from ._ratelimit import RateLimit
 from ._report import render_report
 from ._tool_engine import MODEL_POLICY, TOOL_POLICY, StepPolicy, args_digest
 
@@ -164,6 +166,9 @@ class DurableAgent(Generic[AgentDepsT, OutputT]):
             again (an exception the tool raises is not retried, as in `Agent.run`). Calls
             cut short by a crash run again with the same key, up to `crash_retries`.
         lease_ttl: see `statemachine.Machine`.
+        budget: limits on what one run may spend, checked before each model request; a run
+            at its limit parks (`BudgetReached`) until `raise_budget` and a new `run` call.
+        rate_limits: shared rate limits on the model requests (see `agents.RateLimit`).
     """
 
     def __init__(
@@ -176,6 +181,8 @@ class DurableAgent(Generic[AgentDepsT, OutputT]):
         model_policy: StepPolicy = MODEL_POLICY,
         tool_policy: StepPolicy = TOOL_POLICY,
         lease_ttl: float = 15.0,
+        budget: Budget | None = None,
+        rate_limits: Sequence[RateLimit] = (),
     ) -> None:
         if not isinstance(agent, PydanticAgent):
             raise TypeError(f"DurableAgent wraps a pydantic_ai.Agent, not {agent!r}")
@@ -192,6 +199,11 @@ class DurableAgent(Generic[AgentDepsT, OutputT]):
         self.model_policy = model_policy
         self.tool_policy = tool_policy
         self.fingerprint = _fingerprint(agent)
+        self.gate = None if budget is None else BudgetGate(
+            run_budget=budget, scope_budget=None, scope=None, on_budget=None,
+            memory_type=DurableMemory,
+        )  # fmt: skip
+        self.rate_limits = tuple(rate_limits)
         self.machine = durable_machine(
             stable, version, model_policy=model_policy, tool_policy=tool_policy, lease_ttl=lease_ttl
         )
@@ -240,6 +252,8 @@ class DurableAgent(Generic[AgentDepsT, OutputT]):
                 f"run {run.run_id!r} was started by another agent named {self.name!r} (its tools"
                 " or output type differ): give this agent another name, or bump version="
             )
+        if await halted(run):  # parked by its budget: check it again (it may be raised)
+            await run.retry()
         if deferred_tool_results is not None and run.status == "waiting":
             await self._answer(run, deferred_tool_results)
         elif (
@@ -257,7 +271,8 @@ class DurableAgent(Generic[AgentDepsT, OutputT]):
         if output_type is not None:
             options["output_type"] = output_type
         for _ in range(100):
-            journal = Journal(run=run, events=await run.history(), notify=on_event)
+            journal = Journal(run=run, events=await run.history(), notify=on_event,
+                              gate=self.gate, rate_limits=self.rate_limits)  # fmt: skip
             try:
                 with attached(run.record):  # pydantic-ai's spans join the run's trace
                     return await self._replay(journal, options)

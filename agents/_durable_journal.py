@@ -33,6 +33,7 @@ from pydantic_ai.usage import RunUsage
 from statemachine import Run, RunError, StepContext, StepResult
 from storage import Event
 
+from ._budget import BudgetGate, BudgetReached
 from ._durable_steps import (
     DEFER,
     FAIL,
@@ -50,6 +51,7 @@ from ._durable_steps import (
     RunMoved,
     rounds_of,
 )
+from ._ratelimit import RateLimit, rate_limited
 from ._tool_engine import args_digest, call_key, charge, record_outcome, replay_outcome
 
 __all__ = ["Journal", "idempotency_key"]
@@ -87,10 +89,12 @@ class Journal(AbstractCapability[Any]):
     _requests: list[ModelRequest | None] = field(default_factory=list, repr=False)
     _tools: dict[tuple[int, int, str], dict[str, JsonValue]] = field(default_factory=dict)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
+    gate: BudgetGate | None = field(default=None, repr=False)
+    rate_limits: tuple[RateLimit, ...] = field(default=(), repr=False)
 
     def __post_init__(self) -> None:
         for e in self.events:
-            if e.kind == "error":
+            if e.kind in ("error", "halt"):
                 continue
             if e.trigger == MODEL_REQUEST:
                 messages = ModelMessagesTypeAdapter.validate_python(e.messages)
@@ -167,6 +171,8 @@ class Journal(AbstractCapability[Any]):
                 if pending.error is not None:
                     raise pending.error
                 raise self.stopped()
+            if event.kind == "halt":
+                raise BudgetReached(run.run_id, event.output)
             return event
 
     def stopped(self) -> Exception:
@@ -194,8 +200,12 @@ class Journal(AbstractCapability[Any]):
             return _copy(self._responses[index])
 
         async def op(ctx: StepContext) -> StepResult[DurableMemory]:
+            if self.gate is not None:
+                await self.gate.admit(None, ctx)  # StepHalted when over the budget
             try:
-                response = await wrapped.request(messages, settings, params)
+                async with rate_limited(ctx, self.rate_limits, wrapped.model_name, None) as report:
+                    response = await wrapped.request(messages, settings, params)
+                    report(response.usage.input_tokens + response.usage.output_tokens)
             except Exception:
                 charge(ctx, RunUsage(requests=1))
                 raise
@@ -252,7 +262,9 @@ class Journal(AbstractCapability[Any]):
                 "segment": where[0], "after": where[1], "tool_call_id": call_id, "tool": name,
                 "args": args, **outcome,
             }  # fmt: skip
-            return StepResult(memory=self.run.memory, output=output, subkey=call_id)
+            return StepResult(
+                memory=self.run.memory, output=output, usage={"tool_calls": 1}, subkey=call_id
+            )
 
         event = await self.fire(TOOL_CALL, op)
         record_durable_unit(executed=True)

@@ -33,9 +33,10 @@ from statemachine import (
 )
 from statemachine._table import Guard
 
+from ._spending import Spending, spend
 from ._steps import Reducer, apply_output
 from ._tool_calls import TOOL_CALLS_ROUTE, FunctionTool, function_tools, tool_results
-from ._tool_engine import StepPolicy, charge, tool_answer
+from ._tool_engine import StepPolicy, tool_answer
 
 __all__ = ["LlmStep", "ModelSpec", "check_model", "llm"]
 
@@ -86,6 +87,8 @@ class LlmStep:
     routes: tuple[str, ...] = ()
     """The route names the model chooses from (not the tool-calls route)."""
     tools: tuple[FunctionTool, ...] = ()
+    spending: Spending | None = None
+    """The agent's budgets and rate limits, around the request (bound by `Agent`)."""
     kind: str = "llm"
     _agents: dict[int, PydanticAgent[None, Any]] = field(
         default_factory=dict, repr=False, compare=False
@@ -99,10 +102,14 @@ class LlmStep:
     def writes(self) -> tuple[str, ...]:
         return (self.into,) if self.into else ()
 
-    def bound(self, model: ModelSpec | None) -> LlmStep:
+    def bound(self, model: ModelSpec | None, spending: Spending | None = None) -> LlmStep:
+        step = self
+        if spending is not None:
+            spending, policy = spending.policy(self.policy)
+            step = replace(self, spending=spending, policy=policy)
         if self.model is not None or model is None:
-            return self
-        return replace(self, model=model, _agents={})
+            return step
+        return replace(step, model=model, _agents={})
 
     def _agent(self) -> PydanticAgent[None, Any]:
         """The pydantic-ai agent for this step, built on first use (so a missing API key
@@ -148,17 +155,17 @@ class LlmStep:
         past = await ctx.conversation() if self.history else []
         answers = await self._answers(ctx) if self.tools else None
         usage = RunUsage()  # pydantic-ai counts into it as it goes, also when the run fails
-        try:
-            result = await self._agent().run(
+        result = await spend(
+            self.spending, memory, ctx, self.label, 1 + self.output_retries, usage,
+            lambda limit: self._agent().run(
                 None if answers is not None else prompt,  # tool results go on, no new prompt
                 instructions=instructions,
                 message_history=ModelMessagesTypeAdapter.validate_python(past) if past else None,
                 deferred_tool_results=answers,
                 usage=usage,
-                usage_limits=UsageLimits(request_limit=1 + self.output_retries),
-            )
-        finally:
-            charge(ctx, usage)
+                usage_limits=UsageLimits(request_limit=limit),
+            ),
+        )  # fmt: skip
         value = result.output
         messages: list[JsonValue] = ModelMessagesTypeAdapter.dump_python(
             result.new_messages(), mode="json"

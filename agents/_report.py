@@ -22,6 +22,8 @@ from pydantic import JsonValue
 from statemachine import Machine, RendererMissing, RunNotFound
 from storage import Event, RunRecord, Store
 
+from ._usage_text import usage_line
+
 __all__ = ["render_report", "report_html"]
 
 _esc = html.escape
@@ -169,6 +171,7 @@ def _header(record: RunRecord, events: Sequence[Event]) -> str:
         ("steps", f"{steps} ({failures} failed)" if failures else str(steps)),
         ("model requests", str(requests)),
         ("tokens in → out", f"{tokens_in} → {tokens_out}"),
+        ("usage ledger", usage_line(record.usage)),
         ("created", _when(record.created_at)),
         ("updated", _when(record.updated_at)),
         ("held by", record.holder or "-"),

@@ -190,6 +190,7 @@ class ToolCallsStep:
             memory=memory,
             output=output,
             route="more" if len(pending) > 1 else "done",
+            usage={"tool_calls": 1},
             subkey=call.tool_call_id,
         )
 

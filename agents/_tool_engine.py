@@ -57,6 +57,8 @@ __all__ = [
 ]
 
 USAGE_FIELDS = ("requests", "input_tokens", "output_tokens")
+EXTRA_USAGE_FIELDS = ("cache_read_tokens", "cache_write_tokens")
+"""Recorded only when not zero (so steps that use no cache record what they always did)."""
 
 TRANSIENT_MODEL_ERRORS: tuple[type[BaseException], ...] = (
     ModelServerError,
@@ -140,9 +142,17 @@ def call_key(ctx: StepContext, tool_call_id: str) -> str:
 
 def charge(ctx: StepContext, usage: RunUsage) -> dict[str, int]:
     """Add what model requests cost to the transition's tally (`ctx.spent`), also when the
-    request failed, so the event records every try; returns the tally."""
+    request failed, so the event records every try; returns the tally. Cache tokens and the
+    cost (in nano-USD, `cost_nusd`: pydantic-ai prices requests with `genai-prices` where it
+    knows the model) are added when not zero."""
     for name in USAGE_FIELDS:
         ctx.spent[name] = ctx.spent.get(name, 0) + getattr(usage, name)
+    extra = {name: getattr(usage, name) for name in EXTRA_USAGE_FIELDS}
+    if usage.cost is not None:
+        extra["cost_nusd"] = round(usage.cost * 10**9)
+    for name, value in extra.items():
+        if value:
+            ctx.spent[name] = ctx.spent.get(name, 0) + int(value)
     return dict(ctx.spent)
 
 

@@ -69,7 +69,7 @@ class Floor:
         seq = self.seq
         self.seq += 1
         return [seq, self.token, f"{self.run_id}:{seq}:t{seq}", f"s{seq + 1}", "running",
-                repr(time.time()), "", "", "", self.event, ""]  # fmt: skip
+                repr(time.time()), "", "", "", self.event, "", ""]  # fmt: skip
 
 
 async def new_floor_runs(store: RedisStore, n: int, tag: str) -> list[Floor]:

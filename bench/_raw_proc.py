@@ -81,7 +81,7 @@ async def measure(url: str, out: Path, runs: int, steps: int, concurrency: int, 
                 reply = await script(
                     keys=keys,
                     args=[seq, token, f"{run_id}:{seq}:t{seq}", f"s{seq + 1}", status,
-                          repr(time.time()), "", "", "", event_json, ""],
+                          repr(time.time()), "", "", "", event_json, "", ""],
                 )  # fmt: skip
                 samples.append(clock() - t0)
                 if reply[0] != "ok":

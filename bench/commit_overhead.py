@@ -253,7 +253,7 @@ class RawRun:
         reply = await self.script(
             keys=self.keys,
             args=[seq, self.token, f"{self.run_id}:{seq}:t{seq}", f"s{seq + 1}", "running",
-                  repr(time.time()), "", "", "", self.event_json, ""],
+                  repr(time.time()), "", "", "", self.event_json, "", ""],
         )  # fmt: skip
         if reply[0] != "ok":
             raise RuntimeError(f"raw commit at seq {seq + 1} answered {reply!r}")

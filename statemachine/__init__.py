@@ -22,6 +22,7 @@ from .errors import (
     RunLocked,
     RunNotFound,
     RunTakenOver,
+    StepHalted,
     VersionMismatch,
 )
 
@@ -46,6 +47,7 @@ __all__ = [
     "RunTakenOver",
     "Step",
     "StepContext",
+    "StepHalted",
     "StepResult",
     "Transition",
     "VersionMismatch",

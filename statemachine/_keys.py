@@ -39,9 +39,10 @@ def control_key(run: RunRecord, what: str) -> str:
 def enters(event: Event) -> bool:
     """Whether `event` brought the run into `event.dest` (a new visit of that state).
 
-    Not a visit: an error that parks the run as failed, and the runner's control events (a
+    Not a visit: an error that parks the run as failed, a halt that parks it where it is,
+    and the runner's control events (a
     retry puts the run back where it failed; a migration or cancel moves nothing onward).
     """
-    if event.kind == "control":
+    if event.kind == "control" or (event.kind == "halt" and event.dest == event.source):
         return False
     return not (event.kind == "error" and event.status == "failed")

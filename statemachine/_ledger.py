@@ -18,7 +18,7 @@ __all__ = ["NOT_TABLE_EDGES", "SNAPSHOT_EVERY", "Ledger", "json_size"]
 
 SNAPSHOT_EVERY = 64 * 1024
 """Bytes of patches between two snapshots of the memory, at least."""
-NOT_TABLE_EDGES = frozenset({"start", "error", "control", "timeout"})
+NOT_TABLE_EDGES = frozenset({"start", "error", "control", "timeout", "halt"})
 """Event kinds the runner writes itself; every other event is a table transition firing."""
 
 

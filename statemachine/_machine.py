@@ -7,7 +7,7 @@ import contextlib
 import logging
 import secrets
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from pydantic import BaseModel, JsonValue, ValidationError
@@ -41,6 +41,8 @@ if TYPE_CHECKING:
 
 __all__ = ["DEFAULT_MAX_MEMORY", "Machine"]
 
+AfterCommit = Callable[[RunRecord, Event, Store], Awaitable[None]]
+"""A hook run after each commit of a run (see `Machine.after_commit`)."""
 M = TypeVar("M", bound=BaseModel)
 _log = logging.getLogger("agentfsm")
 
@@ -80,6 +82,8 @@ class Machine(Generic[M]):
         retention: seconds a run is kept after it ends (done or cancelled); then Redis
             expires its keys, and `agentfsm gc` deletes it from the embedded store. None:
             kept for good. Failed runs are kept (they may be retried).
+        halt_states: states a step may send the run to by raising `StepHalted` (a budget's
+            state): reached without a transition of the table.
     """
 
     def __init__(
@@ -99,6 +103,7 @@ class Machine(Generic[M]):
         migrations: Mapping[int, Migration] | None = None,
         state_renames: Mapping[str, str] | None = None,
         retention: float | None = None,
+        halt_states: Sequence[str] = (),
     ) -> None:
         if not isinstance(memory, type) or not issubclass(memory, BaseModel):
             raise TypeError(f"memory must be a pydantic model class, not {memory!r}")
@@ -115,6 +120,10 @@ class Machine(Generic[M]):
         if retention is not None and not retention > 0:
             raise ValueError(f"retention must be positive seconds (or None), not {retention}")
         self.retention = retention
+        self.after_commit: list[AfterCommit] = []
+        """Called with the run and each event it committed, and again with its last event
+        whenever a process picks the run up (so must be idempotent by the event's key):
+        ledgers beside the run (a budget scope's) are kept this way."""
         self.name = check_machine_name(name)
         self.version = version
         self.memory_type = memory
@@ -126,6 +135,7 @@ class Machine(Generic[M]):
             transitions=list(transitions),
             states=states,
             on_error=on_error,
+            halts=halt_states,
         )
         self.migrations: dict[int, Migration] = dict(migrations or {})
         self.state_renames: dict[str, str] = dict(state_renames or {})

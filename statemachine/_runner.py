@@ -37,6 +37,7 @@ from storage import (
     Store,
 )
 from storage._process import owner_id
+from storage._usage import added
 from storage.base import json_bytes
 from storage.errors import Unstorable
 
@@ -56,6 +57,7 @@ from .errors import (
     RunError,
     RunNotFound,
     RunTakenOver,
+    StepHalted,
     UnstorableResult,
 )
 
@@ -298,6 +300,8 @@ class Run(Generic[M]):
                 await self.release(quiet=True)
                 raise failed.error from None
             return await self._fail(t, seq, key, failed, started)
+        except StepHalted as halted:
+            return await self._halt(t, seq, key, halted, started)
         status = self.machine.status_in(done.dest)
         event = step_event(
             self._record, t, key, done, status, attempt=attempt, started=started, ended=now(),
@@ -312,15 +316,20 @@ class Run(Generic[M]):
         return step_key(self._record, await self._ledger.entered_at(self.seq), trigger)
 
     async def retry(self) -> Event:
-        """Put a failed run back in the state it failed from, status `running`.
+        """Put a failed run back in the state it failed from, status `running`; likewise a
+        run a step halted `waiting` (`StepHalted`: a budget), to try that step again.
 
         This is a new committed event ("retry"), not a rewrite of history.
         """
-        if self.status != "failed":
+        if self.status not in ("failed", "waiting"):
             raise RunError(f"run {self.run_id!r} is {self.status}, not failed: nothing to retry")
         await self._hold()
         last = await self.store.history(self.run_id, self.seq)
-        back = last[0].source if last and last[0].kind == "error" else self.state
+        halted = self.status == "waiting" and bool(last) and last[0].kind == "halt"
+        if self.status != "failed" and not halted:
+            await self.release(quiet=True)
+            raise RunError(f"run {self.run_id!r} is {self.status}, not failed: nothing to retry")
+        back = last[0].source if last and last[0].kind in ("error", "halt") else self.state
         return await self._control("retry", back, self.machine.status_in(back))
 
     async def cancel(self, reason: str = "") -> Event:
@@ -380,6 +389,10 @@ class Run(Generic[M]):
         else:
             # The run moved while another process held it: start from what is stored.
             await self._reload()
+        if self.machine.after_commit and self.seq > 0:  # a crash may have cut the last short
+            last = await self.store.history(self.run_id, self.seq, self.seq)
+            for hook in self.machine.after_commit:
+                await hook(self._record, last[0], self.store)
         return got
 
     async def _reload(self) -> None:
@@ -427,6 +440,8 @@ class Run(Generic[M]):
                 conversation=self._ledger.load_conversation,
                 history=self._ledger.load_events,
                 payload=payload,
+                usage=self._record.usage,
+                store=self.store,
                 spent=spent,
             )
             # Its own copy, as a resumed process would read it (and 5x cheaper than a deep
@@ -441,6 +456,9 @@ class Run(Generic[M]):
                 return self._settle(t, result), attempt
             except StepFailed:
                 raise  # a result that can never commit (a bad route, memory, size)
+            except StepHalted as halted:
+                halted.spent = dict(spent) or None
+                raise
             except Exception as exc:
                 error: BaseException = exc
                 if isinstance(exc, TimeoutError) and policy.timeout is not None:
@@ -471,6 +489,21 @@ class Run(Generic[M]):
         event = error_event(
             self._record, t, key, failed, dest, status, started=started, ended=now(),
             worker=self.owner,
+        )  # fmt: skip
+        return await self._commit(lease, event, self.memory)
+
+    async def _halt(
+        self, t: Transition, seq: int, key: str, halted: StepHalted, started: float
+    ) -> Event:
+        """Commit a step's `StepHalted`: to its `dest`, or parked `waiting` where it is."""
+        lease = await self._hold()
+        dest = halted.dest or self.state
+        event = Event(
+            seq=seq + 1, trigger=t.trigger, kind="halt", source=self.state, dest=dest,
+            status="waiting" if halted.dest is None else self.machine.status_in(dest),
+            key=f"{key}:halted:{seq + 1}", output=halted.output, started_at=started,
+            ended_at=now(), worker=self.owner, step=t.step.label if t.step else "",
+            usage=halted.spent,
         )  # fmt: skip
         return await self._commit(lease, event, self.memory)
 
@@ -507,6 +540,8 @@ class Run(Generic[M]):
             self.memory = memory
             if event.status != "running":
                 self._keeper.dropped()  # the commit gave the lease back
+            for hook in self.machine.after_commit:  # last: this copy is up to date if one fails
+                await hook(self._record, event, self.store)
             return event
         if isinstance(outcome, Duplicate):
             # The key was committed before. By this process, on a try whose answer was lost:
@@ -559,4 +594,5 @@ def _advance(record: RunRecord, event: Event) -> RunRecord:
         nonce=record.nonce,
         expires_at=record.expires_at if event.expires_at is None else event.expires_at,
         trace=record.trace,
+        usage=added(record.usage, event.usage),
     )

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
 from pydantic import BaseModel, JsonValue
 
-from storage import Event
+from storage import Event, Store
 
 __all__ = ["RetryPolicy", "Step", "StepContext", "StepResult"]
 
@@ -83,6 +83,10 @@ class StepContext:
     """Loads the run's committed events, oldest first."""
     payload: JsonValue = None
     """For a `wait` step: the event's payload, as sent to `Run.send`."""
+    usage: Mapping[str, int] = field(default_factory=dict)
+    """The run's usage ledger as last committed (`RunRecord.usage`): what it paid so far."""
+    store: Store | None = field(default=None, repr=False)
+    """The store the run lives in (for steps that keep ledgers beside it: budgets)."""
     spent: dict[str, int] = field(default_factory=dict)
     """What this transition's tries have cost so far in this process (model requests,
     tokens): shared by all its tries. A step adds what it paid for, also when it raises,

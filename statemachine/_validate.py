@@ -82,8 +82,10 @@ def compile_table(
     transitions: Sequence[Transition],
     states: Sequence[str] | None = None,
     on_error: str | None = None,
+    halts: Sequence[str] = (),
 ) -> Table:
-    """Check the table; raise `DefinitionError` naming the first problem found."""
+    """Check the table; raise `DefinitionError` naming the first problem found. `halts` are
+    states a step may send the run to by `StepHalted` (reached without a transition)."""
     where = f"machine {machine!r}"
     _check_name("initial state", initial)
     if isinstance(final, str):
@@ -140,7 +142,7 @@ def compile_table(
                 f"transition {t.trigger!r}: max_visits must be at least 1, not {t.max_visits}"
             )
 
-    declared = [initial, *final, *([on_error] if on_error else [])]
+    declared = [initial, *final, *([on_error] if on_error else []), *halts]
     for t in transitions:
         declared += [*t.source, *_leads_to(t)]
     if states is None:
@@ -235,7 +237,7 @@ def compile_table(
         raise DefinitionError(f"{where}: no final state can be reached from {initial!r}")
     reachable = _reach([initial], lambda s: [d for t in out[s] for d in _leads_to(t)])
     for s in all_states:
-        if s not in reachable and s != on_error:
+        if s not in reachable and s != on_error and s not in halts:
             raise DefinitionError(
                 f"state {s!r} cannot be reached from the initial state {initial!r}"
             )

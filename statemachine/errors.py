@@ -15,13 +15,15 @@ RuntimeError
       ├── UnstorableResult  a step returned what cannot be stored as JSON (a failed try)
       └── VersionMismatch  the stored run was made by another version of the machine
  └── RendererMissing     Graphviz's `dot` program, needed for SVG and PNG, is not installed
+Exception
+ └── StepHalted          a step stops the run before its work, without a failure (a budget)
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import JsonValue, ValidationError
 
 __all__ = [
     "DefinitionError",
@@ -35,6 +37,7 @@ __all__ = [
     "RunLocked",
     "RunNotFound",
     "RunTakenOver",
+    "StepHalted",
     "UnstorableResult",
     "VersionMismatch",
 ]
@@ -133,3 +136,18 @@ class NotDue(RunError):
 
 class MemoryTooLarge(ValueError):
     """The memory would take more bytes as JSON than the machine's `max_memory`."""
+
+
+class StepHalted(Exception):
+    """Raised by a step to stop the run without a failure, before it does its work (a budget
+    that would be overspent, say). The run goes to `dest`, a state of the table, or with
+    `dest` None stays in its state with status `waiting` until `Run.retry()` sends it on.
+    Committed as an event of kind "halt" whose output is `output` (the figures), carrying
+    what earlier tries of the transition paid. Never retried by the step's policy."""
+
+    def __init__(self, message: str, *, dest: str | None = None, output: JsonValue = None):
+        super().__init__(message)
+        self.dest = dest
+        self.output = output
+        self.spent: dict[str, int] | None = None
+        """Set by the runner: what this transition's earlier tries paid."""

@@ -67,6 +67,7 @@ def run_from_fields(
             nonce=fields.get("nonce", ""),
             expires_at=float(fields["expires_at"]) if fields.get("expires_at") else None,
             trace=fields.get("trace", ""),
+            usage={k[2:]: int(v) for k, v in fields.items() if k.startswith("u:")},
         )
     except KeyError as exc:
         raise CorruptData(key, f"missing field {exc.args[0]!r}") from None

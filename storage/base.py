@@ -92,6 +92,9 @@ class RunRecord:
     """The W3C `traceparent` of the run's trace (made at `start`, kept with the run, exports
     included): every process that drives the run parents its transition spans to it
     (`statemachine._tracing`). "" for runs stored before traces existed."""
+    usage: dict[str, int] = field(default_factory=dict)
+    """The usage ledger: the sums of the committed events' `usage` figures (requests,
+    tokens, tool calls, `cost_nusd`), kept by the commits themselves (see `storage._usage`)."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -13,7 +13,8 @@
 -- ARGV[8]  new schema version ('' to keep it)       ARGV[9] memory fields to drop, one per line
 -- ARGV[10] event JSON      ARGV[11] retention: when the run's keys expire (unix seconds, '' for
 --          none; set by the commit that ends a run with retention, so no crash can skip it)
--- ARGV[12..] memory patch: field name, field JSON, ...
+-- ARGV[12] usage increments, "name\nvalue\n" each, added to the run's 'u:<name>' fields
+-- ARGV[13..] memory patch: field name, field JSON, ...
 --
 -- Returns {'ok', seq, previous deadline, previous status} | {'duplicate', seq} | {'lease_lost', 0}
 --       | {'conflict', current_seq} | {'missing', 0}
@@ -31,7 +32,7 @@ if cur[1] ~= ARGV[1] then return {'conflict', tonumber(cur[1])} end
 local seq = tonumber(ARGV[1]) + 1
 local fields = {'seq', seq, 'state', ARGV[4], 'status', ARGV[5], 'updated_at', ARGV[6], 'crashes', 0,
                 'deadline', ARGV[7]}
-for i = 12, #ARGV, 2 do
+for i = 13, #ARGV, 2 do
   fields[#fields + 1] = 'm:' .. ARGV[i]
   fields[#fields + 1] = ARGV[i + 1]
 end
@@ -47,6 +48,9 @@ for name in string.gmatch(ARGV[9], '[^\n]+') do
 end
 redis.call('XADD', KEYS[2], seq .. '-0', 'e', ARGV[10])
 redis.call('HSET', KEYS[3], ARGV[3], seq)
+for name, value in string.gmatch(ARGV[12], '([^\n]+)\n([^\n]+)\n') do
+  redis.call('HINCRBY', KEYS[1], 'u:' .. name, value)
+end
 if ARGV[11] and ARGV[11] ~= '' then
   redis.call('HSET', KEYS[1], 'expires_at', ARGV[11])
   local at = math.max(math.floor(tonumber(ARGV[11]) * 1000), 1)

@@ -40,6 +40,7 @@ from ._checkpoint import Checkpointer
 from ._codec import dump_event, dump_json, load_event, load_json, run_from_fields
 from ._process import boot_id, provably_dead
 from ._sqlite_trouble import busy, unwritable
+from ._usage import add_run_usage, create_tables, increments, read_run_usage
 from .base import (
     CommitOutcome,
     Committed,
@@ -141,8 +142,8 @@ _INSERT_RUN = (
 _BUSY_TIMEOUT = 5.0
 """Seconds to wait for another process's write lock before giving up."""
 
-_RawRun: TypeAlias = tuple[tuple[Any, ...], list[tuple[str, Any]]]
-"""A runs row and its (name, json) memory rows, as read, not yet checked."""
+_RawRun: TypeAlias = tuple[tuple[Any, ...], list[tuple[str, Any]], dict[str, str]]
+"""A runs row, its (name, json) memory rows and usage fields, as read, not yet checked."""
 
 
 class EmbeddedStore:
@@ -180,6 +181,7 @@ class EmbeddedStore:
             self._use_wal()
             self._db.execute(f"PRAGMA synchronous={synchronous}")
             self._migrate()
+            self._transaction("set up the usage ledger", "BEGIN IMMEDIATE", create_tables, self._db)
             self._checkpoints: Checkpointer | None = None
             if self._path != ":memory:":
                 self._db.execute("PRAGMA wal_autocheckpoint=0")  # done off the loop, below
@@ -320,7 +322,7 @@ class EmbeddedStore:
         self, run: RunRecord, origin: JsonValue, owner: str, ttl: float
     ) -> tuple[RunRecord, Lease | LeaseHeld | None]:
         check_run_id(run.run_id)
-        run = replace(run, seq=0, holder="", crashes=0)
+        run = replace(run, seq=0, holder="", crashes=0, usage={})
         event = Event(
             seq=0, trigger="start", kind="start", source="", dest=run.state, status=run.status,
             key=run_key(run, "start"),
@@ -378,6 +380,7 @@ class EmbeddedStore:
         db.executemany(
             "INSERT INTO keys VALUES (?, ?, ?)", [(run.run_id, e.key, e.seq) for e in events]
         )
+        add_run_usage(db, run.run_id, run.usage)
         return True
 
     async def load(self, run_id: str) -> RunRecord | None:
@@ -388,16 +391,16 @@ class EmbeddedStore:
         return self._decode(rows[0]) if rows else None
 
     def _read_runs(self, query: str, params: tuple[Any, ...]) -> list[_RawRun]:
-        """Runs rows and their memory rows, in one snapshot: never a torn run."""
+        """Runs rows, their memory rows and usage totals, in one snapshot: never a torn run."""
         return [
             (row, self._db.execute(
                 "SELECT name, json FROM memory WHERE run_id = ?", (row[0],)
-            ).fetchall())
+            ).fetchall(), read_run_usage(self._db, row[0]))
             for row in self._db.execute(query, params).fetchall()
         ]  # fmt: skip
 
     def _decode(self, raw: _RawRun) -> RunRecord:
-        row, memory_rows = raw
+        row, memory_rows, usage = raw
         run_id = str(row[0])
         memory: dict[str, JsonValue] = {
             name: load_json(value, self._where(run_id, f"memory field {name!r}"))
@@ -406,6 +409,7 @@ class EmbeddedStore:
         fields = {
             k: "" if v is None else str(v) for k, v in zip(_RUN_COLUMNS, row[1:], strict=True)
         }
+        fields.update(usage)
         return run_from_fields(run_id, fields, memory, self._where(run_id, "runs row"))
 
     async def commit(
@@ -467,6 +471,7 @@ class EmbeddedStore:
                 [(run_id, name) for name in event.dropped],
             )
         db.execute("INSERT INTO events VALUES (?, ?, ?)", (run_id, seq, dump_event(event)))
+        add_run_usage(db, run_id, increments(event))
         return Committed(seq=seq)
 
     def _committed_at(self, run_id: str, key: str) -> int | None:
@@ -572,7 +577,7 @@ class EmbeddedStore:
     def _gc(self, now: float) -> int:
         db = self._db
         ids = [r for (r,) in db.execute("SELECT run_id FROM runs WHERE expires_at <= ?", (now,))]
-        for table in ("memory", "events", "keys", "runs"):
+        for table in ("memory", "events", "keys", "run_usage", "runs"):
             db.executemany(f"DELETE FROM {table} WHERE run_id = ?", [(r,) for r in ids])
         return len(ids)
 

@@ -58,6 +58,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from ._codec import dump_event, dump_json, load_event, load_json, run_from_fields
 from ._connection import HeldConnections, send_in_task
 from ._process import provably_dead
+from ._usage import FIELD, lua_increments
 from .base import (
     CommitOutcome,
     Committed,
@@ -372,7 +373,7 @@ class RedisStore:
             deadline=run.deadline,
             output=origin,
         )
-        fields = _run_fields(replace(run, seq=0, holder="", crashes=0))
+        fields = _run_fields(replace(run, seq=0, holder="", crashes=0, usage={}))
         keys = self._keys(run.run_id, "run", "events", "keys", "lease")
         if self._indexes:
             keys += [f"{self._prefix}:runs", self._by_agent(run.agent)]
@@ -490,6 +491,7 @@ class RedisStore:
             "\n".join(event.dropped),
             dump_event(event),
             "" if event.expires_at is None else repr(event.expires_at),
+            lua_increments(event),
         ]
         for name, value in event.patch.items():
             args += [name, dump_json(value, f"memory field {name!r}")]
@@ -958,6 +960,8 @@ def _run_fields(run: RunRecord) -> list[Any]:
         fields += ["trace", run.trace]
     for name, value in run.memory.items():
         fields += [f"m:{name}", dump_json(value, f"memory field {name!r}")]
+    for name, total in run.usage.items():
+        fields += [f"{FIELD}{name}", total]
     return fields
 
 

@@ -43,6 +43,8 @@ def event_line(e: Event) -> str:
         tokens = f"  tokens {e.usage.get('input_tokens', 0)}→{e.usage.get('output_tokens', 0)}"
     mark = "[red]✗[/]" if e.kind == "error" else "[green]✓[/]"
     note = f"  [red]{shown(error_text(e.error))}[/]" if e.error else ""
+    if e.kind == "halt":  # a budget stopped the run: say its figures and how to go on
+        mark, note = "[yellow]■[/]", f"  [yellow]budget reached: {shown(e.output)}[/]"
     move = f"{e.source} → {e.dest}"
     return (
         f"  {mark} {e.seq:>4}  {shown(e.trigger):<14} {shown(move):<28} {e.kind:<7}"

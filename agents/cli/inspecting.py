@@ -68,6 +68,8 @@ def _when(timestamp: float) -> str:
 async def runs(args: argparse.Namespace) -> int:
     from rich.table import Table
 
+    from .._usage_text import usage_line
+
     query = {"agent": args.agent, "status": args.status, "state": args.state}
     async with opened(args) as store:
         found = await store.list_runs(**query, since=args.since, until=args.until,
@@ -78,12 +80,13 @@ async def runs(args: argparse.Namespace) -> int:
         return EXIT_DONE
     table = Table(box=None, header_style="bold")
     table.add_column("run", no_wrap=True)  # ids must stay whole: people copy them
-    for name in ("agent", "state", "status", "seq", "updated", "holder", "times out"):
+    for name in ("agent", "state", "status", "seq", "updated", "holder", "times out", "usage"):
         table.add_column(name, no_wrap=True)
     for r in found:
         table.add_row(shown(r.run_id), f"{shown(r.agent)} v{r.version}", shown(r.state),
                       r.status, str(r.seq), _when(r.updated_at), shown(r.holder or "-"),
-                      "-" if r.deadline is None else _when(r.deadline))  # fmt: skip
+                      "-" if r.deadline is None else _when(r.deadline),
+                      usage_line(r.usage))  # fmt: skip
     out.print(table)
     return EXIT_DONE
 
@@ -101,6 +104,8 @@ def _last_error(events: list[Event]) -> Event | None:
 async def show(args: argparse.Namespace) -> int:
     from statemachine import RunNotFound
     from statemachine._provenance import memory_at
+
+    from .._usage_text import usage_line
 
     async with opened(args) as store:
         run = await store.load(args.run_id)
@@ -126,6 +131,7 @@ async def show(args: argparse.Namespace) -> int:
     ]
     if args.at is None:
         lines.append(f"holder   {shown(run.holder or '-')}")
+        lines.append(f"usage    {usage_line(run.usage)}")
     if failure is not None:
         lines.append(
             f"error    step {shown(failure.trigger)!r} (seq {failure.seq}, attempt"

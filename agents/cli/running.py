@@ -192,7 +192,16 @@ async def drive(run: Run[Any], args: argparse.Namespace) -> int:
         requests += (event.usage or {}).get("requests", 0)
         out.print(event_line(event))
 
-    await run.until_done(on_event=progress)
+    from .._ratelimit import on_wait
+
+    def waiting(key: str, seconds: float, why: str) -> None:
+        out.print(f"  [dim]waiting {seconds:.2f} s for rate limit {shown(key)} ({why})[/]")
+
+    on_wait.append(waiting)
+    try:
+        await run.until_done(on_event=progress)
+    finally:
+        on_wait.remove(waiting)
     out.print(
         f"{run.status}: [bold]{shown(run.run_id)}[/] at {shown(run.state)} after {run.seq}"
         f" commits; model requests made by this process: {requests}"

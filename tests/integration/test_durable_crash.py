@@ -82,7 +82,8 @@ async def test_a_crash_inside_a_tool_call_repeats_only_that_call(
     ]  # fmt: skip
     assert events[-1].status == "done"
     assert events[3].attempt == 2  # the killed try counted
-    assert [e.usage["requests"] if e.usage else 0 for e in events] == [0, 1, 0, 0, 1, 0]
+    assert [(e.usage or {}).get("requests", 0) for e in events] == [0, 1, 0, 0, 1, 0]
+    assert [(e.usage or {}).get("tool_calls", 0) for e in events] == [0, 0, 1, 1, 0, 0]
     clean_events = await history(store_url, "shop-clean")
     assert [e.output for e in events[1:]] == [e.output for e in clean_events[1:]]
 

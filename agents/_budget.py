@@ -1,0 +1,209 @@
+"""Budgets: limits on what a run, or a scope of many runs, may spend on model requests.
+
+Checked before every model request (`BudgetGate.admit`: a run never starts a request once
+it is at its limit), charged at commit: a run's own figures are its usage ledger, kept by
+the commit itself (`RunRecord.usage`); a scope's (`budget_scope=`, a function of the memory:
+a tenant, a user) are charged after each commit, idempotently by the event's key
+(`storage._ledger`), and again on pick-up, so no crash loses or doubles a charge.
+
+A run that reaches a limit is halted (`statemachine.StepHalted`, an event of kind "halt"
+whose output has the figures): it goes to the agent's `on_budget` state, or, without one,
+parks `waiting` where it is until its budget is raised (`raise_budget`, `agentfsm budget`)
+and it is sent on (`Run.retry()`, which the raise does).
+
+Concurrent runs of one scope read the scope's totals before their requests and are charged
+after their commits, so together they may overshoot a scope's limit by at most the
+requests in flight at that moment (each of which may pass the check at once). A run's own
+limit is exact: its requests are one at a time.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from typing import Any, Literal
+
+from pydantic import BaseModel, JsonValue
+
+from statemachine import Run, RunError, StepContext, StepHalted
+from storage import Event, RunRecord, Store
+from storage._ledger import ledger_of
+from storage._usage import COST_UNIT, increments
+
+__all__ = ["Budget", "BudgetGate", "BudgetReached", "halted", "period_of", "raise_budget"]
+
+Period = Literal["hour", "day", "month"]
+_FORMATS: dict[str, str] = {"hour": "%Y-%m-%dT%H", "day": "%Y-%m-%d", "month": "%Y-%m"}
+_SECONDS = {"hour": 3600, "day": 86400, "month": 31 * 86400}
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Budget:
+    """Limits (None: no limit). `cost` is in US dollars, known for models `genai-prices`
+    prices; `per` makes a scope budget's limits hold per calendar hour, day or month (UTC)."""
+
+    requests: int | None = None
+    total_tokens: int | None = None
+    """Input plus output tokens."""
+    cost: float | None = None
+    tool_calls: int | None = None
+    per: Period | None = None
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name != "per" and value is not None and not value >= 0:
+                raise ValueError(f"Budget({f.name}=...) must be 0 or more, not {value!r}")
+        if self.per is not None and self.per not in _FORMATS:
+            raise ValueError(f"Budget(per=...) must be one of {sorted(_FORMATS)}, not {self.per!r}")
+
+    def ledger_limits(self) -> dict[str, int]:
+        """The limits as ledger figures (integers; cost in nano-USD)."""
+        out: dict[str, int] = {}
+        if self.requests is not None:
+            out["requests"] = self.requests
+        if self.total_tokens is not None:
+            out["total_tokens"] = self.total_tokens
+        if self.cost is not None:
+            out["cost_nusd"] = round(self.cost / COST_UNIT)
+        if self.tool_calls is not None:
+            out["tool_calls"] = self.tool_calls
+        return out
+
+
+class BudgetReached(RunError):
+    """A `DurableAgent` run reached its budget and is parked; raise the budget
+    (`raise_budget`) and call `run` again to go on."""
+
+    def __init__(self, run_id: str, figures: JsonValue) -> None:
+        super().__init__(
+            f"run {run_id!r} reached its budget ({figures}): raise it with"
+            f" `agentfsm budget {run_id} --requests N` (or `raise_budget`), then run it again"
+        )
+        self.run_id = run_id
+        self.figures = figures
+
+
+async def halted(run: Run[Any]) -> bool:
+    """Whether `run` is parked by its budget (`waiting` after a halt event)."""
+    if run.status != "waiting":
+        return False
+    last = await run.store.history(run.run_id, run.seq, run.seq)
+    return bool(last) and last[0].kind == "halt"
+
+
+def period_of(per: Period | None, at: float) -> str:
+    """The ledger period `at` (unix seconds) falls in: "2026-12-02" for a day, "all" for none."""
+    return "all" if per is None else time.strftime(_FORMATS[per], time.gmtime(at))
+
+
+def figures(usage: Mapping[str, int]) -> dict[str, int]:
+    """Ledger totals with `total_tokens` (input + output) added, as limits name them."""
+    out = dict(usage)
+    out["total_tokens"] = usage.get("input_tokens", 0) + usage.get("output_tokens", 0)
+    return out
+
+
+def over(limits: Mapping[str, int], used: Mapping[str, int]) -> dict[str, int]:
+    """The limits `used` has reached (a request now would go past them)."""
+    return {name: limit for name, limit in limits.items() if used.get(name, 0) >= limit}
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class BudgetGate:
+    """An agent's budgets: checks before each model request, scope charges after commits."""
+
+    run_budget: Budget | None
+    scope_budget: Budget | None
+    scope: Callable[[Any], str] | None
+    on_budget: str | None
+    memory_type: type[BaseModel]
+
+    async def admit(self, memory: Any, ctx: StepContext) -> int | None:
+        """`StepHalted` when one more model request would go past a budget; else how many
+        requests the run's own budget still allows (None: no limit on requests)."""
+        store = ctx.store
+        if store is None:
+            return None
+        spent = figures(ctx.spent)
+        left: int | None = None
+        if self.run_budget is not None:
+            used = figures({k: ctx.usage.get(k, 0) + ctx.spent.get(k, 0) for k in
+                            {*ctx.usage, *ctx.spent}})  # fmt: skip
+            limits = self.run_budget.ledger_limits()
+            if over(limits, used):  # the declared limits, or the raised ones
+                limits.update(await ledger_of(store).limits(f"run/{ctx.run_id}"))
+                reached = over(limits, used)
+                if reached:
+                    raise self._halt("run", ctx.run_id, reached, used, None)
+            if "requests" in limits:
+                left = limits["requests"] - used.get("requests", 0)
+        if self.scope_budget is not None and self.scope is not None:
+            scope = self.scope(memory)
+            period = period_of(self.scope_budget.per, time.time())
+            ledger = ledger_of(store)
+            totals = figures(await ledger.scope_usage(scope, period))
+            used = {k: totals.get(k, 0) + spent.get(k, 0) for k in {*totals, *spent}}
+            limits = self.scope_budget.ledger_limits()
+            if over(limits, used):
+                limits.update(await ledger.limits(f"scope/{scope}"))
+                reached = over(limits, used)
+                if reached:
+                    raise self._halt("scope", scope, reached, used, period)
+        return left
+
+    def _halt(
+        self,
+        kind: str,
+        name: str,
+        reached: dict[str, int],
+        used: dict[str, int],
+        period: str | None,
+    ) -> StepHalted:
+        output: dict[str, JsonValue] = {
+            "budget": kind, "name": name, "limits": dict(reached),
+            "used": {k: used.get(k, 0) for k in reached},
+        }  # fmt: skip
+        if period is not None:
+            output["period"] = period
+        what = ", ".join(f"{k} {used.get(k, 0)}/{v}" for k, v in reached.items())
+        where = f"the agent's {self.on_budget!r} state" if self.on_budget else "waiting"
+        return StepHalted(
+            f"{kind} budget of {name!r} reached ({what}): the run goes to {where}",
+            dest=self.on_budget,
+            output=output,
+        )
+
+    async def charge(self, record: RunRecord, event: Event, store: Store) -> None:
+        """Charge `event`'s usage to the run's scope (`Machine.after_commit`)."""
+        spent = increments(event)
+        if not spent or self.scope_budget is None or self.scope is None:
+            return
+        memory = self.memory_type.model_validate(record.memory)
+        per = self.scope_budget.per
+        at = event.ended_at or time.time()
+        expires = at + 2 * _SECONDS[per] if per is not None else 0.0
+        await ledger_of(store).charge_scope(
+            self.scope(memory), period_of(per, at), event.key, spent, expires
+        )
+
+
+async def raise_budget(
+    store: Store,
+    *,
+    run_id: str | None = None,
+    scope: str | None = None,
+    limits: Budget,
+) -> None:
+    """Set the limits of one run (`run_id`) or of a scope, in place of the declared ones
+    (limits left None keep theirs). A scope's raised limits hold for every period (a day's
+    limit raised stays raised the next days) until set again. Runs parked by the budget stay
+    parked: `Agent.raise_budget` also sends them on."""
+    if (run_id is None) == (scope is None):
+        raise ValueError("give run_id= or scope=, one of them")
+    subject = f"run/{run_id}" if run_id is not None else f"scope/{scope}"
+    new = limits.ledger_limits()
+    if not new:
+        raise RunError("raise_budget: give at least one limit (requests=, total_tokens=, ...)")
+    await ledger_of(store).set_limits(subject, dict(new))

@@ -1,0 +1,83 @@
+"""Commands about spending: budget (show a run's or a scope's ledger, raise its limits)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ._agents import load_agent, registered_agent
+from ._command import AGENT, EXIT_DONE, Commands, UsageProblem, arg, at_least
+from ._output import out, shown
+from ._store import opened
+
+if TYPE_CHECKING:
+    import argparse
+
+__all__ = ["commands"]
+
+commands = Commands()
+
+
+@commands.command(
+    "budget",
+    "a run's or a scope's usage ledger; with limits, raise its budget and send parked runs on",
+    arg("run_id", nargs="?", metavar="RUN_ID", help="this run (or give --scope)"),
+    arg("--scope", help="a budget scope (what the agent's budget_scope= returns)"),
+    arg("--period", help="the scope's period to show (default: the current one)"),
+    arg("--requests", type=at_least(0), help="the new limit of model requests"),
+    arg("--total-tokens", type=at_least(0), help="the new limit of input + output tokens"),
+    arg("--cost", type=at_least(0, float), help="the new limit of cost, in US dollars"),
+    AGENT,
+)
+async def budget(args: argparse.Namespace) -> int:
+    import time
+
+    from statemachine import RunNotFound
+    from storage._ledger import ledger_of
+
+    from .._budget import Budget, period_of, raise_budget
+    from .._usage_text import usage_line
+
+    if (args.run_id is None) == (args.scope is None):
+        raise UsageProblem("give a RUN_ID or --scope NAME, one of them")
+    raising = any(v is not None for v in (args.requests, args.total_tokens, args.cost))
+    async with opened(args) as store:
+        agent = None
+        if args.run_id is not None:
+            record = await store.load(args.run_id)
+            if record is None:
+                raise RunNotFound(args.run_id)
+            agent = (
+                load_agent(args.agent, store) if args.agent
+                else registered_agent(record.agent, store)
+            )  # fmt: skip
+        elif args.agent:
+            agent = load_agent(args.agent, store)
+        if raising:
+            limits = Budget(requests=args.requests, total_tokens=args.total_tokens, cost=args.cost)
+            if agent is None:
+                await raise_budget(store, run_id=args.run_id, scope=args.scope, limits=limits)
+                out.print("limits set; pass --agent MODULE:AGENT to also send parked runs on")
+            else:
+                moved = await agent.raise_budget(
+                    store, run_id=args.run_id, scope=args.scope, limits=limits
+                )
+                out.print(f"limits set; sent on: {', '.join(map(shown, moved)) or 'none'}")
+        if args.run_id is not None:
+            record = await store.load(args.run_id)
+            assert record is not None
+            subject, usage = f"run/{args.run_id}", record.usage
+            out.print(f"run      {shown(args.run_id)} ({record.status} in {shown(record.state)})")
+        else:
+            per = agent.budget_gate.scope_budget.per if (
+                agent is not None and agent.budget_gate is not None
+                and agent.budget_gate.scope_budget is not None
+            ) else "day"  # fmt: skip
+            period = args.period or period_of(per, time.time())
+            subject = f"scope/{args.scope}"
+            usage = await ledger_of(store).scope_usage(args.scope, period)
+            out.print(f"scope    {shown(args.scope)} ({period})")
+        limits_set = await ledger_of(store).limits(subject)
+    out.print(f"usage    {usage_line(usage)}")
+    if limits_set:
+        out.print("limits   " + ", ".join(f"{k} {v}" for k, v in sorted(limits_set.items())))
+    return EXIT_DONE

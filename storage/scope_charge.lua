@@ -1,0 +1,16 @@
+-- Charge one committed event's usage to a scope's ledger for one period, once.
+--
+-- KEYS[1] the scope's usage hash (u:<name> -> total)   KEYS[2] its charged hash (event key -> 1)
+-- ARGV[1] the event's idempotency key   ARGV[2] expiry (unix ms, 0 for none)
+-- ARGV[3..] name, increment, ...
+-- Returns 1 when charged, 0 when that key was charged before (nothing written).
+if redis.call('HSETNX', KEYS[2], ARGV[1], 1) == 0 then return 0 end
+for i = 3, #ARGV, 2 do
+  redis.call('HINCRBY', KEYS[1], 'u:' .. ARGV[i], ARGV[i + 1])
+end
+local at = tonumber(ARGV[2])
+if at > 0 then
+  redis.call('PEXPIREAT', KEYS[1], at)
+  redis.call('PEXPIREAT', KEYS[2], at)
+end
+return 1

@@ -1,0 +1,100 @@
+"""A child process for the shared rate limit test: runs whose offline model logs call times.
+
+    python -m tests.integration.rate_agent STORE_URL WORKDIR NAME RUNS [429]
+
+Starts RUNS runs, prints "ready", reads a line from stdin, then drives them all at once.
+Each model call appends "call NAME <monotonic>" to WORKDIR/calls.log; each wait for the
+limit "wait NAME <why>"; each pause the process sets "paused NAME <monotonic>". With 429,
+the process's first call answers 429 with Retry-After PAUSE seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic_ai.exceptions import ModelHTTPError
+from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart
+from pydantic_ai.models.function import AgentInfo, FunctionModel
+
+from agents import Agent, RateLimit, llm
+from agents._ratelimit import on_wait
+from storage import open_store
+from storage._ratelimit import _EmbeddedLimiter, _RedisLimiter
+
+RATE = 5.0
+"""Requests per second, shared by every process."""
+BURST = 1.0
+PAUSE = 1.5
+
+
+class Note(BaseModel):
+    text: str = ""
+
+
+def _log(workdir: Path, *words: object) -> None:
+    fd = os.open(workdir / "calls.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    try:
+        os.write(fd, (" ".join(map(str, words)) + "\n").encode())
+    finally:
+        os.close(fd)
+
+
+def make_agent(workdir: Path, name: str, fail_first: bool) -> Agent[Note]:
+    calls = 0
+
+    async def model(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        nonlocal calls
+        calls += 1
+        _log(workdir, "call", name, time.monotonic())
+        if fail_first and calls == 1:
+            raise ModelHTTPError(429, "offline", "slow down", retry_after=PAUSE)
+        return ModelResponse(parts=[TextPart("ok")])
+
+    key = f"offline-{workdir.name}"  # a key of this test's own, on a shared server
+    limit = RateLimit(key=key, requests_per_second=RATE, burst=BURST)
+    return Agent(
+        name="rated", memory=Note, model=FunctionModel(model), initial="new", final=["done"],
+        rate_limits=[limit],
+        transitions=[
+            llm("one", "new", "half", prompt="1", into="text", backoff=0.01),
+            llm("two", "half", "done", prompt="2", into="text", backoff=0.01),
+        ],
+    )  # fmt: skip
+
+
+def _log_pauses(workdir: Path, name: str) -> None:
+    for cls in (_RedisLimiter, _EmbeddedLimiter):
+        original = cls.pause
+
+        async def pause(self: Any, key: str, seconds: float, original: Any = original) -> None:
+            await original(self, key, seconds)
+            _log(workdir, "paused", name, time.monotonic())
+
+        cls.pause = pause  # type: ignore[method-assign]
+
+
+async def main(url: str, workdir: Path, name: str, count: int, fail_first: bool) -> None:
+    _log_pauses(workdir, name)
+    on_wait.append(lambda key, seconds, why: _log(workdir, "wait", name, why))
+    store = open_store(url)
+    agent = make_agent(workdir, name, fail_first)
+    runs = [
+        await agent.start(store, Note(), run_id=f"{workdir.name}-{name}-{i}") for i in range(count)
+    ]
+    print("ready", flush=True)
+    sys.stdin.readline()
+    await asyncio.gather(*(r.until_done() for r in runs))
+    await store.close()
+    print(" ".join(r.status for r in runs), flush=True)
+
+
+if __name__ == "__main__":
+    asyncio.run(
+        main(sys.argv[1], Path(sys.argv[2]), sys.argv[3], int(sys.argv[4]), "429" in sys.argv[5:])
+    )

@@ -1,0 +1,183 @@
+"""The usage ledger and budgets across SIGKILL and across processes (real Redis, embedded).
+
+The children are `tests.integration.cost_agent`; their offline model logs every call's start
+and end to calls.log, which is what a provider would bill.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+from storage import Event, RunRecord, Store, open_store
+from storage._ledger import ledger_of
+
+from .cost_agent import BUDGET, SCOPE_BUDGET
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _child(*args: str, stdin: int | None = None) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.integration.cost_agent", *args], cwd=ROOT,
+        stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+
+
+def _finish(child: subprocess.Popen[bytes], timeout: float = 120) -> str:
+    try:
+        out, err = child.communicate(timeout=timeout)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert child.returncode == 0, err.decode()[-3000:]
+    return out.decode().strip()
+
+
+def _kill_when_blocked(child: subprocess.Popen[bytes], workdir: Path) -> None:
+    """SIGKILL `child` once its model is inside its third request (the readiness file)."""
+    deadline = time.monotonic() + 60
+    try:
+        while not (workdir / "blocked").exists():
+            assert child.poll() is None, child.communicate()[1].decode()[-3000:]
+            assert time.monotonic() < deadline, "the child never reached its third request"
+            time.sleep(0.02)
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.communicate()
+
+
+def _calls(workdir: Path) -> Counter[str]:
+    return Counter(line.split()[0] for line in (workdir / "calls.log").read_text().splitlines())
+
+
+async def _read(url: str, run_id: str) -> tuple[RunRecord, list[Event]]:
+    store = open_store(url)
+    try:
+        record = await store.load(run_id)
+        assert record is not None
+        return record, await store.history(run_id)
+    finally:
+        await store.close()
+
+
+def _summed(events: list[Event]) -> dict[str, int]:
+    total: Counter[str] = Counter()
+    for e in events:
+        total.update({k: v for k, v in (e.usage or {}).items() if v})
+    return dict(total)
+
+
+async def test_a_kill_inside_the_third_llm_step_leaves_the_ledger_equal_to_the_events(
+    store_url: str, tmp_path: Path
+) -> None:
+    run_id = f"ledger-{tmp_path.name}"
+    first = _child(store_url, str(tmp_path), "ledger", run_id, "block")
+    await asyncio.to_thread(_kill_when_blocked, first, tmp_path)
+    record, events = await _read(store_url, run_id)
+    assert record.usage == _summed(events)  # after the crash, before any resume
+    assert record.usage["requests"] == 2
+    assert await asyncio.to_thread(_finish, _child(store_url, str(tmp_path), "ledger",
+                                                   run_id, "normal")) == "done done"  # fmt: skip
+    record, events = await _read(store_url, run_id)
+    assert record.usage == _summed(events)
+    calls = _calls(tmp_path)
+    # Five requests started; the killed one never answered and was never recorded: the
+    # ledger counts the four that were, each once (one event per llm trigger).
+    assert (calls["start"], calls["end"]) == (5, 4)
+    assert record.usage["requests"] == calls["end"] == 4
+    assert record.usage["cache_read_tokens"] == 4
+    llm_events = [e for e in events if e.kind == "llm"]
+    assert sorted(e.trigger for e in llm_events) == ["ask1", "ask2", "ask3", "ask4"]
+    assert all((e.usage or {}).get("requests") == 1 for e in llm_events)
+
+
+async def test_a_run_budget_stops_at_exactly_n_requests_across_a_crash_and_a_raise_finishes_it(
+    store_url: str, tmp_path: Path
+) -> None:
+    run_id = f"budget-{tmp_path.name}"
+    first = _child(store_url, str(tmp_path), "budget", run_id, "block")
+    await asyncio.to_thread(_kill_when_blocked, first, tmp_path)
+    resumed = _child(store_url, str(tmp_path), "budget", run_id, "normal")
+    assert await asyncio.to_thread(_finish, resumed) == "waiting s3"  # parked where it stopped
+    record, events = await _read(store_url, run_id)
+    assert record.usage["requests"] == BUDGET == _calls(tmp_path)["end"]
+    halt = events[-1]
+    assert halt.kind == "halt" and halt.trigger == "ask4" and halt.status == "waiting"
+    assert halt.output == {
+        "budget": "run", "name": run_id, "limits": {"requests": BUDGET},
+        "used": {"requests": BUDGET},
+    }  # fmt: skip
+    cli = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "agents", "budget", run_id, "--requests", str(BUDGET + 2),
+         "--agent", "tests.integration.cost_agent:budgeted", "--store", store_url],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "COST_WORKDIR": str(tmp_path)},
+    )  # fmt: skip
+    assert cli.returncode == 0, cli.stderr
+    assert f"sent on: {run_id}" in cli.stdout and "requests 5" in cli.stdout
+    done = _child(store_url, str(tmp_path), "budget", run_id, "normal")
+    assert await asyncio.to_thread(_finish, done) == "done done"
+    record, events = await _read(store_url, run_id)
+    assert record.usage["requests"] == 5 == _calls(tmp_path)["end"]
+    assert record.usage == _summed(events)
+
+
+async def test_a_scope_budget_shared_by_20_runs_in_2_processes_overshoots_at_most_by_in_flight(
+    store_url: str, tmp_path: Path
+) -> None:
+    tenant = f"t-{tmp_path.name}"[:60]
+    children = [
+        _child(store_url, str(tmp_path), "scope", tenant, str(first), "10", stdin=subprocess.PIPE)
+        for first in (0, 10)
+    ]
+    try:
+        for c in children:  # both have started their runs: go together
+            assert c.stdout is not None and c.stdout.readline().strip() == b"ready"
+        for c in children:
+            assert c.stdin is not None
+            c.stdin.write(b"go\n")
+            c.stdin.flush()  # communicate() closes it
+        outs = [await asyncio.to_thread(_finish, c) for c in children]
+    finally:
+        for c in children:
+            if c.poll() is None:
+                c.kill()
+    statuses = Counter(" ".join(outs).split())
+    assert set(statuses) <= {"done", "waiting"} and statuses["waiting"] > 0
+    store: Store = open_store(store_url)
+    try:
+        runs = [await store.load(f"{tenant}-{i}") for i in range(20)]
+        from agents._budget import period_of
+
+        scope = await ledger_of(store).scope_usage(tenant, period_of("day", time.time()))
+    finally:
+        await store.close()
+    paid = sum(r.usage.get("requests", 0) for r in runs if r is not None)
+    in_flight = _most_in_flight(tmp_path)
+    print(f"scope budget {SCOPE_BUDGET}: paid {paid}, most requests in flight {in_flight}")
+    assert scope["requests"] == paid == _calls(tmp_path)["end"]  # each charge once
+    assert SCOPE_BUDGET <= paid <= SCOPE_BUDGET + in_flight
+
+
+def _most_in_flight(workdir: Path) -> int:
+    """The most requests at any moment that had passed the budget check and were not yet
+    charged to the scope: what the scope may be overshot by."""
+    moments = []
+    for line in (workdir / "calls.log").read_text().splitlines():
+        kind, at = line.split()
+        if kind in ("admit", "charged"):
+            moments.append((float(at), 1 if kind == "admit" else -1))
+    flying = most = 0
+    for _, change in sorted(moments, key=lambda m: (m[0], m[1])):
+        flying += change
+        most = max(most, flying)
+    return most
