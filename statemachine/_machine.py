@@ -7,7 +7,7 @@ import contextlib
 import logging
 import secrets
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from pydantic import BaseModel, JsonValue, ValidationError
@@ -21,6 +21,7 @@ from ._migrate import Migration, check_migrations, needs_upgrade, upgrade
 from ._provenance import memory_at
 from ._runner import Run, check_payload_storable, json_size, now
 from ._table import Transition
+from ._watch import WatchItem, watch
 from ._validate import Table, check_machine_name, compile_table
 from .errors import (
     InvalidMemory,
@@ -392,6 +393,12 @@ class Machine(Generic[M]):
         if needs_upgrade(self, stored):
             stored = await upgrade(self, store, stored, lease_wait)
         return self._open(store, stored, lease_wait)
+
+    def watch(
+        self, store: Store, run_id: str, *, after: str | None = None, follow: bool = False
+    ) -> AsyncIterator[WatchItem]:
+        """`Run.watch` by run id, without opening the run (any process, any time)."""
+        return watch(store, run_id, after=after, follow=follow)
 
     async def run(
         self,

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -41,9 +41,11 @@ from storage.base import json_bytes
 from storage.errors import Unstorable
 
 from ._keys import control_key, enters, step_key
+from ._live import Publisher
 from ._provenance import Provenance, memory_at, why
 from ._step import StepContext, StepResult
 from ._table import Transition
+from ._watch import WatchItem, watch
 from .errors import (
     InvalidMemory,
     InvalidPayload,
@@ -187,6 +189,8 @@ class Run(Generic[M]):
         self.store = store
         self.memory = memory
         self.owner = owner_id()
+        self.live = Publisher(store, record.run_id)
+        """Where this run's progress is published for watchers (see `watch`)."""
         self._record = record
         self._fields: dict[str, JsonValue] = dict(record.memory)
         self._sizes: dict[str, int] | None = None
@@ -281,6 +285,13 @@ class Run(Generic[M]):
         step that ran, the model's messages, and the writes before it."""
         return why(await self.store.history(self.run_id), field, at=at, machine=self.machine)
 
+    def watch(self, *, after: str | None = None, follow: bool = False) -> AsyncIterator[WatchItem]:
+        """Iterate over what happens in this run, from any process: its committed events
+        and live items (step tries, model tokens) after offset `after`, then live, until
+        the run stops being driven; with `follow`, on across resumes until it ends. See
+        `statemachine._watch` for the offsets and what is guaranteed."""
+        return watch(self.store, self.run_id, after=after, follow=follow)
+
     async def __aenter__(self) -> Run[M]:
         return self
 
@@ -299,6 +310,7 @@ class Run(Generic[M]):
                     on_event(event)
         finally:
             await self.release(quiet=True)
+            await self.live.drain()
         if self.status == "failed":  # read once, so that `error` can say why
             await self._load_events()
         return self
@@ -610,7 +622,9 @@ class Run(Generic[M]):
                 history=self._load_events,
                 payload=payload,
                 spent=spent,
+                live=self.live.step(seq, attempt),
             )
+            self.live.started(seq, t.trigger, attempt, t.step.kind, t.step.label)
             # Its own copy, as a resumed process would read it (and 5x cheaper than a deep
             # copy): a try abandoned on its timeout may go on changing it.
             mine = self.machine.memory_type.model_validate(self._fields)
@@ -631,6 +645,7 @@ class Run(Generic[M]):
                         self.run_id, attempt, t.trigger,
                     )  # fmt: skip
                 retryable = policy.retries(exc) and not isinstance(exc, InvalidMemory)
+                self.live.failed(seq, attempt, error, retryable and tries < policy.attempts)
                 if not retryable or tries >= policy.attempts:
                     raise _StepFailed(error, attempt, spent) from exc
                 await asyncio.sleep(policy.delay(tries, exc))
@@ -777,6 +792,7 @@ class Run(Generic[M]):
             await self.release(quiet=True)
             raise RunNotFound(self.run_id, lost=True) from None
         if isinstance(outcome, Committed):
+            self.live.committed(event)
             self._record = _advance(self._record, event)
             if enters(event):
                 self._entered = event.seq
