@@ -33,6 +33,7 @@ from statemachine import (
 )
 from statemachine._table import Guard
 
+from ._llm_stream import live_handler
 from ._steps import Reducer, apply_output
 from ._tool_calls import TOOL_CALLS_ROUTE, FunctionTool, function_tools, tool_results
 from ._tool_engine import StepPolicy, charge, tool_answer
@@ -148,17 +149,20 @@ class LlmStep:
         past = await ctx.conversation() if self.history else []
         answers = await self._answers(ctx) if self.tools else None
         usage = RunUsage()  # pydantic-ai counts into it as it goes, also when the run fails
+        agent = self._agent()
         try:
-            result = await self._agent().run(
+            result = await agent.run(
                 None if answers is not None else prompt,  # tool results go on, no new prompt
                 instructions=instructions,
                 message_history=ModelMessagesTypeAdapter.validate_python(past) if past else None,
                 deferred_tool_results=answers,
                 usage=usage,
                 usage_limits=UsageLimits(request_limit=1 + self.output_retries),
+                event_stream_handler=live_handler(ctx, agent.model),
             )
         finally:
             charge(ctx, usage)
+            await ctx.live.drain()  # the last tokens reach watchers before the commit
         value = result.output
         messages: list[JsonValue] = ModelMessagesTypeAdapter.dump_python(
             result.new_messages(), mode="json"

@@ -49,7 +49,7 @@ from ._command import EXIT_USAGE, Command, Parser, UsageProblem
 
 __all__ = ["GROUPS", "main"]
 
-GROUPS = ("running", "inspecting", "maintenance", "workers")
+GROUPS = ("running", "inspecting", "watching", "maintenance", "workers")
 """The modules of this package that declare commands, in the order `--help` lists them."""
 
 
