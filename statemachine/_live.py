@@ -89,7 +89,7 @@ class Publisher:
             batch, self._queue = self._queue, []
             try:
                 await self._store.publish(self._run_id, batch)
-            except Exception as exc:  # noqa: BLE001  (best effort: never the commit's problem)
+            except Exception as exc:
                 _log.debug("run %s: %d live items dropped: %s", self._run_id, len(batch), exc)
 
 

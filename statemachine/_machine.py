@@ -21,8 +21,8 @@ from ._migrate import Migration, check_migrations, needs_upgrade, upgrade
 from ._provenance import memory_at
 from ._runner import Run, check_payload_storable, json_size, now
 from ._table import Transition
-from ._watch import WatchItem, watch
 from ._validate import Table, check_machine_name, compile_table
+from ._watch import WatchItem, watch
 from .errors import (
     InvalidMemory,
     MemoryTooLarge,

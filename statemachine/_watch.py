@@ -64,7 +64,7 @@ def offset_key(offset: str | None) -> _Key:
     try:
         return (int(seq), 0, ()) if not live else (int(seq), 1, live_order(live))
     except ValueError:
-        raise ValueError(f"not a watch offset: {offset!r} (\"N\" or \"N:ID\")") from None
+        raise ValueError(f'not a watch offset: {offset!r} ("N" or "N:ID")') from None
 
 
 async def watch(
@@ -75,7 +75,9 @@ async def watch(
     with `follow`, on across resumes until it is done or cancelled. `KeyError` for an
     unknown run."""
     cursor = offset_key(after)
-    live_after = after.partition(":")[2] or None if after else None
+    # From the channel's start, not from `after`'s id: an item published late (after the
+    # next commit) has a larger id than items that sort after it.
+    live_after: str | None = None
     record = await store.load(run_id)
     if record is None:
         raise KeyError(run_id)

@@ -15,18 +15,18 @@ from pydantic import JsonValue
 from ._json import MAX_DEPTH, json_bytes
 
 __all__ = [
+    "LIVE_MAXLEN",
+    "LIVE_TTL",
     "MAX_DEPTH",
     "CommitOutcome",
     "Committed",
     "Conflict",
     "Duplicate",
     "Event",
-    "LIVE_MAXLEN",
-    "LIVE_TTL",
     "Lease",
     "LeaseHeld",
-    "LiveEntry",
     "LeaseLost",
+    "LiveEntry",
     "RunRecord",
     "RunStatus",
     "Store",
