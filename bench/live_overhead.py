@@ -73,7 +73,7 @@ async def one_run(
     watcher = None
     if mode == "publishing, a watcher":
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        watcher = subprocess.Popen(
+        watcher = subprocess.Popen(  # noqa: ASYNC220 (started between timed phases)
             [sys.executable, "-m", "bench._live_watcher", url, run.run_id],
             cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True,
         )  # fmt: skip
