@@ -25,8 +25,9 @@ from pydantic_ai.messages import (
 from pydantic_ai.models.function import FunctionModel
 
 from statemachine import StepContext
+from statemachine._live import StepLive
 
-__all__ = ["Handler", "live_handler"]
+__all__ = ["Handler", "forward", "live_handler"]
 
 Handler = Callable[[Any, AsyncIterable[AgentStreamEvent]], Awaitable[None]]
 
@@ -41,22 +42,26 @@ def live_handler(ctx: StepContext, model: object) -> Handler | None:
 
     async def handler(_run: Any, stream: AsyncIterable[AgentStreamEvent]) -> None:
         async for event in stream:
-            if isinstance(event, PartStartEvent):
-                part = event.part
-                if isinstance(part, TextPart) and part.content:
-                    live.emit("text", part=event.index, text=part.content)
-                elif isinstance(part, ToolCallPart):
-                    live.emit("tool_call", part=event.index, tool=part.tool_name,
-                              call_id=part.tool_call_id, args=part.args_as_json_str())  # fmt: skip
-            elif isinstance(event, PartDeltaEvent):
-                delta = event.delta
-                if isinstance(delta, TextPartDelta) and delta.content_delta:
-                    live.emit("text", part=event.index, text=delta.content_delta)
-                elif isinstance(delta, ToolCallPartDelta):
-                    args = delta.args_delta
-                    live.emit("tool_call", part=event.index, tool=delta.tool_name_delta,
-                              call_id=delta.tool_call_id,
-                              args=args if isinstance(args, str) or args is None
-                              else str(args))  # fmt: skip
+            forward(live, event)
 
     return handler
+
+
+def forward(live: StepLive, event: AgentStreamEvent) -> None:
+    """Put the text or tool-call delta `event` carries on the live channel (others: nothing)."""
+    if isinstance(event, PartStartEvent):
+        part = event.part
+        if isinstance(part, TextPart) and part.content:
+            live.emit("text", part=event.index, text=part.content)
+        elif isinstance(part, ToolCallPart):
+            live.emit("tool_call", part=event.index, tool=part.tool_name,
+                      call_id=part.tool_call_id, args=part.args_as_json_str())  # fmt: skip
+    elif isinstance(event, PartDeltaEvent):
+        delta = event.delta
+        if isinstance(delta, TextPartDelta) and delta.content_delta:
+            live.emit("text", part=event.index, text=delta.content_delta)
+        elif isinstance(delta, ToolCallPartDelta):
+            args = delta.args_delta
+            text = args if isinstance(args, str) or args is None else str(args)
+            live.emit("tool_call", part=event.index, tool=delta.tool_name_delta,
+                      call_id=delta.tool_call_id, args=text)  # fmt: skip
