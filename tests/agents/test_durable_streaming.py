@@ -5,7 +5,7 @@ pydantic-ai's own events, the same and in the same order as a plain `Agent` run 
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -112,13 +112,13 @@ async def test_run_stream_events_gives_the_plain_agents_events(store: Store) -> 
 async def test_event_stream_handler_and_a_streaming_capability(store: Store) -> None:
     seen: list[AgentStreamEvent] = []
 
-    async def handler(ctx: RunContext[None], events: AsyncIterator[AgentStreamEvent]) -> None:
+    async def handler(ctx: RunContext[None], events: AsyncIterable[AgentStreamEvent]) -> None:
         async for event in events:
             seen.append(event)
 
     plain_seen: list[AgentStreamEvent] = []
 
-    async def plain_handler(ctx: RunContext[None], events: AsyncIterator[AgentStreamEvent]) -> None:
+    async def plain_handler(ctx: RunContext[None], events: AsyncIterable[AgentStreamEvent]) -> None:
         async for event in events:
             plain_seen.append(event)
 
@@ -130,7 +130,7 @@ async def test_event_stream_handler_and_a_streaming_capability(store: Store) -> 
 
     captured: list[AgentStreamEvent] = []
 
-    async def capture(ctx: RunContext[None], events: AsyncIterator[AgentStreamEvent]) -> None:
+    async def capture(ctx: RunContext[None], events: AsyncIterable[AgentStreamEvent]) -> None:
         async for event in events:
             captured.append(event)
 
