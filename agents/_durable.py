@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import typing
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Generic, TypeVar
 
@@ -45,7 +45,14 @@ from pydantic_ai.tool_manager import ToolManager
 from pydantic_ai.toolsets import AbstractToolset, FunctionToolset
 from pydantic_ai.usage import UsageLimits
 
-from statemachine import DefinitionError, Graph, RunError, RunLocked, RunTakenOver
+from statemachine import (
+    DefinitionError,
+    Graph,
+    RunError,
+    RunLocked,
+    RunTakenOver,
+    WatchItem,
+)
 from storage import Event, StorageError, Store
 
 from ._durable_approvals import answers_to, approve_tool_call
@@ -293,6 +300,12 @@ class DurableAgent(Generic[AgentDepsT, OutputT]):
     def graph(self) -> Graph:
         """The machine's state graph (`.mermaid()`, `.dot()`, `.svg()`, `.png()`)."""
         return self.machine.graph()
+
+    def watch(
+        self, run_id: str, *, after: str | None = None, follow: bool = False
+    ) -> AsyncIterator[WatchItem]:
+        """The run's committed events and live items, from any process (see `Run.watch`)."""
+        return self.machine.watch(self.store, run_id, after=after, follow=follow)
 
     async def history(self, run_id: str) -> list[Event]:
         """The run's committed events: one per model request, tool call and answer."""

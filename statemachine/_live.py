@@ -3,14 +3,16 @@
 The runner calls `Publisher` at a step's start, a failed try and a commit; a step streams
 through the `StepLive` its context carries. Every call only queues an item: one background
 task per run sends what has queued up in one `Store.publish` (one round trip, however many
-items), so a commit never waits for a publish, and a publish that fails is dropped (logged at
-debug level): the live channel is best effort, the durable history is what counts. Text
-deltas queued together are merged into one item (tokens are batched by the event loop).
+items) at most every `BATCH_WINDOW` seconds, so a commit never waits for a publish, a run of
+quick steps costs about one publish per window rather than one per step, and a publish that
+fails is dropped (logged at debug level): the live channel is best effort, the durable history
+is what counts. Text deltas queued together are merged into one item.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import TYPE_CHECKING
 
@@ -24,6 +26,8 @@ __all__ = ["NO_LIVE", "Publisher", "StepLive"]
 _log = logging.getLogger("statemachine.live")
 _DRAIN_WAIT = 2.0
 """Seconds `drain` waits for the last publish, at most."""
+BATCH_WINDOW = 0.02
+"""Seconds the sender gathers items before it publishes them (`drain` cuts it short)."""
 
 
 class Publisher:
@@ -34,6 +38,8 @@ class Publisher:
         self._run_id = run_id
         self._queue: list[tuple[int, dict[str, JsonValue]]] = []
         self._sender: asyncio.Task[None] | None = None
+        self._now: asyncio.Event | None = None
+        """Set to send at once (one per sender task: an event belongs to one event loop)."""
 
     def emit(self, base: int, item: dict[str, JsonValue]) -> None:
         """Queue `item`, published after committed event `base` (see `storage.LiveEntry`)."""
@@ -51,7 +57,9 @@ class Publisher:
         queue.append((base, item))
         if self._sender is None or self._sender.done():
             try:
-                self._sender = asyncio.get_running_loop().create_task(self._send())
+                loop = asyncio.get_running_loop()
+                now = self._now = asyncio.Event()
+                self._sender = loop.create_task(self._send(now))
             except RuntimeError:  # no loop (a step called from sync code): nothing to send on
                 queue.clear()
 
@@ -77,15 +85,21 @@ class Publisher:
         return StepLive(self, base, attempt)
 
     async def drain(self) -> None:
-        """Wait (a little, at most) until what was queued is sent."""
+        """Send what was queued now, and wait (a little, at most) until it is sent."""
+        if self._now is not None:
+            self._now.set()
         while self._sender is not None and not self._sender.done():
             try:
                 await asyncio.wait_for(asyncio.shield(self._sender), _DRAIN_WAIT)
             except TimeoutError:
                 return
 
-    async def _send(self) -> None:
+    async def _send(self, now: asyncio.Event) -> None:
         while self._queue:
+            if not now.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(now.wait(), BATCH_WINDOW)
+            now.clear()
             batch, self._queue = self._queue, []
             try:
                 await self._store.publish(self._run_id, batch)

@@ -18,7 +18,6 @@ from pydantic_ai.models.function import AgentInfo, DeltaToolCall, DeltaToolCalls
 from pydantic_ai.run import AgentRunResultEvent
 
 from agents import DurableAgent
-from statemachine import watch
 from storage import Store
 
 from ..conftest import make_store
@@ -147,7 +146,7 @@ async def test_the_tokens_reach_the_live_channel(store: Store) -> None:
     async with durable.run_stream_events("add", run_id=run_id) as events:
         async for _ in events:
             pass
-    items = [i async for i in watch(store, run_id)]
+    items = [i async for i in durable.watch(run_id)]
     text = "".join(i.text for i in items)
     assert text == "The sum is 3"
     calls = [i for i in items if i.kind == "tool_call"]
