@@ -6,7 +6,8 @@ A chain of N no-op async tool steps, driven one `await run.step()` at a time, th
 each backend, interleaved round by round: publishing off (the run's publisher replaced by
 one that drops everything: the runner as it was before the live channel), publishing with no
 watcher, and publishing while a watcher in another process follows the run
-(`bench._live_watcher`, blocking reads of the channel). Rows give the step's µs and, on
+(`bench._live_watcher`, blocking reads of the channel); and on a store that answers at once
+(the runner's own CPU, publishing off and on). Rows give the step's µs and, on
 Redis, the round trips the driving process sent per step (counted on its connections): the
 commit's, and the background publishes' (`Store.publish`: one pipeline per batch).
 """
@@ -31,9 +32,9 @@ if __package__ in (None, ""):
 
 from bench._floors import counting_store, pct, wire_of
 from bench._redis import markdown_table, redis_for
-from bench.commit_overhead import Memory, chain, noop
+from bench.commit_overhead import Memory, StubStore, chain, noop
 from statemachine._live import Publisher
-from storage import Store, open_store
+from storage import RedisStore, Store, open_store
 
 ROOT = Path(__file__).resolve().parents[1]
 MODES = ("publishing off", "publishing, no watcher", "publishing, a watcher")
@@ -80,7 +81,7 @@ async def one_run(
         assert watcher.stdout is not None
         if watcher.stdout.readline().strip() != "ready":
             raise RuntimeError("the watcher did not start")
-    wire = wire_of(store) if hasattr(store, "client") else None  # type: ignore[arg-type]
+    wire = wire_of(store) if isinstance(store, RedisStore) else None
     trips = wire.round_trips if wire else 0
     calls = counted.calls
     samples = []
@@ -106,6 +107,7 @@ async def measure(url: str, steps: int, repeat: int) -> list[list[str]]:
     with tempfile.TemporaryDirectory(prefix="agentfsm-bench-live-") as folder:
         prefix = f"livebench{os.getpid()}"
         backends: list[tuple[str, Store, str]] = [
+            ("no-I/O stub store", StubStore(), ""),
             ("Redis", counting_store(url, prefix), f"{url}?prefix={prefix}"),
             ("embedded", open_store(f"sqlite:///{folder}/live.db"), f"sqlite:///{folder}/live.db"),
         ]
@@ -113,12 +115,13 @@ async def measure(url: str, steps: int, repeat: int) -> list[list[str]]:
             counted = Counted(store)
             got: dict[str, list[dict[str, Any]]] = {mode: [] for mode in MODES}
             n = 0
+            modes = MODES[:2] if not store_url else MODES  # a stub keeps nothing to watch
             for _ in range(repeat + 1):  # the first round warms up
-                for mode in MODES:
+                for mode in modes:
                     n += 1
                     got[mode].append(await one_run(store, store_url, mode, steps, counted, n))
             base = None
-            for mode in MODES:
+            for mode in modes:
                 runs = got[mode][1:]
                 samples = [s for r in runs for s in r["samples"]]
                 timed = len(samples)
