@@ -21,6 +21,8 @@ from pydantic import JsonValue
 from storage import Event, LiveEntry, Store
 from storage.base import live_order
 
+from .errors import RunNotFound
+
 __all__ = ["WatchItem", "offset_key", "watch"]
 
 _Key = tuple[int, int, tuple[int, ...]]
@@ -72,7 +74,7 @@ async def watch(
 ) -> AsyncIterator[WatchItem]:
     """Everything that happened in run `run_id` after `after` (None: from its start), then
     what happens live, until the run stops being driven (waiting, done, failed, cancelled);
-    with `follow`, on across resumes until it is done or cancelled. `KeyError` for an
+    with `follow`, on across resumes until it is done or cancelled. `RunNotFound` for an
     unknown run."""
     cursor = offset_key(after)
     # From the channel's start, not from `after`'s id: an item published late (after the
@@ -80,7 +82,7 @@ async def watch(
     live_after: str | None = None
     record = await store.load(run_id)
     if record is None:
-        raise KeyError(run_id)
+        raise RunNotFound(run_id)
     stops = _ENDS if follow else _STOPS_DRIVING
     status = record.status if record.seq <= cursor[0] else "running"
     first = True

@@ -31,15 +31,12 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\x9b]")
     arg("--follow", action="store_true", help="go on across resumes until the run ends"),
 )
 async def watch(args: argparse.Namespace) -> int:
-    from statemachine import RunNotFound, watch
+    from statemachine import watch
 
     mid_line = False
     async with opened(args) as store:
-        try:
-            async for item in watch(store, args.run_id, after=args.after, follow=args.follow):
-                mid_line = _show(item, mid_line)
-        except KeyError:
-            raise RunNotFound(args.run_id) from None
+        async for item in watch(store, args.run_id, after=args.after, follow=args.follow):
+            mid_line = _show(item, mid_line)
         run = await store.load(args.run_id)
     if mid_line:
         sys.stdout.write("\n")
