@@ -258,10 +258,12 @@ class Journal(AbstractCapability[Any]):
 
         async def op(sctx: StepContext) -> StepResult[DurableMemory]:
             token = _KEY.set(call_key(sctx, call_id))
+            sctx.live.emit("tool_started", tool=name, call_id=call_id)
             try:
                 outcome = await record_outcome(toolset.call_tool(name, tool_args, ctx, tool))
             finally:
                 _KEY.reset(token)
+            sctx.live.emit("tool_finished", tool=name, call_id=call_id, ok="result" in outcome)
             output: dict[str, JsonValue] = {
                 "segment": where[0], "after": where[1], "tool_call_id": call_id, "tool": name,
                 "args": args, **outcome,

@@ -38,8 +38,10 @@ class WatchItem:
 
     `kind` is "committed" (a committed event: `event` is it) or a live item's: "started" (a
     try of a step began: `data` has its trigger), "text" (model text: `data["text"]`),
-    "tool_call" (a model's tool-call delta), "tool_started", "tool_finished", "failed" (a try
-    failed: `data["error"]`, and whether it is retried), "stopped" (the run parked or ended,
+    "tool_call" (a model's tool-call delta), "tool_started" / "tool_finished" (a tool call
+    the model asked for: `data["tool"]`, `data["call_id"]`, `data["ok"]`; a `tool()` step's
+    own start is its "started" item, `data["step_kind"] == "tool"`), "failed" (a try failed:
+    `data["error"]`, and whether it is retried), "stopped" (the run parked or ended,
     `data["status"]`; only with `follow=True`). `seq` is the commit the item belongs to (the
     step's, for a step's items) and `attempt` the try.
     """

@@ -151,6 +151,9 @@ async def test_the_tokens_reach_the_live_channel(store: Store) -> None:
     assert text == "The sum is 3"
     calls = [i for i in items if i.kind == "tool_call"]
     assert calls and calls[0].data["tool"] == "add"
+    ran = [(i.kind, i.data["tool"], i.data["call_id"]) for i in items if i.kind.startswith("tool_")]
+    assert ran[-2:] == [("tool_started", "add", "c1"), ("tool_finished", "add", "c1")]
+    assert next(i for i in items if i.kind == "tool_finished").data["ok"] is True
     committed = [i.event for i in items if i.event is not None]
     assert [e.seq for e in committed] == list(range(len(committed)))
     answer = [i for i in items if i.kind == "text"]
