@@ -5,8 +5,8 @@ Exit codes: 0 the run is done, 1 the run failed, 2 the command could not be carr
 3 the run is waiting for an event.
 
 The commands live in one module per group: `running` (run, demo, resume, send, retry, cancel,
-fork, approve), `inspecting` (runs, show, history, why, graph, report), `maintenance` (gc, reindex,
-export, import, timeouts) and `workers` (submit, worker, workers).
+fork, approve), `inspecting` (runs, show, history, why, graph, report), `watching` (watch),
+`maintenance` (gc, reindex, export, import, timeouts) and `workers` (submit, worker, workers).
 
 Adding a command
 ----------------
