@@ -25,13 +25,14 @@ from __future__ import annotations
 
 import asyncio
 import typing
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Any, Generic, TypeVar
 
 from pydantic import JsonValue
 from pydantic_ai import Agent as PydanticAgent
 from pydantic_ai import DeferredToolRequests, DeferredToolResults
-from pydantic_ai.agent import AgentRunResult
+from pydantic_ai.agent import AgentRunEvents, AgentRunResult, EventStreamHandler
 from pydantic_ai.durable_exec import BaseDurabilityCapability, replay_scope
 from pydantic_ai.messages import (
     ModelMessage,
@@ -44,12 +45,13 @@ from pydantic_ai.tool_manager import ToolManager
 from pydantic_ai.toolsets import AbstractToolset, FunctionToolset
 from pydantic_ai.usage import UsageLimits
 
-from statemachine import DefinitionError, Graph, RunError, RunLocked, RunTakenOver
+from statemachine import DefinitionError, Graph, RunError, RunLocked, RunTakenOver, WatchItem
 from statemachine._tracing import attached
 from storage import Event, StorageError, Store
 
 from ._budget import Budget, BudgetGate, halted
 from ._durable_approvals import answers_to, approve_tool_call
+from ._durable_events import stream_events
 from ._durable_journal import Journal, idempotency_key
 from ._durable_steps import (
     ANSWER,
@@ -125,13 +127,6 @@ def _check_agent(agent: PydanticAgent[Any, Any], name: str) -> None:
         raise DefinitionError(
             f"{where}: the agent already has a durable-execution capability (Temporal, DBOS,"
             " Prefect); use one engine: remove it, or do not wrap the agent in DurableAgent"
-        )
-    root = agent.root_capability
-    if root.has_wrap_run_event_stream or root.has_on_event:
-        raise DefinitionError(
-            f"{where}: a capability of the agent handles its event stream (ProcessEventStream,"
-            " an event_stream_handler, on_event hooks): streamed model requests are not durable"
-            " yet; build the agent without it"
         )
     if _allows_deferred(agent.output_type):
         return
@@ -228,6 +223,7 @@ class DurableAgent(Generic[AgentDepsT, OutputT]):
         output_type: Any = None,
         lease_wait: float | None = None,
         on_event: Callable[[Event], object] | None = None,
+        event_stream_handler: EventStreamHandler[AgentDepsT] | None = None,
     ) -> AgentRunResult[OutputT]:
         """`Agent.run`, durable: the same arguments, the same result.
 
@@ -237,7 +233,9 @@ class DurableAgent(Generic[AgentDepsT, OutputT]):
         goes on. `deps`, `model`, `model_settings`, `usage_limits`, `metadata`, `toolsets`,
         `instructions` and `output_type` are not stored: give the same ones to every call of
         one run.
-        `on_event` sees each transition this process commits. `lease_wait`: how long to
+        `on_event` sees each transition this process commits. `event_stream_handler` gets
+        pydantic-ai's events as in `Agent.run`, live from the durable steps (see
+        `_durable_stream`); `run_stream_events` iterates over them. `lease_wait`: how long to
         wait for a run another live process holds (default: the lease TTL; see
         `Machine.resume`).
 
@@ -267,6 +265,7 @@ class DurableAgent(Generic[AgentDepsT, OutputT]):
         options: dict[str, Any] = dict(
             deps=deps, model=model, model_settings=model_settings, usage_limits=usage_limits,
             metadata=metadata, toolsets=toolsets, instructions=instructions,
+            event_stream_handler=event_stream_handler,
         )  # fmt: skip
         if output_type is not None:
             options["output_type"] = output_type
@@ -282,6 +281,15 @@ class DurableAgent(Generic[AgentDepsT, OutputT]):
             finally:
                 await run.release(quiet=True)
         raise RunError(f"run {run.run_id!r} keeps moving on in other processes: run it there")
+
+    def run_stream_events(
+        self, user_prompt: str | Sequence[UserContent] | None = None, **kwargs: Any
+    ) -> AbstractAsyncContextManager[AgentRunEvents[OutputT]]:
+        """`Agent.run_stream_events`, durable: `async with durable.run_stream_events(...) as
+        events: async for event in events` gives pydantic-ai's events as a plain run does,
+        ending with the `AgentRunResultEvent`; the arguments are `run`'s."""
+        return stream_events(lambda handler: self.run(user_prompt, event_stream_handler=handler,
+                                                      **kwargs))  # fmt: skip
 
     def run_sync(
         self, user_prompt: str | Sequence[UserContent] | None = None, **kwargs: Any
@@ -303,6 +311,12 @@ class DurableAgent(Generic[AgentDepsT, OutputT]):
     def graph(self) -> Graph:
         """The machine's state graph (`.mermaid()`, `.dot()`, `.svg()`, `.png()`)."""
         return self.machine.graph()
+
+    def watch(
+        self, run_id: str, *, after: str | None = None, follow: bool = False
+    ) -> AsyncIterator[WatchItem]:
+        """The run's committed events and live items, from any process (see `Run.watch`)."""
+        return self.machine.watch(self.store, run_id, after=after, follow=follow)
 
     async def history(self, run_id: str) -> list[Event]:
         """The run's committed events: one per model request, tool call and answer."""

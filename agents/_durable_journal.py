@@ -51,6 +51,7 @@ from ._durable_steps import (
     RunMoved,
     rounds_of,
 )
+from ._durable_stream import journaled_stream
 from ._ratelimit import RateLimit, rate_limited
 from ._tool_engine import args_digest, call_key, charge, record_outcome, replay_outcome
 
@@ -189,15 +190,9 @@ class Journal(AbstractCapability[Any]):
         settings: ModelSettings | None,
         params: ModelRequestParameters,
     ) -> ModelResponse:
-        index = self.model_index
-        self.model_index += 1
-        request = messages[-1] if messages and isinstance(messages[-1], ModelRequest) else None
-        if index < len(self._responses):
-            committed = self._requests[index]
-            if request is not None and committed is not None:
-                _restamp(request, committed)
-            record_durable_unit(executed=False)
-            return _copy(self._responses[index])
+        request, replayed = self.next_request(messages)
+        if replayed is not None:
+            return replayed
 
         async def op(ctx: StepContext) -> StepResult[DurableMemory]:
             if self.gate is not None:
@@ -221,7 +216,26 @@ class Journal(AbstractCapability[Any]):
             dumped: list[JsonValue] = ModelMessagesTypeAdapter.dump_python(sent, mode="json")
             return StepResult(memory=self.run.memory, usage=spent, messages=dumped)
 
-        event = await self.fire(MODEL_REQUEST, op)
+        return self.committed_request(request, await self.fire(MODEL_REQUEST, op))
+
+    def next_request(
+        self, messages: list[ModelMessage]
+    ) -> tuple[ModelRequest | None, ModelResponse | None]:
+        """The request this model request sends, and its committed response when it was
+        committed before (then nothing is sent: the replay answers it)."""
+        index = self.model_index
+        self.model_index += 1
+        request = messages[-1] if messages and isinstance(messages[-1], ModelRequest) else None
+        if index >= len(self._responses):
+            return request, None
+        committed = self._requests[index]
+        if request is not None and committed is not None:
+            _restamp(request, committed)
+        record_durable_unit(executed=False)
+        return request, _copy(self._responses[index])
+
+    def committed_request(self, request: ModelRequest | None, event: Event) -> ModelResponse:
+        """The response of a model request this process just committed as `event`."""
         record_durable_unit(executed=True)
         messages_back = ModelMessagesTypeAdapter.validate_python(event.messages)
         response = messages_back[-1]
@@ -254,10 +268,12 @@ class Journal(AbstractCapability[Any]):
 
         async def op(sctx: StepContext) -> StepResult[DurableMemory]:
             token = _KEY.set(call_key(sctx, call_id))
+            sctx.live.emit("tool_started", tool=name, call_id=call_id)
             try:
                 outcome = await record_outcome(toolset.call_tool(name, tool_args, ctx, tool))
             finally:
                 _KEY.reset(token)
+            sctx.live.emit("tool_finished", tool=name, call_id=call_id, ok="result" in outcome)
             output: dict[str, JsonValue] = {
                 "segment": where[0], "after": where[1], "tool_call_id": call_id, "tool": name,
                 "args": args, **outcome,
@@ -340,11 +356,11 @@ class _JournaledModel(WrapperModel):
         model_request_parameters: ModelRequestParameters,
         run_context: RunContext[Any] | None = None,
     ) -> AsyncIterator[StreamedResponse]:
-        raise RunError(
-            "a streamed model request (run_stream, an event stream handler) is not durable yet:"
-            " use DurableAgent.run without streaming"
-        )
-        yield  # pragma: no cover  (makes this an async generator, as the base's)
+        async with journaled_stream(
+            self.journal, self.wrapped, messages, model_settings, model_request_parameters,
+            run_context,
+        ) as stream:  # fmt: skip
+            yield stream
 
 
 @dataclass

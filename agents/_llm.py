@@ -33,6 +33,7 @@ from statemachine import (
 )
 from statemachine._table import Guard
 
+from ._llm_stream import live_handler
 from ._spending import Spending, spend
 from ._steps import Reducer, apply_output
 from ._tool_calls import TOOL_CALLS_ROUTE, FunctionTool, function_tools, tool_results
@@ -155,17 +156,22 @@ class LlmStep:
         past = await ctx.conversation() if self.history else []
         answers = await self._answers(ctx) if self.tools else None
         usage = RunUsage()  # pydantic-ai counts into it as it goes, also when the run fails
-        result = await spend(
-            self.spending, memory, ctx, self.label, 1 + self.output_retries, usage,
-            lambda limit: self._agent().run(
+        agent = self._agent()
+        try:
+            result = await spend(
+                self.spending, memory, ctx, self.label, 1 + self.output_retries, usage,
+                lambda limit: agent.run(
                 None if answers is not None else prompt,  # tool results go on, no new prompt
                 instructions=instructions,
                 message_history=ModelMessagesTypeAdapter.validate_python(past) if past else None,
                 deferred_tool_results=answers,
                 usage=usage,
-                usage_limits=UsageLimits(request_limit=limit),
-            ),
-        )  # fmt: skip
+                    usage_limits=UsageLimits(request_limit=limit),
+                    event_stream_handler=live_handler(ctx, agent.model),
+                ),
+            )  # fmt: skip
+        finally:
+            await ctx.live.drain()  # the last tokens reach watchers before the commit
         value = result.output
         messages: list[JsonValue] = ModelMessagesTypeAdapter.dump_python(
             result.new_messages(), mode="json"

@@ -185,7 +185,10 @@ class ToolCallsStep:
             except ValidationError as exc:
                 raise ModelRetry(f"invalid arguments for {call.tool_name!r}: {exc}") from None
 
+        ctx.live.emit("tool_started", tool=call.tool_name, call_id=call.tool_call_id)
         output.update(await record_outcome(attempt()))
+        ctx.live.emit("tool_finished", tool=call.tool_name, call_id=call.tool_call_id,
+                      ok="result" in output)  # fmt: skip
         return StepResult(
             memory=memory,
             output=output,

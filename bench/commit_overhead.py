@@ -54,6 +54,7 @@ from storage import (
     Event,
     Lease,
     LeaseHeld,
+    LiveEntry,
     RedisStore,
     RunRecord,
     RunStatus,
@@ -362,6 +363,14 @@ class StubStore:
         limit: int = 100,
     ) -> list[RunRecord]:
         return list(self._runs.values())[:limit]
+
+    async def publish(self, run_id: str, entries: Sequence[tuple[int, JsonValue]]) -> None:
+        return None
+
+    async def live(
+        self, run_id: str, after: str | None = None, *, wait: float = 0.0, limit: int = 1000
+    ) -> list[LiveEntry]:
+        return []
 
     async def gc(self, now: float) -> int:
         return 0

@@ -9,6 +9,7 @@ from ._provenance import Provenance, Write
 from ._runner import Run
 from ._step import RetryPolicy, Step, StepContext, StepResult
 from ._table import Transition, transition
+from ._watch import WatchItem, watch
 from ._worker import Worker
 from .errors import (
     DefinitionError,
@@ -51,9 +52,11 @@ __all__ = [
     "StepResult",
     "Transition",
     "VersionMismatch",
+    "WatchItem",
     "Worker",
     "Write",
     "transition",
+    "watch",
 ]
 
 for _name in __all__:

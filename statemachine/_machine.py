@@ -7,7 +7,7 @@ import contextlib
 import logging
 import secrets
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from pydantic import BaseModel, JsonValue, ValidationError
@@ -24,6 +24,7 @@ from ._runner import Run, check_payload_storable, json_size, now
 from ._table import Transition
 from ._tracing import open_trace
 from ._validate import Table, check_machine_name, compile_table
+from ._watch import WatchItem, watch
 from .errors import (
     InvalidMemory,
     MemoryTooLarge,
@@ -427,6 +428,12 @@ class Machine(Generic[M]):
         if needs_upgrade(self, stored):
             stored = await upgrade(self, store, stored, lease_wait)
         return self._open(store, stored, lease_wait)
+
+    def watch(
+        self, store: Store, run_id: str, *, after: str | None = None, follow: bool = False
+    ) -> AsyncIterator[WatchItem]:
+        """`Run.watch` by run id, without opening the run (any process, any time)."""
+        return watch(store, run_id, after=after, follow=follow)
 
     async def run(
         self,

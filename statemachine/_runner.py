@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -45,11 +45,13 @@ from ._events import control_event, error_event, step_event, timeout_event
 from ._keys import step_key
 from ._lease import LeaseKeeper, take_lease
 from ._ledger import SNAPSHOT_EVERY, Ledger, json_size
+from ._live import Publisher
 from ._provenance import Provenance, memory_at, why
 from ._settle import Settled, StepFailed, settle
 from ._step import StepContext, StepResult
 from ._table import Transition
 from ._tracing import step_failed, transition_span
+from ._watch import WatchItem, watch
 from .errors import (
     InvalidMemory,
     InvalidPayload,
@@ -88,6 +90,8 @@ class Run(Generic[M]):
         self.machine = machine
         self.store = store
         self.memory = memory
+        self.live = Publisher(store, record.run_id)
+        """Where this run's progress is published for watchers (see `watch`)."""
         self._record = record
         self._ledger = Ledger(store, record.run_id, record.memory, record.seq)
         owner = owner_id() if lease is None else lease.owner
@@ -184,6 +188,13 @@ class Run(Generic[M]):
         step that ran, the model's messages, and the writes before it."""
         return why(await self.store.history(self.run_id), field, at=at, machine=self.machine)
 
+    def watch(self, *, after: str | None = None, follow: bool = False) -> AsyncIterator[WatchItem]:
+        """Iterate over what happens in this run, from any process: its committed events
+        and live items (step tries, model tokens) after offset `after`, then live, until
+        the run stops being driven; with `follow`, on across resumes until it ends. See
+        `statemachine._watch` for the offsets and what is guaranteed."""
+        return watch(self.store, self.run_id, after=after, follow=follow)
+
     async def __aenter__(self) -> Run[M]:
         return self
 
@@ -202,6 +213,7 @@ class Run(Generic[M]):
                     on_event(event)
         finally:
             await self.release(quiet=True)
+            await self.live.drain()
         if self.status == "failed":  # read once, so that `error` can say why
             await self._ledger.load_events()
         return self
@@ -443,7 +455,9 @@ class Run(Generic[M]):
                 usage=self._record.usage,
                 store=self.store,
                 spent=spent,
+                live=self.live.step(seq, attempt),
             )
+            self.live.started(seq, t.trigger, attempt, t.step.kind, t.step.label)
             # Its own copy, as a resumed process would read it (and 5x cheaper than a deep
             # copy): a try abandoned on its timeout may go on changing it.
             mine = self.machine.memory_type.model_validate(self._ledger.fields)
@@ -470,6 +484,7 @@ class Run(Generic[M]):
                 retryable = policy.retries(exc) and not isinstance(exc, InvalidMemory)
                 gives_up = not retryable or tries >= policy.attempts
                 step_failed(error, attempt, retry=not gives_up)
+                self.live.failed(seq, attempt, error, not gives_up)
                 if gives_up:
                     raise StepFailed(error, attempt, spent) from exc
                 await asyncio.sleep(policy.delay(tries, exc))
@@ -535,6 +550,7 @@ class Run(Generic[M]):
             await self.release(quiet=True)
             raise RunNotFound(self.run_id, lost=True) from None
         if isinstance(outcome, Committed):
+            self.live.committed(event)
             self._record = _advance(self._record, event)
             self._ledger.committed(event, patch_sizes)
             self.memory = memory

@@ -11,6 +11,8 @@ from pydantic import BaseModel, JsonValue
 
 from storage import Event, Store
 
+from ._live import NO_LIVE, StepLive
+
 __all__ = ["RetryPolicy", "Step", "StepContext", "StepResult"]
 
 M = TypeVar("M", bound=BaseModel)
@@ -91,6 +93,9 @@ class StepContext:
     """What this transition's tries have cost so far in this process (model requests,
     tokens): shared by all its tries. A step adds what it paid for, also when it raises,
     so the event records it even when the step gives up."""
+    live: StepLive = field(default=NO_LIVE, repr=False)
+    """The run's live channel, for progress a watcher sees before the commit (model
+    tokens): items are tagged with this try's seq and attempt (see `Run.watch`)."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

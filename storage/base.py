@@ -15,6 +15,8 @@ from pydantic import JsonValue
 from ._json import MAX_DEPTH, json_bytes
 
 __all__ = [
+    "LIVE_MAXLEN",
+    "LIVE_TTL",
     "MAX_DEPTH",
     "CommitOutcome",
     "Committed",
@@ -24,12 +26,14 @@ __all__ = [
     "Lease",
     "LeaseHeld",
     "LeaseLost",
+    "LiveEntry",
     "RunRecord",
     "RunStatus",
     "Store",
     "check_history",
     "check_run_id",
     "json_bytes",
+    "live_order",
     "run_key",
 ]
 
@@ -191,6 +195,30 @@ class LeaseLost:
 
 CommitOutcome: TypeAlias = Committed | Duplicate | Conflict | LeaseLost
 
+LIVE_MAXLEN = 10_000
+"""Entries a run's live channel keeps (about: Redis trims whole stream nodes)."""
+LIVE_TTL = 24 * 3600.0
+"""Seconds a run's live channel outlives its last publish."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class LiveEntry:
+    """One item on a run's live channel (progress beside the durable history, best effort).
+
+    `id` is the channel's own: it increases with every publish to the run, whichever
+    process publishes ("ms-n" on Redis, a row number embedded; compare with `live_order`).
+    `base` is the run's seq when the item was published: the item comes after committed
+    event `base` and before event `base + 1`."""
+
+    id: str
+    base: int
+    item: dict[str, JsonValue]
+
+
+def live_order(entry_id: str) -> tuple[int, ...]:
+    """The sort key of a live entry id: ids of one run's channel compare by it."""
+    return tuple(int(part) for part in entry_id.split("-"))
+
 
 @runtime_checkable
 class Store(Protocol):
@@ -290,6 +318,21 @@ class Store(Protocol):
     ) -> list[RunRecord]:
         """Runs, most recently updated first, filtered by agent, status, state and the time
         of their last commit (`since <= updated_at < until`)."""
+        ...
+
+    async def publish(self, run_id: str, entries: Sequence[tuple[int, JsonValue]]) -> None:
+        """Append `(base, item)` pairs to the run's live channel in one round trip, trimming
+        it to about `LIVE_MAXLEN` entries and keeping it `LIVE_TTL` seconds after this
+        publish (an item is a JSON object; `LiveEntry` says what `base` is). Best effort:
+        nothing about a run's durability depends on it."""
+        ...
+
+    async def live(
+        self, run_id: str, after: str | None = None, *, wait: float = 0.0, limit: int = 1000
+    ) -> list[LiveEntry]:
+        """Up to `limit` entries of the run's live channel with ids after `after` (None: from
+        the oldest still kept), oldest first; when there are none, waits up to `wait`
+        seconds for one to be published. [] for a run without a channel."""
         ...
 
     async def gc(self, now: float) -> int:

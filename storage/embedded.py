@@ -36,12 +36,15 @@ from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import JsonValue
 
+from . import _live_embedded as _live
 from ._checkpoint import Checkpointer
 from ._codec import dump_event, dump_json, load_event, load_json, run_from_fields
 from ._process import boot_id, provably_dead
 from ._sqlite_trouble import busy, unwritable
 from ._usage import add_run_usage, create_tables, increments, read_run_usage
 from .base import (
+    LIVE_MAXLEN,
+    LIVE_TTL,
     CommitOutcome,
     Committed,
     Conflict,
@@ -50,6 +53,7 @@ from .base import (
     Lease,
     LeaseHeld,
     LeaseLost,
+    LiveEntry,
     RunRecord,
     RunStatus,
     check_history,
@@ -163,6 +167,9 @@ class EmbeddedStore:
     writes, a call waits for up to 5 s, then raises `StoreUnavailable`.
     """
 
+    live_maxlen = LIVE_MAXLEN
+    live_ttl = LIVE_TTL
+
     def __init__(self, path: str | Path, *, synchronous: Synchronous = "NORMAL") -> None:
         if synchronous not in ("NORMAL", "FULL"):
             raise ValueError(f"synchronous must be 'NORMAL' or 'FULL', not {synchronous!r}")
@@ -182,6 +189,7 @@ class EmbeddedStore:
             self._db.execute(f"PRAGMA synchronous={synchronous}")
             self._migrate()
             self._transaction("set up the usage ledger", "BEGIN IMMEDIATE", create_tables, self._db)
+            _live.create_table(self._db)
             self._checkpoints: Checkpointer | None = None
             if self._path != ":memory:":
                 self._db.execute("PRAGMA wal_autocheckpoint=0")  # done off the loop, below
@@ -495,6 +503,23 @@ class EmbeddedStore:
     def _fetch(self, query: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
         return self._db.execute(query, params).fetchall()
 
+    async def publish(self, run_id: str, entries: Sequence[tuple[int, JsonValue]]) -> None:
+        if entries:
+            self._transaction(
+                f"publish live items of {run_id!r}", "BEGIN IMMEDIATE", _live.insert,
+                self._db, run_id, entries, self.live_maxlen, self.live_ttl,
+            )  # fmt: skip
+
+    async def live(
+        self, run_id: str, after: str | None = None, *, wait: float = 0.0, limit: int = 1000
+    ) -> list[LiveEntry]:
+        def fetch(query: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+            return self._transaction(
+                f"read live items of {run_id!r}", "BEGIN", self._fetch, query, params
+            )
+
+        return await _live.read(fetch, run_id, after, wait, limit)
+
     async def acquire_lease(self, run_id: str, owner: str, ttl: float) -> Lease | LeaseHeld:
         return self._transaction(
             f"lease run {run_id!r}", "BEGIN IMMEDIATE", self._acquire, run_id, owner, ttl
@@ -579,6 +604,7 @@ class EmbeddedStore:
         ids = [r for (r,) in db.execute("SELECT run_id FROM runs WHERE expires_at <= ?", (now,))]
         for table in ("memory", "events", "keys", "run_usage", "runs"):
             db.executemany(f"DELETE FROM {table} WHERE run_id = ?", [(r,) for r in ids])
+        _live.prune(db, now, self.live_ttl)
         return len(ids)
 
     async def reindex(self) -> int:

@@ -55,11 +55,14 @@ from redis.exceptions import AuthenticationError, NoPermissionError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from . import _live_redis as _live
 from ._codec import dump_event, dump_json, load_event, load_json, run_from_fields
 from ._connection import HeldConnections, send_in_task
 from ._process import provably_dead
 from ._usage import FIELD, lua_increments
 from .base import (
+    LIVE_MAXLEN,
+    LIVE_TTL,
     CommitOutcome,
     Committed,
     Conflict,
@@ -68,6 +71,7 @@ from .base import (
     Lease,
     LeaseHeld,
     LeaseLost,
+    LiveEntry,
     RunRecord,
     RunStatus,
     check_history,
@@ -139,6 +143,9 @@ class RedisStore:
         prefix: the namespace of every key; one per application or tenant.
         where: how to name the server in error messages (a URL without its password).
     """
+
+    live_maxlen = LIVE_MAXLEN
+    live_ttl = LIVE_TTL
 
     def __init__(
         self,
@@ -542,6 +549,23 @@ class RedisStore:
                 raise CorruptData(where, "no event field")
             events.append(load_event(fields["e"], where))
         return events
+
+    async def publish(self, run_id: str, entries: Sequence[tuple[int, JsonValue]]) -> None:
+        key = self.key(run_id, "live")
+        await self._call(
+            f"publish live items of {run_id!r}",
+            lambda: _live.publish(self._client, key, entries, self.live_maxlen, self.live_ttl),
+        )
+
+    async def live(
+        self, run_id: str, after: str | None = None, *, wait: float = 0.0, limit: int = 1000
+    ) -> list[LiveEntry]:
+        key = self.key(run_id, "live")
+        return await self._call(  # type: ignore[no-any-return]
+            f"read live items of {run_id!r}",
+            lambda: _live.read(self._client, key, after, wait, limit),
+            key=key,
+        )
 
     async def acquire_lease(self, run_id: str, owner: str, ttl: float) -> Lease | LeaseHeld:
         keys = self._keys(run_id, "run", "lease")

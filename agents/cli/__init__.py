@@ -5,8 +5,9 @@ Exit codes: 0 the run is done, 1 the run failed, 2 the command could not be carr
 3 the run is waiting for an event.
 
 The commands live in one module per group: `running` (run, demo, resume, send, retry, cancel,
-fork, approve), `inspecting` (runs, show, history, why, graph, report), `maintenance` (gc, reindex,
-export, import, timeouts), `workers` (submit, worker, workers) and `budgets` (budget).
+fork, approve), `inspecting` (runs, show, history, why, graph, report), `watching` (watch),
+`maintenance` (gc, reindex, export, import, timeouts), `workers` (submit, worker, workers) and
+`budgets` (budget).
 
 Adding a command
 ----------------
@@ -49,7 +50,7 @@ from ._command import EXIT_USAGE, Command, Parser, UsageProblem
 
 __all__ = ["GROUPS", "main"]
 
-GROUPS = ("running", "inspecting", "maintenance", "workers", "budgets")
+GROUPS = ("running", "inspecting", "watching", "maintenance", "workers", "budgets")
 """The modules of this package that declare commands, in the order `--help` lists them."""
 
 

@@ -1154,14 +1154,19 @@ async def test_difference_a_tool_result_comes_back_as_stored(store: Store) -> No
             if isinstance(p, ToolReturnPart)] == [Point(3)]  # fmt: skip
 
 
-async def test_difference_streaming_is_refused_at_construction(store: Store) -> None:
-    async def handler(ctx: RunContext[None], events: Any) -> None:
-        async for _ in events:
-            pass
+async def test_streaming_is_durable(store: Store) -> None:
+    """More in test_durable_streaming.py: the events are the plain run's."""
+    seen: list[Any] = []
 
-    agent = Agent(TestModel(), name="streams", capabilities=[ProcessEventStream(handler)])
-    with pytest.raises(DefinitionError, match="event_stream_handler"):
-        DurableAgent(agent, store=store)
+    async def handler(ctx: RunContext[None], events: Any) -> None:
+        async for event in events:
+            seen.append(event)
+
+    def build(ran: Ran) -> Agent[None, str]:
+        return Agent(TestModel(), name="streams", capabilities=[ProcessEventStream(handler)])
+
+    await parity(build, store)
+    assert seen
 
 
 async def test_difference_a_failed_run_read_back_raises_durable_run_failed(store: Store) -> None:
@@ -1182,21 +1187,6 @@ async def test_difference_a_failed_run_read_back_raises_durable_run_failed(store
     with pytest.raises(DurableRunFailed, match="ValueError: boom"):
         await durable.run(run_id="boom")
     assert ran.counts == {"explode": 1}
-
-
-async def test_difference_a_streamed_model_request_is_refused(store: Store) -> None:
-    from pydantic_ai.models import ModelRequestParameters
-
-    from agents._durable_journal import Journal
-    from agents._durable_steps import DurableMemory
-
-    durable = DurableAgent(Agent(TestModel()), store=store, name="s")
-    run = await durable.machine.start(store, DurableMemory(), run_id="stream")
-    model = Journal(run=run, events=[]).get_wrapper_model(TestModel())
-    assert model is not None
-    with pytest.raises(RunError, match="streamed model request"):
-        async with model.request_stream([], None, ModelRequestParameters()):
-            pass
 
 
 def two_gated(ran: Ran) -> Agent[None, str | DeferredToolRequests]:

@@ -104,6 +104,25 @@ async def test_parallel_calls_run_one_per_transition_in_the_models_order(store: 
     assert [e.dest for e in acts] == ["acting", "acting", "observed"]
 
 
+async def test_a_watcher_sees_each_tool_call_start_and_finish(store: Store) -> None:
+    def brain(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        if not returns(messages):
+            return ModelResponse(parts=[
+                ToolCallPart("lookup", {"key": k}, tool_call_id=f"c-{k}") for k in ("a", "boom")
+            ])  # fmt: skip
+        return ModelResponse(parts=[TextPart("done")])
+
+    run = await agent_with(brain).start(store, Research(question="q"), run_id="w")
+    await run.until_done()
+    seen = [(i.kind, i.data.get("call_id"), i.data.get("ok")) async for i in run.watch()
+            if i.kind.startswith("tool_") or i.kind == "failed"]  # fmt: skip
+    assert seen == [
+        ("tool_started", "c-a", None), ("tool_finished", "c-a", True),
+        ("tool_started", "c-boom", None), ("failed", None, None),  # it raised: the try failed
+    ]  # fmt: skip
+    assert (run.state, run.status) == ("failed", "failed")  # the agent's failure state
+
+
 @pytest.mark.parametrize(
     ("bad_call", "feedback"),
     [

@@ -1,0 +1,212 @@
+"""Streamed model requests of a `DurableAgent`: pydantic-ai's own events, live, from the
+durable step that makes the request.
+
+With an event stream handler (`DurableAgent.run(event_stream_handler=...)`,
+`DurableAgent.run_stream_events()`), pydantic-ai asks the model for a stream. The journal's
+model answers with a stream whose events come from the durable `model_request` step as it
+streams from the real model: the step runs the wrapped model's own streaming request and
+relays its events as they arrive (also onto the run's live channel, for watchers in other
+processes), then commits the response; the stream ends once the commit is done, and its
+`get()` is the committed response, so what pydantic-ai continues with is what was committed.
+A request the history already answers streams the committed response again (one start and
+end per part, no deltas) and sends nothing. Events of a try that failed and was retried
+are relayed too, before the retried try's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from pydantic import JsonValue
+from pydantic_ai import RunContext
+from pydantic_ai.messages import (
+    FinalResultEvent,
+    ModelMessage,
+    ModelMessagesTypeAdapter,
+    ModelResponse,
+    ModelResponseStreamEvent,
+)
+from pydantic_ai.models import Model, ModelRequestParameters, StreamedResponse
+from pydantic_ai.settings import ModelSettings
+from pydantic_ai.usage import RequestUsage, RunUsage
+
+from statemachine import StepContext, StepResult
+
+from ._durable_steps import MODEL_REQUEST, DurableMemory
+from ._llm_stream import forward
+from ._ratelimit import rate_limited
+from ._tool_engine import charge
+
+if TYPE_CHECKING:
+    from storage import Event
+
+    from ._durable_journal import Journal
+
+__all__ = ["journaled_stream"]
+
+
+@asynccontextmanager
+async def journaled_stream(
+    journal: Journal,
+    wrapped: Model,
+    messages: list[ModelMessage],
+    settings: ModelSettings | None,
+    params: ModelRequestParameters,
+    run_context: RunContext[Any] | None,
+) -> AsyncIterator[StreamedResponse]:
+    """The stream of one model request of the journal's run (see the module doc)."""
+    request, replayed = journal.next_request(messages)
+    if replayed is not None:
+        yield _Replayed(params, replayed)
+        return
+    events: asyncio.Queue[ModelResponseStreamEvent | None] = asyncio.Queue()
+
+    async def op(ctx: StepContext) -> StepResult[DurableMemory]:
+        if journal.gate is not None:
+            await journal.gate.admit(None, ctx)  # StepHalted when over the budget
+        try:
+            async with (
+                rate_limited(ctx, journal.rate_limits, wrapped.model_name, None) as report,
+                wrapped.request_stream(messages, settings, params, run_context) as stream,
+            ):
+                async for event in stream:
+                    events.put_nowait(event)
+                    forward(ctx.live, event)
+                response = stream.get()
+                report(response.usage.input_tokens + response.usage.output_tokens)
+        except Exception:
+            charge(ctx, RunUsage(requests=1))
+            raise
+        finally:
+            await ctx.live.drain()
+        spent = charge(
+            ctx,
+            RunUsage(
+                requests=1,
+                input_tokens=response.usage.input_tokens,
+                output_tokens=response.usage.output_tokens,
+            ),
+        )
+        sent: list[ModelMessage] = [response] if request is None else [request, response]
+        dumped: list[JsonValue] = ModelMessagesTypeAdapter.dump_python(sent, mode="json")
+        return StepResult(memory=journal.run.memory, usage=spent, messages=dumped)
+
+    committing = asyncio.create_task(journal.fire(MODEL_REQUEST, op))
+    committing.add_done_callback(lambda _: events.put_nowait(None))
+    live = _Relayed(params, wrapped, events, committing, lambda e: journal.committed_request(
+        request, e))  # fmt: skip
+    try:
+        yield live
+    finally:
+        if not committing.done():  # the consumer stopped early: so does the request
+            committing.cancel()
+            with contextlib.suppress(BaseException):
+                await committing
+
+
+class _Relayed(StreamedResponse):
+    """The events of the durable step's streamed request, as they arrive; then the commit."""
+
+    def __init__(
+        self,
+        params: ModelRequestParameters,
+        model: Model,
+        events: asyncio.Queue[ModelResponseStreamEvent | None],
+        committing: asyncio.Task[Event],
+        committed: Any,
+    ) -> None:
+        super().__init__(model_request_parameters=params)
+        self._model = model
+        self._events = events
+        self._committing = committing
+        self._committed = committed
+        self._response: ModelResponse | None = None
+        self._started = datetime.now(UTC)
+
+    def __aiter__(self) -> AsyncIterator[ModelResponseStreamEvent]:
+        if self._event_iterator is None:
+            self._event_iterator = self._relay()
+        return self._event_iterator
+
+    async def _relay(self) -> AsyncIterator[ModelResponseStreamEvent]:
+        while (event := await self._events.get()) is not None:
+            if isinstance(event, FinalResultEvent):
+                self.final_result_event = event
+            yield event
+        self._response = self._committed(self._committing.result())  # the step's error, if any
+        self._finished = True
+
+    async def _get_event_iterator(self) -> AsyncIterator[ModelResponseStreamEvent]:
+        async for event in self._relay():  # pragma: no cover  (`__aiter__` relays directly)
+            yield event
+
+    def get(self) -> ModelResponse:
+        return _copy(self._response) if self._response is not None else super().get()
+
+    @property
+    def usage(self) -> RequestUsage:
+        return self._response.usage if self._response is not None else self._usage
+
+    @property
+    def model_name(self) -> str:
+        return self._response.model_name or "" if self._response else self._model.model_name
+
+    @property
+    def provider_name(self) -> str | None:
+        return self._response.provider_name if self._response else self._model.system
+
+    @property
+    def provider_url(self) -> str | None:
+        return self._response.provider_url if self._response else None
+
+    @property
+    def timestamp(self) -> datetime:
+        return self._response.timestamp if self._response else self._started
+
+
+class _Replayed(StreamedResponse):
+    """A committed response, streamed again: nothing is sent to the model."""
+
+    def __init__(self, params: ModelRequestParameters, response: ModelResponse) -> None:
+        super().__init__(model_request_parameters=params)
+        self._response = response
+
+    async def _get_event_iterator(self) -> AsyncIterator[ModelResponseStreamEvent]:
+        for index, part in enumerate(self._response.parts):
+            yield self._parts_manager.handle_part(vendor_part_id=index, part=part)
+
+    def get(self) -> ModelResponse:
+        return _copy(self._response)
+
+    @property
+    def usage(self) -> RequestUsage:
+        return self._response.usage
+
+    @property
+    def model_name(self) -> str:
+        return self._response.model_name or ""
+
+    @property
+    def provider_name(self) -> str | None:
+        return self._response.provider_name
+
+    @property
+    def provider_url(self) -> str | None:
+        return self._response.provider_url
+
+    @property
+    def timestamp(self) -> datetime:
+        return self._response.timestamp
+
+
+def _copy(response: ModelResponse) -> ModelResponse:
+    copy = ModelMessagesTypeAdapter.validate_python(
+        ModelMessagesTypeAdapter.dump_python([response])
+    )
+    assert isinstance(copy[0], ModelResponse)
+    return copy[0]

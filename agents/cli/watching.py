@@ -1,0 +1,69 @@
+"""The `watch` command: a run's model tokens as they come, and one line per committed step."""
+
+from __future__ import annotations
+
+import re
+import sys
+from typing import TYPE_CHECKING
+
+from ._command import EXIT_DONE, EXIT_FAILED, EXIT_WAITING, Commands, arg
+from ._output import error_text, event_line, out, shown
+from ._store import opened
+
+if TYPE_CHECKING:
+    import argparse
+
+    from statemachine import WatchItem
+
+__all__ = ["commands"]
+
+commands = Commands()
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\x9b]")
+"""Control characters but tab and newline: model text must not drive the terminal."""
+
+
+@commands.command(
+    "watch",
+    "follow a run live: model tokens as they stream, one line per committed step",
+    arg("run_id", metavar="RUN_ID"),
+    arg("--after", metavar="OFFSET", help="start after this offset (printed with each step)"),
+    arg("--follow", action="store_true", help="go on across resumes until the run ends"),
+)
+async def watch(args: argparse.Namespace) -> int:
+    from statemachine import watch
+
+    mid_line = False
+    async with opened(args) as store:
+        async for item in watch(store, args.run_id, after=args.after, follow=args.follow):
+            mid_line = _show(item, mid_line)
+        run = await store.load(args.run_id)
+    if mid_line:
+        sys.stdout.write("\n")
+    status = run.status if run is not None else "failed"
+    return {"done": EXIT_DONE, "waiting": EXIT_WAITING, "running": EXIT_DONE}.get(
+        status, EXIT_FAILED
+    )
+
+
+def _show(item: WatchItem, mid_line: bool) -> bool:
+    """Print `item`; whether the output now stops in the middle of a line (of tokens)."""
+    if item.kind == "text":
+        sys.stdout.write(_CONTROL.sub("", item.text))
+        sys.stdout.flush()
+        return not item.text.endswith("\n") if item.text else mid_line
+    if mid_line:
+        sys.stdout.write("\n")
+    if item.event is not None:
+        out.print(f"{event_line(item.event)}  [dim]offset {item.offset}[/]")
+    elif item.kind == "started" and item.attempt > 1:
+        out.print(f"  [yellow]↻[/] {item.seq:>4}  {shown(item.data.get('trigger'))}"
+                  f" attempt {item.attempt}")  # fmt: skip
+    elif item.kind == "failed":
+        error = item.data.get("error")
+        text = error_text(error if isinstance(error, dict) else None)
+        out.print(f"  [yellow]![/] {item.seq:>4}  attempt {item.attempt}: {shown(text)}")
+    elif item.kind == "stopped":
+        out.print(f"  [dim]· run {shown(item.data.get('status'))}[/]")
+    sys.stdout.flush()
+    return False

@@ -1,0 +1,161 @@
+"""DurableAgent streaming parity: `run_stream_events()` and `event_stream_handler=` give
+pydantic-ai's own events, the same and in the same order as a plain `Agent` run of the same
+`FunctionModel` script, from the durable steps; the tokens also reach the live channel."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterable, AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from pydantic_ai import Agent, RunContext
+from pydantic_ai.capabilities import ProcessEventStream
+from pydantic_ai.messages import AgentStreamEvent, ModelMessage
+from pydantic_ai.models.function import AgentInfo, DeltaToolCall, DeltaToolCalls, FunctionModel
+from pydantic_ai.run import AgentRunResultEvent
+
+from agents import DurableAgent
+from storage import Store
+
+from ..conftest import make_store
+from .test_durable_parity import normalized
+
+_ids = itertools.count()
+_VARYING = {"timestamp", "run_id", "conversation_id", "provider_response_id", "duration"}
+
+
+@pytest_asyncio.fixture(params=["embedded", "redis"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    s = await make_store(request.param, request, tmp_path)
+    yield s
+    await s.close()
+
+
+class Script:
+    """A model that streams a tool call (its arguments in two deltas), then, given the
+    tool's result, a text answer in three deltas."""
+
+    def __init__(self) -> None:
+        self.requests = 0
+
+    async def __call__(
+        self, messages: list[ModelMessage], info: AgentInfo
+    ) -> AsyncIterator[str | DeltaToolCalls]:
+        self.requests += 1
+        if self.requests % 2 == 1:
+            yield {0: DeltaToolCall(name="add", json_args='{"a": 1, ', tool_call_id="c1")}
+            yield {0: DeltaToolCall(json_args='"b": 2}')}
+        else:
+            for token in ["The ", "sum ", "is 3"]:
+                yield token
+
+
+def build(script: Script, **kwargs: Any) -> Agent[None, str]:
+    agent = Agent(FunctionModel(stream_function=script), name="adder", **kwargs)
+
+    @agent.tool_plain
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    return agent
+
+
+def comparable(events: list[Any]) -> list[Any]:
+    """The events as JSON-ish values, without what differs between any two runs."""
+
+    def clean(value: Any) -> Any:
+        if isinstance(value, AgentRunResultEvent):
+            return ("result", value.result.output, normalized(value.result.all_messages()))
+        if hasattr(value, "__dataclass_fields__"):
+            fields = {k: clean(getattr(value, k)) for k in value.__dataclass_fields__}
+            return (type(value).__name__, {k: v for k, v in fields.items() if k not in _VARYING})
+        if isinstance(value, list | tuple):
+            return [clean(v) for v in value]
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items() if k not in _VARYING}
+        return value
+
+    return [clean(e) for e in events]
+
+
+async def plain_events(**kwargs: Any) -> list[Any]:
+    async with build(Script(), **kwargs).run_stream_events("add") as events:
+        return [e async for e in events]
+
+
+async def test_run_stream_events_gives_the_plain_agents_events(store: Store) -> None:
+    plain = await plain_events()
+    script = Script()
+    durable = DurableAgent(build(script), store=store)
+    run_id = f"stream-{next(_ids)}"
+    async with durable.run_stream_events("add", run_id=run_id) as events:
+        got = [e async for e in events]
+    assert [type(e).__name__ for e in got] == [type(e).__name__ for e in plain]
+    assert comparable(got) == comparable(plain)
+    assert script.requests == 2
+    history = await durable.history(run_id)
+    assert [e.trigger for e in history].count("model_request") == 2
+    assert isinstance(got[-1], AgentRunResultEvent) and got[-1].result.output == "The sum is 3"
+
+    # Read back: the committed responses stream again, nothing is sent to the model.
+    async with durable.run_stream_events(run_id=run_id) as events:
+        again = [e async for e in events]
+    assert script.requests == 2
+    assert isinstance(again[-1], AgentRunResultEvent)
+    assert again[-1].result.output == "The sum is 3"
+
+
+async def test_event_stream_handler_and_a_streaming_capability(store: Store) -> None:
+    seen: list[AgentStreamEvent] = []
+
+    async def handler(ctx: RunContext[None], events: AsyncIterable[AgentStreamEvent]) -> None:
+        async for event in events:
+            seen.append(event)
+
+    plain_seen: list[AgentStreamEvent] = []
+
+    async def plain_handler(ctx: RunContext[None], events: AsyncIterable[AgentStreamEvent]) -> None:
+        async for event in events:
+            plain_seen.append(event)
+
+    plain = await build(Script()).run("add", event_stream_handler=plain_handler)
+    durable = DurableAgent(build(Script()), store=store)
+    result = await durable.run("add", run_id=f"h-{next(_ids)}", event_stream_handler=handler)
+    assert result.output == plain.output
+    assert comparable(seen) == comparable(plain_seen)
+
+    captured: list[AgentStreamEvent] = []
+
+    async def capture(ctx: RunContext[None], events: AsyncIterable[AgentStreamEvent]) -> None:
+        async for event in events:
+            captured.append(event)
+
+    with_capability = build(Script(), capabilities=[ProcessEventStream(capture)])
+    durable = DurableAgent(with_capability, store=store)  # accepted now: it streams durably
+    result = await durable.run("add", run_id=f"c-{next(_ids)}")
+    assert result.output == "The sum is 3"
+    assert comparable(captured) == comparable(plain_seen)
+
+
+async def test_the_tokens_reach_the_live_channel(store: Store) -> None:
+    durable = DurableAgent(build(Script()), store=store)
+    run_id = f"live-{next(_ids)}"
+    async with durable.run_stream_events("add", run_id=run_id) as events:
+        async for _ in events:
+            pass
+    items = [i async for i in durable.watch(run_id)]
+    text = "".join(i.text for i in items)
+    assert text == "The sum is 3"
+    calls = [i for i in items if i.kind == "tool_call"]
+    assert calls and calls[0].data["tool"] == "add"
+    ran = [(i.kind, i.data["tool"], i.data["call_id"]) for i in items if i.kind.startswith("tool_")]
+    assert ran[-2:] == [("tool_started", "add", "c1"), ("tool_finished", "add", "c1")]
+    assert next(i for i in items if i.kind == "tool_finished").data["ok"] is True
+    committed = [i.event for i in items if i.event is not None]
+    assert [e.seq for e in committed] == list(range(len(committed)))
+    answer = [i for i in items if i.kind == "text"]
+    request = next(e for e in reversed(committed) if e.trigger == "model_request")
+    assert {i.seq for i in answer} == {request.seq}  # tagged with the step that committed them
