@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Callable
 
@@ -12,6 +13,7 @@ from redis.crc import key_slot
 from storage import Committed, Lease, RedisStore, RunRecord, StoreUnavailable, open_store
 from storage.redis import redact
 
+from ..redis_cluster import RedisCluster
 from ..redis_server import RedisServer, free_port
 from .roundtrips import count_round_trips
 from .test_conformance import event, new_run
@@ -141,5 +143,27 @@ async def test_the_connections_held_for_commits_leave_the_pool_enough(
         held = store._on_this_loop().held
         assert held is not None and 1 <= len(held._idle) <= 2
         assert [r.seq for r in await asyncio.gather(*map(store.load, ids)) if r] == [1] * 8
+    finally:
+        await store.close()
+
+
+async def test_start_and_the_last_commit_on_a_redis_cluster(redis_cluster: RedisCluster) -> None:
+    """On Cluster the indexes are in other slots: the scripts get only the run's keys, and the
+    indexes are kept beside them; the lease is still taken by the start and given back by
+    the last commit."""
+    store = open_store(f"redis+cluster://127.0.0.1:{redis_cluster.ports[0]}?prefix=clstart")
+    assert isinstance(store, RedisStore)
+    try:
+        run, lease = await store.start(new_run("c1"), owner="w1", ttl=10)
+        assert isinstance(lease, Lease) and run.holder == "w1"
+        assert [r.run_id for r in await store.list_runs(status="running")] == ["c1"]
+        done = dataclasses.replace(event(1), status="done")
+        assert await store.commit("c1", expected_seq=0, token=lease.token, event=done)
+        stored = await store.load("c1")
+        assert stored is not None and (stored.holder, stored.status) == ("", "done")
+        assert [r.run_id for r in await store.list_runs(status="done")] == ["c1"]
+        assert await store.list_runs(status="running") == []
+        again = await store.acquire_lease("c1", "w2", 10)
+        assert isinstance(again, Lease) and again.crashes == 0
     finally:
         await store.close()
