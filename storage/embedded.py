@@ -38,6 +38,7 @@ from pydantic import JsonValue
 
 from ._checkpoint import Checkpointer
 from ._codec import dump_event, dump_json, load_event, load_json, run_from_fields
+from ._paging import PAGE_INDEXES, RunCursor, page_query
 from ._process import boot_id, provably_dead
 from ._sqlite_trouble import busy, unwritable
 from .base import (
@@ -173,6 +174,8 @@ class EmbeddedStore:
             self._use_wal()
             self._db.execute(f"PRAGMA synchronous={synchronous}")
             self._migrate()
+            for statement in PAGE_INDEXES:
+                self._db.execute(statement)
             self._checkpoints: Checkpointer | None = None
             if self._path != ":memory:":
                 self._db.execute("PRAGMA wal_autocheckpoint=0")  # done off the loop, below
@@ -519,7 +522,15 @@ class EmbeddedStore:
         since: float | None = None,
         until: float | None = None,
         limit: int = 100,
+        before: RunCursor | None = None,
     ) -> list[RunRecord]:
+        if before is not None:
+            query, params = page_query(
+                _SELECT_RUN, agent=agent, status=status, state=state, since=since, until=until,
+                before=before, limit=limit,
+            )  # fmt: skip
+            rows = self._transaction("list runs", "BEGIN", self._read_runs, query, params)
+            return [self._decode(raw) for raw in rows]
         rows = self._transaction(
             "list runs", "BEGIN", self._read_runs,
             f"{_SELECT_RUN} WHERE (?1 IS NULL OR agent = ?1) AND (?2 IS NULL OR status = ?2)"
