@@ -6,7 +6,7 @@ Exit codes: 0 the run is done, 1 the run failed, 2 the command could not be carr
 
 The commands live in one module per group: `running` (run, demo, resume, send, retry, cancel,
 fork, approve), `inspecting` (runs, show, history, why, graph, report), `maintenance` (gc, reindex,
-export, import, timeouts) and `workers` (submit, worker, workers).
+export, import, timeouts), `workers` (submit, worker, workers) and `serving` (ui).
 
 Adding a command
 ----------------
@@ -49,7 +49,7 @@ from ._command import EXIT_USAGE, Command, Parser, UsageProblem
 
 __all__ = ["GROUPS", "main"]
 
-GROUPS = ("running", "inspecting", "maintenance", "workers")
+GROUPS = ("running", "inspecting", "maintenance", "workers", "serving")
 """The modules of this package that declare commands, in the order `--help` lists them."""
 
 
