@@ -152,6 +152,13 @@ def usage_cell(run: RunRecord) -> str:
     return esc(usage)
 
 
+def _holder(holder: str) -> str:
+    """The lease holder, short (host:pid); the whole owner id on hover."""
+    if not holder:
+        return "<td>-</td>"
+    return f'<td title="{esc(holder)}">{esc(holder.split("@")[0])}</td>'
+
+
 def runs_body(
     view: RunsView,
     filters: Filters,
@@ -163,7 +170,7 @@ def runs_body(
     rows = "".join(
         f'<tr><td><a href="/runs/{esc(r.run_id)}">{esc(r.run_id)}</a></td>'
         f"<td>{esc(r.agent)} v{r.version}</td><td>{esc(r.state)}</td>"
-        f"<td>{status_badge(r.status)}</td><td>{esc(r.holder or '-')}</td>"
+        f"<td>{status_badge(r.status)}</td>{_holder(r.holder)}"
         f'<td class="num">{r.seq}</td><td>{when(r.updated_at)}</td>'
         f"<td>{when(r.created_at)}</td><td>{usage_cell(r)}</td></tr>"
         for r in view.runs
