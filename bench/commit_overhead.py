@@ -356,6 +356,7 @@ class StubStore:
         until: float | None = None,
         limit: int = 100,
         before: tuple[float, str] | None = None,
+        id_contains: str | None = None,
     ) -> list[RunRecord]:
         return list(self._runs.values())[:limit]
 

@@ -23,10 +23,12 @@ from .base import RunRecord
 if TYPE_CHECKING:
     from .redis import RedisStore
 
-__all__ = ["PAGE_INDEXES", "RunCursor", "cursor_of", "page_query", "redis_page"]
+__all__ = ["PAGE_INDEXES", "TOP", "RunCursor", "cursor_of", "page_query", "redis_page"]
 
 RunCursor: TypeAlias = tuple[float, str]
 """`(created_at, run_id)` of the last run of a page; `(math.inf, "")` starts at the newest."""
+TOP: RunCursor = (math.inf, "")
+"""The cursor of the first page."""
 
 PAGE_INDEXES = [
     "CREATE INDEX IF NOT EXISTS runs_page ON runs (created_at, run_id)",
@@ -37,6 +39,8 @@ PAGE_INDEXES = [
 
 _SMALL_STATUS = 5_000
 """A Redis status index up to this size is read whole and ordered by creation time."""
+_MAX_BATCH = 10_000
+"""Ids one `ZRANGE` of a walk reads at most."""
 
 
 def cursor_of(run: RunRecord) -> RunCursor:
@@ -54,6 +58,7 @@ def page_query(
     until: float | None,
     before: RunCursor,
     limit: int,
+    id_contains: str | None = None,
 ) -> tuple[str, tuple[Any, ...]]:
     """The embedded store's SQL for one page: only the filters given, so SQLite can walk an
     index in order and stop after `limit` rows."""
@@ -69,6 +74,9 @@ def page_query(
         if value is not None:
             where.append(f"{column} {op} ?")
             params.append(value)
+    if id_contains is not None:  # read from the index itself: rows are fetched for matches
+        where.append("instr(run_id, ?) > 0")
+        params.append(id_contains)
     if until is not None:  # created_at <= updated_at < until: lets the index start lower
         where.append("created_at < ?")
         params.append(until)
@@ -93,8 +101,10 @@ async def redis_page(
     limit: int,
     matches: Matcher,
     load: Callable[[Sequence[str]], Awaitable[list[RunRecord | None]]],
+    id_contains: str | None = None,
 ) -> list[RunRecord]:
-    """One page of a Redis store's runs below `before`, each checked by `matches`."""
+    """One page of a Redis store's runs below `before`, each checked by `matches`; ids
+    without `id_contains` are dropped before their runs are read."""
     if limit <= 0:
         return []
     top = min(before[0], until) if until is not None else before[0]
@@ -115,12 +125,15 @@ async def redis_page(
                 (
                     (score, run_id)
                     for run_id, score in zip(ids, scores, strict=True)
-                    if score is not None and (score, run_id) < before and score <= top
+                    if score is not None
+                    and (score, run_id) < before
+                    and score <= top
+                    and (id_contains is None or id_contains in run_id)
                 ),
                 reverse=True,
             )
             return await _fill([run_id for _, run_id in ordered], limit, matches, load)
-    return await _walk(store, every, top, before, limit, matches, load)
+    return await _walk(store, every, top, before, limit, matches, load, id_contains)
 
 
 async def _fill(
@@ -129,13 +142,18 @@ async def _fill(
     matches: Matcher,
     load: Callable[[Sequence[str]], Awaitable[list[RunRecord | None]]],
 ) -> list[RunRecord]:
+    """The first `limit` runs of `ids` that match, loaded a chunk at a time: the first chunk
+    is what is missing (most runs match), later ones larger."""
     runs: list[RunRecord] = []
-    for start in range(0, len(ids), max(limit, 50)):
-        for run in await load(ids[start : start + max(limit, 50)]):
+    start, chunk = 0, max(limit, 10)
+    while start < len(ids) and len(runs) < limit:
+        for run in await load(ids[start : start + chunk]):
             if run is not None and matches(run):
                 runs.append(run)
                 if len(runs) == limit:
-                    return runs
+                    break
+        start += chunk
+        chunk = min(chunk * 2, 1000)
     return runs
 
 
@@ -147,8 +165,10 @@ async def _walk(
     limit: int,
     matches: Matcher,
     load: Callable[[Sequence[str]], Awaitable[list[RunRecord | None]]],
+    id_contains: str | None,
 ) -> list[RunRecord]:
-    """Walk `index` (scored by creation time) down from `top`, a batch at a time."""
+    """Walk `index` (scored by creation time) down from `top`, a batch at a time; batches
+    grow (to `_MAX_BATCH` ids) while few of their ids contain `id_contains`."""
     runs: list[RunRecord] = []
     cursor = before
     high = top
@@ -167,13 +187,12 @@ async def _walk(
                 break  # the index is walked to its end
             batch *= 2  # a batch of one creation time's ties, all seen: read more of them
             continue
-        for run in await load([run_id for _, run_id in fresh]):
-            if run is not None and matches(run):
-                runs.append(run)
-                if len(runs) == limit:
-                    break
+        wanted = [i for _, i in fresh if id_contains is None or id_contains in i]
+        runs += await _fill(wanted, limit - len(runs), matches, load)
         cursor = fresh[-1]
         high = cursor[0]
         if len(got) < batch:
             break
+        if len(wanted) * 2 < len(fresh):
+            batch = min(batch * 2, _MAX_BATCH)
     return runs

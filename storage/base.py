@@ -266,6 +266,7 @@ class Store(Protocol):
         until: float | None = None,
         limit: int = 100,
         before: tuple[float, str] | None = None,
+        id_contains: str | None = None,
     ) -> list[RunRecord]:
         """Runs, most recently updated first, filtered by agent, status, state and the time
         of their last commit (`since <= updated_at < until`).
@@ -275,7 +276,8 @@ class Store(Protocol):
         the next page starts below the last run listed: `storage.cursor_of(run)`). Its
         order never changes as runs commit, so pages neither skip nor repeat a run, and
         each page reads the store's indexes from the cursor on: no page costs a scan of the
-        runs before it."""
+        runs before it. `id_contains` (paged walks only) keeps the runs whose id holds that
+        text, checked on the index's ids before any run is read."""
         ...
 
     async def gc(self, now: float) -> int:

@@ -38,7 +38,7 @@ from pydantic import JsonValue
 
 from ._checkpoint import Checkpointer
 from ._codec import dump_event, dump_json, load_event, load_json, run_from_fields
-from ._paging import PAGE_INDEXES, RunCursor, page_query
+from ._paging import PAGE_INDEXES, TOP, RunCursor, page_query
 from ._process import boot_id, provably_dead
 from ._sqlite_trouble import busy, unwritable
 from .base import (
@@ -523,11 +523,13 @@ class EmbeddedStore:
         until: float | None = None,
         limit: int = 100,
         before: RunCursor | None = None,
+        id_contains: str | None = None,
     ) -> list[RunRecord]:
-        if before is not None:
+        if before is not None or id_contains is not None:
+            before = before or TOP
             query, params = page_query(
                 _SELECT_RUN, agent=agent, status=status, state=state, since=since, until=until,
-                before=before, limit=limit,
+                before=before, limit=limit, id_contains=id_contains,
             )  # fmt: skip
             rows = self._transaction("list runs", "BEGIN", self._read_runs, query, params)
             return [self._decode(raw) for raw in rows]

@@ -54,7 +54,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ._codec import dump_event, dump_json, load_event, load_json, run_from_fields
-from ._paging import RunCursor, redis_page
+from ._paging import TOP, RunCursor, redis_page
 from ._process import provably_dead
 from .base import (
     CommitOutcome,
@@ -536,12 +536,14 @@ class RedisStore:
         until: float | None = None,
         limit: int = 100,
         before: RunCursor | None = None,
+        id_contains: str | None = None,
     ) -> list[RunRecord]:
-        if before is not None:
+        if before is not None or id_contains is not None:
+            before = before or TOP
             return await redis_page(
                 self, agent=agent, status=status, until=until, before=before, limit=limit,
                 matches=lambda run: _matches(run, agent, status, state, since, until),
-                load=self._load_listed,
+                load=self._load_listed, id_contains=id_contains,
             )  # fmt: skip
         # Read the narrowest index, newest first, a page at a time; check each run itself.
         if status is not None:

@@ -25,6 +25,7 @@ class Registry:
         self._store = store
         self._agents: dict[str, Machine[Any] | None] = {a.name: a for a in given}
         self._given = list(self._agents)
+        self._names: list[str] | None = None
 
     @classmethod
     def from_specs(cls, store: Store, specs: Iterable[str]) -> Registry:
@@ -34,10 +35,13 @@ class Registry:
         return cls(store, [load_agent(spec, store) for spec in specs if spec])
 
     def names(self) -> list[str]:
-        """The given agents first, then the registered ones (not loaded by this)."""
-        from ..cli._agents import registered_names
+        """The given agents first, then the registered ones (not loaded by this; the entry
+        points are read once: reading them costs milliseconds)."""
+        if self._names is None:
+            from ..cli._agents import registered_names
 
-        return [*self._given, *(n for n in registered_names() if n not in self._given)]
+            self._names = [*self._given, *(n for n in registered_names() if n not in self._given)]
+        return self._names
 
     def get(self, name: str) -> Machine[Any] | None:
         if name not in self._agents:

@@ -65,6 +65,8 @@ async def _walk(store: Store, page: int, **query: object) -> list[str]:
 
 def _expected(runs: list[RunRecord], **query: object) -> list[str]:
     def keep(r: RunRecord) -> bool:
+        if str(query.get("id_contains", "")) not in r.run_id:
+            return False
         return all(
             getattr(r, name) == value
             for name, value in query.items()
@@ -84,7 +86,9 @@ async def test_pages_together_are_the_filtered_runs_in_creation_order(
     queries: list[dict[str, object]] = [
         {}, {"agent": "alpha"}, {"status": "done"}, {"agent": "beta", "status": "waiting"},
         {"state": "c"}, {"agent": "alpha", "state": "a"}, {"until": until},
-        {"status": "failed", "until": until},
+        {"status": "failed", "until": until}, {"id_contains": "1"},
+        {"id_contains": "r05", "agent": "beta"}, {"id_contains": "2", "status": "done"},
+        {"id_contains": "nowhere"},
     ]  # fmt: skip
     for query in queries:
         expected = _expected(runs, **query)
@@ -114,6 +118,12 @@ async def _walk_from(store: Store, before: tuple[float, str], page: int) -> list
         seen += [r.run_id for r in got]
         before = cursor_of(got[-1])
     return seen
+
+
+async def test_id_contains_alone_walks_from_the_top(store: Store) -> None:
+    runs = await _fill(store, 12)
+    got = [r.run_id for r in await store.list_runs(id_contains="r01")]
+    assert got == _expected(runs, id_contains="r01")
 
 
 async def test_a_page_below_the_oldest_run_is_empty(store: Store) -> None:

@@ -300,3 +300,24 @@ def test_pages_read_without_javascript_and_load_no_outside_resource(
     assert not re.search(r'(src|href)="(https?:)?//', answer.text)
     assert "<script>" not in answer.text  # no inline script: one vendored file at most
     assert client.get("/static/live.js").status_code == 200
+
+
+def test_the_text_filter_pages_over_the_runs_whose_id_holds_it(
+    client: TestClient, store: Store
+) -> None:
+    async def make() -> None:
+        for i in range(12):
+            await ui_agent.start(store, {"title": "x"}, run_id=f"s{i:02d}{'-hit' if i % 4 else ''}")
+
+    run_sync(make())
+    hits: list[str] = []
+    url = "/?q=hit&limit=4"
+    for _ in range(10):
+        text = client.get(html.unescape(url)).text
+        hits += re.findall(r'href="/runs/([^"]+)"', text)
+        more = re.search(r'id="next" href="([^"]+)"', text)
+        if more is None:
+            break
+        url = more.group(1)
+    assert hits == [f"s{i:02d}-hit" for i in range(11, -1, -1) if i % 4]
+    assert client.get("/?q=not an id {}").status_code == 200
