@@ -15,6 +15,7 @@ deep page costs what the first one does.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeAlias
 
@@ -39,8 +40,8 @@ PAGE_INDEXES = [
 
 _SMALL_STATUS = 5_000
 """A Redis status index up to this size is read whole and ordered by creation time."""
-_MAX_BATCH = 10_000
-"""Ids one `ZRANGE` of a walk reads at most."""
+_SAMPLE, _RARE = 1_000, 20
+"""A text filter is rare when, after `_SAMPLE` ids, fewer than one in `_RARE` held it."""
 
 
 def cursor_of(run: RunRecord) -> RunCursor:
@@ -167,13 +168,18 @@ async def _walk(
     load: Callable[[Sequence[str]], Awaitable[list[RunRecord | None]]],
     id_contains: str | None,
 ) -> list[RunRecord]:
-    """Walk `index` (scored by creation time) down from `top`, a batch at a time; batches
-    grow (to `_MAX_BATCH` ids) while few of their ids contain `id_contains`."""
+    """Walk `index` (scored by creation time) down from `top`, a batch at a time. When few
+    ids hold `id_contains` (under one in `_RARE` of the first `_SAMPLE`), the rest of the
+    index is searched by the server instead (`_rare`)."""
     runs: list[RunRecord] = []
     cursor = before
     high = top
     batch = max(limit * 2, 100)
+    scanned = hits = 0
     while len(runs) < limit:
+        if id_contains is not None and scanned >= _SAMPLE and hits * _RARE < scanned:
+            rest = await _rare(store, index, id_contains, cursor, high)
+            return runs + await _fill(rest, limit - len(runs), matches, load)
         got: list[tuple[str, float]] = await store._call(
             "list runs",
             lambda h=high, n=batch: store._client.zrange(  # type: ignore[misc]
@@ -188,11 +194,29 @@ async def _walk(
             batch *= 2  # a batch of one creation time's ties, all seen: read more of them
             continue
         wanted = [i for _, i in fresh if id_contains is None or id_contains in i]
+        scanned, hits = scanned + len(fresh), hits + len(wanted)
         runs += await _fill(wanted, limit - len(runs), matches, load)
         cursor = fresh[-1]
         high = cursor[0]
         if len(got) < batch:
             break
-        if len(wanted) * 2 < len(fresh):
-            batch = min(batch * 2, _MAX_BATCH)
     return runs
+
+
+async def _rare(
+    store: RedisStore, index: str, text: str, before: RunCursor, top: float
+) -> list[str]:
+    """The ids of `index` below `before` that hold `text`, newest first: found by the server
+    (`ZSCAN MATCH`, which sends back only the matches), then ordered here. For texts rare
+    enough that the matches are few, though the index is large."""
+    pattern = "*" + re.sub(r"([*?\[\]\\])", r"\\\1", text) + "*"
+
+    async def scan() -> list[tuple[float, str]]:
+        found: list[tuple[float, str]] = []
+        async for run_id, score in store._client.zscan_iter(index, match=pattern, count=10_000):
+            if (score, run_id) < before and score <= top and text in run_id:
+                found.append((score, run_id))
+        return found
+
+    found: list[tuple[float, str]] = await store._call("list runs", scan)
+    return [run_id for _, run_id in sorted(found, reverse=True)]

@@ -155,7 +155,9 @@ def test_sending_an_event_through_the_form_commits_it_as_the_cli_does(
     assert "agentfsm send t1 answer --data" in preview.text
     assert len(run_sync(store.history("t1"))) == 3  # the preview wrote nothing
     done = client.post("/runs/t1/act/send/do", data=fields, headers=ORIGIN, follow_redirects=False)
-    assert done.status_code == 303 and done.headers["location"].startswith("/runs/t1?did=")
+    assert done.status_code == 303 and done.headers["location"] == "/runs/t1?did=send"
+    assert "send: done" in client.get("/runs/t1?did=send").text
+    assert "call us" not in client.get("/runs/t1?did=call+us").text  # only our own words
     settled(store, "t1", "done")
     events = run_sync(store.history("t1"))
     sent = events[3]
