@@ -15,8 +15,8 @@ deep page costs what the first one does.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Awaitable, Callable, Sequence
+from importlib.resources import files
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 from .base import RunRecord
@@ -40,8 +40,9 @@ PAGE_INDEXES = [
 
 _SMALL_STATUS = 5_000
 """A Redis status index up to this size is read whole and ordered by creation time."""
-_SAMPLE, _RARE = 1_000, 20
-"""A text filter is rare when, after `_SAMPLE` ids, fewer than one in `_RARE` held it."""
+_SEARCH_READS = 20_000
+"""Ids one call of `id_search.lua` reads at most: a few milliseconds of the server's time."""
+_ID_SEARCH = files(__package__).joinpath("id_search.lua").read_text(encoding="utf-8")
 
 
 def cursor_of(run: RunRecord) -> RunCursor:
@@ -168,18 +169,15 @@ async def _walk(
     load: Callable[[Sequence[str]], Awaitable[list[RunRecord | None]]],
     id_contains: str | None,
 ) -> list[RunRecord]:
-    """Walk `index` (scored by creation time) down from `top`, a batch at a time. When few
-    ids hold `id_contains` (under one in `_RARE` of the first `_SAMPLE`), the rest of the
-    index is searched by the server instead (`_rare`)."""
+    """Walk `index` (scored by creation time) down from `top`, a batch at a time (with a
+    text filter, the server walks it: `_search`)."""
+    if id_contains is not None:
+        return await _search(store, index, top, before, limit, matches, load, id_contains)
     runs: list[RunRecord] = []
     cursor = before
     high = top
     batch = max(limit * 2, 100)
-    scanned = hits = 0
     while len(runs) < limit:
-        if id_contains is not None and scanned >= _SAMPLE and hits * _RARE < scanned:
-            rest = await _rare(store, index, id_contains, cursor, high)
-            return runs + await _fill(rest, limit - len(runs), matches, load)
         got: list[tuple[str, float]] = await store._call(
             "list runs",
             lambda h=high, n=batch: store._client.zrange(  # type: ignore[misc]
@@ -193,9 +191,7 @@ async def _walk(
                 break  # the index is walked to its end
             batch *= 2  # a batch of one creation time's ties, all seen: read more of them
             continue
-        wanted = [i for _, i in fresh if id_contains is None or id_contains in i]
-        scanned, hits = scanned + len(fresh), hits + len(wanted)
-        runs += await _fill(wanted, limit - len(runs), matches, load)
+        runs += await _fill([i for _, i in fresh], limit - len(runs), matches, load)
         cursor = fresh[-1]
         high = cursor[0]
         if len(got) < batch:
@@ -203,20 +199,34 @@ async def _walk(
     return runs
 
 
-async def _rare(
-    store: RedisStore, index: str, text: str, before: RunCursor, top: float
-) -> list[str]:
-    """The ids of `index` below `before` that hold `text`, newest first: found by the server
-    (`ZSCAN MATCH`, which sends back only the matches), then ordered here. For texts rare
-    enough that the matches are few, though the index is large."""
-    pattern = "*" + re.sub(r"([*?\[\]\\])", r"\\\1", text) + "*"
-
-    async def scan() -> list[tuple[float, str]]:
-        found: list[tuple[float, str]] = []
-        async for run_id, score in store._client.zscan_iter(index, match=pattern, count=10_000):
-            if (score, run_id) < before and score <= top and text in run_id:
-                found.append((score, run_id))
-        return found
-
-    found: list[tuple[float, str]] = await store._call("list runs", scan)
-    return [run_id for _, run_id in sorted(found, reverse=True)]
+async def _search(
+    store: RedisStore,
+    index: str,
+    top: float,
+    before: RunCursor,
+    limit: int,
+    matches: Matcher,
+    load: Callable[[Sequence[str]], Awaitable[list[RunRecord | None]]],
+    text: str,
+) -> list[RunRecord]:
+    """The walk of a text filter: `id_search.lua` reads the index on the server, up to
+    `_SEARCH_READS` ids a call, and sends back only the ids that hold `text`."""
+    script = store._client.register_script(_ID_SEARCH)
+    runs: list[RunRecord] = []
+    # from the cursor; or every id up to `top` (the top, or an `until` below the cursor)
+    cursor = before[0] != math.inf and top >= before[0]
+    score, run_id = before if cursor else (top, "")
+    while len(runs) < limit:
+        want = limit - len(runs)
+        args = ["+inf" if score == math.inf else repr(score), int(cursor), run_id, text, want,
+                _SEARCH_READS]  # fmt: skip
+        reply: list[Any] = await store._call(
+            "search run ids",
+            lambda a=args: script(keys=[index], args=a),  # type: ignore[misc]
+        )
+        done, ids = reply[0], reply[3::2]
+        runs += await _fill(list(ids), want, matches, load)
+        if done or not reply[1]:
+            break
+        score, run_id, cursor = float(reply[2]), reply[1], True
+    return runs
