@@ -1,6 +1,7 @@
 -- Ids of a creation-time index (a sorted set of run ids) that hold a text, newest first,
 -- from a cursor down: the text filter of a paged listing (storage/_paging.py), run by the
--- server so that ids that do not match never cross the network.
+-- server so that ids that do not match never cross the network. It walks by rank (each
+-- batch O(log N + 1000)), not by score with an offset (which walks the offset again).
 --
 -- KEYS[1] the index
 -- ARGV[1] the highest score to read ('+inf' for the top)
@@ -34,17 +35,24 @@ local function seen(id)  -- true when the call must end after this id
   return found >= want or read >= cap
 end
 
-local high = top
+-- Where to start, by rank (newest first): below the cursor's id when it is in the index; else
+-- below every id with a higher score (and, at the cursor's score, the ids not below its id).
+local rank
 if cursor then
-  local ties = redis.call('ZRANGE', index, top, top, 'BYSCORE', 'REV')
-  for _, id in ipairs(ties) do
-    if id < cid and seen(id) then return stop(id) end
+  rank = redis.call('ZREVRANK', index, cid)
+  if rank then
+    rank = rank + 1
+  else
+    rank = redis.call('ZCOUNT', index, '(' .. top, '+inf')
+    for _, id in ipairs(redis.call('ZRANGE', index, top, top, 'BYSCORE', 'REV')) do
+      if id >= cid then rank = rank + 1 end
+    end
   end
-  high = '(' .. top
+else
+  rank = top == '+inf' and 0 or redis.call('ZCOUNT', index, '(' .. top, '+inf')
 end
-local offset = 0
 while true do
-  local batch = redis.call('ZRANGE', index, high, '-inf', 'BYSCORE', 'REV', 'LIMIT', offset, 1000)
+  local batch = redis.call('ZRANGE', index, rank, rank + 999, 'REV')
   for _, id in ipairs(batch) do
     if seen(id) then return stop(id) end
   end
@@ -52,5 +60,5 @@ while true do
     res[1] = 1
     return res
   end
-  offset = offset + 1000
+  rank = rank + 1000
 end
