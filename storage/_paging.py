@@ -35,8 +35,13 @@ PAGE_INDEXES = [
     "CREATE INDEX IF NOT EXISTS runs_page ON runs (created_at, run_id)",
     "CREATE INDEX IF NOT EXISTS runs_page_by_agent ON runs (agent, created_at, run_id)",
     "CREATE INDEX IF NOT EXISTS runs_page_by_status ON runs (status, created_at, run_id)",
+    # These two serve every lookup the schema's `(agent)` and `(status)` indexes served, so
+    # those go: a commit that changes the status still writes one status index, not two.
+    "DROP INDEX IF EXISTS runs_by_agent",
+    "DROP INDEX IF EXISTS runs_by_status",
 ]
-"""Made when an embedded store opens (`IF NOT EXISTS`: older files get them too)."""
+"""Run when an embedded store opens (`IF [NOT] EXISTS`: files made by any version get them;
+a version without them still reads the file, unindexed by agent and status)."""
 
 _SMALL_STATUS = 5_000
 """A Redis status index up to this size is read whole and ordered by creation time."""
