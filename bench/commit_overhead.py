@@ -361,6 +361,8 @@ class StubStore:
         since: float | None = None,
         until: float | None = None,
         limit: int = 100,
+        before: tuple[float, str] | None = None,
+        id_contains: str | None = None,
     ) -> list[RunRecord]:
         return list(self._runs.values())[:limit]
 

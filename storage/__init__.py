@@ -8,6 +8,7 @@ import inspect
 from typing import TYPE_CHECKING, Any
 
 from ._open import open_store
+from ._paging import cursor_of
 from .base import (
     CommitOutcome,
     Committed,
@@ -46,6 +47,7 @@ __all__ = [
     "StorageError",
     "Store",
     "StoreUnavailable",
+    "cursor_of",
     "open_store",
 ]
 

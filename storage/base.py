@@ -315,9 +315,19 @@ class Store(Protocol):
         since: float | None = None,
         until: float | None = None,
         limit: int = 100,
+        before: tuple[float, str] | None = None,
+        id_contains: str | None = None,
     ) -> list[RunRecord]:
         """Runs, most recently updated first, filtered by agent, status, state and the time
-        of their last commit (`since <= updated_at < until`)."""
+        of their last commit (`since <= updated_at < until`).
+
+        With `before`, a page of a keyset walk instead: the runs whose `(created_at, run_id)`
+        is below `before`, in that order, newest first (`(math.inf, "")` starts at the top;
+        the next page starts below the last run listed: `storage.cursor_of(run)`). Its
+        order never changes as runs commit, so pages neither skip nor repeat a run, and
+        each page reads the store's indexes from the cursor on: no page costs a scan of the
+        runs before it. `id_contains` (paged walks only) keeps the runs whose id holds that
+        text, checked on the index's ids before any run is read."""
         ...
 
     async def publish(self, run_id: str, entries: Sequence[tuple[int, JsonValue]]) -> None:

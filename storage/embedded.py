@@ -39,6 +39,7 @@ from pydantic import JsonValue
 from . import _live_embedded as _live
 from ._checkpoint import Checkpointer
 from ._codec import dump_event, dump_json, load_event, load_json, run_from_fields
+from ._paging import PAGE_INDEXES, TOP, RunCursor, page_query
 from ._process import boot_id, provably_dead
 from ._sqlite_trouble import busy, unwritable
 from ._usage import add_run_usage, create_tables, increments, read_run_usage
@@ -190,6 +191,8 @@ class EmbeddedStore:
             self._migrate()
             self._transaction("set up the usage ledger", "BEGIN IMMEDIATE", create_tables, self._db)
             _live.create_table(self._db)
+            for statement in PAGE_INDEXES:
+                self._db.execute(statement)
             self._checkpoints: Checkpointer | None = None
             if self._path != ":memory:":
                 self._db.execute("PRAGMA wal_autocheckpoint=0")  # done off the loop, below
@@ -584,7 +587,17 @@ class EmbeddedStore:
         since: float | None = None,
         until: float | None = None,
         limit: int = 100,
+        before: RunCursor | None = None,
+        id_contains: str | None = None,
     ) -> list[RunRecord]:
+        if before is not None or id_contains is not None:
+            before = before or TOP
+            query, params = page_query(
+                _SELECT_RUN, agent=agent, status=status, state=state, since=since, until=until,
+                before=before, limit=limit, id_contains=id_contains,
+            )  # fmt: skip
+            rows = self._transaction("list runs", "BEGIN", self._read_runs, query, params)
+            return [self._decode(raw) for raw in rows]
         rows = self._transaction(
             "list runs", "BEGIN", self._read_runs,
             f"{_SELECT_RUN} WHERE (?1 IS NULL OR agent = ?1) AND (?2 IS NULL OR status = ?2)"

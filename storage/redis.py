@@ -58,6 +58,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from . import _live_redis as _live
 from ._codec import dump_event, dump_json, load_event, load_json, run_from_fields
 from ._connection import HeldConnections, send_in_task
+from ._paging import TOP, RunCursor, redis_page
 from ._process import provably_dead
 from ._usage import FIELD, lua_increments
 from .base import (
@@ -608,7 +609,16 @@ class RedisStore:
         since: float | None = None,
         until: float | None = None,
         limit: int = 100,
+        before: RunCursor | None = None,
+        id_contains: str | None = None,
     ) -> list[RunRecord]:
+        if before is not None or id_contains is not None:
+            before = before or TOP
+            return await redis_page(
+                self, agent=agent, status=status, until=until, before=before, limit=limit,
+                matches=lambda run: _matches(run, agent, status, state, since, until),
+                load=self._load_listed, id_contains=id_contains,
+            )  # fmt: skip
         # Read the narrowest index, newest first, a page at a time; check each run itself.
         if status is not None:
             index = self._by_status(status)
@@ -646,6 +656,24 @@ class RedisStore:
                     runs.append(run)
         runs.sort(key=lambda r: r.updated_at, reverse=True)
         return runs[: max(limit, 0)]
+
+    async def _load_listed(self, ids: Sequence[str]) -> list[RunRecord | None]:
+        """The runs of listed ids in one pipeline (None for one gone or corrupt)."""
+
+        async def load_all() -> list[dict[str, str]]:
+            pipe = self._client.pipeline(transaction=False)
+            for run_id in ids:
+                pipe.hgetall(self.key(run_id, "run"))
+            return await pipe.execute()
+
+        try:
+            raws: list[dict[str, str] | None] = await self._call("list runs", load_all)
+        except CorruptData:  # one run's bytes are bad: list the others
+            raws = [await self._raw_or_none(run_id) for run_id in ids]
+        return [
+            self._decode_run(run_id, raw, self.key(run_id, "run")) if raw else None
+            for run_id, raw in zip(ids, raws, strict=True)
+        ]
 
     async def _raw_or_none(self, run_id: str) -> dict[str, str] | None:
         key = self.key(run_id, "run")

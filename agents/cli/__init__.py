@@ -6,8 +6,8 @@ Exit codes: 0 the run is done, 1 the run failed, 2 the command could not be carr
 
 The commands live in one module per group: `running` (run, demo, resume, send, retry, cancel,
 fork, approve), `inspecting` (runs, show, history, why, graph, report), `watching` (watch),
-`maintenance` (gc, reindex, export, import, timeouts), `workers` (submit, worker, workers) and
-`budgets` (budget).
+`maintenance` (gc, reindex, export, import, timeouts), `workers` (submit, worker, workers),
+`budgets` (budget) and `serving` (ui).
 
 Adding a command
 ----------------
@@ -50,7 +50,7 @@ from ._command import EXIT_USAGE, Command, Parser, UsageProblem
 
 __all__ = ["GROUPS", "main"]
 
-GROUPS = ("running", "inspecting", "watching", "maintenance", "workers", "budgets")
+GROUPS = ("running", "inspecting", "watching", "maintenance", "workers", "budgets", "serving")
 """The modules of this package that declare commands, in the order `--help` lists them."""
 
 

@@ -67,7 +67,7 @@ def test_every_command_has_its_help_with_the_store_option(
 
 def test_the_commands_are_grouped_and_named_once() -> None:
     names = [c.name for c in commands()]
-    assert len(names) == len(set(names)) == 24
+    assert len(names) == len(set(names)) == 25
 
 
 def test_the_status_choices_are_the_stores_statuses() -> None:
