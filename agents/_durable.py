@@ -354,9 +354,12 @@ class DurableAgent(Generic[AgentDepsT, OutputT]):
             given = [a.model_dump(mode="json") for a in await answers_to(requests, answers, 0)]
         memory = DurableMemory(agent=self.fingerprint, prompt=dump_prompt(user_prompt),
                                message_history=history, answers=given)  # fmt: skip
-        run = await self.machine.start(self.store, memory, run_id=run_id, lease_wait=lease_wait)
+        run = await self.machine.start(
+            self.store, memory, run_id=run_id, lease_wait=lease_wait, hold=True
+        )  # driven right away: the lease is taken in the same round trip as the creation
         stored = run.memory
         if (stored.prompt, stored.message_history) != (memory.prompt, memory.message_history):
+            await run.release()
             raise RunError(
                 f"run {run.run_id!r} exists and was started with another prompt or history:"
                 f" continue it with run(run_id={run.run_id!r}) and no prompt, or start a new"

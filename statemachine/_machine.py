@@ -448,7 +448,7 @@ class Machine(Generic[M]):
         A run of that id that had failed before is returned as it is, with a warning on the
         "agentfsm" logger saying why and how to retry it (`run.error` holds the reason).
         """
-        run = await self.start(store, memory, run_id=run_id)
+        run = await self.start(store, memory, run_id=run_id, hold=True)  # driven right away
         failed_before = run.status == "failed"
         await run.until_done()
         if failed_before:  # nothing ran: a script run again must not just print "failed"

@@ -73,7 +73,7 @@ async def start_and_drive(
     from statemachine import InvalidMemory
 
     try:
-        run = await agent.start(store, memory, run_id=args.run_id)
+        run = await agent.start(store, memory, run_id=args.run_id, hold=True)  # driven below
     except InvalidMemory as exc:
         raise UsageProblem(str(exc)) from None
     say_model(agent)
