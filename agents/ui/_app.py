@@ -3,7 +3,7 @@
     GET  /                                   runs, filtered and paged
     GET  /agents                             agents, their graphs and run counts per state
     GET  /runs/{run_id}                      one run (?at=SEQ: memory at that seq)
-    GET  /runs/{run_id}/stream               Server-Sent Events: one per commit of the run
+    GET  /runs/{run_id}/stream               Server-Sent Events: the run's commits and live items
     GET  /runs/{run_id}/act/{action}         an action's form
     POST /runs/{run_id}/act/{action}/preview what the action will do (writes nothing)
     POST /runs/{run_id}/act/{action}/do      do it
@@ -36,7 +36,7 @@ from ._actions import perform as perform_action
 from ._actions import plan as plan_action
 from ._agents_page import agents_body
 from ._html import esc, message_page, page
-from ._live import commits, sse
+from ._live import changes, resume_offset, sse
 from ._registry import Registry
 from ._run_page import run_body
 from ._runs_page import Filters, list_page, parse_cursor, runs_body
@@ -54,7 +54,6 @@ def create_app(
     token: str | None = None,
     loopback: bool = True,
     drive: DriveMode = "here",
-    poll: float = 0.5,
 ) -> Starlette:
     """The UI of `store`'s runs, knowing `agents` (their graphs and actions).
 
@@ -63,7 +62,7 @@ def create_app(
     drive the run on in this process ("here", as the CLI does) or queue it ("queue")."""
     registry = agents if isinstance(agents, Registry) else Registry(store, agents)
     guard = Guard.make(token, loopback=loopback)
-    ui = _Pages(store, registry, guard, Driver(drive), poll)
+    ui = _Pages(store, registry, guard, Driver(drive))
     static = Path(__file__).parent / "static"
     routes = [
         Route("/", ui.guarded(ui.runs)),
@@ -93,14 +92,11 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 class _Pages:
-    def __init__(
-        self, store: Store, registry: Registry, guard: Guard, driver: Driver, poll: float
-    ) -> None:
+    def __init__(self, store: Store, registry: Registry, guard: Guard, driver: Driver) -> None:
         self.store = store
         self.registry = registry
         self.guard = guard
         self.driver = driver
-        self.poll = poll
 
     def guarded(self, endpoint: Endpoint, *, write: bool = False) -> Endpoint:
         async def checked(request: Request) -> Response:
@@ -170,10 +166,9 @@ class _Pages:
     async def stream(self, request: Request) -> Response:
         record = await self._record(request)
         last = request.headers.get("last-event-id") or request.query_params.get("after", "")
-        after = int(last) if last.isdigit() else record.seq
-        changes = commits(self.store, record.run_id, after, every=self.poll)
+        items = changes(self.store, record.run_id, resume_offset(last, record.seq))
         return StreamingResponse(
-            sse(changes),
+            sse(items),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )

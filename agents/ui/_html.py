@@ -47,10 +47,14 @@ def pretty(value: Any) -> str:
 
 def page(title: str, body: str, *, live: str | None = None, writable: bool = True) -> str:
     """A whole page. `live`: the URL of the page's event stream (the script then reloads the
-    page's `<main>` when the run moves); without JavaScript the page reads the same."""
+    page's `<main>` when the run moves, and shows streamed model text and steps in the "live
+    output" box); without JavaScript the page reads the same."""
     script = (
         f'<script src="/static/live.js" data-stream="{esc(live)}" defer></script>' if live else ""
     )
+    output = (
+        '<section class="output" id="output" hidden><h2>live output</h2></section>' if live else ""
+    )  # outside <main>: it outlives the refresh at each commit
     readonly = (
         ""
         if writable
@@ -65,7 +69,7 @@ def page(title: str, body: str, *, live: str | None = None, writable: bool = Tru
         f"<style>{REPORT_CSS}</style>{script}</head><body>"
         '<nav class="top"><b>agentfsm</b> <a href="/">runs</a> <a href="/agents">agents</a>'
         '<span id="live" class="live"></span></nav>'
-        f'<main id="main">{readonly}{body}</main></body></html>'
+        f'{output}<main id="main">{readonly}{body}</main></body></html>'
     )
 
 

@@ -1,29 +1,53 @@
 // agentfsm ui: live updates of a run page (Server-Sent Events). Vendored, no dependencies.
-// On each commit of the run, fetch this page again and swap its <main> in.
+// Model text streams into the "live output" box (a block per try), steps add a line, and on
+// each commit this page is fetched again and its <main> swapped in. Text only: textContent.
 (function () {
   "use strict";
   var script = document.currentScript;
   var stream = script && script.getAttribute("data-stream");
   if (!stream || !window.EventSource) return;
-  function say(text) {
-    var live = document.getElementById("live");
-    if (live) live.textContent = text;
+  var block = null, blockKey = "";
+  function byId(id) { return document.getElementById(id); }
+  function say(text) { var live = byId("live"); if (live) live.textContent = text; }
+  function add(tag, cls, text) {
+    var box = byId("output"), el = document.createElement(tag);
+    if (!box) return null;
+    box.hidden = false;
+    el.className = cls;
+    el.textContent = text;
+    box.appendChild(el);
+    return el;
   }
   function refresh() {
     fetch(window.location.href, { headers: { Accept: "text/html" }, credentials: "same-origin" })
       .then(function (r) { return r.text(); })
       .then(function (text) {
         var fresh = new DOMParser().parseFromString(text, "text/html").getElementById("main");
-        var main = document.getElementById("main");
+        var main = byId("main");
         if (fresh && main) main.replaceWith(fresh);
       });
   }
   var source = new EventSource(stream);
   source.onopen = function () { say("live"); };
   source.onerror = function () { say("reconnecting…"); };
+  source.addEventListener("token", function (event) {
+    var t = JSON.parse(event.data), key = t.seq + "/" + t.attempt;
+    if (!block || key !== blockKey) {
+      add("div", "try", "seq " + t.seq + " · try " + t.attempt);
+      block = add("pre", "tokens", "");
+      blockKey = key;
+    }
+    if (block) block.textContent += t.text;
+  });
+  source.addEventListener("step", function (event) {
+    add("div", "step", JSON.parse(event.data).text);
+    block = null;
+  });
   source.addEventListener("commit", function (event) {
     var run = JSON.parse(event.data);
     say("live: seq " + run.seq + " · " + run.state + " · " + run.status);
+    block = null;
     refresh();
   });
+  source.addEventListener("end", function () { source.close(); say("ended"); });
 })();

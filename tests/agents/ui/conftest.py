@@ -33,7 +33,7 @@ def run_sync(coro: Any) -> Any:
 @pytest.fixture
 def client(store: Store) -> Iterator[TestClient]:
     """A client that holds the token (as a browser does after opening the printed URL)."""
-    app = create_app(store, agents=[ui_agent, approval], token=TOKEN, drive="here", poll=0.05)
+    app = create_app(store, agents=[ui_agent, approval], token=TOKEN, drive="here")
     with TestClient(app, base_url=HERE) as c:
         assert c.get(f"/?token={TOKEN}").status_code == 200  # sets the cookie, then redirects
         yield c
