@@ -135,9 +135,12 @@ def test_a_browser_watches_a_run_advance_and_finishes_it(
             find(By.LINK_TEXT, "live-1").click()
             wait.until(ec.text_to_be_present_in_element((By.ID, "runstate"), "new · running"))
             wait.until(ec.text_to_be_present_in_element((By.ID, "live"), "live"))
+            # the live channel: the step under way shows in the live-output box
+            wait.until(ec.text_to_be_present_in_element((By.ID, "output"), "tick started"))
 
             open_gate(gates, "tick")  # the worker commits `tick`: the page shows it by itself
             wait.until(ec.text_to_be_present_in_element((By.ID, "runstate"), "ticked"))
+            wait.until(ec.text_to_be_present_in_element((By.ID, "output"), "check started"))
             open_gate(gates, "check")
             wait.until(ec.text_to_be_present_in_element((By.ID, "runstate"), "ready · waiting"))
             assert worker.wait(timeout=WAIT) == 3  # `agentfsm run` stops at a wait: exit 3
