@@ -52,7 +52,9 @@ async def changes(
                 await queue.put(item)
         except RunNotFound:
             pass
-        await queue.put(None)  # the end
+        finally:  # the end (a full queue: the reader sees the feeder is done)
+            with contextlib.suppress(asyncio.QueueFull):
+                queue.put_nowait(None)
 
     feeder = asyncio.create_task(feed())
     try:
@@ -60,7 +62,7 @@ async def changes(
             try:
                 item = await asyncio.wait_for(queue.get(), heartbeat)
             except TimeoutError:
-                if await store.load(run_id) is None:
+                if feeder.done() or await store.load(run_id) is None:
                     return
                 yield None
                 continue
