@@ -192,7 +192,7 @@ class BudgetGate:
         per = self.scope_budget.per
         at = event.ended_at or time.time()
         expires = at + 2 * _SECONDS[per] if per is not None else 0.0
-        return ScopeCharge(self.scope(memory), period_of(per, at), expires)
+        return ScopeCharge(scope=self.scope(memory), period=period_of(per, at), expires_at=expires)
 
     async def charge(self, record: RunRecord, event: Event, store: Store) -> None:
         """Charge `event`'s usage to the run's scope after its commit (`Machine.after_commit`),

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 __all__ = ["ScopeCharge", "charge_rows", "charges_in_commit"]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class ScopeCharge:
     """What a commit also adds to a budget scope's ledger: the committed event's usage
     increments, to `scope`'s totals for `period`, once per event key (a key charged before,

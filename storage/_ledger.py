@@ -183,7 +183,7 @@ class _EmbeddedLedger:
     ) -> bool:
         from ._charge import ScopeCharge, charge_rows
 
-        charge = ScopeCharge(scope, period, expires_at)
+        charge = ScopeCharge(scope=scope, period=period, expires_at=expires_at)
 
         def write() -> bool:
             return charge_rows(self._store.connection, charge, key, usage)

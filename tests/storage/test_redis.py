@@ -208,7 +208,7 @@ async def test_on_a_redis_cluster_a_scope_is_charged_after_the_commit(
         with pytest.raises(ValueError, match="Cluster"):
             await store.commit(
                 "c2", expected_seq=0, token=lease.token, event=event(1),
-                scope_charge=ScopeCharge("acme", period),
+                scope_charge=ScopeCharge(scope="acme", period=period),
             )  # fmt: skip
     finally:
         await store.close()

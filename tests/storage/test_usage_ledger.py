@@ -108,7 +108,7 @@ async def test_a_commit_charges_its_scope_in_the_same_write_once_per_key(store: 
     assert charges_in_commit(store)  # every backend here: none is a Cluster
     run = await store.create(dataclasses.replace(new_run(), run_id=f"r{next(_ids)}"))
     lease = await leased(store, run.run_id)
-    charge = ScopeCharge("acme", "2026-12-02", expires_at=0)
+    charge = ScopeCharge(scope="acme", period="2026-12-02", expires_at=0)
     first = _with_usage(event(1, key=f"{run.run_id}:1"), {"requests": 1, "input_tokens": 5})
     ok = await store.commit(
         run.run_id, expected_seq=0, token=lease.token, event=first, scope_charge=charge
