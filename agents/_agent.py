@@ -105,6 +105,7 @@ class Agent(Machine[M]):
         self.model = model
         self.budget_gate = gate
         if gate is not None and gate.scope_budget is not None:
+            self.scope_charge = gate.scope_charge
             self.after_commit.append(gate.charge)
         fields = memory.model_fields
         for t in self.transitions:

@@ -3,8 +3,11 @@
 Checked before every model request (`BudgetGate.admit`: a run never starts a request once
 it is at its limit), charged at commit: a run's own figures are its usage ledger, kept by
 the commit itself (`RunRecord.usage`); a scope's (`budget_scope=`, a function of the memory:
-a tenant, a user) are charged after each commit, idempotently by the event's key
-(`storage._ledger`), and again on pick-up, so no crash loses or doubles a charge.
+a tenant, a user) are charged by the commit too, in its atomic write, once per event key
+(`storage._charge`: embedded, standalone Redis). On Redis Cluster, where the scope's keys
+are in another slot, they are charged after each commit, idempotently by the event's key
+(`storage._ledger`), and again on pick-up; there a crash right after a run's final commit
+loses that last charge (nothing picks a finished run up: see docs/architecture.md).
 
 A run that reaches a limit is halted (`statemachine.StepHalted`, an event of kind "halt"
 whose output has the figures): it goes to the agent's `on_budget` state, or, without one,
@@ -27,7 +30,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, JsonValue
 
 from statemachine import Run, RunError, StepContext, StepHalted
-from storage import Event, RunRecord, Store
+from storage import Event, RunRecord, ScopeCharge, Store
+from storage._charge import charges_in_commit
 from storage._ledger import ledger_of
 from storage._usage import COST_UNIT, increments
 
@@ -175,18 +179,31 @@ class BudgetGate:
             output=output,
         )
 
-    async def charge(self, record: RunRecord, event: Event, store: Store) -> None:
-        """Charge `event`'s usage to the run's scope (`Machine.after_commit`)."""
-        spent = increments(event)
-        if not spent or self.scope_budget is None or self.scope is None:
-            return
-        memory = self.memory_type.model_validate(record.memory)
+    def scope_charge(self, memory: Any, event: Event, store: Store) -> ScopeCharge | None:
+        """The charge of `event`'s usage to the run's scope, made by the commit itself where
+        the store can (`Machine.scope_charge`); None when there is nothing to charge there."""
+        if not charges_in_commit(store):
+            return None
+        return self._charge_of(memory, event)
+
+    def _charge_of(self, memory: Any, event: Event) -> ScopeCharge | None:
+        if not increments(event) or self.scope_budget is None or self.scope is None:
+            return None
         per = self.scope_budget.per
         at = event.ended_at or time.time()
         expires = at + 2 * _SECONDS[per] if per is not None else 0.0
-        await ledger_of(store).charge_scope(
-            self.scope(memory), period_of(per, at), event.key, spent, expires
-        )
+        return ScopeCharge(scope=self.scope(memory), period=period_of(per, at), expires_at=expires)
+
+    async def charge(self, record: RunRecord, event: Event, store: Store) -> None:
+        """Charge `event`'s usage to the run's scope after its commit (`Machine.after_commit`),
+        where the commit could not (Redis Cluster: the scope's keys are in another slot)."""
+        if charges_in_commit(store):
+            return
+        charge = self._charge_of(self.memory_type.model_validate(record.memory), event)
+        if charge is not None:
+            await ledger_of(store).charge_scope(
+                charge.scope, charge.period, event.key, increments(event), charge.expires_at
+            )
 
 
 async def raise_budget(

@@ -58,6 +58,7 @@ from storage import (
     RedisStore,
     RunRecord,
     RunStatus,
+    ScopeCharge,
     Store,
     open_store,
 )
@@ -334,7 +335,13 @@ class StubStore:
         return self._runs.get(run_id)
 
     async def commit(
-        self, run_id: str, *, expected_seq: int, token: int, event: Event
+        self,
+        run_id: str,
+        *,
+        expected_seq: int,
+        token: int,
+        event: Event,
+        scope_charge: ScopeCharge | None = None,
     ) -> CommitOutcome:
         return Committed(seq=event.seq)
 

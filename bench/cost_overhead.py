@@ -9,7 +9,7 @@ interleaved round by round (one warm-up round first), medians over the rounds:
 2. `llm step, plain`: one `await run.step()` of an agent whose table is a chain of `llm()`
    steps on an offline `FunctionModel` (pydantic-ai's own cost included);
 3. `+ run budget`: the same with `Budget(requests=10**9)` (checked, never reached);
-4. `+ scope budget`: with a scope budget (a scope read before, a scope charge after);
+4. `+ scope budget`: with a scope budget (a scope read before; the charge is in the commit);
 5. `+ rate limit (unlimited)`: with `RateLimit(requests_per_second=1e9, burst=1e9)`;
 6. the added store calls alone, without pydantic-ai's noise around them: a scope's read and
    charge, a rate limit's acquire and release.

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from pydantic import BaseModel, JsonValue, ValidationError
 
-from storage import Event, Lease, RunRecord, RunStatus, Store
+from storage import Event, Lease, RunRecord, RunStatus, ScopeCharge, Store
 from storage._process import owner_id
 from storage.base import check_run_id, run_key
 from storage.errors import Unstorable
@@ -44,6 +44,8 @@ __all__ = ["DEFAULT_MAX_MEMORY", "Machine"]
 
 AfterCommit = Callable[[RunRecord, Event, Store], Awaitable[None]]
 """A hook run after each commit of a run (see `Machine.after_commit`)."""
+ChargeOf = Callable[[Any, Event, Store], ScopeCharge | None]
+"""What a commit also charges to a ledger beside the run (see `Machine.scope_charge`)."""
 M = TypeVar("M", bound=BaseModel)
 _log = logging.getLogger("agentfsm")
 
@@ -125,6 +127,10 @@ class Machine(Generic[M]):
         """Called with the run and each event it committed, and again with its last event
         whenever a process picks the run up (so must be idempotent by the event's key):
         ledgers beside the run (a budget scope's) are kept this way."""
+        self.scope_charge: ChargeOf | None = None
+        """Called before each commit with the run's memory after it, the event and the store:
+        a `storage.ScopeCharge` the store makes in the commit's own atomic write (where
+        `storage._charge.charges_in_commit`), or None. Opaque here: an agent's budget sets it."""
         self.name = check_machine_name(name)
         self.version = version
         self.memory_type = memory

@@ -542,10 +542,18 @@ class Run(Generic[M]):
             patch_sizes = {k: json_size(v) for k, v in event.patch.items()}
         if patch_sizes:
             event = self._ledger.with_snapshot(event, sum(patch_sizes.values()))
+        charge_of = self.machine.scope_charge
+        charge = None if charge_of is None else charge_of(memory, event, self.store)
         try:
-            outcome = await self.store.commit(
-                self.run_id, expected_seq=event.seq - 1, token=lease.token, event=event
-            )
+            if charge is None:  # stores that take no charge need not know the argument
+                outcome = await self.store.commit(
+                    self.run_id, expected_seq=event.seq - 1, token=lease.token, event=event
+                )
+            else:
+                outcome = await self.store.commit(
+                    self.run_id, expected_seq=event.seq - 1, token=lease.token, event=event,
+                    scope_charge=charge,
+                )  # fmt: skip
         except KeyError:
             await self.release(quiet=True)
             raise RunNotFound(self.run_id, lost=True) from None

@@ -7,6 +7,7 @@ also importable from here.
 import inspect
 from typing import TYPE_CHECKING, Any
 
+from ._charge import ScopeCharge
 from ._open import open_store
 from ._paging import cursor_of
 from .base import (
@@ -44,6 +45,7 @@ __all__ = [
     "RedisStore",
     "RunRecord",
     "RunStatus",
+    "ScopeCharge",
     "StorageError",
     "Store",
     "StoreUnavailable",

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from .embedded import EmbeddedStore
     from .redis import RedisStore
 
-__all__ = ["Ledger", "check_scope", "create_tables", "ledger_of"]
+__all__ = ["Ledger", "check_scope", "create_tables", "ledger_of", "scope_keys"]
 
 _SCOPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/-]{0,199}")
 _TABLES = [
@@ -95,6 +95,12 @@ def ledger_of(store: Store) -> Ledger:
     raise TypeError(f"no usage ledger for a {type(store).__name__}")
 
 
+def scope_keys(prefix: str, scope: str, period: str) -> list[str]:
+    """The Redis keys of a scope's ledger for one period: its usage, its charged keys."""
+    base = f"{prefix}:{{$scope:{check_scope(scope)}:{period}}}"
+    return [f"{base}:usage", f"{base}:charged"]
+
+
 def create_tables(db: sqlite3.Connection) -> None:
     for statement in _TABLES:
         db.execute(statement)
@@ -106,8 +112,7 @@ class _RedisLedger:
         self._script: Any = None
 
     def _keys(self, scope: str, period: str) -> list[str]:
-        base = f"{self._store.prefix}:{{$scope:{check_scope(scope)}:{period}}}"
-        return [f"{base}:usage", f"{base}:charged"]
+        return scope_keys(self._store.prefix, scope, period)
 
     def _limits_key(self, subject: str) -> str:
         return f"{self._store.prefix}:{{$limits:{subject}}}"
@@ -176,25 +181,15 @@ class _EmbeddedLedger:
     async def charge_scope(
         self, scope: str, period: str, key: str, usage: Mapping[str, int], expires_at: float
     ) -> bool:
-        check_scope(scope)
+        from ._charge import ScopeCharge, charge_rows
 
-        def charge() -> bool:
-            db = self._store.connection
-            added = db.execute(
-                "INSERT INTO scope_charges VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                (scope, period, key, expires_at),
-            )
-            if added.rowcount != 1:
-                return False
-            db.executemany(
-                "INSERT INTO scope_usage VALUES (?, ?, ?, ?) ON CONFLICT (scope, period, name)"
-                " DO UPDATE SET value = value + excluded.value",
-                [(scope, period, name, int(v)) for name, v in usage.items()],
-            )
-            return True
+        charge = ScopeCharge(scope=scope, period=period, expires_at=expires_at)
+
+        def write() -> bool:
+            return charge_rows(self._store.connection, charge, key, usage)
 
         charged: bool = self._store._transaction(
-            f"charge scope {scope!r}", "BEGIN IMMEDIATE", charge
+            f"charge scope {scope!r}", "BEGIN IMMEDIATE", write
         )
         return charged
 

@@ -8,11 +8,14 @@ proves them for each.
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, TypeAlias, runtime_checkable
+from typing import TYPE_CHECKING, Literal, Protocol, TypeAlias, runtime_checkable
 
 from pydantic import JsonValue
 
 from ._json import MAX_DEPTH, json_bytes
+
+if TYPE_CHECKING:
+    from ._charge import ScopeCharge
 
 __all__ = [
     "LIVE_MAXLEN",
@@ -259,7 +262,13 @@ class Store(Protocol):
         ...
 
     async def commit(
-        self, run_id: str, *, expected_seq: int, token: int, event: Event
+        self,
+        run_id: str,
+        *,
+        expected_seq: int,
+        token: int,
+        event: Event,
+        scope_charge: "ScopeCharge | None" = None,
     ) -> "CommitOutcome":
         """Atomically apply `event` (whose seq must be `expected_seq + 1`): set the run's
         state, status and patched memory fields, append the event, record its key.
@@ -274,6 +283,10 @@ class Store(Protocol):
         gives the lease back, as `release_lease` would, in the same round trip: the run's
         holder cannot run anything more without a new lease. A renewal of that lease is then
         refused (`renew_lease` is False).
+
+        `scope_charge` (optional; only where `storage._charge.charges_in_commit` says the
+        store takes one: embedded, standalone Redis) also adds the event's usage to a budget
+        scope's ledger in the same atomic write, once per `event.key`.
         """
         ...
 

@@ -7,6 +7,8 @@
 --          leaves the run not running: the lease is given back in the same round trip)
 -- KEYS[5..] (standalone Redis only) the indexes: KEYS[5] deadlines, KEYS[6..] runs by status
 --          ({prefix}:status:<status>, one per status); kept here when given, else by the caller
+--          then, with a scope charge (ARGV[13], standalone only), the scope's usage and charged
+--          hashes as the last two keys (see scope_charge.lua)
 -- ARGV[1]  expected seq    ARGV[2] fencing token    ARGV[3] idempotency key
 -- ARGV[4]  new state       ARGV[5] new status       ARGV[6] updated_at (unix seconds)
 -- ARGV[7]  deadline ('' for none)
@@ -14,7 +16,10 @@
 -- ARGV[10] event JSON      ARGV[11] retention: when the run's keys expire (unix seconds, '' for
 --          none; set by the commit that ends a run with retention, so no crash can skip it)
 -- ARGV[12] usage increments, "name\nvalue\n" each, added to the run's 'u:<name>' fields
--- ARGV[13..] memory patch: field name, field JSON, ...
+-- ARGV[13] scope charge: '' for none, else the scope ledger's expiry (unix ms, 0 for none);
+--          the usage increments (ARGV[12]) are added to the scope's 'u:<name>' fields once per
+--          idempotency key (ARGV[3]), as scope_charge.lua does
+-- ARGV[14..] memory patch: field name, field JSON, ...
 --
 -- Returns {'ok', seq, previous deadline, previous status} | {'duplicate', seq} | {'lease_lost', 0}
 --       | {'conflict', current_seq} | {'missing', 0}
@@ -32,7 +37,7 @@ if cur[1] ~= ARGV[1] then return {'conflict', tonumber(cur[1])} end
 local seq = tonumber(ARGV[1]) + 1
 local fields = {'seq', seq, 'state', ARGV[4], 'status', ARGV[5], 'updated_at', ARGV[6], 'crashes', 0,
                 'deadline', ARGV[7]}
-for i = 13, #ARGV, 2 do
+for i = 14, #ARGV, 2 do
   fields[#fields + 1] = 'm:' .. ARGV[i]
   fields[#fields + 1] = ARGV[i + 1]
 end
@@ -60,7 +65,22 @@ if ARGV[5] ~= 'running' then
   redis.call('DEL', KEYS[4])
   redis.call('HSET', KEYS[1], 'holder', '')
 end
-if #KEYS > 4 then
+local charge = ARGV[13] or ''
+local last = #KEYS  -- the last index key
+if charge ~= '' then
+  last = last - 2
+  if redis.call('HSETNX', KEYS[last + 2], ARGV[3], 1) == 1 then
+    for name, value in string.gmatch(ARGV[12], '([^\n]+)\n([^\n]+)\n') do
+      redis.call('HINCRBY', KEYS[last + 1], 'u:' .. name, value)
+    end
+    local at = tonumber(charge)
+    if at > 0 then
+      redis.call('PEXPIREAT', KEYS[last + 1], at)
+      redis.call('PEXPIREAT', KEYS[last + 2], at)
+    end
+  end
+end
+if last > 4 then
   local run_id = string.match(KEYS[1], '^[^{]*{(.*)}:run$')
   if ARGV[7] ~= '' then
     redis.call('ZADD', KEYS[5], ARGV[7], run_id)
@@ -69,7 +89,7 @@ if #KEYS > 4 then
   end
   if cur[4] ~= ARGV[5] then
     local before, after = ':status:' .. cur[4], ':status:' .. ARGV[5]
-    for i = 6, #KEYS do
+    for i = 6, last do
       if string.sub(KEYS[i], -#before) == before then redis.call('ZREM', KEYS[i], run_id) end
       if string.sub(KEYS[i], -#after) == after then redis.call('ZADD', KEYS[i], ARGV[6], run_id) end
     end

@@ -37,6 +37,7 @@ from urllib.parse import parse_qsl, urlsplit
 from pydantic import JsonValue
 
 from . import _live_embedded as _live
+from ._charge import ScopeCharge, charge_rows
 from ._checkpoint import Checkpointer
 from ._codec import dump_event, dump_json, load_event, load_json, run_from_fields
 from ._paging import PAGE_INDEXES, TOP, RunCursor, page_query
@@ -424,19 +425,32 @@ class EmbeddedStore:
         return run_from_fields(run_id, fields, memory, self._where(run_id, "runs row"))
 
     async def commit(
-        self, run_id: str, *, expected_seq: int, token: int, event: Event
+        self,
+        run_id: str,
+        *,
+        expected_seq: int,
+        token: int,
+        event: Event,
+        scope_charge: ScopeCharge | None = None,
     ) -> CommitOutcome:
         if event.seq != expected_seq + 1:
             raise ValueError(f"event seq {event.seq} does not follow expected seq {expected_seq}")
         outcome = self._transaction(
             f"commit to run {run_id!r}", "BEGIN IMMEDIATE", self._commit, run_id, expected_seq,
-            token, event,
+            token, event, scope_charge,
         )  # fmt: skip
         if self._checkpoints is not None:
             self._checkpoints.due()
         return outcome
 
-    def _commit(self, run_id: str, expected_seq: int, token: int, event: Event) -> CommitOutcome:
+    def _commit(
+        self,
+        run_id: str,
+        expected_seq: int,
+        token: int,
+        event: Event,
+        scope_charge: ScopeCharge | None,
+    ) -> CommitOutcome:
         # One read, then only the writes: the run row, the event, the key, the patch.
         db = self._db
         cur = db.execute(
@@ -483,6 +497,8 @@ class EmbeddedStore:
             )
         db.execute("INSERT INTO events VALUES (?, ?, ?)", (run_id, seq, dump_event(event)))
         add_run_usage(db, run_id, increments(event))
+        if scope_charge is not None:
+            charge_rows(db, scope_charge, event.key, increments(event))
         return Committed(seq=seq)
 
     def _committed_at(self, run_id: str, key: str) -> int | None:

@@ -56,8 +56,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import _live_redis as _live
+from ._charge import ScopeCharge
 from ._codec import dump_event, dump_json, load_event, load_json, run_from_fields
 from ._connection import HeldConnections, send_in_task
+from ._ledger import scope_keys
 from ._paging import TOP, RunCursor, redis_page
 from ._process import provably_dead
 from ._usage import FIELD, lua_increments
@@ -482,11 +484,24 @@ class RedisStore:
         }
         return run_from_fields(run_id, raw, memory, key)
 
+    @property
+    def standalone(self) -> bool:
+        """Whether the server is a standalone Redis (one slot space): not a Cluster."""
+        return bool(self._indexes)
+
     async def commit(
-        self, run_id: str, *, expected_seq: int, token: int, event: Event
+        self,
+        run_id: str,
+        *,
+        expected_seq: int,
+        token: int,
+        event: Event,
+        scope_charge: ScopeCharge | None = None,
     ) -> CommitOutcome:
         if event.seq != expected_seq + 1:
             raise ValueError(f"event seq {event.seq} does not follow expected seq {expected_seq}")
+        if scope_charge is not None and not self.standalone:
+            raise ValueError("a scope charge cannot be part of a commit on Redis Cluster")
         args: list[Any] = [
             expected_seq,
             token,
@@ -500,10 +515,13 @@ class RedisStore:
             dump_event(event),
             "" if event.expires_at is None else repr(event.expires_at),
             lua_increments(event),
+            "" if scope_charge is None else max(int(scope_charge.expires_at * 1000), 0),
         ]
         for name, value in event.patch.items():
             args += [name, dump_json(value, f"memory field {name!r}")]
         keys = self.commit_keys(run_id)
+        if scope_charge is not None:
+            keys += scope_keys(self._prefix, scope_charge.scope, scope_charge.period)
         if event.deadline is not None and not self._indexes:
             # Indexed first: an entry without a commit is harmless.
             await self._index_deadline(run_id, event.deadline)

@@ -31,7 +31,15 @@ from pydantic import BaseModel
 
 from agents import Agent, tool
 from statemachine import RunLocked, RunTakenOver, StepContext
-from storage import CommitOutcome, Committed, Duplicate, Event, RedisStore, open_store
+from storage import (
+    CommitOutcome,
+    Committed,
+    Duplicate,
+    Event,
+    RedisStore,
+    ScopeCharge,
+    open_store,
+)
 
 EXIT_TAKEN_OVER = 3
 
@@ -59,9 +67,17 @@ class CountingStore(RedisStore):
         return store
 
     async def commit(
-        self, run_id: str, *, expected_seq: int, token: int, event: Event
+        self,
+        run_id: str,
+        *,
+        expected_seq: int,
+        token: int,
+        event: Event,
+        scope_charge: ScopeCharge | None = None,
     ) -> CommitOutcome:
-        outcome = await super().commit(run_id, expected_seq=expected_seq, token=token, event=event)
+        outcome = await super().commit(
+            run_id, expected_seq=expected_seq, token=token, event=event, scope_charge=scope_charge
+        )
         self.outcomes[type(outcome).__name__] += 1
         if isinstance(outcome, Committed | Duplicate):
             self.acknowledged.add(event.key)

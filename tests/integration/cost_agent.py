@@ -2,17 +2,21 @@
 
     python -m tests.integration.cost_agent STORE_URL WORKDIR ledger|budget RUN_ID block|normal
     python -m tests.integration.cost_agent STORE_URL WORKDIR scope TENANT FIRST COUNT
+    python -m tests.integration.cost_agent STORE_URL WORKDIR final TENANT COUNT
 
 Every model call appends "start <monotonic>" and "end <monotonic>" lines to WORKDIR/calls.log
 (one `O_APPEND` write each, so processes may share the file). In `block` mode the third call
 touches WORKDIR/blocked and hangs (the test kills the process there). `scope` starts COUNT
 runs of the scope-budgeted agent at once, after printing "ready" and reading a line from stdin.
+`final` runs COUNT scope-budgeted runs at once and SIGKILLs itself right after the first
+final commit returns (before anything else runs), having touched WORKDIR/committed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -132,6 +136,34 @@ def scope_agent(workdir: Path) -> Agent[Chat]:
     return agent
 
 
+def final_kill_agent(workdir: Path) -> Agent[Chat]:
+    """A scope-budgeted agent whose process dies right after a run's final commit."""
+    agent = Agent(
+        name="final_kill", memory=Chat, model=offline_model(workdir, False, pause=0.01),
+        initial="new", final=["done"], lease_ttl=5,
+        scope_budget=Budget(requests=1000, per="day"),
+        budget_scope=lambda m: m.tenant, transitions=steps(3),
+    )  # fmt: skip
+
+    async def die_after_final_commit(record: RunRecord, event: Event, store: Store) -> None:
+        if event.status == "done":
+            (workdir / "committed").write_text(record.run_id)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    agent.after_commit.insert(0, die_after_final_commit)  # before any after-commit charge
+    return agent
+
+
+async def final_kill_runs(url: str, workdir: Path, tenant: str, count: int) -> None:
+    store = open_store(url)
+    agent = final_kill_agent(workdir)
+    runs = [
+        await agent.start(store, Chat(tenant=tenant), run_id=f"{tenant}-{i}") for i in range(count)
+    ]
+    await asyncio.gather(*(r.until_done() for r in runs))
+    raise SystemExit("no run reached its final commit")
+
+
 async def one_run(url: str, workdir: Path, kind: str, run_id: str, mode: str) -> None:
     store = open_store(url)
     make = ledger_agent if kind == "ledger" else budget_agent
@@ -158,7 +190,9 @@ async def scope_runs(url: str, workdir: Path, tenant: str, first: int, count: in
 
 if __name__ == "__main__":
     url, workdir, kind = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
-    if kind == "scope":
+    if kind == "final":
+        asyncio.run(final_kill_runs(url, workdir, sys.argv[4], int(sys.argv[5])))
+    elif kind == "scope":
         asyncio.run(scope_runs(url, workdir, sys.argv[4], int(sys.argv[5]), int(sys.argv[6])))
     else:
         asyncio.run(one_run(url, workdir, kind, sys.argv[4], sys.argv[5]))

@@ -181,3 +181,36 @@ def _most_in_flight(workdir: Path) -> int:
         flying += change
         most = max(most, flying)
     return most
+
+
+async def test_a_kill_right_after_a_final_commit_loses_no_scope_charge(
+    store_url: str, tmp_path: Path
+) -> None:
+    """The charge is part of the commit (embedded, standalone Redis): a process killed
+    between a run's final commit and anything after it leaves the scope's ledger equal to
+    the sum of the runs' usage, with nothing picked up afterwards."""
+    tenant = f"k-{tmp_path.name}"[:60]
+    child = _child(store_url, str(tmp_path), "final", tenant, "4")
+    try:
+        _, err = await asyncio.to_thread(child.communicate, timeout=120)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert child.returncode == -signal.SIGKILL, err.decode()[-3000:]
+    killed = (tmp_path / "committed").read_text()
+    from agents._budget import period_of
+
+    store: Store = open_store(store_url)
+    try:
+        runs = [await store.load(f"{tenant}-{i}") for i in range(4)]
+        scope = await ledger_of(store).scope_usage(tenant, period_of("day", time.time()))
+    finally:
+        await store.close()
+    assert all(r is not None for r in runs)
+    by_id = {r.run_id: r for r in runs if r is not None}
+    assert by_id[killed].status == "done" and by_id[killed].usage["requests"] == 3
+    summed: Counter[str] = Counter()
+    for r in by_id.values():
+        summed.update(r.usage)
+    assert scope == dict(summed)  # the killed run's last charge too, each charge once
+    assert scope["requests"] <= _calls(tmp_path)["end"]  # answered, not all committed

@@ -6,11 +6,24 @@ import asyncio
 import dataclasses
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from redis.crc import key_slot
 
-from storage import Committed, Lease, RedisStore, RunRecord, StoreUnavailable, open_store
+from agents import Agent, Budget
+from agents._budget import period_of
+from storage import (
+    Committed,
+    Lease,
+    RedisStore,
+    RunRecord,
+    ScopeCharge,
+    StoreUnavailable,
+    open_store,
+)
+from storage._charge import charges_in_commit
+from storage._ledger import ledger_of
 from storage.redis import redact
 
 from ..redis_cluster import RedisCluster
@@ -165,5 +178,37 @@ async def test_start_and_the_last_commit_on_a_redis_cluster(redis_cluster: Redis
         assert await store.list_runs(status="running") == []
         again = await store.acquire_lease("c1", "w2", 10)
         assert isinstance(again, Lease) and again.crashes == 0
+    finally:
+        await store.close()
+
+
+async def test_on_a_redis_cluster_a_scope_is_charged_after_the_commit(
+    redis_cluster: RedisCluster, tmp_path: Path
+) -> None:
+    """The scope's keys are in another slot than the run's: no charge rides in the commit
+    (refused if given); the agent's budget charges after it, once per event key."""
+    from ..integration.cost_agent import Chat, offline_model, steps
+
+    store = open_store(f"redis+cluster://127.0.0.1:{redis_cluster.ports[0]}?prefix=clscope")
+    assert isinstance(store, RedisStore) and not charges_in_commit(store)
+    agent = Agent(
+        name="cl_scoped", memory=Chat, model=offline_model(tmp_path, False),
+        initial="new", final=["done"], scope_budget=Budget(requests=50, per="day"),
+        budget_scope=lambda m: m.tenant, transitions=steps(2),
+    )  # fmt: skip
+    try:
+        run = await agent.start(store, Chat(tenant="acme"))
+        await run.until_done()
+        period = period_of("day", time.time())
+        assert await ledger_of(store).scope_usage("acme", period) == run.record.usage
+        assert run.record.usage["requests"] == 2
+        await store.create(new_run("c2"))
+        lease = await store.acquire_lease("c2", "w1", 10)
+        assert isinstance(lease, Lease)
+        with pytest.raises(ValueError, match="Cluster"):
+            await store.commit(
+                "c2", expected_seq=0, token=lease.token, event=event(1),
+                scope_charge=ScopeCharge(scope="acme", period=period),
+            )  # fmt: skip
     finally:
         await store.close()

@@ -9,11 +9,18 @@ a K-step run costs K + 1 round trips.
 from __future__ import annotations
 
 import itertools
+import time
+from typing import Any
 
 from pydantic import BaseModel
+from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart
+from pydantic_ai.models.function import AgentInfo, FunctionModel
+from pydantic_ai.usage import RequestUsage
 
-from agents import Agent, tool
+from agents import Agent, Budget, llm, tool
+from agents._budget import period_of
 from storage import RedisStore
+from storage._ledger import ledger_of
 
 from ..redis_server import RedisServer
 from .roundtrips import count_round_trips
@@ -34,6 +41,10 @@ UNHELD_START = 1
 UNHELD_FIRST_STEP = 2
 """The first step of a run started unheld: lease.lua (acquire, which says the seq: no
 reload), then commit.lua."""
+
+SCOPE_CHECK = 1
+"""What a scope budget adds to a model step: the scope's totals read for the check
+(HGETALL); the charge is made by commit.lua itself, in the step's one commit."""
 
 _ids = itertools.count()
 
@@ -96,3 +107,45 @@ async def test_a_run_started_unheld_takes_its_lease_with_the_first_step(
     finally:
         await store.close()
     assert counted == {"start": UNHELD_START, "first step": UNHELD_FIRST_STEP}
+
+
+async def reply(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+    usage = RequestUsage(input_tokens=5, output_tokens=2)
+    return ModelResponse(parts=[TextPart("ok")], usage=usage)
+
+
+def model_steps(name: str, **budget: Any) -> Agent[Memory]:
+    return Agent(
+        name=name, memory=Memory, model=FunctionModel(reply), initial="s0", final="s2",
+        lease_ttl=60, transitions=[llm(f"a{i}", f"s{i}", f"s{i + 1}", prompt="hi", into="note")
+                                   for i in range(2)], **budget,
+    )  # fmt: skip
+
+
+async def _model_step_trips(store: RedisStore, agent: Agent[Memory]) -> list[int]:
+    wire = count_round_trips(store)
+    await (await agent.start(store, Memory())).until_done()  # loads the scripts
+    run = await agent.start(store, Memory(), hold=True)
+    wire.take()
+    counted = []
+    for _ in range(2):
+        await run.step()
+        counted.append(wire.take())
+    assert run.status == "done"
+    return counted
+
+
+async def test_a_scope_charge_adds_no_round_trip_to_a_commit(redis_server: RedisServer) -> None:
+    scoped = model_steps(
+        "scoped_rt", scope_budget=Budget(requests=100, per="day"), budget_scope=lambda m: "rt"
+    )
+    trips = {}
+    for agent in (model_steps("unscoped_rt"), scoped):
+        store = RedisStore.from_url(redis_server.url, prefix=f"rt{next(_ids)}")
+        try:
+            trips[agent.name] = await _model_step_trips(store, agent)
+            usage = await ledger_of(store).scope_usage("rt", period_of("day", time.time()))
+        finally:
+            await store.close()
+    assert trips["scoped_rt"] == [n + SCOPE_CHECK for n in trips["unscoped_rt"]]
+    assert usage == {"requests": 4, "input_tokens": 20, "output_tokens": 8}  # both runs'

@@ -9,7 +9,8 @@ import itertools
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from storage import Committed, Duplicate, Event, LeaseLost, Store
+from storage import Committed, Duplicate, Event, LeaseLost, ScopeCharge, Store
+from storage._charge import charges_in_commit
 from storage._ledger import ledger_of
 from storage._ratelimit import Bucket, limiter_of
 
@@ -101,6 +102,36 @@ async def test_a_scope_is_charged_once_per_event_key(store: Store) -> None:
     await ledger.set_limits("scope/acme", {"requests": 10, "cost_nusd": 5})
     await ledger.set_limits("scope/acme", {"cost_nusd": None})
     assert await ledger.limits("scope/acme") == {"requests": 10}
+
+
+async def test_a_commit_charges_its_scope_in_the_same_write_once_per_key(store: Store) -> None:
+    assert charges_in_commit(store)  # every backend here: none is a Cluster
+    run = await store.create(dataclasses.replace(new_run(), run_id=f"r{next(_ids)}"))
+    lease = await leased(store, run.run_id)
+    charge = ScopeCharge(scope="acme", period="2026-12-02", expires_at=0)
+    first = _with_usage(event(1, key=f"{run.run_id}:1"), {"requests": 1, "input_tokens": 5})
+    ok = await store.commit(
+        run.run_id, expected_seq=0, token=lease.token, event=first, scope_charge=charge
+    )
+    assert ok == Committed(seq=1)
+    again = await store.commit(
+        run.run_id, expected_seq=0, token=lease.token, event=first, scope_charge=charge
+    )
+    assert again == Duplicate(seq=1)  # refused: charges nothing
+    ledger = ledger_of(store)
+    assert not await ledger.charge_scope("acme", "2026-12-02", first.key, {"requests": 1}, 0)
+    second = _with_usage(event(2, key=f"{run.run_id}:2"), {"requests": 1})
+    assert await ledger.charge_scope("acme", "2026-12-02", second.key, {"requests": 1}, 0)
+    done = dataclasses.replace(second, status="done")  # charged before, by its key: not again
+    assert await store.commit(
+        run.run_id, expected_seq=1, token=lease.token, event=done, scope_charge=charge
+    ) == Committed(seq=2)
+    assert await ledger.scope_usage("acme", "2026-12-02") == {"requests": 2, "input_tokens": 5}
+    stored = await store.load(run.run_id)
+    assert stored is not None and stored.status == "done"
+    assert stored.usage == {"requests": 2, "input_tokens": 5}
+    assert run.run_id in {r.run_id for r in await store.list_runs(status="done")}
+    assert run.run_id not in {r.run_id for r in await store.list_runs(status="running")}
 
 
 async def test_a_rate_limit_gives_the_burst_then_says_how_long_to_wait(store: Store) -> None:
