@@ -69,14 +69,27 @@ def make_agent(workdir: Path, name: str, fail_first: bool) -> Agent[Note]:
 
 
 def _log_pauses(workdir: Path, name: str) -> None:
+    """Log each pause ("pausing" before it is set, "paused" after) and each try for a slot
+    ("slot NAME <start> <end> <1 if granted>"): a try that began after a pause was set and
+    was granted must end after that pause ran out, however late any line is written."""
     for cls in (_RedisLimiter, _EmbeddedLimiter):
-        original = cls.pause
+        original, acquire = cls.pause, cls.acquire
 
         async def pause(self: Any, key: str, seconds: float, original: Any = original) -> None:
+            _log(workdir, "pausing", name, time.monotonic())
             await original(self, key, seconds)
             _log(workdir, "paused", name, time.monotonic())
 
+        async def tried(
+            self: Any, key: str, bucket: Any, holder: str, acquire: Any = acquire
+        ) -> tuple[float, str]:
+            start = time.monotonic()
+            wait, why = await acquire(self, key, bucket, holder)
+            _log(workdir, "slot", name, start, time.monotonic(), int(wait <= 0))
+            return wait, why
+
         cls.pause = pause  # type: ignore[method-assign]
+        cls.acquire = tried  # type: ignore[method-assign]
 
 
 async def main(url: str, workdir: Path, name: str, count: int, fail_first: bool) -> None:

@@ -77,15 +77,18 @@ async def test_a_429_with_retry_after_pauses_every_process(store_url: str, tmp_p
     outs = await asyncio.to_thread(_drive, store_url, tmp_path, 3, True)
     assert outs == ["done done done"] * 3
     [(by, at)] = _lines(tmp_path, "paused")
+    [(_, before)] = _lines(tmp_path, "pausing")
     assert by == "p0"
-    paused = float(at)
-    calls = [(name, float(t)) for name, t in _lines(tmp_path, "call")]
-    # A call that took its slot just before the pause was set may start as it is set.
+    paused, set_after = float(at), float(before)
+    # The pause was set between `set_after` and `paused`: a slot asked for after `paused`
+    # may be granted only once the pause ran out, so its answer comes after set_after + PAUSE.
+    slots = [(n, float(s), float(e)) for n, s, e, ok in _lines(tmp_path, "slot") if ok == "1"]
     during = [
-        (n, round(t - paused, 3)) for n, t in calls if paused + JITTER < t < paused + PAUSE - JITTER
+        (n, round(e - set_after, 3)) for n, s, e in slots if s > paused and e < set_after + PAUSE
     ]
-    assert during == []  # nobody called the model while the key was paused
-    after = {n for n, t in calls if t >= paused + PAUSE - JITTER}
+    assert during == []  # nobody was given a slot while the key was paused
+    calls = [(name, float(t)) for name, t in _lines(tmp_path, "call")]
+    after = {n for n, t in calls if t >= set_after + PAUSE}
     assert after == {"p0", "p1", "p2"}
     paused_waits = {name for name, why in _lines(tmp_path, "wait") if why == "paused"}
     assert paused_waits == {"p0", "p1", "p2"}
