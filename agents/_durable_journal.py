@@ -195,28 +195,42 @@ class Journal(AbstractCapability[Any]):
             return replayed
 
         async def op(ctx: StepContext) -> StepResult[DurableMemory]:
-            if self.gate is not None:
-                await self.gate.admit(None, ctx)  # StepHalted when over the budget
-            try:
-                async with rate_limited(ctx, self.rate_limits, wrapped.model_name, None) as report:
-                    response = await wrapped.request(messages, settings, params)
-                    report(response.usage.input_tokens + response.usage.output_tokens)
-            except Exception:
-                charge(ctx, RunUsage(requests=1))
-                raise
-            spent = charge(
-                ctx,
-                RunUsage(
-                    requests=1,
-                    input_tokens=response.usage.input_tokens,
-                    output_tokens=response.usage.output_tokens,
-                ),
+            return await self.paid_request(
+                ctx, wrapped, request, lambda: wrapped.request(messages, settings, params)
             )
-            sent: list[ModelMessage] = [response] if request is None else [request, response]
-            dumped: list[JsonValue] = ModelMessagesTypeAdapter.dump_python(sent, mode="json")
-            return StepResult(memory=self.run.memory, usage=spent, messages=dumped)
 
         return self.committed_request(request, await self.fire(MODEL_REQUEST, op))
+
+    async def paid_request(
+        self,
+        ctx: StepContext,
+        wrapped: Model,
+        request: ModelRequest | None,
+        send: Callable[[], Awaitable[ModelResponse]],
+    ) -> StepResult[DurableMemory]:
+        """One model request (`send`, plain or streamed) as the model-request step: admitted
+        by the budget, given a rate-limit slot, its usage charged to the transition whether
+        it answers or fails, and what it adds to the conversation."""
+        if self.gate is not None:
+            await self.gate.admit(None, ctx)  # StepHalted when over the budget
+        try:
+            async with rate_limited(ctx, self.rate_limits, wrapped.model_name, None) as report:
+                response = await send()
+                report(response.usage.input_tokens + response.usage.output_tokens)
+        except Exception:
+            charge(ctx, RunUsage(requests=1))
+            raise
+        spent = charge(
+            ctx,
+            RunUsage(
+                requests=1,
+                input_tokens=response.usage.input_tokens,
+                output_tokens=response.usage.output_tokens,
+            ),
+        )
+        sent: list[ModelMessage] = [response] if request is None else [request, response]
+        dumped: list[JsonValue] = ModelMessagesTypeAdapter.dump_python(sent, mode="json")
+        return StepResult(memory=self.run.memory, usage=spent, messages=dumped)
 
     def next_request(
         self, messages: list[ModelMessage]

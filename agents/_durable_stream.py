@@ -22,7 +22,6 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from pydantic import JsonValue
 from pydantic_ai import RunContext
 from pydantic_ai.messages import (
     FinalResultEvent,
@@ -33,14 +32,12 @@ from pydantic_ai.messages import (
 )
 from pydantic_ai.models import Model, ModelRequestParameters, StreamedResponse
 from pydantic_ai.settings import ModelSettings
-from pydantic_ai.usage import RequestUsage, RunUsage
+from pydantic_ai.usage import RequestUsage
 
 from statemachine import StepContext, StepResult
 
 from ._durable_steps import MODEL_REQUEST, DurableMemory
 from ._llm_stream import forward
-from ._ratelimit import rate_limited
-from ._tool_engine import charge
 
 if TYPE_CHECKING:
     from storage import Event
@@ -67,34 +64,17 @@ async def journaled_stream(
     events: asyncio.Queue[ModelResponseStreamEvent | None] = asyncio.Queue()
 
     async def op(ctx: StepContext) -> StepResult[DurableMemory]:
-        if journal.gate is not None:
-            await journal.gate.admit(None, ctx)  # StepHalted when over the budget
-        try:
-            async with (
-                rate_limited(ctx, journal.rate_limits, wrapped.model_name, None) as report,
-                wrapped.request_stream(messages, settings, params, run_context) as stream,
-            ):
-                async for event in stream:
-                    events.put_nowait(event)
-                    forward(ctx.live, event)
-                response = stream.get()
-                report(response.usage.input_tokens + response.usage.output_tokens)
-        except Exception:
-            charge(ctx, RunUsage(requests=1))
-            raise
-        finally:
-            await ctx.live.drain()
-        spent = charge(
-            ctx,
-            RunUsage(
-                requests=1,
-                input_tokens=response.usage.input_tokens,
-                output_tokens=response.usage.output_tokens,
-            ),
-        )
-        sent: list[ModelMessage] = [response] if request is None else [request, response]
-        dumped: list[JsonValue] = ModelMessagesTypeAdapter.dump_python(sent, mode="json")
-        return StepResult(memory=journal.run.memory, usage=spent, messages=dumped)
+        async def send() -> ModelResponse:
+            try:
+                async with wrapped.request_stream(messages, settings, params, run_context) as s:
+                    async for event in s:
+                        events.put_nowait(event)
+                        forward(ctx.live, event)
+                    return s.get()
+            finally:
+                await ctx.live.drain()
+
+        return await journal.paid_request(ctx, wrapped, request, send)
 
     committing = asyncio.create_task(journal.fire(MODEL_REQUEST, op))
     committing.add_done_callback(lambda _: events.put_nowait(None))
