@@ -35,6 +35,7 @@ __all__ = [
     "Store",
     "check_history",
     "check_run_id",
+    "creation_event",
     "json_bytes",
     "live_order",
     "run_key",
@@ -54,6 +55,16 @@ def run_key(run: "RunRecord", *parts: object) -> str:
     keys of steps are built on it by `statemachine._keys`."""
     base = f"{run.run_id}:{run.nonce}" if run.nonce else run.run_id
     return ":".join([base, *map(str, parts)])
+
+
+def creation_event(run: "RunRecord", origin: JsonValue = None) -> "Event":
+    """Event 0 of `run`, as `Store.create` and `Store.start` write it: the whole initial
+    memory as its patch, `origin` as its output."""
+    return Event(
+        seq=0, trigger="start", kind="start", source="", dest=run.state, status=run.status,
+        key=run_key(run, "start"), patch=run.memory, started_at=run.created_at,
+        ended_at=run.created_at, deadline=run.deadline, output=origin,
+    )  # fmt: skip
 
 
 def check_run_id(run_id: str) -> str:

@@ -60,7 +60,7 @@ from .base import (
     RunStatus,
     check_history,
     check_run_id,
-    run_key,
+    creation_event,
 )
 from .errors import StorageError, StoreUnavailable
 
@@ -335,12 +335,7 @@ class EmbeddedStore:
     ) -> tuple[RunRecord, Lease | LeaseHeld | None]:
         check_run_id(run.run_id)
         run = replace(run, seq=0, holder="", crashes=0, usage={})
-        event = Event(
-            seq=0, trigger="start", kind="start", source="", dest=run.state, status=run.status,
-            key=run_key(run, "start"),
-            patch=run.memory, started_at=run.created_at,
-            ended_at=run.created_at, deadline=run.deadline, output=origin,
-        )  # fmt: skip
+        event = creation_event(run, origin)
         what = f"create run {run.run_id!r}"
         raw, lease = self._transaction(
             what, "BEGIN IMMEDIATE", self._write_and_lease, run, event, owner, ttl

@@ -79,7 +79,7 @@ from .base import (
     RunStatus,
     check_history,
     check_run_id,
-    run_key,
+    creation_event,
 )
 from .errors import CorruptData, StorageError, StoreUnavailable
 
@@ -369,20 +369,7 @@ class RedisStore:
     ) -> tuple[RunRecord, Lease | LeaseHeld | None]:
         """One `create.lua` (two when a provably dead holder's lease is taken over)."""
         check_run_id(run.run_id)
-        event = Event(
-            seq=0,
-            trigger="start",
-            kind="start",
-            source="",
-            dest=run.state,
-            status=run.status,
-            key=run_key(run, "start"),
-            patch=run.memory,
-            started_at=run.created_at,
-            ended_at=run.created_at,
-            deadline=run.deadline,
-            output=origin,
-        )
+        event = creation_event(run, origin)
         fields = _run_fields(replace(run, seq=0, holder="", crashes=0, usage={}))
         keys = self._keys(run.run_id, "run", "events", "keys", "lease")
         if self._indexes:
