@@ -21,7 +21,7 @@ NOT_SOURCES = shutil.ignore_patterns(
     ".pytest_cache", ".benchmarks", "build", "dist", ".venv",
 )  # fmt: skip
 MUST_SHIP = [
-    "LICENSE", "README.md", "pyproject.toml", "MANIFEST.in", ".ci/run",
+    "LICENSE", "README.md", "pyproject.toml", "MANIFEST.in", ".ci/run", ".ci/constraints.txt",
     "docs/architecture.md", "docs/reliability.md", "docs/report.png", "bench/README.md",
     "tests/__init__.py", "tests/conftest.py", "tests/programs.py", "tests/redis_server.py",
     "tests/agents/conftest.py", "tests/agents/ticket_agent.py",
@@ -56,7 +56,9 @@ def unpacked(tmp_path_factory: pytest.TempPathFactory) -> Path:
         [sys.executable, "-m", "build", "--sdist", "--no-isolation", "--outdir", str(work)],
         cwd=source, capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
-    assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
+    said = built.stdout + built.stderr
+    assert built.returncode == 0, said[-6000:]
+    assert "would be ignored" not in said, said  # every data folder is part of a package
     [sdist] = work.glob("agentfsm-*.tar.gz")
     with tarfile.open(sdist) as tar:
         tar.extractall(work / "unpacked", filter="data")

@@ -22,12 +22,14 @@ def agentfsm_env(**extra: str) -> dict[str, str]:
 
 
 @contextmanager
-def ui_server(*args: str, timeout: float = 60) -> Iterator[tuple[str, list[str]]]:
+def ui_server(
+    *args: str, timeout: float = 60, launch: tuple[str, ...] = ("-m", "agents")
+) -> Iterator[tuple[str, list[str]]]:
     """Run `agentfsm ui --port 0 ARGS...`; yield its printed URL (with the token) and the
     lines it printed before that (stdout and stderr, which a thread keeps reading). Stops
-    it afterwards."""
+    it afterwards. `launch` is what follows `python` to start the command."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "agents", "ui", "--port", "0", *args],
+        [sys.executable, *launch, "ui", "--port", "0", *args],
         cwd=ROOT, env=agentfsm_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     lines: Queue[str | None] = Queue()
