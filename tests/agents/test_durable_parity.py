@@ -1457,10 +1457,10 @@ async def test_an_output_call_beside_function_calls(store: Store, strategy: Any)
         return agent
 
     plain, _, durable, run_id = await parity(build, store)
-    ran_calls = sum(
+    ran_calls = sum(  # a call whose body ran returns its text (pydantic-ai words the others)
         1 for m in plain.all_messages() for p in m.parts
         if isinstance(p, ToolReturnPart) and p.tool_name == "note"
-        and not str(p.content).startswith("Tool not executed")
+        and p.content in ("first", "second")
     )  # fmt: skip
     triggers = [e.trigger for e in await durable.history(run_id)]
     assert triggers.count("tool_call") == ran_calls  # each function call its own transition
