@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import fields, replace
@@ -19,6 +20,7 @@ from storage import EmbeddedStore, Lease, RedisStore, RunRecord, Store
 from storage.backup import export_runs, import_runs
 
 from ..redis_server import RedisServer
+from ..upstream import first_line
 
 DATASET = [12.1, 11.8, 12.4, 12.0, 11.9, 12.3, 48.7, 12.2, 11.7, 12.1]
 
@@ -151,7 +153,7 @@ async def test_import_skips_runs_the_store_has_and_exports_chosen_runs(
          "line 2: an event before any run"),
         (['{"format": "agentfsm-export", "version": 1}', "not json"], "line 2: Expecting value"),
         (['{"format": "agentfsm-export", "version": 1}', '{"run": {"run_id": "x"}}'],
-         "line 2: 8 validation errors for RunRecord"),
+         f"line 2: {re.escape(first_line(RunRecord, {'run_id': 'x'}))}"),
     ],
 )  # fmt: skip
 async def test_a_bad_export_file_is_refused_naming_the_line(
