@@ -10,8 +10,9 @@ WORKDIR/effects.log, every tool call "{tool}\t{idempotency_key}". Modes:
 - `crash`: `convert` SIGKILLs its own process after logging, before it returns.
 - `gated`: `convert` needs approval; prints "deferred CALL_IDS" when the run parks.
 - `approve`: approves `call-convert` from this process without the agent (as a CLI would).
-- `hang`: like `gated`, but the approved `convert` writes WORKDIR/in-call when it starts
-  and then never returns (the parent kills the process).
+- `hang`: like `gated`, but the approved `convert` writes its key to WORKDIR/in-call when it
+  starts (atomically: a temporary file renamed) and then never returns (the parent kills
+  the process).
 """
 
 from __future__ import annotations
@@ -83,7 +84,9 @@ def make_agent(workdir: Path, mode: str) -> Agent[str, str | DeferredToolRequest
         if mode == "crash":
             os.kill(os.getpid(), signal.SIGKILL)
         if mode == "hang":
-            (workdir / "in-call").write_text(idempotency_key())
+            # Written whole, then renamed: the parent never reads it half-written.
+            (workdir / "in-call.tmp").write_text(idempotency_key())
+            os.replace(workdir / "in-call.tmp", workdir / "in-call")
             await asyncio.Event().wait()
         return round(amount * RATES[currency], 2)
 

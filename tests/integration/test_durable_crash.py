@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from storage import Event, open_store
@@ -117,8 +118,12 @@ async def test_a_crash_inside_an_approved_call_runs_it_once_more_and_only_it(
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     try:
-        while not in_call.exists():  # the readiness signal: the call has started
+        # The readiness signal: the call has started (the child renames the file into place
+        # with its key in it, so it is never seen empty).
+        deadline = time.monotonic() + 60
+        while not in_call.exists():
             assert proc.returncode is None, await proc.stderr.read() if proc.stderr else ""
+            assert time.monotonic() < deadline, "the approved call did not start within 60 s"
             await asyncio.sleep(0.02)
         os.kill(proc.pid, signal.SIGKILL)
     finally:
