@@ -16,6 +16,20 @@ from .redis_server import RedisServer
 _prefixes = itertools.count()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def child_bytecode_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Child Python processes (hundreds in the suite) cache the bytecode they compile.
+
+    Each child imports the project and the test helpers; with PYTHONDONTWRITEBYTECODE set (as
+    many container images do) each one compiled them again, about half a second of CPU per
+    process. The cache lives in a temporary directory: nothing is written into the tree.
+    """
+    with pytest.MonkeyPatch.context() as env:
+        env.delenv("PYTHONDONTWRITEBYTECODE", raising=False)
+        env.setenv("PYTHONPYCACHEPREFIX", str(tmp_path_factory.mktemp("pycache")))
+        yield
+
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     """One redis-server for the session; tests isolate themselves by key prefix."""
