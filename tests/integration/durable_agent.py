@@ -93,13 +93,13 @@ def make_agent(workdir: Path, mode: str) -> Agent[str, str | DeferredToolRequest
     return agent
 
 
-async def main(url: str, run_id: str, workdir: str, mode: str) -> None:
+async def answer(url: str, run_id: str, workdir: str, mode: str) -> str:
+    """What the process prints, one line: the run's output, "deferred ...", or "approved"."""
     store = open_store(url, prefix=PREFIX)
     try:
         if mode == "approve":
             await approve_tool_call(store, run_id, "call-convert")
-            print("approved", flush=True)
-            return
+            return "approved"
         durable = DurableAgent(
             make_agent(Path(workdir), mode), store=store, name="shop", lease_ttl=LEASE_TTL,
         )  # fmt: skip
@@ -111,9 +111,12 @@ async def main(url: str, run_id: str, workdir: str, mode: str) -> None:
         await store.close()
     output = result.output
     if isinstance(output, DeferredToolRequests):
-        print("deferred", " ".join(c.tool_call_id for c in output.approvals), flush=True)
-    else:
-        print(output, flush=True)
+        return " ".join(["deferred", *(c.tool_call_id for c in output.approvals)])
+    return str(output)
+
+
+async def main(url: str, run_id: str, workdir: str, mode: str) -> None:
+    print(await answer(url, run_id, workdir, mode), flush=True)
 
 
 if __name__ == "__main__":
