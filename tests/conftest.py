@@ -20,9 +20,10 @@ _prefixes = itertools.count()
 def child_bytecode_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Child Python processes (hundreds in the suite) cache the bytecode they compile.
 
-    Each child imports the project and the test helpers; with PYTHONDONTWRITEBYTECODE set (as
-    many container images do) each one compiled them again, about half a second of CPU per
-    process. The cache lives in a temporary directory: nothing is written into the tree.
+    Each child imports the project and the test helpers (about 60 modules); with
+    PYTHONDONTWRITEBYTECODE set (as many container images do) each one compiled them again,
+    about 0.07 s of CPU per process (a few per cent of its start-up, most of which is importing
+    pydantic-ai). The cache lives in a temporary directory: nothing is written into the tree.
     """
     with pytest.MonkeyPatch.context() as env:
         env.delenv("PYTHONDONTWRITEBYTECODE", raising=False)
