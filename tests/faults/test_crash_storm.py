@@ -48,9 +48,12 @@ class Size:
     max_kills: int
     within: float
     """Seconds the runs get to finish."""
+    paced: bool = False
+    """Also kill as the runs get done (kill k once k/(max_kills + 1) of them are), so the whole
+    kill budget lands while runs are in flight, however fast the machine finishes them."""
 
 
-CI = Size(runs=100, workers=4, concurrency=12, gap=(0.5, 1.5), max_kills=8, within=120)
+CI = Size(runs=100, workers=4, concurrency=12, gap=(0.5, 1.5), max_kills=8, within=120, paced=True)
 """Each kill cuts short the steps of the up to 12 runs the worker holds, in every phase (before
 a side effect, between it and the commit, tool and LLM steps alike): 8 kills reach each case
 many times over, and the test asserts that they did. More runs and kills only repeat them."""
@@ -131,16 +134,19 @@ def pid_of(owner: str) -> int:
 async def chaos(
     store: RedisStore, ids: list[str], pool: Pool, size: Size, rng: random.Random
 ) -> tuple[int, float]:
-    """Kill a random signed-on worker every `size.gap` seconds (and start a fresh one) until
-    the runs are done or `size.max_kills` were killed; then wait for the rest. Returns the
-    kills and the seconds until every run was done."""
+    """Kill a random signed-on worker every `size.gap` seconds (and, with `size.paced`, as
+    the runs get done), starting a fresh one each time, until the runs are done or
+    `size.max_kills` were killed; then wait for the rest. Returns the kills and the seconds
+    until every run was done."""
     began = time.monotonic()
     next_kill = began + rng.uniform(*size.gap)
-    while await count_done(store, ids) < len(ids):
+    while (done := await count_done(store, ids)) < len(ids):
         assert time.monotonic() - began < size.within, (
-            f"{len(ids) - await count_done(store, ids)} runs not done in {size.within} s"
+            f"{len(ids) - done} runs not done in {size.within} s"
         )
-        if len(pool.killed) < size.max_kills and time.monotonic() >= next_kill:
+        mark = (len(pool.killed) + 1) * len(ids) / (size.max_kills + 1)
+        due = time.monotonic() >= next_kill or (size.paced and done >= mark)
+        if len(pool.killed) < size.max_kills and due:
             candidates = pool.signed_on()
             if candidates:
                 pool.kill(rng.choice(candidates))
