@@ -15,6 +15,7 @@ import json
 import math
 import re
 import tempfile
+import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -564,13 +565,20 @@ async def test_a_worker_parks_a_corrupt_run_instead_of_retrying_it_forever(
 
         worker = Counting(store, [notes], heartbeat=0.1, reclaim_after=0.3, poll=0.1)
         task = asyncio.create_task(worker.run())
-        await asyncio.sleep(2.5)
+        queue = RunQueue(store)
+        give_up = time.monotonic() + 60
+        while True:  # until the good run is done and the bad one parked (or the deadline)
+            good = await store.load("good")
+            dead: list[Any] = list(await store.client.xrange(queue.dead_letters) or [])
+            if good is not None and good.status == "done" and dead:
+                break
+            assert not task.done(), task
+            assert time.monotonic() < give_up, f"not settled in 60 s: tried {Counter(attempts)}"
+            await asyncio.sleep(0.05)
         worker.stop()
         await task
-        good = await store.load("good")
-        assert good is not None and good.status == "done"  # other runs are unaffected
-        queue = RunQueue(store)
-        dead: list[Any] = list(await store.client.xrange(queue.dead_letters) or [])
+        assert good.status == "done"  # other runs are unaffected
+        dead = list(await store.client.xrange(queue.dead_letters) or [])
         assert await queue.pending(["notes"]) == {"notes": 0}, f"tried {Counter(attempts)}"
         assert [f["run"] for _, f in dead] == ["bad"]
         assert store.key("bad", "run") in dead[0][1]["reason"]

@@ -15,6 +15,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import redis
 
 from storage import Event, RedisStore
 
@@ -132,6 +133,19 @@ HOLD_STEPS = 10
 HOLD_TTL = 0.4
 
 
+def lease_expired(url: str, prefix: str, run_id: str) -> None:
+    """Until the run's lease key is gone from Redis (the layout of `RedisStore.key`)."""
+    client = redis.Redis.from_url(url)
+    key = f"{prefix}:{{{run_id}}}:lease"
+    give_up = time.monotonic() + 60
+    try:
+        while client.exists(key):
+            assert time.monotonic() < give_up, f"{key} did not expire in 60 s"
+            time.sleep(0.01)
+    finally:
+        client.close()
+
+
 def stop_in_step(
     url: str, prefix: str, run_id: str, log: Path, taker_pause: str
 ) -> tuple[int, str]:
@@ -148,7 +162,7 @@ def stop_in_step(
         assert holder.stdout is not None and holder.stdin is not None
         assert holder.stdout.readline() == "in t3\n", holder.communicate()[1][-3000:]
         holder.send_signal(signal.SIGSTOP)
-        time.sleep(HOLD_TTL * 1.5)  # its lease expires: nobody renews it
+        lease_expired(url, prefix, run_id)  # nobody renews it
         taker = child("hold", *common, taker_pause, stdin=True)
         assert taker.stdout is not None and taker.stdin is not None
         line = taker.stdout.readline()

@@ -49,7 +49,7 @@ def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, 
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 60  # a busy CI machine
         while True:  # up when its TLS port takes connections
             try:
                 socket.create_connection(("127.0.0.1", port), timeout=0.2).close()

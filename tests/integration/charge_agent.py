@@ -28,8 +28,11 @@ def charge_card(memory: Order, ctx: StepContext) -> str:
     first = not log.exists()
     with open(log, "a") as f:
         f.write(ctx.idempotency_key + "\n")
-    if first:  # the provider charged, but the answer comes too late
-        time.sleep(TIMEOUT * 3)
+    if first:  # the provider charged, but the answer comes too late: once the charge was
+        # retried in this process, or after three timeouts (a retry in another process)
+        give_up = time.monotonic() + TIMEOUT * 3
+        while len(log.read_text().splitlines()) < 2 and time.monotonic() < give_up:
+            time.sleep(0.01)
     return f"paid under {ctx.idempotency_key}"
 
 

@@ -10,8 +10,9 @@ WORKDIR/effects.log, every tool call "{tool}\t{idempotency_key}". Modes:
 - `crash`: `convert` SIGKILLs its own process after logging, before it returns.
 - `gated`: `convert` needs approval; prints "deferred CALL_IDS" when the run parks.
 - `approve`: approves `call-convert` from this process without the agent (as a CLI would).
-- `hang`: like `gated`, but the approved `convert` writes WORKDIR/in-call when it starts
-  and then never returns (the parent kills the process).
+- `hang`: like `gated`, but the approved `convert` writes its key to WORKDIR/in-call when it
+  starts (atomically: a temporary file renamed) and then never returns (the parent kills
+  the process).
 """
 
 from __future__ import annotations
@@ -83,20 +84,22 @@ def make_agent(workdir: Path, mode: str) -> Agent[str, str | DeferredToolRequest
         if mode == "crash":
             os.kill(os.getpid(), signal.SIGKILL)
         if mode == "hang":
-            (workdir / "in-call").write_text(idempotency_key())
+            # Written whole, then renamed: the parent never reads it half-written.
+            (workdir / "in-call.tmp").write_text(idempotency_key())
+            os.replace(workdir / "in-call.tmp", workdir / "in-call")
             await asyncio.Event().wait()
         return round(amount * RATES[currency], 2)
 
     return agent
 
 
-async def main(url: str, run_id: str, workdir: str, mode: str) -> None:
+async def answer(url: str, run_id: str, workdir: str, mode: str) -> str:
+    """What the process prints, one line: the run's output, "deferred ...", or "approved"."""
     store = open_store(url, prefix=PREFIX)
     try:
         if mode == "approve":
             await approve_tool_call(store, run_id, "call-convert")
-            print("approved", flush=True)
-            return
+            return "approved"
         durable = DurableAgent(
             make_agent(Path(workdir), mode), store=store, name="shop", lease_ttl=LEASE_TTL,
         )  # fmt: skip
@@ -108,9 +111,12 @@ async def main(url: str, run_id: str, workdir: str, mode: str) -> None:
         await store.close()
     output = result.output
     if isinstance(output, DeferredToolRequests):
-        print("deferred", " ".join(c.tool_call_id for c in output.approvals), flush=True)
-    else:
-        print(output, flush=True)
+        return " ".join(["deferred", *(c.tool_call_id for c in output.approvals)])
+    return str(output)
+
+
+async def main(url: str, run_id: str, workdir: str, mode: str) -> None:
+    print(await answer(url, run_id, workdir, mode), flush=True)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,9 @@ from statemachine import StepContext
 from storage import open_store
 
 LEASE_TTL = 0.3
-CRASH_RETRIES = 2
+CRASH_RETRIES = 1
+"""One death is retried, the second fails the run: the count carried from one process to the
+next, and the limit, each happen once (more deaths would only repeat them, a process each)."""
 
 
 class Memory(BaseModel):

@@ -1,7 +1,10 @@
 """SIGKILL inside a tool call of a plain pydantic-ai agent run by `DurableAgent`, and inside a
 call that was approved from another process: after a rerun with the same run id in a new
 process the output is an uninterrupted run's, no committed model request is asked again, no
-committed or approved call runs twice, and the killed call runs once more under its key."""
+committed or approved call runs twice, and the killed call runs once more under its key.
+
+What kills nothing (the uninterrupted run to compare with, the approval) runs in the test's own
+process; the agent's runs that a test crashes, parks or resumes each run in a new process."""
 
 from __future__ import annotations
 
@@ -10,10 +13,12 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from storage import Event, open_store
 
+from . import durable_agent
 from .durable_agent import PREFIX
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -58,8 +63,8 @@ async def test_a_crash_inside_a_tool_call_repeats_only_that_call(
 ) -> None:
     clean_dir = tmp_path / "clean"
     clean_dir.mkdir()
-    clean = await asyncio.to_thread(child, store_url, "shop-clean", clean_dir, "normal")
-    assert (clean.returncode, clean.stdout.strip()) == (0, EXPECTED), clean.stderr[-2000:]
+    # The uninterrupted run to compare with: nothing is killed, so this process runs it.
+    assert await durable_agent.answer(store_url, "shop-clean", str(clean_dir), "normal") == EXPECTED
 
     run_id = "shop-1"
     crashed = await asyncio.to_thread(child, store_url, run_id, tmp_path, "crash")
@@ -107,8 +112,8 @@ async def test_a_crash_inside_an_approved_call_runs_it_once_more_and_only_it(
     assert still.stdout.strip() == "deferred call-convert", still.stderr
     assert len(log.read_text().splitlines()) == 2
 
-    approved = await asyncio.to_thread(child, store_url, run_id, tmp_path, "approve")
-    assert (approved.returncode, approved.stdout.strip()) == (0, "approved"), approved.stderr
+    # Approved from another process than the agent's (this one), as a CLI would.
+    assert await durable_agent.answer(store_url, run_id, str(tmp_path), "approve") == "approved"
 
     # The approved call starts, and the process is killed inside it.
     in_call = tmp_path / "in-call"
@@ -117,8 +122,12 @@ async def test_a_crash_inside_an_approved_call_runs_it_once_more_and_only_it(
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     try:
-        while not in_call.exists():  # the readiness signal: the call has started
+        # The readiness signal: the call has started (the child renames the file into place
+        # with its key in it, so it is never seen empty).
+        deadline = time.monotonic() + 60
+        while not in_call.exists():
             assert proc.returncode is None, await proc.stderr.read() if proc.stderr else ""
+            assert time.monotonic() < deadline, "the approved call did not start within 60 s"
             await asyncio.sleep(0.02)
         os.kill(proc.pid, signal.SIGKILL)
     finally:

@@ -25,7 +25,7 @@ def child(url: str, run_id: str, workdir: Path, mode: str) -> subprocess.Popen[b
 
 def kill_inside_second_request(url: str, run_id: str, workdir: Path) -> list[str]:
     blocked = child(url, run_id, workdir, "block")
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60
     while not (workdir / "blocked").exists():
         assert time.monotonic() < deadline and blocked.poll() is None, "never reached request 2"
         time.sleep(0.02)

@@ -173,14 +173,18 @@ class Scratch(BaseModel):
 
 async def test_a_try_abandoned_on_its_timeout_changes_nothing_committed(store: Store) -> None:
     returned = threading.Event()
+    retried = threading.Event()
 
     def slow(m: Scratch, ctx: StepContext) -> str:
         if ctx.attempt == 1:
             m.scratch.append("written by the abandoned try")  # in place, on its own copy
-            time.sleep(2.5)  # past the timeout: this try is abandoned, its thread goes on
+            # Past the timeout: this try is abandoned and its thread goes on, until the next
+            # try has started (a condition, not a time).
+            assert retried.wait(60), "the timed-out try was never retried"
             m.scratch.append("and again, late")
             returned.set()
             return "late result"
+        retried.set()
         return "in time"
 
     def after(m: Scratch) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 from pydantic import BaseModel
@@ -17,11 +18,16 @@ class Count(BaseModel):
     attempts: list[int] = []
 
 
+_hanging: set[str] = set()
+"""Runs whose step `first` hangs in `work` now: the moment `die_during_step` kills it."""
+
+
 def chain(
     *, retries: int = 0, lease_ttl: float = 0.3, hang_first: bool = False, crash_retries: int = 3
 ) -> Agent[Count]:
     async def work(m: Count, ctx: StepContext) -> Count:
         if hang_first and ctx.trigger == "first" and ctx.attempt == 1:
+            _hanging.add(ctx.run_id)
             await asyncio.Event().wait()  # "the process dies here"
         return m.model_copy(update={"n": m.n + 1, "attempts": [*m.attempts, ctx.attempt]})
 
@@ -38,7 +44,12 @@ def chain(
 async def die_during_step(run: Run[Count]) -> None:
     """Start a step and kill it mid-way the way SIGKILL would: no release, no more renewals."""
     task = asyncio.create_task(run.step())
-    await asyncio.sleep(0.05)
+    give_up = time.monotonic() + 60
+    while run.run_id not in _hanging:  # the step has started (not a time: a busy store is slow)
+        assert not task.done(), task
+        assert time.monotonic() < give_up, "the step did not start within 60 s"
+        await asyncio.sleep(0.005)
+    _hanging.discard(run.run_id)
     assert run._keeper.lease is not None
     run._keeper.dropped()  # no more renewals, nothing given back
     task.cancel()

@@ -29,7 +29,7 @@ async def store(redis_server: RedisServer, prefix: str) -> AsyncIterator[RedisSt
 
 async def until(
     condition: Callable[[], Awaitable[bool]],
-    within: float = 10.0,
+    within: float = 60.0,
     show: Callable[[], Awaitable[object]] | None = None,
 ) -> None:
     """Poll `condition` (a store read) until it holds; fail after `within` seconds, saying
@@ -132,7 +132,7 @@ async def test_a_stopped_worker_hands_its_runs_back_and_another_finishes_them(
         return runs, await queue.waiting(["chain"]), await queue.pending(["chain"]), dead
 
     # No waiting for leases or reclaims: the runs were released and handed back.
-    await until(lambda: _all_done(store, ids), within=15, show=progress)
+    await until(lambda: _all_done(store, ids), within=60, show=progress)
     second.stop()
     await task
     keys = [line.split("\t")[0] for line in effects.read_text().splitlines()]

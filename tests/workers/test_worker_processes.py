@@ -66,6 +66,20 @@ async def check_each_step_committed_once(store: RedisStore, ids: list[str]) -> N
         assert [plain(e.key) for e in history[1:]] == [f"{run_id}:{i}:t{i}" for i in range(STEPS)]
 
 
+STOPPING = "stopping: finishing the steps in flight"
+
+
+def read_until(proc: subprocess.Popen[str], words: str) -> str:
+    """The worker's stderr up to the line that holds `words` (or to its end)."""
+    assert proc.stderr is not None
+    lines = []
+    for line in proc.stderr:
+        lines.append(line)
+        if words in line:
+            break
+    return "".join(lines)
+
+
 def executions(effects: Path) -> Counter[str]:
     return Counter(plain(line.split("\t")[0]) for line in effects.read_text().splitlines())
 
@@ -148,7 +162,7 @@ async def test_sigterm_hands_runs_back_and_a_second_signal_exits_at_once(
     graceful.send_signal(signal.SIGTERM)
     out, err = graceful.communicate(timeout=20)
     assert graceful.returncode == 0, err[-2000:]
-    assert "stopping: finishing the steps in flight" in err and "stopped after" in out
+    assert STOPPING in err and "stopped after" in out
     records = [await store.load(i) for i in ids]
     assert all(r is not None and r.holder == "" for r in records)  # released, none left held
     unfinished = [r.run_id for r in records if r is not None and r.status == "running"]
@@ -159,9 +173,12 @@ async def test_sigterm_hands_runs_back_and_a_second_signal_exits_at_once(
     hasty = worker(url, effects, "hasty", sleep=0.4)
     await wait_for_holder(store, ids, "hasty/", within=30)  # it handles signals and is busy
     hasty.send_signal(signal.SIGTERM)
-    await asyncio.sleep(0.05)
+    # The second signal once the first was handled (two pending SIGTERMs would be one).
+    said = await asyncio.wait_for(asyncio.to_thread(read_until, hasty, STOPPING), 60)
+    assert STOPPING in said, said[-2000:]
     hasty.send_signal(signal.SIGTERM)
     _, err = hasty.communicate(timeout=20)
+    err = said + err
     assert hasty.returncode == 128 + signal.SIGTERM and "exiting at once" in err
 
     finisher = worker(url, effects, "finisher", sleep=0.01)
