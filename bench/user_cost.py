@@ -498,11 +498,21 @@ def _build_cg_helper(workdir: str) -> str:
     return str(lib)
 
 
-async def cg_child(steps: int, lib_path: str) -> None:
+async def cg_child(steps: int, lib_path: str, silent: bool) -> None:
     """Under callgrind (instrumentation off at start): run A of `steps` steps and run B of
-    2 x `steps`, both `agent.run` on the no-I/O stub store, each counted on its own."""
+    2 x `steps`, both `agent.run` on the no-I/O stub store, each counted on its own.
+    `silent`: every run's live publisher drops what it is given (to count what it costs)."""
     import ctypes
 
+    if silent:
+        import statemachine._runner as runner
+        from statemachine._live import Publisher
+
+        class Silent(Publisher):
+            def emit(self, base: int, item: dict[str, Any]) -> None:
+                return None
+
+        setattr(runner, "Publisher", Silent)  # noqa: B010 (the runner builds it by this name)
     lib = ctypes.CDLL(lib_path)
     store = StubStore()
     short, long = chain("cga", steps, async_tool), chain("cgb", 2 * steps, async_tool)
@@ -518,7 +528,7 @@ async def cg_child(steps: int, lib_path: str) -> None:
         lib.uc_dump(name)
 
 
-def callgrind_count(steps: int) -> dict[str, float]:
+def callgrind_count(steps: int, *, silent: bool = False) -> dict[str, float]:
     """Instructions per step (and per run, start + end) of agent.run on the stub store:
     (I(run of 2n) - I(run of n)) / n, and I(run of n) - n x that."""
     if shutil.which("valgrind") is None:
@@ -528,7 +538,8 @@ def callgrind_count(steps: int) -> dict[str, float]:
         out = Path(tmp, "cg.out")
         cmd = ["valgrind", "--tool=callgrind", "--instr-atstart=no",
                f"--callgrind-out-file={out}", sys.executable, "-m", "bench.user_cost",
-               "--cg-child", "--cg-steps", str(steps), "--cg-lib", lib]  # fmt: skip
+               "--cg-child", "--cg-steps", str(steps), "--cg-lib", lib,
+               *(["--cg-silent"] if silent else [])]  # fmt: skip
         env = {**_env(), "PYTHONHASHSEED": "0"}
         done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
         if done.returncode != 0:
@@ -638,11 +649,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--cg-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--cg-lib", help=argparse.SUPPRESS)
+    parser.add_argument("--cg-silent", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.steps < 2 or args.run_steps < 2 or args.runs < 1 or args.processes < 1:
         parser.error("--steps and --run-steps must be at least 2, --runs and --processes 1")
     if args.cg_child:
-        asyncio.run(cg_child(args.cg_steps, args.cg_lib))
+        asyncio.run(cg_child(args.cg_steps, args.cg_lib, args.cg_silent))
         return
     if args.child:
         print(json.dumps(asyncio.run(child(args))))
@@ -692,9 +704,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.callgrind or args.callgrind_only:
         print(f"\ncallgrind: agent.run on the no-I/O stub store, async tool steps,"
               f" {platform.python_implementation()} {platform.python_version()}")  # fmt: skip
-        for i in (1, 2):
-            got = callgrind_count(args.cg_steps)
-            print(f"  count {i}: {got['per_step']:,.0f} instructions per step,"
+        for label, silent in (("count 1", False), ("count 2", False),
+                              ("live publisher dropping every item", True)):  # fmt: skip
+            got = callgrind_count(args.cg_steps, silent=silent)
+            print(f"  {label}: {got['per_step']:,.0f} instructions per step,"
                   f" {got['per_run_fixed']:,.0f} per run besides its steps (start + end)"
                   f" [run of {args.cg_steps}: {got['runA']:,}, of {2 * args.cg_steps}:"
                   f" {got['runB']:,}]", flush=True)  # fmt: skip
