@@ -28,9 +28,9 @@ event; the run created by one transaction of two `INSERT`s) and agentfsm on the 
 at the same setting (`sqlite:///`, WAL, `synchronous=NORMAL`).
 
 The machine is shared and drifts: each process measures the rows round by round (`--rounds`;
-a long run and a share of the short runs of every row per round), and `--processes` fresh
-processes run one after another; the tables give the median over processes of each
-process's figures. One private redis-server (no persistence) serves them all.
+a long run of every row per round, then a share of the short runs, one run of each row in
+turn), and `--processes` fresh processes run one after another; the tables give the median
+over processes of each process's figures. One private redis-server (no persistence) serves them all.
 
     python3 bench/user_cost.py [--processes 3] [--steps 1000] [--runs 150] [--run-steps 5]
                                [--rounds 3] [--callgrind | --callgrind-only] [--no-rss]
@@ -373,9 +373,9 @@ async def child(args: argparse.Namespace) -> dict[str, Any]:
                 for row in rows:
                     gc.collect()
                     await row.long(args.steps, rid("long"))
-                for row in rows:
-                    gc.collect()
-                    for _ in range(n_runs):
+                gc.collect()
+                for _ in range(n_runs):  # a run of each row in turn: drift hits all alike
+                    for row in rows:
                         await row.short(args.run_steps, rid("short"))
         finally:
             await embedded.close()
