@@ -383,12 +383,25 @@ async def child(args: argparse.Namespace) -> dict[str, Any]:
             for close in closers:
                 await close()
     await store.close()
+    forget(sync_client, prefix)
     sync_client.close()
     return {
         "rows": {row.name: row.result() for row in rows},
         "floors": {row.name: row.floor for row in rows},
         "skipped": skipped,
     }
+
+
+def forget(client: redis.Redis, prefix: str) -> None:
+    """Delete the keys written under `prefix` (every row's keys start with it)."""
+    batch: list[str] = []
+    for key in client.scan_iter(match=f"{prefix}*", count=1000):
+        batch.append(key)
+        if len(batch) >= 1000:
+            client.unlink(*batch)
+            batch = []
+    if batch:
+        client.unlink(*batch)
 
 
 # ------------------------------------------------------------------------ peak RSS
@@ -398,7 +411,7 @@ import asyncio, json, resource, sys
 from bench._noop_agent import Memory, noop
 from storage import open_store
 async def main():
-    store = open_store(sys.argv[1], prefix="rss")
+    store = open_store(sys.argv[1], prefix=sys.argv[2])
     run = await noop.run(store, Memory(), run_id="rss-agentfsm")
     assert run.status == "done", run.status
     await store.close()
@@ -415,7 +428,7 @@ async def step(state: State) -> State:
     return state.update(count=state["count"] + 1)
 async def main():
     client = aioredis.Redis.from_url(sys.argv[1])
-    persister = AsyncRedisBasePersister(client, namespace="rss")
+    persister = AsyncRedisBasePersister(client, namespace=sys.argv[2])
     app = await (ApplicationBuilder().with_actions(step=step, last=step)
         .with_transitions(("step", "step", expr("count < 4")), ("step", "last", default))
         .initialize_from(persister, resume_at_next_action=True, default_state={"count": 0},
@@ -451,6 +464,7 @@ _SPAWN = ["/bin/sh", "-c", '"$@"; exit $?', "sh"]
 
 
 def peak_rss(url: str) -> list[list[str]]:
+    prefix = f"ucrss{os.getpid()}"
     cases = [("python + redis-py asyncio + pydantic (baseline)", _RSS_BASE, None),
              ("agentfsm: 5-step table agent, agent.run on Redis", _RSS_AGENTFSM, None),
              ("Burr: 5-step app, Redis persister", _RSS_BURR, missing("burr"))]  # fmt: skip
@@ -460,7 +474,7 @@ def peak_rss(url: str) -> list[list[str]]:
             body.append([name, "skipped", "", why, ""])
             continue
         done = subprocess.run(
-            [*_SPAWN, sys.executable, "-c", code + _RSS_TAIL, url], cwd=ROOT, env=_env(),
+            [*_SPAWN, sys.executable, "-c", code + _RSS_TAIL, url, prefix], cwd=ROOT, env=_env(),
             capture_output=True, text=True, timeout=120,
         )  # fmt: skip
         if done.returncode != 0:
@@ -470,6 +484,9 @@ def peak_rss(url: str) -> list[list[str]]:
         hwm = "-" if got["hwm_kb"] is None else f"{got['hwm_kb'] / 1024:.1f}"
         body.append([name, f"{got['rss_kb'] / 1024:.1f}", hwm,
                      "yes" if got["pydantic_ai"] else "no", str(got["modules"])])  # fmt: skip
+    client = redis.Redis.from_url(url, decode_responses=True)
+    forget(client, prefix)
+    client.close()
     return body
 
 
