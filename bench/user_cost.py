@@ -146,34 +146,46 @@ class Row:
     run: RunFn
     floor: str
     gaps: list[int] = field(default_factory=list)
-    runs: list[tuple[int, int, int]] = field(default_factory=list)
-    """(whole run, start, end) in ns."""
+    runs: list[tuple[int, int, int, int]] = field(default_factory=list)
+    """(whole run, start, end, this process's CPU time in it) in ns."""
+    step_cpu: list[tuple[int, int]] = field(default_factory=list)
+    """(steps, this process's CPU ns) of each long run."""
 
     async def long(self, n: int, run_id: str) -> None:
         MARKS.reset()
+        cpu = time.process_time_ns
+        c0 = cpu()
         await self.run(n, run_id)
+        self.step_cpu.append((n, cpu() - c0))
         if len(MARKS.starts) != n:
             raise RuntimeError(f"{self.name}: {len(MARKS.starts)} step bodies ran, not {n}")
         self.gaps += MARKS.gaps()
 
     async def short(self, n: int, run_id: str) -> None:
         MARKS.reset()
-        clock = time.perf_counter_ns
+        clock, cpu = time.perf_counter_ns, time.process_time_ns
+        c0 = cpu()
         t0 = clock()
         await self.run(n, run_id)
         t1 = clock()
+        c1 = cpu()
         if len(MARKS.starts) != n:
             raise RuntimeError(f"{self.name}: {len(MARKS.starts)} step bodies ran, not {n}")
-        self.runs.append((t1 - t0, MARKS.starts[0] - t0, t1 - MARKS.ends[-1]))
+        self.runs.append((t1 - t0, MARKS.starts[0] - t0, t1 - MARKS.ends[-1], c1 - c0))
 
     def result(self) -> dict[str, float]:
         out: dict[str, float] = {}
         if self.gaps:
             out |= {"step_p50": pct(self.gaps, 50), "step_p99": pct(self.gaps, 99)}
+        if self.step_cpu:
+            steps = sum(n for n, _ in self.step_cpu)
+            out["step_cpu"] = sum(c for _, c in self.step_cpu) / steps / 1000
         for i, part in enumerate(("run", "start", "end")):
             if self.runs:
                 values = [r[i] for r in self.runs]
                 out |= {f"{part}_p50": pct(values, 50), f"{part}_p99": pct(values, 99)}
+        if self.runs:
+            out["run_cpu"] = pct([r[3] for r in self.runs], 50)
         return out
 
 
@@ -515,9 +527,14 @@ def _build_cg_helper(workdir: str) -> str:
     return str(lib)
 
 
+SHORT_STEPS, SHORT_RUNS = 5, 100
+"""Callgrind's third count: this many runs of this many steps, counted together."""
+
+
 async def cg_child(steps: int, lib_path: str, silent: bool) -> None:
     """Under callgrind (instrumentation off at start): run A of `steps` steps and run B of
-    2 x `steps`, both `agent.run` on the no-I/O stub store, each counted on its own.
+    2 x `steps`, then SHORT_RUNS runs of SHORT_STEPS, all `agent.run` on the no-I/O stub
+    store, each counted on its own.
     `silent`: every run's live publisher drops what it is given (to count what it costs)."""
     import ctypes
 
@@ -536,6 +553,7 @@ async def cg_child(steps: int, lib_path: str, silent: bool) -> None:
     await short.run(store, Memory(), run_id="warm-a")
     await long.run(store, Memory(), run_id="warm-b")
     gc.collect()
+    gc.freeze()  # what exists now (imports, this script) is never traversed in the counts
     lib.uc_start()
     for name, agent in ((b"runA", short), (b"runB", long)):
         MARKS.reset()
@@ -543,11 +561,20 @@ async def cg_child(steps: int, lib_path: str, silent: bool) -> None:
         lib.uc_zero()
         await agent.run(store, Memory(), run_id=name.decode())
         lib.uc_dump(name)
+    five = chain("cgc", SHORT_STEPS, async_tool)
+    for i in range(3):
+        await five.run(store, Memory(), run_id=f"warm-c{i}")
+    MARKS.reset()
+    gc.collect()
+    lib.uc_zero()
+    for i in range(SHORT_RUNS):
+        await five.run(store, Memory(), run_id=f"runC-{i}")
+    lib.uc_dump(b"runC")
 
 
 def callgrind_count(steps: int, *, silent: bool = False) -> dict[str, float]:
-    """Instructions per step (and per run, start + end) of agent.run on the stub store:
-    (I(run of 2n) - I(run of n)) / n, and I(run of n) - n x that."""
+    """Instructions of agent.run on the stub store: per step (I(run of 2n) - I(run of n)) / n;
+    per SHORT_STEPS-step run, the mean of SHORT_RUNS; and that run's besides its steps."""
     if shutil.which("valgrind") is None:
         raise SystemExit("--callgrind needs valgrind: apt-get install -y valgrind")
     with tempfile.TemporaryDirectory(prefix="agentfsm-cg-") as tmp:
@@ -568,10 +595,12 @@ def callgrind_count(steps: int, *, silent: bool = False) -> dict[str, float]:
             total = re.search(r"^(?:summary|totals): (\d+)", text, re.M)
             if trigger and total:
                 counts[trigger.group(1)] = int(total.group(1))
-        if set(counts) != {"runA", "runB"}:
+        if set(counts) != {"runA", "runB", "runC"}:
             raise SystemExit(f"callgrind dumps not found: {counts}\n{done.stderr[-2000:]}")
     per_step = (counts["runB"] - counts["runA"]) / steps
-    return {"per_step": per_step, "per_run_fixed": counts["runA"] - steps * per_step,
+    per_short = counts["runC"] / SHORT_RUNS
+    return {"per_step": per_step, "per_short_run": per_short,
+            "per_run_fixed": per_short - SHORT_STEPS * per_step,
             "runA": counts["runA"], "runB": counts["runB"]}  # fmt: skip
 
 
@@ -599,14 +628,18 @@ def tables(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
         v, ref = _median(results, row, key), _median(results, floors[row], key)
         return "-" if v is None or not ref else f"{v / ref:.2f}"
 
-    head = ["per step, between step bodies", "p50 µs", "p99 µs", "p50 x floor", "p99 x floor"]
+    head = ["per step, between step bodies", "p50 µs", "p99 µs", "p50 x floor", "p99 x floor",
+            "CPU µs", "CPU x floor"]  # fmt: skip
     body = [[row, num(_median(results, row, "step_p50")), num(_median(results, row, "step_p99")),
-             ratio(row, "step_p50"), ratio(row, "step_p99")] for row in rows]  # fmt: skip
+             ratio(row, "step_p50"), ratio(row, "step_p99"),
+             num(_median(results, row, "step_cpu")), ratio(row, "step_cpu")]
+            for row in rows]  # fmt: skip
     out = [f"Per step: runs of {args.steps:,} steps, {args.rounds} per row and process;"
            " floor = the asyncio EVALSHA floor (embedded: the SQLite WAL floor)", "",
            markdown_table(head, body), ""]  # fmt: skip
     head = ["whole run", "µs p50", "µs p99", "x floor", "start p50", "start p99",
-            "end p50", "end p99", "start x floor", "end x floor"]  # fmt: skip
+            "end p50", "end p99", "start x floor", "end x floor", "CPU µs",
+            "CPU x floor"]  # fmt: skip
     body = []
     for row in rows:
         cells = [row]
@@ -615,6 +648,7 @@ def tables(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
         cells += [num(_median(results, row, k))
                   for k in ("start_p50", "start_p99", "end_p50", "end_p99")]  # fmt: skip
         cells += [ratio(row, "start_p50"), ratio(row, "end_p50")]
+        cells += [num(_median(results, row, "run_cpu")), ratio(row, "run_cpu")]
         body.append(cells)
     out += [f"Whole runs: {args.runs} runs x {args.run_steps} steps per row and process, from"
             " the call to its return; start = call -> first step body starts, end = last step"
@@ -724,10 +758,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         for label, silent in (("count 1", False), ("count 2", False),
                               ("live publisher dropping every item", True)):  # fmt: skip
             got = callgrind_count(args.cg_steps, silent=silent)
-            print(f"  {label}: {got['per_step']:,.0f} instructions per step,"
-                  f" {got['per_run_fixed']:,.0f} per run besides its steps (start + end)"
-                  f" [run of {args.cg_steps}: {got['runA']:,}, of {2 * args.cg_steps}:"
-                  f" {got['runB']:,}]", flush=True)  # fmt: skip
+            print(
+                f"  {label}: {got['per_step']:,.0f} instructions per step;"
+                f" {got['per_short_run']:,.0f} per {SHORT_STEPS}-step run, of which"
+                f" {got['per_run_fixed']:,.0f} besides its steps (start + end)",
+                flush=True,
+            )
     print(f"\ntotal {time.perf_counter() - t_start:.0f} s")
 
 
