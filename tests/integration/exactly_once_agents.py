@@ -7,7 +7,9 @@ SHAPE `tools`: five sync tool steps t0..t4. SHAPE `analysis`: plan (LLM) → cal
 → interpret (LLM) → detect (tool) → report (LLM), the data-analysis shape. Every tool try
 appends "{idempotency_key}\t{trigger}\t{pid}" to WORKDIR/effects.log and every model request
 a line to WORKDIR/requests.log (both fsynced). With `start`, the step named BLOCK_AT prints
-"in BLOCK_AT" and blocks until WORKDIR/go exists (the parent SIGKILLs or SIGSTOPs it there).
+"in BLOCK_AT" and blocks until WORKDIR/go exists (the parent SIGKILLs or SIGSTOPs it there);
+with ONCE_STOP_GATE set, it prints that line only once WORKDIR/stop-now exists and a lease
+renewal has just ended (the moment to SIGSTOP it: no write in flight).
 `resume` calls
 `agent.resume(store, run_id)` + `until_done()` without `lease_wait`, then prints
 "done SECONDS STATUS REFUSED" (time from the call to the end, the run's status, how often the
@@ -47,9 +49,30 @@ def _append(path: Path, line: str) -> None:
         os.fsync(log.fileno())
 
 
+_renewals: list[float] = []
+"""When this process's lease renewals ended (`track_renewals`)."""
+
+
+def _after_a_renewal(workdir: Path) -> None:
+    """With ONCE_STOP_GATE set: wait for WORKDIR/stop-now, then for a lease renewal to end.
+
+    On the embedded store a renewal is a write transaction: a SIGSTOP inside one would leave
+    the store locked by a stopped process (which the store names, instead of letting anyone
+    wait for the lease). Right after a renewal the next one is a third of the TTL away."""
+    if not os.environ.get("ONCE_STOP_GATE"):
+        return
+    give_up = time.monotonic() + 600  # a parent that failed never says when
+    while not (workdir / "stop-now").exists() and time.monotonic() < give_up:
+        time.sleep(0.01)
+    seen = len(_renewals)
+    while len(_renewals) == seen and time.monotonic() < give_up:
+        time.sleep(0.005)
+
+
 def make_agent(shape: str, workdir: Path, block_at: str) -> Agent[Work]:
     def block_if(trigger: str) -> None:
         if trigger == block_at:
+            _after_a_renewal(workdir)
             print(f"in {trigger}", flush=True)
             give_up = time.monotonic() + 600  # a parent that failed never says go
             while not (workdir / "go").exists() and time.monotonic() < give_up:
@@ -105,12 +128,26 @@ def count_refusals(store: Store) -> list[LeaseHeld]:
     return refused
 
 
+def track_renewals(store: Store) -> None:
+    """Note in `_renewals` when each of this process's lease renewals ended."""
+    renew = store.renew_lease
+
+    async def noted(lease: Lease) -> bool:
+        try:
+            return await renew(lease)
+        finally:
+            _renewals.append(time.monotonic())
+
+    store.renew_lease = noted  # type: ignore[method-assign]
+
+
 async def main(command: str, shape: str, url: str, run_id: str, workdir: str, *rest: str) -> None:
     block_at = rest[0] if command == "start" else ""
     agent = make_agent(shape, Path(workdir), block_at)
     store = open_store(url, prefix="once")
     try:
         refused = count_refusals(store)
+        track_renewals(store)
         if os.environ.get("ONCE_RESUME_GATE"):  # started early: go when the parent says
             print("ready", flush=True)
             while not (Path(workdir) / "resume-go").exists():  # noqa: ASYNC110 (a file)

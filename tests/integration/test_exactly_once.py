@@ -154,13 +154,18 @@ def stop_then_resume(url: str, run_id: str, workdir: Path, ttl: float) -> tuple[
     wait for the lease); then let the stopped child go on. The resumer's seconds, how often
     it was refused the lease, and the stopped child's last line."""
     env = {"ONCE_LEASE_TTL": str(ttl)}
-    stopped = spawn("start", "tools", url, run_id, str(workdir), "t2", env=env)
+    stopped = spawn(
+        "start", "tools", url, run_id, str(workdir), "t2", env={**env, "ONCE_STOP_GATE": "1"}
+    )
     resumer = spawn(
         "resume", "tools", url, run_id, str(workdir), env={**env, "ONCE_RESUME_GATE": "1"}
     )
     try:
-        wait_for_line(stopped, "in t2")
         wait_for_line(resumer, "ready")
+        (workdir / "stop-now").touch()
+        # Said right after a lease renewal: no write of its own in flight when it is stopped
+        # (the embedded store would stay locked by a stopped process), none due for ttl/3.
+        wait_for_line(stopped, "in t2")
         stopped.send_signal(signal.SIGSTOP)
         (workdir / "resume-go").touch()
         line = finish(resumer)
@@ -180,11 +185,11 @@ def stop_then_resume(url: str, run_id: str, workdir: Path, ttl: float) -> tuple[
 async def test_a_stopped_holder_is_waited_for_and_its_late_commit_refused(
     store_url: str, tmp_path: Path
 ) -> None:
-    ttl = 8.0  # renewed every ttl/3: whatever the load, seconds of lease left at the stop
+    ttl = 6.0  # stopped right after a renewal: whatever the load, seconds of lease left
     took, refused, late = await asyncio.to_thread(
         stop_then_resume, store_url, "stopped", tmp_path, ttl
     )
-    # It renews every ttl/3, so its lease had about 2/3 of the TTL left when it stopped.
+    # It was stopped right after a renewal, so its lease had about the whole TTL left.
     assert refused >= 1, "a live (stopped) holder's lease was taken at once"
     assert took >= ttl / 3, f"took over after {took:.2f} s: a live holder was not waited for"
     assert late == "taken-over"
