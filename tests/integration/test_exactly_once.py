@@ -100,12 +100,7 @@ async def stored(url: str, run_id: str) -> tuple[RunRecord, list[str], list[str]
     )
 
 
-KILL_IN = ["t0", "t2", "t4"]
-"""The first step (nothing committed but the start), a middle one, the last one (its commit
-ends the run): t1 and t3 are steps like t2, a process each for nothing new."""
-
-
-@pytest.mark.parametrize("block_at", KILL_IN)
+@pytest.mark.parametrize("block_at", TOOLS)
 async def test_a_process_killed_inside_any_step_is_resumed_at_once(
     store_url: str, tmp_path: Path, block_at: str
 ) -> None:
