@@ -59,6 +59,7 @@ from storage import (
     RunRecord,
     RunStatus,
     ScopeCharge,
+    StorageError,
     Store,
     open_store,
 )
@@ -316,6 +317,18 @@ async def drive(
 class StubStore:
     """A `storage.Store` that answers at once and keeps nothing but the run record: the
     runner's own CPU per step, with no I/O and no store encoding."""
+
+    @property
+    def ledger(self) -> Any:
+        raise StorageError("the benchmark's stub store keeps no ledger")
+
+    @property
+    def limiter(self) -> Any:
+        raise StorageError("the benchmark's stub store keeps no rate limits")
+
+    @property
+    def queue(self) -> Any:
+        raise StorageError("the benchmark's stub store keeps no run queue")
 
     def __init__(self) -> None:
         self._runs: dict[str, RunRecord] = {}

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from .base import Store
 
-__all__ = ["DEFAULT_STORE", "open_store"]
+__all__ = ["DEFAULT_STORE", "open_store", "redact"]
 
 DEFAULT_STORE = "sqlite:///.agentfsm/store.db"
 """The embedded default: a file under `.agentfsm/` in the working directory."""
@@ -35,9 +35,17 @@ def open_store(url: str | None = None, *, prefix: str = "agentfsm") -> Store:
         from .embedded import EmbeddedStore
 
         return EmbeddedStore.from_url(url)
-    from .redis import redact
-
     raise ValueError(
         f"unknown store URL {redact(url)!r}: use redis://, rediss://, unix://,"
         " redis+cluster://, sqlite:///PATH or memory://"
     )
+
+
+def redact(url: str) -> str:
+    """`url` with any password replaced by ***, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = f"{parts.username}:***@" if parts.username else ":***@"
+    return urlunsplit(parts._replace(netloc=user + netloc))

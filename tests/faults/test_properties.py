@@ -548,7 +548,7 @@ async def test_a_worker_parks_a_corrupt_run_instead_of_retrying_it_forever(
     redis_server: RedisServer,
 ) -> None:
     from statemachine import Worker
-    from storage.queue import RunQueue
+
 
     store = RedisStore.from_url(redis_server.url, prefix=f"prop{next(_ids)}")
     try:
@@ -569,7 +569,7 @@ async def test_a_worker_parks_a_corrupt_run_instead_of_retrying_it_forever(
         await task
         good = await store.load("good")
         assert good is not None and good.status == "done"  # other runs are unaffected
-        queue = RunQueue(store)
+        queue: Any = store.queue
         dead: list[Any] = list(await store.client.xrange(queue.dead_letters) or [])
         assert await queue.pending(["notes"]) == {"notes": 0}, f"tried {Counter(attempts)}"
         assert [f["run"] for _, f in dead] == ["bad"]

@@ -12,9 +12,9 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 from storage import RedisStore, open_store
-from storage.queue import RunQueue
 
 from ..keys import plain
 from ..redis_cluster import RedisCluster
@@ -130,7 +130,7 @@ async def test_two_workers_on_a_redis_cluster_finish_100_runs_exactly_once(
     assert len(ran) == 100 * STEPS and set(ran.values()) == {1}  # no kills: each step once
     by_worker = Counter(line.split("\t")[1] for line in effects.read_text().splitlines())
     assert len(by_worker) == 2  # both did work
-    slots = {await store.client.cluster_keyslot(store.key(i, "run")) for i in ids[:20]}  # type: ignore[union-attr]
+    slots = {await store.client.cluster_keyslot(store.key(i, "run")) for i in ids[:20]}
     assert len(slots) > 1  # the runs are spread over the cluster
     await store.close()
 
@@ -153,7 +153,7 @@ async def test_sigterm_hands_runs_back_and_a_second_signal_exits_at_once(
     assert all(r is not None and r.holder == "" for r in records)  # released, none left held
     unfinished = [r.run_id for r in records if r is not None and r.status == "running"]
     assert unfinished
-    queue = RunQueue(store)
+    queue: Any = store.queue
     assert (await queue.waiting(["chain"]))["chain"] >= len(unfinished)  # handed back
 
     hasty = worker(url, effects, "hasty", sleep=0.4)

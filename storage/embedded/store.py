@@ -36,15 +36,12 @@ from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import JsonValue
 
-from . import _live_embedded as _live
-from ._charge import ScopeCharge, charge_rows
-from ._checkpoint import Checkpointer
-from ._codec import dump_event, dump_json, load_event, load_json, run_from_fields
-from ._paging import PAGE_INDEXES, TOP, RunCursor, page_query
-from ._process import boot_id, provably_dead
-from ._sqlite_trouble import busy, unwritable
-from ._usage import add_run_usage, create_tables, increments, read_run_usage
-from .base import (
+from .._capabilities import Ledger, Limiter, RunQueue, ScopeCharge
+from .._codec import dump_event, dump_json, load_event, load_json, run_from_fields
+from .._paging import TOP, RunCursor
+from .._process import boot_id, provably_dead
+from .._usage import increments
+from ..base import (
     LIVE_MAXLEN,
     LIVE_TTL,
     CommitOutcome,
@@ -62,7 +59,16 @@ from .base import (
     check_run_id,
     creation_event,
 )
-from .errors import StorageError, StoreUnavailable
+from ..errors import StorageError, StoreUnavailable
+from . import ledger as _ledger
+from . import limiter as _limiter
+from . import live as _live
+from . import queue as _queue
+from ._checkpoint import Checkpointer
+from ._trouble import busy, unwritable
+from .paging import PAGE_INDEXES, page_query
+from .usage import add_run_usage, read_run_usage
+from .usage import create_tables as usage_tables
 
 __all__ = ["EmbeddedStore"]
 
@@ -190,8 +196,7 @@ class EmbeddedStore:
             self._use_wal()
             self._db.execute(f"PRAGMA synchronous={synchronous}")
             self._migrate()
-            self._transaction("set up the usage ledger", "BEGIN IMMEDIATE", create_tables, self._db)
-            _live.create_table(self._db)
+            self._transaction("set up the side tables", "BEGIN IMMEDIATE", self._side_tables)
             for statement in PAGE_INDEXES:
                 self._db.execute(statement)
             self._checkpoints: Checkpointer | None = None
@@ -207,6 +212,24 @@ class EmbeddedStore:
         except BaseException:
             self._db.close()
             raise
+
+    def _side_tables(self) -> None:
+        """The tables beside the runs, created IF NOT EXISTS (no schema version step)."""
+        for create in (usage_tables, _ledger.create_tables, _limiter.create_tables,
+                       _live.create_table, _queue.create_tables):  # fmt: skip
+            create(self._db)
+
+    @property
+    def ledger(self) -> Ledger:
+        return _ledger.EmbeddedLedger(self)
+
+    @property
+    def limiter(self) -> Limiter:
+        return _limiter.EmbeddedLimiter(self)
+
+    @property
+    def queue(self) -> RunQueue:
+        return _queue.EmbeddedQueue(self)
 
     def _use_wal(self) -> None:
         """Switch the file to WAL (it stays so). The switch needs the file to itself and
@@ -391,6 +414,8 @@ class EmbeddedStore:
         return True
 
     async def load(self, run_id: str) -> RunRecord | None:
+        """The run as last committed. (Its history cannot be partial: each commit is one
+        SQLite transaction, which a crash, a full disk or a power loss never splits.)"""
         rows = self._transaction(
             f"load run {run_id!r}", "BEGIN", self._read_runs, f"{_SELECT_RUN} WHERE run_id = ?",
             (run_id,),
@@ -493,7 +518,7 @@ class EmbeddedStore:
         db.execute("INSERT INTO events VALUES (?, ?, ?)", (run_id, seq, dump_event(event)))
         add_run_usage(db, run_id, increments(event))
         if scope_charge is not None:
-            charge_rows(db, scope_charge, event.key, increments(event))
+            _ledger.charge_rows(db, scope_charge, event.key, increments(event))
         return Committed(seq=seq)
 
     def _committed_at(self, run_id: str, key: str) -> int | None:

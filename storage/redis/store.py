@@ -1,0 +1,551 @@
+"""`RedisStore`: runs in Redis, each commit one `EVALSHA` of `scripts/commit.lua`.
+
+Key layout (one hash tag per run, so every per-run script touches one Cluster slot):
+
+    {prefix}:{run_id}:run      hash    agent, version, state, seq, status, created_at,
+                                       updated_at, fence, holder, crashes, m:<field> (JSON)
+    {prefix}:{run_id}:events   stream  one entry per commit, id "<seq>-0" ("0-1" for creation)
+    {prefix}:{run_id}:keys     hash    idempotency key -> seq
+    {prefix}:{run_id}:lease    string  holder, with a TTL
+    {prefix}:runs              zset    run id by creation time
+    {prefix}:agent:<agent>     zset    the agent's run ids by creation time
+    {prefix}:status:<status>   zset    run ids in that status, by when they entered it
+    {prefix}:deadlines         zset    waiting run id by its deadline (see `due`)
+    Beside them, in this folder: the live channel (`live.py`), scope ledgers and set limits
+    (`ledger.py`), rate limits (`limiter.py`), the run queue (`queue.py`).
+
+On standalone Redis the scripts keep the indexes too: `create.lua` and `commit.lua` get their
+keys, so a start and every commit are one round trip. On Cluster the indexes are in other
+slots (`_indexes.py` says how they stay right through any crash).
+A run that ends with retention (`Event.expires_at`) gets its keys expired by Redis then.
+
+Tenants stay apart: a prefix is 1-64 letters, digits, `_`, `.`, `-` (`PREFIX_ALPHABET`),
+so it never holds the `:` that ends it, nor a glob character. Every key of prefix P starts
+with `P:` and no key of another prefix can: no pattern one tenant scans (`P:agent:*`,
+`P:{*}:run`) can match another tenant's keys, and each key a scan finds is parsed again
+before it is used. Prefixes an older agentfsm accepted (with `:`, say) are refused with
+the command that moves their keys (`python -m storage.rekey`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, get_args
+
+import redis.asyncio as aioredis
+from pydantic import JsonValue
+from redis.commands.core import AsyncScript
+
+from .._capabilities import Ledger, Limiter, RunQueue, ScopeCharge
+from .._codec import dump_event, dump_json, load_event, load_json, run_from_fields
+from .._paging import TOP, RunCursor
+from .._process import provably_dead
+from .._usage import FIELD, increments
+from ..base import (
+    LIVE_MAXLEN,
+    LIVE_TTL,
+    CommitOutcome,
+    Committed,
+    Conflict,
+    Duplicate,
+    Event,
+    Lease,
+    LeaseHeld,
+    LeaseLost,
+    LiveEntry,
+    RunRecord,
+    RunStatus,
+    check_history,
+    check_run_id,
+    creation_event,
+)
+from ..errors import CorruptData
+from . import _indexes, _integrity
+from . import live as _live
+from ._connect import Client, check_prefix, close_with_loop, connector
+from ._connection import HeldConnections
+from ._errors import talking
+from ._scripts import script_text
+
+__all__ = ["RedisStore"]
+
+
+class RedisStore:
+    """A `storage.Store` on Redis: standalone (or behind Sentinel) or Cluster.
+
+    Args:
+        client: a `redis.asyncio.Redis` or `redis.asyncio.RedisCluster` created with
+            `decode_responses=True`.
+        prefix: the namespace of every key; one per application or tenant.
+        where: how to name the server in error messages (a URL without its password).
+    """
+
+    live_maxlen = LIVE_MAXLEN
+    live_ttl = LIVE_TTL
+
+    def __init__(
+        self,
+        client: Client,
+        *,
+        prefix: str = "agentfsm",
+        where: str = "redis",
+    ) -> None:
+        self._prefix = check_prefix(prefix)
+        self._where = where
+        self._reconnect: Callable[[], Client] | None = None
+        """How to make a new client (for a new event loop): known for stores from a URL."""
+        self._bound = _Bound.of(client)
+        self._checked = False
+        self._indexes: list[str] = []
+        """The index keys a commit keeps in its own script (deadlines, then runs by each
+        status): on standalone Redis; on Cluster they are in other slots (none here)."""
+        if not isinstance(client, aioredis.RedisCluster):
+            self._indexes = [self._deadlines, *map(self._by_status, get_args(RunStatus))]
+        self._statuses: dict[str, str] = {}
+        """The status each run had when this process last read or wrote it (Cluster: a
+        commit that may change it indexes the new status first; see `_indexes`)."""
+        from .ledger import RedisLedger
+        from .limiter import RedisLimiter
+        from .queue import RedisQueue
+
+        self._ledger = RedisLedger(self)
+        self._limiter = RedisLimiter(self)
+        self._queue = RedisQueue(self)
+
+    def _on_this_loop(self) -> _Bound:
+        """The client and scripts for the running event loop: a redis.asyncio client is bound
+        to the loop it first connected on, so a store used from a new loop (a second
+        `asyncio.run`, a notebook) gets a new client there, when it knows how to make one."""
+        bound = self._bound
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return bound
+        if bound.loop is not loop and bound.loop is not None and self._reconnect is not None:
+            self._bound = bound = _Bound.of(self._reconnect())
+        if bound.loop is None:
+            bound.loop = loop
+            if self._reconnect is not None:  # our own client: it closes with its loop
+                bound.closer = close_with_loop(bound.client)
+        return bound
+
+    @property
+    def _client(self) -> Any:
+        """The client of the running loop. Its replies are `Any`: with `decode_responses=True`
+        they are str, which redis-py's types cannot express."""
+        return self._on_this_loop().client
+
+    def script(self, name: str) -> AsyncScript:
+        """Script `scripts/<name>.lua`, registered with the client of the running loop."""
+        return self._on_this_loop().script(name)
+
+    @classmethod
+    def from_url(cls, url: str, *, prefix: str = "agentfsm", retries: int = 8) -> RedisStore:
+        """Connect lazily to `url`, retrying connection errors and timeouts with jittered
+        exponential backoff, for about 5 s in all (`?retry_for=`) or `retries` tries.
+
+        `redis://host:port/db`, `rediss://` (TLS), `unix:///path.sock`; a Redis Cluster with
+        `redis+cluster://host:port` or `rediss+cluster://` (any node: the others are found
+        from it). A `?prefix=NAME` query sets the key prefix (it wins over `prefix`).
+        A command waits `?socket_timeout=` seconds for its reply (default 3), a connection
+        attempt `?socket_connect_timeout=` (default 2): a server that accepts connections
+        but never answers fails a call with `StoreUnavailable` in about 6 s.
+
+        Connections come from a pool of at most `?max_connections=` (default 500); when all
+        are busy, a command waits for one (up to 20 s) instead of failing, so a process may
+        drive far more runs at once than it has connections.
+
+        Raises `ValueError` for a URL whose path is not a database number or whose options
+        are unknown or not numbers where numbers belong.
+        """
+        connect, prefix, where = connector(url, prefix, retries)
+        store = cls(connect(), prefix=prefix, where=where)
+        store._reconnect = connect
+        return store
+
+    @property
+    def client(self) -> Any:
+        """The `Client` of the running loop (typed `Any`: see `_client`)."""
+        return self._client
+
+    @property
+    def prefix(self) -> str:
+        return self._prefix
+
+    @property
+    def ledger(self) -> Ledger:
+        return self._ledger
+
+    @property
+    def limiter(self) -> Limiter:
+        return self._limiter
+
+    @property
+    def queue(self) -> RunQueue:
+        return self._queue
+
+    def key(self, run_id: str, part: str) -> str:
+        """The Redis key of one part ("run", "events", "keys", "lease") of a run."""
+        return f"{self._prefix}:{{{run_id}}}:{part}"
+
+    def commit_keys(self, run_id: str) -> list[str]:
+        """The keys `commit` sends `commit.lua` (benchmarks send the same)."""
+        return [*self._keys(run_id, "run", "events", "keys", "lease"), *self._indexes]
+
+    def _keys(self, run_id: str, *parts: str) -> list[str]:
+        return [self.key(run_id, p) for p in parts]
+
+    @property
+    def _deadlines(self) -> str:
+        """The sorted set of waiting runs with a deadline, scored by it."""
+        return f"{self._prefix}:deadlines"
+
+    def _by_agent(self, agent: str) -> str:
+        return f"{self._prefix}:agent:{agent}"
+
+    def _by_status(self, status: str) -> str:
+        return f"{self._prefix}:status:{status}"
+
+    @property
+    def standalone(self) -> bool:
+        """Whether the server is a standalone Redis (one slot space): not a Cluster."""
+        return bool(self._indexes)
+
+    async def create(self, run: RunRecord, *, origin: JsonValue = None) -> RunRecord:
+        stored, _ = await self._create_and_lease(run, origin, "", 0)
+        return stored
+
+    async def start(
+        self, run: RunRecord, *, owner: str, ttl: float, origin: JsonValue = None
+    ) -> tuple[RunRecord, Lease | LeaseHeld]:
+        stored, lease = await self._create_and_lease(run, origin, owner, ttl)
+        assert lease is not None
+        return stored, lease
+
+    async def _create_and_lease(
+        self, run: RunRecord, origin: JsonValue, owner: str, ttl: float
+    ) -> tuple[RunRecord, Lease | LeaseHeld | None]:
+        """One `create.lua` (two when a provably dead holder's lease is taken over)."""
+        check_run_id(run.run_id)
+        event = creation_event(run, origin)
+        fields = _run_fields(replace(run, seq=0, holder="", crashes=0, usage={}))
+        keys = self._keys(run.run_id, "run", "events", "keys", "lease")
+        if self._indexes:
+            keys += [f"{self._prefix}:runs", self._by_agent(run.agent)]
+            keys += [self._by_status(run.status), self._deadlines]
+        else:
+            await _indexes.index_run(self, run)  # first: an entry without a run is harmless
+            if run.deadline is not None:
+                await _indexes.index_deadline(self, run.run_id, run.deadline)
+        head = [dump_event(event), event.key, _deadline_arg(run.deadline), owner, _ms(ttl)]
+        tail = [repr(run.created_at), repr(run.updated_at), *fields]
+        dead = ""
+        while True:
+            args = [*head, dead, *tail]
+            bound = self._on_this_loop()
+            async with talking(self, f"create run {run.run_id!r}"):
+                created, got, raw = await bound.run(bound.script("create"), keys, args)
+            lease = self._lease_of(run.run_id, owner, ttl, got) if owner else None
+            if not isinstance(lease, LeaseHeld) or lease.owner == dead:
+                break
+            if not provably_dead(lease.owner):
+                break
+            dead = lease.owner  # take it over, unless it changed hands meanwhile
+        if created:
+            self._statuses[run.run_id] = run.status
+            return (replace(run, holder=owner) if isinstance(lease, Lease) else run), lease
+        stored = dict(zip(raw[::2], raw[1::2], strict=True))
+        return self._decode_run(run.run_id, stored, self.key(run.run_id, "run")), lease
+
+    @staticmethod
+    def _lease_of(run_id: str, owner: str, ttl: float, reply: list[Any]) -> Lease | LeaseHeld:
+        """A lease.lua (or create.lua) acquire reply as a `Lease` or `LeaseHeld`."""
+        token = int(reply[0])
+        if token < 0:
+            return LeaseHeld(
+                run_id=run_id, owner=str(reply[1]), expires_in=max(int(reply[2]), 0) / 1000
+            )
+        seq = int(reply[2]) if len(reply) > 2 else None
+        return Lease(
+            run_id=run_id, owner=owner, token=token, ttl=ttl, crashes=int(reply[1]), seq=seq
+        )
+
+    async def restore(self, run: RunRecord, events: Sequence[Event]) -> bool:
+        check_history(run, events)
+        fields = _run_fields(run)
+        args: list[Any] = [len(fields) // 2, *fields]
+        for e in events:
+            args += ["0-1" if e.seq == 0 else f"{e.seq}-0", dump_event(e), e.key, e.seq]
+        keys = self._keys(run.run_id, "run", "events", "keys")
+        if run.deadline is not None:
+            await _indexes.index_deadline(self, run.run_id, run.deadline)
+        await _indexes.index_run(self, run)  # first: an entry without a run is harmless
+        async with talking(self, f"restore run {run.run_id!r}"):
+            written = await self.script("restore")(keys=keys, args=args)
+        if written and run.expires_at is not None:
+            async with talking(self, f"restore the retention of run {run.run_id!r}"):
+                pipe = self._client.pipeline(transaction=False)
+                _indexes.expire(self, pipe, run.run_id, run.expires_at)
+                await pipe.execute()
+        return bool(written)
+
+    async def load(self, run_id: str) -> RunRecord | None:
+        """The run, checked against what its history still holds in the same round trip
+        (`_integrity`): a run whose events or keys the server lost is refused. Scope charges
+        a crash left pending in the run's slot (Cluster) are made first (`_indexes`)."""
+        key = self.key(run_id, "run")
+        async with talking(self, f"load run {run_id!r}", key=key):
+            pipe = self._client.pipeline(transaction=False)
+            pipe.hgetall(key)
+            pipe.hgetall(self.key(run_id, "charges"))
+            _integrity.ask(pipe, self.key(run_id, "events"), self.key(run_id, "keys"))
+            raw, pending, *kept = await pipe.execute()
+        if pending:
+            await _indexes.settle_charges(self, run_id, pending)
+        if not raw:
+            return None
+        run = self._decode_run(run_id, raw, key)
+        _integrity.check(run, key, kept)
+        return run
+
+    def _decode_run(self, run_id: str, raw: dict[str, str], key: str) -> RunRecord:
+        memory: dict[str, JsonValue] = {
+            name[2:]: load_json(value, f"{key} memory field {name[2:]!r}")
+            for name, value in raw.items()
+            if name.startswith("m:")
+        }
+        run = run_from_fields(run_id, raw, memory, key)
+        self._remember(run_id, run.status)
+        return run
+
+    def _remember(self, run_id: str, status: str) -> None:
+        if len(self._statuses) > 100_000:
+            self._statuses.clear()
+        self._statuses[run_id] = status
+
+    async def commit(
+        self,
+        run_id: str,
+        *,
+        expected_seq: int,
+        token: int,
+        event: Event,
+        scope_charge: ScopeCharge | None = None,
+    ) -> CommitOutcome:
+        if event.seq != expected_seq + 1:
+            raise ValueError(f"event seq {event.seq} does not follow expected seq {expected_seq}")
+        charge = ""
+        if scope_charge is not None and increments(event):
+            # Standalone: charged by the script itself. Cluster: the scope is in another slot;
+            # the script keeps the charge in the run's hash, and it is made just after.
+            charge = (
+                str(max(int(scope_charge.expires_at * 1000), 0)) if self.standalone
+                else _indexes.pending_charge(scope_charge, event)
+            )  # fmt: skip
+        args: list[Any] = [
+            expected_seq,
+            token,
+            event.key,
+            event.dest,
+            event.status,
+            repr(event.ended_at or time.time()),
+            _deadline_arg(event.deadline),
+            "" if event.version is None else event.version,
+            "\n".join(event.dropped),
+            dump_event(event),
+            "" if event.expires_at is None else repr(event.expires_at),
+            _lua_increments(event),
+            charge,
+        ]
+        for name, value in event.patch.items():
+            args += [name, dump_json(value, f"memory field {name!r}")]
+        keys = self.commit_keys(run_id)
+        if charge and scope_charge is not None:
+            keys += (
+                _indexes.scope_keys(self._prefix, scope_charge.scope, scope_charge.period)
+                if self.standalone else [self.key(run_id, "charges")]
+            )  # fmt: skip
+        if not self._indexes:
+            await _indexes.before_commit(self, run_id, event)
+        bound = self._on_this_loop()
+        async with talking(self, f"commit to run {run_id!r}"):
+            verdict, seq, *previous = await bound.run(bound.script("commit"), keys, args)
+        match verdict:
+            case "ok" if self._indexes:  # the script kept them
+                self._remember(run_id, event.status)
+                return Committed(seq=int(seq))
+            case "ok":
+                await _indexes.after_commit(self, run_id, event, previous, charge)
+                self._remember(run_id, event.status)
+                return Committed(seq=int(seq))
+            case "duplicate":
+                return Duplicate(seq=int(seq))
+            case "conflict":
+                return Conflict(current_seq=int(seq))
+            case "lease_lost":
+                return LeaseLost()
+            case _:
+                raise KeyError(run_id)
+
+    async def history(
+        self, run_id: str, from_seq: int = 0, to_seq: int | None = None
+    ) -> list[Event]:
+        key = self.key(run_id, "events")
+        start = "-" if from_seq <= 0 else f"{from_seq}-0"
+        end = "+" if to_seq is None else str(to_seq)  # "N" is every id of N (0-1 too)
+        if to_seq is not None and to_seq < max(from_seq, 0):
+            return []
+        async with talking(self, f"read the history of {run_id!r}", key=key):
+            entries = await self._client.xrange(key, start, end)
+        events = []
+        for entry_id, fields in entries:
+            where = f"{key} entry {entry_id}"
+            if "e" not in fields:
+                raise CorruptData(where, "no event field")
+            events.append(load_event(fields["e"], where))
+        return events
+
+    async def publish(self, run_id: str, entries: Sequence[tuple[int, JsonValue]]) -> None:
+        key = self.key(run_id, "live")
+        async with talking(self, f"publish live items of {run_id!r}"):
+            await _live.publish(self._client, key, entries, self.live_maxlen, self.live_ttl)
+
+    async def live(
+        self, run_id: str, after: str | None = None, *, wait: float = 0.0, limit: int = 1000
+    ) -> list[LiveEntry]:
+        key = self.key(run_id, "live")
+        async with talking(self, f"read live items of {run_id!r}", key=key):
+            return await _live.read(self._client, key, after, wait, limit)
+
+    async def acquire_lease(self, run_id: str, owner: str, ttl: float) -> Lease | LeaseHeld:
+        keys = self._keys(run_id, "run", "lease")
+        dead = ""
+        while True:
+            args: list[Any] = ["acquire", owner, _ms(ttl), 0, dead]
+            async with talking(self, f"lease run {run_id!r}"):
+                reply = await self.script("lease")(keys=keys, args=args)
+            if int(reply[0]) == 0:
+                raise KeyError(run_id)
+            got = self._lease_of(run_id, owner, ttl, reply)
+            if isinstance(got, Lease) or got.owner == dead or not provably_dead(got.owner):
+                return got
+            dead = got.owner  # take it over, unless it changed hands meanwhile
+
+    async def renew_lease(self, lease: Lease) -> bool:
+        keys = self._keys(lease.run_id, "run", "lease")
+        args: list[Any] = ["renew", lease.owner, _ms(lease.ttl), lease.token]
+        async with talking(self, f"renew the lease on {lease.run_id!r}"):
+            ok = await self.script("lease")(keys=keys, args=args)
+        return bool(ok)
+
+    async def release_lease(self, lease: Lease) -> None:
+        keys = self._keys(lease.run_id, "run", "lease")
+        args: list[Any] = ["release", lease.owner, 0, lease.token]
+        async with talking(self, f"release the lease on {lease.run_id!r}"):
+            await self.script("lease")(keys=keys, args=args)
+
+    async def list_runs(
+        self,
+        *,
+        agent: str | None = None,
+        status: RunStatus | None = None,
+        state: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        limit: int = 100,
+        before: RunCursor | None = None,
+        id_contains: str | None = None,
+    ) -> list[RunRecord]:
+        if before is not None or id_contains is not None:
+            return await _indexes.page(
+                self, agent=agent, status=status, state=state, since=since, until=until,
+                limit=limit, before=before or TOP, id_contains=id_contains,
+            )  # fmt: skip
+        return await _indexes.list_runs(
+            self, agent=agent, status=status, state=state, since=since, until=until, limit=limit
+        )
+
+    async def gc(self, now: float) -> int:
+        """Redis expires finished runs itself: this drops index entries of runs gone, and
+        settles what a crash on Cluster left pending (index entries, scope charges)."""
+        return await _indexes.gc(self)
+
+    async def reindex(self) -> int:
+        return await _indexes.reindex(self)
+
+    async def due(self, now: float, *, limit: int = 100) -> list[str]:
+        return await _indexes.due(self, now, limit)
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+
+@dataclass(slots=True)
+class _Bound:
+    """A client, its scripts, and the event loop it is used on (None until first used)."""
+
+    client: Client
+    scripts: dict[str, AsyncScript]
+    loop: asyncio.AbstractEventLoop | None = None
+    closer: AsyncGenerator[None, None] | None = None
+    held: HeldConnections | None = None
+    """Connections kept for the hot path's scripts (standalone Redis; None on Cluster)."""
+
+    @classmethod
+    def of(cls, client: Client) -> _Bound:
+        bound = cls(client, {})
+        if not isinstance(client, aioredis.RedisCluster):
+            bound.held = HeldConnections(client.connection_pool)
+        return bound
+
+    def script(self, name: str) -> AsyncScript:
+        """`scripts/<name>.lua`, registered with this client once."""
+        found = self.scripts.get(name)
+        if found is None:
+            found = self.scripts[name] = self.client.register_script(script_text(name))
+        return found
+
+    def run(self, script: AsyncScript, keys: list[str], args: list[Any]) -> Awaitable[Any]:
+        """`script(keys, args)`, on a held connection where there are some."""
+        ordinary = functools.partial(script, keys=keys, args=args)
+        if self.held is None:
+            return ordinary()
+        return self.held.evalsha(script, keys, args, ordinary)
+
+
+def _run_fields(run: RunRecord) -> list[Any]:
+    """The run hash's fields and values, flat, as `create.lua` and `restore.lua` take them."""
+    fields: list[Any] = [
+        "agent", run.agent, "version", run.version, "state", run.state, "seq", run.seq,
+        "status", run.status, "created_at", repr(run.created_at),
+        "updated_at", repr(run.updated_at), "fence", 0, "holder", run.holder,
+        "crashes", run.crashes, "nonce", run.nonce,
+    ]  # fmt: skip
+    if run.deadline is not None:
+        fields += ["deadline", repr(run.deadline)]
+    if run.expires_at is not None:
+        fields += ["expires_at", repr(run.expires_at)]
+    if run.trace:
+        fields += ["trace", run.trace]
+    for name, value in run.memory.items():
+        fields += [f"m:{name}", dump_json(value, f"memory field {name!r}")]
+    for name, total in run.usage.items():
+        fields += [f"{FIELD}{name}", total]
+    return fields
+
+
+def _deadline_arg(deadline: float | None) -> str:
+    return "" if deadline is None else repr(deadline)
+
+
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
+
+
+def _lua_increments(event: Event) -> str:
+    """The event's usage increments as `commit.lua` takes them: "name\\nvalue\\n..."."""
+    return "".join(f"{name}\n{value}\n" for name, value in increments(event).items())
