@@ -3,8 +3,8 @@
     RuntimeError
      └── StorageError            anything a store cannot do
           ├── StoreUnavailable   the server cannot be reached (after retries)
-          ├── CorruptData        stored bytes that are not what we wrote; names the key
-          └── HistoryLost        a run whose stored history is incomplete: refused
+          └── CorruptData        stored bytes that are not what we wrote; names the key
+               └── HistoryLost   a run whose stored history is incomplete: refused
     ValueError
      └── Unstorable              a value that would not read back equal (NaN, too deep, ...)
 
@@ -37,21 +37,23 @@ class CorruptData(StorageError):
         self.problem = problem
 
 
-class HistoryLost(StorageError):
+class HistoryLost(CorruptData):
     """A run's record says more was committed than its stored history holds (events or
     idempotency records evicted, or rolled back by a failover or a restart). The run is
-    refused, never resumed on a partial history: its committed steps could run again."""
+    refused, never resumed on a partial history: its committed steps could run again (a
+    worker parks its job, as for any `CorruptData`)."""
 
     def __init__(self, run_id: str, key: str, missing: str) -> None:
-        super().__init__(
+        StorageError.__init__(
+            self,
             f"run {run_id!r} ({key}) is incomplete: {missing}. It is not resumed on a partial"
             " history. Restore it from a backup (`agentfsm export` taken before the loss, then"
             " `agentfsm import` into a store without this run), and keep the server from"
-            " losing data again (maxmemory-policy noeviction, appendonly yes)"
+            " losing data again (maxmemory-policy noeviction, appendonly yes)",
         )
         self.run_id = run_id
         self.key = key
-        self.missing = missing
+        self.problem = self.missing = missing
 
 
 class Unstorable(ValueError):

@@ -59,7 +59,7 @@ from ..base import (
     check_run_id,
     creation_event,
 )
-from ..errors import StorageError, StoreUnavailable
+from ..errors import HistoryLost, StorageError, StoreUnavailable
 from . import ledger as _ledger
 from . import limiter as _limiter
 from . import live as _live
@@ -414,13 +414,34 @@ class EmbeddedStore:
         return True
 
     async def load(self, run_id: str) -> RunRecord | None:
-        """The run as last committed. (Its history cannot be partial: each commit is one
-        SQLite transaction, which a crash, a full disk or a power loss never splits.)"""
-        rows = self._transaction(
-            f"load run {run_id!r}", "BEGIN", self._read_runs, f"{_SELECT_RUN} WHERE run_id = ?",
+        """The run, checked against its history in the same snapshot (two index lookups): a
+        run whose events or keys are missing (a file restored half-way, rows deleted by
+        hand) is refused with `HistoryLost`, never resumed on a partial history."""
+        rows, (first, last, keys) = self._transaction(
+            f"load run {run_id!r}", "BEGIN", self._read_checked, run_id
+        )
+        if not rows:
+            return None
+        run = self._decode(rows[0])
+        if not first or last != run.seq or not keys:
+            kept = f"events up to seq {last}" + ("" if first else " without event 0")
+            raise HistoryLost(
+                run_id, self._where(run_id, "events"),
+                f"it holds {kept if last >= 0 else 'no events'}, not 0..{run.seq}"
+                + ("" if keys else ", and no idempotency keys"),
+            )  # fmt: skip
+        return run
+
+    def _read_checked(self, run_id: str) -> tuple[list[_RawRun], tuple[bool, int, bool]]:
+        """The run's rows, and what its history holds (each an index lookup, not a scan)."""
+        rows = self._read_runs(f"{_SELECT_RUN} WHERE run_id = ?", (run_id,))
+        first, last, keys = self._db.execute(
+            "SELECT EXISTS (SELECT 1 FROM events WHERE run_id = ?1 AND seq = 0),"
+            " coalesce((SELECT max(seq) FROM events WHERE run_id = ?1), -1),"
+            " EXISTS (SELECT 1 FROM keys WHERE run_id = ?1)",
             (run_id,),
-        )  # fmt: skip
-        return self._decode(rows[0]) if rows else None
+        ).fetchone()
+        return rows, (bool(first), int(last), bool(keys))
 
     def _read_runs(self, query: str, params: tuple[Any, ...]) -> list[_RawRun]:
         """Runs rows, their memory rows and usage totals, in one snapshot: never a torn run."""

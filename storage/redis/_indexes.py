@@ -17,9 +17,11 @@ order that no crash can turn into a missing entry:
 
 Scope charges on Cluster: the scope's ledger is in another slot than the run, so
 `commit.lua` writes the charge into the run's slot, `{prefix}:{run_id}:charges` (event key ->
-JSON), in the commit's own atomic write. The charge is made (idempotently, by the event key:
+JSON), in the commit's own atomic write; the run's id is added to `{prefix}:charging` (a set)
+before the commit. The charge is made (idempotently, by the event key:
 `scripts/scope_charge.lua`) and the entry deleted right after the commit, or, after a crash,
-by the next `load` of the run or the next `gc`: it lands exactly once.
+before the next read of any scope's usage (which settles the runs in `charging` first), by
+the next `load` of the run, or by `gc`: it lands exactly once, and before anyone reads it.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ __all__ = [
     "reindex",
     "scope_keys",
     "settle_charges",
+    "settle_pending",
 ]
 
 log = logging.getLogger("agentfsm.storage")
@@ -101,11 +104,11 @@ def pending_charge(charge: ScopeCharge, event: Event) -> str:
     )  # fmt: skip
 
 
-async def before_commit(store: RedisStore, run_id: str, event: Event) -> None:
+async def before_commit(store: RedisStore, run_id: str, event: Event, charge: str) -> None:
     """Cluster: the entries a commit will need, added first (none in most commits: the
-    status is the one this process last saw, and there is no new deadline)."""
+    status is the one this process last saw, there is no new deadline and no charge)."""
     fresh = store._statuses.get(run_id) != event.status
-    if event.deadline is None and not fresh:
+    if event.deadline is None and not fresh and not charge:
         return
     async with talking(store, f"index run {run_id!r}"):
         pipe = store.client.pipeline(transaction=False)
@@ -113,7 +116,27 @@ async def before_commit(store: RedisStore, run_id: str, event: Event) -> None:
             pipe.zadd(store._deadlines, {run_id: event.deadline})
         if fresh:
             pipe.zadd(store._by_status(event.status), {run_id: event.ended_at or time.time()})
+        if charge:
+            pipe.sadd(_charging(store), run_id)
         await pipe.execute()
+
+
+def _charging(store: RedisStore) -> str:
+    """The runs whose commits may have left a scope charge in their slot (Cluster)."""
+    return f"{store.prefix}:charging"
+
+
+async def settle_pending(store: RedisStore) -> None:
+    """Cluster: make every scope charge a crash left pending (before a scope's usage is read)."""
+    if store.standalone:
+        return
+    async with talking(store, "settle scope charges"):
+        ids: list[str] = list(await store.client.smembers(_charging(store)))
+    for run_id in ids:
+        key = store.key(run_id, "charges")
+        async with talking(store, "settle scope charges", key=key):
+            pending: dict[str, str] = await store.client.hgetall(key)
+        await settle_charges(store, run_id, pending)
 
 
 async def after_commit(
@@ -151,6 +174,10 @@ async def settle_charges(store: RedisStore, run_id: str, pending: dict[str, str]
         async with talking(store, f"charge scope {item['scope']!r}"):
             await store.script("scope_charge")(keys=keys, args=args)
             await store.client.hdel(key, event_key)
+    if not store.standalone:
+        async with talking(store, "settle scope charges"):
+            if not await store.client.exists(key):  # a newer commit's charge keeps it listed
+                await store.client.srem(_charging(store), run_id)
 
 
 async def page(

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._capabilities import ScopeLedger
 from ._errors import talking
-from ._indexes import glob, scope_keys
+from ._indexes import glob, scope_keys, settle_pending
 
 if TYPE_CHECKING:
     from .store import RedisStore
@@ -33,6 +33,7 @@ class RedisLedger:
         return f"{self._store.prefix}:{{$limits:{subject}}}"
 
     async def scope_usage(self, scope: str, period: str) -> dict[str, int]:
+        await settle_pending(self._store)  # Cluster: charges a crash left in runs' slots
         key = scope_keys(self._store.prefix, scope, period)[0]
         async with talking(self._store, "read a scope's usage", key=key):
             raw: dict[str, str] = await self._store.client.hgetall(key)
@@ -83,6 +84,7 @@ class RedisLedger:
         return found
 
     async def scope_ledgers(self) -> list[ScopeLedger]:
+        await settle_pending(self._store)
         prefix = self._store.prefix
         client = self._store.client
         pattern = re.compile(re.escape(prefix) + r":\{\$scope:(.+):([^:]*)\}:usage")

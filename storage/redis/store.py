@@ -370,7 +370,7 @@ class RedisStore:
                 if self.standalone else [self.key(run_id, "charges")]
             )  # fmt: skip
         if not self._indexes:
-            await _indexes.before_commit(self, run_id, event)
+            await _indexes.before_commit(self, run_id, event, charge)
         bound = self._on_this_loop()
         async with talking(self, f"commit to run {run_id!r}"):
             verdict, seq, *previous = await bound.run(bound.script("commit"), keys, args)

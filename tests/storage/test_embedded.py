@@ -28,7 +28,7 @@ from storage import (
 from storage.embedded import SCHEMA_VERSION
 from storage.embedded._checkpoint import Checkpointer
 
-from .test_conformance import event, new_run
+from .conformance.test_runs import event, new_run
 
 
 async def leased(store: EmbeddedStore, owner: str, ttl: float = 10) -> Lease:
@@ -126,6 +126,9 @@ V1_SCHEMA = [  # the first released schema, before deadlines
     "INSERT INTO runs (run_id, agent, version, state, seq, status, created_at, updated_at)"
     " VALUES ('old', 'tester', 1, 'a', 0, 'running', 1.0, 1.0)",
     "INSERT INTO memory VALUES ('old', 'n', '0')",
+    'INSERT INTO events VALUES (\'old\', 0, \'{"seq": 0, "trigger": "start", "kind": "start",'
+    ' "source": "", "dest": "a", "status": "running", "key": "old:start"}\')',
+    "INSERT INTO keys VALUES ('old', 'old:start', 0)",
     "PRAGMA user_version=1",
 ]
 

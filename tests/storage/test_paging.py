@@ -16,7 +16,7 @@ from storage import Committed, RunRecord, RunStatus, Store, cursor_of, open_stor
 from storage.embedded import paging as embedded_paging
 from storage.redis import paging
 
-from .test_conformance import event, leased, new_run
+from .conformance.test_runs import event, leased, new_run
 
 _AGENTS = ("alpha", "beta")
 _STATUSES: tuple[RunStatus, ...] = ("running", "waiting", "done", "failed")

@@ -26,8 +26,8 @@ from storage.redis import redact
 
 from ..redis_cluster import RedisCluster
 from ..redis_server import RedisServer, free_port
+from .conformance.test_runs import event, new_run
 from .roundtrips import count_round_trips
-from .test_conformance import event, new_run
 
 
 async def test_every_key_of_a_run_is_in_one_cluster_slot(redis_store: RedisStore) -> None:

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from storage import Committed, Duplicate, Event, LeaseLost, ScopeCharge, Store
 from storage._capabilities import Bucket
 
-from .test_conformance import event, leased, new_run
+from .conformance.test_runs import event, leased, new_run
 
 _ids = itertools.count()
 _USAGE = st.dictionaries(
