@@ -10,6 +10,7 @@ everything the Store contract asks beside runs, each in a module of its own:
     _trouble.py     why a file cannot be used (who holds its lock, what is read-only)
 """
 
-from .store import SCHEMA_VERSION, EmbeddedStore
+from ._schema import SCHEMA_VERSION
+from .store import EmbeddedStore
 
 __all__ = ["SCHEMA_VERSION", "EmbeddedStore"]

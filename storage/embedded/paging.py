@@ -7,9 +7,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .._paging import RunCursor
+from .._paging import TOP, RunCursor
 
-__all__ = ["PAGE_INDEXES", "page_query"]
+__all__ = ["PAGE_INDEXES", "list_query", "page_query"]
 
 PAGE_INDEXES = [
     "CREATE INDEX IF NOT EXISTS runs_page ON runs (created_at, run_id)",
@@ -62,3 +62,30 @@ def page_query(
 
 def _sql_float(value: float) -> float:
     return 1e308 if value == math.inf else value
+
+
+def list_query(
+    select: str,
+    *,
+    agent: str | None,
+    status: str | None,
+    state: str | None,
+    since: float | None,
+    until: float | None,
+    limit: int,
+    before: RunCursor | None,
+    id_contains: str | None,
+) -> tuple[str, tuple[Any, ...]]:
+    """The SQL of `Store.list_runs`: a keyset page (`page_query`) with `before` or
+    `id_contains`, else the most recently updated runs that pass the filters."""
+    if before is not None or id_contains is not None:
+        return page_query(
+            select, agent=agent, status=status, state=state, since=since, until=until,
+            before=before or TOP, limit=limit, id_contains=id_contains,
+        )  # fmt: skip
+    query = (
+        f"{select} WHERE (?1 IS NULL OR agent = ?1) AND (?2 IS NULL OR status = ?2)"
+        " AND (?3 IS NULL OR state = ?3) AND (?4 IS NULL OR updated_at >= ?4)"
+        " AND (?5 IS NULL OR updated_at < ?5) ORDER BY updated_at DESC LIMIT ?6"
+    )
+    return query, (agent, status, state, since, until, max(min(limit, 2**62), 0))

@@ -37,9 +37,8 @@ from urllib.parse import parse_qsl, urlsplit
 from pydantic import JsonValue
 
 from .._capabilities import Ledger, Limiter, RunQueue, ScopeCharge
-from .._codec import dump_event, dump_json, load_event, load_json, run_from_fields
-from .._paging import TOP, RunCursor
-from .._process import boot_id, provably_dead
+from .._codec import dump_event, dump_json, load_event
+from .._paging import RunCursor
 from .._usage import increments
 from ..base import (
     LIVE_MAXLEN,
@@ -65,9 +64,24 @@ from . import limiter as _limiter
 from . import live as _live
 from . import queue as _queue
 from ._checkpoint import Checkpointer
+from ._leases import acquire, lease_clock
+from ._rows import RawRun, decode, insert_run, read_checked, read_runs
+from ._schema import (
+    SCHEMA_VERSION,
+    SELECT_RUN,
+    UPDATE_RUN,
+    UPDATE_RUN_ENDED,
+    UPDATE_RUN_STATUS,
+    UPDATE_RUN_STATUS_ENDED,
+    check_indexes,
+    collect,
+    create_schema,
+    foreign,
+    upgradable,
+)
 from ._trouble import busy, unwritable
-from .paging import PAGE_INDEXES, page_query
-from .usage import add_run_usage, read_run_usage
+from .paging import PAGE_INDEXES, list_query
+from .usage import add_run_usage
 from .usage import create_tables as usage_tables
 
 __all__ = ["EmbeddedStore"]
@@ -76,86 +90,8 @@ P = ParamSpec("P")
 T = TypeVar("T")
 Synchronous: TypeAlias = Literal["NORMAL", "FULL"]
 
-SCHEMA_VERSION = 6
-_QUERY_INDEXES = [
-    # On columns a commit rarely changes, so that most commits write no index page: the
-    # status index only when the status changes (the commit leaves `status` out of its
-    # UPDATE otherwise), the agent index never. Listings sort what they pick by updated_at.
-    "CREATE INDEX runs_by_agent ON runs (agent)",
-    "CREATE INDEX runs_by_status ON runs (status)",
-    "CREATE INDEX runs_by_expiry ON runs (expires_at) WHERE expires_at IS NOT NULL",
-]
-_SCHEMA = [
-    """CREATE TABLE runs (
-        run_id TEXT PRIMARY KEY, agent TEXT NOT NULL, version INTEGER NOT NULL,
-        state TEXT NOT NULL, seq INTEGER NOT NULL, status TEXT NOT NULL,
-        created_at REAL NOT NULL, updated_at REAL NOT NULL, fence INTEGER NOT NULL DEFAULT 0,
-        holder TEXT NOT NULL DEFAULT '', crashes INTEGER NOT NULL DEFAULT 0,
-        lease_owner TEXT NOT NULL DEFAULT '', lease_expires REAL NOT NULL DEFAULT 0,
-        deadline REAL, expires_at REAL, nonce TEXT NOT NULL DEFAULT '',
-        lease_boot TEXT NOT NULL DEFAULT '', trace TEXT NOT NULL DEFAULT ''
-    )""",
-    "CREATE INDEX runs_by_deadline ON runs (deadline) WHERE deadline IS NOT NULL",
-    *_QUERY_INDEXES,
-    """CREATE TABLE memory (
-        run_id TEXT NOT NULL, name TEXT NOT NULL, json TEXT NOT NULL, PRIMARY KEY (run_id, name)
-    ) WITHOUT ROWID""",
-    """CREATE TABLE events (
-        run_id TEXT NOT NULL, seq INTEGER NOT NULL, json TEXT NOT NULL, PRIMARY KEY (run_id, seq)
-    ) WITHOUT ROWID""",
-    """CREATE TABLE keys (
-        run_id TEXT NOT NULL, key TEXT NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (run_id, key)
-    ) WITHOUT ROWID""",
-]
-_RUN_COLUMNS = ("agent", "version", "state", "seq", "status", "created_at", "updated_at",
-                "holder", "crashes", "deadline", "nonce", "expires_at", "trace")  # fmt: skip
-_UPGRADES = {
-    1: [  # version 2: deadlines of waiting runs
-        "ALTER TABLE runs ADD COLUMN deadline REAL",
-        "CREATE INDEX runs_by_deadline ON runs (deadline) WHERE deadline IS NOT NULL",
-    ],
-    2: [  # version 3: retention, queries
-        "ALTER TABLE runs ADD COLUMN expires_at REAL",
-        "CREATE INDEX runs_by_agent ON runs (agent, updated_at)",
-        "CREATE INDEX runs_by_status ON runs (status, updated_at)",
-        "CREATE INDEX runs_by_expiry ON runs (expires_at) WHERE expires_at IS NOT NULL",
-    ],
-    3: [  # version 4: run nonces; leases on the monotonic clock (wall-clock ones lapse)
-        "ALTER TABLE runs ADD COLUMN nonce TEXT NOT NULL DEFAULT ''",
-        "ALTER TABLE runs ADD COLUMN lease_boot TEXT NOT NULL DEFAULT ''",
-        "UPDATE runs SET lease_expires = 0",
-    ],
-    4: [  # version 5: no index on updated_at, which every commit changes
-        "DROP INDEX runs_by_update",
-        "DROP INDEX runs_by_agent",
-        "DROP INDEX runs_by_status",
-        "CREATE INDEX runs_by_agent ON runs (agent)",
-        "CREATE INDEX runs_by_status ON runs (status)",
-    ],
-    5: [  # version 6: each run's trace context (its W3C traceparent)
-        "ALTER TABLE runs ADD COLUMN trace TEXT NOT NULL DEFAULT ''",
-    ],
-}
-"""Statements that take a file of schema version N to N + 1."""
-_SET_RUN = ("seq = ?, state = ?, updated_at = ?, crashes = 0, deadline = ?,"
-            " version = coalesce(?, version), expires_at = coalesce(?, expires_at)")  # fmt: skip
-_UPDATE_RUN = f"UPDATE runs SET {_SET_RUN} WHERE run_id = ?"
-"""A commit that leaves the status as it is (so the status index is not touched)."""
-_UPDATE_RUN_STATUS = f"UPDATE runs SET status = ?, {_SET_RUN} WHERE run_id = ?"
-_RELEASE = "holder = '', lease_owner = '', lease_expires = 0"
-_UPDATE_RUN_ENDED = f"UPDATE runs SET {_RELEASE}, {_SET_RUN} WHERE run_id = ?"
-"""A commit that leaves the run not running gives the lease back too (status unchanged)."""
-_UPDATE_RUN_STATUS_ENDED = f"UPDATE runs SET status = ?, {_RELEASE}, {_SET_RUN} WHERE run_id = ?"
-_SELECT_RUN = f"SELECT run_id, {', '.join(_RUN_COLUMNS)} FROM runs"
-_INSERT_RUN = (
-    f"INSERT INTO runs (run_id, {', '.join(_RUN_COLUMNS)})"
-    f" VALUES ({', '.join('?' * (len(_RUN_COLUMNS) + 1))}) ON CONFLICT (run_id) DO NOTHING"
-)
 _BUSY_TIMEOUT = 5.0
 """Seconds to wait for another process's write lock before giving up."""
-
-_RawRun: TypeAlias = tuple[tuple[Any, ...], list[tuple[str, Any]], dict[str, str]]
-"""A runs row, its (name, json) memory rows and usage fields, as read, not yet checked."""
 
 
 class EmbeddedStore:
@@ -280,36 +216,10 @@ class EmbeddedStore:
         (version,) = self._db.execute("PRAGMA user_version").fetchone()
         if version == SCHEMA_VERSION:
             return
-        if version != 0 and version not in _UPGRADES:
-            raise self._foreign(version)
-        self._transaction("set up the store", "BEGIN IMMEDIATE", self._create_schema)
-
-    def _create_schema(self) -> None:
-        (version,) = self._db.execute("PRAGMA user_version").fetchone()
-        if version == SCHEMA_VERSION:  # another process set it up since we looked
-            return
-        if version in _UPGRADES:  # an older agentfsm's file: upgrade it in place
-            while version < SCHEMA_VERSION:
-                for statement in _UPGRADES[version]:
-                    self._db.execute(statement)
-                version += 1
-            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-            return
-        if version != 0:
-            raise self._foreign(version)
-        if self._db.execute("SELECT 1 FROM sqlite_master").fetchone():
-            raise StorageError(
-                f"{self._path} is an SQLite database of something else (it has tables but no"
-                " agentfsm schema version): give the store a file of its own"
-            )
-        for statement in _SCHEMA:
-            self._db.execute(statement)
-        self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")  # rolled back with the rest
-
-    def _foreign(self, version: int) -> StorageError:
-        return StorageError(
-            f"{self._path} has store schema version {version}; this agentfsm reads version"
-            f" {SCHEMA_VERSION} (upgrade agentfsm, or use another file)"
+        if not upgradable(version):
+            raise foreign(self._path, version)
+        self._transaction(
+            "set up the store", "BEGIN IMMEDIATE", create_schema, self._db, self._path
         )
 
     def _where(self, run_id: str, what: str) -> str:
@@ -365,64 +275,36 @@ class EmbeddedStore:
         )
         if raw is None:
             return (replace(run, holder=owner) if isinstance(lease, Lease) else run), lease
-        return self._decode(raw), lease
+        return decode(raw, self._path), lease
 
     def _write_and_lease(
         self, run: RunRecord, event: Event, owner: str, ttl: float
-    ) -> tuple[_RawRun | None, Lease | LeaseHeld | None]:
+    ) -> tuple[RawRun | None, Lease | LeaseHeld | None]:
         """Insert `run` unless it exists, take its lease for `owner` (if given); the
         existing run as stored (None when inserted)."""
-        inserted = self._write_run(run, [event])
-        lease = self._acquire(run.run_id, owner, ttl) if owner else None
+        inserted = insert_run(self._db, run, [event])
+        lease = acquire(self._db, run.run_id, owner, ttl) if owner else None
         if inserted:
             return None, lease
-        return self._read_runs(f"{_SELECT_RUN} WHERE run_id = ?", (run.run_id,))[0], lease
+        return read_runs(self._db, f"{SELECT_RUN} WHERE run_id = ?", (run.run_id,))[0], lease
 
     async def restore(self, run: RunRecord, events: Sequence[Event]) -> bool:
         check_history(run, events)
         written: bool = self._transaction(
-            f"restore run {run.run_id!r}", "BEGIN IMMEDIATE", self._write_run, run, events
+            f"restore run {run.run_id!r}", "BEGIN IMMEDIATE", insert_run, self._db, run, events
         )
         return written
-
-    def _write_run(self, run: RunRecord, events: Sequence[Event]) -> bool:
-        """Insert a run with its memory and events, unless it exists (then write nothing)."""
-        db = self._db
-        inserted = db.execute(
-            _INSERT_RUN,
-            (run.run_id, run.agent, run.version, run.state, run.seq, run.status, run.created_at,
-             run.updated_at, run.holder, run.crashes, run.deadline, run.nonce, run.expires_at,
-             run.trace),
-        )  # fmt: skip
-        if inserted.rowcount != 1:  # it exists: write nothing
-            return False
-        db.executemany(
-            "INSERT INTO memory (run_id, name, json) VALUES (?, ?, ?)",
-            [
-                (run.run_id, name, dump_json(value, f"memory field {name!r}"))
-                for name, value in run.memory.items()
-            ],
-        )
-        db.executemany(
-            "INSERT INTO events VALUES (?, ?, ?)",
-            [(run.run_id, e.seq, dump_event(e)) for e in events],
-        )
-        db.executemany(
-            "INSERT INTO keys VALUES (?, ?, ?)", [(run.run_id, e.key, e.seq) for e in events]
-        )
-        add_run_usage(db, run.run_id, run.usage)
-        return True
 
     async def load(self, run_id: str) -> RunRecord | None:
         """The run, checked against its history in the same snapshot (two index lookups): a
         run whose events or keys are missing (a file restored half-way, rows deleted by
         hand) is refused with `HistoryLost`, never resumed on a partial history."""
         rows, (first, last, keys) = self._transaction(
-            f"load run {run_id!r}", "BEGIN", self._read_checked, run_id
+            f"load run {run_id!r}", "BEGIN", read_checked, self._db, run_id
         )
         if not rows:
             return None
-        run = self._decode(rows[0])
+        run = decode(rows[0], self._path)
         if not first or last != run.seq or not keys:
             kept = f"events up to seq {last}" + ("" if first else " without event 0")
             raise HistoryLost(
@@ -431,39 +313,6 @@ class EmbeddedStore:
                 + ("" if keys else ", and no idempotency keys"),
             )  # fmt: skip
         return run
-
-    def _read_checked(self, run_id: str) -> tuple[list[_RawRun], tuple[bool, int, bool]]:
-        """The run's rows, and what its history holds (each an index lookup, not a scan)."""
-        rows = self._read_runs(f"{_SELECT_RUN} WHERE run_id = ?", (run_id,))
-        first, last, keys = self._db.execute(
-            "SELECT EXISTS (SELECT 1 FROM events WHERE run_id = ?1 AND seq = 0),"
-            " coalesce((SELECT max(seq) FROM events WHERE run_id = ?1), -1),"
-            " EXISTS (SELECT 1 FROM keys WHERE run_id = ?1)",
-            (run_id,),
-        ).fetchone()
-        return rows, (bool(first), int(last), bool(keys))
-
-    def _read_runs(self, query: str, params: tuple[Any, ...]) -> list[_RawRun]:
-        """Runs rows, their memory rows and usage totals, in one snapshot: never a torn run."""
-        return [
-            (row, self._db.execute(
-                "SELECT name, json FROM memory WHERE run_id = ?", (row[0],)
-            ).fetchall(), read_run_usage(self._db, row[0]))
-            for row in self._db.execute(query, params).fetchall()
-        ]  # fmt: skip
-
-    def _decode(self, raw: _RawRun) -> RunRecord:
-        row, memory_rows, usage = raw
-        run_id = str(row[0])
-        memory: dict[str, JsonValue] = {
-            name: load_json(value, self._where(run_id, f"memory field {name!r}"))
-            for name, value in memory_rows
-        }
-        fields = {
-            k: "" if v is None else str(v) for k, v in zip(_RUN_COLUMNS, row[1:], strict=True)
-        }
-        fields.update(usage)
-        return run_from_fields(run_id, fields, memory, self._where(run_id, "runs row"))
 
     async def commit(
         self,
@@ -517,10 +366,10 @@ class EmbeddedStore:
                   event.expires_at, run_id)  # fmt: skip
         ended = event.status != "running"
         if cur[2] == event.status:
-            db.execute(_UPDATE_RUN_ENDED if ended else _UPDATE_RUN, values)
+            db.execute(UPDATE_RUN_ENDED if ended else UPDATE_RUN, values)
         else:
             db.execute(
-                _UPDATE_RUN_STATUS_ENDED if ended else _UPDATE_RUN_STATUS, (event.status, *values)
+                UPDATE_RUN_STATUS_ENDED if ended else UPDATE_RUN_STATUS, (event.status, *values)
             )
         if event.patch:
             db.executemany(
@@ -582,41 +431,11 @@ class EmbeddedStore:
 
     async def acquire_lease(self, run_id: str, owner: str, ttl: float) -> Lease | LeaseHeld:
         return self._transaction(
-            f"lease run {run_id!r}", "BEGIN IMMEDIATE", self._acquire, run_id, owner, ttl
+            f"lease run {run_id!r}", "BEGIN IMMEDIATE", acquire, self._db, run_id, owner, ttl
         )
-
-    def _acquire(self, run_id: str, owner: str, ttl: float) -> Lease | LeaseHeld:
-        # As lease.lua: `holder` says who took the run and did not give it back;
-        # `lease_owner` and `lease_expires` stand for the Redis lease key and its TTL.
-        row = self._db.execute(
-            "SELECT fence, holder, crashes, lease_owner, lease_expires, lease_boot, seq FROM runs"
-            " WHERE run_id = ?",
-            (run_id,),
-        ).fetchone()
-        if row is None:
-            raise KeyError(run_id)
-        fence, holder, crashes, lease_owner, lease_expires, lease_boot, seq = row
-        boot, now = _lease_clock()
-        live = lease_owner and lease_boot == boot and lease_expires > now
-        if live and lease_owner == owner:  # ours already: extend it
-            self._db.execute(
-                "UPDATE runs SET lease_expires = ? WHERE run_id = ?", (now + ttl, run_id)
-            )
-            return Lease(run_id=run_id, owner=owner, token=fence, ttl=ttl, crashes=crashes, seq=seq)
-        if live and not provably_dead(lease_owner):
-            return LeaseHeld(run_id=run_id, owner=lease_owner, expires_in=lease_expires - now)
-        if holder:  # taken, never released, expired or provably dead: its holder died
-            crashes += 1
-        token = fence + 1
-        self._db.execute(
-            "UPDATE runs SET fence = ?, holder = ?, crashes = ?, lease_owner = ?,"
-            " lease_expires = ?, lease_boot = ? WHERE run_id = ?",
-            (token, owner, crashes, owner, now + ttl, boot, run_id),
-        )
-        return Lease(run_id=run_id, owner=owner, token=token, ttl=ttl, crashes=crashes, seq=seq)
 
     async def renew_lease(self, lease: Lease) -> bool:
-        boot, now = _lease_clock()
+        boot, now = lease_clock()
         return self._transaction(
             f"renew the lease on {lease.run_id!r}", "BEGIN IMMEDIATE", self._update,
             "UPDATE runs SET lease_owner = ?, lease_expires = ?, lease_boot = ?"
@@ -647,45 +466,24 @@ class EmbeddedStore:
         before: RunCursor | None = None,
         id_contains: str | None = None,
     ) -> list[RunRecord]:
-        if before is not None or id_contains is not None:
-            before = before or TOP
-            query, params = page_query(
-                _SELECT_RUN, agent=agent, status=status, state=state, since=since, until=until,
-                before=before, limit=limit, id_contains=id_contains,
-            )  # fmt: skip
-            rows = self._transaction("list runs", "BEGIN", self._read_runs, query, params)
-            return [self._decode(raw) for raw in rows]
-        rows = self._transaction(
-            "list runs", "BEGIN", self._read_runs,
-            f"{_SELECT_RUN} WHERE (?1 IS NULL OR agent = ?1) AND (?2 IS NULL OR status = ?2)"
-            " AND (?3 IS NULL OR state = ?3) AND (?4 IS NULL OR updated_at >= ?4)"
-            " AND (?5 IS NULL OR updated_at < ?5) ORDER BY updated_at DESC LIMIT ?6",
-            (agent, status, state, since, until, max(min(limit, 2**62), 0)),
+        query, params = list_query(
+            SELECT_RUN, agent=agent, status=status, state=state, since=since, until=until,
+            before=before, limit=limit, id_contains=id_contains,
         )  # fmt: skip
-        return [self._decode(raw) for raw in rows]
+        rows = self._transaction("list runs", "BEGIN", read_runs, self._db, query, params)
+        return [decode(raw, self._path) for raw in rows]
 
     async def gc(self, now: float) -> int:
         """Delete the runs whose retention ran out (Redis expires them by itself)."""
-        removed: int = self._transaction("collect expired runs", "BEGIN IMMEDIATE", self._gc, now)
+        removed: int = self._transaction(
+            "collect expired runs", "BEGIN IMMEDIATE", collect, self._db, now, self.live_ttl
+        )
         return removed
-
-    def _gc(self, now: float) -> int:
-        db = self._db
-        ids = [r for (r,) in db.execute("SELECT run_id FROM runs WHERE expires_at <= ?", (now,))]
-        for table in ("memory", "events", "keys", "run_usage", "runs"):
-            db.executemany(f"DELETE FROM {table} WHERE run_id = ?", [(r,) for r in ids])
-        _live.prune(db, now, self.live_ttl)
-        return len(ids)
 
     async def reindex(self) -> int:
         """SQLite keeps its indexes itself; this checks them (`REINDEX`)."""
-        count: int = self._transaction("reindex", "BEGIN IMMEDIATE", self._reindex)
+        count: int = self._transaction("reindex", "BEGIN IMMEDIATE", check_indexes, self._db)
         return count
-
-    def _reindex(self) -> int:
-        self._db.execute("REINDEX runs")
-        (count,) = self._db.execute("SELECT count(*) FROM runs").fetchone()
-        return int(count)
 
     async def due(self, now: float, *, limit: int = 100) -> list[str]:
         rows = self._transaction(
@@ -700,10 +498,3 @@ class EmbeddedStore:
             self._checkpoints.stop()
         with self._lock:
             self._db.close()
-
-
-def _lease_clock() -> tuple[str, float]:
-    """The boot leases are kept in, and the time on its clock: the monotonic clock of this
-    boot where the system names its boot, else ("", wall-clock time)."""
-    boot = boot_id()
-    return (boot, time.monotonic()) if boot else ("", time.time())

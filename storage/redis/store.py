@@ -30,10 +30,9 @@ the command that moves their keys (`python -m storage.rekey`).
 from __future__ import annotations
 
 import asyncio
-import functools
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any, get_args
 
 import redis.asyncio as aioredis
@@ -44,7 +43,7 @@ from .._capabilities import Ledger, Limiter, RunQueue, ScopeCharge
 from .._codec import dump_event, dump_json, load_event, load_json, run_from_fields
 from .._paging import TOP, RunCursor
 from .._process import provably_dead
-from .._usage import FIELD, increments
+from .._usage import increments
 from ..base import (
     LIVE_MAXLEN,
     LIVE_TTL,
@@ -66,10 +65,9 @@ from ..base import (
 from ..errors import CorruptData
 from . import _indexes, _integrity
 from . import live as _live
+from ._bound import Bound, deadline_arg, lua_increments, ms, run_fields
 from ._connect import Client, check_prefix, close_with_loop, connector
-from ._connection import HeldConnections
 from ._errors import talking
-from ._scripts import script_text
 
 __all__ = ["RedisStore"]
 
@@ -98,7 +96,7 @@ class RedisStore:
         self._where = where
         self._reconnect: Callable[[], Client] | None = None
         """How to make a new client (for a new event loop): known for stores from a URL."""
-        self._bound = _Bound.of(client)
+        self._bound = Bound.of(client)
         self._checked = False
         self._indexes: list[str] = []
         """The index keys a commit keeps in its own script (deadlines, then runs by each
@@ -116,7 +114,7 @@ class RedisStore:
         self._limiter = RedisLimiter(self)
         self._queue = RedisQueue(self)
 
-    def _on_this_loop(self) -> _Bound:
+    def _on_this_loop(self) -> Bound:
         """The client and scripts for the running event loop: a redis.asyncio client is bound
         to the loop it first connected on, so a store used from a new loop (a second
         `asyncio.run`, a notebook) gets a new client there, when it knows how to make one."""
@@ -126,7 +124,7 @@ class RedisStore:
         except RuntimeError:
             return bound
         if bound.loop is not loop and bound.loop is not None and self._reconnect is not None:
-            self._bound = bound = _Bound.of(self._reconnect())
+            self._bound = bound = Bound.of(self._reconnect())
         if bound.loop is None:
             bound.loop = loop
             if self._reconnect is not None:  # our own client: it closes with its loop
@@ -232,7 +230,7 @@ class RedisStore:
         """One `create.lua` (two when a provably dead holder's lease is taken over)."""
         check_run_id(run.run_id)
         event = creation_event(run, origin)
-        fields = _run_fields(replace(run, seq=0, holder="", crashes=0, usage={}))
+        fields = run_fields(replace(run, seq=0, holder="", crashes=0, usage={}))
         keys = self._keys(run.run_id, "run", "events", "keys", "lease")
         if self._indexes:
             keys += [f"{self._prefix}:runs", self._by_agent(run.agent)]
@@ -241,7 +239,7 @@ class RedisStore:
             await _indexes.index_run(self, run)  # first: an entry without a run is harmless
             if run.deadline is not None:
                 await _indexes.index_deadline(self, run.run_id, run.deadline)
-        head = [dump_event(event), event.key, _deadline_arg(run.deadline), owner, _ms(ttl)]
+        head = [dump_event(event), event.key, deadline_arg(run.deadline), owner, ms(ttl)]
         tail = [repr(run.created_at), repr(run.updated_at), *fields]
         dead = ""
         while True:
@@ -276,7 +274,7 @@ class RedisStore:
 
     async def restore(self, run: RunRecord, events: Sequence[Event]) -> bool:
         check_history(run, events)
-        fields = _run_fields(run)
+        fields = run_fields(run)
         args: list[Any] = [len(fields) // 2, *fields]
         for e in events:
             args += ["0-1" if e.seq == 0 else f"{e.seq}-0", dump_event(e), e.key, e.seq]
@@ -353,12 +351,12 @@ class RedisStore:
             event.dest,
             event.status,
             repr(event.ended_at or time.time()),
-            _deadline_arg(event.deadline),
+            deadline_arg(event.deadline),
             "" if event.version is None else event.version,
             "\n".join(event.dropped),
             dump_event(event),
             "" if event.expires_at is None else repr(event.expires_at),
-            _lua_increments(event),
+            lua_increments(event),
             charge,
         ]
         for name, value in event.patch.items():
@@ -425,7 +423,7 @@ class RedisStore:
         keys = self._keys(run_id, "run", "lease")
         dead = ""
         while True:
-            args: list[Any] = ["acquire", owner, _ms(ttl), 0, dead]
+            args: list[Any] = ["acquire", owner, ms(ttl), 0, dead]
             async with talking(self, f"lease run {run_id!r}"):
                 reply = await self.script("lease")(keys=keys, args=args)
             if int(reply[0]) == 0:
@@ -437,7 +435,7 @@ class RedisStore:
 
     async def renew_lease(self, lease: Lease) -> bool:
         keys = self._keys(lease.run_id, "run", "lease")
-        args: list[Any] = ["renew", lease.owner, _ms(lease.ttl), lease.token]
+        args: list[Any] = ["renew", lease.owner, ms(lease.ttl), lease.token]
         async with talking(self, f"renew the lease on {lease.run_id!r}"):
             ok = await self.script("lease")(keys=keys, args=args)
         return bool(ok)
@@ -482,70 +480,3 @@ class RedisStore:
 
     async def close(self) -> None:
         await self._client.aclose()
-
-
-@dataclass(slots=True)
-class _Bound:
-    """A client, its scripts, and the event loop it is used on (None until first used)."""
-
-    client: Client
-    scripts: dict[str, AsyncScript]
-    loop: asyncio.AbstractEventLoop | None = None
-    closer: AsyncGenerator[None, None] | None = None
-    held: HeldConnections | None = None
-    """Connections kept for the hot path's scripts (standalone Redis; None on Cluster)."""
-
-    @classmethod
-    def of(cls, client: Client) -> _Bound:
-        bound = cls(client, {})
-        if not isinstance(client, aioredis.RedisCluster):
-            bound.held = HeldConnections(client.connection_pool)
-        return bound
-
-    def script(self, name: str) -> AsyncScript:
-        """`scripts/<name>.lua`, registered with this client once."""
-        found = self.scripts.get(name)
-        if found is None:
-            found = self.scripts[name] = self.client.register_script(script_text(name))
-        return found
-
-    def run(self, script: AsyncScript, keys: list[str], args: list[Any]) -> Awaitable[Any]:
-        """`script(keys, args)`, on a held connection where there are some."""
-        ordinary = functools.partial(script, keys=keys, args=args)
-        if self.held is None:
-            return ordinary()
-        return self.held.evalsha(script, keys, args, ordinary)
-
-
-def _run_fields(run: RunRecord) -> list[Any]:
-    """The run hash's fields and values, flat, as `create.lua` and `restore.lua` take them."""
-    fields: list[Any] = [
-        "agent", run.agent, "version", run.version, "state", run.state, "seq", run.seq,
-        "status", run.status, "created_at", repr(run.created_at),
-        "updated_at", repr(run.updated_at), "fence", 0, "holder", run.holder,
-        "crashes", run.crashes, "nonce", run.nonce,
-    ]  # fmt: skip
-    if run.deadline is not None:
-        fields += ["deadline", repr(run.deadline)]
-    if run.expires_at is not None:
-        fields += ["expires_at", repr(run.expires_at)]
-    if run.trace:
-        fields += ["trace", run.trace]
-    for name, value in run.memory.items():
-        fields += [f"m:{name}", dump_json(value, f"memory field {name!r}")]
-    for name, total in run.usage.items():
-        fields += [f"{FIELD}{name}", total]
-    return fields
-
-
-def _deadline_arg(deadline: float | None) -> str:
-    return "" if deadline is None else repr(deadline)
-
-
-def _ms(seconds: float) -> int:
-    return max(1, round(seconds * 1000))
-
-
-def _lua_increments(event: Event) -> str:
-    """The event's usage increments as `commit.lua` takes them: "name\\nvalue\\n..."."""
-    return "".join(f"{name}\n{value}\n" for name, value in increments(event).items())
