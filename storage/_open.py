@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
+from ._url import redact
 from .base import Store
 
 __all__ = ["DEFAULT_STORE", "open_store", "redact"]
@@ -39,13 +40,3 @@ def open_store(url: str | None = None, *, prefix: str = "agentfsm") -> Store:
         f"unknown store URL {redact(url)!r}: use redis://, rediss://, unix://,"
         " redis+cluster://, sqlite:///PATH or memory://"
     )
-
-
-def redact(url: str) -> str:
-    """`url` with any password replaced by ***, for messages and logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = f"{parts.username}:***@" if parts.username else ":***@"
-    return urlunsplit(parts._replace(netloc=user + netloc))

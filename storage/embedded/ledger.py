@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from .._capabilities import ScopeCharge, ScopeLedger, check_scope
 
 if TYPE_CHECKING:
-    from .store import EmbeddedStore
+    from ._db import Database
 
 __all__ = ["EmbeddedLedger", "charge_rows", "create_tables"]
 
@@ -59,7 +59,7 @@ def charge_rows(
 
 
 class EmbeddedLedger:
-    def __init__(self, store: EmbeddedStore) -> None:
+    def __init__(self, store: Database) -> None:
         self._store = store
 
     def _rows(self, query: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:

@@ -14,7 +14,7 @@ from .._capabilities import Bucket
 from .._process import provably_dead
 
 if TYPE_CHECKING:
-    from .store import EmbeddedStore
+    from ._db import Database
 
 __all__ = ["EmbeddedLimiter", "create_tables"]
 
@@ -34,7 +34,7 @@ def create_tables(db: sqlite3.Connection) -> None:
 
 
 class EmbeddedLimiter:
-    def __init__(self, store: EmbeddedStore) -> None:
+    def __init__(self, store: Database) -> None:
         self._store = store
 
     def _get(self, key: str, field: str) -> float | None:

@@ -22,7 +22,7 @@ from pydantic import JsonValue
 from .._capabilities import Job, JobKind, WorkerBeat, dump_beat, load_beat
 
 if TYPE_CHECKING:
-    from .store import EmbeddedStore
+    from ._db import Database
 
 __all__ = ["EmbeddedQueue", "create_tables"]
 
@@ -58,7 +58,7 @@ def _job(row: tuple[Any, ...]) -> Job:
 
 
 class EmbeddedQueue:
-    def __init__(self, store: EmbeddedStore) -> None:
+    def __init__(self, store: Database) -> None:
         self._store = store
 
     @property

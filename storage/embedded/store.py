@@ -26,12 +26,11 @@ system names no boot, the wall clock is used.
 from __future__ import annotations
 
 import sqlite3
-import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Literal, ParamSpec, TypeAlias, TypeVar
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import JsonValue
@@ -58,16 +57,15 @@ from ..base import (
     check_run_id,
     creation_event,
 )
-from ..errors import HistoryLost, StorageError, StoreUnavailable
+from ..errors import HistoryLost
 from . import ledger as _ledger
 from . import limiter as _limiter
 from . import live as _live
 from . import queue as _queue
-from ._checkpoint import Checkpointer
+from ._db import Database, Synchronous
 from ._leases import acquire, lease_clock
 from ._rows import RawRun, decode, insert_run, read_checked, read_runs
 from ._schema import (
-    SCHEMA_VERSION,
     SELECT_RUN,
     UPDATE_RUN,
     UPDATE_RUN_ENDED,
@@ -75,26 +73,15 @@ from ._schema import (
     UPDATE_RUN_STATUS_ENDED,
     check_indexes,
     collect,
-    create_schema,
-    foreign,
-    upgradable,
 )
-from ._trouble import busy, unwritable
-from .paging import PAGE_INDEXES, list_query
+from .paging import list_query
 from .usage import add_run_usage
 from .usage import create_tables as usage_tables
 
 __all__ = ["EmbeddedStore"]
 
-P = ParamSpec("P")
-T = TypeVar("T")
-Synchronous: TypeAlias = Literal["NORMAL", "FULL"]
 
-_BUSY_TIMEOUT = 5.0
-"""Seconds to wait for another process's write lock before giving up."""
-
-
-class EmbeddedStore:
+class EmbeddedStore(Database):
     """A `storage.Store` in one SQLite file (or in process memory for `memory://`).
 
     Args:
@@ -115,45 +102,10 @@ class EmbeddedStore:
     live_ttl = LIVE_TTL
 
     def __init__(self, path: str | Path, *, synchronous: Synchronous = "NORMAL") -> None:
-        if synchronous not in ("NORMAL", "FULL"):
-            raise ValueError(f"synchronous must be 'NORMAL' or 'FULL', not {synchronous!r}")
-        self._path = str(path)
-        self._lock = threading.Lock()
-        try:
-            if self._path != ":memory:":
-                Path(self._path).parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(
-                self._path, timeout=_BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
-            )
-        except (OSError, sqlite3.Error) as exc:
-            why = unwritable(self._path, str(exc))
-            raise StorageError(why or f"cannot open the store {self._path}: {exc}") from None
-        try:
-            self._use_wal()
-            self._db.execute(f"PRAGMA synchronous={synchronous}")
-            self._migrate()
-            self._transaction("set up the side tables", "BEGIN IMMEDIATE", self._side_tables)
-            for statement in PAGE_INDEXES:
-                self._db.execute(statement)
-            self._checkpoints: Checkpointer | None = None
-            if self._path != ":memory:":
-                self._db.execute("PRAGMA wal_autocheckpoint=0")  # done off the loop, below
-                self._checkpoints = Checkpointer(self._path, timeout=_BUSY_TIMEOUT)
-        except sqlite3.Error as exc:
-            self._db.close()
-            why = unwritable(self._path, str(exc))
-            if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_BUSY:
-                why = busy(self._path, _BUSY_TIMEOUT)
-            raise StorageError(why or f"cannot open the store {self._path}: {exc}") from None
-        except BaseException:
-            self._db.close()
-            raise
-
-    def _side_tables(self) -> None:
-        """The tables beside the runs, created IF NOT EXISTS (no schema version step)."""
-        for create in (usage_tables, _ledger.create_tables, _limiter.create_tables,
-                       _live.create_table, _queue.create_tables):  # fmt: skip
-            create(self._db)
+        """(The tables beside the runs are created IF NOT EXISTS: no schema version step.)"""
+        side = (usage_tables, _ledger.create_tables, _limiter.create_tables,
+                _live.create_table, _queue.create_tables)  # fmt: skip
+        super().__init__(path, synchronous=synchronous, tables=side)
 
     @property
     def ledger(self) -> Ledger:
@@ -166,20 +118,6 @@ class EmbeddedStore:
     @property
     def queue(self) -> RunQueue:
         return _queue.EmbeddedQueue(self)
-
-    def _use_wal(self) -> None:
-        """Switch the file to WAL (it stays so). The switch needs the file to itself and
-        does not wait for a busy file like other statements: when processes open a new file
-        at once, it is tried again until the busy timeout."""
-        give_up = time.monotonic() + _BUSY_TIMEOUT
-        while True:
-            try:
-                self._db.execute("PRAGMA journal_mode=WAL")
-                return
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) or time.monotonic() > give_up:
-                    raise
-                time.sleep(0.01)
 
     @classmethod
     def from_url(cls, url: str) -> EmbeddedStore:
@@ -201,56 +139,6 @@ class EmbeddedStore:
                 f"unknown options in store URL {url!r}: the only one is synchronous=normal|full"
             )
         return cls(path, synchronous="FULL" if synchronous == "FULL" else "NORMAL")
-
-    @property
-    def path(self) -> str:
-        """The database file as given, or ":memory:"."""
-        return self._path
-
-    @property
-    def connection(self) -> sqlite3.Connection:
-        """The underlying connection (in autocommit mode; transactions are explicit)."""
-        return self._db
-
-    def _migrate(self) -> None:
-        (version,) = self._db.execute("PRAGMA user_version").fetchone()
-        if version == SCHEMA_VERSION:
-            return
-        if not upgradable(version):
-            raise foreign(self._path, version)
-        self._transaction(
-            "set up the store", "BEGIN IMMEDIATE", create_schema, self._db, self._path
-        )
-
-    def _where(self, run_id: str, what: str) -> str:
-        return f"{self._path} {what} of run {run_id!r}"
-
-    def _transaction(
-        self, what: str, begin: str, op: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs
-    ) -> T:
-        """Run `op` in one transaction (`BEGIN` reads one snapshot, `BEGIN IMMEDIATE`
-        writes); roll back on any error, and turn sqlite3's errors into ours."""
-        with self._lock:
-            try:
-                self._db.execute(begin)
-                try:
-                    result = op(*args, **kwargs)
-                    self._db.execute("COMMIT")
-                except BaseException:
-                    if self._db.in_transaction:
-                        self._db.execute("ROLLBACK")
-                    raise
-            except sqlite3.Error as exc:
-                raise self._error(what, exc) from None
-            return result
-
-    def _error(self, what: str, exc: sqlite3.Error) -> StorageError:
-        if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_BUSY:
-            return StoreUnavailable(f"cannot {what}: {busy(self._path, _BUSY_TIMEOUT)}")
-        why = unwritable(self._path, str(exc))
-        return StorageError(
-            f"cannot {what}: {why}" if why else f"cannot {what} in {self._path}: {exc}"
-        )
 
     async def create(self, run: RunRecord, *, origin: JsonValue = None) -> RunRecord:
         stored, _ = await self._create_and_lease(run, origin, "", 0)
@@ -492,9 +380,3 @@ class EmbeddedStore:
             (now, max(limit, 0)),
         )  # fmt: skip
         return [str(run_id) for (run_id,) in rows]
-
-    async def close(self) -> None:
-        if self._checkpoints is not None:
-            self._checkpoints.stop()
-        with self._lock:
-            self._db.close()

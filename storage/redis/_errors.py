@@ -22,7 +22,7 @@ from ..errors import CorruptData, StorageError, StoreUnavailable
 from ._connect import tls_failure
 
 if TYPE_CHECKING:
-    from .store import RedisStore
+    from ._base import RedisBase
 
 __all__ = ["check_server", "server_problems", "talking", "unavailable"]
 
@@ -83,7 +83,7 @@ _TABLE = (
 
 
 @contextlib.asynccontextmanager
-async def talking(store: RedisStore, what: str, *, key: str | None = None) -> AsyncIterator[None]:
+async def talking(store: RedisBase, what: str, *, key: str | None = None) -> AsyncIterator[None]:
     """Around one call to Redis (`what`: "load run 'x'"); `key` names the key read, for
     `CorruptData`. Replies inside are `Any`: with `decode_responses=True` they are str,
     which redis-py's types cannot express."""
@@ -100,7 +100,7 @@ async def talking(store: RedisStore, what: str, *, key: str | None = None) -> As
         raise
 
 
-async def check_server(store: RedisStore) -> None:
+async def check_server(store: RedisBase) -> None:
     """Once per store: warn when the server's settings can lose or evict runs. Reads
     `INFO` (ACL users may be allowed it when `CONFIG` is denied); skipped when refused."""
     store._checked = True

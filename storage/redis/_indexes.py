@@ -42,7 +42,7 @@ from ._errors import talking
 from .paging import redis_page
 
 if TYPE_CHECKING:
-    from .store import RedisStore
+    from ._base import RedisBase
 
 __all__ = [
     "after_commit",
@@ -77,7 +77,7 @@ def scope_keys(prefix: str, scope: str, period: str) -> list[str]:
     return [f"{base}:usage", f"{base}:charged"]
 
 
-async def index_run(store: RedisStore, run: RunRecord) -> None:
+async def index_run(store: RedisBase, run: RunRecord) -> None:
     async with talking(store, "index the run"):
         pipe = store.client.pipeline(transaction=False)
         pipe.zadd(f"{store.prefix}:runs", {run.run_id: run.created_at}, nx=True)
@@ -86,12 +86,12 @@ async def index_run(store: RedisStore, run: RunRecord) -> None:
         await pipe.execute()
 
 
-async def index_deadline(store: RedisStore, run_id: str, deadline: float) -> None:
+async def index_deadline(store: RedisBase, run_id: str, deadline: float) -> None:
     async with talking(store, "index the deadline"):
         await store.client.zadd(store._deadlines, {run_id: deadline})
 
 
-def expire(store: RedisStore, pipe: Any, run_id: str, expires_at: float) -> None:
+def expire(store: RedisBase, pipe: Any, run_id: str, expires_at: float) -> None:
     for part in ("run", "events", "keys"):
         pipe.pexpireat(store.key(run_id, part), max(int(expires_at * 1000), 1))
 
@@ -104,7 +104,7 @@ def pending_charge(charge: ScopeCharge, event: Event) -> str:
     )  # fmt: skip
 
 
-async def before_commit(store: RedisStore, run_id: str, event: Event, charge: str) -> None:
+async def before_commit(store: RedisBase, run_id: str, event: Event, charge: str) -> None:
     """Cluster: the entries a commit will need, added first (none in most commits: the
     status is the one this process last saw, there is no new deadline and no charge)."""
     fresh = store._statuses.get(run_id) != event.status
@@ -121,12 +121,12 @@ async def before_commit(store: RedisStore, run_id: str, event: Event, charge: st
         await pipe.execute()
 
 
-def _charging(store: RedisStore) -> str:
+def _charging(store: RedisBase) -> str:
     """The runs whose commits may have left a scope charge in their slot (Cluster)."""
     return f"{store.prefix}:charging"
 
 
-async def settle_pending(store: RedisStore) -> None:
+async def settle_pending(store: RedisBase) -> None:
     """Cluster: make every scope charge a crash left pending (before a scope's usage is read)."""
     if store.standalone:
         return
@@ -140,7 +140,7 @@ async def settle_pending(store: RedisStore) -> None:
 
 
 async def after_commit(
-    store: RedisStore, run_id: str, event: Event, previous: list[Any], charge: str
+    store: RedisBase, run_id: str, event: Event, previous: list[Any], charge: str
 ) -> None:
     """Cluster: the entries the commit made stale, removed; its scope charge, made."""
     deadline, before = [*previous, "", event.status][:2]
@@ -158,7 +158,7 @@ async def after_commit(
         await settle_charges(store, run_id, {event.key: charge})
 
 
-async def settle_charges(store: RedisStore, run_id: str, pending: dict[str, str]) -> None:
+async def settle_charges(store: RedisBase, run_id: str, pending: dict[str, str]) -> None:
     """Make the scope charges a Cluster commit left in the run's slot, each once (by its
     event key), then delete them."""
     key = store.key(run_id, "charges")
@@ -181,7 +181,7 @@ async def settle_charges(store: RedisStore, run_id: str, pending: dict[str, str]
 
 
 async def page(
-    store: RedisStore,
+    store: RedisBase,
     *,
     agent: str | None,
     status: str | None,
@@ -200,7 +200,7 @@ async def page(
 
 
 async def list_runs(
-    store: RedisStore,
+    store: RedisBase,
     *,
     agent: str | None,
     status: str | None,
@@ -232,7 +232,7 @@ async def list_runs(
     return runs[: max(limit, 0)]
 
 
-async def _load_listed(store: RedisStore, ids: Sequence[str]) -> list[RunRecord | None]:
+async def _load_listed(store: RedisBase, ids: Sequence[str]) -> list[RunRecord | None]:
     """The runs of listed ids in one pipeline (None for one gone or corrupt)."""
     try:
         async with talking(store, "list runs"):
@@ -249,7 +249,7 @@ async def _load_listed(store: RedisStore, ids: Sequence[str]) -> list[RunRecord 
     return runs
 
 
-async def _raw_or_none(store: RedisStore, run_id: str) -> dict[str, str] | None:
+async def _raw_or_none(store: RedisBase, run_id: str) -> dict[str, str] | None:
     key = store.key(run_id, "run")
     try:
         async with talking(store, f"load run {run_id!r}", key=key):
@@ -260,7 +260,7 @@ async def _raw_or_none(store: RedisStore, run_id: str) -> dict[str, str] | None:
     return raw
 
 
-async def gc(store: RedisStore) -> int:
+async def gc(store: RedisBase) -> int:
     """Drop index entries of runs that are gone and status entries that are stale; make
     the scope charges a crash left pending. How many entries were removed."""
     removed = 0
@@ -299,7 +299,7 @@ async def gc(store: RedisStore) -> int:
     return removed
 
 
-async def reindex(store: RedisStore) -> int:
+async def reindex(store: RedisBase) -> int:
     runs = 0
     client = store.client
     for index in await _index_keys(store):
@@ -325,7 +325,7 @@ async def reindex(store: RedisStore) -> int:
     return runs
 
 
-async def _index_keys(store: RedisStore) -> list[str]:
+async def _index_keys(store: RedisBase) -> list[str]:
     """This prefix's index keys: sorted sets named as `_by_agent` and `_by_status` name
     them (the prefix has no `:`, so no other prefix's keys start with `{prefix}:`)."""
     keys = [f"{store.prefix}:runs", store._deadlines]
@@ -341,13 +341,13 @@ async def _index_keys(store: RedisStore) -> list[str]:
     return keys
 
 
-async def _scan(store: RedisStore, pattern: str) -> AsyncIterator[str]:
+async def _scan(store: RedisBase, pattern: str) -> AsyncIterator[str]:
     async with talking(store, "scan keys"):
         async for key in store.client.scan_iter(match=pattern, count=1000):
             yield key
 
 
-async def due(store: RedisStore, now: float, limit: int) -> list[str]:
+async def due(store: RedisBase, now: float, limit: int) -> list[str]:
     """The index is kept beside the commits, not inside them (Cluster slots), so it may
     hold entries a crash left behind: each is checked against its run and dropped, or
     rescored, when the run says otherwise."""

@@ -20,13 +20,13 @@ from ._errors import talking
 from ._indexes import glob, scope_keys, settle_pending
 
 if TYPE_CHECKING:
-    from .store import RedisStore
+    from ._base import RedisBase
 
 __all__ = ["RedisLedger"]
 
 
 class RedisLedger:
-    def __init__(self, store: RedisStore) -> None:
+    def __init__(self, store: RedisBase) -> None:
         self._store = store
 
     def _limits_key(self, subject: str) -> str:

@@ -11,13 +11,13 @@ from .._process import provably_dead
 from ._errors import talking
 
 if TYPE_CHECKING:
-    from .store import RedisStore
+    from ._base import RedisBase
 
 __all__ = ["RedisLimiter"]
 
 
 class RedisLimiter:
-    def __init__(self, store: RedisStore) -> None:
+    def __init__(self, store: RedisBase) -> None:
         self._store = store
 
     async def _run(self, key: str, args: list[Any]) -> Any:

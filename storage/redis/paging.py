@@ -14,7 +14,7 @@ from ..base import RunRecord
 from ._errors import talking
 
 if TYPE_CHECKING:
-    from .store import RedisStore
+    from ._base import RedisBase
 
 __all__ = ["redis_page"]
 
@@ -33,7 +33,7 @@ Matcher: TypeAlias = Callable[[RunRecord], bool]
 
 
 async def redis_page(
-    store: RedisStore,
+    store: RedisBase,
     *,
     agent: str | None,
     status: str | None,
@@ -96,7 +96,7 @@ async def _fill(
 
 
 async def _walk(
-    store: RedisStore,
+    store: RedisBase,
     index: str,
     top: float,
     before: RunCursor,
@@ -134,7 +134,7 @@ async def _walk(
 
 
 async def _search(
-    store: RedisStore,
+    store: RedisBase,
     index: str,
     top: float,
     before: RunCursor,

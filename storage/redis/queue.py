@@ -35,7 +35,7 @@ from .._capabilities import Job, JobKind, WorkerBeat, dump_beat, load_beat
 from ._errors import talking
 
 if TYPE_CHECKING:
-    from .store import RedisStore
+    from ._base import RedisBase
 
 __all__ = ["RedisQueue"]
 
@@ -47,7 +47,7 @@ _LEGACY_CLASHES = frozenset({"dead", "run", "events", "keys", "lease"})
 class RedisQueue:
     """The queue of runs to drive, on the Redis of `store` (standalone or Cluster)."""
 
-    def __init__(self, store: RedisStore) -> None:
+    def __init__(self, store: RedisBase) -> None:
         self._store = store
         self._prefix = store.prefix
         self._groups: set[str] = set()

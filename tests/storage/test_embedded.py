@@ -173,7 +173,7 @@ def test_a_file_that_is_not_sqlite_is_refused_naming_it(tmp_path: Path) -> None:
 async def test_a_file_locked_too_long_is_unavailable_and_nothing_is_written(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("storage.embedded.store._BUSY_TIMEOUT", 0.05)
+    monkeypatch.setattr("storage.embedded._db._BUSY_TIMEOUT", 0.05)
     db = tmp_path / "store.db"
     store = EmbeddedStore(db)
     await store.create(new_run())
