@@ -14,3 +14,5 @@ from ._schema import SCHEMA_VERSION
 from .store import EmbeddedStore
 
 __all__ = ["SCHEMA_VERSION", "EmbeddedStore"]
+
+EmbeddedStore.__module__ = "storage"  # reprs read storage.EmbeddedStore, where it is exported

@@ -19,3 +19,5 @@ from ._errors import server_problems
 from .store import RedisStore
 
 __all__ = ["PREFIX_ALPHABET", "Client", "RedisStore", "check_prefix", "redact", "server_problems"]
+
+RedisStore.__module__ = "storage"  # reprs read storage.RedisStore, where it is exported
