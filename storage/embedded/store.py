@@ -193,13 +193,17 @@ class EmbeddedStore(Database):
         if not rows:
             return None
         run = decode(rows[0], self._path)
-        if not first or last != run.seq or not keys:
-            kept = f"events up to seq {last}" + ("" if first else " without event 0")
-            raise HistoryLost(
-                run_id, self._where(run_id, "events"),
-                f"it holds {kept if last >= 0 else 'no events'}, not 0..{run.seq}"
-                + ("" if keys else ", and no idempotency keys"),
-            )  # fmt: skip
+        missing = []
+        if not first or last != run.seq:
+            held = f"up to seq {last}" if last >= 0 else "none"
+            missing.append(
+                f"its events should be seqs 0..{run.seq}, it holds {held}"
+                + ("" if first or last < 0 else " without event 0")
+            )
+        if not keys:
+            missing.append("its idempotency keys are gone")
+        if missing:
+            raise HistoryLost(run_id, self._where(run_id, "events"), "; ".join(missing))
         return run
 
     async def commit(

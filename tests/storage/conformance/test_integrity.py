@@ -47,5 +47,29 @@ async def test_a_run_that_lost_its_last_events_is_refused(store: Store) -> None:
     else:
         assert isinstance(store, EmbeddedStore)
         store.connection.execute("DELETE FROM events WHERE run_id = 'run-1' AND seq > 0")
-    with pytest.raises(HistoryLost, match=r"not 2-0|not 0\.\.2"):
+    with pytest.raises(HistoryLost, match=r"not 2-0|seqs 0\.\.2, it holds up to seq 0"):
         await store.load("run-1")
+
+
+async def test_a_run_that_lost_its_keys_is_not_resumed(store: Store) -> None:
+    """As under `allkeys-lru`: the keys of its committed steps are gone, so resuming could run
+    them again; `resume` refuses instead."""
+    from pydantic import BaseModel
+
+    from agents import Agent, tool
+
+    class Count(BaseModel):
+        n: int = 0
+
+    counter = Agent(
+        name="counter", memory=Count, initial="a", final=["d"],
+        transitions=[tool(t, s, d, lambda m: m.n + 1, into="n")
+                     for t, s, d in (("one", "a", "b"), ("two", "b", "c"), ("three", "c", "d"))],
+    )  # fmt: skip
+    run = await counter.start(store, Count(), run_id="counted")
+    await run.step()
+    await run.step()
+    await run.release()
+    await lose(store, "counted", "keys")
+    with pytest.raises(HistoryLost, match="idempotency keys"):
+        await counter.resume(store, "counted")
