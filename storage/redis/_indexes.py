@@ -48,7 +48,6 @@ __all__ = [
     "after_commit",
     "before_commit",
     "due",
-    "expire",
     "gc",
     "glob",
     "index_deadline",
@@ -89,11 +88,6 @@ async def index_run(store: RedisBase, run: RunRecord) -> None:
 async def index_deadline(store: RedisBase, run_id: str, deadline: float) -> None:
     async with talking(store, "index the deadline"):
         await store.client.zadd(store._deadlines, {run_id: deadline})
-
-
-def expire(store: RedisBase, pipe: Any, run_id: str, expires_at: float) -> None:
-    for part in ("run", "events", "keys"):
-        pipe.pexpireat(store.key(run_id, part), max(int(expires_at * 1000), 1))
 
 
 def pending_charge(charge: ScopeCharge, event: Event) -> str:

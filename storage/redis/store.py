@@ -198,12 +198,7 @@ class RedisStore(RedisBase):
             await _indexes.index_deadline(self, run.run_id, run.deadline)
         await _indexes.index_run(self, run)  # first: an entry without a run is harmless
         async with talking(self, f"restore run {run.run_id!r}"):
-            written = await self.script("restore")(keys=keys, args=args)
-        if written and run.expires_at is not None:
-            async with talking(self, f"restore the retention of run {run.run_id!r}"):
-                pipe = self._client.pipeline(transaction=False)
-                _indexes.expire(self, pipe, run.run_id, run.expires_at)
-                await pipe.execute()
+            written = await self.script("restore")(keys=keys, args=args)  # retention too
         return bool(written)
 
     async def load(self, run_id: str) -> RunRecord | None:
