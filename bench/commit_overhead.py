@@ -318,6 +318,9 @@ class StubStore:
     """A `storage.Store` that answers at once and keeps nothing but the run record: the
     runner's own CPU per step, with no I/O and no store encoding."""
 
+    async def ping(self, within: float) -> None:
+        """It is in this process: it answers."""
+
     @property
     def ledger(self) -> Any:
         raise StorageError("the benchmark's stub store keeps no ledger")

@@ -380,6 +380,12 @@ class Store(Protocol):
         """Rebuild the indexes (runs by agent, status, time) from the runs; how many runs."""
         ...
 
+    async def ping(self, within: float) -> None:
+        """Return when the store answers within `within` seconds, else raise
+        `StoreUnavailable` whose message says why (refused, silent, refused credentials) and
+        nothing else. A store in a file or in memory answers at once."""
+        ...
+
     async def close(self) -> None:
         """Release connections and files. The store is unusable afterwards."""
         ...

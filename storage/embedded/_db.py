@@ -140,6 +140,9 @@ class Database:
             f"cannot {what}: {why}" if why else f"cannot {what} in {self._path}: {exc}"
         )
 
+    async def ping(self, within: float) -> None:
+        """The file was opened with the store: it answers."""
+
     async def close(self) -> None:
         if self._checkpoints is not None:
             self._checkpoints.stop()

@@ -9,10 +9,12 @@ first.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from redis.exceptions import AuthenticationError, NoPermissionError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -24,7 +26,7 @@ from ._connect import tls_failure
 if TYPE_CHECKING:
     from ._base import RedisBase
 
-__all__ = ["check_server", "server_problems", "talking", "unavailable"]
+__all__ = ["answers", "check_server", "server_problems", "talking", "unavailable"]
 
 log = logging.getLogger("agentfsm.storage")
 _warned: set[tuple[str, str]] = set()
@@ -145,3 +147,35 @@ def _info_of(reply: Any) -> dict[str, Any]:
     if isinstance(reply, dict) and reply and all(isinstance(v, dict) for v in reply.values()):
         return dict(next(iter(reply.values())))
     return dict(reply) if isinstance(reply, dict) else {}
+
+
+async def answers(store: RedisBase, within: float) -> None:
+    """`StoreUnavailable` saying why (and only why) unless the server answers a PING within
+    `within` seconds (the client's own retries would take longer)."""
+    try:
+        await asyncio.wait_for(store.client.ping(), within)
+    except TimeoutError:  # the client retried until now: was it refused, or is it silent?
+        raise StoreUnavailable(await _why_no_answer(store._where, within)) from None
+    except Exception as exc:  # unknown host, TLS, auth: say which
+        first = str(exc).splitlines()[0] if str(exc) else repr(exc)
+        raise StoreUnavailable(f"{type(exc).__name__}: {first}") from None
+
+
+async def _why_no_answer(url: str, within: float) -> str:
+    """Why a Redis URL gave no answer: nothing listens there, or the server is silent."""
+    parts = urlsplit(url)
+    try:
+        if parts.scheme == "unix":
+            connecting = asyncio.open_unix_connection(parts.path)
+        else:
+            connecting = asyncio.open_connection(parts.hostname or "localhost", parts.port or 6379)
+        _, writer = await asyncio.wait_for(connecting, 0.5)
+    except TimeoutError:
+        pass
+    except ConnectionRefusedError:
+        return "connection refused: nothing listens there"
+    except OSError as exc:
+        return f"cannot connect: {exc.strerror or exc}"
+    else:
+        writer.close()
+    return f"no answer within {within:g} s"

@@ -65,7 +65,7 @@ from . import live as _live
 from ._base import RedisBase
 from ._bound import deadline_arg, lua_increments, ms, run_fields
 from ._connect import Client, connector
-from ._errors import talking
+from ._errors import answers, talking
 from .ledger import RedisLedger
 from .limiter import RedisLimiter
 from .queue import RedisQueue
@@ -372,6 +372,9 @@ class RedisStore(RedisBase):
 
     async def due(self, now: float, *, limit: int = 100) -> list[str]:
         return await _indexes.due(self, now, limit)
+
+    async def ping(self, within: float) -> None:
+        await answers(self, within)
 
     async def close(self) -> None:
         await self._client.aclose()
