@@ -21,7 +21,7 @@ ANSWER_WITHIN = 2.0
 
 
 def store_url(args: argparse.Namespace) -> str:
-    """The URL the command uses (as given: may hold a password, see `storage.redis.redact`)."""
+    """The URL the command uses (as given: may hold a password, see `storage._url.redact`)."""
     from storage._open import DEFAULT_STORE
 
     return str(args.store or os.environ.get("AGENTFSM_STORE") or DEFAULT_STORE)

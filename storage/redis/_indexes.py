@@ -156,6 +156,7 @@ async def settle_charges(store: RedisBase, run_id: str, pending: dict[str, str])
     """Make the scope charges a Cluster commit left in the run's slot, each once (by its
     event key), then delete them."""
     key = store.key(run_id, "charges")
+    left = 0  # none pending: a crash came after the last one was settled
     for event_key, raw in pending.items():
         try:
             item = json.loads(raw)
@@ -167,10 +168,12 @@ async def settle_charges(store: RedisBase, run_id: str, pending: dict[str, str])
             raise CorruptData(f"{key} field {event_key!r}", "not a pending scope charge") from None
         async with talking(store, f"charge scope {item['scope']!r}"):
             await store.script("scope_charge")(keys=keys, args=args)
-            await store.client.hdel(key, event_key)
-    if not store.standalone:
-        async with talking(store, "settle scope charges"):
-            if not await store.client.exists(key):  # a newer commit's charge keeps it listed
+            pipe = store.client.pipeline(transaction=False)  # one slot: the run's
+            pipe.hdel(key, event_key)
+            pipe.exists(key)
+            _, left = await pipe.execute()
+        if not left and not store.standalone:  # a newer commit's charge keeps it listed
+            async with talking(store, "settle scope charges"):
                 await store.client.srem(_charging(store), run_id)
 
 
