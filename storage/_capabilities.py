@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, TypeAlias
@@ -31,6 +32,7 @@ __all__ = [
     "check_scope",
     "dump_beat",
     "load_beat",
+    "prune_silent",
 ]
 
 _SCOPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/-]{0,199}")
@@ -206,6 +208,15 @@ def load_beat(name: str, text: str) -> WorkerBeat | None:
         )  # fmt: skip
     except (ValueError, KeyError, TypeError):
         return None
+
+
+async def prune_silent(queue: RunQueue, interval: float) -> list[str]:
+    """`RunQueue.prune` for every backend: forget the workers silent for 30 intervals."""
+    now = time.time()
+    gone = [b.name for b in await queue.workers() if now - b.beat_at > 30 * interval]
+    for name in gone:
+        await queue.forget(name)
+    return gone
 
 
 class RunQueue(Protocol):

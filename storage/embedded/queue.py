@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import JsonValue
 
-from .._capabilities import Job, JobKind, WorkerBeat, dump_beat, load_beat
+from .._capabilities import Job, JobKind, WorkerBeat, dump_beat, load_beat, prune_silent
 
 if TYPE_CHECKING:
     from ._db import Database
@@ -216,8 +216,4 @@ class EmbeddedQueue:
         return [beat for beat in found if beat is not None]
 
     async def prune(self, interval: float) -> list[str]:
-        now = time.time()
-        gone = [b.name for b in await self.workers() if now - b.beat_at > 30 * interval]
-        for name in gone:
-            await self.forget(name)
-        return gone
+        return await prune_silent(self, interval)

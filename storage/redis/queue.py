@@ -24,14 +24,13 @@ Workers announce themselves in the hash `{prefix}:workers` (name -> JSON heartbe
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pydantic import JsonValue
 from redis.exceptions import ResponseError
 
-from .._capabilities import Job, JobKind, WorkerBeat, dump_beat, load_beat
+from .._capabilities import Job, JobKind, WorkerBeat, dump_beat, load_beat, prune_silent
 from ._errors import talking
 
 if TYPE_CHECKING:
@@ -216,12 +215,7 @@ class RedisQueue:
         return [beat for beat in found if beat is not None]
 
     async def prune(self, interval: float) -> list[str]:
-        """Drop the heartbeats of workers silent for more than 30 intervals."""
-        now = time.time()
-        gone = [b.name for b in await self.workers() if now - b.beat_at > 30 * interval]
-        for name in gone:
-            await self.forget(name)
-        return gone
+        return await prune_silent(self, interval)
 
     def _jobs(self, stream: str, entries: Any) -> list[Job]:
         agent = stream.removeprefix(self._streams)

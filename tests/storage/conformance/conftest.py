@@ -35,11 +35,3 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
     s = await open_backend(request.param, request, tmp_path)
     yield s
     await s.close()
-
-
-@pytest.fixture
-def backend(store: Store) -> str:
-    """The kind of `store`: "embedded", "redis" (standalone) or "cluster"."""
-    if isinstance(store, RedisStore):
-        return "redis" if store.standalone else "cluster"
-    return "embedded"
