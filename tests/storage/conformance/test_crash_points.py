@@ -137,3 +137,28 @@ async def test_a_process_killed_inside_a_final_commit_leaves_listings_and_charge
     await agrees(store, "k1", "done")
     await store.gc(0)
     assert await store.ledger.scope_usage("acme", "all") == {"requests": 1}
+
+
+async def test_a_crash_before_a_creates_script_leaves_no_run_listed(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cluster indexes a new run first (an entry without a run is harmless): a crash right
+    after that lists nothing, and `gc` drops the entries."""
+    if isinstance(store, RedisStore) and not store.standalone:
+        index_run = redis_indexes.index_run
+
+        async def index_then_crash(*args: Any) -> None:
+            await index_run(*args)
+            raise Crash
+
+        monkeypatch.setattr(redis_indexes, "index_run", index_then_crash)
+    with contextlib.suppress(Crash):
+        await store.create(new_run("ghost"))
+    monkeypatch.undo()
+    created = await store.load("ghost") is not None
+    for status in ("running", "done"):
+        assert await listed(store, status) == (["ghost"] if created and status == "running" else [])
+    assert [r.run_id for r in await store.list_runs()] == (["ghost"] if created else [])
+    await store.gc(0)
+    if isinstance(store, RedisStore) and not created:
+        assert await store.client.zrange(f"{store.prefix}:runs", 0, -1) == []
