@@ -24,8 +24,12 @@ import os
 import re
 import secrets
 import socket
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
 
-__all__ = ["boot_id", "owner_id", "provably_dead"]
+T = TypeVar("T")
+
+__all__ = ["boot_id", "free_dead", "owner_id", "provably_dead"]
 
 _PROOF = re.compile(r"([0-9a-f]{8,32})\.(\d+)\.(\d+)")
 _PROOF_IN = re.compile(r"@([0-9a-f]{8,32})\.(\d+)\.(\d+)(?=:|$)")
@@ -99,3 +103,17 @@ def provably_dead(owner: str) -> bool:
         return True
     state, started = seen
     return started != match.group(3) or state in ("Z", "X")
+
+
+async def free_dead(attempt: Callable[[list[str]], Awaitable[tuple[T, Sequence[str]]]]) -> T:
+    """The rule, for a store that asks its server: `attempt(dead)` tries to take something,
+    freeing what the holders in `dead` hold, and answers its result and the holders that
+    stopped it; while some of those are provably dead (and were not freed already: they
+    changed hands meanwhile), try again freeing them."""
+    dead: list[str] = []
+    while True:
+        result, holders = await attempt(dead)
+        gone = [h for h in holders if h not in dead and provably_dead(h)]
+        if not gone:
+            return result
+        dead = gone

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .._capabilities import Bucket
-from .._process import provably_dead
+from .._process import free_dead
 from ._errors import talking
 
 if TYPE_CHECKING:
@@ -26,20 +26,27 @@ class RedisLimiter:
             return await self._store.script("ratelimit")(keys=[base, f"{base}:slots"], args=args)
 
     async def acquire(self, key: str, bucket: Bucket, holder: str) -> tuple[float, str]:
-        dead: list[str] = []
-        while True:
+
+        async def attempt(dead: list[str]) -> tuple[tuple[float, str], list[str]]:
             reply = await self._run(
                 key,
-                ["acquire", bucket.rate, bucket.burst, bucket.token_rate, bucket.token_burst,
-                 bucket.concurrency, holder, int(bucket.slot_ttl * 1000), *dead],
-            )  # fmt: skip
+                [
+                    "acquire",
+                    bucket.rate,
+                    bucket.burst,
+                    bucket.token_rate,
+                    bucket.token_burst,
+                    bucket.concurrency,
+                    holder,
+                    int(bucket.slot_ttl * 1000),
+                    *dead,
+                ],
+            )  # fmt: skip  (the slots of `dead` are dropped first)
             if int(reply[0]) == 1:
-                return 0.0, ""
-            held = [str(h) for h in reply[3:]]
-            gone = [h for h in held if h not in dead and provably_dead(h)]
-            if not gone:  # the slots' holders are alive, or were dropped already
-                return int(reply[1]) / 1000, str(reply[2])
-            dead = gone  # drop them, and try again
+                return (0.0, ""), []
+            return (int(reply[1]) / 1000, str(reply[2])), [str(h) for h in reply[3:]]
+
+        return await free_dead(attempt)
 
     async def release(self, key: str, holder: str, tokens: int) -> None:
         await self._run(key, ["release", holder, tokens])

@@ -39,7 +39,7 @@ from pydantic import JsonValue
 from .._capabilities import Ledger, Limiter, RunQueue, ScopeCharge
 from .._codec import dump_event, dump_json, load_event
 from .._paging import TOP, RunCursor
-from .._process import provably_dead
+from .._process import free_dead
 from .._usage import increments
 from ..base import (
     LIVE_MAXLEN,
@@ -156,18 +156,16 @@ class RedisStore(RedisBase):
                 await _indexes.index_deadline(self, run.run_id, run.deadline)
         head = [dump_event(event), event.key, deadline_arg(run.deadline), owner, ms(ttl)]
         tail = [repr(run.created_at), repr(run.updated_at), *fields]
-        dead = ""
-        while True:
-            args = [*head, dead, *tail]
+
+        async def attempt(dead: list[str]) -> tuple[tuple[Any, ...], list[str]]:
+            args = [*head, dead[0] if dead else "", *tail]  # take over a dead holder's lease
             bound = self._on_this_loop()
             async with talking(self, f"create run {run.run_id!r}"):
                 created, got, raw = await bound.run(bound.script("create"), keys, args)
             lease = self._lease_of(run.run_id, owner, ttl, got) if owner else None
-            if not isinstance(lease, LeaseHeld) or lease.owner == dead:
-                break
-            if not provably_dead(lease.owner):
-                break
-            dead = lease.owner  # take it over, unless it changed hands meanwhile
+            return (created, lease, raw), [lease.owner] if isinstance(lease, LeaseHeld) else []
+
+        created, lease, raw = await free_dead(attempt)
         if created:
             self._statuses[run.run_id] = run.status
             return (replace(run, holder=owner) if isinstance(lease, Lease) else run), lease
@@ -316,17 +314,17 @@ class RedisStore(RedisBase):
 
     async def acquire_lease(self, run_id: str, owner: str, ttl: float) -> Lease | LeaseHeld:
         keys = self._keys(run_id, "run", "lease")
-        dead = ""
-        while True:
-            args: list[Any] = ["acquire", owner, ms(ttl), 0, dead]
+
+        async def attempt(dead: list[str]) -> tuple[Lease | LeaseHeld, list[str]]:
+            args: list[Any] = ["acquire", owner, ms(ttl), 0, dead[0] if dead else ""]
             async with talking(self, f"lease run {run_id!r}"):
                 reply = await self.script("lease")(keys=keys, args=args)
             if int(reply[0]) == 0:
                 raise KeyError(run_id)
             got = self._lease_of(run_id, owner, ttl, reply)
-            if isinstance(got, Lease) or got.owner == dead or not provably_dead(got.owner):
-                return got
-            dead = got.owner  # take it over, unless it changed hands meanwhile
+            return got, [got.owner] if isinstance(got, LeaseHeld) else []
+
+        return await free_dead(attempt)
 
     async def renew_lease(self, lease: Lease) -> bool:
         keys = self._keys(lease.run_id, "run", "lease")
