@@ -106,7 +106,6 @@ class Agent(Machine[M]):
         self.budget_gate = gate
         if gate is not None and gate.scope_budget is not None:
             self.scope_charge = gate.scope_charge
-            self.after_commit.append(gate.charge)
         fields = memory.model_fields
         for t in self.transitions:
             for field in getattr(t.step, "writes", ()):

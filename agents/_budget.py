@@ -3,11 +3,8 @@
 Checked before every model request (`BudgetGate.admit`: a run never starts a request once
 it is at its limit), charged at commit: a run's own figures are its usage ledger, kept by
 the commit itself (`RunRecord.usage`); a scope's (`budget_scope=`, a function of the memory:
-a tenant, a user) are charged by the commit too, in its atomic write, once per event key
-(`storage._charge`: embedded, standalone Redis). On Redis Cluster, where the scope's keys
-are in another slot, they are charged after each commit, idempotently by the event's key
-(`storage._ledger`), and again on pick-up; there a crash right after a run's final commit
-loses that last charge (nothing picks a finished run up: see docs/architecture.md).
+a tenant, a user) are charged by the commit too, once per event key (`Store.commit(...,
+scope_charge=)`: the store makes it land once whatever crashes, Redis Cluster included).
 
 A run that reaches a limit is halted (`statemachine.StepHalted`, an event of kind "halt"
 whose output has the figures): it goes to the agent's `on_budget` state, or, without one,
@@ -30,9 +27,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, JsonValue
 
 from statemachine import Run, RunError, StepContext, StepHalted
-from storage import Event, RunRecord, ScopeCharge, Store
-from storage._charge import charges_in_commit
-from storage._ledger import ledger_of
+from storage import Event, ScopeCharge, Store
 from storage._usage import COST_UNIT, increments
 
 __all__ = ["Budget", "BudgetGate", "BudgetReached", "halted", "period_of", "raise_budget"]
@@ -137,7 +132,7 @@ class BudgetGate:
                             {*ctx.usage, *ctx.spent}})  # fmt: skip
             limits = self.run_budget.ledger_limits()
             if over(limits, used):  # the declared limits, or the raised ones
-                limits.update(await ledger_of(store).limits(f"run/{ctx.run_id}"))
+                limits.update(await store.ledger.limits(f"run/{ctx.run_id}"))
                 reached = over(limits, used)
                 if reached:
                     raise self._halt("run", ctx.run_id, reached, used, None)
@@ -146,7 +141,7 @@ class BudgetGate:
         if self.scope_budget is not None and self.scope is not None:
             scope = self.scope(memory)
             period = period_of(self.scope_budget.per, time.time())
-            ledger = ledger_of(store)
+            ledger = store.ledger
             totals = figures(await ledger.scope_usage(scope, period))
             used = {k: totals.get(k, 0) + spent.get(k, 0) for k in {*totals, *spent}}
             limits = self.scope_budget.ledger_limits()
@@ -180,10 +175,8 @@ class BudgetGate:
         )
 
     def scope_charge(self, memory: Any, event: Event, store: Store) -> ScopeCharge | None:
-        """The charge of `event`'s usage to the run's scope, made by the commit itself where
-        the store can (`Machine.scope_charge`); None when there is nothing to charge there."""
-        if not charges_in_commit(store):
-            return None
+        """The charge of `event`'s usage to the run's scope, made with the commit
+        (`Machine.scope_charge`); None when there is nothing to charge."""
         return self._charge_of(memory, event)
 
     def _charge_of(self, memory: Any, event: Event) -> ScopeCharge | None:
@@ -193,17 +186,6 @@ class BudgetGate:
         at = event.ended_at or time.time()
         expires = at + 2 * _SECONDS[per] if per is not None else 0.0
         return ScopeCharge(scope=self.scope(memory), period=period_of(per, at), expires_at=expires)
-
-    async def charge(self, record: RunRecord, event: Event, store: Store) -> None:
-        """Charge `event`'s usage to the run's scope after its commit (`Machine.after_commit`),
-        where the commit could not (Redis Cluster: the scope's keys are in another slot)."""
-        if charges_in_commit(store):
-            return
-        charge = self._charge_of(self.memory_type.model_validate(record.memory), event)
-        if charge is not None:
-            await ledger_of(store).charge_scope(
-                charge.scope, charge.period, event.key, increments(event), charge.expires_at
-            )
 
 
 async def raise_budget(
@@ -223,4 +205,4 @@ async def raise_budget(
     new = limits.ledger_limits()
     if not new:
         raise RunError("raise_budget: give at least one limit (requests=, total_tokens=, ...)")
-    await ledger_of(store).set_limits(subject, dict(new))
+    await store.ledger.set_limits(subject, dict(new))

@@ -1,6 +1,6 @@
 """Shared rate limits on model requests: `Agent(rate_limits=[RateLimit(...)])`.
 
-Each limit is held in the run's store (`storage._ratelimit`), so every process and worker on
+Each limit is held in the run's store (`Store.limiter`), so every process and worker on
 that store shares it. Before each model request of an `llm()` step the step takes a slot of
 every limit (waiting as long as a limit says; each wait is reported to `on_wait` listeners,
 which the CLI shows as a status line), and gives it back after the request with the tokens it
@@ -20,8 +20,8 @@ from pydantic_ai.exceptions import ModelHTTPError, ModelRateLimitError
 
 from statemachine import StepContext
 from storage import Store
+from storage._capabilities import Bucket
 from storage._process import owner_id
-from storage._ratelimit import Bucket, limiter_of
 
 __all__ = ["RateLimit", "on_wait", "rate_limited"]
 
@@ -65,7 +65,7 @@ class RateLimit:
 
 
 async def _take(store: Store, limit: RateLimit, key: str, holder: str) -> None:
-    limiter = limiter_of(store)
+    limiter = store.limiter
     bucket = limit.bucket()
     while True:
         wait, why = await limiter.acquire(key, bucket, holder)
@@ -106,9 +106,9 @@ async def rate_limited(
             if isinstance(exc, ModelRateLimitError) or exc.status_code == 429:
                 pause = exc.retry_after if exc.retry_after is not None else DEFAULT_RETRY_AFTER
                 for key in taken:
-                    await limiter_of(store).pause(key, pause)
+                    await store.limiter.pause(key, pause)
             raise
     finally:
         for key in taken:
             with contextlib.suppress(Exception):
-                await limiter_of(store).release(key, holder, used[0])
+                await store.limiter.release(key, holder, used[0])

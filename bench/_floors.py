@@ -1,6 +1,6 @@
 """The floors `bench/runs.py` measures against, and its measuring kit.
 
-Raw EVALSHAs of storage/commit.lua (redis-py sync and asyncio clients), a raw SQLite WAL commit,
+Raw EVALSHAs of the commit script (redis-py sync and asyncio clients), a raw SQLite WAL commit,
 `Phase` (one table row measured in chunks, side by side with the others), and the counters of
 round trips (`bench/_counting.py`) and of the commands a private redis-server ran (`Stats`).
 """
@@ -27,7 +27,7 @@ LEASE_TTL = 60.0
 """Seconds; the runner renews every ttl/3 = 20 s, so no renewal falls inside a measured run."""
 _IGNORED = {"info", "config|resetstat", "config"}
 """The measuring client's own commands, left out of the counts."""
-_COMMIT_LUA = files("storage").joinpath("commit.lua").read_text(encoding="utf-8")
+_COMMIT_LUA = files("storage.redis").joinpath("scripts", "commit.lua").read_text(encoding="utf-8")
 
 
 def pct(samples: Sequence[int], p: float) -> float:

@@ -3,7 +3,7 @@
     python -m bench._raw_proc URL OUT.json --runs N --steps K [--concurrency C] [--tag T]
 
 No runner, no worker, no queue: the client `RedisStore.from_url(URL)` builds (redis-py
-asyncio, hiredis, `decode_responses=True`, its connection pool), and storage/commit.lua
+asyncio, hiredis, `decode_responses=True`, its connection pool), and the commit script
 registered on it. It creates N runs of its own and takes a lease on each (not timed), prints
 `ready`, waits for a line on stdin, then C coroutines each take a run and commit K times to it
 with one EVALSHA each, with the keys and args `RedisStore.commit` sends for a no-op tool step
@@ -37,7 +37,7 @@ LEASE_TTL = 60.0
 async def measure(url: str, out: Path, runs: int, steps: int, concurrency: int, tag: str) -> None:
     store = RedisStore.from_url(url)
     script = store.client.register_script(
-        files("storage").joinpath("commit.lua").read_text(encoding="utf-8")
+        files("storage.redis").joinpath("scripts", "commit.lua").read_text(encoding="utf-8")
     )
     owner = f"bench:{os.getpid()}"
     ids = [f"raw-{tag}-{i}" for i in range(runs)]

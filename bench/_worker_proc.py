@@ -33,8 +33,7 @@ if __package__ in (None, ""):  # run as a file
 from bench._noop_agent import noop
 from statemachine import Worker
 from statemachine._runner import Run
-from storage import Event, RedisStore
-from storage.queue import Job
+from storage import Event, Job, RedisStore
 
 
 class TimedWorker(Worker):

@@ -4,7 +4,7 @@ Measures, side by side in one run and with one client (redis-py asyncio, hiredis
 `decode_responses=True`, one connection, sequential awaits):
 
 1. `PING`: the loopback round-trip floor;
-2. one raw `EVALSHA` of storage/commit.lua (the registered script, with the keys and args
+2. one raw `EVALSHA` of the commit script (the registered script, with the keys and args
    `RedisStore.commit` sends), seq after seq on one run holding a lease; and the same through
    `RedisStore.commit` (event encoding included);
 3. one full transition through the runner (`await run.step()`) of an `agents.Agent` whose
@@ -59,6 +59,7 @@ from storage import (
     RunRecord,
     RunStatus,
     ScopeCharge,
+    StorageError,
     Store,
     open_store,
 )
@@ -196,7 +197,7 @@ class RawRun:
         self.run_id = run_id
         self.keys = store.commit_keys(run_id)
         self.script = store.client.register_script(
-            files("storage").joinpath("commit.lua").read_text(encoding="utf-8")
+            files("storage.redis").joinpath("scripts", "commit.lua").read_text(encoding="utf-8")
         )
         self.seq = 0
         self.token = 0
@@ -316,6 +317,21 @@ async def drive(
 class StubStore:
     """A `storage.Store` that answers at once and keeps nothing but the run record: the
     runner's own CPU per step, with no I/O and no store encoding."""
+
+    async def ping(self, within: float) -> None:
+        """It is in this process: it answers."""
+
+    @property
+    def ledger(self) -> Any:
+        raise StorageError("the benchmark's stub store keeps no ledger")
+
+    @property
+    def limiter(self) -> Any:
+        raise StorageError("the benchmark's stub store keeps no rate limits")
+
+    @property
+    def queue(self) -> Any:
+        raise StorageError("the benchmark's stub store keeps no run queue")
 
     def __init__(self) -> None:
         self._runs: dict[str, RunRecord] = {}

@@ -44,8 +44,7 @@ from agents import Agent, Budget, RateLimit, llm
 from bench._counting import Wire, count_wire
 from bench._redis import markdown_table, redis_for
 from storage import Event, Lease, RedisStore, RunRecord, Store, open_store
-from storage._ledger import ledger_of
-from storage._ratelimit import Bucket, limiter_of
+from storage._capabilities import Bucket
 
 USAGE = {"requests": 1, "input_tokens": 120, "output_tokens": 40, "cost_nusd": 5200}
 
@@ -103,7 +102,7 @@ async def time_commits(store: Store, n: int, usage: dict[str, int] | None) -> li
 
 async def time_limiter(store: Store, n: int) -> list[float]:
     """One unlimited rate limit's acquire + release, as an llm step does them."""
-    limiter = limiter_of(store)
+    limiter = store.limiter
     bucket = Bucket(rate=1e9, burst=1e9)
     out = []
     for i in range(n):
@@ -116,7 +115,7 @@ async def time_limiter(store: Store, n: int) -> list[float]:
 
 async def time_scope(store: Store, n: int) -> list[float]:
     """A scope budget's read before a request and its charge after the commit."""
-    ledger = ledger_of(store)
+    ledger = store.ledger
     scope = f"s{time.monotonic_ns()}"
     out = []
     for i in range(n):
@@ -196,7 +195,7 @@ async def bench(url: str, args: argparse.Namespace) -> None:
         print(text, file=sys.stderr, flush=True)
 
     redis = RedisStore.from_url(url, prefix=f"bench{time.monotonic_ns()}")
-    wire = count_wire(redis.client.connection_pool)  # type: ignore[union-attr]  # standalone
+    wire = count_wire(redis.client.connection_pool)  # standalone
     rows = await bench_store("redis", redis, wire, args, progress)
     await redis.close()
     with tempfile.TemporaryDirectory() as tmp:

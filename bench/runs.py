@@ -3,7 +3,7 @@
 In one run, with one client mode (redis-py with hiredis, `decode_responses=True`, one
 connection, sequential awaits), on one private redis-server:
 
-1. the floor: raw `EVALSHA` of storage/commit.lua (the keys and args `RedisStore.commit`
+1. the floor: raw `EVALSHA` of the commit script (the keys and args `RedisStore.commit`
    sends) with redis-py's sync client and with its asyncio client;
 2. our per-step p50/p99 (`await run.step()` of a chain of no-op tool steps, a 1,000-step
    run, its first step left out): async tool, sync tool inline (`in_thread=False`), sync

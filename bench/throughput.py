@@ -41,7 +41,6 @@ if __package__ in (None, ""):  # run as `python3 bench/throughput.py`
 from bench._redis import markdown_table, redis_for
 from bench.commit_overhead import machine
 from storage import RedisStore
-from storage.queue import RunQueue
 
 ROOT = Path(__file__).resolve().parents[1]
 AGENT = "noop"
@@ -167,7 +166,7 @@ async def workers_phase(
 
     prefix = f"tpw{secrets.token_hex(3)}"
     store = RedisStore.from_url(f"{url}?prefix={prefix}")
-    queue = RunQueue(store)
+    queue: Any = store.queue
     outs = [tmp / f"{prefix}-{n}.json" for n in range(procs)]
     logs = [tmp / f"{prefix}-{n}.log" for n in range(procs)]
     names = [f"{prefix}-w{n}" for n in range(procs)]

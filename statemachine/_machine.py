@@ -8,7 +8,7 @@ import logging
 import secrets
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, JsonValue, ValidationError
 
@@ -36,9 +36,6 @@ from .errors import (
     RunTakenOver,
     VersionMismatch,
 )
-
-if TYPE_CHECKING:
-    from storage.queue import RunQueue
 
 __all__ = ["DEFAULT_MAX_MEMORY", "Machine"]
 
@@ -129,8 +126,8 @@ class Machine(Generic[M]):
         ledgers beside the run (a budget scope's) are kept this way."""
         self.scope_charge: ChargeOf | None = None
         """Called before each commit with the run's memory after it, the event and the store:
-        a `storage.ScopeCharge` the store makes in the commit's own atomic write (where
-        `storage._charge.charges_in_commit`), or None. Opaque here: an agent's budget sets it."""
+        a `storage.ScopeCharge` the store makes with the commit, once (`Store.commit`), or
+        None. Opaque here: an agent's budget sets it."""
         self.name = check_machine_name(name)
         self.version = version
         self.memory_type = memory
@@ -384,14 +381,14 @@ class Machine(Generic[M]):
         (`Worker`, `agentfsm worker`); returns its id. Safe to retry with the same `run_id`:
         the run is created once, and a job queued twice is carried out once."""
         run = await self.start(store, memory, run_id=run_id)
-        await _queue(store).enqueue(self.name, run.run_id)
+        await store.queue.enqueue(self.name, run.run_id)
         return run.run_id
 
     async def enqueue(self, store: Store, run_id: str) -> None:
         """Queue a stored run for the workers: to go on after a stop, or after `retry`."""
         if await store.load(run_id) is None:
             raise RunNotFound(run_id)
-        await _queue(store).enqueue(self.name, run_id)
+        await store.queue.enqueue(self.name, run_id)
 
     async def deliver(
         self, store: Store, run_id: str, event: str, payload: JsonValue = None
@@ -417,7 +414,7 @@ class Machine(Generic[M]):
             pass  # not waiting for it yet: the worker delivers it when it is
         else:
             await run._rehearse(t, payload)  # refuse what would break the run, writing nothing
-        await _queue(store).enqueue(self.name, run.run_id, "event", event=event, payload=payload)
+        await store.queue.enqueue(self.name, run.run_id, "event", event=event, payload=payload)
 
     async def resume(self, store: Store, run_id: str, *, lease_wait: float | None = None) -> Run[M]:
         """The stored run `run_id`, ready to go on from its last commit, in any process.
@@ -520,15 +517,3 @@ def _stored_size(fields: Mapping[str, JsonValue], where: str) -> int:
         return sum(json_size(value, f"memory field {name!r}") for name, value in fields.items())
     except Unstorable as exc:
         raise InvalidMemory(where, str(exc)) from None
-
-
-def _queue(store: Store) -> RunQueue:
-    from storage import RedisStore  # loaded here: `statemachine` imports no Redis code
-    from storage.queue import RunQueue
-
-    if not isinstance(store, RedisStore):
-        raise TypeError(
-            f"the run queue lives in Redis: workers need a RedisStore, not {type(store).__name__}"
-            " (on the embedded store, drive runs with start/resume and until_done)"
-        )
-    return RunQueue(store)

@@ -1,11 +1,12 @@
 """`Worker`: drive the runs queued for some machines, many at once, in one asyncio process.
 
-Workers are stateless: any number of them, on any machines, share one Redis (standalone or
-Cluster) through `storage.queue.RunQueue`. A worker claims jobs (new runs, runs handed back,
-events to deliver, timeouts due) up to its `concurrency`, drives each run until it is done,
-failed or waiting, and only then acknowledges the job. Work held by a worker that died is
-reclaimed by another after `reclaim_after` seconds of silence, and resumed once the dead
-worker's lease expired; leases with fencing keep two workers from driving one run at once.
+Workers are stateless: any number of them share one store (Redis, standalone or Cluster; or
+one embedded file, on one machine) through its queue, `Store.queue`. A worker claims jobs (new
+runs, runs handed back, events to deliver, timeouts due) up to its `concurrency`, drives each
+run until it is done, failed or waiting, and only then acknowledges the job. Work held by a
+worker that died is reclaimed by another after `reclaim_after` seconds of silence, and resumed
+once the dead worker's lease expired; leases with fencing keep two workers from driving one
+run at once.
 
 Stopping (`stop()`, or SIGTERM/SIGINT in `agentfsm worker`): no new jobs are claimed, each run
 in flight finishes the step it is in, its lease is released and its job handed back to the
@@ -25,13 +26,12 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from storage import CorruptData, Event, StorageError, StoreUnavailable
+from storage import CorruptData, Event, StorageError, Store, StoreUnavailable, WorkerBeat
 
 from .errors import InvalidPayload, NotDue, RunError, RunLocked, RunNotFound, RunTakenOver
 
 if TYPE_CHECKING:
-    from storage import RedisStore
-    from storage.queue import Job
+    from storage import Job
 
     from ._machine import Machine
     from ._runner import Run
@@ -48,7 +48,7 @@ class Worker:
     """Drives the queued runs of `machines` from `store`'s queue.
 
     Args:
-        store: a `RedisStore` (the queue lives beside the runs).
+        store: the store (its queue, `Store.queue`, lives beside the runs).
         machines: the machines (agents) this worker serves; each has its own queue.
         concurrency: how many runs it drives at once.
         name: how it shows in `agentfsm workers` (default host:pid:random).
@@ -61,7 +61,7 @@ class Worker:
 
     def __init__(
         self,
-        store: RedisStore,
+        store: Store,
         machines: Sequence[Machine[Any]],
         *,
         concurrency: int = 100,
@@ -71,13 +71,6 @@ class Worker:
         poll: float = 1.0,
         on_event: Callable[[Run[Any], Event], object] | None = None,
     ) -> None:
-        from storage import RedisStore  # Redis code is loaded when a worker is made, not before
-        from storage.queue import RunQueue
-
-        if not isinstance(store, RedisStore):
-            raise TypeError(
-                f"workers share runs through Redis: give a RedisStore, not {type(store).__name__}"
-            )
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, not {concurrency}")
         if not machines:
@@ -88,7 +81,7 @@ class Worker:
                 raise ValueError(f"two machines are named {m.name!r}")
             by_name[m.name] = m
         self.store = store
-        self.queue = RunQueue(store)
+        self.queue = store.queue
         self.machines = by_name
         self.concurrency = concurrency
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(2)}"
@@ -239,8 +232,6 @@ class Worker:
 
     async def _beat(self) -> None:
         """Heartbeat, and touch the jobs in flight so nobody reclaims them."""
-        from storage.queue import WorkerBeat
-
         await self.queue.beat(
             WorkerBeat(
                 name=self.name,

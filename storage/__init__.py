@@ -1,13 +1,19 @@
 """The Store contract and its backends: Redis, and an embedded store that needs no server.
 
-Backends are imported lazily by `open_store(url)`; `RedisStore` and `EmbeddedStore` are
-also importable from here.
+    storage/
+      base.py, _capabilities.py   the contract: records, `Store` and its ledger, limiter, queue
+      _codec.py, _json.py, _usage.py, _paging.py, _process.py   shared by every backend
+      redis/      the Redis backend (Cluster is a mode of it)
+      embedded/   the embedded backend (SQLite, or memory://)
+
+Backends are imported lazily by `open_store(url)` (`import storage` loads neither redis nor
+sqlite3); `RedisStore` and `EmbeddedStore` are also importable from here.
 """
 
 import inspect
 from typing import TYPE_CHECKING, Any
 
-from ._charge import ScopeCharge
+from ._capabilities import Job, RunQueue, ScopeCharge, WorkerBeat
 from ._open import open_store
 from ._paging import cursor_of
 from .base import (
@@ -38,17 +44,20 @@ __all__ = [
     "Duplicate",
     "EmbeddedStore",
     "Event",
+    "Job",
     "Lease",
     "LeaseHeld",
     "LeaseLost",
     "LiveEntry",
     "RedisStore",
+    "RunQueue",
     "RunRecord",
     "RunStatus",
     "ScopeCharge",
     "StorageError",
     "Store",
     "StoreUnavailable",
+    "WorkerBeat",
     "cursor_of",
     "open_store",
 ]

@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 from urllib.parse import urlsplit
 
+from ._url import redact
 from .base import Store
 
-__all__ = ["DEFAULT_STORE", "open_store"]
+__all__ = ["DEFAULT_STORE", "open_store", "redact"]
 
 DEFAULT_STORE = "sqlite:///.agentfsm/store.db"
 """The embedded default: a file under `.agentfsm/` in the working directory."""
@@ -35,8 +36,6 @@ def open_store(url: str | None = None, *, prefix: str = "agentfsm") -> Store:
         from .embedded import EmbeddedStore
 
         return EmbeddedStore.from_url(url)
-    from .redis import redact
-
     raise ValueError(
         f"unknown store URL {redact(url)!r}: use redis://, rediss://, unix://,"
         " redis+cluster://, sqlite:///PATH or memory://"

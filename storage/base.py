@@ -1,21 +1,21 @@
 """The Store contract: records, commit outcomes, and the `Store` protocol.
 
-Every backend (`RedisStore`, `EmbeddedStore`) meets the guarantees written in the
-docstrings of `Store`; one conformance suite (`tests/storage/test_conformance.py`)
-proves them for each.
+Every backend (`storage/redis/`, `storage/embedded/`) meets the guarantees written in the
+docstrings of `Store` and of its capabilities (`storage._capabilities`: ledger, limiter,
+queue); one conformance suite (`tests/storage/conformance/`) proves them for each. Callers
+never ask which backend they hold: a backend that cannot do something refuses in its own
+method, with an error naming the problem and the way out.
 """
 
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal, Protocol, TypeAlias, runtime_checkable
+from typing import Literal, Protocol, TypeAlias, runtime_checkable
 
 from pydantic import JsonValue
 
+from ._capabilities import Ledger, Limiter, RunQueue, ScopeCharge
 from ._json import MAX_DEPTH, json_bytes
-
-if TYPE_CHECKING:
-    from ._charge import ScopeCharge
 
 __all__ = [
     "LIVE_MAXLEN",
@@ -279,7 +279,7 @@ class Store(Protocol):
         expected_seq: int,
         token: int,
         event: Event,
-        scope_charge: "ScopeCharge | None" = None,
+        scope_charge: ScopeCharge | None = None,
     ) -> "CommitOutcome":
         """Atomically apply `event` (whose seq must be `expected_seq + 1`): set the run's
         state, status and patched memory fields, append the event, record its key.
@@ -295,9 +295,11 @@ class Store(Protocol):
         holder cannot run anything more without a new lease. A renewal of that lease is then
         refused (`renew_lease` is False).
 
-        `scope_charge` (optional; only where `storage._charge.charges_in_commit` says the
-        store takes one: embedded, standalone Redis) also adds the event's usage to a budget
-        scope's ledger in the same atomic write, once per `event.key`.
+        `scope_charge` (optional) also adds the event's usage to a budget scope's ledger
+        (`ledger`), once per `event.key`: in the same atomic write where the backend can
+        (embedded, standalone Redis); on Redis Cluster, where the scope is in another slot,
+        the commit records the charge in the run's own slot and the backend applies it
+        after, or at the next load, lease, listing or `gc` after a crash: it lands once.
         """
         ...
 
@@ -378,8 +380,29 @@ class Store(Protocol):
         """Rebuild the indexes (runs by agent, status, time) from the runs; how many runs."""
         ...
 
+    async def ping(self, within: float) -> None:
+        """Return when the store answers within `within` seconds, else raise
+        `StoreUnavailable` whose message says why (refused, silent, refused credentials) and
+        nothing else. A store in a file or in memory answers at once."""
+        ...
+
     async def close(self) -> None:
         """Release connections and files. The store is unusable afterwards."""
+        ...
+
+    @property
+    def ledger(self) -> Ledger:
+        """Usage per budget scope and the limits people set, kept in this store."""
+        ...
+
+    @property
+    def limiter(self) -> Limiter:
+        """Rate limits shared by every process on this store."""
+        ...
+
+    @property
+    def queue(self) -> RunQueue:
+        """The run queue the workers on this store share."""
         ...
 
 

@@ -73,7 +73,8 @@ def test_statemachine_imports_no_redis_code() -> None:
     # A fresh interpreter: in this one, other tests have loaded redis long ago.
     probe = (
         "import sys, statemachine; print(sorted(m for m in sys.modules"
-        " if m.split('.')[0] == 'redis' or m in ('storage.redis', 'storage.queue')))"
+        " if m.split('.')[0] in ('redis', 'sqlite3', '_sqlite3')"
+        " or m.startswith(('storage.redis', 'storage.embedded'))))"
     )
     out = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True

@@ -25,7 +25,7 @@ MUST_SHIP = [
     "docs/architecture.md", "docs/reliability.md", "docs/report.png", "bench/README.md",
     "tests/__init__.py", "tests/conftest.py", "tests/programs.py", "tests/redis_server.py",
     "tests/agents/conftest.py", "tests/agents/ticket_agent.py",
-    "agents/cli/__init__.py", "agents/examples/data_analyst.py", "storage/commit.lua",
+    "agents/cli/__init__.py", "agents/examples/data_analyst.py", "storage/redis/scripts/commit.lua",
     "statemachine/py.typed",
 ]  # fmt: skip
 

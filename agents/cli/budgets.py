@@ -32,7 +32,6 @@ async def budget(args: argparse.Namespace) -> int:
     import time
 
     from statemachine import RunNotFound
-    from storage._ledger import ledger_of
 
     from .._budget import Budget, period_of, raise_budget
     from .._usage_text import usage_line
@@ -74,9 +73,9 @@ async def budget(args: argparse.Namespace) -> int:
             ) else "day"  # fmt: skip
             period = args.period or period_of(per, time.time())
             subject = f"scope/{args.scope}"
-            usage = await ledger_of(store).scope_usage(args.scope, period)
+            usage = await store.ledger.scope_usage(args.scope, period)
             out.print(f"scope    {shown(args.scope)} ({period})")
-        limits_set = await ledger_of(store).limits(subject)
+        limits_set = await store.ledger.limits(subject)
     out.print(f"usage    {usage_line(usage)}")
     if limits_set:
         out.print("limits   " + ", ".join(f"{k} {v}" for k, v in sorted(limits_set.items())))

@@ -35,7 +35,8 @@ async def reindex(args: argparse.Namespace) -> int:
 
 @commands.command(
     "export",
-    "write runs and their histories to a JSON Lines file",
+    "write runs and their histories (and, for the whole store, its scope ledgers and set"
+    " limits) to a JSON Lines file",
     arg("run_ids", nargs="*", metavar="RUN_ID", help="these runs (default: all)"),
     arg("--agent", metavar="NAME", help="every run of this agent"),
     arg("-o", "--output", required=True, metavar="FILE", help="the .jsonl file"),
@@ -45,7 +46,7 @@ async def export(args: argparse.Namespace) -> int:
 
     if args.run_ids and args.agent:
         raise UsageProblem("give RUN_IDs or --agent, not both")
-    runs = events = 0
+    runs = events = other = 0
     async with opened(args) as store:
         try:
             # A CLI command: nothing else runs on its loop, so blocking file I/O is fine.
@@ -54,12 +55,14 @@ async def export(args: argparse.Namespace) -> int:
                     async for line in export_runs(store, args.run_ids, agent=args.agent):
                         runs += line.startswith('{"run"')
                         events += line.startswith('{"event"')
+                        other += line.startswith(('{"ledger"', '{"limits"'))
                         f.write(line + "\n")
                 except KeyError as exc:
                     raise UsageProblem(str(exc.args[0])) from None
         except OSError as exc:
             raise UsageProblem(f"cannot write {args.output}: {exc.strerror or exc}") from None
-    out.print(f"wrote {runs} run(s) and {events} event(s) to {shown(args.output)}")
+    extra = f", {other} ledger(s) and limit(s)" if other else ""
+    out.print(f"wrote {runs} run(s) and {events} event(s){extra} to {shown(args.output)}")
     return EXIT_DONE
 
 
@@ -80,6 +83,13 @@ async def import_(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise UsageProblem(f"{args.file}: {exc}") from None
     out.print(f"imported {len(result.imported)} run(s) with {result.events} event(s)")
+    if result.ledgers or result.limits:
+        out.print(f"imported {result.ledgers} scope ledger(s) and {result.limits} set limit(s)")
+    if result.diverged:
+        out.print(
+            "merged scope ledgers both stores charged since they parted (the larger totals"
+            " kept): " + shown(", ".join(result.diverged))
+        )
     if result.skipped:
         out.print(
             f"skipped {len(result.skipped)} run(s) this store has already: "

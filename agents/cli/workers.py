@@ -1,4 +1,4 @@
-"""Commands of the shared work queue (Redis): submit, worker, workers."""
+"""Commands of the shared work queue (`Store.queue`, on any store): submit, worker, workers."""
 
 from __future__ import annotations
 
@@ -18,22 +18,11 @@ if TYPE_CHECKING:
     import argparse
 
     from statemachine import Run
-    from storage import Event, Store
-    from storage.redis import RedisStore
+    from storage import Event
 
 __all__ = ["commands"]
 
 commands = Commands()
-
-
-def _redis(store: Store) -> RedisStore:
-    from storage import RedisStore
-
-    if not isinstance(store, RedisStore):
-        raise UsageProblem(
-            "workers share runs through Redis: give --store redis://... (or $AGENTFSM_STORE)"
-        )
-    return store
 
 
 @commands.command(
@@ -84,11 +73,10 @@ async def submit(args: argparse.Namespace) -> int:
 )
 async def worker(args: argparse.Namespace) -> int:
     from statemachine import Worker
-    from storage.redis import redact
+    from storage._url import redact
 
     specs = [spec.strip() for spec in args.agents.split(",")]
     async with opened(args) as store:
-        redis = _redis(store)
         agents = [with_model(load_agent(spec, store), None) for spec in specs]
 
         def finished(run: Run[Any], event: Event) -> None:
@@ -96,7 +84,7 @@ async def worker(args: argparse.Namespace) -> int:
                 out.print(f"{shown(run.run_id)}: {event.status} at {shown(event.dest)}")
 
         worker = Worker(
-            redis,
+            store,
             agents,
             concurrency=args.concurrency,
             name=args.name,
@@ -148,10 +136,8 @@ async def worker(args: argparse.Namespace) -> int:
 async def workers(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from storage.queue import RunQueue
-
     async with opened(args) as store:
-        queue = RunQueue(_redis(store))
+        queue = store.queue
         beats = await queue.workers()
         names = {a for b in beats for a in b.agents} | set(args.agent or ())
         names |= set(registered_names())

@@ -19,7 +19,6 @@ from agents import Agent, Budget, DurableAgent, llm, raise_budget
 from agents._budget import BudgetReached
 from statemachine import DefinitionError
 from storage import Store, open_store
-from storage._ledger import ledger_of
 
 
 class Chat(BaseModel):
@@ -123,7 +122,7 @@ async def test_a_durable_agent_stops_at_its_budget_and_goes_on_once_raised(
     await raise_budget(store, run_id="d1", limits=Budget(requests=5))
     result = await durable.run(run_id="d1")
     assert result.output == "pong"
-    assert await ledger_of(store).limits("run/d1") == {"requests": 5}
+    assert await store.ledger.limits("run/d1") == {"requests": 5}
 
 
 class Verdict(BaseModel):

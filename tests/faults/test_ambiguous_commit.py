@@ -31,7 +31,7 @@ pytestmark = pytest.mark.redis
 
 def script_sha(name: str) -> str:
     """The SHA1 redis-py sends in `EVALSHA` for one of the store's scripts."""
-    text = files("storage").joinpath(name).read_text(encoding="utf-8")
+    text = files("storage.redis").joinpath("scripts", name).read_text(encoding="utf-8")
     return hashlib.sha1(text.encode()).hexdigest()
 
 
@@ -155,7 +155,8 @@ STEPS = 8
 async def load_scripts(store: RedisStore) -> None:
     """Put the scripts in the server's cache first, so no NOSCRIPT round trip is cut instead."""
     for name in ("commit.lua", "lease.lua", "create.lua"):
-        await store.client.script_load(files("storage").joinpath(name).read_text(encoding="utf-8"))
+        text = files("storage.redis").joinpath("scripts", name).read_text(encoding="utf-8")
+        await store.client.script_load(text)
 
 
 async def check_run(store: RedisStore, run_id: str, effects: Counter[str]) -> None:

@@ -26,7 +26,6 @@ from typing import Any
 import pytest
 
 from storage import RedisStore
-from storage.queue import RunQueue
 
 from ..keys import plain
 from ..redis_server import RedisServer
@@ -225,7 +224,7 @@ async def test_crash_storm(
         assert pids[-1] == committer[key], (key, pids)
         assert set(pids[:-1]) <= pool.killed, (key, pids, pool.killed)
 
-    queue = RunQueue(store)
+    queue: Any = store.queue
     assert await queue.pending(["storm"]) == {"storm": 0}
     assert await queue.waiting(["storm"]) == {"storm": 0}
     assert await store.client.xlen(queue.dead_letters) == 0

@@ -549,7 +549,7 @@ async def test_a_worker_parks_a_corrupt_run_instead_of_retrying_it_forever(
     redis_server: RedisServer,
 ) -> None:
     from statemachine import Worker
-    from storage.queue import RunQueue
+
 
     store = RedisStore.from_url(redis_server.url, prefix=f"prop{next(_ids)}")
     try:
@@ -565,7 +565,7 @@ async def test_a_worker_parks_a_corrupt_run_instead_of_retrying_it_forever(
 
         worker = Counting(store, [notes], heartbeat=0.1, reclaim_after=0.3, poll=0.1)
         task = asyncio.create_task(worker.run())
-        queue = RunQueue(store)
+        queue: Any = store.queue
         give_up = time.monotonic() + 60
         while True:  # until the good run is done and the bad one parked (or the deadline)
             good = await store.load("good")

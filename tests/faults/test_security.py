@@ -218,7 +218,7 @@ def test_library_never_deserializes_code() -> None:
     sources = [p for package in LIBRARY for p in sorted((ROOT / package).rglob("*.py"))]
     assert len(sources) > 20
     assert [use for p in sources for use in unsafe_uses(p)] == []
-    for script in sorted((ROOT / "storage").glob("*.lua")):
+    for script in sorted((ROOT / "storage").rglob("*.lua")):
         text = script.read_text(encoding="utf-8")
         assert "loadstring" not in text and "load(" not in text, script
 

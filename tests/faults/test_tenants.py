@@ -16,14 +16,14 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 from pydantic import BaseModel
 
 from agents import Agent, tool, wait
-from storage import RedisStore
-from storage.queue import Job, RunQueue, WorkerBeat
+from storage import Job, RedisStore, WorkerBeat
 from tests.redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -64,7 +64,7 @@ async def populate(url: str, prefix: str, *, legacy: bool = False) -> None:
             await done.send("go")  # done, with retention: its keys expire
             await done.release()
             await machine.submit(store, Memo(), run_id=f"{name}.queued")
-        queue = RunQueue(store)
+        queue: Any = store.queue
         await queue.dead_letter(Job(id="0-1", agent="dead", run_id="queue"), "a test")
         await queue.beat(
             WorkerBeat(name="w1", host="h", pid=1, agents=("agent",), concurrency=1,
@@ -187,7 +187,7 @@ def test_rekey_moves_a_legacy_tenant_and_nothing_else(
     async def queued() -> list[str]:
         store = RedisStore.from_url(server.url, prefix="a_b")
         try:
-            queue = RunQueue(store)
+            queue: Any = store.queue
             await queue.ensure_group(["agent"])
             jobs = await queue.claim("c", ["agent"], 10, 0.1)
             return [j.run_id for j in jobs]

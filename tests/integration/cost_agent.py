@@ -132,7 +132,7 @@ def scope_agent(workdir: Path) -> Agent[Chat]:
             _log(workdir, "charged")
 
     BudgetGate.admit = admit_logged  # type: ignore[method-assign,assignment]
-    agent.after_commit.append(charged)  # after the gate's own charge
+    agent.after_commit.append(charged)  # the scope was charged by the commit itself
     return agent
 
 
@@ -150,7 +150,7 @@ def final_kill_agent(workdir: Path) -> Agent[Chat]:
             (workdir / "committed").write_text(record.run_id)
             os.kill(os.getpid(), signal.SIGKILL)
 
-    agent.after_commit.insert(0, die_after_final_commit)  # before any after-commit charge
+    agent.after_commit.insert(0, die_after_final_commit)  # before any other hook
     return agent
 
 

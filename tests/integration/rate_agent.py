@@ -25,7 +25,8 @@ from pydantic_ai.models.function import AgentInfo, FunctionModel
 from agents import Agent, RateLimit, llm
 from agents._ratelimit import on_wait
 from storage import open_store
-from storage._ratelimit import _EmbeddedLimiter, _RedisLimiter
+from storage.embedded.limiter import EmbeddedLimiter
+from storage.redis.limiter import RedisLimiter
 
 RATE = 5.0
 """Requests per second, shared by every process."""
@@ -72,7 +73,7 @@ def _log_pauses(workdir: Path, name: str) -> None:
     """Log each pause ("pausing" before it is set, "paused" after) and each try for a slot
     ("slot NAME <start> <end> <1 if granted>"): a try that began after a pause was set and
     was granted must end after that pause ran out, however late any line is written."""
-    for cls in (_RedisLimiter, _EmbeddedLimiter):
+    for cls in (RedisLimiter, EmbeddedLimiter):
         original, acquire = cls.pause, cls.acquire
 
         async def pause(self: Any, key: str, seconds: float, original: Any = original) -> None:

@@ -16,7 +16,6 @@ from collections import Counter
 from pathlib import Path
 
 from storage import Event, RunRecord, Store, open_store
-from storage._ledger import ledger_of
 
 from .cost_agent import BUDGET, SCOPE_BUDGET
 
@@ -158,7 +157,7 @@ async def test_a_scope_budget_shared_by_20_runs_in_2_processes_overshoots_at_mos
         runs = [await store.load(f"{tenant}-{i}") for i in range(20)]
         from agents._budget import period_of
 
-        scope = await ledger_of(store).scope_usage(tenant, period_of("day", time.time()))
+        scope = await store.ledger.scope_usage(tenant, period_of("day", time.time()))
     finally:
         await store.close()
     paid = sum(r.usage.get("requests", 0) for r in runs if r is not None)
@@ -203,7 +202,7 @@ async def test_a_kill_right_after_a_final_commit_loses_no_scope_charge(
     store: Store = open_store(store_url)
     try:
         runs = [await store.load(f"{tenant}-{i}") for i in range(4)]
-        scope = await ledger_of(store).scope_usage(tenant, period_of("day", time.time()))
+        scope = await store.ledger.scope_usage(tenant, period_of("day", time.time()))
     finally:
         await store.close()
     assert all(r is not None for r in runs)

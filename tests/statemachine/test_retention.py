@@ -10,7 +10,7 @@ import pytest
 from pydantic import BaseModel
 
 from agents import Agent, tool
-from storage import RedisStore, Store, StoreUnavailable
+from storage import Event, RedisStore, Store, StoreUnavailable
 
 
 class Memo(BaseModel):
@@ -72,13 +72,14 @@ async def test_the_expiry_is_set_by_the_final_commit_itself(
     if not isinstance(store, RedisStore):
         pytest.skip("the embedded store writes expires_at in the commit's own transaction")
 
-    async def dropped(*args: object) -> None:
-        raise StoreUnavailable("the connection dropped after the commit")
+    async def dropped(store: object, run_id: str, event: Event, *rest: object) -> None:
+        if event.status != "running":  # the final commit
+            raise StoreUnavailable("the connection dropped after the commit")
 
     # As on Cluster, where the index upkeep comes beside the commit (on standalone Redis the
     # commit script keeps the indexes itself: nothing comes after it).
     monkeypatch.setattr(store, "_indexes", [])
-    monkeypatch.setattr(store, "_after_status_change", dropped)
+    monkeypatch.setattr("storage.redis._indexes.after_commit", dropped)
     run = await agent(retention=3600.0).start(store, Memo(), run_id="kept")
     with pytest.raises(StoreUnavailable):
         await run.until_done()

@@ -169,3 +169,61 @@ async def test_a_bad_export_file_is_refused_naming_the_line(
 async def test_exporting_a_run_that_does_not_exist_names_it(store: Store) -> None:
     with pytest.raises(KeyError, match="no run 'ghost' to export"):
         [line async for line in export_runs(store, ["ghost"])]
+
+
+async def test_a_tenant_at_its_budget_stays_there_after_a_move_embedded_redis_embedded(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """Scope ledgers and the limits people set travel with the runs: "acme", at its budget
+    of 6 requests, spends nothing more after moving embedded -> Redis -> embedded."""
+    from agents import Budget
+
+    from ..integration.cost_agent import Chat, offline_model, steps
+
+    spender = Agent(
+        name="spender", memory=Chat, model=offline_model(tmp_path, False), initial="new",
+        final=["done"], scope_budget=Budget(requests=6), budget_scope=lambda m: m.tenant,
+        transitions=steps(2),
+    )  # fmt: skip
+    first = EmbeddedStore(tmp_path / "first.db")
+    for i in range(3):
+        run = await spender.start(first, Chat(tenant="acme"), run_id=f"r{i}")
+        await run.until_done()
+        assert run.status == "done"
+    assert await first.ledger.scope_usage("acme", "all") == {
+        "requests": 6, "input_tokens": 210, "output_tokens": 18, "cache_read_tokens": 6,
+    }  # fmt: skip
+    await first.ledger.set_limits("scope/beta", {"requests": 9})
+    redis = RedisStore.from_url(redis_server.url, prefix="backup-acme")
+    last = EmbeddedStore(tmp_path / "last.db")
+    await copy(first, redis)
+    await copy(redis, last)
+    for store in (redis, last):
+        assert await store.ledger.scope_usage("acme", "all") == (
+            await first.ledger.scope_usage("acme", "all")
+        )
+        assert await store.ledger.limits("scope/beta") == {"requests": 9}
+        more = await spender.start(store, Chat(tenant="acme"), run_id="more")
+        await more.until_done()
+        assert more.status == "waiting" and more.record.usage.get("requests", 0) == 0
+    for s in (first, redis, last):
+        await s.close()
+
+
+async def test_ledgers_both_stores_charged_since_they_parted_merge_without_double_counts(
+    tmp_path: Path,
+) -> None:
+    source, target = EmbeddedStore(tmp_path / "s.db"), EmbeddedStore(tmp_path / "t.db")
+    for store, keys in ((source, ["k1", "k2"]), (target, ["k1", "k3"])):
+        for key in keys:
+            await store.ledger.charge_scope("acme", "all", key, {"requests": 1}, 0)
+    await source.ledger.charge_scope("acme", "day", "k9", {"requests": 4}, 0)
+    lines = [line async for line in export_runs(source)]
+    result = await import_runs(target, io.StringIO("\n".join(lines) + "\n"))
+    assert result.diverged == ["acme@all"] and result.ledgers == 2
+    assert await target.ledger.scope_usage("acme", "all") == {"requests": 2}
+    assert await target.ledger.scope_usage("acme", "day") == {"requests": 4}
+    again = await import_runs(target, io.StringIO("\n".join(lines) + "\n"))
+    assert again.ledgers == 0  # the target has it all: nothing written, nothing counted
+    await source.close()
+    await target.close()

@@ -25,10 +25,10 @@ from storage import (
     StoreUnavailable,
     open_store,
 )
-from storage._checkpoint import Checkpointer
 from storage.embedded import SCHEMA_VERSION
+from storage.embedded._checkpoint import Checkpointer
 
-from .test_conformance import event, new_run
+from .conformance.test_runs import event, new_run
 
 
 async def leased(store: EmbeddedStore, owner: str, ttl: float = 10) -> Lease:
@@ -126,6 +126,9 @@ V1_SCHEMA = [  # the first released schema, before deadlines
     "INSERT INTO runs (run_id, agent, version, state, seq, status, created_at, updated_at)"
     " VALUES ('old', 'tester', 1, 'a', 0, 'running', 1.0, 1.0)",
     "INSERT INTO memory VALUES ('old', 'n', '0')",
+    'INSERT INTO events VALUES (\'old\', 0, \'{"seq": 0, "trigger": "start", "kind": "start",'
+    ' "source": "", "dest": "a", "status": "running", "key": "old:start"}\')',
+    "INSERT INTO keys VALUES ('old', 'old:start', 0)",
     "PRAGMA user_version=1",
 ]
 
@@ -170,7 +173,7 @@ def test_a_file_that_is_not_sqlite_is_refused_naming_it(tmp_path: Path) -> None:
 async def test_a_file_locked_too_long_is_unavailable_and_nothing_is_written(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("storage.embedded._BUSY_TIMEOUT", 0.05)
+    monkeypatch.setattr("storage.embedded._db._BUSY_TIMEOUT", 0.05)
     db = tmp_path / "store.db"
     store = EmbeddedStore(db)
     await store.create(new_run())

@@ -8,7 +8,7 @@ from pathlib import Path
 from storage import EmbeddedStore, RedisStore, Store
 from storage.base import LIVE_TTL, live_order
 
-from .test_conformance import new_run
+from .conformance.test_runs import new_run
 
 
 async def test_published_items_read_back_in_order_after_an_id(store: Store) -> None:

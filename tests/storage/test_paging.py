@@ -13,9 +13,10 @@ import time
 import pytest
 
 from storage import Committed, RunRecord, RunStatus, Store, cursor_of, open_store
-from storage import _paging as paging
+from storage.embedded import paging as embedded_paging
+from storage.redis import paging
 
-from .test_conformance import event, leased, new_run
+from .conformance.test_runs import event, leased, new_run
 
 _AGENTS = ("alpha", "beta")
 _STATUSES: tuple[RunStatus, ...] = ("running", "waiting", "done", "failed")
@@ -156,7 +157,7 @@ def test_an_older_embedded_file_gets_the_page_indexes(tmp_path: object) -> None:
     plan = " ".join(
         str(row)
         for row in reopened.connection.execute(  # type: ignore[attr-defined]
-            "EXPLAIN QUERY PLAN " + paging.page_query(
+            "EXPLAIN QUERY PLAN " + embedded_paging.page_query(
                 "SELECT run_id FROM runs", agent="a", status=None, state=None, since=None,
                 until=None, before=(math.inf, ""), limit=10,
             )[0],

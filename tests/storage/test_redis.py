@@ -22,14 +22,12 @@ from storage import (
     StoreUnavailable,
     open_store,
 )
-from storage._charge import charges_in_commit
-from storage._ledger import ledger_of
 from storage.redis import redact
 
 from ..redis_cluster import RedisCluster
 from ..redis_server import RedisServer, free_port
+from .conformance.test_runs import event, new_run
 from .roundtrips import count_round_trips
-from .test_conformance import event, new_run
 
 
 async def test_every_key_of_a_run_is_in_one_cluster_slot(redis_store: RedisStore) -> None:
@@ -182,15 +180,15 @@ async def test_start_and_the_last_commit_on_a_redis_cluster(redis_cluster: Redis
         await store.close()
 
 
-async def test_on_a_redis_cluster_a_scope_is_charged_after_the_commit(
+async def test_on_a_redis_cluster_the_commit_charges_the_scope_once(
     redis_cluster: RedisCluster, tmp_path: Path
 ) -> None:
-    """The scope's keys are in another slot than the run's: no charge rides in the commit
-    (refused if given); the agent's budget charges after it, once per event key."""
+    """The scope's keys are in another slot than the run's: the commit keeps the charge in
+    the run's slot, and the store makes it right after, once per event key."""
     from ..integration.cost_agent import Chat, offline_model, steps
 
     store = open_store(f"redis+cluster://127.0.0.1:{redis_cluster.ports[0]}?prefix=clscope")
-    assert isinstance(store, RedisStore) and not charges_in_commit(store)
+    assert isinstance(store, RedisStore) and not store.standalone
     agent = Agent(
         name="cl_scoped", memory=Chat, model=offline_model(tmp_path, False),
         initial="new", final=["done"], scope_budget=Budget(requests=50, per="day"),
@@ -200,15 +198,18 @@ async def test_on_a_redis_cluster_a_scope_is_charged_after_the_commit(
         run = await agent.start(store, Chat(tenant="acme"))
         await run.until_done()
         period = period_of("day", time.time())
-        assert await ledger_of(store).scope_usage("acme", period) == run.record.usage
+        assert await store.ledger.scope_usage("acme", period) == run.record.usage
         assert run.record.usage["requests"] == 2
         await store.create(new_run("c2"))
         lease = await store.acquire_lease("c2", "w1", 10)
         assert isinstance(lease, Lease)
-        with pytest.raises(ValueError, match="Cluster"):
-            await store.commit(
-                "c2", expected_seq=0, token=lease.token, event=event(1),
-                scope_charge=ScopeCharge(scope="acme", period=period),
-            )  # fmt: skip
+        charged = dataclasses.replace(event(1), usage={"requests": 1})
+        outcome = await store.commit(
+            "c2", expected_seq=0, token=lease.token, event=charged,
+            scope_charge=ScopeCharge(scope="acme", period=period),
+        )  # fmt: skip
+        assert isinstance(outcome, Committed)
+        assert (await store.ledger.scope_usage("acme", period))["requests"] == 3
+        assert not await store.client.exists(store.key("c2", "charges"))
     finally:
         await store.close()

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
 
 from storage import RedisStore, open_store
-from storage.queue import RunQueue
 
 from ..redis_server import RedisServer
 
@@ -18,7 +18,7 @@ from ..redis_server import RedisServer
 async def test_an_agent_named_dead_gets_its_own_jobs_not_the_dead_letters(
     redis_store: RedisStore,
 ) -> None:
-    queue = RunQueue(redis_store)
+    queue: Any = redis_store.queue
     await queue.ensure_group(["dead", "other"])
     await queue.enqueue("other", "r-other")
     [job] = await queue.claim("c1", ["other"], 10, 0.1)
@@ -33,7 +33,7 @@ async def test_an_agent_named_dead_gets_its_own_jobs_not_the_dead_letters(
 async def test_a_dotted_agent_name_round_trips_through_its_stream(
     redis_store: RedisStore,
 ) -> None:
-    queue = RunQueue(redis_store)
+    queue: Any = redis_store.queue
     await queue.enqueue("billing.v2", "r1")
     [job] = await queue.claim("c", ["billing.v2"], 10, 0.1)
     assert (job.agent, job.run_id) == ("billing.v2", "r1")
@@ -48,7 +48,7 @@ async def test_an_older_stream_name_is_renamed_when_first_used(
     old = f"{redis_store.prefix}:{{queue}}:billing"  # as an older agentfsm named it
     await redis_store.client.xgroup_create(old, "workers", id="0", mkstream=True)
     await redis_store.client.xadd(old, {"run": "r-old", "kind": "run"})
-    queue = RunQueue(redis_store)
+    queue: Any = redis_store.queue
     await queue.ensure_group(["billing"])
     jobs = await queue.claim("c", ["billing"], 10, 0.1)
     assert [j.run_id for j in jobs] == ["r-old"]

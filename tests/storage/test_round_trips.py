@@ -20,7 +20,6 @@ from pydantic_ai.usage import RequestUsage
 from agents import Agent, Budget, llm, tool
 from agents._budget import period_of
 from storage import RedisStore
-from storage._ledger import ledger_of
 
 from ..redis_server import RedisServer
 from .roundtrips import count_round_trips
@@ -144,7 +143,7 @@ async def test_a_scope_charge_adds_no_round_trip_to_a_commit(redis_server: Redis
         store = RedisStore.from_url(redis_server.url, prefix=f"rt{next(_ids)}")
         try:
             trips[agent.name] = await _model_step_trips(store, agent)
-            usage = await ledger_of(store).scope_usage("rt", period_of("day", time.time()))
+            usage = await store.ledger.scope_usage("rt", period_of("day", time.time()))
         finally:
             await store.close()
     assert trips["scoped_rt"] == [n + SCOPE_CHECK for n in trips["unscoped_rt"]]

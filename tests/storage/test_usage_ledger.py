@@ -10,11 +10,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from storage import Committed, Duplicate, Event, LeaseLost, ScopeCharge, Store
-from storage._charge import charges_in_commit
-from storage._ledger import ledger_of
-from storage._ratelimit import Bucket, limiter_of
+from storage._capabilities import Bucket
 
-from .test_conformance import event, leased, new_run
+from .conformance.test_runs import event, leased, new_run
 
 _ids = itertools.count()
 _USAGE = st.dictionaries(
@@ -93,7 +91,7 @@ async def test_restore_keeps_the_totals(store: Store) -> None:
 
 
 async def test_a_scope_is_charged_once_per_event_key(store: Store) -> None:
-    ledger = ledger_of(store)
+    ledger = store.ledger
     assert await ledger.charge_scope("acme", "2026-12-02", "k1", {"requests": 1}, 0)
     assert not await ledger.charge_scope("acme", "2026-12-02", "k1", {"requests": 1}, 0)
     assert await ledger.charge_scope("acme", "2026-12-02", "k2", {"requests": 2}, 0)
@@ -105,7 +103,6 @@ async def test_a_scope_is_charged_once_per_event_key(store: Store) -> None:
 
 
 async def test_a_commit_charges_its_scope_in_the_same_write_once_per_key(store: Store) -> None:
-    assert charges_in_commit(store)  # every backend here: none is a Cluster
     run = await store.create(dataclasses.replace(new_run(), run_id=f"r{next(_ids)}"))
     lease = await leased(store, run.run_id)
     charge = ScopeCharge(scope="acme", period="2026-12-02", expires_at=0)
@@ -118,7 +115,7 @@ async def test_a_commit_charges_its_scope_in_the_same_write_once_per_key(store: 
         run.run_id, expected_seq=0, token=lease.token, event=first, scope_charge=charge
     )
     assert again == Duplicate(seq=1)  # refused: charges nothing
-    ledger = ledger_of(store)
+    ledger = store.ledger
     assert not await ledger.charge_scope("acme", "2026-12-02", first.key, {"requests": 1}, 0)
     second = _with_usage(event(2, key=f"{run.run_id}:2"), {"requests": 1})
     assert await ledger.charge_scope("acme", "2026-12-02", second.key, {"requests": 1}, 0)
@@ -135,7 +132,7 @@ async def test_a_commit_charges_its_scope_in_the_same_write_once_per_key(store: 
 
 
 async def test_a_rate_limit_gives_the_burst_then_says_how_long_to_wait(store: Store) -> None:
-    limiter = limiter_of(store)
+    limiter = store.limiter
     bucket = Bucket(rate=1.0, burst=2.0, concurrency=3)
     assert await limiter.acquire("m", bucket, "a") == (0.0, "")
     assert await limiter.acquire("m", bucket, "b") == (0.0, "")
@@ -147,7 +144,7 @@ async def test_a_rate_limit_gives_the_burst_then_says_how_long_to_wait(store: St
 
 
 async def test_a_concurrency_cap_holds_until_a_slot_is_given_back(store: Store) -> None:
-    limiter = limiter_of(store)
+    limiter = store.limiter
     bucket = Bucket(concurrency=1)
     assert await limiter.acquire("c", bucket, "a") == (0.0, "")
     assert (await limiter.acquire("c", bucket, "b"))[1] == "concurrency"

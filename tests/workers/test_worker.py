@@ -14,7 +14,6 @@ import pytest_asyncio
 
 from statemachine import InvalidPayload, RunNotFound, Worker
 from storage import EmbeddedStore, RedisStore
-from storage.queue import RunQueue
 
 from ..redis_server import RedisServer
 from .work_agent import STEPS, Chain, chain, inbox
@@ -73,7 +72,7 @@ async def test_a_worker_drives_many_queued_runs_at_once_each_exactly_once(
     for run_id in ids:
         history = await store.history(run_id)
         assert [e.seq for e in history] == list(range(STEPS + 1))
-    queue = RunQueue(store)
+    queue: Any = store.queue
     assert await queue.waiting(["chain"]) == {"chain": 0}
     assert await queue.pending(["chain"]) == {"chain": 0}
     assert await queue.workers() == []  # signed off
@@ -126,7 +125,7 @@ async def test_a_stopped_worker_hands_its_runs_back_and_another_finishes_them(
     task = asyncio.create_task(second.run())
 
     async def progress() -> object:
-        queue = RunQueue(store)
+        queue: Any = store.queue
         runs = [(r.run_id, r.status, r.seq, r.holder) for i in ids if (r := await store.load(i))]
         dead = await store.client.xrange(queue.dead_letters)
         return runs, await queue.waiting(["chain"]), await queue.pending(["chain"]), dead
@@ -151,7 +150,7 @@ async def _all_done(store: RedisStore, ids: list[str]) -> bool:
 async def test_jobs_that_cannot_be_carried_out_are_parked_with_the_reason(
     store: RedisStore,
 ) -> None:
-    queue = RunQueue(store)
+    queue: Any = store.queue
     await queue.enqueue("chain", "never-created")
     worker = Worker(store, [chain], heartbeat=0.5)
     task = asyncio.create_task(worker.run())
@@ -167,13 +166,27 @@ async def test_jobs_that_cannot_be_carried_out_are_parked_with_the_reason(
     assert fields["run"] == "never-created" and "no run 'never-created'" in fields["reason"]
 
 
-async def test_bad_setups_are_refused_with_a_clear_error(tmp_path: Path, store: RedisStore) -> None:
+async def test_workers_drive_queued_runs_on_the_embedded_store_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AGENTFSM_EFFECTS", str(tmp_path / "effects.log"))
     embedded = EmbeddedStore(tmp_path / "store.db")
-    with pytest.raises(TypeError, match="workers share runs through Redis"):
-        Worker(embedded, [chain])  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match="the run queue lives in Redis"):
-        await chain.submit(embedded, Chain())
+    ids = [await chain.submit(embedded, Chain(), run_id=f"e{i}") for i in range(5)]
+    worker = Worker(embedded, [chain], concurrency=5, heartbeat=0.2)
+    task = asyncio.create_task(worker.run())
+
+    async def all_done() -> bool:
+        return [r.status if (r := await embedded.load(i)) else "" for i in ids] == ["done"] * 5
+
+    await until(all_done)
+    worker.stop()
+    await task
+    assert await embedded.queue.waiting(["chain"]) == {"chain": 0}
+    assert await embedded.queue.pending(["chain"]) == {"chain": 0}
     await embedded.close()
+
+
+async def test_bad_setups_are_refused_with_a_clear_error(store: RedisStore) -> None:
     with pytest.raises(ValueError, match="concurrency must be at least 1"):
         Worker(store, [chain], concurrency=0)
     with pytest.raises(RunNotFound):

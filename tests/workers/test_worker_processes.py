@@ -1,6 +1,7 @@
-"""Worker processes (`agentfsm worker`) sharing one Redis: a SIGKILLed worker's runs are
-finished by another with no transition committed twice; 100 runs through 2 workers on a
-3-master Redis Cluster, each exactly once; SIGTERM stops a worker cleanly."""
+"""Worker processes (`agentfsm worker`) sharing one Redis (or one embedded store file): a
+SIGKILLed worker's runs are finished by another with no transition committed twice; 100 runs
+through 2 workers on a 3-master Redis Cluster, each exactly once; SIGTERM stops a worker
+cleanly."""
 
 from __future__ import annotations
 
@@ -12,9 +13,11 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
-from storage import RedisStore, open_store
-from storage.queue import RunQueue
+import pytest
+
+from storage import RedisStore, Store, open_store
 
 from ..keys import plain
 from ..redis_cluster import RedisCluster
@@ -35,7 +38,7 @@ def worker(url: str, effects: Path, name: str, sleep: float) -> subprocess.Popen
     )  # fmt: skip
 
 
-async def wait_for(store: RedisStore, ids: list[str], test: str, within: float) -> None:
+async def wait_for(store: Store, ids: list[str], test: str, within: float) -> None:
     give_up = time.monotonic() + within
     while True:
         records = [await store.load(i) for i in ids]
@@ -47,7 +50,7 @@ async def wait_for(store: RedisStore, ids: list[str], test: str, within: float) 
         await asyncio.sleep(0.05)
 
 
-async def wait_for_holder(store: RedisStore, ids: list[str], prefix: str, within: float) -> None:
+async def wait_for_holder(store: Store, ids: list[str], prefix: str, within: float) -> None:
     """Until a worker whose owner ids start with `prefix` holds one of the runs: it is up,
     its signal handlers are installed (before it claims), and a step is in flight."""
     give_up = time.monotonic() + within
@@ -58,7 +61,7 @@ async def wait_for_holder(store: RedisStore, ids: list[str], prefix: str, within
         await asyncio.sleep(0.02)
 
 
-async def check_each_step_committed_once(store: RedisStore, ids: list[str]) -> None:
+async def check_each_step_committed_once(store: Store, ids: list[str]) -> None:
     """Every run done with a gap-free history: each step committed once, in order."""
     for run_id in ids:
         history = await store.history(run_id)
@@ -84,11 +87,18 @@ def executions(effects: Path) -> Counter[str]:
     return Counter(plain(line.split("\t")[0]) for line in effects.read_text().splitlines())
 
 
+@pytest.mark.parametrize("kind", ["redis", "embedded"])
 async def test_a_killed_workers_runs_are_finished_by_another_with_nothing_committed_twice(
-    redis_server: RedisServer, tmp_path: Path
+    kind: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
-    url = f"{redis_server.url}?prefix=killed"
-    store = RedisStore.from_url(url)
+    """On Redis, and on one embedded store file shared by the worker processes (its queue is a
+    table): the same guarantees."""
+    if kind == "redis":
+        server: RedisServer = request.getfixturevalue("redis_server")
+        url = f"{server.url}?prefix=killed"
+    else:
+        url = f"sqlite:///{tmp_path / 'store.db'}"
+    store = open_store(url)
     ids = [await chain.submit(store, Chain(), run_id=f"k{i}") for i in range(20)]
     effects = tmp_path / "effects.log"
     doomed = worker(url, effects, "doomed", sleep=0.3)
@@ -144,7 +154,7 @@ async def test_two_workers_on_a_redis_cluster_finish_100_runs_exactly_once(
     assert len(ran) == 100 * STEPS and set(ran.values()) == {1}  # no kills: each step once
     by_worker = Counter(line.split("\t")[1] for line in effects.read_text().splitlines())
     assert len(by_worker) == 2  # both did work
-    slots = {await store.client.cluster_keyslot(store.key(i, "run")) for i in ids[:20]}  # type: ignore[union-attr]
+    slots = {await store.client.cluster_keyslot(store.key(i, "run")) for i in ids[:20]}
     assert len(slots) > 1  # the runs are spread over the cluster
     await store.close()
 
@@ -167,7 +177,7 @@ async def test_sigterm_hands_runs_back_and_a_second_signal_exits_at_once(
     assert all(r is not None and r.holder == "" for r in records)  # released, none left held
     unfinished = [r.run_id for r in records if r is not None and r.status == "running"]
     assert unfinished
-    queue = RunQueue(store)
+    queue: Any = store.queue
     assert (await queue.waiting(["chain"]))["chain"] >= len(unfinished)  # handed back
 
     hasty = worker(url, effects, "hasty", sleep=0.4)

@@ -1,4 +1,4 @@
-"""`RunQueue`: the work queue of runs to drive, in Redis Streams, shared by all workers.
+"""`RedisQueue`: the run queue (`storage.RunQueue`) in Redis Streams, shared by all workers.
 
 One stream per agent, `{prefix}:{queue}:q:<agent>` (the `{queue}` hash tag puts every queue
 stream in one Cluster slot, so a worker reads all of its agents' streams in one
@@ -24,60 +24,29 @@ Workers announce themselves in the hash `{prefix}:workers` (name -> JSON heartbe
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from pydantic import JsonValue
 from redis.exceptions import ResponseError
 
-from .redis import Client, RedisStore
+from .._capabilities import Job, JobKind, WorkerBeat, dump_beat, load_beat, prune_silent
+from ._errors import talking
 
-__all__ = ["Job", "RunQueue", "WorkerBeat"]
+if TYPE_CHECKING:
+    from ._base import RedisBase
+
+__all__ = ["RedisQueue"]
 
 GROUP = "workers"
 _LEGACY_CLASHES = frozenset({"dead", "run", "events", "keys", "lease"})
 """Agent names whose streams an older agentfsm shared with other keys: not renamed."""
-JobKind = Literal["run", "event", "timeout"]
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Job:
-    """One queue entry: drive run `run_id` of `agent` (after delivering `event`, or firing a
-    due timeout, for those kinds)."""
-
-    id: str
-    agent: str
-    run_id: str
-    kind: JobKind = "run"
-    event: str = ""
-    payload: JsonValue = None
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class WorkerBeat:
-    """What a worker last said about itself."""
-
-    name: str
-    host: str
-    pid: int
-    agents: tuple[str, ...]
-    concurrency: int
-    started_at: float
-    beat_at: float
-    holding: tuple[str, ...]
-    """Run ids it is driving."""
-    stopping: bool = False
-
-    def alive(self, now: float, interval: float) -> bool:
-        return now - self.beat_at < 3 * interval
-
-
-class RunQueue:
+class RedisQueue:
     """The queue of runs to drive, on the Redis of `store` (standalone or Cluster)."""
 
-    def __init__(self, store: RedisStore) -> None:
+    def __init__(self, store: RedisBase) -> None:
         self._store = store
         self._prefix = store.prefix
         self._groups: set[str] = set()
@@ -100,11 +69,8 @@ class RunQueue:
         return f"{self._prefix}:workers"
 
     @property
-    def _client(self) -> Client:
+    def _client(self) -> Any:
         return self._store.client  # the client of the running event loop
-
-    async def _call(self, what: str, op: Callable[[], Awaitable[Any]]) -> Any:
-        return await self._store._call(what, op)
 
     async def ensure_group(self, agents: Sequence[str]) -> None:
         """Create the consumer group on each agent's stream (and the stream), if missing."""
@@ -116,7 +82,7 @@ class RunQueue:
             old = f"{self._prefix}:{{queue}}:{agent}"
             legacy = agent not in _LEGACY_CLASHES
 
-            async def create(key: str = key, old: str = old, legacy: bool = legacy) -> None:
+            async with talking(self._store, f"create the queue of {agent!r}"):
                 if legacy and await self._client.type(old) == "stream":
                     await self._client.renamenx(old, key)  # an older agentfsm's stream
                 try:
@@ -124,8 +90,6 @@ class RunQueue:
                 except ResponseError as exc:
                     if "BUSYGROUP" not in str(exc):  # the group exists: fine
                         raise
-
-            await self._call(f"create the queue of {agent!r}", create)
             self._groups.add(agent)
 
     async def enqueue(
@@ -142,9 +106,8 @@ class RunQueue:
         fields: dict[Any, Any] = {"run": run_id, "kind": kind}
         if kind == "event":
             fields |= {"event": event, "payload": json.dumps(payload)}
-        entry: str = await self._call(
-            f"enqueue run {run_id!r}", lambda: self._client.xadd(self.stream(agent), fields)
-        )
+        async with talking(self._store, f"enqueue run {run_id!r}"):
+            entry: str = await self._client.xadd(self.stream(agent), fields)
         return entry
 
     async def claim(
@@ -154,12 +117,10 @@ class RunQueue:
         if count <= 0:
             return []
         streams: dict[Any, Any] = {self.stream(a): ">" for a in agents}
-        reply = await self._call(
-            "claim jobs",
-            lambda: self._client.xreadgroup(
+        async with talking(self._store, "claim jobs"):
+            reply = await self._client.xreadgroup(
                 GROUP, consumer, streams, count=count, block=max(int(block * 1000), 1)
-            ),
-        )
+            )
         return [
             job for stream, entries in _stream_entries(reply) for job in self._jobs(stream, entries)
         ]
@@ -173,12 +134,10 @@ class RunQueue:
             if len(jobs) >= count:
                 break
             key, n = self.stream(agent), count - len(jobs)
-            reply = await self._call(
-                "reclaim jobs",
-                lambda k=key, n=n: self._client.xautoclaim(  # type: ignore[misc]
-                    k, GROUP, consumer, int(idle * 1000), "0-0", count=n
-                ),
-            )
+            async with talking(self._store, "reclaim jobs"):
+                reply = await self._client.xautoclaim(
+                    key, GROUP, consumer, int(idle * 1000), "0-0", count=n
+                )
             jobs += self._jobs(key, reply[1])
         return jobs
 
@@ -188,24 +147,18 @@ class RunQueue:
         for job in jobs:
             by_stream.setdefault(self.stream(job.agent), []).append(job.id)
         for key, ids in by_stream.items():
-            await self._call(
-                "touch jobs",
-                lambda k=key, i=ids: self._client.xclaim(  # type: ignore[misc]
-                    k, GROUP, consumer, 0, i, justid=True
-                ),
-            )
+            async with talking(self._store, "touch jobs"):
+                await self._client.xclaim(key, GROUP, consumer, 0, ids, justid=True)
 
     async def ack(self, job: Job) -> None:
         """The job is done with: drop it."""
         key = self.stream(job.agent)
 
-        async def ack_and_delete() -> None:
+        async with talking(self._store, f"acknowledge the job of run {job.run_id!r}"):
             pipe = self._client.pipeline(transaction=False)  # one round trip, one key
             pipe.xack(key, GROUP, job.id)
             pipe.xdel(key, job.id)
             await pipe.execute()
-
-        await self._call(f"acknowledge the job of run {job.run_id!r}", ack_and_delete)
 
     async def requeue(self, job: Job) -> None:
         """Hand a run back to the queue for another worker (a graceful stop)."""
@@ -220,7 +173,8 @@ class RunQueue:
             "kind": job.kind,
             "reason": reason,
         }
-        await self._call("park a job", lambda: self._client.xadd(self.dead_letters, fields))
+        async with talking(self._store, "park a job"):
+            await self._client.xadd(self.dead_letters, fields)
         await self.ack(job)
 
     async def pending(self, agents: Sequence[str]) -> dict[str, int]:
@@ -229,10 +183,8 @@ class RunQueue:
         for agent in agents:
             await self.ensure_group([agent])
             key = self.stream(agent)
-            info = await self._call(
-                "count pending jobs",
-                lambda k=key: self._client.xpending(k, GROUP),  # type: ignore[misc]
-            )
+            async with talking(self._store, "count pending jobs"):
+                info = await self._client.xpending(key, GROUP)
             counts[agent] = int(info["pending"])
         return counts
 
@@ -242,64 +194,28 @@ class RunQueue:
         for agent in agents:
             await self.ensure_group([agent])
             key = self.stream(agent)
-            groups = await self._call(
-                "count queued jobs",
-                lambda k=key: self._client.xinfo_groups(k),  # type: ignore[misc]
-            )
+            async with talking(self._store, "count queued jobs"):
+                groups = await self._client.xinfo_groups(key)
             lag = next((g.get("lag") for g in groups if g.get("name") == GROUP), None)
             counts[agent] = int(lag or 0)
         return counts
 
     async def beat(self, beat: WorkerBeat) -> None:
-        data = json.dumps(
-            {
-                "host": beat.host,
-                "pid": beat.pid,
-                "agents": list(beat.agents),
-                "concurrency": beat.concurrency,
-                "started_at": beat.started_at,
-                "beat_at": beat.beat_at,
-                "holding": list(beat.holding),
-                "stopping": beat.stopping,
-            }
-        )
-        await self._call("heartbeat", lambda: self._client.hset(self._workers, beat.name, data))
+        async with talking(self._store, "heartbeat"):
+            await self._client.hset(self._workers, beat.name, dump_beat(beat))
 
     async def forget(self, name: str) -> None:
-        await self._call("sign the worker off", lambda: self._client.hdel(self._workers, name))
+        async with talking(self._store, "sign the worker off"):
+            await self._client.hdel(self._workers, name)
 
     async def workers(self) -> list[WorkerBeat]:
-        raw: Mapping[str, str] = await self._call(
-            "list workers", lambda: self._client.hgetall(self._workers)
-        )
-        beats = []
-        for name, text in sorted(raw.items()):
-            try:
-                d = json.loads(text)
-                beats.append(
-                    WorkerBeat(
-                        name=name,
-                        host=str(d["host"]),
-                        pid=int(d["pid"]),
-                        agents=tuple(d["agents"]),
-                        concurrency=int(d["concurrency"]),
-                        started_at=float(d["started_at"]),
-                        beat_at=float(d["beat_at"]),
-                        holding=tuple(d["holding"]),
-                        stopping=bool(d.get("stopping", False)),
-                    )
-                )
-            except (ValueError, KeyError, TypeError):
-                continue  # not ours to judge: skip what we cannot read
-        return beats
+        async with talking(self._store, "list workers"):
+            raw: Mapping[str, str] = await self._client.hgetall(self._workers)
+        found = (load_beat(name, text) for name, text in sorted(raw.items()))
+        return [beat for beat in found if beat is not None]
 
     async def prune(self, interval: float) -> list[str]:
-        """Drop the heartbeats of workers silent for more than 30 intervals."""
-        now = time.time()
-        gone = [b.name for b in await self.workers() if now - b.beat_at > 30 * interval]
-        for name in gone:
-            await self.forget(name)
-        return gone
+        return await prune_silent(self, interval)
 
     def _jobs(self, stream: str, entries: Any) -> list[Job]:
         agent = stream.removeprefix(self._streams)

@@ -7,8 +7,10 @@
 -- ARGV[1] 'acquire' | 'release' | 'pause'
 -- acquire: ARGV[2] requests per second (0: none)  ARGV[3] burst  ARGV[4] tokens per second
 --          (0: none)  ARGV[5] token burst  ARGV[6] concurrency (0: none)  ARGV[7] holder
---          ARGV[8] slot ttl (ms)
---          Returns {1, 0} when taken, else {0, ms to wait before trying again, why}
+--          ARGV[8] slot ttl (ms)  ARGV[9..] holders provably dead (their slots are dropped)
+--          Returns {1, 0} when taken, else {0, ms to wait before trying again, why}; when the
+--          slots are all held, {0, ms, 'concurrency', holder...} (the caller may prove some
+--          dead and ask again with them)
 -- release: ARGV[2] holder  ARGV[3] model tokens the request used (taken from the bucket)
 -- pause:   ARGV[3] seconds from now (on the server's clock; ARGV[2] unused)
 local t = redis.call('TIME')
@@ -35,7 +37,12 @@ if pause > now then return {0, pause - now, 'paused'} end
 local cap = tonumber(ARGV[6])
 if cap > 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
-  if redis.call('ZCARD', KEYS[2]) >= cap then return {0, 20, 'concurrency'} end
+  for i = 9, #ARGV do redis.call('ZREM', KEYS[2], ARGV[i]) end
+  if redis.call('ZCARD', KEYS[2]) >= cap then
+    local reply = {0, 20, 'concurrency'}
+    for _, holder in ipairs(redis.call('ZRANGE', KEYS[2], 0, 99)) do reply[#reply + 1] = holder end
+    return reply
+  end
 end
 local function refill(field, stamp, rate, burst)
   local level = tonumber(redis.call('HGET', KEYS[1], field) or tostring(burst))

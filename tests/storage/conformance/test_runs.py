@@ -1,4 +1,4 @@
-"""What every Store backend guarantees (storage/base.py), checked against each of them."""
+"""What every Store backend guarantees (storage/base.py): runs, events, leases."""
 
 from __future__ import annotations
 
@@ -27,9 +27,9 @@ from storage import (
     Store,
 )
 
-from .corrupt import corrupt_last_event, corrupt_memory_field
+from ..corrupt import corrupt_last_event, corrupt_memory_field
 
-_ROOT = str(Path(__file__).resolve().parents[2])
+_ROOT = str(Path(__file__).resolve().parents[3])
 
 
 def new_run(run_id: str = "run-1", **memory: JsonValue) -> RunRecord:

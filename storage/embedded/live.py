@@ -14,9 +14,9 @@ from collections.abc import Callable, Sequence
 
 from pydantic import JsonValue
 
-from ._codec import dump_json, load_json
-from .base import LiveEntry
-from .errors import CorruptData
+from .._codec import dump_json, load_json
+from ..base import LiveEntry
+from ..errors import CorruptData
 
 __all__ = ["create_table", "insert", "prune", "read"]
 

@@ -18,7 +18,10 @@
 -- ARGV[12] usage increments, "name\nvalue\n" each, added to the run's 'u:<name>' fields
 -- ARGV[13] scope charge: '' for none, else the scope ledger's expiry (unix ms, 0 for none);
 --          the usage increments (ARGV[12]) are added to the scope's 'u:<name>' fields once per
---          idempotency key (ARGV[3]), as scope_charge.lua does
+--          idempotency key (ARGV[3]), as scope_charge.lua does.
+--          On Cluster (the scope is in another slot) a JSON object instead, kept under the
+--          idempotency key in the run's pending charges hash, KEYS[5] ({prefix}:{run_id}:charges),
+--          for the caller to make the charge after (storage/redis/_indexes.py)
 -- ARGV[14..] memory patch: field name, field JSON, ...
 --
 -- Returns {'ok', seq, previous deadline, previous status} | {'duplicate', seq} | {'lease_lost', 0}
@@ -67,7 +70,10 @@ if ARGV[5] ~= 'running' then
 end
 local charge = ARGV[13] or ''
 local last = #KEYS  -- the last index key
-if charge ~= '' then
+if string.sub(charge, 1, 1) == '{' then
+  redis.call('HSET', KEYS[5], ARGV[3], charge)
+  last = 4
+elseif charge ~= '' then
   last = last - 2
   if redis.call('HSETNX', KEYS[last + 2], ARGV[3], 1) == 1 then
     for name, value in string.gmatch(ARGV[12], '([^\n]+)\n([^\n]+)\n') do

@@ -12,9 +12,9 @@ from typing import Any
 
 from pydantic import JsonValue
 
-from ._codec import dump_json, load_json
-from .base import LiveEntry
-from .errors import CorruptData
+from .._codec import dump_json, load_json
+from ..base import LiveEntry
+from ..errors import CorruptData
 
 __all__ = ["publish", "read"]
 
