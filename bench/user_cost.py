@@ -76,8 +76,8 @@ from bench.commit_overhead import StubStore, machine
 from storage import RedisStore, RunRecord, Store, open_store
 
 ROOT = Path(__file__).resolve().parents[1]
-_COMMIT_LUA = files("storage").joinpath("commit.lua").read_text(encoding="utf-8")
-_CREATE_LUA = files("storage").joinpath("create.lua").read_text(encoding="utf-8")
+_COMMIT_LUA = files("storage.redis").joinpath("scripts", "commit.lua").read_text(encoding="utf-8")
+_CREATE_LUA = files("storage.redis").joinpath("scripts", "create.lua").read_text(encoding="utf-8")
 
 ASYNC_FLOOR = "EVALSHA floor, asyncio client"
 SQLITE_FLOOR = "SQLite WAL floor"
@@ -225,7 +225,7 @@ class RedisFloor:
         # floor sends exactly the bytes Store.start would.
         from storage._codec import dump_event
         from storage.base import creation_event
-        from storage.redis import _run_fields
+        from storage.redis._bound import run_fields
 
         at = time.time()
         record = RunRecord(
@@ -239,7 +239,7 @@ class RedisFloor:
         if getattr(s, "_indexes", None):
             keys += [f"{s.prefix}:runs", s._by_agent("floor"), s._by_status("running")]
             keys += [s._deadlines]
-        fields = _run_fields(replace(record, holder=""))
+        fields = run_fields(replace(record, holder=""))
         args = [dump_event(event), event.key, "", self.owner, int(LEASE_TTL * 1000), "",
                 repr(at), repr(at), *fields]  # fmt: skip
         return keys, args

@@ -47,11 +47,9 @@ from redis.exceptions import (
 )
 
 from storage import Lease, RedisStore, open_store
-from storage._ledger import ledger_of
-from storage.queue import RunQueue
 from tests.redis_cluster import RedisCluster
 
-from .test_conformance import event, new_run
+from .conformance.test_runs import event, new_run
 
 pytestmark = pytest.mark.redis
 
@@ -208,11 +206,11 @@ async def test_the_store_never_queues_a_script_on_a_cluster_pipeline(
         assert {r.run_id for r in await store.list_runs()} == {"s1", "s2"}
         assert [r.run_id for r in await store.list_runs(status="done")] == ["s1"]
         assert await store.gc(time.time()) == 0
-        queue = RunQueue(store)
+        queue = store.queue
         await queue.enqueue("tester", "s2")
         (job,) = await queue.claim("c1", ["tester"], 1, 0.1)
         await queue.ack(job)
-        await ledger_of(store).set_limits("acme", {"requests": 5, "tokens": None})
+        await store.ledger.set_limits("acme", {"requests": 5, "tokens": None})
     finally:
         await store.close()
     scripts = {"EVAL", "EVALSHA", "EVAL_RO", "EVALSHA_RO", "FCALL", "FCALL_RO"}
