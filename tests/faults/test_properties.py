@@ -550,7 +550,6 @@ async def test_a_worker_parks_a_corrupt_run_instead_of_retrying_it_forever(
 ) -> None:
     from statemachine import Worker
 
-
     store = RedisStore.from_url(redis_server.url, prefix=f"prop{next(_ids)}")
     try:
         await notes.submit(store, Notes(), run_id="bad")
