@@ -15,8 +15,8 @@ from storage import Store
 
 from ._budget import Budget, BudgetGate, raise_budget
 from ._llm import LlmStep, ModelSpec, check_model
+from ._paid import Spending
 from ._ratelimit import RateLimit
-from ._spending import Spending
 
 __all__ = ["Agent"]
 

@@ -33,9 +33,17 @@ from statemachine import Run, RunError, StepContext, StepHalted
 from storage import Event, RunRecord, ScopeCharge, Store
 from storage._charge import charges_in_commit
 from storage._ledger import ledger_of
-from storage._usage import COST_UNIT, increments
+from storage._usage import COST_UNIT, added, increments
 
-__all__ = ["Budget", "BudgetGate", "BudgetReached", "halted", "period_of", "raise_budget"]
+__all__ = [
+    "Budget",
+    "BudgetGate",
+    "BudgetReached",
+    "halted",
+    "in_force",
+    "period_of",
+    "raise_budget",
+]
 
 Period = Literal["hour", "day", "month"]
 _FORMATS: dict[str, str] = {"hour": "%Y-%m-%dT%H", "day": "%Y-%m-%d", "month": "%Y-%m"}
@@ -102,6 +110,15 @@ def period_of(per: Period | None, at: float) -> str:
     return "all" if per is None else time.strftime(_FORMATS[per], time.gmtime(at))
 
 
+async def in_force(store: Store, subject: str, declared: Budget | None) -> dict[str, int]:
+    """The limits in force for `subject` ("run/<id>", "scope/<name>"), as ledger figures:
+    the declared ones, each replaced by the one people set (`raise_budget`), lower or
+    higher. The one rule `admit`, `agentfsm budget`, `show`, the UI and the errors use."""
+    limits = declared.ledger_limits() if declared is not None else {}
+    limits.update(await ledger_of(store).limits(subject))
+    return limits
+
+
 def figures(usage: Mapping[str, int]) -> dict[str, int]:
     """Ledger totals with `total_tokens` (input + output) added, as limits name them."""
     out = dict(usage)
@@ -124,38 +141,29 @@ class BudgetGate:
     on_budget: str | None
     memory_type: type[BaseModel]
 
-    async def admit(self, memory: Any, ctx: StepContext) -> int | None:
-        """`StepHalted` when one more model request would go past a budget; else how many
-        requests the run's own budget still allows (None: no limit on requests)."""
+    async def admit(self, memory: Any, ctx: StepContext) -> None:
+        """Before one model request: `StepHalted` when a budget in force (`in_force`) is
+        reached, counting what the run's committed events and this transition's tries so far
+        paid (and, for a scope, what its other runs committed)."""
         store = ctx.store
         if store is None:
-            return None
+            return
         spent = figures(ctx.spent)
-        left: int | None = None
         if self.run_budget is not None:
-            used = figures({k: ctx.usage.get(k, 0) + ctx.spent.get(k, 0) for k in
-                            {*ctx.usage, *ctx.spent}})  # fmt: skip
-            limits = self.run_budget.ledger_limits()
-            if over(limits, used):  # the declared limits, or the raised ones
-                limits.update(await ledger_of(store).limits(f"run/{ctx.run_id}"))
-                reached = over(limits, used)
-                if reached:
-                    raise self._halt("run", ctx.run_id, reached, used, None)
-            if "requests" in limits:
-                left = limits["requests"] - used.get("requests", 0)
+            used = figures(added(ctx.usage, ctx.spent))
+            limits = await in_force(store, f"run/{ctx.run_id}", self.run_budget)
+            reached = over(limits, used)
+            if reached:
+                raise self._halt("run", ctx.run_id, reached, used, None)
         if self.scope_budget is not None and self.scope is not None:
             scope = self.scope(memory)
             period = period_of(self.scope_budget.per, time.time())
-            ledger = ledger_of(store)
-            totals = figures(await ledger.scope_usage(scope, period))
+            totals = figures(await ledger_of(store).scope_usage(scope, period))
             used = {k: totals.get(k, 0) + spent.get(k, 0) for k in {*totals, *spent}}
-            limits = self.scope_budget.ledger_limits()
-            if over(limits, used):
-                limits.update(await ledger.limits(f"scope/{scope}"))
-                reached = over(limits, used)
-                if reached:
-                    raise self._halt("scope", scope, reached, used, period)
-        return left
+            limits = await in_force(store, f"scope/{scope}", self.scope_budget)
+            reached = over(limits, used)
+            if reached:
+                raise self._halt("scope", scope, reached, used, period)
 
     def _halt(
         self,

@@ -69,6 +69,7 @@ from ._durable_steps import (
 )
 from ._durable_tracing import traced_steps
 from ._llm import ModelSpec
+from ._paid import Spending
 from ._ratelimit import RateLimit
 from ._report import render_report
 from ._tool_engine import MODEL_POLICY, TOOL_POLICY, StepPolicy, args_digest
@@ -194,11 +195,11 @@ class DurableAgent(Generic[AgentDepsT, OutputT]):
         self.model_policy = model_policy
         self.tool_policy = tool_policy
         self.fingerprint = _fingerprint(agent)
-        self.gate = None if budget is None else BudgetGate(
+        gate = None if budget is None else BudgetGate(
             run_budget=budget, scope_budget=None, scope=None, on_budget=None,
             memory_type=DurableMemory,
         )  # fmt: skip
-        self.rate_limits = tuple(rate_limits)
+        self.spending = Spending(gate=gate, rate_limits=tuple(rate_limits))
         self.machine = durable_machine(
             stable, version, model_policy=model_policy, tool_policy=tool_policy, lease_ttl=lease_ttl
         )
@@ -271,7 +272,7 @@ class DurableAgent(Generic[AgentDepsT, OutputT]):
             options["output_type"] = output_type
         for _ in range(100):
             journal = Journal(run=run, events=await run.history(), notify=on_event,
-                              gate=self.gate, rate_limits=self.rate_limits)  # fmt: skip
+                              spending=self.spending)  # fmt: skip
             try:
                 with attached(run.record):  # pydantic-ai's spans join the run's trace
                     return await self._replay(journal, options)

@@ -34,7 +34,7 @@ async def budget(args: argparse.Namespace) -> int:
     from statemachine import RunNotFound
     from storage._ledger import ledger_of
 
-    from .._budget import Budget, period_of, raise_budget
+    from .._budget import Budget, in_force, period_of, raise_budget
     from .._usage_text import usage_line
 
     if (args.run_id is None) == (args.scope is None):
@@ -62,22 +62,34 @@ async def budget(args: argparse.Namespace) -> int:
                     store, run_id=args.run_id, scope=args.scope, limits=limits
                 )
                 out.print(f"limits set; sent on: {', '.join(map(shown, moved)) or 'none'}")
+        gate = agent.budget_gate if agent is not None else None
+        usage: dict[str, int]
         if args.run_id is not None:
             record = await store.load(args.run_id)
             assert record is not None
             subject, usage = f"run/{args.run_id}", record.usage
+            declared = gate.run_budget if gate is not None else None
             out.print(f"run      {shown(args.run_id)} ({record.status} in {shown(record.state)})")
         else:
-            per = agent.budget_gate.scope_budget.per if (
-                agent is not None and agent.budget_gate is not None
-                and agent.budget_gate.scope_budget is not None
-            ) else "day"  # fmt: skip
-            period = args.period or period_of(per, time.time())
+            declared = gate.scope_budget if gate is not None else None
+            ledger = ledger_of(store)
+            if args.period:
+                periods = [args.period]
+            elif declared is not None:
+                periods = [period_of(declared.per, time.time())]
+            else:  # no agent says which period the scope counts by: the first that has usage
+                periods = [period_of(per, time.time()) for per in (None, "day", "hour", "month")]
+            usage = {}
+            for period in periods:
+                usage = await ledger.scope_usage(args.scope, period)
+                if usage:
+                    break
             subject = f"scope/{args.scope}"
-            usage = await ledger_of(store).scope_usage(args.scope, period)
             out.print(f"scope    {shown(args.scope)} ({period})")
-        limits_set = await ledger_of(store).limits(subject)
+        in_force_now = await in_force(store, subject, declared)
     out.print(f"usage    {usage_line(usage)}")
-    if limits_set:
-        out.print("limits   " + ", ".join(f"{k} {v}" for k, v in sorted(limits_set.items())))
+    if in_force_now:
+        out.print("limits   " + ", ".join(f"{k} {v}" for k, v in sorted(in_force_now.items())))
+    elif agent is None:
+        out.print("limits   none set (pass --agent MODULE:AGENT to see the declared ones)")
     return EXIT_DONE

@@ -1,0 +1,123 @@
+"""One paid model request: `llm()` steps, their output retries and `DurableAgent` admit,
+price, charge and record each model request the same way (`agents._paid`), under the limits
+in force (declared, or set by people: lower or higher)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pydantic import BaseModel
+from pydantic_ai import Agent as PydanticAgent
+from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart
+from pydantic_ai.models.function import AgentInfo, FunctionModel
+from pydantic_ai.usage import RequestUsage
+
+from agents import Agent, Budget, DurableAgent, llm
+from agents._budget import BudgetReached, in_force, raise_budget
+from storage import Store
+
+
+class Chat(BaseModel):
+    tenant: str = "acme"
+    text: str = ""
+
+
+class Verdict(BaseModel):
+    ok: bool
+
+
+def priced(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+    """A gpt-4o-mini answer: genai-prices prices it ($0.00021 for these tokens)."""
+    return ModelResponse(
+        parts=[TextPart("ok")],
+        usage=RequestUsage(input_tokens=1000, output_tokens=100, cache_read_tokens=200),
+        model_name="gpt-4o-mini", provider_name="openai",
+    )  # fmt: skip
+
+
+def sloppy(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+    return ModelResponse(
+        parts=[TextPart("not the structured output")],
+        usage=RequestUsage(input_tokens=5, output_tokens=1),
+    )
+
+
+def chain(n: int, model: Any, **agent: Any) -> Agent[Chat]:
+    states = ["new", *(f"s{i}" for i in range(1, n)), "done"]
+    return Agent(
+        name="paid", memory=Chat, model=model, initial="new", final=["done"],
+        transitions=[
+            llm(f"ask{i}", states[i], states[i + 1], prompt="p", into="text", history=False)
+            for i in range(n)
+        ],
+        **agent,
+    )  # fmt: skip
+
+
+async def test_durable_agent_and_an_llm_step_record_the_same_usage_with_cost(
+    store: Store,
+) -> None:
+    run = await chain(1, FunctionModel(priced, model_name="gpt-4o-mini")).start(store, Chat())
+    await run.until_done()
+    durable = DurableAgent(PydanticAgent(FunctionModel(priced, model_name="gpt-4o-mini")),
+                           store=store, name="paid-durable")  # fmt: skip
+    await durable.run("p", run_id="d")
+    [step] = [e for e in await run.history() if e.kind == "llm"]
+    [request] = [e for e in await store.history("d") if e.trigger == "model_request"]
+    assert step.usage == request.usage
+    assert step.usage == {"requests": 1, "input_tokens": 1000, "output_tokens": 100,
+                          "cache_read_tokens": 200, "cost_nusd": 195_000}  # fmt: skip
+    stored = await store.load("d")
+    assert stored is not None and stored.usage == run.record.usage
+
+
+async def test_a_durable_agent_cost_budget_stops_the_run(store: Store) -> None:
+    model = FunctionModel(priced, model_name="gpt-4o-mini")
+    inner = PydanticAgent(model, output_type=Verdict, retries=5)  # refused: retried
+    durable = DurableAgent(inner, store=store, name="costly", budget=Budget(cost=0.0003))
+    with pytest.raises(BudgetReached, match="cost_nusd"):
+        await durable.run("p", run_id="c")
+    record = await store.load("c")
+    assert record is not None
+    assert (record.usage["requests"], record.usage["cost_nusd"]) == (2, 390_000)
+
+
+async def test_a_scope_budget_is_checked_before_every_output_retry(store: Store) -> None:
+    agent = Agent(
+        name="judge", memory=Chat, model=FunctionModel(sloppy), initial="new", final=["done"],
+        transitions=[llm("judge", "new", "done", prompt="p", output=Verdict, output_retries=3)],
+        scope_budget=Budget(requests=1), budget_scope=lambda m: m.tenant,
+    )  # fmt: skip
+    run = await agent.start(store, Chat())
+    await run.until_done()
+    assert run.status == "waiting"
+    assert run.record.usage["requests"] == 1  # not 4: the retries were refused
+    last = (await run.history())[-1]
+    assert last.kind == "halt" and last.output == {
+        "budget": "scope", "name": "acme", "period": "all", "limits": {"requests": 1},
+        "used": {"requests": 1},
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", ["run", "scope"])
+async def test_limits_set_lower_than_the_declared_ones_hold(store: Store, kind: str) -> None:
+    declared = Budget(requests=6)
+    if kind == "run":
+        agent = chain(6, FunctionModel(priced), budget=declared)
+    else:
+        agent = chain(6, FunctionModel(priced), scope_budget=declared,
+                      budget_scope=lambda m: m.tenant)  # fmt: skip
+    run = await agent.start(store, Chat(), run_id="low")
+    subject = {"run_id": "low"} if kind == "run" else {"scope": "acme"}
+    await raise_budget(store, limits=Budget(requests=2), **subject)
+    await run.until_done()
+    assert run.status == "waiting"
+    assert run.record.usage["requests"] == 2
+    name = "run/low" if kind == "run" else "scope/acme"
+    assert await in_force(store, name, declared) == {"requests": 2}
+    moved = await agent.raise_budget(store, limits=Budget(requests=9), **subject)
+    assert moved == ["low"]
+    again = await agent.resume(store, "low")
+    await again.until_done()
+    assert (again.status, again.record.usage["requests"]) == ("done", 6)
