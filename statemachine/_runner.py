@@ -98,6 +98,8 @@ class Run(Generic[M]):
         self._keeper = LeaseKeeper(store, record.run_id, owner, machine.lease_ttl, lease_wait)
         if lease is not None:  # taken with the run (`Machine.start(hold=True)`)
             self._keeper.keep(lease)
+        self._announced = False
+        """Whether a step began under the lease held (see `_deaths_in_step`)."""
 
     def __repr__(self) -> str:
         where = f"{self.state} seq={self.seq} {self.status}"
@@ -304,8 +306,8 @@ class Run(Generic[M]):
                     1,
                     final=True,  # a detour could lead back here: the loop ends for good
                 )
-            # Holders that died since the last commit died running this very step.
-            done, attempt = await self._run_step(t, seq, key, self._record.crashes, payload)
+            died = await self._deaths_in_step(seq) if self._record.crashes and not t.waits else 0
+            done, attempt = await self._run_step(t, seq, key, died, payload)
         except StepFailed as failed:
             if t.waits and isinstance(failed.error, ValueError | UnstorableResult):
                 # The event's payload would break the run: refuse it, the run waits on.
@@ -320,6 +322,28 @@ class Run(Generic[M]):
             worker=self.owner,
         )  # fmt: skip
         return await self._commit(lease, event, done.memory, done.patch_sizes)
+
+    async def _deaths_in_step(self, seq: int) -> int:
+        """How many of the holders that died since commit `seq` died running the step after
+        it: all of them (`RunRecord.crashes`) when one began it, none when each died before.
+
+        A holder that took the lease publishes its first step's "started" item before it
+        runs the step, and waits until it is stored (`Publisher.started_now`): no such item
+        after `seq`, and no holder that committed `seq` and went straight on stepping (the
+        last event is the run's start, or a command's: a retry, a raised budget), means every
+        holder died before its first step, e.g. right after `start` took the lease."""
+        crashes = self._record.crashes
+        after: str | None = None
+        while True:
+            page = await self.store.live(self.run_id, after)
+            if any(entry.base == seq for entry in page):
+                return crashes
+            if len(page) < 1000:
+                break
+            after = page[-1].id
+        last = await self.store.history(self.run_id, seq, seq)
+        went_on = bool(last) and last[0].kind not in ("start", "control")
+        return crashes if went_on else 0
 
     async def idempotency_key(self, trigger: str) -> str:
         """The key every try of `trigger` out of the current state runs under (see
@@ -394,6 +418,7 @@ class Run(Generic[M]):
         if self._keeper.lease is not None:
             return self._keeper.lease
         got = await self._keeper.take()
+        self._announced = False
         if got.seq is not None and got.seq == self._record.seq:
             # Nothing was committed since this copy was read (every change is a commit, and
             # commits move the seq): only the holder and crash count are new.
@@ -417,15 +442,14 @@ class Run(Generic[M]):
         self._record = stored
 
     async def _run_step(
-        self, t: Transition, seq: int, key: str, crashes: int, payload: JsonValue
+        self, t: Transition, seq: int, key: str, died: int, payload: JsonValue
     ) -> tuple[Settled[M], int]:
-        """Try `t`'s step as its policy allows; what the try that worked produced, settled
-        (destination, patch, output: all checked storable), and that try's attempt number."""
+        """Try `t`'s step as its policy allows (`died`: holders that died running it); what
+        the try that worked produced, settled (destination, patch, output: all checked
+        storable), and that try's attempt number."""
         if t.step is None:
             return self._settle(t, StepResult(memory=self.memory)), 1
         policy = t.step.policy
-        # A process that died holding a waiting run was not running its wait step.
-        died = 0 if t.waits else crashes
         allowance = (
             self.machine.crash_retries if policy.crash_retries is None else policy.crash_retries
         )
@@ -457,7 +481,11 @@ class Run(Generic[M]):
                 spent=spent,
                 live=self.live.step(seq, attempt),
             )
-            self.live.started(seq, t.trigger, attempt, t.step.kind, t.step.label)
+            if self._announced or t.waits:
+                self.live.started(seq, t.trigger, attempt, t.step.kind, t.step.label)
+            else:  # the first step of this lease: stored before it runs (`_deaths_in_step`)
+                await self.live.started_now(seq, t.trigger, attempt, t.step.kind, t.step.label)
+                self._announced = True
             # Its own copy, as a resumed process would read it (and 5x cheaper than a deep
             # copy): a try abandoned on its timeout may go on changing it.
             mine = self.machine.memory_type.model_validate(self._ledger.fields)
