@@ -53,6 +53,7 @@ from ._table import Transition
 from ._tracing import step_failed, transition_span
 from ._watch import WatchItem, watch
 from .errors import (
+    CommitsLost,
     InvalidMemory,
     InvalidPayload,
     NotDue,
@@ -419,6 +420,11 @@ class Run(Generic[M]):
             return self._keeper.lease
         got = await self._keeper.take()
         self._announced = False
+        if got.seq is not None and got.seq < self._record.seq:
+            await self.release(quiet=True)
+            stored = await self.store.load(self.run_id)
+            if stored is not None:
+                raise await self._lost(stored)
         if got.seq is not None and got.seq == self._record.seq:
             # Nothing was committed since this copy was read (every change is a commit, and
             # commits move the seq): only the holder and crash count are new.
@@ -432,8 +438,17 @@ class Run(Generic[M]):
                 await hook(self._record, last[0], self.store)
         return got
 
-    async def _reload(self) -> None:
-        stored = await self.store.load(self.run_id)
+    async def _lost(self, stored: RunRecord) -> CommitsLost:
+        """The store is behind what this process saw committed: name the loss, and go back
+        to what is stored (this `Run` may go on from there, as a resumed one would)."""
+        lost = CommitsLost(self.run_id, stored.seq, self.seq, stored.state)
+        _log.error("%s", lost)
+        await self._reload(stored)
+        return lost
+
+    async def _reload(self, stored: RunRecord | None = None) -> None:
+        if stored is None:
+            stored = await self.store.load(self.run_id)
         if stored is None:
             raise RunNotFound(self.run_id, lost=True)
         if stored.seq != self._record.seq or stored.memory != self._ledger.fields:
@@ -599,18 +614,21 @@ class Run(Generic[M]):
             # The key was committed before. By this process, on a try whose answer was lost:
             # go on from the stored run. By another process (this one lost the run and a new
             # holder did this step meanwhile): stop, as for any refused commit.
-            stored = await self.store.history(self.run_id, outcome.seq)
-            if stored and stored[0].seq == outcome.seq and stored[0].worker == self.owner:
+            found = await self.store.history(self.run_id, outcome.seq)
+            if found and found[0].seq == outcome.seq and found[0].worker == self.owner:
                 await self._reload()
-                if stored[0].status != "running":
+                if found[0].status != "running":
                     self._keeper.dropped()  # that commit gave the lease back
-                return stored[0]
+                return found[0]
             why = f"another process committed {event.trigger!r} as seq {outcome.seq}"
         elif isinstance(outcome, Conflict):
             why = f"it moved to seq {outcome.current_seq}"
         else:
             why = "its lease was taken over"
         await self.release(quiet=True)
+        stored = await self.store.load(self.run_id)
+        if stored is not None and stored.seq < self.seq:
+            raise await self._lost(stored)
         raise RunTakenOver(
             f"run {self.run_id!r}: commit of {event.trigger!r} at seq {event.seq} refused, {why};"
             " another process drives the run now"
