@@ -267,14 +267,7 @@ class Machine(Generic[M]):
         """
         if run_id is not None:
             check_run_id(run_id)
-        checked = self.validate_memory(memory, f"starting {self.name!r}")
-        fields = checked.model_dump(mode="json")
-        size = _stored_size(fields, f"starting {self.name!r}")
-        if self.max_memory is not None and size > self.max_memory:
-            raise MemoryTooLarge(
-                f"starting {self.name!r}: the memory takes {size} bytes as JSON, over the"
-                f" limit of {self.max_memory} (Agent(max_memory=...))"
-            )
+        fields = self.storable_memory(memory, f"starting {self.name!r}")
         created = now()
         run_id = run_id or uuid.uuid4().hex
         traced = open_trace(self.name, self.version, run_id, self.table.initial)
@@ -306,6 +299,18 @@ class Machine(Generic[M]):
                 lease = None
             stored = await upgrade(self, store, stored, lease_wait)
         return self._open(store, stored, lease_wait, lease=lease)
+
+    def storable_memory(self, memory: M | Mapping[str, Any], where: str) -> dict[str, JsonValue]:
+        """`memory` checked as a new run's (`start`, `fork`): valid, storable, within
+        `max_memory`; as JSON fields. `InvalidMemory` or `MemoryTooLarge` naming `where`."""
+        fields: dict[str, JsonValue] = self.validate_memory(memory, where).model_dump(mode="json")
+        size = _stored_size(fields, where)
+        if self.max_memory is not None and size > self.max_memory:
+            raise MemoryTooLarge(
+                f"{where}: the memory takes {size} bytes as JSON, over the limit of"
+                f" {self.max_memory} (Agent(max_memory=...))"
+            )
+        return fields
 
     async def fork(
         self,
@@ -341,9 +346,7 @@ class Machine(Generic[M]):
             )
         if new_run_id is not None and await store.load(check_run_id(new_run_id)) is not None:
             raise RunError(f"a run with id {new_run_id!r} exists: pick another new_run_id")
-        checked = self.validate_memory({**fields, **(memory_update or {})}, f"forking {run_id!r}")
-        memory = checked.model_dump(mode="json")
-        _stored_size(memory, f"forking {run_id!r}")
+        memory = self.storable_memory({**fields, **(memory_update or {})}, f"forking {run_id!r}")
         created = now()
         new_run_id = new_run_id or uuid.uuid4().hex
         traced = open_trace(self.name, self.version, new_run_id, state, forked_from=source)
