@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ._agent import Agent
-    from ._budget import Budget, raise_budget
+    from ._budget import Budget
     from ._durable import DurableAgent, DurableRunFailed, approve_tool_call
     from ._durable_journal import idempotency_key
     from ._llm import llm
@@ -31,7 +31,6 @@ __all__ = [
     "approve_tool_call",
     "idempotency_key",
     "llm",
-    "raise_budget",
     "render_report",
     "report_html",
     "tool",
@@ -42,7 +41,6 @@ __all__ = [
 _WHERE = {
     "Agent": "_agent",
     "Budget": "_budget",
-    "raise_budget": "_budget",
     "DurableAgent": "_durable",
     "DurableRunFailed": "_durable",
     "RateLimit": "_ratelimit",

@@ -11,7 +11,8 @@ loses that last charge (nothing picks a finished run up: see docs/architecture.m
 
 A run that reaches a limit is halted (`statemachine.StepHalted`, an event of kind "halt"
 whose output has the figures): it goes to the agent's `on_budget` state, or, without one,
-parks `waiting` where it is until its budget is raised (`raise_budget`, `agentfsm budget`)
+parks `waiting` where it is until its budget is raised (`Agent.raise_budget`,
+`agentfsm budget`)
 and it is sent on (`Run.retry()`, which the raise does).
 
 Concurrent runs of one scope read the scope's totals before their requests and are charged
@@ -42,7 +43,7 @@ __all__ = [
     "halted",
     "in_force",
     "period_of",
-    "raise_budget",
+    "set_limits",
 ]
 
 Period = Literal["hour", "day", "month"]
@@ -86,12 +87,13 @@ class Budget:
 
 class BudgetReached(RunError):
     """A `DurableAgent` run reached its budget and is parked; raise the budget
-    (`raise_budget`) and call `run` again to go on."""
+    (`DurableAgent.raise_budget`) and call `run` again to go on."""
 
     def __init__(self, run_id: str, figures: JsonValue) -> None:
         super().__init__(
             f"run {run_id!r} reached its budget ({figures}): raise it with"
-            f" `agentfsm budget {run_id} --requests N` (or `raise_budget`), then run it again"
+            f" `agentfsm budget {run_id} --requests N` (or `DurableAgent.raise_budget`), then run"
+            " it again"
         )
         self.run_id = run_id
         self.figures = figures
@@ -112,7 +114,7 @@ def period_of(per: Period | None, at: float) -> str:
 
 async def in_force(store: Store, subject: str, declared: Budget | None) -> dict[str, int]:
     """The limits in force for `subject` ("run/<id>", "scope/<name>"), as ledger figures:
-    the declared ones, each replaced by the one people set (`raise_budget`), lower or
+    the declared ones, each replaced by the one people set (`set_limits`), lower or
     higher. The one rule `admit`, `agentfsm budget`, `show`, the UI and the errors use."""
     limits = declared.ledger_limits() if declared is not None else {}
     limits.update(await ledger_of(store).limits(subject))
@@ -214,7 +216,7 @@ class BudgetGate:
             )
 
 
-async def raise_budget(
+async def set_limits(
     store: Store,
     *,
     run_id: str | None = None,
@@ -222,7 +224,7 @@ async def raise_budget(
     limits: Budget,
 ) -> None:
     """Set the limits of one run (`run_id`) or of a scope, in place of the declared ones
-    (limits left None keep theirs). A scope's raised limits hold for every period (a day's
+    (limits left None keep theirs). A scope's set limits hold for every period (a day's
     limit raised stays raised the next days) until set again. Runs parked by the budget stay
     parked: `Agent.raise_budget` also sends them on."""
     if (run_id is None) == (scope is None):
@@ -230,5 +232,5 @@ async def raise_budget(
     subject = f"run/{run_id}" if run_id is not None else f"scope/{scope}"
     new = limits.ledger_limits()
     if not new:
-        raise RunError("raise_budget: give at least one limit (requests=, total_tokens=, ...)")
+        raise RunError("set_limits: give at least one limit (requests=, total_tokens=, ...)")
     await ledger_of(store).set_limits(subject, dict(new))

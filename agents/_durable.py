@@ -49,7 +49,7 @@ from statemachine import DefinitionError, Graph, RunError, RunLocked, RunTakenOv
 from statemachine._tracing import attached
 from storage import Event, StorageError, Store
 
-from ._budget import Budget, BudgetGate, halted
+from ._budget import Budget, BudgetGate, halted, set_limits
 from ._durable_approvals import answers_to, approve_tool_call
 from ._durable_events import stream_events
 from ._durable_journal import Journal, idempotency_key
@@ -297,6 +297,11 @@ class DurableAgent(Generic[AgentDepsT, OutputT]):
     ) -> AgentRunResult[OutputT]:
         """`run`, for code that is not async (the same arguments)."""
         return asyncio.run(self.run(user_prompt, **kwargs))
+
+    async def raise_budget(self, run_id: str, *, limits: Budget) -> None:
+        """Set new limits for run `run_id` in place of the declared `budget` (lower or
+        higher); a run its budget parked goes on at its next `run(run_id=...)`."""
+        await set_limits(self.store, run_id=run_id, limits=limits)
 
     async def approve(
         self,

@@ -300,6 +300,25 @@ class Machine(Generic[M]):
             stored = await upgrade(self, store, stored, lease_wait)
         return self._open(store, stored, lease_wait, lease=lease)
 
+    def wait_transition(self, record: RunRecord, memory: M, event: str) -> Transition:
+        """The wait transition `event` fires in run `record` (with `memory`); else
+        `RunError` saying what the run is and waits for. The one rule of `send`."""
+        rows = self.table.out.get(record.state, ())
+        expected = [t.trigger for t in rows if t.waits]
+        if record.status != "waiting" or event not in expected:
+            waiting_for = (
+                f"waits for {expected}" if record.status == "waiting" else "is not waiting"
+            )
+            raise RunError(
+                f"run {record.run_id!r} does not accept event {event!r}: it is {record.status} in"
+                f" state {record.state!r} and {waiting_for}"
+            )
+        candidates = [t for t in rows if t.trigger == event]
+        t = next((t for t in candidates if t.guard is None or t.guard(memory)), None)
+        if t is None:
+            raise RunError(f"run {record.run_id!r}: every guard on event {event!r} returned False")
+        return t
+
     def storable_memory(self, memory: M | Mapping[str, Any], where: str) -> dict[str, JsonValue]:
         """`memory` checked as a new run's (`start`, `fork`): valid, storable, within
         `max_memory`; as JSON fields. `InvalidMemory` or `MemoryTooLarge` naming `where`."""
@@ -326,6 +345,25 @@ class Machine(Generic[M]):
         `memory_update` applied to its memory: to try another path from a past point. The
         original is untouched; the new run's creation event names it (`forked_from`, `at`).
         Nothing runs until `step()` / `until_done()`."""
+        record, start, traced = await self.fork_plan(
+            store, run_id, at_seq, new_run_id=new_run_id, memory_update=memory_update
+        )
+        if not await store.restore(record, [start]):
+            raise RunError(f"a run with id {record.run_id!r} exists: pick another new_run_id")
+        traced.created(True)
+        return self._open(store, record, lease_wait)
+
+    async def fork_plan(
+        self,
+        store: Store,
+        run_id: str,
+        at_seq: int,
+        *,
+        new_run_id: str | None = None,
+        memory_update: Mapping[str, Any] | None = None,
+    ) -> tuple[RunRecord, Event, Any]:
+        """`fork`'s checks, writing nothing: the new run's record, its creation event and
+        its trace; or the error `fork` would raise."""
         source = await store.load(run_id)
         if source is None:
             raise RunNotFound(run_id)
@@ -374,11 +412,7 @@ class Machine(Generic[M]):
             # The conversation so far comes along, so LLM steps of the fork go on from it.
             messages=[m for e in history[: at_seq + 1] for m in e.messages],
         )  # fmt: skip
-        if not await store.restore(record, [start]):
-            raise RunError(f"a run with id {record.run_id!r} exists: pick another new_run_id")
-        traced.created(True)
-        stored = record
-        return self._open(store, stored, lease_wait)
+        return record, start, traced
 
     async def submit(
         self, store: Store, memory: M | Mapping[str, Any], *, run_id: str | None = None

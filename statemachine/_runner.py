@@ -255,18 +255,7 @@ class Run(Generic[M]):
 
     def _accept(self, event: str, payload: JsonValue) -> tuple[Transition, JsonValue]:
         """The wait transition `event` fires from here, and the checked payload; or an error."""
-        rows = self.machine.table.out.get(self.state, ())
-        expected = [t.trigger for t in rows if t.waits]
-        if self.status != "waiting" or event not in expected:
-            waiting_for = f"waits for {expected}" if self.status == "waiting" else "is not waiting"
-            raise RunError(
-                f"run {self.run_id!r} does not accept event {event!r}: it is {self.status} in"
-                f" state {self.state!r} and {waiting_for}"
-            )
-        candidates = [t for t in rows if t.trigger == event]
-        t = next((t for t in candidates if t.guard is None or t.guard(self.memory)), None)
-        if t is None:
-            raise RunError(f"run {self.run_id!r}: every guard on event {event!r} returned False")
+        t = self.machine.wait_transition(self._record, self.memory, event)
         check_payload_storable(event, payload)
         check = getattr(t.step, "check_payload", None)
         return t, check(payload) if check is not None else payload

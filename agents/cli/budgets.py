@@ -34,7 +34,7 @@ async def budget(args: argparse.Namespace) -> int:
     from statemachine import RunNotFound
     from storage._ledger import ledger_of
 
-    from .._budget import Budget, in_force, period_of, raise_budget
+    from .._budget import Budget, in_force, period_of, set_limits
     from .._usage_text import usage_line
 
     if (args.run_id is None) == (args.scope is None):
@@ -55,13 +55,14 @@ async def budget(args: argparse.Namespace) -> int:
         if raising:
             limits = Budget(requests=args.requests, total_tokens=args.total_tokens, cost=args.cost)
             if agent is None:
-                await raise_budget(store, run_id=args.run_id, scope=args.scope, limits=limits)
+                await set_limits(store, run_id=args.run_id, scope=args.scope, limits=limits)
                 out.print("limits set; pass --agent MODULE:AGENT to also send parked runs on")
             else:
                 moved = await agent.raise_budget(
                     store, run_id=args.run_id, scope=args.scope, limits=limits
                 )
-                out.print(f"limits set; sent on: {', '.join(map(shown, moved)) or 'none'}")
+                sent = ", ".join(f"{shown(d.run_id)} ({shown(d.then)})" for d in moved)
+                out.print(f"limits set; sent on: {sent or 'none'}")
         gate = agent.budget_gate if agent is not None else None
         usage: dict[str, int]
         if args.run_id is not None:

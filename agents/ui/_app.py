@@ -156,7 +156,7 @@ class _Pages:
         at_text = request.query_params.get("at", "")
         at = int(at_text) if at_text.isdigit() else None
         body = run_body(
-            ctx.machine, ctx.record, ctx.events, offers(ctx), at,
+            ctx.machine, ctx.record, ctx.events, await offers(ctx), at,
             notice=_notice(request.query_params.get("did", "")),
         )  # fmt: skip
         stream = f"/runs/{quote(ctx.record.run_id)}/stream?after={ctx.record.seq}"
@@ -222,7 +222,7 @@ class _Pages:
         ctx = await self._context(request)
         try:
             if step == "preview":
-                plan = plan_action(action, ctx, values, self.driver)
+                plan = await plan_action(action, ctx, values, self.driver)
             else:
                 target = await perform_action(action, ctx, values, self.driver)
                 return RedirectResponse(f"{quote(target)}?did={action}", 303)

@@ -14,7 +14,7 @@ from pydantic_ai.models.function import AgentInfo, FunctionModel
 from pydantic_ai.usage import RequestUsage
 
 from agents import Agent, Budget, DurableAgent, llm
-from agents._budget import BudgetReached, in_force, raise_budget
+from agents._budget import BudgetReached, in_force, set_limits
 from storage import Store
 
 
@@ -109,15 +109,15 @@ async def test_limits_set_lower_than_the_declared_ones_hold(store: Store, kind: 
         agent = chain(6, FunctionModel(priced), scope_budget=declared,
                       budget_scope=lambda m: m.tenant)  # fmt: skip
     run = await agent.start(store, Chat(), run_id="low")
-    subject = {"run_id": "low"} if kind == "run" else {"scope": "acme"}
-    await raise_budget(store, limits=Budget(requests=2), **subject)
+    subject: dict[str, Any] = {"run_id": "low"} if kind == "run" else {"scope": "acme"}
+    await set_limits(store, limits=Budget(requests=2), **subject)
     await run.until_done()
     assert run.status == "waiting"
     assert run.record.usage["requests"] == 2
     name = "run/low" if kind == "run" else "scope/acme"
     assert await in_force(store, name, declared) == {"requests": 2}
     moved = await agent.raise_budget(store, limits=Budget(requests=9), **subject)
-    assert moved == ["low"]
+    assert [d.run_id for d in moved] == ["low"]
     again = await agent.resume(store, "low")
     await again.until_done()
     assert (again.status, again.record.usage["requests"]) == ("done", 6)

@@ -122,10 +122,9 @@ def scope_agent(workdir: Path) -> Agent[Chat]:
     )  # fmt: skip
     admit = BudgetGate.admit
 
-    async def admit_logged(gate: BudgetGate, memory: Any, ctx: StepContext) -> int | None:
-        left = await admit(gate, memory, ctx)
+    async def admit_logged(gate: BudgetGate, memory: Any, ctx: StepContext) -> None:
+        await admit(gate, memory, ctx)
         _log(workdir, "admit")
-        return left
 
     async def charged(record: RunRecord, event: Event, store: Store) -> None:
         if event.usage:
