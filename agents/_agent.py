@@ -8,10 +8,8 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
-from statemachine import DefinitionError, Machine, Transition
-from statemachine._machine import DEFAULT_MAX_MEMORY
-from statemachine._migrate import Migration
-from statemachine._operations import Done, check, operate
+from statemachine import DefinitionError, Machine
+from statemachine.engine import DEFAULT_MAX_MEMORY, Done, Migration, Transition, check, operate
 from storage import Store
 
 from ._budget import Budget, BudgetGate, set_limits

@@ -30,7 +30,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, JsonValue
 
-from statemachine import Run, RunError, StepContext, StepHalted
+from statemachine import Run, RunError, StepContext
+from statemachine.errors import StepHalted
 from storage import Event, RunRecord, ScopeCharge, Store
 from storage._charge import charges_in_commit
 from storage._ledger import ledger_of

@@ -45,12 +45,13 @@ from pydantic_ai.tool_manager import ToolManager
 from pydantic_ai.toolsets import AbstractToolset, FunctionToolset
 from pydantic_ai.usage import UsageLimits
 
-from statemachine import DefinitionError, Graph, RunError, RunLocked, RunTakenOver, WatchItem
-from statemachine._tracing import attached
+from statemachine import DefinitionError, RunError, RunLocked
+from statemachine.engine import Graph, WatchItem, attached
+from statemachine.errors import RunTakenOver
 from storage import Event, StorageError, Store
 
 from ._budget import Budget, BudgetGate, halted, set_limits
-from ._durable_approvals import answers_to, approve_tool_call
+from ._durable_approvals import answers_to
 from ._durable_events import stream_events
 from ._durable_journal import Journal, idempotency_key
 from ._durable_steps import (
@@ -69,6 +70,7 @@ from ._durable_steps import (
 )
 from ._durable_tracing import traced_steps
 from ._llm import ModelSpec
+from ._operations import approve_tool_call
 from ._paid import Spending
 from ._ratelimit import RateLimit
 from ._report import render_report

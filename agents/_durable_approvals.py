@@ -11,12 +11,12 @@ from pydantic_ai import DeferredToolRequests, DeferredToolResults, ModelRetry, T
 from pydantic_ai.tools import ToolApproved
 
 from statemachine import Machine, RunError, RunNotFound
-from storage import Event, Store
+from storage import Store
 
 from ._durable_steps import APPROVAL, DURABLE_KIND, Answer, durable_machine, rounds_of
 from ._tool_engine import args_digest, record_outcome
 
-__all__ = ["answers_to", "approval", "approve_tool_call"]
+__all__ = ["answers_to", "approval"]
 
 
 async def answers_to(
@@ -56,37 +56,6 @@ def _approval(segment: int, call_id: str, args: dict[str, Any], value: Any) -> A
     approved_args = dict(override) if override is not None else args
     return Answer(segment=segment, tool_call_id=call_id, kind="approval",
                   override_args=override, digest=args_digest(approved_args))  # fmt: skip
-
-
-async def approve_tool_call(
-    store: Store,
-    run_id: str,
-    tool_call_id: str,
-    *,
-    args: Mapping[str, Any] | None = None,
-    deny: str | None = None,
-) -> Event:
-    """Answer one call that a waiting DurableAgent run deferred for approval, from any process.
-
-    Approves the call with the arguments the model gave, or with `args` (they replace the
-    model's); with `deny`, denies it and the model is told `deny`. The answer is committed
-    with the sha256 of the exact arguments approved; once every deferred call is answered
-    the run can go on (`DurableAgent.run(run_id=...)`). Needs only the store: the agent
-    itself is not loaded. Returns the committed event. The engine operation "approve" /
-    "deny" (`agents._operations`), as the CLI and the UI do it.
-
-    Raises `RunNotFound`; `RunError` when the run is not a DurableAgent run, is not waiting,
-    or has no call `tool_call_id` waiting for approval (the message lists those that are).
-    """
-    from ._operations import do_action
-
-    action = "deny" if deny is not None else "approve"
-    done = await do_action(
-        store, run_id, action, call=tool_call_id, args=dict(args) if args is not None else None,
-        message=deny,
-    )  # fmt: skip
-    assert done.event is not None
-    return done.event
 
 
 async def approval(

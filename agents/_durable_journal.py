@@ -29,7 +29,8 @@ from pydantic_ai.settings import ModelSettings
 from pydantic_ai.tools import ToolDefinition
 from pydantic_ai.toolsets import AbstractToolset, ToolsetTool, WrapperToolset
 
-from statemachine import Run, RunError, StepContext, StepResult
+from statemachine import Run, RunError, StepContext
+from statemachine.engine import StepResult
 from storage import Event
 
 from ._budget import BudgetReached

@@ -34,7 +34,8 @@ from pydantic_ai.models import Model, ModelRequestParameters, StreamedResponse
 from pydantic_ai.settings import ModelSettings
 from pydantic_ai.usage import RequestUsage
 
-from statemachine import StepContext, StepResult
+from statemachine import StepContext
+from statemachine.engine import StepResult
 
 from ._durable_steps import MODEL_REQUEST, DurableMemory
 from ._llm_stream import forward

@@ -22,16 +22,8 @@ from pydantic_ai.models import Model, infer_model
 from pydantic_ai.toolsets import ExternalToolset
 from pydantic_ai.usage import UsageLimits
 
-from statemachine import (
-    DefinitionError,
-    RetryPolicy,
-    RunError,
-    StepContext,
-    StepResult,
-    Transition,
-    transition,
-)
-from statemachine._table import Guard
+from statemachine import DefinitionError, RunError, StepContext, transition
+from statemachine.engine import Guard, RetryPolicy, StepResult, Transition
 
 from ._llm_stream import live_handler
 from ._paid import PaidModel, Spending, model_label

@@ -9,14 +9,18 @@ find a DurableAgent run's machine from the store.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
 from statemachine import Machine, RunNotFound
-from statemachine._operations import ACTIONS, Done, Plan, Refused, check, operate
-from storage import Store
+from statemachine.engine import ACTIONS, Done, Plan, Refused, check, operate
+from storage import Event, Store
 
-__all__ = ["AGENT_ACTIONS", "check_action", "do_action"]
+from ._durable_approvals import approval
+from ._durable_steps import ANSWER
+
+__all__ = ["AGENT_ACTIONS", "approve_tool_call", "check_action", "do_action"]
 
 AGENT_ACTIONS: tuple[str, ...] = (*ACTIONS, "approve", "deny")
 
@@ -33,8 +37,6 @@ async def _target(
     if action not in AGENT_ACTIONS:
         raise Refused(f"unknown action {action!r}: one of {', '.join(AGENT_ACTIONS)}")
     if action in ("approve", "deny"):
-        from ._durable_approvals import approval
-        from ._durable_steps import ANSWER
 
         deny = args.get("message", "") if action == "deny" else None
         machine, payload = await approval(
@@ -93,3 +95,32 @@ async def do_action(
         plan = replace(done.plan, action=action, command=command)
         done = replace(done, plan=plan, then=then if not done.again else done.then)
     return done
+
+
+async def approve_tool_call(
+    store: Store,
+    run_id: str,
+    tool_call_id: str,
+    *,
+    args: Mapping[str, Any] | None = None,
+    deny: str | None = None,
+) -> Event:
+    """Answer one call that a waiting DurableAgent run deferred for approval, from any process.
+
+    Approves the call with the arguments the model gave, or with `args` (they replace the
+    model's); with `deny`, denies it and the model is told `deny`. The answer is committed
+    with the sha256 of the exact arguments approved; once every deferred call is answered
+    the run can go on (`DurableAgent.run(run_id=...)`). Needs only the store: the agent
+    itself is not loaded. Returns the committed event. The engine operation "approve" /
+    "deny" (`agents._operations`), as the CLI and the UI do it.
+
+    Raises `RunNotFound`; `RunError` when the run is not a DurableAgent run, is not waiting,
+    or has no call `tool_call_id` waiting for approval (the message lists those that are).
+    """
+    action = "deny" if deny is not None else "approve"
+    done = await do_action(
+        store, run_id, action, call=tool_call_id, args=dict(args) if args is not None else None,
+        message=deny,
+    )  # fmt: skip
+    assert done.event is not None
+    return done.event

@@ -31,7 +31,8 @@ from pydantic_ai.models.wrapper import WrapperModel
 from pydantic_ai.settings import ModelSettings
 from pydantic_ai.usage import RunUsage
 
-from statemachine import RetryPolicy, StepContext
+from statemachine import StepContext
+from statemachine.engine import RetryPolicy
 
 from ._budget import BudgetGate
 from ._ratelimit import RateLimit, rate_limited

@@ -19,7 +19,8 @@ from typing import Any
 
 from pydantic import JsonValue
 
-from statemachine import Machine, RendererMissing, RunNotFound
+from statemachine import Machine, RunNotFound
+from statemachine.errors import RendererMissing
 from storage import Event, RunRecord, Store
 
 from ._usage_text import usage_line

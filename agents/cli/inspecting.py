@@ -18,7 +18,7 @@ from ._store import opened
 if TYPE_CHECKING:
     import argparse
 
-    from statemachine import Graph
+    from statemachine.engine import Graph
     from storage import Event, Store
 
 __all__ = ["commands", "save"]
@@ -103,7 +103,7 @@ def _last_error(events: list[Event]) -> Event | None:
 )
 async def show(args: argparse.Namespace) -> int:
     from statemachine import RunNotFound
-    from statemachine._provenance import memory_at
+    from statemachine.engine import memory_at
 
     from .._usage_text import usage_line
 
@@ -163,7 +163,7 @@ async def _failure(store: Store, run_id: str, seq: int) -> Event | None:
 )
 async def why(args: argparse.Namespace) -> int:
     from statemachine import RunNotFound
-    from statemachine._provenance import why
+    from statemachine.engine import why
 
     async with opened(args) as store:
         events = await store.history(args.run_id)
@@ -248,7 +248,7 @@ async def graph(args: argparse.Namespace) -> int:
 
 
 def _write_graph(graph: Graph, args: argparse.Namespace) -> int:
-    from statemachine import RendererMissing
+    from statemachine.errors import RendererMissing
 
     fmt = args.format
     if fmt is None:

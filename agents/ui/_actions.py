@@ -25,7 +25,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from statemachine import InvalidMemory, InvalidPayload, Machine, RunError, Transition
+from statemachine import InvalidMemory, Machine, RunError
+from statemachine.engine import Transition
+from statemachine.errors import InvalidPayload
 from storage import Event, RunRecord, Store
 
 from ._forms import FormProblem, payload_fields, payload_from_form, payload_inputs

@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import JsonValue
 
 from statemachine import Machine
-from statemachine._provenance import Write, memory_at, why
+from statemachine.engine import Write, memory_at, why
 from storage import Event, RunRecord
 
 from .._report import _graph, _header, _messages, _model, _took

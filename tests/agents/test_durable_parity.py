@@ -60,8 +60,9 @@ from pydantic_ai.tools import ToolApproved
 from pydantic_ai.toolsets import AbstractToolset, ExternalToolset, FunctionToolset
 from pydantic_ai.usage import UsageLimits
 
-from agents import DurableAgent, DurableRunFailed
+from agents import DurableAgent
 from agents._tool_engine import args_digest
+from agents.errors import DurableRunFailed
 from statemachine import DefinitionError, RunError
 from storage import Store
 
@@ -1235,7 +1236,7 @@ async def test_answers_one_at_a_time_and_the_same_answer_twice_counts_once(store
 
 
 async def test_approve_refuses_what_is_not_a_waiting_durable_agent_run(store: Store) -> None:
-    from agents import approve_tool_call
+    from agents._operations import approve_tool_call
     from statemachine import RunNotFound
 
     with pytest.raises(RunNotFound):

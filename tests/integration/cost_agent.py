@@ -29,7 +29,8 @@ from pydantic_ai.usage import RequestUsage
 
 from agents import Agent, Budget, llm, tool
 from agents._budget import BudgetGate
-from statemachine import StepContext, Transition
+from statemachine import StepContext
+from statemachine.engine import Transition
 from storage import Event, RunRecord, Store, open_store
 
 LEASE_TTL = 0.5

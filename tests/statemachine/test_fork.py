@@ -7,7 +7,8 @@ import pytest
 from agents import Agent
 from agents.examples import data_analyst
 from agents.examples._offline import offline_model
-from statemachine import MemoryTooLarge, RunError, RunNotFound
+from statemachine import RunError, RunNotFound
+from statemachine.errors import MemoryTooLarge
 from storage import Store
 
 DATASET = [12.1, 11.8, 12.4, 12.0, 11.9, 12.3, 48.7, 12.2, 11.7, 12.1]

@@ -16,7 +16,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from pydantic import BaseModel
 
 from agents import Agent, tool, wait
-from statemachine import RunTakenOver
+from statemachine.errors import RunTakenOver
 from storage import LeaseLost, Store
 
 from ..tracing import global_provider, span_dict
