@@ -7,12 +7,12 @@ import contextlib
 import logging
 import secrets
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from pydantic import BaseModel, JsonValue, ValidationError
 
-from storage import Event, Lease, RunRecord, RunStatus, ScopeCharge, Store
+from storage import Event, Lease, RunRecord, RunStatus, Store
 from storage._process import owner_id
 from storage.base import check_run_id, run_key
 from storage.errors import Unstorable
@@ -21,6 +21,7 @@ from ._draw import Graph, draw
 from ._migrate import Migration, check_migrations, needs_upgrade, upgrade
 from ._provenance import memory_at
 from ._runner import Run, check_payload_storable, json_size, now
+from ._spec import AfterCommit, ChargeOf
 from ._table import Transition
 from ._tracing import open_trace
 from ._validate import Table, check_machine_name, compile_table
@@ -42,10 +43,6 @@ if TYPE_CHECKING:
 
 __all__ = ["DEFAULT_MAX_MEMORY", "Machine"]
 
-AfterCommit = Callable[[RunRecord, Event, Store], Awaitable[None]]
-"""A hook run after each commit of a run (see `Machine.after_commit`)."""
-ChargeOf = Callable[[Any, Event, Store], ScopeCharge | None]
-"""What a commit also charges to a ledger beside the run (see `Machine.scope_charge`)."""
 M = TypeVar("M", bound=BaseModel)
 _log = logging.getLogger("agentfsm")
 

@@ -65,7 +65,7 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
-    from ._machine import Machine
+    from ._spec import MachineSpec
 
 __all__ = ["SNAPSHOT_EVERY", "Run", "check_payload_storable", "json_size", "now", "take_lease"]
 
@@ -85,7 +85,7 @@ class Run(Generic[M]):
     """
 
     def __init__(
-        self, machine: Machine[M], store: Store, record: RunRecord, memory: M, *,
+        self, machine: MachineSpec[M], store: Store, record: RunRecord, memory: M, *,
         lease_wait: float, lease: Lease | None = None,
     ) -> None:  # fmt: skip
         self.machine = machine

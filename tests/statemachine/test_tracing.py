@@ -205,7 +205,7 @@ async def test_a_commit_refused_is_a_span_that_says_so(
     assert (refused["name"], refused["status"]) == ("tool open", "ERROR")
     assert refused["attributes"]["agentfsm.outcome"] == "taken_over"
     assert [e["attributes"]["exception.type"] for e in refused["events"]] == [
-        "statemachine.RunTakenOver"
+        "statemachine.errors.RunTakenOver"
     ]
 
 
