@@ -14,15 +14,15 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ._agent import Agent
-    from ._budget import Budget
-    from ._durable import DurableAgent
-    from ._durable_journal import idempotency_key
-    from ._llm import llm
-    from ._ratelimit import RateLimit
     from ._report import render_report
-    from ._steps import tool, wait
-    from ._tool_calls import tool_calls
-    from ._tool_engine import StepPolicy
+    from .durable._agent import DurableAgent
+    from .durable._journal import idempotency_key
+    from .spending._budget import Budget
+    from .spending._ratelimit import RateLimit
+    from .steps._llm import llm
+    from .steps._steps import tool, wait
+    from .steps._tool_calls import tool_calls
+    from .steps._tool_engine import StepPolicy
 
 __all__ = [
     "Agent",
@@ -40,16 +40,16 @@ __all__ = [
 
 _WHERE = {
     "Agent": "_agent",
-    "Budget": "_budget",
-    "DurableAgent": "_durable",
-    "RateLimit": "_ratelimit",
-    "StepPolicy": "_tool_engine",
-    "idempotency_key": "_durable_journal",
-    "llm": "_llm",
+    "Budget": "spending._budget",
+    "DurableAgent": "durable._agent",
+    "RateLimit": "spending._ratelimit",
+    "StepPolicy": "steps._tool_engine",
+    "idempotency_key": "durable._journal",
+    "llm": "steps._llm",
     "render_report": "_report",
-    "tool": "_steps",
-    "wait": "_steps",
-    "tool_calls": "_tool_calls",
+    "tool": "steps._steps",
+    "wait": "steps._steps",
+    "tool_calls": "steps._tool_calls",
 }
 
 

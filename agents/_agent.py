@@ -12,10 +12,10 @@ from statemachine import DefinitionError, Machine
 from statemachine.engine import DEFAULT_MAX_MEMORY, Done, Migration, Transition, check, operate
 from storage import Store
 
-from ._budget import Budget, BudgetGate, set_limits
-from ._llm import LlmStep, ModelSpec, check_model
-from ._paid import Spending
-from ._ratelimit import RateLimit
+from .spending._budget import Budget, BudgetGate, set_limits
+from .spending._paid import Spending
+from .spending._ratelimit import RateLimit
+from .steps._llm import LlmStep, ModelSpec, check_model
 
 __all__ = ["Agent"]
 
@@ -29,7 +29,7 @@ class Agent(Machine[M]):
         model: the default pydantic-ai model (a name such as "openai:gpt-4o-mini" or a
             `Model` object) for `llm()` steps that do not name their own.
         budget: limits on what one run may spend (`Budget(requests=, total_tokens=,
-            cost=)`), checked before each model request (see `agents._budget`).
+            cost=)`), checked before each model request (see `agents.spending._budget`).
         scope_budget / budget_scope: limits shared by all runs whose memory
             `budget_scope(memory)` names the same scope (a tenant), per `Budget(per=...)`.
         on_budget: the state a run goes to when it reaches a budget; without one it parks
@@ -131,7 +131,7 @@ class Agent(Machine[M]):
         limits: Budget, dry_run: bool = False,
     ) -> list[Done]:  # fmt: skip
         """Set new limits for one run or a scope (in place of the declared ones, lower or
-        higher: `agents._budget.set_limits`), then retry the runs of this agent that the
+        higher: `agents.spending._budget.set_limits`), then retry the runs of this agent that the
         budget parked (`waiting` after a halt event of that budget): each is one engine
         operation ("retry"), whose run is handed on: queued when workers serve this agent,
         else left for `agentfsm resume` (`Done.then` says which). With `dry_run`, nothing is

@@ -17,8 +17,8 @@ from statemachine import Machine, RunNotFound
 from statemachine.engine import ACTIONS, Done, Plan, Refused, check, operate
 from storage import Event, Store
 
-from ._durable_approvals import approval
-from ._durable_steps import ANSWER
+from .durable._approvals import approval
+from .durable._steps import ANSWER
 
 __all__ = ["AGENT_ACTIONS", "approve_tool_call", "check_action", "do_action"]
 
@@ -37,7 +37,6 @@ async def _target(
     if action not in AGENT_ACTIONS:
         raise Refused(f"unknown action {action!r}: one of {', '.join(AGENT_ACTIONS)}")
     if action in ("approve", "deny"):
-
         deny = args.get("message", "") if action == "deny" else None
         machine, payload = await approval(
             store, run_id, str(args.get("call", "")), args=args.get("args"), deny=deny

@@ -23,7 +23,7 @@ from statemachine import Machine, RunNotFound
 from statemachine.errors import RendererMissing
 from storage import Event, RunRecord, Store
 
-from ._usage_text import usage_line
+from .spending._usage_text import usage_line
 
 __all__ = ["render_report", "report_html"]
 

@@ -7,8 +7,8 @@ RuntimeError
                              (`DurableAgent.raise_budget`) and run it again
 """
 
-from ._budget import BudgetReached
-from ._durable_steps import DurableRunFailed
+from .durable._steps import DurableRunFailed
+from .spending._budget import BudgetReached
 
 __all__ = ["BudgetReached", "DurableRunFailed"]
 

@@ -34,8 +34,8 @@ async def budget(args: argparse.Namespace) -> int:
     from statemachine import RunNotFound
     from storage._ledger import ledger_of
 
-    from .._budget import Budget, in_force, period_of, set_limits
-    from .._usage_text import usage_line
+    from ..spending._budget import Budget, in_force, period_of, set_limits
+    from ..spending._usage_text import usage_line
 
     if (args.run_id is None) == (args.scope is None):
         raise UsageProblem("give a RUN_ID or --scope NAME, one of them")

@@ -68,7 +68,7 @@ def _when(timestamp: float) -> str:
 async def runs(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from .._usage_text import usage_line
+    from ..spending._usage_text import usage_line
 
     query = {"agent": args.agent, "status": args.status, "state": args.state}
     async with opened(args) as store:
@@ -105,7 +105,7 @@ async def show(args: argparse.Namespace) -> int:
     from statemachine import RunNotFound
     from statemachine.engine import memory_at
 
-    from .._usage_text import usage_line
+    from ..spending._usage_text import usage_line
 
     async with opened(args) as store:
         run = await store.load(args.run_id)

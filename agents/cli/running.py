@@ -100,7 +100,7 @@ async def start_and_drive(
     arg("--model", help="pydantic-ai model name (default: offline unless an API key is set)"),
 )
 async def demo(args: argparse.Namespace) -> int:
-    from agents.examples.data_analyst import analyst
+    from ..examples.data_analyst import analyst
 
     quiet_pydantic_ai()
     if args.fail_at:
@@ -201,7 +201,7 @@ async def drive(run: Run[Any], args: argparse.Namespace) -> int:
         requests += (event.usage or {}).get("requests", 0)
         out.print(event_line(event))
 
-    from .._ratelimit import on_wait
+    from ..spending._ratelimit import on_wait
 
     def waiting(key: str, seconds: float, why: str) -> None:
         out.print(f"  [dim]waiting {seconds:.2f} s for rate limit {shown(key)} ({why})[/]")

@@ -132,7 +132,7 @@ def _waits(machine: Machine[Any], record: RunRecord) -> list[Transition]:
 
 def _pending_approvals(ctx: Context) -> list[tuple[str, str, dict[str, Any]]]:
     """(call id, tool name, args) of the calls a DurableAgent run waits to have approved."""
-    from .._durable_steps import APPROVAL, DURABLE_KIND, rounds_of
+    from ..durable._steps import APPROVAL, DURABLE_KIND, rounds_of
 
     if ctx.record.memory.get("kind") != DURABLE_KIND or ctx.record.state != APPROVAL:
         return []

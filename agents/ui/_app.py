@@ -31,7 +31,15 @@ from starlette.staticfiles import StaticFiles
 from statemachine import Machine
 from storage import RunRecord, Store
 
-from ._actions import ACTIONS, ActionProblem, Context, DriveMode, Driver, form_fields, offers
+from ._actions import (
+    ACTIONS,
+    ActionProblem,
+    Context,
+    DriveMode,
+    Driver,
+    form_fields,
+    offers,
+)
 from ._actions import perform as perform_action
 from ._actions import plan as plan_action
 from ._agents_page import agents_body

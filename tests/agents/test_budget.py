@@ -16,7 +16,7 @@ from pydantic_ai.models.function import AgentInfo, FunctionModel
 from pydantic_ai.usage import RequestUsage
 
 from agents import Agent, Budget, DurableAgent, llm
-from agents._budget import BudgetReached
+from agents.spending._budget import BudgetReached
 from statemachine import DefinitionError
 from storage import Store, open_store
 from storage._ledger import ledger_of
@@ -152,8 +152,8 @@ def test_a_priced_request_records_its_cost_in_nano_dollars() -> None:
 
     from pydantic_ai.usage import RunUsage
 
-    from agents._tool_engine import charge
-    from agents._usage_text import usage_line
+    from agents.spending._usage_text import usage_line
+    from agents.steps._tool_engine import charge
     from statemachine import StepContext
 
     async def nothing() -> list[Any]:

@@ -61,8 +61,8 @@ from pydantic_ai.toolsets import AbstractToolset, ExternalToolset, FunctionTools
 from pydantic_ai.usage import UsageLimits
 
 from agents import DurableAgent
-from agents._tool_engine import args_digest
 from agents.errors import DurableRunFailed
+from agents.steps._tool_engine import args_digest
 from statemachine import DefinitionError, RunError
 from storage import Store
 
@@ -867,8 +867,8 @@ async def test_a_call_runs_only_with_the_arguments_approved(store: Store) -> Non
 async def test_the_gate_refuses_a_call_whose_arguments_are_not_the_approved_ones(
     store: Store,
 ) -> None:
-    from agents._durable_journal import Journal
-    from agents._durable_steps import Answer, DurableMemory
+    from agents.durable._journal import Journal
+    from agents.durable._steps import Answer, DurableMemory
 
     durable = DurableAgent(Agent(TestModel()), store=store, name="gate")
     run = await durable.machine.start(store, DurableMemory(), run_id="gate")

@@ -1,5 +1,5 @@
 """One paid model request: `llm()` steps, their output retries and `DurableAgent` admit,
-price, charge and record each model request the same way (`agents._paid`), under the limits
+price, charge and record each model request the same way (`agents.spending._paid`), under the limits
 in force (declared, or set by people: lower or higher)."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pydantic_ai.models.function import AgentInfo, FunctionModel
 from pydantic_ai.usage import RequestUsage
 
 from agents import Agent, Budget, DurableAgent, llm
-from agents._budget import BudgetReached, in_force, set_limits
+from agents.spending._budget import BudgetReached, in_force, set_limits
 from storage import Store
 
 

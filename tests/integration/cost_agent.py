@@ -28,7 +28,7 @@ from pydantic_ai.models.function import AgentInfo, FunctionModel
 from pydantic_ai.usage import RequestUsage
 
 from agents import Agent, Budget, llm, tool
-from agents._budget import BudgetGate
+from agents.spending._budget import BudgetGate
 from statemachine import StepContext
 from statemachine.engine import Transition
 from storage import Event, RunRecord, Store, open_store

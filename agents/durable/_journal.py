@@ -33,8 +33,10 @@ from statemachine import Run, RunError, StepContext
 from statemachine.engine import StepResult
 from storage import Event
 
-from ._budget import BudgetReached
-from ._durable_steps import (
+from ..spending._budget import BudgetReached
+from ..spending._paid import Spending, model_label, paid_request
+from ..steps._tool_engine import args_digest, call_key, record_outcome, replay_outcome
+from ._steps import (
     DEFER,
     FAIL,
     MODEL_REQUEST,
@@ -51,9 +53,7 @@ from ._durable_steps import (
     RunMoved,
     rounds_of,
 )
-from ._durable_stream import journaled_stream
-from ._paid import Spending, model_label, paid_request
-from ._tool_engine import args_digest, call_key, record_outcome, replay_outcome
+from ._stream import journaled_stream
 
 __all__ = ["Journal", "idempotency_key"]
 
@@ -208,7 +208,7 @@ class Journal(AbstractCapability[Any]):
         send: Callable[[], Awaitable[ModelResponse]],
     ) -> StepResult[DurableMemory]:
         """One model request (`send`, plain or streamed) as the model-request step: the one
-        paid request (`agents._paid`), and what it adds to the conversation."""
+        paid request (`agents.spending._paid`), and what it adds to the conversation."""
         response = await paid_request(self.spending, None, ctx, model_label(wrapped), send)
         sent: list[ModelMessage] = [response] if request is None else [request, response]
         dumped: list[JsonValue] = ModelMessagesTypeAdapter.dump_python(sent, mode="json")

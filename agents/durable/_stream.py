@@ -37,8 +37,8 @@ from pydantic_ai.usage import RequestUsage
 from statemachine import StepContext
 from statemachine.engine import StepResult
 
-from ._durable_steps import MODEL_REQUEST, DurableMemory
-from ._llm_stream import forward
+from ..steps._llm_stream import forward
+from ._steps import MODEL_REQUEST, DurableMemory
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -68,6 +68,7 @@ class Journal(Protocol):
     ) -> StepResult[DurableMemory]: ...
 
     def committed_request(self, request: ModelRequest | None, event: Event) -> ModelResponse: ...
+
 
 __all__ = ["journaled_stream"]
 

@@ -22,7 +22,7 @@ from pydantic_ai.tools import ToolDefinition
 from statemachine import Run
 from statemachine.engine import traced, transition_span
 
-from ._durable_steps import MODEL_REQUEST, TOOL_CALL, DurableMemory
+from ._steps import MODEL_REQUEST, TOOL_CALL, DurableMemory
 
 __all__ = ["traced_steps"]
 

@@ -50,11 +50,17 @@ from statemachine.engine import Graph, WatchItem, attached
 from statemachine.errors import RunTakenOver
 from storage import Event, StorageError, Store
 
-from ._budget import Budget, BudgetGate, halted, set_limits
-from ._durable_approvals import answers_to
-from ._durable_events import stream_events
-from ._durable_journal import Journal, idempotency_key
-from ._durable_steps import (
+from .._operations import approve_tool_call
+from .._report import render_report
+from ..spending._budget import Budget, BudgetGate, halted, set_limits
+from ..spending._paid import Spending
+from ..spending._ratelimit import RateLimit
+from ..steps._llm import ModelSpec
+from ..steps._tool_engine import MODEL_POLICY, TOOL_POLICY, StepPolicy, args_digest
+from ._approvals import answers_to
+from ._events import stream_events
+from ._journal import Journal, idempotency_key
+from ._steps import (
     ANSWER,
     APPROVAL,
     Answer,
@@ -68,13 +74,7 @@ from ._durable_steps import (
     load_prompt,
     rounds_of,
 )
-from ._durable_tracing import traced_steps
-from ._llm import ModelSpec
-from ._operations import approve_tool_call
-from ._paid import Spending
-from ._ratelimit import RateLimit
-from ._report import render_report
-from ._tool_engine import MODEL_POLICY, TOOL_POLICY, StepPolicy, args_digest
+from ._tracing import traced_steps
 
 __all__ = [
     "DurableAgent",

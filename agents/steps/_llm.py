@@ -25,8 +25,8 @@ from pydantic_ai.usage import UsageLimits
 from statemachine import DefinitionError, RunError, StepContext, transition
 from statemachine.engine import Guard, RetryPolicy, StepResult, Transition
 
+from ..spending._paid import PaidModel, Spending, model_label
 from ._llm_stream import live_handler
-from ._paid import PaidModel, Spending, model_label
 from ._steps import Reducer, apply_output
 from ._tool_calls import TOOL_CALLS_ROUTE, FunctionTool, function_tools, tool_results
 from ._tool_engine import StepPolicy, tool_answer

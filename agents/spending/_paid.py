@@ -34,9 +34,9 @@ from pydantic_ai.usage import RunUsage
 from statemachine import StepContext
 from statemachine.engine import RetryPolicy
 
+from ..steps._tool_engine import charge
 from ._budget import BudgetGate
 from ._ratelimit import RateLimit, rate_limited
-from ._tool_engine import charge
 
 __all__ = ["PaidModel", "Spending", "model_label", "paid_request", "usage_of"]
 

@@ -34,8 +34,14 @@ from statemachine import Run, RunError, StepContext, transition
 from statemachine.engine import RetryPolicy, StepResult, Transition
 from storage import Event
 
-from ._agent import Agent
-from ._tool_engine import MODEL_POLICY, TOOL_POLICY, StepPolicy, args_digest, tool_answer
+from .._agent import Agent
+from ..steps._tool_engine import (
+    MODEL_POLICY,
+    TOOL_POLICY,
+    StepPolicy,
+    args_digest,
+    tool_answer,
+)
 
 __all__ = [
     "PENDING",

@@ -13,8 +13,8 @@ from pydantic_ai.tools import ToolApproved
 from statemachine import Machine, RunError, RunNotFound
 from storage import Store
 
-from ._durable_steps import APPROVAL, DURABLE_KIND, Answer, durable_machine, rounds_of
-from ._tool_engine import args_digest, record_outcome
+from ..steps._tool_engine import args_digest, record_outcome
+from ._steps import APPROVAL, DURABLE_KIND, Answer, durable_machine, rounds_of
 
 __all__ = ["answers_to", "approval"]
 
