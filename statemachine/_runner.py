@@ -3,7 +3,9 @@
 The protocol, as `Run.step` shows it: pick the transition out of the current state → run its
 step under its idempotency key (`_keys.step_key`: the same for every try of the transition) →
 ONE `Store.commit` that checks the key, the seq and the fencing token and writes the new
-state, the memory patch and the event → handle the outcome. The lease is taken once and
+state, the memory patch and the event → handle the outcome. What happens beside it (the
+live channel, tracing, budget charges) is plugged in as named hooks (`_hooks`: before_step,
+after_try_failed, before_commit, after_commit), not written into the loop. The lease is taken once and
 renewed in the background (`_lease`), so the hot path is that one commit; the commit that
 leaves the run not running gives the lease back itself. What the run keeps in memory
 between commits (fields, sizes, the history it read) is its `_ledger`; results are made
@@ -42,6 +44,7 @@ from storage.base import json_bytes
 from storage.errors import Unstorable
 
 from ._events import control_event, error_event, step_event, timeout_event
+from ._hooks import ChargesHook, Hook, LiveHook, TracingHook
 from ._keys import step_key
 from ._lease import LeaseKeeper, take_lease
 from ._ledger import SNAPSHOT_EVERY, Ledger, json_size
@@ -50,7 +53,7 @@ from ._provenance import Provenance, memory_at, why
 from ._settle import Settled, StepFailed, settle
 from ._step import StepContext, StepResult
 from ._table import Transition
-from ._tracing import step_failed, transition_span
+from ._tracing import transition_span
 from ._watch import WatchItem, watch
 from .errors import (
     CommitsLost,
@@ -93,6 +96,10 @@ class Run(Generic[M]):
         self.memory = memory
         self.live = Publisher(store, record.run_id)
         """Where this run's progress is published for watchers (see `watch`)."""
+        self.hooks: tuple[Hook, ...] = (
+            LiveHook(self.live), TracingHook(), ChargesHook(machine, store),
+        )  # fmt: skip
+        """The named hooks of the step protocol, in the order they run (see `_hooks`)."""
         self._record = record
         self._ledger = Ledger(store, record.run_id, record.memory, record.seq)
         owner = owner_id() if lease is None else lease.owner
@@ -423,8 +430,8 @@ class Run(Generic[M]):
             await self._reload()
         if self.machine.after_commit and self.seq > 0:  # a crash may have cut the last short
             last = await self.store.history(self.run_id, self.seq, self.seq)
-            for hook in self.machine.after_commit:
-                await hook(self._record, last[0], self.store)
+            for hook in self.hooks:
+                await hook.after_commit(self._record, last[0], again=True)
         return got
 
     async def _lost(self, stored: RunRecord) -> CommitsLost:
@@ -485,11 +492,10 @@ class Run(Generic[M]):
                 spent=spent,
                 live=self.live.step(seq, attempt),
             )
-            if self._announced or t.waits:
-                self.live.started(seq, t.trigger, attempt, t.step.kind, t.step.label)
-            else:  # the first step of this lease: stored before it runs (`_deaths_in_step`)
-                await self.live.started_now(seq, t.trigger, attempt, t.step.kind, t.step.label)
-                self._announced = True
+            first = not (self._announced or t.waits)  # stored before it runs: crash accounting
+            for hook in self.hooks:
+                await hook.before_step(t, seq, attempt, first)
+            self._announced = self._announced or first
             # Its own copy, as a resumed process would read it (and 5x cheaper than a deep
             # copy): a try abandoned on its timeout may go on changing it.
             mine = self.machine.memory_type.model_validate(self._ledger.fields)
@@ -515,8 +521,8 @@ class Run(Generic[M]):
                     )  # fmt: skip
                 retryable = policy.retries(exc) and not isinstance(exc, InvalidMemory)
                 gives_up = not retryable or tries >= policy.attempts
-                step_failed(error, attempt, retry=not gives_up)
-                self.live.failed(seq, attempt, error, not gives_up)
+                for hook in self.hooks:
+                    hook.after_try_failed(seq, attempt, error, not gives_up)
                 if gives_up:
                     raise StepFailed(error, attempt, spent) from exc
                 await asyncio.sleep(policy.delay(tries, exc))
@@ -574,30 +580,24 @@ class Run(Generic[M]):
             patch_sizes = {k: json_size(v) for k, v in event.patch.items()}
         if patch_sizes:
             event = self._ledger.with_snapshot(event, sum(patch_sizes.values()))
-        charge_of = self.machine.scope_charge
-        charge = None if charge_of is None else charge_of(memory, event, self.store)
+        extra: dict[str, Any] = {}
+        for hook in self.hooks:
+            extra.update(hook.before_commit(memory, event))
         try:
-            if charge is None:  # stores that take no charge need not know the argument
-                outcome = await self.store.commit(
-                    self.run_id, expected_seq=event.seq - 1, token=lease.token, event=event
-                )
-            else:
-                outcome = await self.store.commit(
-                    self.run_id, expected_seq=event.seq - 1, token=lease.token, event=event,
-                    scope_charge=charge,
-                )  # fmt: skip
+            outcome = await self.store.commit(
+                self.run_id, expected_seq=event.seq - 1, token=lease.token, event=event, **extra
+            )
         except KeyError:
             await self.release(quiet=True)
             raise RunNotFound(self.run_id, lost=True) from None
         if isinstance(outcome, Committed):
-            self.live.committed(event)
             self._record = _advance(self._record, event)
             self._ledger.committed(event, patch_sizes)
             self.memory = memory
             if event.status != "running":
                 self._keeper.dropped()  # the commit gave the lease back
-            for hook in self.machine.after_commit:  # last: this copy is up to date if one fails
-                await hook(self._record, event, self.store)
+            for hook in self.hooks:  # last: this copy is up to date if one fails
+                await hook.after_commit(self._record, event, again=False)
             return event
         if isinstance(outcome, Duplicate):
             # The key was committed before. By this process, on a try whose answer was lost:
