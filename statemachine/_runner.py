@@ -5,9 +5,9 @@ step under its idempotency key (`_keys.step_key`: the same for every try of the 
 ONE `Store.commit` that checks the key, the seq and the fencing token and writes the new
 state, the memory patch and the event → handle the outcome. What happens beside it (the
 live channel, tracing, budget charges) is plugged in as named hooks (`_hooks`: before_step,
-after_try_failed, before_commit, after_commit), not written into the loop. The lease is taken once and
-renewed in the background (`_lease`), so the hot path is that one commit; the commit that
-leaves the run not running gives the lease back itself. What the run keeps in memory
+after_try_failed, before_commit, after_commit), not written into the loop. The lease is
+taken once and renewed in the background (`_lease`), so the hot path is that one commit;
+the commit that leaves the run not running gives the lease back itself. What the run keeps in memory
 between commits (fields, sizes, the history it read) is its `_ledger`; results are made
 ready to commit by `_settle`, and events are built by `_events`.
 

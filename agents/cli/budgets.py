@@ -34,7 +34,7 @@ async def budget(args: argparse.Namespace) -> int:
     from statemachine import RunNotFound
     from storage._ledger import ledger_of
 
-    from ..spending._budget import Budget, in_force, period_of, set_limits
+    from ..spending._budget import Budget, in_force, limits_line, period_of, set_limits
     from ..spending._usage_text import usage_line
 
     if (args.run_id is None) == (args.scope is None):
@@ -90,7 +90,7 @@ async def budget(args: argparse.Namespace) -> int:
         in_force_now = await in_force(store, subject, declared)
     out.print(f"usage    {usage_line(usage)}")
     if in_force_now:
-        out.print("limits   " + ", ".join(f"{k} {v}" for k, v in sorted(in_force_now.items())))
+        out.print(f"limits   {limits_line(in_force_now)}")
     elif agent is None:
         out.print("limits   none set (pass --agent MODULE:AGENT to see the declared ones)")
     return EXIT_DONE

@@ -43,7 +43,9 @@ __all__ = [
     "BudgetReached",
     "halted",
     "in_force",
+    "limits_line",
     "period_of",
+    "run_limits",
     "set_limits",
 ]
 
@@ -120,6 +122,21 @@ async def in_force(store: Store, subject: str, declared: Budget | None) -> dict[
     limits = declared.ledger_limits() if declared is not None else {}
     limits.update(await ledger_of(store).limits(subject))
     return limits
+
+
+def limits_line(limits: Mapping[str, int]) -> str:
+    """Limits as people read them: "requests 2, total_tokens 500, cost $0.50" ("-": none)."""
+    shown = [
+        f"cost ${value * COST_UNIT:.6g}" if name == "cost_nusd" else f"{name} {value}"
+        for name, value in sorted(limits.items())
+    ]
+    return ", ".join(shown) or "-"
+
+
+async def run_limits(store: Store, machine: object, run_id: str) -> dict[str, int]:
+    """The limits in force for run `run_id` (`in_force`), `machine` its agent if known."""
+    gate = getattr(machine, "budget_gate", None)
+    return await in_force(store, f"run/{run_id}", gate.run_budget if gate is not None else None)
 
 
 def figures(usage: Mapping[str, int]) -> dict[str, int]:

@@ -31,6 +31,8 @@ from starlette.staticfiles import StaticFiles
 from statemachine import Machine
 from storage import RunRecord, Store
 
+from ..spending._budget import limits_line, run_limits
+from ..spending._usage_text import usage_line
 from ._actions import (
     ACTIONS,
     ActionProblem,
@@ -163,9 +165,13 @@ class _Pages:
             return HTMLResponse(message_page("Run not found", str(exc.detail)), status_code=404)
         at_text = request.query_params.get("at", "")
         at = int(at_text) if at_text.isdigit() else None
+        limits = await run_limits(self.store, ctx.machine, ctx.record.run_id)
+        spending = f"usage {usage_line(ctx.record.usage)}" + (
+            f"; limits {limits_line(limits)}" if limits else ""
+        )
         body = run_body(
             ctx.machine, ctx.record, ctx.events, await offers(ctx), at,
-            notice=_notice(request.query_params.get("did", "")),
+            notice=_notice(request.query_params.get("did", "")), spending=spending,
         )  # fmt: skip
         stream = f"/runs/{quote(ctx.record.run_id)}/stream?after={ctx.record.seq}"
         title = f"run {ctx.record.run_id}"

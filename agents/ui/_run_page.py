@@ -32,6 +32,7 @@ def run_body(
     offers: Sequence[Offer],
     at: int | None,
     notice: str = "",
+    spending: str = "",
 ) -> str:
     seq = record.seq if at is None or not 0 <= at <= record.seq else at
     parts = [
@@ -39,6 +40,7 @@ def run_body(
         _header(record, events),
         f'<p class="livestate" id="runstate">{esc(record.state)} · {esc(record.status)} · seq'
         f" {record.seq}</p>",
+        f'<p class="muted" id="spending">{esc(spending)}</p>' if spending else "",
         _actions(record, offers),
         _drawn(machine, record, events),
         _timeline(machine, record, events, seq),

@@ -121,3 +121,53 @@ async def test_limits_set_lower_than_the_declared_ones_hold(store: Store, kind: 
     again = await agent.resume(store, "low")
     await again.until_done()
     assert (again.status, again.record.usage["requests"]) == ("done", 6)
+
+
+async def test_budget_show_the_ui_and_the_error_show_the_same_limits(
+    tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import asyncio
+    import html
+
+    from starlette.testclient import TestClient
+
+    from agents.cli import main
+    from agents.spending._budget import limits_line
+    from agents.ui import create_app
+    from storage import open_store
+
+    url = f"sqlite:///{tmp_path / 'limits.db'}"
+    store = open_store(url)
+    run = await LIMITED.start(store, Chat(), run_id="lim")
+    await set_limits(store, run_id="lim", limits=Budget(requests=1))
+    await run.until_done()
+    halt = (await run.history())[-1]
+    await store.close()
+    expected = limits_line({"requests": 1, "cost_nusd": 5_000_000_000})
+    assert expected == "cost $5, requests 1"  # declared cost, requests set lower
+    assert (halt.kind, halt.output) == ("halt", {
+        "budget": "run", "name": "lim", "limits": {"requests": 1}, "used": {"requests": 1},
+    })  # fmt: skip
+    agent = "tests.agents.test_paid_request:LIMITED"
+
+    def cli(*argv: str) -> str:
+        assert main([*argv, "--store", url]) == 0
+        return capsys.readouterr().out
+
+    assert f"limits   {expected}" in await asyncio.to_thread(cli, "budget", "lim", "--agent", agent)
+    assert f"limits   {expected}" in await asyncio.to_thread(cli, "show", "lim", "--agent", agent)
+
+    def page() -> str:
+        ui_store = open_store(url)
+        app = create_app(ui_store, agents=[LIMITED], token="t" * 20)
+        with TestClient(app, base_url="http://127.0.0.1:8765") as client:
+            client.get("/?token=" + "t" * 20)
+            text = client.get("/runs/lim").text
+        asyncio.run(ui_store.close())
+        return html.unescape(text)
+
+    assert f"limits {expected}" in await asyncio.to_thread(page)
+
+
+LIMITED = chain(3, FunctionModel(priced), budget=Budget(cost=5.0, requests=6))
+"""A run budget declared with a cost and a request limit (the test sets requests lower)."""
