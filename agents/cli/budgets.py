@@ -27,6 +27,7 @@ commands = Commands()
     arg("--total-tokens", type=at_least(0), help="the new limit of input + output tokens"),
     arg("--cost", type=at_least(0, float), help="the new limit of cost, in US dollars"),
     AGENT,
+    arg("--dry-run", action="store_true", help="say what a raise would do; commit nothing"),
 )
 async def budget(args: argparse.Namespace) -> int:
     import time
@@ -54,15 +55,23 @@ async def budget(args: argparse.Namespace) -> int:
             agent = load_agent(args.agent, store)
         if raising:
             limits = Budget(requests=args.requests, total_tokens=args.total_tokens, cost=args.cost)
+            would = "would set" if args.dry_run else "limits set"
             if agent is None:
-                await set_limits(store, run_id=args.run_id, scope=args.scope, limits=limits)
-                out.print("limits set; pass --agent MODULE:AGENT to also send parked runs on")
+                if not args.dry_run:
+                    await set_limits(store, run_id=args.run_id, scope=args.scope, limits=limits)
+                out.print(f"{would}; pass --agent MODULE:AGENT to also send parked runs on")
             else:
                 moved = await agent.raise_budget(
-                    store, run_id=args.run_id, scope=args.scope, limits=limits
-                )
-                sent = ", ".join(f"{shown(d.run_id)} ({shown(d.then)})" for d in moved)
-                out.print(f"limits set; sent on: {sent or 'none'}")
+                    store, run_id=args.run_id, scope=args.scope, limits=limits,
+                    dry_run=args.dry_run,
+                )  # fmt: skip
+                if args.dry_run:
+                    sent = "; ".join(f"{shown(d.run_id)}: {shown(d.plan.commits)}" for d in moved)
+                    out.print(f"{would} {limits_line(limits.ledger_limits())}; would send on:"
+                              f" {sent or 'none'}; nothing committed")  # fmt: skip
+                else:
+                    sent = ", ".join(f"{shown(d.run_id)} ({shown(d.then)})" for d in moved)
+                    out.print(f"{would}; sent on: {sent or 'none'}")
         gate = agent.budget_gate if agent is not None else None
         usage: dict[str, int]
         if args.run_id is not None:

@@ -171,3 +171,32 @@ async def test_budget_show_the_ui_and_the_error_show_the_same_limits(
 
 LIMITED = chain(3, FunctionModel(priced), budget=Budget(cost=5.0, requests=6))
 """A run budget declared with a cost and a request limit (the test sets requests lower)."""
+
+
+async def test_a_budget_raise_dry_run_names_the_runs_and_commits_nothing(
+    tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import asyncio
+
+    from agents.cli import main
+    from storage import open_store
+
+    url = f"sqlite:///{tmp_path / 'dry.db'}"
+    store = open_store(url)
+    run = await LIMITED.start(store, Chat(), run_id="dry")
+    await set_limits(store, run_id="dry", limits=Budget(requests=1))
+    await run.until_done()
+    assert run.status == "waiting"
+    before = (await store.load("dry"), await in_force(store, "run/dry", None))
+
+    def cli() -> str:
+        argv = ["budget", "dry", "--requests", "9", "--dry-run", "--store", url,
+                "--agent", "tests.agents.test_paid_request:LIMITED"]  # fmt: skip
+        assert main(argv) == 0
+        return capsys.readouterr().out
+
+    said = await asyncio.to_thread(cli)
+    assert "would set requests 9; would send on: dry: commits a 'retry' event as seq 3" in said
+    assert "nothing committed" in said
+    assert (await store.load("dry"), await in_force(store, "run/dry", None)) == before
+    await store.close()
