@@ -1,5 +1,8 @@
 """Agents on durable state machines: `Agent`, the step kinds, the CLI and example agents.
 
+Errors are in `agents.errors`; approving a DurableAgent's tool call is `DurableAgent.approve`
+(or `agentfsm approve`, from any process).
+
 This is agentfsm's `agents` package (not openai-agents').
 
 The names below are imported on first use (PEP 562), so that `agents.cli` can answer
@@ -11,29 +14,25 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ._agent import Agent
-    from ._budget import Budget, raise_budget
-    from ._durable import DurableAgent, DurableRunFailed, approve_tool_call
-    from ._durable_journal import idempotency_key
-    from ._llm import llm
-    from ._ratelimit import RateLimit
-    from ._report import render_report, report_html
-    from ._steps import tool, wait
-    from ._tool_calls import tool_calls
-    from ._tool_engine import StepPolicy
+    from ._report import render_report
+    from .durable._agent import DurableAgent
+    from .durable._journal import idempotency_key
+    from .spending._budget import Budget
+    from .spending._ratelimit import RateLimit
+    from .steps._llm import llm
+    from .steps._steps import tool, wait
+    from .steps._tool_calls import tool_calls
+    from .steps._tool_engine import StepPolicy
 
 __all__ = [
     "Agent",
     "Budget",
     "DurableAgent",
-    "DurableRunFailed",
     "RateLimit",
     "StepPolicy",
-    "approve_tool_call",
     "idempotency_key",
     "llm",
-    "raise_budget",
     "render_report",
-    "report_html",
     "tool",
     "tool_calls",
     "wait",
@@ -41,20 +40,16 @@ __all__ = [
 
 _WHERE = {
     "Agent": "_agent",
-    "Budget": "_budget",
-    "raise_budget": "_budget",
-    "DurableAgent": "_durable",
-    "DurableRunFailed": "_durable",
-    "RateLimit": "_ratelimit",
-    "StepPolicy": "_tool_engine",
-    "approve_tool_call": "_durable",
-    "idempotency_key": "_durable_journal",
-    "llm": "_llm",
+    "Budget": "spending._budget",
+    "DurableAgent": "durable._agent",
+    "RateLimit": "spending._ratelimit",
+    "StepPolicy": "steps._tool_engine",
+    "idempotency_key": "durable._journal",
+    "llm": "steps._llm",
     "render_report": "_report",
-    "report_html": "_report",
-    "tool": "_steps",
-    "wait": "_steps",
-    "tool_calls": "_tool_calls",
+    "tool": "steps._steps",
+    "wait": "steps._steps",
+    "tool_calls": "steps._tool_calls",
 }
 
 

@@ -1,5 +1,5 @@
 """`python -m agents`: the same as the `agentfsm` command."""
 
-from agents.cli import main
+from .cli import main
 
 raise SystemExit(main())

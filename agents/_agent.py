@@ -8,15 +8,14 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
-from statemachine import DefinitionError, Machine, Transition
-from statemachine._machine import DEFAULT_MAX_MEMORY
-from statemachine._migrate import Migration
+from statemachine import DefinitionError, Machine
+from statemachine.engine import DEFAULT_MAX_MEMORY, Done, Migration, Transition, check, operate
 from storage import Store
 
-from ._budget import Budget, BudgetGate, raise_budget
-from ._llm import LlmStep, ModelSpec, check_model
-from ._ratelimit import RateLimit
-from ._spending import Spending
+from .spending._budget import Budget, BudgetGate, set_limits
+from .spending._paid import Spending
+from .spending._ratelimit import RateLimit
+from .steps._llm import LlmStep, ModelSpec, check_model
 
 __all__ = ["Agent"]
 
@@ -30,11 +29,11 @@ class Agent(Machine[M]):
         model: the default pydantic-ai model (a name such as "openai:gpt-4o-mini" or a
             `Model` object) for `llm()` steps that do not name their own.
         budget: limits on what one run may spend (`Budget(requests=, total_tokens=,
-            cost=)`), checked before each model request (see `agents._budget`).
+            cost=)`), checked before each model request (see `agents.spending._budget`).
         scope_budget / budget_scope: limits shared by all runs whose memory
             `budget_scope(memory)` names the same scope (a tenant), per `Budget(per=...)`.
         on_budget: the state a run goes to when it reaches a budget; without one it parks
-            `waiting` where it is until the budget is raised (`raise_budget`).
+            `waiting` where it is until the budget is raised (`Agent.raise_budget`).
         rate_limits: limits on model requests shared by every process on the store
             (`RateLimit(requests_per_second=, tokens_per_minute=, concurrency=)`).
     """
@@ -128,18 +127,22 @@ class Agent(Machine[M]):
 
     async def raise_budget(
         self, store: Store, *, run_id: str | None = None, scope: str | None = None,
-        limits: Budget,
-    ) -> list[str]:  # fmt: skip
-        """Set new limits for one run or a scope (see `agents.raise_budget`), then send on
-        the runs of this agent that the budget parked (`waiting` after a halt event of that
-        budget): the ids of the runs sent on. They go on when a process drives them."""
-        await raise_budget(store, run_id=run_id, scope=scope, limits=limits)
+        limits: Budget, dry_run: bool = False,
+    ) -> list[Done]:  # fmt: skip
+        """Set new limits for one run or a scope (in place of the declared ones, lower or
+        higher: `agents.spending._budget.set_limits`), then retry the runs of this agent that the
+        budget parked (`waiting` after a halt event of that budget): each is one engine
+        operation ("retry"), whose run is handed on: queued when workers serve this agent,
+        else left for `agentfsm resume` (`Done.then` says which). With `dry_run`, nothing is
+        written: the plans, as `Done`s with no event."""
+        if not dry_run:
+            await set_limits(store, run_id=run_id, scope=scope, limits=limits)
         if run_id is not None:
             stored = await store.load(run_id)
             candidates = [stored] if stored is not None and stored.status == "waiting" else []
         else:
             candidates = await store.list_runs(agent=self.name, status="waiting", limit=10**6)
-        moved = []
+        moved: list[Done] = []
         for record in candidates:
             last = await store.history(record.run_id, record.seq, record.seq)
             out = last[0].output if last and last[0].kind == "halt" else None
@@ -147,10 +150,12 @@ class Agent(Machine[M]):
                 continue
             if run_id is None and (out.get("budget") != "scope" or out.get("name") != scope):
                 continue
-            run = await self.resume(store, record.run_id)
-            await run.retry()
-            await run.release()
-            moved.append(record.run_id)
+            if dry_run:
+                plan = await check(self, store, record.run_id, "retry")
+                moved.append(Done(plan=plan, run_id=record.run_id, event=None,
+                                  status=record.status, then="(dry run)"))  # fmt: skip
+            else:
+                moved.append(await operate(self, store, record.run_id, "retry"))
         return moved
 
 

@@ -19,10 +19,11 @@ from typing import Any
 
 from pydantic import JsonValue
 
-from statemachine import Machine, RendererMissing, RunNotFound
+from statemachine import Machine, RunNotFound
+from statemachine.errors import RendererMissing
 from storage import Event, RunRecord, Store
 
-from ._usage_text import usage_line
+from .spending._usage_text import usage_line
 
 __all__ = ["render_report", "report_html"]
 

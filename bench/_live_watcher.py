@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from statemachine import watch
+from statemachine.engine import watch
 from storage import open_store
 
 

@@ -32,7 +32,7 @@ if __package__ in (None, ""):  # run as `python3 bench/draw.py`
 from pydantic import BaseModel
 
 from agents import Agent, tool
-from statemachine import Graph, Transition
+from statemachine.engine import Graph, Transition
 from storage import Event, RunRecord
 
 

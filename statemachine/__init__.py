@@ -1,62 +1,28 @@
 """Declaring, checking, running and drawing durable state machines.
 
-This is agentfsm's `statemachine` package (not python-statemachine's).
+This is agentfsm's `statemachine` package (not python-statemachine's). The less common
+names live in two namespaces: `statemachine.errors` (every error) and `statemachine.engine`
+(custom step kinds, drawing types, provenance, watching, tracing, the operations on runs).
 """
 
-from ._draw import Edge, Graph, Node
 from ._machine import Machine
-from ._provenance import Provenance, Write
 from ._runner import Run
-from ._step import RetryPolicy, Step, StepContext, StepResult
-from ._table import Transition, transition
-from ._watch import WatchItem, watch
+from ._step import StepContext
+from ._table import transition
 from ._worker import Worker
-from .errors import (
-    DefinitionError,
-    InvalidMemory,
-    InvalidPayload,
-    MemoryTooLarge,
-    NotDue,
-    NoTransition,
-    RendererMissing,
-    RunError,
-    RunLocked,
-    RunNotFound,
-    RunTakenOver,
-    StepHalted,
-    VersionMismatch,
-)
+from .errors import DefinitionError, InvalidMemory, RunError, RunLocked, RunNotFound
 
 __all__ = [
     "DefinitionError",
-    "Edge",
-    "Graph",
     "InvalidMemory",
-    "InvalidPayload",
     "Machine",
-    "MemoryTooLarge",
-    "NoTransition",
-    "Node",
-    "NotDue",
-    "Provenance",
-    "RendererMissing",
-    "RetryPolicy",
     "Run",
     "RunError",
     "RunLocked",
     "RunNotFound",
-    "RunTakenOver",
-    "Step",
     "StepContext",
-    "StepHalted",
-    "StepResult",
-    "Transition",
-    "VersionMismatch",
-    "WatchItem",
     "Worker",
-    "Write",
     "transition",
-    "watch",
 ]
 
 for _name in __all__:

@@ -23,15 +23,14 @@ import shutil
 import subprocess
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from storage import Event, RunRecord
 
-from ._runner import Run
 from .errors import RendererMissing
 
 if TYPE_CHECKING:
-    from ._machine import Machine
+    from ._spec import MachineSpec
 
 __all__ = ["Edge", "Graph", "Node", "draw"]
 
@@ -119,6 +118,18 @@ class Edge:
         return tuple(out)
 
 
+class DrawnRun(Protocol):
+    """A run as `Graph.of_run` draws it (`statemachine.Run` is one)."""
+
+    @property
+    def machine(self) -> MachineSpec[Any]: ...
+
+    @property
+    def record(self) -> RunRecord: ...
+
+    async def history(self, from_seq: int = 0) -> list[Event]: ...
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Graph:
     """A machine's states and transitions, optionally with a run drawn on them.
@@ -135,7 +146,7 @@ class Graph:
     """The state the drawn run is in; None without a run."""
 
     @classmethod
-    async def of_run(cls, run: Run[Any]) -> Graph:
+    async def of_run(cls, run: DrawnRun) -> Graph:
         """The graph of `run`'s machine with the run drawn on it (reads its history)."""
         return draw(run.machine, run.record, await run.history())
 
@@ -161,8 +172,8 @@ class Graph:
 
 
 def draw(
-    machine: Machine[Any],
-    run: RunRecord | Run[Any] | None = None,
+    machine: MachineSpec[Any],
+    run: RunRecord | DrawnRun | None = None,
     events: Sequence[Event] | None = None,
 ) -> Graph:
     """The `Graph` of `machine`; with `run` and its `events`, the run drawn on it."""
@@ -194,7 +205,7 @@ def draw(
     current: str | None = None
     visited: set[str] = set()
     if run is not None or events:
-        record = run.record if isinstance(run, Run) else run
+        record = run if isinstance(run, RunRecord) or run is None else run.record
         if record is not None and events is None:
             raise TypeError(
                 "graph(run=...) needs the run's events too: graph(run=run,"
@@ -222,7 +233,7 @@ def draw(
     return Graph(title=title, nodes=nodes, edges=tuple(edges), current=current)
 
 
-def _overlay(machine: Machine[Any], edges: list[Edge], events: Iterable[Event]) -> list[Edge]:
+def _overlay(machine: MachineSpec[Any], edges: list[Edge], events: Iterable[Event]) -> list[Edge]:
     """`edges` with the run's counts; the run's moves off the table become extra edges."""
     states = set(machine.table.states)
     index: dict[tuple[str, str, str, str], int] = {}

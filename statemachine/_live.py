@@ -64,8 +64,17 @@ class Publisher:
                 queue.clear()
 
     def started(self, base: int, trigger: str, attempt: int, kind: str, step: str) -> None:
-        self.emit(base, {"kind": "started", "seq": base + 1, "attempt": attempt,
-                         "trigger": trigger, "step_kind": kind, "step": step})  # fmt: skip
+        self.emit(base, _started(base, trigger, attempt, kind, step))
+
+    async def started_now(
+        self, base: int, trigger: str, attempt: int, kind: str, step: str
+    ) -> None:
+        """`started`, stored before this returns (what was queued before goes first); the
+        store's error is raised: the runner counts deaths by it (`Run._deaths_in_step`)."""
+        await self.drain()
+        queued, self._queue = self._queue, []
+        item = _started(base, trigger, attempt, kind, step)
+        await self._store.publish(self._run_id, [*queued, (base, item)])
 
     def failed(self, base: int, attempt: int, error: BaseException, again: bool) -> None:
         self.emit(base, {"kind": "failed", "seq": base + 1, "attempt": attempt,
@@ -105,6 +114,11 @@ class Publisher:
                 await self._store.publish(self._run_id, batch)
             except Exception as exc:
                 _log.debug("run %s: %d live items dropped: %s", self._run_id, len(batch), exc)
+
+
+def _started(base: int, trigger: str, attempt: int, kind: str, step: str) -> dict[str, JsonValue]:
+    return {"kind": "started", "seq": base + 1, "attempt": attempt, "trigger": trigger,
+            "step_kind": kind, "step": step}  # fmt: skip
 
 
 class StepLive:

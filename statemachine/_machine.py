@@ -7,12 +7,12 @@ import contextlib
 import logging
 import secrets
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, JsonValue, ValidationError
 
-from storage import Event, Lease, RunRecord, RunStatus, ScopeCharge, Store
+from storage import Event, Lease, RunRecord, RunStatus, Store
 from storage._process import owner_id
 from storage.base import check_run_id, run_key
 from storage.errors import Unstorable
@@ -21,6 +21,7 @@ from ._draw import Graph, draw
 from ._migrate import Migration, check_migrations, needs_upgrade, upgrade
 from ._provenance import memory_at
 from ._runner import Run, check_payload_storable, json_size, now
+from ._spec import AfterCommit, ChargeOf
 from ._table import Transition
 from ._tracing import open_trace
 from ._validate import Table, check_machine_name, compile_table
@@ -39,10 +40,6 @@ from .errors import (
 
 __all__ = ["DEFAULT_MAX_MEMORY", "Machine"]
 
-AfterCommit = Callable[[RunRecord, Event, Store], Awaitable[None]]
-"""A hook run after each commit of a run (see `Machine.after_commit`)."""
-ChargeOf = Callable[[Any, Event, Store], ScopeCharge | None]
-"""What a commit also charges to a ledger beside the run (see `Machine.scope_charge`)."""
 M = TypeVar("M", bound=BaseModel)
 _log = logging.getLogger("agentfsm")
 
@@ -264,14 +261,7 @@ class Machine(Generic[M]):
         """
         if run_id is not None:
             check_run_id(run_id)
-        checked = self.validate_memory(memory, f"starting {self.name!r}")
-        fields = checked.model_dump(mode="json")
-        size = _stored_size(fields, f"starting {self.name!r}")
-        if self.max_memory is not None and size > self.max_memory:
-            raise MemoryTooLarge(
-                f"starting {self.name!r}: the memory takes {size} bytes as JSON, over the"
-                f" limit of {self.max_memory} (Agent(max_memory=...))"
-            )
+        fields = self.storable_memory(memory, f"starting {self.name!r}")
         created = now()
         run_id = run_id or uuid.uuid4().hex
         traced = open_trace(self.name, self.version, run_id, self.table.initial)
@@ -304,6 +294,37 @@ class Machine(Generic[M]):
             stored = await upgrade(self, store, stored, lease_wait)
         return self._open(store, stored, lease_wait, lease=lease)
 
+    def wait_transition(self, record: RunRecord, memory: M, event: str) -> Transition:
+        """The wait transition `event` fires in run `record` (with `memory`); else
+        `RunError` saying what the run is and waits for. The one rule of `send`."""
+        rows = self.table.out.get(record.state, ())
+        expected = [t.trigger for t in rows if t.waits]
+        if record.status != "waiting" or event not in expected:
+            waiting_for = (
+                f"waits for {expected}" if record.status == "waiting" else "is not waiting"
+            )
+            raise RunError(
+                f"run {record.run_id!r} does not accept event {event!r}: it is {record.status} in"
+                f" state {record.state!r} and {waiting_for}"
+            )
+        candidates = [t for t in rows if t.trigger == event]
+        t = next((t for t in candidates if t.guard is None or t.guard(memory)), None)
+        if t is None:
+            raise RunError(f"run {record.run_id!r}: every guard on event {event!r} returned False")
+        return t
+
+    def storable_memory(self, memory: M | Mapping[str, Any], where: str) -> dict[str, JsonValue]:
+        """`memory` checked as a new run's (`start`, `fork`): valid, storable, within
+        `max_memory`; as JSON fields. `InvalidMemory` or `MemoryTooLarge` naming `where`."""
+        fields: dict[str, JsonValue] = self.validate_memory(memory, where).model_dump(mode="json")
+        size = _stored_size(fields, where)
+        if self.max_memory is not None and size > self.max_memory:
+            raise MemoryTooLarge(
+                f"{where}: the memory takes {size} bytes as JSON, over the limit of"
+                f" {self.max_memory} (Agent(max_memory=...))"
+            )
+        return fields
+
     async def fork(
         self,
         store: Store,
@@ -318,6 +339,25 @@ class Machine(Generic[M]):
         `memory_update` applied to its memory: to try another path from a past point. The
         original is untouched; the new run's creation event names it (`forked_from`, `at`).
         Nothing runs until `step()` / `until_done()`."""
+        record, start, traced = await self.fork_plan(
+            store, run_id, at_seq, new_run_id=new_run_id, memory_update=memory_update
+        )
+        if not await store.restore(record, [start]):
+            raise RunError(f"a run with id {record.run_id!r} exists: pick another new_run_id")
+        traced.created(True)
+        return self._open(store, record, lease_wait)
+
+    async def fork_plan(
+        self,
+        store: Store,
+        run_id: str,
+        at_seq: int,
+        *,
+        new_run_id: str | None = None,
+        memory_update: Mapping[str, Any] | None = None,
+    ) -> tuple[RunRecord, Event, Any]:
+        """`fork`'s checks, writing nothing: the new run's record, its creation event and
+        its trace; or the error `fork` would raise."""
         source = await store.load(run_id)
         if source is None:
             raise RunNotFound(run_id)
@@ -338,9 +378,7 @@ class Machine(Generic[M]):
             )
         if new_run_id is not None and await store.load(check_run_id(new_run_id)) is not None:
             raise RunError(f"a run with id {new_run_id!r} exists: pick another new_run_id")
-        checked = self.validate_memory({**fields, **(memory_update or {})}, f"forking {run_id!r}")
-        memory = checked.model_dump(mode="json")
-        _stored_size(memory, f"forking {run_id!r}")
+        memory = self.storable_memory({**fields, **(memory_update or {})}, f"forking {run_id!r}")
         created = now()
         new_run_id = new_run_id or uuid.uuid4().hex
         traced = open_trace(self.name, self.version, new_run_id, state, forked_from=source)
@@ -368,11 +406,7 @@ class Machine(Generic[M]):
             # The conversation so far comes along, so LLM steps of the fork go on from it.
             messages=[m for e in history[: at_seq + 1] for m in e.messages],
         )  # fmt: skip
-        if not await store.restore(record, [start]):
-            raise RunError(f"a run with id {record.run_id!r} exists: pick another new_run_id")
-        traced.created(True)
-        stored = record
-        return self._open(store, stored, lease_wait)
+        return record, start, traced
 
     async def submit(
         self, store: Store, memory: M | Mapping[str, Any], *, run_id: str | None = None

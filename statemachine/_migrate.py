@@ -11,6 +11,7 @@ same way; without a rename it is refused, naming the state and the way out.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -20,11 +21,11 @@ from storage import Committed, Duplicate, Event, RunRecord, RunStatus, Store
 from storage._process import owner_id
 
 from ._keys import control_key
-from ._runner import now, take_lease
+from ._lease import take_lease
 from .errors import DefinitionError, RunError, VersionMismatch
 
 if TYPE_CHECKING:
-    from ._machine import Machine
+    from ._spec import MachineSpec
 
 __all__ = ["Migration", "check_migrations", "needs_upgrade", "upgrade"]
 
@@ -58,11 +59,11 @@ def check_migrations(
             )
 
 
-def needs_upgrade(machine: Machine[Any], record: RunRecord) -> bool:
+def needs_upgrade(machine: MachineSpec[Any], record: RunRecord) -> bool:
     return record.version < machine.version or record.state not in machine.table.states
 
 
-def _migrated_memory(machine: Machine[Any], record: RunRecord) -> dict[str, JsonValue]:
+def _migrated_memory(machine: MachineSpec[Any], record: RunRecord) -> dict[str, JsonValue]:
     memory = dict(record.memory)
     for v in range(record.version, machine.version):
         fn = machine.migrations.get(v)
@@ -92,7 +93,7 @@ def _migrated_memory(machine: Machine[Any], record: RunRecord) -> dict[str, Json
 
 
 async def upgrade(
-    machine: Machine[Any], store: Store, record: RunRecord, lease_wait: float | None
+    machine: MachineSpec[Any], store: Store, record: RunRecord, lease_wait: float | None
 ) -> RunRecord:
     """Commit the "migrate" event that brings `record` to `machine`'s version and states;
     the upgraded record. Raises `VersionMismatch` / `RunError` (nothing written) when it
@@ -119,7 +120,7 @@ async def upgrade(
     wait = machine.lease_ttl if lease_wait is None else lease_wait
     lease = await take_lease(store, record.run_id, owner, machine.lease_ttl, wait)
     try:
-        at = now()
+        at = time.time()
         event = Event(
             seq=record.seq + 1,
             trigger="migrate",

@@ -27,7 +27,7 @@ from pydantic import JsonValue
 from storage import Event, RunRecord
 
 if TYPE_CHECKING:
-    from ._machine import Machine
+    from ._spec import MachineSpec
 
 __all__ = ["Provenance", "Snapshot", "Write", "memory_at", "why"]
 
@@ -194,7 +194,7 @@ def why(
     field: str,
     *,
     at: int | None = None,
-    machine: Machine[Any] | None = None,
+    machine: MachineSpec[Any] | None = None,
 ) -> Provenance:
     """Which commit last wrote memory field `field` (as of commit `at`, default the last one),
     and which wrote it before. `events` must start at seq 0 and have no gaps.
@@ -224,7 +224,7 @@ def why(
     )
 
 
-def _write(event: Event, value: JsonValue, machine: Machine[Any] | None) -> Write:
+def _write(event: Event, value: JsonValue, machine: MachineSpec[Any] | None) -> Write:
     return Write(
         seq=event.seq,
         trigger=event.trigger,
@@ -245,7 +245,7 @@ def _write(event: Event, value: JsonValue, machine: Machine[Any] | None) -> Writ
     )
 
 
-def _step_label(event: Event, machine: Machine[Any] | None) -> str | None:
+def _step_label(event: Event, machine: MachineSpec[Any] | None) -> str | None:
     if event.step:
         return event.step
     if machine is None or event.seq == 0:

@@ -3,9 +3,11 @@
 The protocol, as `Run.step` shows it: pick the transition out of the current state → run its
 step under its idempotency key (`_keys.step_key`: the same for every try of the transition) →
 ONE `Store.commit` that checks the key, the seq and the fencing token and writes the new
-state, the memory patch and the event → handle the outcome. The lease is taken once and
-renewed in the background (`_lease`), so the hot path is that one commit; the commit that
-leaves the run not running gives the lease back itself. What the run keeps in memory
+state, the memory patch and the event → handle the outcome. What happens beside it (the
+live channel, tracing, budget charges) is plugged in as named hooks (`_hooks`: before_step,
+after_try_failed, before_commit, after_commit), not written into the loop. The lease is
+taken once and renewed in the background (`_lease`), so the hot path is that one commit;
+the commit that leaves the run not running gives the lease back itself. What the run keeps in memory
 between commits (fields, sizes, the history it read) is its `_ledger`; results are made
 ready to commit by `_settle`, and events are built by `_events`.
 
@@ -42,6 +44,7 @@ from storage.base import json_bytes
 from storage.errors import Unstorable
 
 from ._events import control_event, error_event, step_event, timeout_event
+from ._hooks import ChargesHook, Hook, LiveHook, TracingHook
 from ._keys import step_key
 from ._lease import LeaseKeeper, take_lease
 from ._ledger import SNAPSHOT_EVERY, Ledger, json_size
@@ -50,9 +53,10 @@ from ._provenance import Provenance, memory_at, why
 from ._settle import Settled, StepFailed, settle
 from ._step import StepContext, StepResult
 from ._table import Transition
-from ._tracing import step_failed, transition_span
+from ._tracing import transition_span
 from ._watch import WatchItem, watch
 from .errors import (
+    CommitsLost,
     InvalidMemory,
     InvalidPayload,
     NotDue,
@@ -64,7 +68,7 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
-    from ._machine import Machine
+    from ._spec import MachineSpec
 
 __all__ = ["SNAPSHOT_EVERY", "Run", "check_payload_storable", "json_size", "now", "take_lease"]
 
@@ -84,7 +88,7 @@ class Run(Generic[M]):
     """
 
     def __init__(
-        self, machine: Machine[M], store: Store, record: RunRecord, memory: M, *,
+        self, machine: MachineSpec[M], store: Store, record: RunRecord, memory: M, *,
         lease_wait: float, lease: Lease | None = None,
     ) -> None:  # fmt: skip
         self.machine = machine
@@ -92,12 +96,18 @@ class Run(Generic[M]):
         self.memory = memory
         self.live = Publisher(store, record.run_id)
         """Where this run's progress is published for watchers (see `watch`)."""
+        self.hooks: tuple[Hook, ...] = (
+            LiveHook(self.live), TracingHook(), ChargesHook(machine, store),
+        )  # fmt: skip
+        """The named hooks of the step protocol, in the order they run (see `_hooks`)."""
         self._record = record
         self._ledger = Ledger(store, record.run_id, record.memory, record.seq)
         owner = owner_id() if lease is None else lease.owner
         self._keeper = LeaseKeeper(store, record.run_id, owner, machine.lease_ttl, lease_wait)
         if lease is not None:  # taken with the run (`Machine.start(hold=True)`)
             self._keeper.keep(lease)
+        self._announced = False
+        """Whether a step began under the lease held (see `_deaths_in_step`)."""
 
     def __repr__(self) -> str:
         where = f"{self.state} seq={self.seq} {self.status}"
@@ -252,18 +262,7 @@ class Run(Generic[M]):
 
     def _accept(self, event: str, payload: JsonValue) -> tuple[Transition, JsonValue]:
         """The wait transition `event` fires from here, and the checked payload; or an error."""
-        rows = self.machine.table.out.get(self.state, ())
-        expected = [t.trigger for t in rows if t.waits]
-        if self.status != "waiting" or event not in expected:
-            waiting_for = f"waits for {expected}" if self.status == "waiting" else "is not waiting"
-            raise RunError(
-                f"run {self.run_id!r} does not accept event {event!r}: it is {self.status} in"
-                f" state {self.state!r} and {waiting_for}"
-            )
-        candidates = [t for t in rows if t.trigger == event]
-        t = next((t for t in candidates if t.guard is None or t.guard(self.memory)), None)
-        if t is None:
-            raise RunError(f"run {self.run_id!r}: every guard on event {event!r} returned False")
+        t = self.machine.wait_transition(self._record, self.memory, event)
         check_payload_storable(event, payload)
         check = getattr(t.step, "check_payload", None)
         return t, check(payload) if check is not None else payload
@@ -304,8 +303,8 @@ class Run(Generic[M]):
                     1,
                     final=True,  # a detour could lead back here: the loop ends for good
                 )
-            # Holders that died since the last commit died running this very step.
-            done, attempt = await self._run_step(t, seq, key, self._record.crashes, payload)
+            died = await self._deaths_in_step(seq) if self._record.crashes and not t.waits else 0
+            done, attempt = await self._run_step(t, seq, key, died, payload)
         except StepFailed as failed:
             if t.waits and isinstance(failed.error, ValueError | UnstorableResult):
                 # The event's payload would break the run: refuse it, the run waits on.
@@ -320,6 +319,28 @@ class Run(Generic[M]):
             worker=self.owner,
         )  # fmt: skip
         return await self._commit(lease, event, done.memory, done.patch_sizes)
+
+    async def _deaths_in_step(self, seq: int) -> int:
+        """How many of the holders that died since commit `seq` died running the step after
+        it: all of them (`RunRecord.crashes`) when one began it, none when each died before.
+
+        A holder that took the lease publishes its first step's "started" item before it
+        runs the step, and waits until it is stored (`Publisher.started_now`): no such item
+        after `seq`, and no holder that committed `seq` and went straight on stepping (the
+        last event is the run's start, or a command's: a retry, a raised budget), means every
+        holder died before its first step, e.g. right after `start` took the lease."""
+        crashes = self._record.crashes
+        after: str | None = None
+        while True:
+            page = await self.store.live(self.run_id, after)
+            if any(entry.base == seq for entry in page):
+                return crashes
+            if len(page) < 1000:
+                break
+            after = page[-1].id
+        last = await self.store.history(self.run_id, seq, seq)
+        went_on = bool(last) and last[0].kind not in ("start", "control")
+        return crashes if went_on else 0
 
     async def idempotency_key(self, trigger: str) -> str:
         """The key every try of `trigger` out of the current state runs under (see
@@ -394,6 +415,12 @@ class Run(Generic[M]):
         if self._keeper.lease is not None:
             return self._keeper.lease
         got = await self._keeper.take()
+        self._announced = False
+        if got.seq is not None and got.seq < self._record.seq:
+            await self.release(quiet=True)
+            stored = await self.store.load(self.run_id)
+            if stored is not None:
+                raise await self._lost(stored)
         if got.seq is not None and got.seq == self._record.seq:
             # Nothing was committed since this copy was read (every change is a commit, and
             # commits move the seq): only the holder and crash count are new.
@@ -403,12 +430,21 @@ class Run(Generic[M]):
             await self._reload()
         if self.machine.after_commit and self.seq > 0:  # a crash may have cut the last short
             last = await self.store.history(self.run_id, self.seq, self.seq)
-            for hook in self.machine.after_commit:
-                await hook(self._record, last[0], self.store)
+            for hook in self.hooks:
+                await hook.after_commit(self._record, last[0], again=True)
         return got
 
-    async def _reload(self) -> None:
-        stored = await self.store.load(self.run_id)
+    async def _lost(self, stored: RunRecord) -> CommitsLost:
+        """The store is behind what this process saw committed: name the loss, and go back
+        to what is stored (this `Run` may go on from there, as a resumed one would)."""
+        lost = CommitsLost(self.run_id, stored.seq, self.seq, stored.state)
+        _log.error("%s", lost)
+        await self._reload(stored)
+        return lost
+
+    async def _reload(self, stored: RunRecord | None = None) -> None:
+        if stored is None:
+            stored = await self.store.load(self.run_id)
         if stored is None:
             raise RunNotFound(self.run_id, lost=True)
         if stored.seq != self._record.seq or stored.memory != self._ledger.fields:
@@ -417,15 +453,14 @@ class Run(Generic[M]):
         self._record = stored
 
     async def _run_step(
-        self, t: Transition, seq: int, key: str, crashes: int, payload: JsonValue
+        self, t: Transition, seq: int, key: str, died: int, payload: JsonValue
     ) -> tuple[Settled[M], int]:
-        """Try `t`'s step as its policy allows; what the try that worked produced, settled
-        (destination, patch, output: all checked storable), and that try's attempt number."""
+        """Try `t`'s step as its policy allows (`died`: holders that died running it); what
+        the try that worked produced, settled (destination, patch, output: all checked
+        storable), and that try's attempt number."""
         if t.step is None:
             return self._settle(t, StepResult(memory=self.memory)), 1
         policy = t.step.policy
-        # A process that died holding a waiting run was not running its wait step.
-        died = 0 if t.waits else crashes
         allowance = (
             self.machine.crash_retries if policy.crash_retries is None else policy.crash_retries
         )
@@ -457,7 +492,10 @@ class Run(Generic[M]):
                 spent=spent,
                 live=self.live.step(seq, attempt),
             )
-            self.live.started(seq, t.trigger, attempt, t.step.kind, t.step.label)
+            first = not (self._announced or t.waits)  # stored before it runs: crash accounting
+            for hook in self.hooks:
+                await hook.before_step(t, seq, attempt, first)
+            self._announced = self._announced or first
             # Its own copy, as a resumed process would read it (and 5x cheaper than a deep
             # copy): a try abandoned on its timeout may go on changing it.
             mine = self.machine.memory_type.model_validate(self._ledger.fields)
@@ -483,8 +521,8 @@ class Run(Generic[M]):
                     )  # fmt: skip
                 retryable = policy.retries(exc) and not isinstance(exc, InvalidMemory)
                 gives_up = not retryable or tries >= policy.attempts
-                step_failed(error, attempt, retry=not gives_up)
-                self.live.failed(seq, attempt, error, not gives_up)
+                for hook in self.hooks:
+                    hook.after_try_failed(seq, attempt, error, not gives_up)
                 if gives_up:
                     raise StepFailed(error, attempt, spent) from exc
                 await asyncio.sleep(policy.delay(tries, exc))
@@ -542,47 +580,44 @@ class Run(Generic[M]):
             patch_sizes = {k: json_size(v) for k, v in event.patch.items()}
         if patch_sizes:
             event = self._ledger.with_snapshot(event, sum(patch_sizes.values()))
-        charge_of = self.machine.scope_charge
-        charge = None if charge_of is None else charge_of(memory, event, self.store)
+        extra: dict[str, Any] = {}
+        for hook in self.hooks:
+            extra.update(hook.before_commit(memory, event))
         try:
-            if charge is None:  # stores that take no charge need not know the argument
-                outcome = await self.store.commit(
-                    self.run_id, expected_seq=event.seq - 1, token=lease.token, event=event
-                )
-            else:
-                outcome = await self.store.commit(
-                    self.run_id, expected_seq=event.seq - 1, token=lease.token, event=event,
-                    scope_charge=charge,
-                )  # fmt: skip
+            outcome = await self.store.commit(
+                self.run_id, expected_seq=event.seq - 1, token=lease.token, event=event, **extra
+            )
         except KeyError:
             await self.release(quiet=True)
             raise RunNotFound(self.run_id, lost=True) from None
         if isinstance(outcome, Committed):
-            self.live.committed(event)
             self._record = _advance(self._record, event)
             self._ledger.committed(event, patch_sizes)
             self.memory = memory
             if event.status != "running":
                 self._keeper.dropped()  # the commit gave the lease back
-            for hook in self.machine.after_commit:  # last: this copy is up to date if one fails
-                await hook(self._record, event, self.store)
+            for hook in self.hooks:  # last: this copy is up to date if one fails
+                await hook.after_commit(self._record, event, again=False)
             return event
         if isinstance(outcome, Duplicate):
             # The key was committed before. By this process, on a try whose answer was lost:
             # go on from the stored run. By another process (this one lost the run and a new
             # holder did this step meanwhile): stop, as for any refused commit.
-            stored = await self.store.history(self.run_id, outcome.seq)
-            if stored and stored[0].seq == outcome.seq and stored[0].worker == self.owner:
+            found = await self.store.history(self.run_id, outcome.seq)
+            if found and found[0].seq == outcome.seq and found[0].worker == self.owner:
                 await self._reload()
-                if stored[0].status != "running":
+                if found[0].status != "running":
                     self._keeper.dropped()  # that commit gave the lease back
-                return stored[0]
+                return found[0]
             why = f"another process committed {event.trigger!r} as seq {outcome.seq}"
         elif isinstance(outcome, Conflict):
             why = f"it moved to seq {outcome.current_seq}"
         else:
             why = "its lease was taken over"
         await self.release(quiet=True)
+        stored = await self.store.load(self.run_id)
+        if stored is not None and stored.seq < self.seq:
+            raise await self._lost(stored)
         raise RunTakenOver(
             f"run {self.run_id!r}: commit of {event.trigger!r} at seq {event.seq} refused, {why};"
             " another process drives the run now"

@@ -19,7 +19,7 @@ from ._table import Transition
 from .errors import InvalidMemory, MemoryTooLarge, RunError, UnstorableResult
 
 if TYPE_CHECKING:
-    from ._machine import Machine
+    from ._spec import MachineSpec
 
 __all__ = ["Settled", "StepFailed", "settle"]
 
@@ -58,7 +58,7 @@ class Settled(Generic[M]):
 
 
 def settle(
-    machine: Machine[M], run_id: str, ledger: Ledger, current: M, t: Transition,
+    machine: MachineSpec[M], run_id: str, ledger: Ledger, current: M, t: Transition,
     result: StepResult[M],
 ) -> Settled[M]:  # fmt: skip
     """Where `result` goes and what its commit writes (`current` is the memory as last
@@ -91,7 +91,7 @@ def _dest(t: Transition, result: StepResult[M]) -> str:
 
 
 def _changes(
-    machine: Machine[M], run_id: str, ledger: Ledger, current: M, t: Transition, new: M
+    machine: MachineSpec[M], run_id: str, ledger: Ledger, current: M, t: Transition, new: M
 ) -> tuple[dict[str, JsonValue], M, dict[str, int]]:
     """The memory patch (changed fields, as JSON), the checked new memory, and the bytes
     of each patched field as JSON (sized once, here, for the limit and the snapshots)."""

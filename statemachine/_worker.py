@@ -28,7 +28,15 @@ from typing import TYPE_CHECKING, Any
 
 from storage import CorruptData, Event, StorageError, Store, StoreUnavailable, WorkerBeat
 
-from .errors import InvalidPayload, NotDue, RunError, RunLocked, RunNotFound, RunTakenOver
+from .errors import (
+    CommitsLost,
+    InvalidPayload,
+    NotDue,
+    RunError,
+    RunLocked,
+    RunNotFound,
+    RunTakenOver,
+)
 
 if TYPE_CHECKING:
     from storage import Job
@@ -309,6 +317,10 @@ class Worker:
             self.driven += 1
         except RunNotFound:
             await self.queue.dead_letter(job, f"no run {job.run_id!r} in the store")
+        except CommitsLost as exc:  # the run is resumable from what the store kept: drive it on
+            log.error("worker %s: %s", self.name, exc)
+            with contextlib.suppress(StorageError):
+                await self.queue.requeue(job)
         except (RunLocked, RunTakenOver) as exc:
             # Another worker drives it: leave the job pending. If that worker dies, the job is
             # reclaimed; if it finishes, the job is acknowledged when next met.

@@ -10,6 +10,7 @@ RuntimeError
       ├── RunNotFound    no run with that id
       ├── RunLocked      another process holds the run's lease
       ├── RunTakenOver   the lease was lost mid-run; this process must stop driving it
+      ├── CommitsLost    the store lost commits it had acknowledged; resume the run
       ├── NoTransition   no transition out of the current state applies
       ├── NotDue         the run has no timeout that is due now
       ├── UnstorableResult  a step returned what cannot be stored as JSON (a failed try)
@@ -26,6 +27,7 @@ from typing import Any
 from pydantic import JsonValue, ValidationError
 
 __all__ = [
+    "CommitsLost",
     "DefinitionError",
     "InvalidMemory",
     "InvalidPayload",
@@ -111,6 +113,27 @@ class RunLocked(RunError):
 
 class RunTakenOver(RunError):
     """This process lost the run's lease; another process drives the run now."""
+
+
+class CommitsLost(RunError):
+    """The store no longer has commits it acknowledged to this process (a Redis restarted
+    without its last writes: `appendfsync everysec` or no AOF, a failover to a replica that
+    lagged, a restored backup). The run is left as the store has it, resumable: resuming it
+    runs the lost steps again, under their same idempotency keys."""
+
+    def __init__(self, run_id: str, stored_seq: int, acknowledged_seq: int, state: str) -> None:
+        lost = (
+            f"commit {acknowledged_seq}" if stored_seq + 1 == acknowledged_seq
+            else f"commits {stored_seq + 1}..{acknowledged_seq}"
+        )  # fmt: skip
+        super().__init__(
+            f"run {run_id!r}: the store lost {lost}, which it had acknowledged (a restart"
+            " without its last writes, a failover, a restored backup); the run is back at seq"
+            f" {stored_seq} in state {state!r}. Resume it (`agentfsm resume {run_id}`, or"
+            " `Machine.resume`): the lost steps run again under their same idempotency keys"
+        )
+        self.run_id = run_id
+        self.lost = range(stored_seq + 1, acknowledged_seq + 1)
 
 
 class UnstorableResult(RunError):

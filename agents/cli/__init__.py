@@ -22,7 +22,7 @@ that has a `commands = Commands()` (from `._command`)::
         AGENT,  # the shared --agent option, resolved with `stored_agent(store, args)`
     )
     async def approve(args: argparse.Namespace) -> int:
-        from .._durable import DurableAgent  # heavy imports inside the command, never on top
+        from ..durable._agent import DurableAgent  # heavy imports inside the command, never on top
 
         async with opened(args) as store:    # --store / $AGENTFSM_STORE, checked to answer
             agent = await stored_agent(store, args)

@@ -63,7 +63,7 @@ def _as_agent(found: object, spec: str, store: Store | None) -> Agent[Any]:
         return found
     from pydantic_ai import Agent as PydanticAgent
 
-    from .._durable import DurableAgent
+    from ..durable._agent import DurableAgent
 
     if isinstance(found, DurableAgent):
         machine: Agent[Any] = found.machine

@@ -53,7 +53,7 @@ def event_line(e: Event) -> str:
 
 
 def say_model(agent: Agent[Any]) -> None:
-    from .._llm import model_name
+    from ..steps._llm import model_name
 
     name = model_name(agent.model)
     if name.startswith("offline:"):

@@ -27,14 +27,15 @@ commands = Commands()
     arg("--total-tokens", type=at_least(0), help="the new limit of input + output tokens"),
     arg("--cost", type=at_least(0, float), help="the new limit of cost, in US dollars"),
     AGENT,
+    arg("--dry-run", action="store_true", help="say what a raise would do; commit nothing"),
 )
 async def budget(args: argparse.Namespace) -> int:
     import time
 
     from statemachine import RunNotFound
 
-    from .._budget import Budget, period_of, raise_budget
-    from .._usage_text import usage_line
+    from ..spending._budget import Budget, in_force, limits_line, period_of, set_limits
+    from ..spending._usage_text import usage_line
 
     if (args.run_id is None) == (args.scope is None):
         raise UsageProblem("give a RUN_ID or --scope NAME, one of them")
@@ -53,30 +54,51 @@ async def budget(args: argparse.Namespace) -> int:
             agent = load_agent(args.agent, store)
         if raising:
             limits = Budget(requests=args.requests, total_tokens=args.total_tokens, cost=args.cost)
+            would = "would set" if args.dry_run else "limits set"
             if agent is None:
-                await raise_budget(store, run_id=args.run_id, scope=args.scope, limits=limits)
-                out.print("limits set; pass --agent MODULE:AGENT to also send parked runs on")
+                if not args.dry_run:
+                    await set_limits(store, run_id=args.run_id, scope=args.scope, limits=limits)
+                out.print(f"{would}; pass --agent MODULE:AGENT to also send parked runs on")
             else:
                 moved = await agent.raise_budget(
-                    store, run_id=args.run_id, scope=args.scope, limits=limits
-                )
-                out.print(f"limits set; sent on: {', '.join(map(shown, moved)) or 'none'}")
+                    store, run_id=args.run_id, scope=args.scope, limits=limits,
+                    dry_run=args.dry_run,
+                )  # fmt: skip
+                if args.dry_run:
+                    sent = "; ".join(f"{shown(d.run_id)}: {shown(d.plan.commits)}" for d in moved)
+                    out.print(f"{would} {limits_line(limits.ledger_limits())}; would send on:"
+                              f" {sent or 'none'}; nothing committed")  # fmt: skip
+                else:
+                    sent = ", ".join(f"{shown(d.run_id)} ({shown(d.then)})" for d in moved)
+                    out.print(f"{would}; sent on: {sent or 'none'}")
+        gate = agent.budget_gate if agent is not None else None
+        usage: dict[str, int]
         if args.run_id is not None:
             record = await store.load(args.run_id)
             assert record is not None
             subject, usage = f"run/{args.run_id}", record.usage
+            declared = gate.run_budget if gate is not None else None
             out.print(f"run      {shown(args.run_id)} ({record.status} in {shown(record.state)})")
         else:
-            per = agent.budget_gate.scope_budget.per if (
-                agent is not None and agent.budget_gate is not None
-                and agent.budget_gate.scope_budget is not None
-            ) else "day"  # fmt: skip
-            period = args.period or period_of(per, time.time())
+            declared = gate.scope_budget if gate is not None else None
+            ledger = store.ledger
+            if args.period:
+                periods = [args.period]
+            elif declared is not None:
+                periods = [period_of(declared.per, time.time())]
+            else:  # no agent says which period the scope counts by: the first that has usage
+                periods = [period_of(per, time.time()) for per in (None, "day", "hour", "month")]
+            usage = {}
+            for period in periods:
+                usage = await ledger.scope_usage(args.scope, period)
+                if usage:
+                    break
             subject = f"scope/{args.scope}"
-            usage = await store.ledger.scope_usage(args.scope, period)
             out.print(f"scope    {shown(args.scope)} ({period})")
-        limits_set = await store.ledger.limits(subject)
+        in_force_now = await in_force(store, subject, declared)
     out.print(f"usage    {usage_line(usage)}")
-    if limits_set:
-        out.print("limits   " + ", ".join(f"{k} {v}" for k, v in sorted(limits_set.items())))
+    if in_force_now:
+        out.print(f"limits   {limits_line(in_force_now)}")
+    elif agent is None:
+        out.print("limits   none set (pass --agent MODULE:AGENT to see the declared ones)")
     return EXIT_DONE

@@ -18,7 +18,7 @@ from ._store import opened
 if TYPE_CHECKING:
     import argparse
 
-    from statemachine import Graph
+    from statemachine.engine import Graph
     from storage import Event, Store
 
 __all__ = ["commands", "save"]
@@ -68,7 +68,7 @@ def _when(timestamp: float) -> str:
 async def runs(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from .._usage_text import usage_line
+    from ..spending._usage_text import usage_line
 
     query = {"agent": args.agent, "status": args.status, "state": args.state}
     async with opened(args) as store:
@@ -100,12 +100,15 @@ def _last_error(events: list[Event]) -> Event | None:
     "a run's state, status and memory (and the error that failed it)",
     arg("run_id", metavar="RUN_ID"),
     arg("--at", type=at_least(0), metavar="SEQ", help="as it was right after commit SEQ"),
+    arg("--agent", metavar="MODULE:AGENT", help="the run's agent, for its declared budget"),
 )
 async def show(args: argparse.Namespace) -> int:
     from statemachine import RunNotFound
-    from statemachine._provenance import memory_at
+    from statemachine.engine import memory_at
 
-    from .._usage_text import usage_line
+    from ..spending._budget import limits_line, run_limits
+    from ..spending._usage_text import usage_line
+    from ._agents import load_agent, registered_agent
 
     async with opened(args) as store:
         run = await store.load(args.run_id)
@@ -122,6 +125,8 @@ async def show(args: argparse.Namespace) -> int:
                 raise UsageProblem(f"run {args.run_id!r}: {exc}") from None
             status, seq = events[args.at].status, args.at
             failure = events[args.at] if events[args.at].error else None
+        agent = load_agent(args.agent, store) if args.agent else registered_agent(run.agent, store)
+        limits = await run_limits(store, agent, args.run_id)
     lines = [
         f"run      {shown(run.run_id)}",
         f"agent    {shown(run.agent)} v{run.version}",
@@ -132,6 +137,8 @@ async def show(args: argparse.Namespace) -> int:
     if args.at is None:
         lines.append(f"holder   {shown(run.holder or '-')}")
         lines.append(f"usage    {usage_line(run.usage)}")
+        if limits:
+            lines.append(f"limits   {limits_line(limits)}")
     if failure is not None:
         lines.append(
             f"error    step {shown(failure.trigger)!r} (seq {failure.seq}, attempt"
@@ -163,7 +170,7 @@ async def _failure(store: Store, run_id: str, seq: int) -> Event | None:
 )
 async def why(args: argparse.Namespace) -> int:
     from statemachine import RunNotFound
-    from statemachine._provenance import why
+    from statemachine.engine import why
 
     async with opened(args) as store:
         events = await store.history(args.run_id)
@@ -248,7 +255,7 @@ async def graph(args: argparse.Namespace) -> int:
 
 
 def _write_graph(graph: Graph, args: argparse.Namespace) -> int:
-    from statemachine import RendererMissing
+    from statemachine.errors import RendererMissing
 
     fmt = args.format
     if fmt is None:

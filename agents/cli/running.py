@@ -34,6 +34,7 @@ commands = Commands()
 
 DEMO_DATASET = [12.1, 11.8, 12.4, 12.0, 11.9, 12.3, 48.7, 12.2, 11.7, 12.1]
 MODEL = arg("--model", help="pydantic-ai model name for the agent's LLM steps")
+DRY_RUN = arg("--dry-run", action="store_true", help="say what it would commit; commit nothing")
 
 
 def json_input(text: str, option: str = "--input") -> Any:
@@ -99,7 +100,7 @@ async def start_and_drive(
     arg("--model", help="pydantic-ai model name (default: offline unless an API key is set)"),
 )
 async def demo(args: argparse.Namespace) -> int:
-    from agents.examples.data_analyst import analyst
+    from ..examples.data_analyst import analyst
 
     quiet_pydantic_ai()
     if args.fail_at:
@@ -156,17 +157,25 @@ def shown_text(text: str) -> str:
         metavar="SECONDS",
         help="how long to wait for a crashed holder's lease (default: its ttl)",
     ),
+    DRY_RUN,
 )
 async def resume(args: argparse.Namespace) -> int:
+    from .._operations import check_action
+
     async with opened(args) as store:
         agent = with_model(await stored_agent(store, args), args.model)
+        plan = await check_action(store, args.run_id, "resume", machine=agent)  # or Refused
+        if args.dry_run:
+            out.print(f"would: {shown(plan.commits)}")
+            out.print(f"nothing committed (the same without --dry-run: {shown(plan.command)})")
+            return EXIT_DONE
         wait = args.wait if args.wait is not None else agent.lease_ttl + 1
         run = await agent.resume(store, args.run_id, lease_wait=wait)
         say_model(agent)
         where = f"{shown(run.state)} (seq {run.seq}, {run.status})"
         out.print(f"run [bold]{shown(run.run_id)}[/] of {shown(agent.name)}: resuming at {where}")
         async with run:  # the lease goes back whatever happens
-            if run.status == "failed":
+            if plan.retry_first:  # failed, or parked by a budget
                 await run.retry()
                 out.print(f"  retrying from {shown(run.state)}")
             return await drive(run, args)
@@ -192,7 +201,7 @@ async def drive(run: Run[Any], args: argparse.Namespace) -> int:
         requests += (event.usage or {}).get("requests", 0)
         out.print(event_line(event))
 
-    from .._ratelimit import on_wait
+    from ..spending._ratelimit import on_wait
 
     def waiting(key: str, seconds: float, why: str) -> None:
         out.print(f"  [dim]waiting {seconds:.2f} s for rate limit {shown(key)} ({why})[/]")
@@ -220,21 +229,81 @@ async def drive(run: Run[Any], args: argparse.Namespace) -> int:
     return {"done": EXIT_DONE, "waiting": EXIT_WAITING}.get(run.status, EXIT_FAILED)
 
 
-async def _control(args: argparse.Namespace) -> int:
+DRY_RUN = arg("--dry-run", action="store_true", help="say what it would commit, and commit nothing")
+
+
+def _engine_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The engine's arguments of the action `args.command` (see `agents._operations`)."""
+    if args.command == "send":
+        return {"event": args.event, "payload": json_input(args.data, "--data")}
+    if args.command == "cancel":
+        return {"reason": args.reason}
+    if args.command == "fork":
+        update = json_input(args.set, "--set") if args.set else None
+        if update is not None and not isinstance(update, dict):
+            raise UsageProblem("--set must be a JSON object of memory fields")
+        return {"at": args.at, "new_run_id": args.new_run_id, "memory_update": update}
+    if args.command == "approve":
+        if args.deny is not None and args.args is not None:
+            raise UsageProblem("give --deny or --args, not both")
+        edited = json_input(args.args, "--args") if args.args is not None else None
+        if edited is not None and not isinstance(edited, dict):
+            raise UsageProblem("--args must be a JSON object of the tool's arguments")
+        return {"call": args.call_id, "args": edited, "message": args.deny}
+    return {}
+
+
+async def _act(args: argparse.Namespace) -> int:
+    """One engine operation (`agents._operations`), as Python and the web UI do it: with
+    --dry-run its check only. A run it leaves running is driven on here when no worker
+    serves its agent (as `agentfsm run` drives), with each commit printed."""
+    from statemachine import InvalidMemory
+
+    from .._operations import check_action, do_action
+
+    action = args.command
+    engine = _engine_args(args)
+    if action == "approve" and args.deny is not None:
+        action = "deny"
     async with opened(args) as store:
-        agent = with_model(await stored_agent(store, args), None)
-        run = await agent.resume(store, args.run_id, lease_wait=agent.lease_ttl + 1)
-        async with run:  # the lease goes back whatever happens
-            if args.command == "cancel":
-                await run.cancel(args.reason)
-                out.print(f"cancelled: [bold]{shown(run.run_id)}[/] at {shown(run.state)}")
+        agent = None if action in ("approve", "deny") else await stored_agent(store, args)
+        wait = agent.lease_ttl + 1 if agent is not None else None
+        try:
+            if args.dry_run:
+                plan = await check_action(store, args.run_id, action, machine=agent, **engine)
+                out.print(f"would: {shown(plan.commits)}")
+                out.print(f"nothing committed (the same without --dry-run: {shown(plan.command)})")
                 return EXIT_DONE
-            if args.command == "send":
-                event = await run.send(args.event, json_input(args.data, "--data"))
-            else:
-                event = await run.retry()
-            out.print(event_line(event))
-            return await drive(run, args)
+            done = await do_action(
+                store, args.run_id, action, machine=agent, lease_wait=wait, **engine
+            )
+        except InvalidMemory as exc:
+            raise UsageProblem(str(exc)) from None
+        if action == "fork":
+            out.print(
+                f"forked {shown(args.run_id)} at seq {args.at} as [bold]{shown(done.run_id)}[/]:"
+                f" ({done.status}); go on with: agentfsm resume {shown(done.run_id)}"
+            )
+            return EXIT_DONE
+        if action in ("approve", "deny"):
+            assert done.event is not None
+            verdict = "denied" if action == "deny" else "approved"
+            out.print(
+                f"{verdict} call {shown(args.call_id)} of run {shown(args.run_id)}"
+                f" (seq {done.event.seq}); {shown(done.then)}"
+            )
+            return EXIT_DONE
+        if done.event is not None:
+            out.print(event_line(done.event))
+        if action == "cancel":
+            out.print(f"cancelled: [bold]{shown(args.run_id)}[/]")
+            return EXIT_DONE
+        if agent is not None and done.status == "running" and done.then.startswith("left"):
+            run = await agent.resume(store, args.run_id, lease_wait=wait)
+            async with run:  # the lease goes back whatever happens
+                return await drive(run, args)
+        out.print(f"{done.status}: [bold]{shown(args.run_id)}[/]; {shown(done.then)}")
+        return {"done": EXIT_DONE, "waiting": EXIT_WAITING}.get(done.status, EXIT_DONE)
 
 
 @commands.command(
@@ -244,19 +313,21 @@ async def _control(args: argparse.Namespace) -> int:
     arg("event", metavar="EVENT"),
     arg("--data", default="null", metavar="JSON", help="the event's payload"),
     AGENT,
+    DRY_RUN,
 )
 async def send(args: argparse.Namespace) -> int:
-    return await _control(args)
+    return await _act(args)
 
 
 @commands.command(
     "retry",
-    "put a failed run back where it failed and drive it on",
+    "put a failed run (or one a budget parked) back where it stopped and drive it on",
     arg("run_id", metavar="RUN_ID"),
     AGENT,
+    DRY_RUN,
 )
 async def retry(args: argparse.Namespace) -> int:
-    return await _control(args)
+    return await _act(args)
 
 
 @commands.command(
@@ -265,9 +336,10 @@ async def retry(args: argparse.Namespace) -> int:
     arg("run_id", metavar="RUN_ID"),
     arg("--reason", default="", help="why, for the record"),
     AGENT,
+    DRY_RUN,
 )
 async def cancel(args: argparse.Namespace) -> int:
-    return await _control(args)
+    return await _act(args)
 
 
 @commands.command(
@@ -278,26 +350,10 @@ async def cancel(args: argparse.Namespace) -> int:
     arg("--run-id", dest="new_run_id", help="the new run's id (default: random)"),
     arg("--set", metavar="JSON", help="memory fields to change, as a JSON object"),
     AGENT,
+    DRY_RUN,
 )
 async def fork(args: argparse.Namespace) -> int:
-    from statemachine import InvalidMemory
-
-    update = json_input(args.set, "--set") if args.set else None
-    if update is not None and not isinstance(update, dict):
-        raise UsageProblem("--set must be a JSON object of memory fields")
-    async with opened(args) as store:
-        agent = await stored_agent(store, args)
-        try:
-            run = await agent.fork(
-                store, args.run_id, args.at, new_run_id=args.new_run_id, memory_update=update
-            )
-        except InvalidMemory as exc:
-            raise UsageProblem(str(exc)) from None
-    out.print(
-        f"forked {shown(args.run_id)} at seq {args.at} as [bold]{shown(run.run_id)}[/]:"
-        f" {shown(run.state)} ({run.status}); go on with: agentfsm resume {shown(run.run_id)}"
-    )
-    return EXIT_DONE
+    return await _act(args)
 
 
 @commands.command(
@@ -307,22 +363,7 @@ async def fork(args: argparse.Namespace) -> int:
     arg("call_id", metavar="CALL_ID", help="a wrong one is refused, naming those that wait"),
     arg("--deny", metavar="MESSAGE", help="deny the call; the model is told MESSAGE"),
     arg("--args", metavar="JSON", help="approve it with these arguments instead of the model's"),
+    DRY_RUN,
 )
 async def approve(args: argparse.Namespace) -> int:
-    from agents import approve_tool_call
-
-    if args.deny is not None and args.args is not None:
-        raise UsageProblem("give --deny or --args, not both")
-    edited = json_input(args.args, "--args") if args.args is not None else None
-    if edited is not None and not isinstance(edited, dict):
-        raise UsageProblem("--args must be a JSON object of the tool's arguments")
-    async with opened(args) as store:
-        event = await approve_tool_call(
-            store, args.run_id, args.call_id, args=edited, deny=args.deny
-        )
-    verdict = "denied" if args.deny is not None else "approved"
-    out.print(
-        f"{verdict} call {shown(args.call_id)} of run {shown(args.run_id)} (seq {event.seq});"
-        f" the run goes on when it is run again: DurableAgent.run(run_id={args.run_id!r})"
-    )
-    return EXIT_DONE
+    return await _act(args)

@@ -13,7 +13,7 @@ from ._store import opened
 if TYPE_CHECKING:
     import argparse
 
-    from statemachine import WatchItem
+    from statemachine.engine import WatchItem
 
 __all__ = ["commands"]
 
@@ -31,7 +31,7 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\x9b]")
     arg("--follow", action="store_true", help="go on across resumes until the run ends"),
 )
 async def watch(args: argparse.Namespace) -> int:
-    from statemachine import watch
+    from statemachine.engine import watch
 
     mid_line = False
     async with opened(args) as store:

@@ -1,6 +1,6 @@
 """`agentfsm ui`: a live, self-hosted web UI of a store's runs (needs `agentfsm[ui]`).
 
-    from agents.ui import create_app
+    from . import create_app
     app = create_app(open_store(), agents=[analyst])   # a Starlette app: serve it with uvicorn
 
 Pages are rendered on the server and read without JavaScript; one small vendored script

@@ -1,16 +1,18 @@
-"""What a person can do to a run from its page, each through the same calls the CLI makes
-(`agents/cli/running.py`), so each is recorded as the CLI records it:
+"""What a person can do to a run from its page: the engine's operations
+(`agents._operations`: `check_action` for the plan, `do_action` for the deed), exactly as
+Python and the CLI call them, so the page, `agentfsm` and Python answer alike:
 
-    send     Run.send(event, payload)          as `agentfsm send RUN EVENT --data JSON`
-    approve  approve_tool_call(...)            as `agentfsm approve RUN CALL [--deny|--args]`
-    retry    Run.retry()                       as `agentfsm retry RUN`
-    cancel   Run.cancel(reason)                as `agentfsm cancel RUN --reason TEXT`
-    fork     Machine.fork(run, at, ...)        as `agentfsm fork RUN --at SEQ --set JSON`
+    send     `agentfsm send RUN EVENT --data JSON`
+    approve  `agentfsm approve RUN CALL [--deny MESSAGE | --args JSON]`
+    retry    `agentfsm retry RUN`
+    cancel   `agentfsm cancel RUN --reason TEXT`
+    fork     `agentfsm fork RUN --at SEQ --set JSON`
 
-Each action has three steps: the form (GET), the plan (a POST that checks everything and
-says what will happen, writing nothing), and the deed (a POST that checks again, refuses if
-the run moved since the plan was shown, then acts). Like the CLI, `send` and `retry` go on
-driving the run (in this server, or by queueing it for the workers: `--drive`).
+Each action has three steps: the form (GET), the plan (a POST: the engine's dry run, writing
+nothing), and the deed (a POST carrying the seq the plan was made at: the engine commits only
+from there, and a form posted twice commits once). A run an action leaves running is handed
+on by the engine: to the workers when they serve its agent; else this server drives it
+(`--drive here`) or leaves it for `agentfsm resume`.
 """
 
 from __future__ import annotations
@@ -18,11 +20,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Mapping, Sequence
+import secrets
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from statemachine import InvalidMemory, InvalidPayload, Machine, RunError, Transition
+from statemachine import InvalidMemory, Machine, RunError
+from statemachine.engine import Transition
+from statemachine.errors import InvalidPayload
 from storage import Event, RunRecord, Store
 
 from ._forms import FormProblem, payload_fields, payload_from_form, payload_inputs
@@ -81,12 +86,12 @@ class Driver:
             " command does in its process)"
         )
 
-    async def go_on(self, machine: Machine[Any], run: Any) -> None:
-        if self.mode == "queue" or run.status != "running":
-            await run.release(quiet=True)
-            if run.status == "running":
-                await machine.enqueue(run.store, run.run_id)
+    async def go_on(self, machine: Machine[Any], store: Store, run_id: str) -> None:
+        """Drive on a run the engine left running (no worker serves its agent)."""
+        if self.mode == "queue":
+            await machine.enqueue(store, run_id)
             return
+        run = await machine.resume(store, run_id, lease_wait=LEASE_WAIT)
         task = asyncio.create_task(_drive(run))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
@@ -99,7 +104,10 @@ async def _drive(run: Any) -> None:
         log.exception("driving run %r", run.run_id)
 
 
-def offers(ctx: Context) -> list[Offer]:
+async def offers(ctx: Context) -> list[Offer]:
+    """The actions the engine would accept on this run now (its dry run, per action)."""
+    from .._operations import check_action
+
     r, m = ctx.record, ctx.machine
     found: list[Offer] = []
     if m is not None and r.status == "waiting":
@@ -108,12 +116,13 @@ def offers(ctx: Context) -> list[Offer]:
         Offer("approve", f"approve / deny {call_id} ({tool})", {"call": call_id})
         for call_id, tool, _ in _pending_approvals(ctx)
     ]
-    if m is not None and r.status == "failed":
-        found.append(Offer("retry", "retry"))
-    if m is not None and r.status not in ("done", "cancelled"):
-        found.append(Offer("cancel", "cancel"))
-    if m is not None:
-        found.append(Offer("fork", "fork"))
+    for action in ("retry", "cancel", "fork"):
+        args: dict[str, Any] = {"at": r.seq} if action == "fork" else {}
+        try:
+            await check_action(ctx.store, r.run_id, action, machine=m, **args)
+        except (RunError, ValueError):
+            continue
+        found.append(Offer(action, action))
     return found
 
 
@@ -123,7 +132,7 @@ def _waits(machine: Machine[Any], record: RunRecord) -> list[Transition]:
 
 def _pending_approvals(ctx: Context) -> list[tuple[str, str, dict[str, Any]]]:
     """(call id, tool name, args) of the calls a DurableAgent run waits to have approved."""
-    from .._durable_steps import APPROVAL, DURABLE_KIND, rounds_of
+    from ..durable._steps import APPROVAL, DURABLE_KIND, rounds_of
 
     if ctx.record.memory.get("kind") != DURABLE_KIND or ctx.record.state != APPROVAL:
         return []
@@ -152,64 +161,81 @@ def _need_machine(ctx: Context) -> Machine[Any]:
 
 def form_fields(action: str, ctx: Context, values: Mapping[str, str]) -> str:
     """The inputs of `action`'s form (without the form element and its CSRF field)."""
-    r = ctx.record
-    if action == "send":
-        t = _send_transition(ctx, values)
-        return (
-            f'<input type="hidden" name="event" value="{esc(t.trigger)}">'
-            f"<p>Event <b>{esc(t.trigger)}</b> from state <b>{esc(r.state)}</b>.</p>"
-            + payload_inputs(payload_fields(getattr(t.step, "payload", None)), values)
+    form = _FORMS.get(action)
+    if form is None:
+        raise ActionProblem(f"unknown action {action!r}")
+    return form(ctx, values)
+
+
+def _send_form(ctx: Context, values: Mapping[str, str]) -> str:
+    t = _send_transition(ctx, values)
+    return (
+        f'<input type="hidden" name="event" value="{esc(t.trigger)}">'
+        f"<p>Event <b>{esc(t.trigger)}</b> from state <b>{esc(ctx.record.state)}</b>.</p>"
+        + payload_inputs(payload_fields(getattr(t.step, "payload", None)), values)
+    )
+
+
+def _approve_form(ctx: Context, values: Mapping[str, str]) -> str:
+    call_id, tool, args = _approval_call(ctx, values)
+    verdict = values.get("verdict", "approve")
+    return (
+        f'<input type="hidden" name="call" value="{esc(call_id)}">'
+        f"<p>Tool <b>{esc(tool)}</b>, call <code>{esc(call_id)}</code>, with arguments:</p>"
+        f'<pre class="code">{pretty(args)}</pre>'
+        + "".join(
+            f'<label><input type="radio" name="verdict" value="{v}"'
+            f"{' checked' if v == verdict else ''}> {v}</label>"
+            for v in ("approve", "deny")
         )
-    if action == "approve":
-        call_id, tool, args = _approval_call(ctx, values)
-        verdict = values.get("verdict", "approve")
-        return (
-            f'<input type="hidden" name="call" value="{esc(call_id)}">'
-            f"<p>Tool <b>{esc(tool)}</b>, call <code>{esc(call_id)}</code>, with arguments:</p>"
-            f'<pre class="code">{pretty(args)}</pre>'
-            + "".join(
-                f'<label><input type="radio" name="verdict" value="{v}"'
-                f"{' checked' if v == verdict else ''}> {v}</label>"
-                for v in ("approve", "deny")
-            )
-            + "<label>arguments instead of the model's (JSON object, optional) <textarea"
-            f' name="args" rows="3">{esc(values.get("args", ""))}</textarea></label>'
-            '<label>message to the model when denied <input name="message"'
-            f' value="{esc(values.get("message", ""))}"></label>'
-        )
-    if action == "retry":
-        return f"<p>Retry run <b>{esc(r.run_id)}</b> from where it failed.</p>"
-    if action == "cancel":
-        return (
-            f'<label>reason (for the record) <input name="reason"'
-            f' value="{esc(values.get("reason", ""))}"></label>'
-        )
-    if action == "fork":
-        at = values.get("at", str(r.seq))
-        return (
-            f'<label>at seq (0..{r.seq}) <input type="number" name="at" min="0" max="{r.seq}"'
-            f' value="{esc(at)}"></label>'
-            '<label>new run id (optional) <input name="new_run_id"'
-            f' value="{esc(values.get("new_run_id", ""))}"></label>'
-            '<label>memory fields to change (JSON object) <textarea name="set" rows="4">'
-            f"{esc(values.get('set', '{}'))}</textarea></label>"
-        )
-    raise ActionProblem(f"unknown action {action!r}")
+        + "<label>arguments instead of the model's (JSON object, optional) <textarea"
+        f' name="args" rows="3">{esc(values.get("args", ""))}</textarea></label>'
+        '<label>message to the model when denied <input name="message"'
+        f' value="{esc(values.get("message", ""))}"></label>'
+    )
+
+
+def _retry_form(ctx: Context, values: Mapping[str, str]) -> str:
+    return f"<p>Retry run <b>{esc(ctx.record.run_id)}</b> from where it stopped.</p>"
+
+
+def _cancel_form(ctx: Context, values: Mapping[str, str]) -> str:
+    return (
+        f'<label>reason (for the record) <input name="reason"'
+        f' value="{esc(values.get("reason", ""))}"></label>'
+    )
+
+
+def _fork_form(ctx: Context, values: Mapping[str, str]) -> str:
+    seq = ctx.record.seq
+    at = values.get("at", str(seq))
+    form = values.get("form", "") or secrets.token_hex(4)  # names the fork: made once
+    return (
+        f'<input type="hidden" name="form" value="{esc(form)}">'
+        f'<label>at seq (0..{seq}) <input type="number" name="at" min="0" max="{seq}"'
+        f' value="{esc(at)}"></label>'
+        '<label>new run id (optional) <input name="new_run_id"'
+        f' value="{esc(values.get("new_run_id", ""))}"></label>'
+        '<label>memory fields to change (JSON object) <textarea name="set" rows="4">'
+        f"{esc(values.get('set', '{}'))}</textarea></label>"
+    )
+
+
+_FORMS: dict[str, Callable[[Context, Mapping[str, str]], str]] = {
+    "send": _send_form, "approve": _approve_form, "retry": _retry_form,
+    "cancel": _cancel_form, "fork": _fork_form,
+}  # fmt: skip
 
 
 def _send_transition(ctx: Context, values: Mapping[str, str]) -> Transition:
+    """The wait transition the form's event fires (the engine's rule: `wait_transition`)."""
     machine = _need_machine(ctx)
-    waits = _waits(machine, ctx.record)
+    memory = machine.memory_type.model_validate(ctx.record.memory)
     event = values.get("event", "")
-    t = next((t for t in waits if t.trigger == event), None)
-    if ctx.record.status != "waiting" or t is None:
-        expected = [t.trigger for t in waits]
-        raise ActionProblem(
-            f"run {ctx.record.run_id!r} does not wait for event {event!r}: it is"
-            f" {ctx.record.status} in state {ctx.record.state!r}"
-            + (f" and waits for {expected}" if expected and ctx.record.status == "waiting" else "")
-        )
-    return t
+    try:
+        return machine.wait_transition(ctx.record, memory, event)
+    except RunError as exc:
+        raise ActionProblem(str(exc)) from None
 
 
 def _approval_call(ctx: Context, values: Mapping[str, str]) -> tuple[str, str, dict[str, Any]]:
@@ -225,87 +251,60 @@ def _approval_call(ctx: Context, values: Mapping[str, str]) -> tuple[str, str, d
 # ------------------------------------------------------------------------------ plans
 
 
-def plan(action: str, ctx: Context, values: Mapping[str, str], driver: Driver) -> Plan:
-    """What `action` with these form values will do; `ActionProblem` (naming what is wrong)
-    when it cannot be done. Writes nothing."""
-    r = ctx.record
+def _engine_args(action: str, ctx: Context, values: Mapping[str, str]) -> dict[str, Any]:
+    """The engine's arguments for `action`, read from the form (checked by the engine)."""
+    read = _ARGS.get(action)
+    return read(ctx, values) if read is not None else {}
+
+
+def _send_args(ctx: Context, values: Mapping[str, str]) -> dict[str, Any]:
+    t = _send_transition(ctx, values)
+    return {"event": t.trigger, "payload": _send_payload(t, values)}
+
+
+def _approve_args(ctx: Context, values: Mapping[str, str]) -> dict[str, Any]:
+    deny, args = _verdict(values)
+    return {"call": values.get("call", ""), "args": args, "message": deny,
+            "verdict": "deny" if deny is not None else "approve"}  # fmt: skip
+
+
+def _fork_args(ctx: Context, values: Mapping[str, str]) -> dict[str, Any]:
+    at, new_id, update = _fork_values(ctx, values)
+    return {"at": at, "new_run_id": new_id, "memory_update": update or None}
+
+
+_ARGS: dict[str, Callable[[Context, Mapping[str, str]], dict[str, Any]]] = {
+    "send": _send_args, "approve": _approve_args, "fork": _fork_args,
+    "cancel": lambda ctx, values: {"reason": values.get("reason", "")},
+}  # fmt: skip
+
+
+def _engine_action(action: str, args: Mapping[str, Any]) -> str:
+    return str(args.get("verdict", action)) if action == "approve" else action
+
+
+async def plan(action: str, ctx: Context, values: Mapping[str, str], driver: Driver) -> Plan:
+    """What `action` with these form values will do: the engine's dry run. `ActionProblem`
+    (naming what is wrong) when it cannot be done. Writes nothing."""
+    from .._operations import check_action
+
     try:
-        if action == "send":
-            t = _send_transition(ctx, values)
-            payload = _send_payload(t, values)
-            into = getattr(t.step, "into", None)
-            dest = t.dest or "the state its route picks"
-            return Plan(
-                f"Send event {t.trigger!r} to run {r.run_id!r}",
-                [
-                    f"commits event {t.trigger!r} as seq {r.seq + 1}: state {r.state!r} → {dest!r}",
-                    f"payload: {json.dumps(payload, ensure_ascii=False)}"
-                    + (f" (into memory field {into!r})" if into else ""),
-                    driver.describe(),
-                ],
-                f"agentfsm send {r.run_id} {t.trigger} --data '{json.dumps(payload)}'",
-            )
-        if action == "approve":
-            call_id, tool, _ = _approval_call(ctx, values)
-            deny, args = _verdict(values)
-            what = (
-                f"denies call {call_id} of tool {tool!r}; the model is told {deny!r}"
-                if deny is not None
-                else f"approves call {call_id} of tool {tool!r}"
-                + (f" with arguments {json.dumps(args)}" if args is not None else "")
-            )
-            flag = f" --deny {json.dumps(deny)}" if deny is not None else ""
-            flag += f" --args '{json.dumps(args)}'" if args is not None else ""
-            return Plan(
-                f"Answer call {call_id} of run {r.run_id!r}",
-                [f"commits an answer as seq {r.seq + 1}: {what}",
-                 "the run goes on when it is run again (DurableAgent.run(run_id=...))"],
-                f"agentfsm approve {r.run_id} {call_id}{flag}",
-            )  # fmt: skip
-        if action == "retry":
-            _need_machine(ctx)
-            if r.status != "failed":
-                raise ActionProblem(f"run {r.run_id!r} is {r.status}, not failed: nothing to retry")
-            return Plan(
-                f"Retry run {r.run_id!r}",
-                [f"commits a 'retry' event as seq {r.seq + 1}, putting the run back where it"
-                 " failed (status running)", driver.describe()],
-                f"agentfsm retry {r.run_id}",
-            )  # fmt: skip
-        if action == "cancel":
-            _need_machine(ctx)
-            if r.status in ("done", "cancelled"):
-                raise ActionProblem(f"run {r.run_id!r} is already {r.status}")
-            reason = values.get("reason", "")
-            return Plan(
-                f"Cancel run {r.run_id!r}",
-                [f"commits a 'cancel' event as seq {r.seq + 1}: the run stops for good"
-                 f" (status cancelled) in state {r.state!r}", f"reason: {reason or '(none)'}"],
-                f"agentfsm cancel {r.run_id}"
-                + (f" --reason {json.dumps(reason)}" if reason else ""),
-            )  # fmt: skip
-        if action == "fork":
-            at, new_id, update = _fork_values(ctx, values)
-            return Plan(
-                f"Fork run {r.run_id!r} at seq {at}",
-                [f"creates a new run {new_id or '(random id)'} where {r.run_id!r} was right"
-                 f" after seq {at}, the original untouched",
-                 f"memory changes: {json.dumps(update, ensure_ascii=False)}" if update
-                 else "memory as it was at that seq",
-                 "nothing runs until it is resumed (agentfsm resume NEW_RUN)"],
-                f"agentfsm fork {r.run_id} --at {at}"
-                + (f" --run-id {new_id}" if new_id else "")
-                + (f" --set '{json.dumps(update)}'" if update else ""),
-            )  # fmt: skip
-    except (InvalidPayload, InvalidMemory, FormProblem, RunError) as exc:
+        args = _engine_args(action, ctx, values)
+        checked = await check_action(
+            ctx.store, ctx.record.run_id, _engine_action(action, args), machine=ctx.machine,
+            **args,
+        )  # fmt: skip
+    except (InvalidPayload, InvalidMemory, FormProblem, RunError, ValueError) as exc:
         raise ActionProblem(str(exc)) from None
-    raise ActionProblem(f"unknown action {action!r}")
+    effects = [checked.commits]
+    if action in ("send", "retry"):
+        effects.append(driver.describe())
+    title = f"{action}: run {ctx.record.run_id!r}"
+    return Plan(title, effects, checked.command)
 
 
 def _send_payload(t: Transition, values: Mapping[str, str]) -> Any:
-    payload = payload_from_form(payload_fields(getattr(t.step, "payload", None)), values)
-    check = getattr(t.step, "check_payload", None)
-    return check(payload) if check is not None else payload
+    return payload_from_form(payload_fields(getattr(t.step, "payload", None)), values)
 
 
 def _verdict(values: Mapping[str, str]) -> tuple[str | None, dict[str, Any] | None]:
@@ -324,16 +323,12 @@ def _verdict(values: Mapping[str, str]) -> tuple[str | None, dict[str, Any] | No
 
 
 def _fork_values(ctx: Context, values: Mapping[str, str]) -> tuple[int, str, dict[str, Any]]:
-    from statemachine._provenance import memory_at
-
-    machine = _need_machine(ctx)
-    r = ctx.record
+    """The fork's seq, new run id and memory changes, as the form gives them. Without a new
+    id, the form's own one (made when the form was shown), so a form posted twice forks once."""
     try:
         at = int(values.get("at", ""))
     except ValueError:
         raise ActionProblem(f"seq {values.get('at')!r} is not a number") from None
-    if not 0 <= at <= r.seq:
-        raise ActionProblem(f"seq {at} is out of range: the run has seqs 0..{r.seq}")
     text = values.get("set", "").strip() or "{}"
     try:
         update = json.loads(text)
@@ -341,19 +336,12 @@ def _fork_values(ctx: Context, values: Mapping[str, str]) -> tuple[int, str, dic
         raise ActionProblem(f"the memory changes are not JSON: {exc}") from None
     if not isinstance(update, dict):
         raise ActionProblem("the memory changes must be a JSON object of memory fields")
-    unknown = set(update) - set(machine.memory_type.model_fields)
-    if unknown:
-        raise ActionProblem(
-            f"unknown memory fields {sorted(unknown)}; the fields are"
-            f" {sorted(machine.memory_type.model_fields)}"
-        )
-    _, fields = memory_at(ctx.events, at)
-    machine.validate_memory({**fields, **update}, f"forking {r.run_id!r}")
     new_id = values.get("new_run_id", "").strip()
-    if new_id:
-        from storage.base import check_run_id
-
-        check_run_id(new_id)
+    if not new_id:
+        form = values.get("form", "")
+        if not form.isalnum():
+            raise ActionProblem("the form has no id: reload the run page and try again")
+        new_id = f"{ctx.record.run_id}-fork-{form}"
     return at, new_id, update
 
 
@@ -361,51 +349,24 @@ def _fork_values(ctx: Context, values: Mapping[str, str]) -> tuple[int, str, dic
 
 
 async def perform(action: str, ctx: Context, values: Mapping[str, str], driver: Driver) -> str:
-    """Do `action` (after `plan` checks it again); the URL of the page to show next.
-    `ActionProblem` when it cannot be done (then nothing was written)."""
-    plan(action, ctx, values, driver)
-    expected = values.get("seq", "")
-    r = ctx.record
-    if expected != str(r.seq):
-        raise ActionProblem(
-            f"run {r.run_id!r} moved on since this was shown (seq {expected} → {r.seq}):"
-            " look at it again before acting"
-        )
+    """Do `action` through the engine (which checks it again, and commits only from the seq
+    the plan was made at); the URL of the page to show next. `ActionProblem` when it cannot
+    be done (then nothing was written)."""
+    from .._operations import do_action
+
     try:
-        return await _perform(action, ctx, values, driver)
-    except (InvalidPayload, InvalidMemory, RunError, ValueError) as exc:
+        expect = int(values.get("seq", ""))
+    except ValueError:
+        raise ActionProblem("the form has no seq: reload the run page and try again") from None
+    try:
+        args = _engine_args(action, ctx, values)
+        done = await do_action(
+            ctx.store, ctx.record.run_id, _engine_action(action, args), machine=ctx.machine,
+            expect_seq=expect, lease_wait=LEASE_WAIT, **args,
+        )  # fmt: skip
+    except (InvalidPayload, InvalidMemory, FormProblem, RunError, ValueError) as exc:
         raise ActionProblem(str(exc)) from None
-
-
-async def _perform(action: str, ctx: Context, values: Mapping[str, str], driver: Driver) -> str:
-    r = ctx.record
-    page = f"/runs/{r.run_id}"
-    if action == "approve":
-        from .._durable import approve_tool_call
-
-        deny, args = _verdict(values)
-        await approve_tool_call(ctx.store, r.run_id, values["call"], args=args, deny=deny)
-        return page
-    machine = _need_machine(ctx)
-    if action == "fork":
-        at, new_id, update = _fork_values(ctx, values)
-        forked = await machine.fork(
-            ctx.store, r.run_id, at, new_run_id=new_id or None, memory_update=update or None
-        )
-        return f"/runs/{forked.run_id}"
-    run = await machine.resume(ctx.store, r.run_id, lease_wait=LEASE_WAIT)
-    try:
-        if action == "send":
-            t = _send_transition(ctx, values)
-            await run.send(t.trigger, _send_payload(t, values))
-        elif action == "retry":
-            await run.retry()
-        elif action == "cancel":
-            await run.cancel(values.get("reason", ""))
-            await run.release(quiet=True)
-            return page
-    except BaseException:
-        await run.release(quiet=True)
-        raise
-    await driver.go_on(machine, run)
-    return page
+    drives = action in ("send", "retry") and done.then.startswith("left")  # not a fork
+    if drives and done.status == "running" and ctx.machine is not None:
+        await driver.go_on(ctx.machine, ctx.store, done.run_id)
+    return f"/runs/{done.run_id}"

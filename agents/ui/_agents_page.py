@@ -11,7 +11,8 @@ import math
 from collections import Counter
 from typing import Any
 
-from statemachine import Machine, RendererMissing
+from statemachine import Machine
+from statemachine.errors import RendererMissing
 from storage import Store, cursor_of
 
 from .._report import _inline_svg

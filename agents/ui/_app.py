@@ -31,7 +31,17 @@ from starlette.staticfiles import StaticFiles
 from statemachine import Machine
 from storage import RunRecord, Store
 
-from ._actions import ACTIONS, ActionProblem, Context, DriveMode, Driver, form_fields, offers
+from ..spending._budget import limits_line, run_limits
+from ..spending._usage_text import usage_line
+from ._actions import (
+    ACTIONS,
+    ActionProblem,
+    Context,
+    DriveMode,
+    Driver,
+    form_fields,
+    offers,
+)
 from ._actions import perform as perform_action
 from ._actions import plan as plan_action
 from ._agents_page import agents_body
@@ -155,9 +165,13 @@ class _Pages:
             return HTMLResponse(message_page("Run not found", str(exc.detail)), status_code=404)
         at_text = request.query_params.get("at", "")
         at = int(at_text) if at_text.isdigit() else None
+        limits = await run_limits(self.store, ctx.machine, ctx.record.run_id)
+        spending = f"usage {usage_line(ctx.record.usage)}" + (
+            f"; limits {limits_line(limits)}" if limits else ""
+        )
         body = run_body(
-            ctx.machine, ctx.record, ctx.events, offers(ctx), at,
-            notice=_notice(request.query_params.get("did", "")),
+            ctx.machine, ctx.record, ctx.events, await offers(ctx), at,
+            notice=_notice(request.query_params.get("did", "")), spending=spending,
         )  # fmt: skip
         stream = f"/runs/{quote(ctx.record.run_id)}/stream?after={ctx.record.seq}"
         title = f"run {ctx.record.run_id}"
@@ -222,7 +236,7 @@ class _Pages:
         ctx = await self._context(request)
         try:
             if step == "preview":
-                plan = plan_action(action, ctx, values, self.driver)
+                plan = await plan_action(action, ctx, values, self.driver)
             else:
                 target = await perform_action(action, ctx, values, self.driver)
                 return RedirectResponse(f"{quote(target)}?did={action}", 303)

@@ -19,7 +19,8 @@ from collections.abc import AsyncGenerator, AsyncIterator
 
 from pydantic import JsonValue
 
-from statemachine import RunNotFound, WatchItem, watch
+from statemachine import RunNotFound
+from statemachine.engine import WatchItem, watch
 from storage import Store
 
 __all__ = ["HEARTBEAT_SECONDS", "changes", "resume_offset", "sse"]

@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import JsonValue
 
 from statemachine import Machine
-from statemachine._provenance import Write, memory_at, why
+from statemachine.engine import Write, memory_at, why
 from storage import Event, RunRecord
 
 from .._report import _graph, _header, _messages, _model, _took
@@ -32,6 +32,7 @@ def run_body(
     offers: Sequence[Offer],
     at: int | None,
     notice: str = "",
+    spending: str = "",
 ) -> str:
     seq = record.seq if at is None or not 0 <= at <= record.seq else at
     parts = [
@@ -39,6 +40,7 @@ def run_body(
         _header(record, events),
         f'<p class="livestate" id="runstate">{esc(record.state)} · {esc(record.status)} · seq'
         f" {record.seq}</p>",
+        f'<p class="muted" id="spending">{esc(spending)}</p>' if spending else "",
         _actions(record, offers),
         _drawn(machine, record, events),
         _timeline(machine, record, events, seq),

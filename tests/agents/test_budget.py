@@ -15,8 +15,8 @@ from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart, ToolCall
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 from pydantic_ai.usage import RequestUsage
 
-from agents import Agent, Budget, DurableAgent, llm, raise_budget
-from agents._budget import BudgetReached
+from agents import Agent, Budget, DurableAgent, llm
+from agents.spending._budget import BudgetReached
 from statemachine import DefinitionError
 from storage import Store, open_store
 
@@ -84,7 +84,8 @@ async def test_a_scope_budget_is_shared_by_the_runs_of_one_scope(store: Store) -
     assert (first.status, second.status, other.status) == ("done", "waiting", "done")
     assert second.record.usage["requests"] == 1
     moved = await agent.raise_budget(store, scope="acme", limits=Budget(requests=4))
-    assert moved == [second.run_id]
+    assert [(d.run_id, d.status) for d in moved] == [(second.run_id, "running")]
+    assert moved[0].then.startswith("left for `agentfsm resume")  # no worker serves it
     again = await agent.resume(store, second.run_id)
     await again.until_done()
     assert again.status == "done"
@@ -119,7 +120,7 @@ async def test_a_durable_agent_stops_at_its_budget_and_goes_on_once_raised(
     record = await store.load("d1")
     assert record is not None and record.usage["requests"] == 2
     assert record.usage["tool_calls"] == 2
-    await raise_budget(store, run_id="d1", limits=Budget(requests=5))
+    await durable.raise_budget("d1", limits=Budget(requests=5))
     result = await durable.run(run_id="d1")
     assert result.output == "pong"
     assert await store.ledger.limits("run/d1") == {"requests": 5}
@@ -150,8 +151,8 @@ def test_a_priced_request_records_its_cost_in_nano_dollars() -> None:
 
     from pydantic_ai.usage import RunUsage
 
-    from agents._tool_engine import charge
-    from agents._usage_text import usage_line
+    from agents.spending._usage_text import usage_line
+    from agents.steps._tool_engine import charge
     from statemachine import StepContext
 
     async def nothing() -> list[Any]:

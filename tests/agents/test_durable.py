@@ -24,7 +24,8 @@ from pydantic_ai.messages import (
 )
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 
-from agents import DurableAgent, DurableRunFailed, StepPolicy, idempotency_key
+from agents import DurableAgent, StepPolicy, idempotency_key
+from agents.errors import DurableRunFailed
 from agents.examples.durable_analyst import Findings, analyst, main
 from statemachine import RunError, RunNotFound
 from storage import Event, Store, open_store

@@ -65,8 +65,9 @@ from pydantic_ai.tools import ToolApproved
 from pydantic_ai.toolsets import AbstractToolset, ExternalToolset, FunctionToolset
 from pydantic_ai.usage import UsageLimits
 
-from agents import DurableAgent, DurableRunFailed
-from agents._tool_engine import args_digest
+from agents import DurableAgent
+from agents.errors import DurableRunFailed
+from agents.steps._tool_engine import args_digest
 from statemachine import DefinitionError, RunError
 from storage import Store
 
@@ -1040,8 +1041,8 @@ async def test_a_call_runs_only_with_the_arguments_approved(store: Store) -> Non
 async def test_the_gate_refuses_a_call_whose_arguments_are_not_the_approved_ones(
     store: Store,
 ) -> None:
-    from agents._durable_journal import Journal
-    from agents._durable_steps import Answer, DurableMemory
+    from agents.durable._journal import Journal
+    from agents.durable._steps import Answer, DurableMemory
 
     durable = DurableAgent(Agent(TestModel()), store=store, name="gate")
     run = await durable.machine.start(store, DurableMemory(), run_id="gate")
@@ -1420,7 +1421,7 @@ async def test_answers_one_at_a_time_and_the_same_answer_twice_counts_once(store
 
 
 async def test_approve_refuses_what_is_not_a_waiting_durable_agent_run(store: Store) -> None:
-    from agents import approve_tool_call
+    from agents._operations import approve_tool_call
     from statemachine import RunNotFound
 
     with pytest.raises(RunNotFound):

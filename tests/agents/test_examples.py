@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from agents.examples.approval import Reply, approval
-from statemachine import InvalidPayload
+from statemachine.errors import InvalidPayload
 from storage import Store
 
 

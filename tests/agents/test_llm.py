@@ -36,7 +36,7 @@ from pydantic_ai.models.function import AgentInfo, FunctionModel
 from pydantic_ai.usage import RequestUsage
 
 from agents import Agent, llm, tool
-from statemachine import Transition
+from statemachine.engine import Transition
 from storage import Event, Store
 
 from ..upstream import ModelRefused, validation_error

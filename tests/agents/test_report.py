@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from agents import Agent, render_report, report_html
+from agents import Agent, render_report
+from agents._report import report_html
 from agents.cli import main
 from agents.examples import data_analyst
 from agents.examples._offline import offline_model

@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-import agents._steps
+import agents.steps._steps
 from agents import Agent, tool
-from agents._steps import SHORT_CALLS_FIRST, Placement
+from agents.steps._steps import SHORT_CALLS_FIRST, Placement
 from storage import open_store
 
 
@@ -45,14 +45,14 @@ async def places(calls: int, **options: Any) -> list[bool]:
 async def test_a_short_sync_tool_runs_in_a_thread_first_then_inline(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(agents._steps, "INLINE_BELOW", 3600.0)  # every call counts as short
+    monkeypatch.setattr(agents.steps._steps, "INLINE_BELOW", 3600.0)  # every call counts as short
     assert await places(SHORT_CALLS_FIRST + 3) == [False] * SHORT_CALLS_FIRST + [True] * 3
 
 
 async def test_a_sync_tool_with_a_timeout_always_runs_in_a_thread(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(agents._steps, "INLINE_BELOW", 3600.0)
+    monkeypatch.setattr(agents.steps._steps, "INLINE_BELOW", 3600.0)
     assert await places(SHORT_CALLS_FIRST + 2, timeout=60) == [False] * (SHORT_CALLS_FIRST + 2)
 
 
@@ -67,7 +67,7 @@ def test_a_long_call_inline_sends_the_tool_back_to_the_thread_for_good() -> None
         assert not placement.inline
         placement.took(0.0, inline=False)
     assert placement.inline
-    placement.took(agents._steps.INLINE_BELOW, inline=True)
+    placement.took(agents.steps._steps.INLINE_BELOW, inline=True)
     assert not placement.inline
     for _ in range(SHORT_CALLS_FIRST * 2):
         placement.took(0.0, inline=False)
@@ -88,7 +88,7 @@ def test_a_long_call_in_the_thread_starts_the_count_again() -> None:
 async def test_steps_that_run_one_function_learn_its_place_together(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(agents._steps, "INLINE_BELOW", 3600.0)
+    monkeypatch.setattr(agents.steps._steps, "INLINE_BELOW", 3600.0)
     loop_thread = threading.get_ident()
 
     def where(m: Seen) -> list[bool]:

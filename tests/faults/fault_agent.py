@@ -30,7 +30,8 @@ import redis.asyncio as aioredis
 from pydantic import BaseModel
 
 from agents import Agent, tool
-from statemachine import RunLocked, RunTakenOver, StepContext
+from statemachine import RunLocked, StepContext
+from statemachine.errors import RunTakenOver
 from storage import (
     CommitOutcome,
     Committed,

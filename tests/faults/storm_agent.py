@@ -33,7 +33,8 @@ from pydantic import BaseModel
 
 from agents import Agent, llm, tool
 from agents.examples._offline import offline_model
-from statemachine import StepContext, Transition
+from statemachine import StepContext
+from statemachine.engine import Transition
 
 STEPS = 6
 LEASE_TTL = 2.0

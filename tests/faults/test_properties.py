@@ -29,17 +29,9 @@ from hypothesis import strategies as st
 from pydantic import BaseModel, Field, JsonValue, TypeAdapter, ValidationError
 
 from agents import Agent, tool, wait
-from statemachine import (
-    DefinitionError,
-    InvalidMemory,
-    InvalidPayload,
-    MemoryTooLarge,
-    NoTransition,
-    RunError,
-    Transition,
-    VersionMismatch,
-    transition,
-)
+from statemachine import DefinitionError, InvalidMemory, RunError, transition
+from statemachine.engine import Transition
+from statemachine.errors import InvalidPayload, MemoryTooLarge, NoTransition, VersionMismatch
 from storage import EmbeddedStore, RedisStore, StorageError, Store, open_store
 
 from ..redis_server import RedisServer

@@ -21,7 +21,8 @@ from hypothesis import strategies as st
 from pydantic import BaseModel, JsonValue
 
 from agents import Agent, tool, wait
-from statemachine import InvalidMemory, InvalidPayload
+from statemachine import InvalidMemory
+from statemachine.errors import InvalidPayload
 from storage import EmbeddedStore, RedisStore, Store
 from storage.backup import export_runs, import_runs
 from storage.base import MAX_DEPTH

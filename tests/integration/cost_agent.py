@@ -28,8 +28,9 @@ from pydantic_ai.models.function import AgentInfo, FunctionModel
 from pydantic_ai.usage import RequestUsage
 
 from agents import Agent, Budget, llm, tool
-from agents._budget import BudgetGate
-from statemachine import StepContext, Transition
+from agents.spending._budget import BudgetGate
+from statemachine import StepContext
+from statemachine.engine import Transition
 from storage import Event, RunRecord, Store, open_store
 
 LEASE_TTL = 0.5
@@ -122,10 +123,9 @@ def scope_agent(workdir: Path) -> Agent[Chat]:
     )  # fmt: skip
     admit = BudgetGate.admit
 
-    async def admit_logged(gate: BudgetGate, memory: Any, ctx: StepContext) -> int | None:
-        left = await admit(gate, memory, ctx)
+    async def admit_logged(gate: BudgetGate, memory: Any, ctx: StepContext) -> None:
+        await admit(gate, memory, ctx)
         _log(workdir, "admit")
-        return left
 
     async def charged(record: RunRecord, event: Event, store: Store) -> None:
         if event.usage:

@@ -34,7 +34,8 @@ from pydantic_ai.messages import (
 )
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 
-from agents import DurableAgent, approve_tool_call, idempotency_key
+from agents import DurableAgent, idempotency_key
+from agents._operations import approve_tool_call
 from storage import open_store
 
 LEASE_TTL = 0.5

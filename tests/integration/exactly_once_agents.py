@@ -31,7 +31,8 @@ from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 
 from agents import Agent, llm, tool
-from statemachine import RunTakenOver, StepContext
+from statemachine import StepContext
+from statemachine.errors import RunTakenOver
 from storage import Lease, LeaseHeld, Store, open_store
 
 TOOLS = [f"t{i}" for i in range(5)]

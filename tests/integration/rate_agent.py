@@ -23,7 +23,7 @@ from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 
 from agents import Agent, RateLimit, llm
-from agents._ratelimit import on_wait
+from agents.spending._ratelimit import on_wait
 from storage import open_store
 from storage.embedded.limiter import EmbeddedLimiter
 from storage.redis.limiter import RedisLimiter

@@ -22,7 +22,7 @@ from pydantic_ai.messages import ModelMessage
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 
 from agents import Agent, llm
-from statemachine import watch
+from statemachine.engine import watch
 from storage import open_store
 
 TOKENS = ["one ", "two ", "three ", "four"]

@@ -155,7 +155,7 @@ async def test_a_scope_budget_shared_by_20_runs_in_2_processes_overshoots_at_mos
     store: Store = open_store(store_url)
     try:
         runs = [await store.load(f"{tenant}-{i}") for i in range(20)]
-        from agents._budget import period_of
+        from agents.spending._budget import period_of
 
         scope = await store.ledger.scope_usage(tenant, period_of("day", time.time()))
     finally:
@@ -197,7 +197,7 @@ async def test_a_kill_right_after_a_final_commit_loses_no_scope_charge(
             child.kill()
     assert child.returncode == -signal.SIGKILL, err.decode()[-3000:]
     killed = (tmp_path / "committed").read_text()
-    from agents._budget import period_of
+    from agents.spending._budget import period_of
 
     store: Store = open_store(store_url)
     try:

@@ -8,16 +8,9 @@ import pytest
 from pydantic import BaseModel
 
 from agents import Agent, tool
-from statemachine import (
-    DefinitionError,
-    InvalidMemory,
-    Machine,
-    MemoryTooLarge,
-    NoTransition,
-    RunNotFound,
-    Transition,
-    transition,
-)
+from statemachine import DefinitionError, InvalidMemory, Machine, RunNotFound, transition
+from statemachine.engine import Transition
+from statemachine.errors import MemoryTooLarge, NoTransition
 from storage import CorruptData, RedisStore, Store
 
 from ..upstream import field_refused

@@ -14,7 +14,9 @@ from agents import Agent, llm, tool
 from agents.examples import data_analyst
 from agents.examples._offline import offline_model
 from agents.examples.approval import approval
-from statemachine import Graph, RendererMissing, transition
+from statemachine import transition
+from statemachine.engine import Graph
+from statemachine.errors import RendererMissing
 from storage import Store
 
 from ..programs import require_program

@@ -8,7 +8,7 @@ import pytest
 from pydantic import BaseModel
 
 from agents import Agent, tool, wait
-from statemachine import InvalidPayload, MemoryTooLarge
+from statemachine.errors import InvalidPayload, MemoryTooLarge
 from storage import Store
 
 

@@ -9,7 +9,8 @@ import pytest
 from pydantic import BaseModel
 
 from agents import Agent, tool, wait
-from statemachine import DefinitionError, InvalidPayload, RunError
+from statemachine import DefinitionError, RunError
+from statemachine.errors import InvalidPayload
 from storage import Store
 
 

@@ -8,6 +8,7 @@ from agents import Agent
 from agents.examples import data_analyst
 from agents.examples._offline import offline_model
 from statemachine import RunError, RunNotFound
+from statemachine.errors import MemoryTooLarge
 from storage import Store
 
 DATASET = [12.1, 11.8, 12.4, 12.0, 11.9, 12.3, 48.7, 12.2, 11.7, 12.1]
@@ -56,4 +57,6 @@ async def test_bad_forks_are_refused_and_write_nothing(store: Store) -> None:
         await agent.fork(store, "orig", 2, memory_update={"plan": 7})
     with pytest.raises(RunError, match="a run with id 'orig' exists"):
         await agent.fork(store, "orig", 2, new_run_id="orig")
+    with pytest.raises(MemoryTooLarge, match=r"forking 'orig': the memory takes \d+ bytes"):
+        await agent.fork(store, "orig", 2, memory_update={"plan": "x" * 17 * 2**20})
     assert [r.run_id for r in await store.list_runs()] == ["orig"]

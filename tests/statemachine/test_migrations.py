@@ -10,7 +10,8 @@ import pytest
 from pydantic import BaseModel, JsonValue
 
 from agents import Agent, tool, wait
-from statemachine import DefinitionError, InvalidMemory, RunError, VersionMismatch
+from statemachine import DefinitionError, InvalidMemory, RunError
+from statemachine.errors import VersionMismatch
 from storage import Store
 
 

@@ -10,7 +10,8 @@ import pytest
 from pydantic import BaseModel
 
 from agents import Agent, tool, wait
-from statemachine import DefinitionError, NotDue, transition
+from statemachine import DefinitionError, transition
+from statemachine.errors import NotDue
 from storage import Store
 
 TIMEOUT = 0.3

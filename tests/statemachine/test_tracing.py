@@ -16,7 +16,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from pydantic import BaseModel
 
 from agents import Agent, tool, wait
-from statemachine import RunTakenOver
+from statemachine.errors import RunTakenOver
 from storage import LeaseLost, Store
 
 from ..tracing import global_provider, span_dict
@@ -205,7 +205,7 @@ async def test_a_commit_refused_is_a_span_that_says_so(
     assert (refused["name"], refused["status"]) == ("tool open", "ERROR")
     assert refused["attributes"]["agentfsm.outcome"] == "taken_over"
     assert [e["attributes"]["exception.type"] for e in refused["events"]] == [
-        "statemachine.RunTakenOver"
+        "statemachine.errors.RunTakenOver"
     ]
 
 

@@ -9,7 +9,8 @@ import pytest
 from pydantic import BaseModel
 
 from agents import Agent, tool, wait
-from statemachine import RunNotFound, WatchItem, watch
+from statemachine import RunNotFound
+from statemachine.engine import WatchItem, watch
 from storage import Store
 
 

@@ -12,7 +12,7 @@ import pytest
 from redis.crc import key_slot
 
 from agents import Agent, Budget
-from agents._budget import period_of
+from agents.spending._budget import period_of
 from storage import (
     Committed,
     Lease,

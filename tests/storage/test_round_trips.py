@@ -18,7 +18,7 @@ from pydantic_ai.models.function import AgentInfo, FunctionModel
 from pydantic_ai.usage import RequestUsage
 
 from agents import Agent, Budget, llm, tool
-from agents._budget import period_of
+from agents.spending._budget import period_of
 from storage import RedisStore
 
 from ..redis_server import RedisServer

@@ -16,8 +16,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from statemachine import WatchItem, watch
 from statemachine._watch import offset_key
+from statemachine.engine import WatchItem, watch
 from storage import EmbeddedStore, Event, RedisStore, RunRecord, Store, open_store
 
 from ..redis_server import RedisServer

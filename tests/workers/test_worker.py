@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from statemachine import InvalidPayload, RunNotFound, Worker
+from statemachine import RunNotFound, Worker
+from statemachine.errors import InvalidPayload
 from storage import EmbeddedStore, RedisStore
 
 from ..redis_server import RedisServer

@@ -228,7 +228,7 @@ def test_retry_cancel_and_fork(client: TestClient, store: Store) -> None:
     assert "creates a new run f1-fixed" in html.unescape(plan.text)
     bad = client.post("/runs/f1/act/fork/preview", data={**fields, "set": '{"nope": 1}'},
                       headers=ORIGIN)  # fmt: skip
-    assert bad.status_code == 422 and "unknown memory fields" in html.unescape(bad.text)
+    assert bad.status_code == 422 and "names unknown fields ['nope']" in html.unescape(bad.text)
     forked = client.post("/runs/f1/act/fork/do", data=fields, headers=ORIGIN,
                          follow_redirects=False)  # fmt: skip
     assert forked.headers["location"].startswith("/runs/f1-fixed")

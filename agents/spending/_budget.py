@@ -8,7 +8,8 @@ scope_charge=)`: the store makes it land once whatever crashes, Redis Cluster in
 
 A run that reaches a limit is halted (`statemachine.StepHalted`, an event of kind "halt"
 whose output has the figures): it goes to the agent's `on_budget` state, or, without one,
-parks `waiting` where it is until its budget is raised (`raise_budget`, `agentfsm budget`)
+parks `waiting` where it is until its budget is raised (`Agent.raise_budget`,
+`agentfsm budget`)
 and it is sent on (`Run.retry()`, which the raise does).
 
 Concurrent runs of one scope read the scope's totals before their requests and are charged
@@ -26,11 +27,22 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, JsonValue
 
-from statemachine import Run, RunError, StepContext, StepHalted
+from statemachine import Run, RunError, StepContext
+from statemachine.errors import StepHalted
 from storage import Event, ScopeCharge, Store
-from storage._usage import COST_UNIT, increments
+from storage._usage import COST_UNIT, added, increments
 
-__all__ = ["Budget", "BudgetGate", "BudgetReached", "halted", "period_of", "raise_budget"]
+__all__ = [
+    "Budget",
+    "BudgetGate",
+    "BudgetReached",
+    "halted",
+    "in_force",
+    "limits_line",
+    "period_of",
+    "run_limits",
+    "set_limits",
+]
 
 Period = Literal["hour", "day", "month"]
 _FORMATS: dict[str, str] = {"hour": "%Y-%m-%dT%H", "day": "%Y-%m-%d", "month": "%Y-%m"}
@@ -73,12 +85,13 @@ class Budget:
 
 class BudgetReached(RunError):
     """A `DurableAgent` run reached its budget and is parked; raise the budget
-    (`raise_budget`) and call `run` again to go on."""
+    (`DurableAgent.raise_budget`) and call `run` again to go on."""
 
     def __init__(self, run_id: str, figures: JsonValue) -> None:
         super().__init__(
             f"run {run_id!r} reached its budget ({figures}): raise it with"
-            f" `agentfsm budget {run_id} --requests N` (or `raise_budget`), then run it again"
+            f" `agentfsm budget {run_id} --requests N` (or `DurableAgent.raise_budget`), then run"
+            " it again"
         )
         self.run_id = run_id
         self.figures = figures
@@ -95,6 +108,30 @@ async def halted(run: Run[Any]) -> bool:
 def period_of(per: Period | None, at: float) -> str:
     """The ledger period `at` (unix seconds) falls in: "2026-12-02" for a day, "all" for none."""
     return "all" if per is None else time.strftime(_FORMATS[per], time.gmtime(at))
+
+
+async def in_force(store: Store, subject: str, declared: Budget | None) -> dict[str, int]:
+    """The limits in force for `subject` ("run/<id>", "scope/<name>"), as ledger figures:
+    the declared ones, each replaced by the one people set (`set_limits`), lower or
+    higher. The one rule `admit`, `agentfsm budget`, `show`, the UI and the errors use."""
+    limits = declared.ledger_limits() if declared is not None else {}
+    limits.update(await store.ledger.limits(subject))
+    return limits
+
+
+def limits_line(limits: Mapping[str, int]) -> str:
+    """Limits as people read them: "requests 2, total_tokens 500, cost $0.50" ("-": none)."""
+    shown = [
+        f"cost ${value * COST_UNIT:.6g}" if name == "cost_nusd" else f"{name} {value}"
+        for name, value in sorted(limits.items())
+    ]
+    return ", ".join(shown) or "-"
+
+
+async def run_limits(store: Store, machine: object, run_id: str) -> dict[str, int]:
+    """The limits in force for run `run_id` (`in_force`), `machine` its agent if known."""
+    gate = getattr(machine, "budget_gate", None)
+    return await in_force(store, f"run/{run_id}", gate.run_budget if gate is not None else None)
 
 
 def figures(usage: Mapping[str, int]) -> dict[str, int]:
@@ -119,38 +156,29 @@ class BudgetGate:
     on_budget: str | None
     memory_type: type[BaseModel]
 
-    async def admit(self, memory: Any, ctx: StepContext) -> int | None:
-        """`StepHalted` when one more model request would go past a budget; else how many
-        requests the run's own budget still allows (None: no limit on requests)."""
+    async def admit(self, memory: Any, ctx: StepContext) -> None:
+        """Before one model request: `StepHalted` when a budget in force (`in_force`) is
+        reached, counting what the run's committed events and this transition's tries so far
+        paid (and, for a scope, what its other runs committed)."""
         store = ctx.store
         if store is None:
-            return None
+            return
         spent = figures(ctx.spent)
-        left: int | None = None
         if self.run_budget is not None:
-            used = figures({k: ctx.usage.get(k, 0) + ctx.spent.get(k, 0) for k in
-                            {*ctx.usage, *ctx.spent}})  # fmt: skip
-            limits = self.run_budget.ledger_limits()
-            if over(limits, used):  # the declared limits, or the raised ones
-                limits.update(await store.ledger.limits(f"run/{ctx.run_id}"))
-                reached = over(limits, used)
-                if reached:
-                    raise self._halt("run", ctx.run_id, reached, used, None)
-            if "requests" in limits:
-                left = limits["requests"] - used.get("requests", 0)
+            used = figures(added(ctx.usage, ctx.spent))
+            limits = await in_force(store, f"run/{ctx.run_id}", self.run_budget)
+            reached = over(limits, used)
+            if reached:
+                raise self._halt("run", ctx.run_id, reached, used, None)
         if self.scope_budget is not None and self.scope is not None:
             scope = self.scope(memory)
             period = period_of(self.scope_budget.per, time.time())
-            ledger = store.ledger
-            totals = figures(await ledger.scope_usage(scope, period))
+            totals = figures(await store.ledger.scope_usage(scope, period))
             used = {k: totals.get(k, 0) + spent.get(k, 0) for k in {*totals, *spent}}
-            limits = self.scope_budget.ledger_limits()
-            if over(limits, used):
-                limits.update(await ledger.limits(f"scope/{scope}"))
-                reached = over(limits, used)
-                if reached:
-                    raise self._halt("scope", scope, reached, used, period)
-        return left
+            limits = await in_force(store, f"scope/{scope}", self.scope_budget)
+            reached = over(limits, used)
+            if reached:
+                raise self._halt("scope", scope, reached, used, period)
 
     def _halt(
         self,
@@ -188,7 +216,7 @@ class BudgetGate:
         return ScopeCharge(scope=self.scope(memory), period=period_of(per, at), expires_at=expires)
 
 
-async def raise_budget(
+async def set_limits(
     store: Store,
     *,
     run_id: str | None = None,
@@ -196,7 +224,7 @@ async def raise_budget(
     limits: Budget,
 ) -> None:
     """Set the limits of one run (`run_id`) or of a scope, in place of the declared ones
-    (limits left None keep theirs). A scope's raised limits hold for every period (a day's
+    (limits left None keep theirs). A scope's set limits hold for every period (a day's
     limit raised stays raised the next days) until set again. Runs parked by the budget stay
     parked: `Agent.raise_budget` also sends them on."""
     if (run_id is None) == (scope is None):
@@ -204,5 +232,5 @@ async def raise_budget(
     subject = f"run/{run_id}" if run_id is not None else f"scope/{scope}"
     new = limits.ledger_limits()
     if not new:
-        raise RunError("raise_budget: give at least one limit (requests=, total_tokens=, ...)")
+        raise RunError("set_limits: give at least one limit (requests=, total_tokens=, ...)")
     await store.ledger.set_limits(subject, dict(new))

@@ -28,13 +28,15 @@ from pydantic_ai.models.wrapper import WrapperModel
 from pydantic_ai.settings import ModelSettings
 from pydantic_ai.tools import ToolDefinition
 from pydantic_ai.toolsets import AbstractToolset, ToolsetTool, WrapperToolset
-from pydantic_ai.usage import RunUsage
 
-from statemachine import Run, RunError, StepContext, StepResult
+from statemachine import Run, RunError, StepContext
+from statemachine.engine import StepResult
 from storage import Event
 
-from ._budget import BudgetGate, BudgetReached
-from ._durable_steps import (
+from ..spending._budget import BudgetReached
+from ..spending._paid import Spending, model_label, paid_request
+from ..steps._tool_engine import args_digest, call_key, record_outcome, replay_outcome
+from ._steps import (
     DEFER,
     FAIL,
     MODEL_REQUEST,
@@ -51,9 +53,7 @@ from ._durable_steps import (
     RunMoved,
     rounds_of,
 )
-from ._durable_stream import journaled_stream
-from ._ratelimit import RateLimit, rate_limited
-from ._tool_engine import args_digest, call_key, charge, record_outcome, replay_outcome
+from ._stream import journaled_stream
 
 __all__ = ["Journal", "idempotency_key"]
 
@@ -90,8 +90,7 @@ class Journal(AbstractCapability[Any]):
     _requests: list[ModelRequest | None] = field(default_factory=list, repr=False)
     _tools: dict[tuple[int, int, str], dict[str, JsonValue]] = field(default_factory=dict)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
-    gate: BudgetGate | None = field(default=None, repr=False)
-    rate_limits: tuple[RateLimit, ...] = field(default=(), repr=False)
+    spending: Spending | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         for e in self.events:
@@ -208,29 +207,12 @@ class Journal(AbstractCapability[Any]):
         request: ModelRequest | None,
         send: Callable[[], Awaitable[ModelResponse]],
     ) -> StepResult[DurableMemory]:
-        """One model request (`send`, plain or streamed) as the model-request step: admitted
-        by the budget, given a rate-limit slot, its usage charged to the transition whether
-        it answers or fails, and what it adds to the conversation."""
-        if self.gate is not None:
-            await self.gate.admit(None, ctx)  # StepHalted when over the budget
-        try:
-            async with rate_limited(ctx, self.rate_limits, wrapped.model_name, None) as report:
-                response = await send()
-                report(response.usage.input_tokens + response.usage.output_tokens)
-        except Exception:
-            charge(ctx, RunUsage(requests=1))
-            raise
-        spent = charge(
-            ctx,
-            RunUsage(
-                requests=1,
-                input_tokens=response.usage.input_tokens,
-                output_tokens=response.usage.output_tokens,
-            ),
-        )
+        """One model request (`send`, plain or streamed) as the model-request step: the one
+        paid request (`agents.spending._paid`), and what it adds to the conversation."""
+        response = await paid_request(self.spending, None, ctx, model_label(wrapped), send)
         sent: list[ModelMessage] = [response] if request is None else [request, response]
         dumped: list[JsonValue] = ModelMessagesTypeAdapter.dump_python(sent, mode="json")
-        return StepResult(memory=self.run.memory, usage=spent, messages=dumped)
+        return StepResult(memory=self.run.memory, usage=dict(ctx.spent), messages=dumped)
 
     def next_request(
         self, messages: list[ModelMessage]

@@ -20,7 +20,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic_ai import RunContext
 from pydantic_ai.messages import (
@@ -34,15 +34,41 @@ from pydantic_ai.models import Model, ModelRequestParameters, StreamedResponse
 from pydantic_ai.settings import ModelSettings
 from pydantic_ai.usage import RequestUsage
 
-from statemachine import StepContext, StepResult
+from statemachine import StepContext
+from statemachine.engine import StepResult
 
-from ._durable_steps import MODEL_REQUEST, DurableMemory
-from ._llm_stream import forward
+from ..steps._llm_stream import forward
+from ._steps import MODEL_REQUEST, DurableMemory
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from pydantic_ai.messages import ModelRequest
+
     from storage import Event
 
-    from ._durable_journal import Journal
+
+class Journal(Protocol):
+    """What a streamed request needs of the journal (`_durable_journal.Journal` is it)."""
+
+    def next_request(
+        self, messages: list[ModelMessage]
+    ) -> tuple[ModelRequest | None, ModelResponse | None]: ...
+
+    async def fire(
+        self, trigger: str, op: Callable[[StepContext], Awaitable[StepResult[DurableMemory]]]
+    ) -> Event: ...
+
+    async def paid_request(
+        self,
+        ctx: StepContext,
+        wrapped: Model,
+        request: ModelRequest | None,
+        send: Callable[[], Awaitable[ModelResponse]],
+    ) -> StepResult[DurableMemory]: ...
+
+    def committed_request(self, request: ModelRequest | None, event: Event) -> ModelResponse: ...
+
 
 __all__ = ["journaled_stream"]
 

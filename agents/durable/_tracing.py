@@ -20,9 +20,9 @@ from pydantic_ai.messages import ModelResponse, ToolCallPart
 from pydantic_ai.tools import ToolDefinition
 
 from statemachine import Run
-from statemachine._tracing import traced, transition_span
+from statemachine.engine import traced, transition_span
 
-from ._durable_steps import MODEL_REQUEST, TOOL_CALL, DurableMemory
+from ._steps import MODEL_REQUEST, TOOL_CALL, DurableMemory
 
 __all__ = ["traced_steps"]
 

@@ -45,15 +45,22 @@ from pydantic_ai.tool_manager import ToolManager
 from pydantic_ai.toolsets import AbstractToolset, FunctionToolset
 from pydantic_ai.usage import UsageLimits
 
-from statemachine import DefinitionError, Graph, RunError, RunLocked, RunTakenOver, WatchItem
-from statemachine._tracing import attached
+from statemachine import DefinitionError, RunError, RunLocked
+from statemachine.engine import Graph, WatchItem, attached
+from statemachine.errors import RunTakenOver
 from storage import Event, StorageError, Store
 
-from ._budget import Budget, BudgetGate, halted
-from ._durable_approvals import answers_to, approve_tool_call
-from ._durable_events import stream_events
-from ._durable_journal import Journal, idempotency_key
-from ._durable_steps import (
+from .._operations import approve_tool_call
+from .._report import render_report
+from ..spending._budget import Budget, BudgetGate, halted, set_limits
+from ..spending._paid import Spending
+from ..spending._ratelimit import RateLimit
+from ..steps._llm import ModelSpec
+from ..steps._tool_engine import MODEL_POLICY, TOOL_POLICY, StepPolicy, args_digest
+from ._approvals import answers_to
+from ._events import stream_events
+from ._journal import Journal, idempotency_key
+from ._steps import (
     ANSWER,
     APPROVAL,
     Answer,
@@ -67,11 +74,7 @@ from ._durable_steps import (
     load_prompt,
     rounds_of,
 )
-from ._durable_tracing import traced_steps
-from ._llm import ModelSpec
-from ._ratelimit import RateLimit
-from ._report import render_report
-from ._tool_engine import MODEL_POLICY, TOOL_POLICY, StepPolicy, args_digest
+from ._tracing import traced_steps
 
 __all__ = [
     "DurableAgent",
@@ -194,11 +197,11 @@ class DurableAgent(Generic[AgentDepsT, OutputT]):
         self.model_policy = model_policy
         self.tool_policy = tool_policy
         self.fingerprint = _fingerprint(agent)
-        self.gate = None if budget is None else BudgetGate(
+        gate = None if budget is None else BudgetGate(
             run_budget=budget, scope_budget=None, scope=None, on_budget=None,
             memory_type=DurableMemory,
         )  # fmt: skip
-        self.rate_limits = tuple(rate_limits)
+        self.spending = Spending(gate=gate, rate_limits=tuple(rate_limits))
         self.machine = durable_machine(
             stable, version, model_policy=model_policy, tool_policy=tool_policy, lease_ttl=lease_ttl
         )
@@ -271,7 +274,7 @@ class DurableAgent(Generic[AgentDepsT, OutputT]):
             options["output_type"] = output_type
         for _ in range(100):
             journal = Journal(run=run, events=await run.history(), notify=on_event,
-                              gate=self.gate, rate_limits=self.rate_limits)  # fmt: skip
+                              spending=self.spending)  # fmt: skip
             try:
                 with attached(run.record):  # pydantic-ai's spans join the run's trace
                     return await self._replay(journal, options)
@@ -296,6 +299,11 @@ class DurableAgent(Generic[AgentDepsT, OutputT]):
     ) -> AgentRunResult[OutputT]:
         """`run`, for code that is not async (the same arguments)."""
         return asyncio.run(self.run(user_prompt, **kwargs))
+
+    async def raise_budget(self, run_id: str, *, limits: Budget) -> None:
+        """Set new limits for run `run_id` in place of the declared `budget` (lower or
+        higher); a run its budget parked goes on at its next `run(run_id=...)`."""
+        await set_limits(self.store, run_id=run_id, limits=limits)
 
     async def approve(
         self,

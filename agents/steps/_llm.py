@@ -20,21 +20,13 @@ from pydantic_ai.exceptions import UserError
 from pydantic_ai.messages import ModelMessagesTypeAdapter
 from pydantic_ai.models import Model, infer_model
 from pydantic_ai.toolsets import ExternalToolset
-from pydantic_ai.usage import RunUsage, UsageLimits
+from pydantic_ai.usage import UsageLimits
 
-from statemachine import (
-    DefinitionError,
-    RetryPolicy,
-    RunError,
-    StepContext,
-    StepResult,
-    Transition,
-    transition,
-)
-from statemachine._table import Guard
+from statemachine import DefinitionError, RunError, StepContext, transition
+from statemachine.engine import Guard, RetryPolicy, StepResult, Transition
 
+from ..spending._paid import PaidModel, Spending, model_label
 from ._llm_stream import live_handler
-from ._spending import Spending, spend
 from ._steps import Reducer, apply_output
 from ._tool_calls import TOOL_CALLS_ROUTE, FunctionTool, function_tools, tool_results
 from ._tool_engine import StepPolicy, tool_answer
@@ -66,10 +58,7 @@ def check_model(model: ModelSpec | None, where: str) -> Model:
 def model_name(model: ModelSpec | None) -> str:
     if model is None:
         return "?"
-    if isinstance(model, Model):
-        name = model.model_name
-        return name if name.startswith("offline:") else f"{model.system}:{name}"
-    return model
+    return model_label(model) if isinstance(model, Model) else model
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -155,21 +144,20 @@ class LlmStep:
         )
         past = await ctx.conversation() if self.history else []
         answers = await self._answers(ctx) if self.tools else None
-        usage = RunUsage()  # pydantic-ai counts into it as it goes, also when the run fails
         agent = self._agent()
+        assert agent.model is not None and not isinstance(agent.model, str)
+        # Each request pydantic-ai makes in this try (output retries too) is a paid one.
+        model = PaidModel(agent.model, self.spending, memory, ctx)
         try:
-            result = await spend(
-                self.spending, memory, ctx, self.label, 1 + self.output_retries, usage,
-                lambda limit: agent.run(
+            result = await agent.run(
                 None if answers is not None else prompt,  # tool results go on, no new prompt
+                model=model,
                 instructions=instructions,
                 message_history=ModelMessagesTypeAdapter.validate_python(past) if past else None,
                 deferred_tool_results=answers,
-                usage=usage,
-                    usage_limits=UsageLimits(request_limit=limit),
-                    event_stream_handler=live_handler(ctx, agent.model),
-                ),
-            )  # fmt: skip
+                usage_limits=UsageLimits(request_limit=1 + self.output_retries),
+                event_stream_handler=live_handler(ctx, agent.model),
+            )
         finally:
             await ctx.live.drain()  # the last tokens reach watchers before the commit
         value = result.output

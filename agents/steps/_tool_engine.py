@@ -40,7 +40,8 @@ from pydantic_ai.exceptions import (
 )
 from pydantic_ai.usage import RunUsage
 
-from statemachine import RetryPolicy, StepContext
+from statemachine import StepContext
+from statemachine.engine import RetryPolicy
 
 __all__ = [
     "MODEL_POLICY",

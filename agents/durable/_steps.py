@@ -30,12 +30,18 @@ from pydantic_ai import DeferredToolRequests, DeferredToolResults, ToolDenied
 from pydantic_ai.messages import ModelMessagesTypeAdapter, ModelRequest, UserContent, UserPromptPart
 from pydantic_ai.tools import ToolApproved
 
-from statemachine import RetryPolicy, Run, RunError, StepContext, StepResult, transition
-from statemachine._table import Transition
+from statemachine import Run, RunError, StepContext, transition
+from statemachine.engine import RetryPolicy, StepResult, Transition
 from storage import Event
 
-from ._agent import Agent
-from ._tool_engine import MODEL_POLICY, TOOL_POLICY, StepPolicy, args_digest, tool_answer
+from .._agent import Agent
+from ..steps._tool_engine import (
+    MODEL_POLICY,
+    TOOL_POLICY,
+    StepPolicy,
+    args_digest,
+    tool_answer,
+)
 
 __all__ = [
     "PENDING",

@@ -12,16 +12,9 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, JsonValue, TypeAdapter, ValidationError
 
-from statemachine import (
-    DefinitionError,
-    InvalidPayload,
-    RetryPolicy,
-    StepContext,
-    StepResult,
-    Transition,
-    transition,
-)
-from statemachine._table import Guard
+from statemachine import DefinitionError, StepContext, transition
+from statemachine.engine import Guard, RetryPolicy, StepResult, Transition
+from statemachine.errors import InvalidPayload
 
 __all__ = ["ToolStep", "WaitStep", "apply_output", "tool", "wait"]
 

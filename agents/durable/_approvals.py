@@ -6,16 +6,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from pydantic import JsonValue
 from pydantic_ai import DeferredToolRequests, DeferredToolResults, ModelRetry, ToolDenied
 from pydantic_ai.tools import ToolApproved
 
-from statemachine import RunError, RunNotFound
-from storage import Event, Store
+from statemachine import Machine, RunError, RunNotFound
+from storage import Store
 
-from ._durable_steps import ANSWER, APPROVAL, DURABLE_KIND, Answer, durable_machine, rounds_of
-from ._tool_engine import args_digest, record_outcome
+from ..steps._tool_engine import args_digest, record_outcome
+from ._steps import APPROVAL, DURABLE_KIND, Answer, durable_machine, rounds_of
 
-__all__ = ["answers_to", "approve_tool_call"]
+__all__ = ["answers_to", "approval"]
 
 
 async def answers_to(
@@ -57,35 +58,29 @@ def _approval(segment: int, call_id: str, args: dict[str, Any], value: Any) -> A
                   override_args=override, digest=args_digest(approved_args))  # fmt: skip
 
 
-async def approve_tool_call(
+async def approval(
     store: Store,
     run_id: str,
     tool_call_id: str,
     *,
     args: Mapping[str, Any] | None = None,
     deny: str | None = None,
-) -> Event:
-    """Answer one call that a waiting DurableAgent run deferred for approval, from any process.
-
-    Approves the call with the arguments the model gave, or with `args` (they replace the
-    model's); with `deny`, denies it and the model is told `deny`. The answer is committed
-    with the sha256 of the exact arguments approved; once every deferred call is answered
-    the run can go on (`DurableAgent.run(run_id=...)`). Needs only the store: the agent
-    itself is not loaded. Returns the committed event.
-
-    Raises `RunNotFound`; `RunError` when the run is not a DurableAgent run, is not waiting,
-    or has no call `tool_call_id` waiting for approval (the message lists those that are).
-    """
+) -> tuple[Machine[Any], JsonValue]:
+    """The machine of DurableAgent run `run_id` and the answer payload that approves (or,
+    with `deny`, denies) its deferred call `tool_call_id`; `RunError` naming why there is
+    none (see `approve_tool_call`). Writes nothing."""
     record = await store.load(run_id)
     if record is None:
         raise RunNotFound(run_id)
     if record.memory.get("kind") != DURABLE_KIND:
         raise RunError(f"run {run_id!r} is not a DurableAgent run (agent {record.agent!r})")
-    run = await durable_machine(record.agent, record.version).resume(store, run_id)
-    rounds = rounds_of(await run.history())
-    current = rounds[-1] if rounds and run.state == APPROVAL else None
+    machine = durable_machine(record.agent, record.version)
+    rounds = rounds_of(await store.history(run_id))
+    current = rounds[-1] if rounds and record.state == APPROVAL else None
     if current is None:
-        raise RunError(f"run {run_id!r} is {run.status} in state {run.state!r}: nothing to approve")
+        raise RunError(
+            f"run {run_id!r} is {record.status} in state {record.state!r}: nothing to approve"
+        )
     waiting = [c for c in current.requests.approvals if c.tool_call_id in current.pending]
     call = next((c for c in waiting if c.tool_call_id == tool_call_id), None)
     if call is None:
@@ -99,7 +94,5 @@ async def approve_tool_call(
         else ToolApproved(override_args=dict(args) if args is not None else None)
     )
     answer = _approval(len(rounds) - 1, tool_call_id, call.args_as_dict(), value)
-    try:
-        return await run.send(ANSWER, answer.model_dump(mode="json"))
-    finally:
-        await run.release(quiet=True)
+    payload: JsonValue = answer.model_dump(mode="json")
+    return machine, payload

@@ -25,7 +25,7 @@ from pydantic_ai.messages import (
 from pydantic_ai.models.function import FunctionModel
 
 from statemachine import StepContext
-from statemachine._live import StepLive
+from statemachine.engine import StepLive
 
 __all__ = ["Handler", "forward", "live_handler"]
 

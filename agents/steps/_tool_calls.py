@@ -30,15 +30,8 @@ from pydantic_ai import ModelRetry
 from pydantic_ai.messages import ModelMessagesTypeAdapter, ModelResponse, ToolCallPart
 from pydantic_ai.tools import ToolDefinition
 
-from statemachine import (
-    DefinitionError,
-    RetryPolicy,
-    RunError,
-    StepContext,
-    StepResult,
-    Transition,
-    transition,
-)
+from statemachine import DefinitionError, RunError, StepContext, transition
+from statemachine.engine import RetryPolicy, StepResult, Transition
 from storage import Event
 
 from ._tool_engine import call_key, record_outcome

@@ -1,0 +1,125 @@
+"""The actions people take on runs, for Python, the CLI and the web UI alike: the engine's
+operations (`statemachine._operations`: resume, send, retry, cancel, fork) plus approve and
+deny of a `DurableAgent` run's deferred tool call, which is a `send` of the answer.
+
+`check_action` is the dry run (what it will commit, or `Refused` naming why not), and
+`do_action` the deed; both take the agent (`machine`) when the action needs its table, and
+find a DurableAgent run's machine from the store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any
+
+from statemachine import Machine, RunNotFound
+from statemachine.engine import ACTIONS, Done, Plan, Refused, check, operate
+from storage import Event, Store
+
+from .durable._approvals import approval
+from .durable._steps import ANSWER
+
+__all__ = ["AGENT_ACTIONS", "approve_tool_call", "check_action", "do_action"]
+
+AGENT_ACTIONS: tuple[str, ...] = (*ACTIONS, "approve", "deny")
+
+
+async def _target(
+    store: Store,
+    run_id: str,
+    action: str,
+    machine: Machine[Any] | None,
+    args: dict[str, Any],
+) -> tuple[Machine[Any], dict[str, Any], str | None]:
+    """The machine the action runs on, its engine arguments, and its own CLI command (for
+    approve/deny, which the engine does as a `send`)."""
+    if action not in AGENT_ACTIONS:
+        raise Refused(f"unknown action {action!r}: one of {', '.join(AGENT_ACTIONS)}")
+    if action in ("approve", "deny"):
+        deny = args.get("message", "") if action == "deny" else None
+        machine, payload = await approval(
+            store, run_id, str(args.get("call", "")), args=args.get("args"), deny=deny
+        )
+        flag = f" --deny {deny!r}" if deny is not None else ""
+        if args.get("args") is not None:
+            flag += " --args '...'"
+        command = f"agentfsm approve {run_id} {args.get('call')}{flag}"
+        return machine, {"event": ANSWER, "payload": payload}, command
+    if machine is None:
+        record = await store.load(run_id)
+        if record is None:
+            raise RunNotFound(run_id)
+        raise Refused(
+            f"the agent {record.agent!r} of run {run_id!r} is not known here: pass --agent"
+            " MODULE:AGENT (or register the agent)"
+        )
+    engine = {k: v for k, v in args.items() if k in _ENGINE_ARGS}
+    return machine, engine, None
+
+
+_ENGINE_ARGS = frozenset({"event", "payload", "reason", "at", "new_run_id", "memory_update"})
+
+
+async def check_action(
+    store: Store, run_id: str, action: str, *, machine: Machine[Any] | None = None,
+    **args: Any,
+) -> Plan:  # fmt: skip
+    """What `action` will commit on run `run_id` (writing nothing), or `Refused` (a
+    `RunError`) / the argument's own error naming why not."""
+    target, engine, command = await _target(store, run_id, action, machine, args)
+    plan = await check(target, store, run_id, "send" if command else action, **engine)
+    return replace(plan, action=action, command=command) if command else plan
+
+
+async def do_action(
+    store: Store,
+    run_id: str,
+    action: str,
+    *,
+    machine: Machine[Any] | None = None,
+    expect_seq: int | None = None,
+    drive: bool = False,
+    lease_wait: float | None = None,
+    **args: Any,
+) -> Done:
+    """Do `action` (checked again first): see `statemachine._operations.operate`."""
+    target, engine, command = await _target(store, run_id, action, machine, args)
+    done = await operate(
+        target, store, run_id, "send" if command else action, expect_seq=expect_seq,
+        drive=drive and command is None, lease_wait=lease_wait, **engine,
+    )  # fmt: skip
+    if command:
+        then = f"the run goes on when it is run again: DurableAgent.run(run_id={run_id!r})"
+        plan = replace(done.plan, action=action, command=command)
+        done = replace(done, plan=plan, then=then if not done.again else done.then)
+    return done
+
+
+async def approve_tool_call(
+    store: Store,
+    run_id: str,
+    tool_call_id: str,
+    *,
+    args: Mapping[str, Any] | None = None,
+    deny: str | None = None,
+) -> Event:
+    """Answer one call that a waiting DurableAgent run deferred for approval, from any process.
+
+    Approves the call with the arguments the model gave, or with `args` (they replace the
+    model's); with `deny`, denies it and the model is told `deny`. The answer is committed
+    with the sha256 of the exact arguments approved; once every deferred call is answered
+    the run can go on (`DurableAgent.run(run_id=...)`). Needs only the store: the agent
+    itself is not loaded. Returns the committed event. The engine operation "approve" /
+    "deny" (`agents._operations`), as the CLI and the UI do it.
+
+    Raises `RunNotFound`; `RunError` when the run is not a DurableAgent run, is not waiting,
+    or has no call `tool_call_id` waiting for approval (the message lists those that are).
+    """
+    action = "deny" if deny is not None else "approve"
+    done = await do_action(
+        store, run_id, action, call=tool_call_id, args=dict(args) if args is not None else None,
+        message=deny,
+    )  # fmt: skip
+    assert done.event is not None
+    return done.event

@@ -1,0 +1,105 @@
+"""The named hooks of a run's step protocol: what happens beside a step and its commit, kept
+out of the runner's loop (`Run._run_and_commit` calls them by name, in this order):
+
+    before_step       a try of a step begins
+    after_try_failed  a try raised (retried or not)
+    before_commit     what the commit also writes (arguments of `Store.commit`)
+    after_commit      the commit landed (also, on picking a run up, for its last commit:
+                      a crash may have cut that call short)
+
+The hooks every run has: `LiveHook` (the live channel: step started, failed, committed),
+`TracingHook` (a failed try on the transition's span) and `ChargesHook` (a budget scope's
+charge, made by the commit where the store can, after it elsewhere: `Machine.scope_charge`,
+`Machine.after_commit`). The transition's span itself wraps each transition (`_tracing`).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel
+
+from ._tracing import step_failed
+
+if TYPE_CHECKING:
+    from storage import Event, RunRecord, Store
+
+    from ._live import Publisher
+    from ._spec import MachineSpec
+    from ._table import Transition
+
+__all__ = ["ChargesHook", "Hook", "LiveHook", "TracingHook"]
+
+
+class Hook:
+    """A hook of the step protocol (see the module doc); each method does nothing here."""
+
+    name = "hook"
+
+    async def before_step(self, t: Transition, seq: int, attempt: int, first: bool) -> None:
+        """A try of `t` begins after commit `seq`; `first`: the first step under the lease
+        this process holds."""
+
+    def after_try_failed(self, seq: int, attempt: int, error: BaseException, again: bool) -> None:
+        """Try `attempt` raised `error`; `again`: it will be tried again."""
+
+    def before_commit(self, memory: BaseModel, event: Event) -> dict[str, Any]:
+        """Arguments the commit of `event` also takes (`Store.commit`'s keywords)."""
+        return {}
+
+    async def after_commit(self, record: RunRecord, event: Event, *, again: bool) -> None:
+        """`event` is committed (`record` is the run after it); `again`: called once more
+        for the last commit when a process picks the run up."""
+
+
+class LiveHook(Hook):
+    """The run's live channel: a step's start (stored before the first step under a lease
+    runs: crash accounting reads it, `Run._deaths_in_step`), failed tries, commits."""
+
+    name = "live"
+
+    def __init__(self, live: Publisher) -> None:
+        self.live = live
+
+    async def before_step(self, t: Transition, seq: int, attempt: int, first: bool) -> None:
+        assert t.step is not None
+        if first:
+            await self.live.started_now(seq, t.trigger, attempt, t.step.kind, t.step.label)
+        else:
+            self.live.started(seq, t.trigger, attempt, t.step.kind, t.step.label)
+
+    def after_try_failed(self, seq: int, attempt: int, error: BaseException, again: bool) -> None:
+        self.live.failed(seq, attempt, error, again)
+
+    async def after_commit(self, record: RunRecord, event: Event, *, again: bool) -> None:
+        if not again:
+            self.live.committed(event)
+
+
+class TracingHook(Hook):
+    """A failed try, recorded on the transition's span."""
+
+    name = "tracing"
+
+    def after_try_failed(self, seq: int, attempt: int, error: BaseException, again: bool) -> None:
+        step_failed(error, attempt, retry=again)
+
+
+class ChargesHook(Hook):
+    """What a commit charges beside the run: `Machine.scope_charge` (made by the commit) and
+    `Machine.after_commit` (after it, and again on pick-up; idempotent by the event key)."""
+
+    name = "charges"
+
+    def __init__(self, machine: MachineSpec[Any], store: Store) -> None:
+        self.machine = machine
+        self.store = store
+
+    def before_commit(self, memory: BaseModel, event: Event) -> dict[str, Any]:
+        charge_of = self.machine.scope_charge
+        charge = None if charge_of is None else charge_of(memory, event, self.store)
+        return {} if charge is None else {"scope_charge": charge}  # stores without: no keyword
+
+    async def after_commit(self, record: RunRecord, event: Event, *, again: bool) -> None:
+        for hook in self.machine.after_commit:
+            await hook(record, event, self.store)

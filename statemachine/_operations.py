@@ -1,0 +1,311 @@
+"""What people do to runs, one engine operation per action, each with its dry run.
+
+    resume   drive the run on from its last commit (a failed run is retried first)
+    send     deliver an event to a waiting run (`Run.send`)
+    retry    put a failed run, or one a budget parked, back where it stopped (`Run.retry`)
+    cancel   stop the run for good (`Run.cancel`)
+    fork     a new run from a past commit of this one (`Machine.fork`)
+
+`check` says what an action will commit, writing nothing, or raises `Refused` naming why
+not and the way out; `operate` checks again and does it. Python, the CLI and the web UI call
+these two and nothing else, so they answer alike for every action on every run status
+(`agents` adds approve/deny and raising a budget on the same terms).
+
+An operation that leaves a run `running` hands it to whatever drives runs (`hand_off`):
+queued when live workers serve its agent; else driven on in the caller's process if it asked
+(`drive=True`, as the CLI does), else left for `agentfsm resume`, with the command said.
+`expect_seq` makes an operation commit once however often it is asked (a form posted twice):
+a run that moved past that seq by this very operation answers with what was done then.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
+
+from pydantic import JsonValue
+
+from .errors import RunError, RunNotFound
+
+if TYPE_CHECKING:
+    from storage import Event, RunRecord, Store
+
+    from ._machine import Machine
+    from ._runner import Run
+
+__all__ = [
+    "ACTIONS",
+    "Action",
+    "Done",
+    "Plan",
+    "Refused",
+    "check",
+    "hand_off",
+    "operate",
+    "workers_serve",
+]
+
+Action: TypeAlias = Literal["resume", "send", "retry", "cancel", "fork"]
+ACTIONS: tuple[Action, ...] = ("resume", "send", "retry", "cancel", "fork")
+_HEARTBEAT = 2.0
+"""Seconds between a worker's heartbeats (`Worker(heartbeat=)`'s default)."""
+
+
+class Refused(RunError):
+    """The action cannot be done on the run as it is; nothing was written. The message
+    names why and the way out."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Plan:
+    """What an action will do, checked against the run as stored (nothing written)."""
+
+    action: str
+    run_id: str
+    seq: int
+    """The run's seq when checked: `operate(..., expect_seq=plan.seq)` commits only from it."""
+    commits: str
+    """What it commits, in one sentence."""
+    command: str
+    """The CLI command that does the same."""
+    retry_first: bool = False
+    """`resume` of a failed run, or one a budget parked: it commits a retry first."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Done:
+    """What an operation did."""
+
+    plan: Plan
+    run_id: str
+    """The run it leaves (for a fork: the new one)."""
+    event: Event | None
+    """What it committed (None: nothing, or it had been done before)."""
+    status: str
+    then: str
+    """Who drives the run on: "queued for the workers", "driven here", "left for ..."."""
+    again: bool = False
+    """True when it had been done before (a form posted twice): nothing was committed now."""
+
+
+def _cli(action: str, run_id: str, *words: str, **flags: Any) -> str:
+    """The CLI command line of an action (flags that are None or "" left out)."""
+    line = " ".join(["agentfsm", action, run_id, *words])
+    for name, value in flags.items():
+        if value is None or value == "":
+            continue
+        text = value if isinstance(value, str | int) else json.dumps(value)
+        line += f" --{name} {json.dumps(text) if ' ' in str(text) else text}"
+    return line
+
+
+async def _halted(store: Store, record: RunRecord) -> bool:
+    """Whether `record` is parked by a step's `StepHalted` (a budget)."""
+    if record.status != "waiting":
+        return False
+    last = await store.history(record.run_id, record.seq, record.seq)
+    return bool(last) and last[0].kind == "halt"
+
+
+async def check(
+    machine: Machine[Any],
+    store: Store,
+    run_id: str,
+    action: str,
+    *,
+    event: str | None = None,
+    payload: JsonValue = None,
+    reason: str = "",
+    at: int | None = None,
+    new_run_id: str | None = None,
+    memory_update: Mapping[str, Any] | None = None,
+) -> Plan:
+    """What `action` on run `run_id` will commit (see the module doc); `Refused` when it
+    cannot be done, `RunNotFound`, or the error the arguments meet (`InvalidPayload`,
+    `InvalidMemory`, `MemoryTooLarge`, `ValueError`). Writes nothing."""
+    record = await store.load(run_id)
+    if record is None:
+        raise RunNotFound(run_id)
+    if record.agent != machine.name:
+        raise Refused(f"run {run_id!r} belongs to {record.agent!r}, not to {machine.name!r}")
+    state, status, nxt = record.state, record.status, record.seq + 1
+
+    def plan(commits: str, command: str, retry_first: bool = False) -> Plan:
+        return Plan(action=action, run_id=run_id, seq=record.seq, commits=commits,
+                    command=command, retry_first=retry_first)  # fmt: skip
+
+    if action == "resume":
+        if status in ("done", "cancelled"):
+            raise Refused(f"run {run_id!r} is {status}: nothing to resume (fork it to go on)")
+        if status == "failed" or await _halted(store, record):
+            return plan(
+                f"commits a 'retry' event as seq {nxt} (back to where it stopped), then drives"
+                " it on", _cli("resume", run_id), retry_first=True,
+            )  # fmt: skip
+        if status == "waiting":
+            waits = [t.trigger for t in machine.table.out.get(state, ()) if t.waits]
+            return plan(
+                f"commits nothing: it waits in state {state!r} for {waits}", _cli("resume", run_id)
+            )
+        return plan(f"drives it on from state {state!r} (seq {record.seq})", _cli("resume", run_id))
+    if action == "send":
+        if event is None:
+            raise Refused("send: name the event")
+        run = await machine.resume(store, run_id)
+        t, checked = run._accept(event, payload)  # RunError naming what it waits for
+        await run._rehearse(t, checked)
+        dest = t.dest or "the state its route picks"
+        return plan(
+            f"commits event {event!r} as seq {nxt}: {state!r} → {dest!r}, payload"
+            f" {json.dumps(checked)}",
+            _cli("send", run_id, event, data=f"'{json.dumps(checked)}'"),
+        )
+    if action == "retry":
+        if status != "failed" and not await _halted(store, record):
+            raise Refused(
+                f"run {run_id!r} is {status}, not failed nor parked by a budget: nothing to retry"
+            )
+        return plan(
+            f"commits a 'retry' event as seq {nxt}: back to where it stopped, status running",
+            _cli("retry", run_id),
+        )
+    if action == "cancel":
+        if status in ("done", "cancelled"):
+            raise Refused(f"run {run_id!r} is already {status}")
+        return plan(
+            f"commits a 'cancel' event as seq {nxt}: the run stops for good in state {state!r}"
+            + (f" (reason: {reason})" if reason else ""), _cli("cancel", run_id, reason=reason),
+        )  # fmt: skip
+    if action == "fork":
+        if at is None:
+            raise Refused("fork: give the seq to fork at (--at SEQ)")
+        await machine.fork_plan(store, run_id, at, new_run_id=new_run_id,
+                                memory_update=memory_update)  # fmt: skip
+        flags = {"at": at, "run-id": new_run_id, "set": dict(memory_update or {}) or None}
+        return plan(
+            f"creates a new run {new_run_id or '(a new id)'} where {run_id!r} was right after"
+            f" seq {at}"
+            + (f", with {sorted(memory_update)} changed" if memory_update else "")
+            + "; the original stays as it is",
+            _cli("fork", run_id, **flags),
+        )
+    raise Refused(f"unknown action {action!r}: one of {', '.join(ACTIONS)}")
+
+
+async def operate(
+    machine: Machine[Any],
+    store: Store,
+    run_id: str,
+    action: str,
+    *,
+    expect_seq: int | None = None,
+    drive: bool = False,
+    lease_wait: float | None = None,
+    event: str | None = None,
+    payload: JsonValue = None,
+    reason: str = "",
+    at: int | None = None,
+    new_run_id: str | None = None,
+    memory_update: Mapping[str, Any] | None = None,
+) -> Done:
+    """Do `action` (`check`ed again first); what it did. With `expect_seq`, only from that
+    seq: asked again after it was done, it answers what was done (`Done.again`); asked after
+    the run moved otherwise, `Refused`. A run left `running` is handed on (`hand_off`)."""
+    args: dict[str, Any] = dict(event=event, payload=payload, reason=reason, at=at,
+                                new_run_id=new_run_id, memory_update=memory_update)  # fmt: skip
+    if action == "fork" and new_run_id is not None:
+        again = await _forked_before(store, run_id, at, new_run_id)
+        if again is not None:
+            return again
+    if expect_seq is not None:
+        record = await store.load(run_id)
+        if record is not None and record.seq != expect_seq:
+            return await _done_before(machine, store, record, action, expect_seq, args)
+    plan = await check(machine, store, run_id, action, **args)
+    if action == "fork":
+        assert at is not None
+        forked = await machine.fork(store, run_id, at, new_run_id=new_run_id,
+                                    memory_update=memory_update)  # fmt: skip
+        then = f"left for `agentfsm resume {forked.run_id}` (nothing runs until then)"
+        return Done(plan=plan, run_id=forked.run_id, event=None, status=forked.status, then=then)
+    run = await machine.resume(store, run_id, lease_wait=lease_wait)
+    committed: Event | None = None
+    try:
+        if action == "send":
+            assert event is not None
+            committed = await run.send(event, payload)
+        elif action == "retry" or plan.retry_first:
+            committed = await run.retry()
+        elif action == "cancel":
+            committed = await run.cancel(reason)
+    except BaseException:
+        await run.release(quiet=True)
+        raise
+    then = await hand_off(machine, run, drive=drive or action == "resume")
+    return Done(plan=plan, run_id=run_id, event=committed, status=run.status, then=then)
+
+
+async def _done_before(
+    machine: Machine[Any],
+    store: Store,
+    record: RunRecord,
+    action: str,
+    expect_seq: int,
+    args: dict[str, Any],
+) -> Done:
+    """`operate` asked from `expect_seq` of a run now past it: what this operation committed
+    then, or `Refused` when something else moved the run."""
+    mine = {"send": args["event"], "retry": "retry", "cancel": "cancel"}.get(action)
+    done = await store.history(record.run_id, expect_seq + 1, expect_seq + 1)
+    if mine is not None and done and done[0].trigger == mine:
+        plan = Plan(action=action, run_id=record.run_id, seq=expect_seq,
+                    commits=f"committed as seq {done[0].seq} before", command="")  # fmt: skip
+        return Done(plan=plan, run_id=record.run_id, event=done[0], status=record.status,
+                    then="as before: this was done already", again=True)  # fmt: skip
+    raise Refused(
+        f"run {record.run_id!r} moved on since this was checked (seq {expect_seq} → "
+        f"{record.seq}): look at it again before acting"
+    )
+
+
+async def _forked_before(store: Store, run_id: str, at: int | None, new_run_id: str) -> Done | None:
+    """The fork of `run_id` at `at` named `new_run_id`, made before (a form posted twice)."""
+    first = await store.history(new_run_id, 0, 0) if await store.load(new_run_id) else []
+    origin = first[0].output if first else None
+    if not (isinstance(origin, dict) and origin.get("forked_from") == run_id
+            and origin.get("at") == at):  # fmt: skip
+        return None
+    plan = Plan(action="fork", run_id=run_id, seq=-1, commits="forked before", command="")
+    return Done(plan=plan, run_id=new_run_id, event=None, status=first[0].status,
+                then="as before: this was done already", again=True)  # fmt: skip
+
+
+async def workers_serve(store: Store, agent: str) -> bool:
+    """Whether live workers on this store drive runs of `agent` (heartbeats within the last
+    three intervals)."""
+    now = time.time()
+    return any(
+        b.alive(now, _HEARTBEAT) and not b.stopping and agent in b.agents
+        for b in await store.queue.workers()
+    )
+
+
+async def hand_off(machine: Machine[Any], run: Run[Any], *, drive: bool) -> str:
+    """Give a run an operation left on to whatever drives runs; says which. A `running`
+    run goes to live workers of its agent (queued), else is driven on here (`drive`), else
+    is left for `agentfsm resume`. Other runs are only released."""
+    if run.status != "running":
+        await run.release(quiet=True)
+        return f"nothing to drive: the run is {run.status}"
+    if await workers_serve(run.store, machine.name):
+        await run.release(quiet=True)
+        await machine.enqueue(run.store, run.run_id)
+        return "queued for the workers"
+    if drive:
+        await run.until_done()
+        return f"driven here: now {run.status}"
+    await run.release(quiet=True)
+    return f"left for `agentfsm resume {run.run_id}` (no worker serves {machine.name!r})"
