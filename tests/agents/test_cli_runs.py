@@ -143,7 +143,8 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(
 
 def test_help_works_both_ways(tmp_path: Path) -> None:
     assert agentfsm("--help", cwd=tmp_path).returncode == 0
-    console = subprocess.run(["agentfsm", "--help"], capture_output=True, text=True, check=False)
+    script = Path(sys.executable).parent / "agentfsm"  # the console script this install made
+    console = subprocess.run([script, "--help"], capture_output=True, text=True, check=False)
     assert console.returncode == 0 and "resume" in console.stdout
 
 
