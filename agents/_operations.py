@@ -58,7 +58,9 @@ async def _target(
     return machine, engine, None
 
 
-_ENGINE_ARGS = frozenset({"event", "payload", "reason", "at", "new_run_id", "memory_update"})
+_ENGINE_ARGS = frozenset(
+    {"event", "payload", "reason", "at", "new_run_id", "memory_update", "memory"}
+)
 
 
 async def check_action(

@@ -1,5 +1,6 @@
 """What people do to runs, one engine operation per action, each with its dry run.
 
+    start    create the run (`Machine.start`: a run of that id that exists is returned)
     resume   drive the run on from its last commit (a failed run is retried first)
     send     deliver an event to a waiting run (`Run.send`)
     retry    put a failed run, or one a budget parked, back where it stopped (`Run.retry`)
@@ -26,7 +27,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
-from pydantic import JsonValue
+from pydantic import BaseModel, JsonValue
+
+from storage.base import check_run_id
 
 from .errors import RunError, RunNotFound
 
@@ -48,8 +51,8 @@ __all__ = [
     "workers_serve",
 ]
 
-Action: TypeAlias = Literal["resume", "send", "retry", "cancel", "fork"]
-ACTIONS: tuple[Action, ...] = ("resume", "send", "retry", "cancel", "fork")
+Action: TypeAlias = Literal["start", "resume", "send", "retry", "cancel", "fork"]
+ACTIONS: tuple[Action, ...] = ("start", "resume", "send", "retry", "cancel", "fork")
 _HEARTBEAT = 2.0
 """Seconds between a worker's heartbeats (`Worker(heartbeat=)`'s default)."""
 
@@ -122,10 +125,13 @@ async def check(
     at: int | None = None,
     new_run_id: str | None = None,
     memory_update: Mapping[str, Any] | None = None,
+    memory: BaseModel | Mapping[str, Any] | None = None,
 ) -> Plan:
     """What `action` on run `run_id` will commit (see the module doc); `Refused` when it
     cannot be done, `RunNotFound`, or the error the arguments meet (`InvalidPayload`,
     `InvalidMemory`, `MemoryTooLarge`, `ValueError`). Writes nothing."""
+    if action == "start":
+        return await _check_start(machine, store, run_id, memory)
     record = await store.load(run_id)
     if record is None:
         raise RunNotFound(run_id)
@@ -195,6 +201,30 @@ async def check(
     raise Refused(f"unknown action {action!r}: one of {', '.join(ACTIONS)}")
 
 
+async def _check_start(
+    machine: Machine[Any], store: Store, run_id: str, memory: BaseModel | Mapping[str, Any] | None
+) -> Plan:
+    command = "agentfsm run MODULE:AGENT --input JSON" + (f" --run-id {run_id}" if run_id else "")
+    existing = await store.load(check_run_id(run_id)) if run_id else None
+    if existing is not None:
+        if existing.agent != machine.name:
+            raise Refused(
+                f"run {run_id!r} exists and belongs to {existing.agent!r}, not to"
+                f" {machine.name!r}: pick another run id"
+            )
+        return Plan(action="start", run_id=run_id, seq=existing.seq, command=command,
+                    commits=f"commits nothing: run {run_id!r} exists ({existing.status} in"
+                    f" state {existing.state!r}); start returns it")  # fmt: skip
+    if memory is None:
+        raise Refused("start: give the run's memory")
+    fields = machine.storable_memory(memory, f"starting {machine.name!r}")  # or its error
+    commits = (
+        f"creates run {run_id or '(a new id)'!r} of {machine.name!r} v{machine.version} in state"
+        f" {machine.table.initial!r} (seq 0), memory fields {sorted(fields)}"
+    )
+    return Plan(action="start", run_id=run_id, seq=-1, command=command, commits=commits)
+
+
 async def operate(
     machine: Machine[Any],
     store: Store,
@@ -210,6 +240,7 @@ async def operate(
     at: int | None = None,
     new_run_id: str | None = None,
     memory_update: Mapping[str, Any] | None = None,
+    memory: BaseModel | Mapping[str, Any] | None = None,
 ) -> Done:
     """Do `action` (`check`ed again first); what it did. With `expect_seq`, only from that
     seq: asked again after it was done, it answers what was done (`Done.again`); asked after
@@ -224,7 +255,12 @@ async def operate(
         record = await store.load(run_id)
         if record is not None and record.seq != expect_seq:
             return await _done_before(machine, store, record, action, expect_seq, args)
-    plan = await check(machine, store, run_id, action, **args)
+    plan = await check(machine, store, run_id, action, memory=memory, **args)
+    if action == "start":
+        assert memory is not None or plan.seq >= 0
+        started = await machine.start(store, memory or {}, run_id=run_id, hold=True)
+        then = await hand_off(machine, started, drive=drive)
+        return Done(plan=plan, run_id=run_id, event=None, status=started.status, then=then)
     if action == "fork":
         assert at is not None
         forked = await machine.fork(store, run_id, at, new_run_id=new_run_id,

@@ -60,11 +60,26 @@ def memory_input(text: str) -> dict[str, Any]:
     arg("--input", required=True, metavar="JSON", help="the initial memory, as JSON"),
     arg("--run-id", help="an id of your choice; an existing run with it is continued"),
     MODEL,
+    DRY_RUN,
 )
 async def run(args: argparse.Namespace) -> int:
+    from statemachine import InvalidMemory
+
+    from .._operations import check_action
+
     memory = memory_input(args.input)
     async with opened(args) as store:
         agent = with_model(load_agent(args.agent, store), args.model)
+        if args.dry_run:
+            try:
+                plan = await check_action(
+                    store, args.run_id or "", "start", machine=agent, memory=memory
+                )
+            except InvalidMemory as exc:
+                raise UsageProblem(str(exc)) from None
+            out.print(f"would: {shown(plan.commits)}, then drive it")
+            out.print("nothing committed")
+            return EXIT_DONE
         return (await start_and_drive(store, agent, memory, args))[0]
 
 
@@ -227,9 +242,6 @@ async def drive(run: Run[Any], args: argparse.Namespace) -> int:
             err.print(f"retry it from there with: {shown(command_line('retry', run.run_id, args))}")
         return EXIT_FAILED
     return {"done": EXIT_DONE, "waiting": EXIT_WAITING}.get(run.status, EXIT_FAILED)
-
-
-DRY_RUN = arg("--dry-run", action="store_true", help="say what it would commit, and commit nothing")
 
 
 def _engine_args(args: argparse.Namespace) -> dict[str, Any]:

@@ -12,10 +12,15 @@ parks `waiting` where it is until its budget is raised (`Agent.raise_budget`,
 `agentfsm budget`)
 and it is sent on (`Run.retry()`, which the raise does).
 
-Concurrent runs of one scope read the scope's totals before their requests and are charged
-after their commits, so together they may overshoot a scope's limit by at most the
-requests in flight at that moment (each of which may pass the check at once). A run's own
-limit is exact: its requests are one at a time.
+Every model request is admitted (`agents.spending._paid`), output retries and tool-loop
+rounds included, against the limits in force (`in_force`: the declared ones, each replaced
+by one people set, lower or higher). Concurrent runs of one scope read the scope's totals
+before their requests and are charged after their commits, so together they may overshoot a
+scope's limit by the requests admitted and not yet committed at that moment: those in flight,
+and those a step with several requests (output retries) has answered but not committed yet.
+Reserving at admission would bound it by the requests in flight alone; that needs an atomic
+check-and-reserve in the store's ledger (not there yet). A run's own limit is exact: its
+requests are one at a time and counted in its transition's tally.
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ reason. Dry runs only: nothing is written."""
 from __future__ import annotations
 
 import html
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from pydantic_ai.models.test import TestModel
 from starlette.testclient import TestClient
 
 from agents import Agent, Budget, llm
-from agents._operations import check_action
+from agents._operations import check_action, do_action
 from agents.cli import main
 from agents.ui import create_app
 from statemachine import RunError
@@ -157,3 +158,32 @@ def test_a_fork_form_posted_twice_forks_once(world: Any) -> None:
     assert first.headers["location"] == again.headers["location"]
     forks = [r for r in run_sync(store.list_runs()) if r.run_id.startswith("done-fork-")]
     assert len(forks) == 1
+
+
+def test_start_is_checked_alike_by_python_and_the_cli(
+    world: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store, _, url = world
+    agent = AGENTS["ticket"]
+    for run_id, memory, ok in [
+        ("fresh", {"title": "t"}, True),
+        ("waiting", {"title": "t"}, True),  # exists: start returns it, committing nothing
+        ("fresh", {"ticks": "many"}, False),  # fails the schema
+    ]:
+        try:
+            plan = run_sync(check_action(store, run_id, "start", machine=ui_agent, memory=memory))
+            python = (True, plan.commits)
+        except (RunError, ValueError) as exc:
+            python = (False, str(exc).splitlines()[0])
+        assert python[0] == ok, python
+        code = main(["run", agent, "--input", json.dumps(memory), "--run-id", run_id,
+                     "--store", url, "--dry-run"])  # fmt: skip
+        printed = capsys.readouterr()
+        said = _flat(printed.out if code == 0 else printed.err)
+        assert (code == 0) == ok and _flat(python[1]) in said, (said, python)
+    assert run_sync(store.load("fresh")) is None  # nothing was created
+    started = run_sync(do_action(store, "fresh", "start", machine=ui_agent, memory={"title": "t"}))
+    assert (started.run_id, started.status) == ("fresh", "running")
+    assert started.then == "left for `agentfsm resume fresh` (no worker serves 'ui_ticket')"
+    record = run_sync(store.load("fresh"))
+    assert record is not None and (record.seq, record.holder) == (0, "")  # handed on, not held
