@@ -33,7 +33,8 @@ if __package__ in (None, ""):  # run as a file
 from bench._noop_agent import noop
 from statemachine import Worker
 from statemachine._runner import Run
-from storage import Event, Job, RedisStore
+from storage import Event, RedisStore
+from storage.base import Job
 
 
 class TimedWorker(Worker):

@@ -54,15 +54,14 @@ from storage import (
     Event,
     Lease,
     LeaseHeld,
-    LiveEntry,
     RedisStore,
     RunRecord,
     RunStatus,
-    ScopeCharge,
     StorageError,
     Store,
     open_store,
 )
+from storage.base import LiveEntry, ScopeCharge
 
 LEASE_TTL = 60.0
 """Seconds; the runner renews every ttl/3 = 20 s, so no renewal falls inside a measured run."""

@@ -42,7 +42,7 @@ class Publisher:
         """Set to send at once (one per sender task: an event belongs to one event loop)."""
 
     def emit(self, base: int, item: dict[str, JsonValue]) -> None:
-        """Queue `item`, published after committed event `base` (see `storage.LiveEntry`)."""
+        """Queue `item`, published after committed event `base` (see `storage.base.LiveEntry`)."""
         queue = self._queue
         if item.get("kind") == "text" and queue:
             last_base, last = queue[-1]

@@ -123,7 +123,7 @@ class Machine(Generic[M]):
         ledgers beside the run (a budget scope's) are kept this way."""
         self.scope_charge: ChargeOf | None = None
         """Called before each commit with the run's memory after it, the event and the store:
-        a `storage.ScopeCharge` the store makes with the commit, once (`Store.commit`), or
+        a `storage.base.ScopeCharge` the store makes with the commit, once (`Store.commit`), or
         None. Opaque here: an agent's budget sets it."""
         self.name = check_machine_name(name)
         self.version = version

@@ -9,7 +9,8 @@ from typing import Any, Protocol, TypeVar
 
 from pydantic import BaseModel
 
-from storage import Event, RunRecord, RunStatus, ScopeCharge, Store
+from storage import Event, RunRecord, RunStatus, Store
+from storage.base import ScopeCharge
 
 from ._table import Transition
 from ._validate import Table

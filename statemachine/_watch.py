@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 
 from pydantic import JsonValue
 
-from storage import Event, LiveEntry, Store
-from storage.base import live_order
+from storage import Event, Store
+from storage.base import LiveEntry, live_order
 
 from .errors import RunNotFound
 

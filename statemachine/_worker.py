@@ -26,7 +26,9 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from storage import CorruptData, Event, StorageError, Store, StoreUnavailable, WorkerBeat
+from storage import Event, StorageError, Store
+from storage.base import WorkerBeat
+from storage.errors import CorruptData, StoreUnavailable
 
 from .errors import (
     CommitsLost,
@@ -39,7 +41,7 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
-    from storage import Job
+    from storage.base import Job
 
     from ._machine import Machine
     from ._runner import Run

@@ -7,13 +7,14 @@
       embedded/   the embedded backend (SQLite, or memory://)
 
 Backends are imported lazily by `open_store(url)` (`import storage` loads neither redis nor
-sqlite3); `RedisStore` and `EmbeddedStore` are also importable from here.
+sqlite3); `RedisStore` and `EmbeddedStore` are also importable from here. The contract's
+other records (`ScopeCharge`, `LiveEntry`, the run queue's `RunQueue`, `Job`, `WorkerBeat`)
+are in `storage.base`, the rarer errors in `storage.errors`.
 """
 
 import inspect
 from typing import TYPE_CHECKING, Any
 
-from ._capabilities import Job, RunQueue, ScopeCharge, WorkerBeat
 from ._open import open_store
 from ._paging import cursor_of
 from .base import (
@@ -25,12 +26,11 @@ from .base import (
     Lease,
     LeaseHeld,
     LeaseLost,
-    LiveEntry,
     RunRecord,
     RunStatus,
     Store,
 )
-from .errors import CorruptData, StorageError, StoreUnavailable
+from .errors import StorageError
 
 if TYPE_CHECKING:
     from .embedded import EmbeddedStore
@@ -40,24 +40,17 @@ __all__ = [
     "CommitOutcome",
     "Committed",
     "Conflict",
-    "CorruptData",
     "Duplicate",
     "EmbeddedStore",
     "Event",
-    "Job",
     "Lease",
     "LeaseHeld",
     "LeaseLost",
-    "LiveEntry",
     "RedisStore",
-    "RunQueue",
     "RunRecord",
     "RunStatus",
-    "ScopeCharge",
     "StorageError",
     "Store",
-    "StoreUnavailable",
-    "WorkerBeat",
     "cursor_of",
     "open_store",
 ]

@@ -14,7 +14,7 @@ from typing import Literal, Protocol, TypeAlias, runtime_checkable
 
 from pydantic import JsonValue
 
-from ._capabilities import Ledger, Limiter, RunQueue, ScopeCharge
+from ._capabilities import Job, Ledger, Limiter, RunQueue, ScopeCharge, WorkerBeat
 from ._json import MAX_DEPTH, json_bytes
 
 __all__ = [
@@ -26,13 +26,17 @@ __all__ = [
     "Conflict",
     "Duplicate",
     "Event",
+    "Job",
     "Lease",
     "LeaseHeld",
     "LeaseLost",
     "LiveEntry",
+    "RunQueue",
     "RunRecord",
     "RunStatus",
+    "ScopeCharge",
     "Store",
+    "WorkerBeat",
     "check_history",
     "check_run_id",
     "creation_event",
@@ -243,7 +247,7 @@ class Store(Protocol):
     - What a commit writes is proportional to its event (the memory patch and new messages),
       not to the size of the memory or the length of the history.
     - Everything read back is validated; bytes that are not what we wrote raise
-      `storage.CorruptData` naming the key, and nothing is overwritten.
+      `storage.errors.CorruptData` naming the key, and nothing is overwritten.
     """
 
     async def create(self, run: RunRecord, *, origin: JsonValue = None) -> RunRecord:

@@ -43,8 +43,8 @@ async def opened(args: argparse.Namespace) -> AsyncIterator[Store]:
 
 
 async def _check_answers(store: Store, args: argparse.Namespace) -> None:
-    from storage import StoreUnavailable
     from storage._url import redact
+    from storage.errors import StoreUnavailable
 
     try:
         await store.ping(ANSWER_WITHIN)

@@ -34,8 +34,9 @@ from pydantic import BaseModel, JsonValue
 
 from statemachine import Run, RunError, StepContext
 from statemachine.errors import StepHalted
-from storage import Event, ScopeCharge, Store
+from storage import Event, Store
 from storage._usage import COST_UNIT, added, increments
+from storage.base import ScopeCharge
 
 __all__ = [
     "Budget",

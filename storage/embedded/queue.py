@@ -1,4 +1,4 @@
-"""The run queue in the embedded store (`storage.RunQueue`): a table shared by every process
+"""The run queue in the embedded store (`storage.base.RunQueue`): a table shared by every process
 that opens the file, so workers run without a server too.
 
 Tables, created IF NOT EXISTS when the store opens: `queue` (one row per job, numbered by

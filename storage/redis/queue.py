@@ -1,4 +1,4 @@
-"""`RedisQueue`: the run queue (`storage.RunQueue`) in Redis Streams, shared by all workers.
+"""`RedisQueue`: the run queue (`storage.base.RunQueue`) in Redis Streams, shared by all workers.
 
 One stream per agent, `{prefix}:{queue}:q:<agent>` (the `{queue}` hash tag puts every queue
 stream in one Cluster slot, so a worker reads all of its agents' streams in one

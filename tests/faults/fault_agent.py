@@ -32,15 +32,8 @@ from pydantic import BaseModel
 from agents import Agent, tool
 from statemachine import RunLocked, StepContext
 from statemachine.errors import RunTakenOver
-from storage import (
-    CommitOutcome,
-    Committed,
-    Duplicate,
-    Event,
-    RedisStore,
-    ScopeCharge,
-    open_store,
-)
+from storage import CommitOutcome, Committed, Duplicate, Event, RedisStore, open_store
+from storage.base import ScopeCharge
 
 EXIT_TAKEN_OVER = 3
 

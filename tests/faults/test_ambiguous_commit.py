@@ -20,7 +20,8 @@ import pytest
 import pytest_asyncio
 
 from statemachine import StepContext
-from storage import RedisStore, StoreUnavailable
+from storage import RedisStore
+from storage.errors import StoreUnavailable
 
 from ..keys import plain
 from ..redis_server import RedisServer

@@ -24,7 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from storage import RedisStore, StoreUnavailable
+from storage import RedisStore
+from storage.errors import StoreUnavailable
 
 from ..redis_server import RedisServer
 from ..workers.work_agent import STEPS, Chain, chain

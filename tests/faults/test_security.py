@@ -16,7 +16,8 @@ import pytest
 import redis
 from redis.asyncio import Redis
 
-from storage import RedisStore, StorageError, StoreUnavailable
+from storage import RedisStore, StorageError
+from storage.errors import StoreUnavailable
 
 from ..redis_server import RedisServer
 from .fault_agent import Progress, make_agent

@@ -23,7 +23,8 @@ import redis
 from pydantic import BaseModel
 
 from agents import Agent, tool, wait
-from storage import Job, RedisStore, WorkerBeat
+from storage import RedisStore
+from storage.base import Job, WorkerBeat
 from tests.redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parents[2]

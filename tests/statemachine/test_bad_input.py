@@ -11,7 +11,8 @@ from agents import Agent, tool
 from statemachine import DefinitionError, InvalidMemory, Machine, RunNotFound, transition
 from statemachine.engine import Transition
 from statemachine.errors import MemoryTooLarge, NoTransition
-from storage import CorruptData, RedisStore, Store
+from storage import RedisStore, Store
+from storage.errors import CorruptData
 
 from ..upstream import field_refused
 

@@ -10,7 +10,8 @@ import pytest
 from pydantic import BaseModel
 
 from agents import Agent, tool
-from storage import Event, RedisStore, Store, StoreUnavailable
+from storage import Event, RedisStore, Store
+from storage.errors import StoreUnavailable
 
 
 class Memo(BaseModel):

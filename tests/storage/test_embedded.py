@@ -22,11 +22,11 @@ from storage import (
     LeaseLost,
     RunStatus,
     StorageError,
-    StoreUnavailable,
     open_store,
 )
 from storage.embedded import SCHEMA_VERSION
 from storage.embedded._checkpoint import Checkpointer
+from storage.errors import StoreUnavailable
 
 from .conformance.test_runs import event, new_run
 

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from storage import EmbeddedStore, RunRecord, StorageError, StoreUnavailable
+from storage import EmbeddedStore, RunRecord, StorageError
+from storage.errors import StoreUnavailable
 
 HOLD = """
 import os, signal, sqlite3, sys

@@ -13,15 +13,9 @@ from redis.crc import key_slot
 
 from agents import Agent, Budget
 from agents.spending._budget import period_of
-from storage import (
-    Committed,
-    Lease,
-    RedisStore,
-    RunRecord,
-    ScopeCharge,
-    StoreUnavailable,
-    open_store,
-)
+from storage import Committed, Lease, RedisStore, RunRecord, open_store
+from storage.base import ScopeCharge
+from storage.errors import StoreUnavailable
 from storage.redis import redact
 
 from ..redis_cluster import RedisCluster

@@ -9,8 +9,9 @@ import itertools
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from storage import Committed, Duplicate, Event, LeaseLost, ScopeCharge, Store
+from storage import Committed, Duplicate, Event, LeaseLost, Store
 from storage._capabilities import Bucket
+from storage.base import ScopeCharge
 
 from .conformance.test_runs import event, leased, new_run
 

@@ -18,7 +18,8 @@ import sys
 from typing import Any
 
 import storage.redis._indexes as redis_indexes
-from storage import Lease, ScopeCharge, open_store
+from storage import Lease, open_store
+from storage.base import ScopeCharge
 
 from .test_runs import event, new_run
 

@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 
 import storage.redis._indexes as redis_indexes
-from storage import Committed, EmbeddedStore, RedisStore, RunStatus, ScopeCharge, Store
+from storage import Committed, EmbeddedStore, RedisStore, RunStatus, Store
+from storage.base import ScopeCharge
 
 from .test_runs import event, leased, new_run
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from storage import Committed, Duplicate, ScopeCharge, Store
+from storage import Committed, Duplicate, Store
 from storage._capabilities import ScopeLedger
+from storage.base import ScopeCharge
 
 from .test_runs import event, leased, new_run
 

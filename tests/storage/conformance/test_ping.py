@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from storage import RedisStore, Store, StoreUnavailable
+from storage import RedisStore, Store
+from storage.errors import StoreUnavailable
 
 from ...redis_server import free_port
 

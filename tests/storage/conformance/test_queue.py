@@ -7,7 +7,8 @@ import asyncio
 import dataclasses
 import time
 
-from storage import Store, WorkerBeat
+from storage import Store
+from storage.base import WorkerBeat
 
 
 async def test_a_job_is_claimed_by_one_consumer_and_gone_once_acknowledged(store: Store) -> None:

@@ -15,7 +15,6 @@ from pydantic import JsonValue
 from storage import (
     Committed,
     Conflict,
-    CorruptData,
     Duplicate,
     Event,
     Lease,
@@ -26,6 +25,7 @@ from storage import (
     RunStatus,
     Store,
 )
+from storage.errors import CorruptData
 
 from ..corrupt import corrupt_last_event, corrupt_memory_field
 
