@@ -13,9 +13,9 @@ from typing import Any, Generic, TypeVar
 from pydantic import BaseModel, JsonValue, ValidationError
 
 from storage import Event, Lease, RunRecord, RunStatus, Store
-from storage._process import owner_id
 from storage.base import check_run_id, run_key
 from storage.errors import Unstorable
+from storage.process import owner_id
 
 from ._draw import Graph, draw
 from ._migrate import Migration, check_migrations, needs_upgrade, upgrade

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import JsonValue
 
 from storage import Committed, Duplicate, Event, RunRecord, RunStatus, Store
-from storage._process import owner_id
+from storage.process import owner_id
 
 from ._keys import control_key
 from ._lease import take_lease

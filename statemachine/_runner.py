@@ -38,10 +38,10 @@ from storage import (
     RunStatus,
     Store,
 )
-from storage._process import owner_id
-from storage._usage import added
 from storage.base import json_bytes
 from storage.errors import Unstorable
+from storage.process import owner_id
+from storage.usage import added
 
 from ._events import control_event, error_event, step_event, timeout_event
 from ._hooks import ChargesHook, Hook, LiveHook, TracingHook

@@ -2,7 +2,7 @@
 
     storage/
       base.py, _capabilities.py   the contract: records, `Store` and its ledger, limiter, queue
-      _codec.py, _json.py, _usage.py, _paging.py, _process.py   shared by every backend
+      _codec.py, _json.py, usage.py, _paging.py, process.py   shared by every backend
       redis/      the Redis backend (Cluster is a mode of it)
       embedded/   the embedded backend (SQLite, or memory://)
 

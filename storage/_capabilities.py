@@ -4,7 +4,7 @@ queue. Records and protocols only; every backend implements each in its own fold
 and `Store.queue`.
 
 Liveness of what a process holds (a lease, a rate-limit slot, a queue job) follows one rule
-(`storage._process.expired_or_dead`): freed at once when its holder is provably dead on this
+(`storage.process.expired_or_dead`): freed at once when its holder is provably dead on this
 host, else when its TTL runs out.
 """
 
@@ -127,7 +127,7 @@ class Bucket:
     concurrency: int = 0
     slot_ttl: float = 300.0
     """Seconds after which a slot a holder never gave back lapses (sooner when its holder is
-    provably dead on this host: `storage._process`)."""
+    provably dead on this host: `storage.process`)."""
 
 
 class Limiter(Protocol):
@@ -135,7 +135,7 @@ class Limiter(Protocol):
 
     One limit (a key) has a token bucket of requests (`rate` per second, holding at most
     `burst`), one of model tokens (charged after each request with what it used), a cap on
-    requests at once (slots held by a lease owner id, `storage._process.owner_id`), and a
+    requests at once (slots held by a lease owner id, `storage.process.owner_id`), and a
     pause (a provider's 429 with Retry-After stops the key for everyone until then)."""
 
     async def acquire(self, key: str, bucket: Bucket, holder: str) -> tuple[float, str]:

@@ -5,13 +5,10 @@ from __future__ import annotations
 import os
 from urllib.parse import urlsplit
 
-from ._url import redact
 from .base import Store
+from .url import DEFAULT_STORE, redact
 
 __all__ = ["DEFAULT_STORE", "open_store", "redact"]
-
-DEFAULT_STORE = "sqlite:///.agentfsm/store.db"
-"""The embedded default: a file under `.agentfsm/` in the working directory."""
 
 _REDIS = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster")
 

@@ -14,13 +14,14 @@ from typing import Literal, Protocol, TypeAlias, runtime_checkable
 
 from pydantic import JsonValue
 
-from ._capabilities import Job, Ledger, Limiter, RunQueue, ScopeCharge, WorkerBeat
+from ._capabilities import Bucket, Job, Ledger, Limiter, RunQueue, ScopeCharge, WorkerBeat
 from ._json import MAX_DEPTH, json_bytes
 
 __all__ = [
     "LIVE_MAXLEN",
     "LIVE_TTL",
     "MAX_DEPTH",
+    "Bucket",
     "CommitOutcome",
     "Committed",
     "Conflict",
@@ -116,7 +117,7 @@ class RunRecord:
     (`statemachine._tracing`). "" for runs stored before traces existed."""
     usage: dict[str, int] = field(default_factory=dict)
     """The usage ledger: the sums of the committed events' `usage` figures (requests,
-    tokens, tool calls, `cost_nusd`), kept by the commits themselves (see `storage._usage`)."""
+    tokens, tool calls, `cost_nusd`), kept by the commits themselves (see `storage.usage`)."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -323,7 +324,7 @@ class Store(Protocol):
         When the previous holder never released it (it died), this is a takeover and the
         run's crash count goes up by one. A lease that has not expired is taken over at once
         when its holder is provably dead (`owner` ids carry the proof: same host, boot and
-        pid namespace, and the process is gone; see `storage._process`); any other live
+        pid namespace, and the process is gone; see `storage.process`); any other live
         lease is `LeaseHeld`. Raises `KeyError` for an unknown run.
         """
         ...

@@ -21,8 +21,8 @@ ANSWER_WITHIN = 2.0
 
 
 def store_url(args: argparse.Namespace) -> str:
-    """The URL the command uses (as given: may hold a password, see `storage._url.redact`)."""
-    from storage._open import DEFAULT_STORE
+    """The URL the command uses (as given: may hold a password, see `storage.url.redact`)."""
+    from storage.url import DEFAULT_STORE
 
     return str(args.store or os.environ.get("AGENTFSM_STORE") or DEFAULT_STORE)
 
@@ -43,8 +43,8 @@ async def opened(args: argparse.Namespace) -> AsyncIterator[Store]:
 
 
 async def _check_answers(store: Store, args: argparse.Namespace) -> None:
-    from storage._url import redact
     from storage.errors import StoreUnavailable
+    from storage.url import redact
 
     try:
         await store.ping(ANSWER_WITHIN)

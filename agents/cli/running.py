@@ -135,7 +135,7 @@ async def demo(args: argparse.Namespace) -> int:
 
 def _what_next(run_id: str, args: argparse.Namespace) -> str:
     """Where the demo's run is stored, and the commands a newcomer tries next."""
-    from storage._url import redact
+    from storage.url import redact
 
     url = store_url(args)
     where = shown(redact(url))
@@ -198,7 +198,7 @@ async def resume(args: argparse.Namespace) -> int:
 
 def command_line(command: str, run_id: str, args: argparse.Namespace) -> str:
     """`agentfsm COMMAND RUN_ID` with the --agent and --store this command was given."""
-    from storage._url import redact
+    from storage.url import redact
 
     line = f"agentfsm {command} {run_id}"
     agent = getattr(args, "agent", None)

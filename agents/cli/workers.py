@@ -73,7 +73,7 @@ async def submit(args: argparse.Namespace) -> int:
 )
 async def worker(args: argparse.Namespace) -> int:
     from statemachine import Worker
-    from storage._url import redact
+    from storage.url import redact
 
     specs = [spec.strip() for spec in args.agents.split(",")]
     async with opened(args) as store:

@@ -35,8 +35,8 @@ from pydantic import BaseModel, JsonValue
 from statemachine import Run, RunError, StepContext
 from statemachine.errors import StepHalted
 from storage import Event, Store
-from storage._usage import COST_UNIT, added, increments
 from storage.base import ScopeCharge
+from storage.usage import COST_UNIT, added, increments
 
 __all__ = [
     "Budget",

@@ -20,8 +20,8 @@ from pydantic_ai.exceptions import ModelHTTPError, ModelRateLimitError
 
 from statemachine import StepContext
 from storage import Store
-from storage._capabilities import Bucket
-from storage._process import owner_id
+from storage.base import Bucket
+from storage.process import owner_id
 
 __all__ = ["RateLimit", "on_wait", "rate_limited"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from storage._usage import COST_UNIT
+from storage.usage import COST_UNIT
 
 __all__ = ["cost_usd", "usage_line"]
 

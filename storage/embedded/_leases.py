@@ -1,7 +1,7 @@
 """Leases in the embedded store, as `scripts/lease.lua` keeps them on Redis: `holder` says who
 took the run and did not give it back; `lease_owner` and `lease_expires` stand for the Redis
 lease key and its TTL. Expiry is on the monotonic clock of this boot (`lease_boot`); a holder
-provably dead on this host is taken over at once (`storage._process`: the one liveness rule).
+provably dead on this host is taken over at once (`storage.process`: the one liveness rule).
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from __future__ import annotations
 import sqlite3
 import time
 
-from .._process import boot_id, provably_dead
 from ..base import Lease, LeaseHeld
+from ..process import boot_id, provably_dead
 
 __all__ = ["acquire", "lease_clock"]
 

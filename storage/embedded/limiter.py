@@ -1,7 +1,7 @@
 """Rate limits in the embedded store: `ratelimit.lua`'s rules in one `BEGIN IMMEDIATE`
 transaction over the shared file, on the wall clock every process of the machine shares
 (tables `rate_state`, `rate_slots`, created IF NOT EXISTS when the store opens). A slot whose
-holder is provably dead is freed at once (`storage._process`)."""
+holder is provably dead is freed at once (`storage.process`)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import time
 from typing import TYPE_CHECKING
 
 from .._capabilities import Bucket
-from .._process import provably_dead
+from ..process import provably_dead
 
 if TYPE_CHECKING:
     from ._db import Database

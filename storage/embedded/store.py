@@ -38,7 +38,6 @@ from pydantic import JsonValue
 from .._capabilities import Ledger, Limiter, RunQueue, ScopeCharge
 from .._codec import dump_event, dump_json, load_event
 from .._paging import RunCursor
-from .._usage import increments
 from ..base import (
     LIVE_MAXLEN,
     LIVE_TTL,
@@ -58,6 +57,7 @@ from ..base import (
     creation_event,
 )
 from ..errors import HistoryLost
+from ..usage import increments
 from . import ledger as _ledger
 from . import limiter as _limiter
 from . import live as _live

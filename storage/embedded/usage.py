@@ -1,12 +1,12 @@
 """The usage ledger's run totals in the embedded store: the `run_usage` table, written by the
-commit's own transaction (see `storage._usage` for the rule it keeps)."""
+commit's own transaction (see `storage.usage` for the rule it keeps)."""
 
 from __future__ import annotations
 
 import sqlite3
 from collections.abc import Mapping
 
-from .._usage import FIELD
+from ..usage import FIELD
 
 __all__ = ["add_run_usage", "create_tables", "read_run_usage"]
 

@@ -13,8 +13,8 @@ import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 
 from .._codec import dump_json
-from .._usage import FIELD, increments
 from ..base import Event, RunRecord
+from ..usage import FIELD, increments
 from ._connect import Client
 from ._connection import HeldConnections
 from ._scripts import script_text

@@ -25,7 +25,7 @@ from redis.exceptions import AuthenticationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .._url import redact
+from ..url import redact
 from ._connection import send_in_task
 
 __all__ = [

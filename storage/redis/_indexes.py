@@ -35,9 +35,9 @@ from typing import TYPE_CHECKING, Any, get_args
 
 from .._capabilities import ScopeCharge, check_scope
 from .._paging import RunCursor, matches
-from .._usage import increments
 from ..base import Event, RunRecord, RunStatus
 from ..errors import CorruptData
+from ..usage import increments
 from ._errors import talking
 from .paging import redis_page
 

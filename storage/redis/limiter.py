@@ -1,13 +1,13 @@
 """Rate limits on Redis: `scripts/ratelimit.lua` on the server's clock, keys
 `{prefix}:{$rate:<key>}` (hash) and `...:slots` (sorted set: holder -> when its slot lapses),
-one hash tag. A slot whose holder is provably dead is freed at once (`storage._process`)."""
+one hash tag. A slot whose holder is provably dead is freed at once (`storage.process`)."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
 from .._capabilities import Bucket
-from .._process import free_dead
+from ..process import free_dead
 from ._errors import talking
 
 if TYPE_CHECKING:

@@ -39,8 +39,6 @@ from pydantic import JsonValue
 from .._capabilities import Ledger, Limiter, RunQueue, ScopeCharge
 from .._codec import dump_event, dump_json, load_event
 from .._paging import TOP, RunCursor
-from .._process import free_dead
-from .._usage import increments
 from ..base import (
     LIVE_MAXLEN,
     LIVE_TTL,
@@ -60,6 +58,8 @@ from ..base import (
     creation_event,
 )
 from ..errors import CorruptData
+from ..process import free_dead
+from ..usage import increments
 from . import _indexes, _integrity
 from . import live as _live
 from ._base import RedisBase

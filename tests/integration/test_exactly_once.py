@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from storage import EmbeddedStore, LeaseHeld, RunRecord, Store, open_store
-from storage._process import owner_id
+from storage.process import owner_id
 
 from .exactly_once_agents import ANALYSIS, TOOLS
 
@@ -199,7 +199,7 @@ import asyncio, sys, time
 real = time.time
 time.time = lambda: real() + 3600  # this process's wall clock jumps an hour ahead
 from storage import EmbeddedStore
-from storage._process import owner_id
+from storage.process import owner_id
 async def main():
     store = EmbeddedStore(sys.argv[1])
     got = await store.acquire_lease("held", owner_id(), 30)

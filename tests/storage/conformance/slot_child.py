@@ -13,7 +13,7 @@ import sys
 
 from storage import open_store
 from storage._capabilities import Bucket
-from storage._process import owner_id
+from storage.process import owner_id
 
 
 async def main(url: str, key: str) -> None:

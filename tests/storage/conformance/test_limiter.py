@@ -13,7 +13,7 @@ import pytest
 
 from storage import EmbeddedStore, RedisStore, Store
 from storage._capabilities import Bucket
-from storage._process import owner_id
+from storage.process import owner_id
 
 _ROOT = str(Path(__file__).resolve().parents[3])
 ONE = Bucket(concurrency=1, slot_ttl=300)

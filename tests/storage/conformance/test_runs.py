@@ -271,7 +271,7 @@ async def test_start_of_a_stored_run_returns_it_as_stored_and_leases_it(store: S
 
 async def test_start_takes_over_a_lease_whose_holder_is_provably_dead(store: Store) -> None:
     child = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", "from storage._process import owner_id; print(owner_id())",
+        sys.executable, "-c", "from storage.process import owner_id; print(owner_id())",
         stdout=asyncio.subprocess.PIPE, env={**os.environ, "PYTHONPATH": _ROOT},
     )  # fmt: skip
     out, _ = await child.communicate()  # it has exited: its owner id is provably dead

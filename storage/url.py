@@ -1,10 +1,13 @@
-"""Store URLs in messages: never with their password."""
+"""Store URLs: the default one, and how one is shown in messages (never with its password)."""
 
 from __future__ import annotations
 
 from urllib.parse import urlsplit, urlunsplit
 
-__all__ = ["redact"]
+__all__ = ["DEFAULT_STORE", "redact"]
+
+DEFAULT_STORE = "sqlite:///.agentfsm/store.db"
+"""The embedded default: a file under `.agentfsm/` in the working directory."""
 
 
 def redact(url: str) -> str:
