@@ -26,8 +26,9 @@ from .roundtrips import count_round_trips
 
 START = 1
 """`agent.start(hold=True)`: create.lua, which indexes the run and takes its lease too."""
-FIRST_STEP = 1
-"""The first step of a held run: commit.lua alone."""
+FIRST_STEP = 2
+"""The first step of a held run: its "started" live item, stored before the step runs (crash
+accounting tells a death in the step from one before it by it), then commit.lua."""
 STEP = 1
 """A step that does not end the run: commit.lua alone."""
 FINAL_STEP = 1
@@ -37,13 +38,14 @@ RELEASE = 0
 """Giving the lease back: nothing left to do, the final commit did it."""
 UNHELD_START = 1
 """`agent.start()` (no lease): create.lua with the index entries."""
-UNHELD_FIRST_STEP = 2
+UNHELD_FIRST_STEP = 3
 """The first step of a run started unheld: lease.lua (acquire, which says the seq: no
-reload), then commit.lua."""
+reload), the step's "started" live item (see `FIRST_STEP`), then commit.lua."""
 
-SCOPE_CHECK = 1
-"""What a scope budget adds to a model step: the scope's totals read for the check
-(HGETALL); the charge is made by commit.lua itself, in the step's one commit."""
+SCOPE_CHECK = 2
+"""What a scope budget adds to each model request: the scope's totals and the limits people
+set for it, read for the check (two HGETALLs, one round trip each: reading them in one is
+left to do); the charge is made by commit.lua itself, in the step's one commit."""
 
 _ids = itertools.count()
 
