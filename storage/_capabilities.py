@@ -86,6 +86,11 @@ class Ledger(Protocol):
         """The scope's totals for `period` ({} when nothing was charged)."""
         ...
 
+    async def scope_state(self, scope: str, period: str) -> tuple[dict[str, int], dict[str, int]]:
+        """`scope_usage(scope, period)` and `limits("scope/<scope>")`, read together: in one
+        round trip on a networked store (what a budget check reads before each request)."""
+        ...
+
     async def charge_scope(
         self, scope: str, period: str, key: str, usage: Mapping[str, int], expires_at: float
     ) -> bool:

@@ -120,8 +120,13 @@ async def in_force(store: Store, subject: str, declared: Budget | None) -> dict[
     """The limits in force for `subject` ("run/<id>", "scope/<name>"), as ledger figures:
     the declared ones, each replaced by the one people set (`set_limits`), lower or
     higher. The one rule `admit`, `agentfsm budget`, `show`, the UI and the errors use."""
+    return with_set(declared, await store.ledger.limits(subject))
+
+
+def with_set(declared: Budget | None, set_limits: Mapping[str, int]) -> dict[str, int]:
+    """The declared limits (as ledger figures), each replaced by the one people set."""
     limits = declared.ledger_limits() if declared is not None else {}
-    limits.update(await store.ledger.limits(subject))
+    limits.update(set_limits)
     return limits
 
 
@@ -179,9 +184,10 @@ class BudgetGate:
         if self.scope_budget is not None and self.scope is not None:
             scope = self.scope(memory)
             period = period_of(self.scope_budget.per, time.time())
-            totals = figures(await store.ledger.scope_usage(scope, period))
+            charged, set_limits = await store.ledger.scope_state(scope, period)
+            totals = figures(charged)
             used = {k: totals.get(k, 0) + spent.get(k, 0) for k in {*totals, *spent}}
-            limits = await in_force(store, f"scope/{scope}", self.scope_budget)
+            limits = with_set(self.scope_budget, set_limits)
             reached = over(limits, used)
             if reached:
                 raise self._halt("scope", scope, reached, used, period)

@@ -73,6 +73,9 @@ class EmbeddedLedger:
         )  # fmt: skip
         return {str(name): int(value) for name, value in rows}
 
+    async def scope_state(self, scope: str, period: str) -> tuple[dict[str, int], dict[str, int]]:
+        return await self.scope_usage(scope, period), await self.limits(f"scope/{scope}")
+
     async def charge_scope(
         self, scope: str, period: str, key: str, usage: Mapping[str, int], expires_at: float
     ) -> bool:

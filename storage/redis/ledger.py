@@ -39,6 +39,18 @@ class RedisLedger:
             raw: dict[str, str] = await self._store.client.hgetall(key)
         return {k[2:]: int(v) for k, v in raw.items() if k.startswith("u:")}
 
+    async def scope_state(self, scope: str, period: str) -> tuple[dict[str, int], dict[str, int]]:
+        await settle_pending(self._store)  # Cluster: charges a crash left in runs' slots
+        usage_key = scope_keys(self._store.prefix, scope, period)[0]
+        limits_key = self._limits_key(f"scope/{scope}")
+        async with talking(self._store, "read a scope's usage and limits", key=usage_key):
+            pipe = self._store.client.pipeline(transaction=False)
+            pipe.hgetall(usage_key)
+            pipe.hgetall(limits_key)
+            raw_usage, raw_limits = await pipe.execute()
+        usage = {k[2:]: int(v) for k, v in raw_usage.items() if k.startswith("u:")}
+        return usage, {k: int(v) for k, v in raw_limits.items()}
+
     async def charge_scope(
         self, scope: str, period: str, key: str, usage: Mapping[str, int], expires_at: float
     ) -> bool:

@@ -42,10 +42,10 @@ UNHELD_FIRST_STEP = 3
 """The first step of a run started unheld: lease.lua (acquire, which says the seq: no
 reload), the step's "started" live item (see `FIRST_STEP`), then commit.lua."""
 
-SCOPE_CHECK = 2
+SCOPE_CHECK = 1
 """What a scope budget adds to each model request: the scope's totals and the limits people
-set for it, read for the check (two HGETALLs, one round trip each: reading them in one is
-left to do); the charge is made by commit.lua itself, in the step's one commit."""
+set for it, read for the check (two HGETALLs in one pipeline, `Ledger.scope_state`); the
+charge is made by commit.lua itself, in the step's one commit."""
 
 _ids = itertools.count()
 

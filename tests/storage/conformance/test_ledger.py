@@ -56,3 +56,20 @@ async def test_a_scope_ledger_is_read_and_replaced_whole(store: Store) -> None:
     assert await ledger.scope_ledgers() == [moved]
     assert not await ledger.charge_scope("acme", "all", "k3", {"requests": 1}, 0)
     assert await ledger.scope_usage("acme", "all") == {"requests": 6}
+
+
+async def test_a_scopes_usage_and_set_limits_are_read_together(store: Store) -> None:
+    ledger = store.ledger
+    assert await ledger.scope_state("acme", "all") == ({}, {})
+    await ledger.charge_scope("acme", "all", "k1", {"requests": 2, "input_tokens": 9}, 0)
+    await ledger.set_limits("scope/acme", {"requests": 6})
+    await ledger.set_limits("scope/other", {"requests": 1})
+    await ledger.charge_scope("other", "all", "k1", {"requests": 1}, 0)
+    assert (
+        await ledger.scope_state("acme", "all")
+        == (
+            await ledger.scope_usage("acme", "all"),
+            await ledger.limits("scope/acme"),
+        )
+        == ({"requests": 2, "input_tokens": 9}, {"requests": 6})
+    )
