@@ -234,9 +234,9 @@ async def test_renew_and_release_with_a_stale_token_do_nothing(store: Store) -> 
 
 async def test_renew_keeps_the_lease_past_its_ttl(store: Store) -> None:
     await store.create(new_run())
-    lease = await leased(store, owner="w1", ttl=0.2)
-    for _ in range(4):
-        await asyncio.sleep(0.08)
+    lease = await leased(store, owner="w1", ttl=0.6)
+    for _ in range(4):  # 0.8 s in all, past the TTL; a busy machine may pause 0.4 s more
+        await asyncio.sleep(0.2)
         assert await store.renew_lease(lease)
     held = await store.acquire_lease("run-1", "w2", 1)
     assert isinstance(held, LeaseHeld)
