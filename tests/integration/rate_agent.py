@@ -1,11 +1,14 @@
 """A child process for the shared rate limit test: runs whose offline model logs call times.
 
-    python -m tests.integration.rate_agent STORE_URL WORKDIR NAME RUNS [429]
+    python -m tests.integration.rate_agent STORE_URL WORKDIR NAME RUNS [429 | follow]
 
 Starts RUNS runs, prints "ready", reads a line from stdin, then drives them all at once.
 Each model call appends "call NAME <monotonic>" to WORKDIR/calls.log; each wait for the
 limit "wait NAME <why>"; each pause the process sets "paused NAME <monotonic>". With 429,
-the process's first call answers 429 with Retry-After PAUSE seconds.
+the process's first call answers 429 with Retry-After PAUSE seconds. With follow, the
+process drives its first run at once and the others once some process has logged a pause,
+so that each of them asks for a slot while the pause holds, however the machine schedules
+the processes.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from storage.redis.limiter import RedisLimiter
 RATE = 5.0
 """Requests per second, shared by every process."""
 BURST = 1.0
-PAUSE = 1.5
+PAUSE = 2.0
 
 
 class Note(BaseModel):
@@ -93,7 +96,19 @@ def _log_pauses(workdir: Path, name: str) -> None:
         cls.acquire = tried  # type: ignore[method-assign]
 
 
-async def main(url: str, workdir: Path, name: str, count: int, fail_first: bool) -> None:
+async def _paused_logged(workdir: Path) -> None:
+    """Wait until some process logged that it set a pause (60 s at most)."""
+    log = workdir / "calls.log"
+    for _ in range(6000):
+        lines = log.read_text().splitlines() if log.exists() else []
+        if any(line.startswith("paused ") for line in lines):
+            return
+        await asyncio.sleep(0.01)
+    raise TimeoutError("no process logged a pause within 60 s")
+
+
+async def main(url: str, workdir: Path, name: str, count: int, mode: str) -> None:
+    fail_first = mode == "429"
     _log_pauses(workdir, name)
     on_wait.append(lambda key, seconds, why: _log(workdir, "wait", name, why))
     store = open_store(url)
@@ -103,12 +118,17 @@ async def main(url: str, workdir: Path, name: str, count: int, fail_first: bool)
     ]
     print("ready", flush=True)
     sys.stdin.readline()
-    await asyncio.gather(*(r.until_done() for r in runs))
+    if mode == "follow":
+        first = asyncio.ensure_future(runs[0].until_done())
+        await _paused_logged(workdir)
+        await asyncio.gather(first, *(r.until_done() for r in runs[1:]))
+    else:
+        await asyncio.gather(*(r.until_done() for r in runs))
     await store.close()
     print(" ".join(r.status for r in runs), flush=True)
 
 
 if __name__ == "__main__":
     asyncio.run(
-        main(sys.argv[1], Path(sys.argv[2]), sys.argv[3], int(sys.argv[4]), "429" in sys.argv[5:])
+        main(sys.argv[1], Path(sys.argv[2]), sys.argv[3], int(sys.argv[4]), "".join(sys.argv[5:]))
     )

@@ -18,10 +18,10 @@ JITTER = 0.1
 windows are checked that much shorter than a second."""
 
 
-def _child(url: str, workdir: Path, name: str, runs: int, fails: bool) -> subprocess.Popen[bytes]:
+def _child(url: str, workdir: Path, name: str, runs: int, mode: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "tests.integration.rate_agent", url, str(workdir), name,
-         str(runs), *(["429"] if fails else [])],
+         str(runs), mode],
         cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )  # fmt: skip
@@ -29,7 +29,9 @@ def _child(url: str, workdir: Path, name: str, runs: int, fails: bool) -> subpro
 
 def _drive(url: str, workdir: Path, runs: int, first_fails: bool) -> list[str]:
     names = ["p0", "p1", "p2"]
-    children = [_child(url, workdir, n, runs, first_fails and n == "p0") for n in names]
+    modes = {"p0": "429"} if first_fails else {}
+    follow = "follow" if first_fails else ""
+    children = [_child(url, workdir, n, runs, modes.get(n, follow)) for n in names]
     try:
         for c in children:
             assert c.stdout is not None
