@@ -25,6 +25,7 @@ __all__ = [
     "JobKind",
     "Ledger",
     "Limiter",
+    "Reservation",
     "RunQueue",
     "ScopeCharge",
     "ScopeLedger",
@@ -75,6 +76,21 @@ class ScopeLedger:
     expires_at: float = 0.0
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Reservation:
+    """What `Ledger.reserve` answered: whether the request may go, with the figures it was
+    judged on (what a budget error shows)."""
+
+    admitted: bool
+    used: dict[str, int]
+    """The scope's committed totals, plus the requests other keys hold in flight, plus what
+    the key's transition spent and has not committed (`spent`); with `total_tokens` (input
+    plus output tokens, `storage.usage.with_total`)."""
+    limits: dict[str, int]
+    """The limits in force: those given, each replaced by the one people set for the scope
+    (`limits("scope/<scope>")`), lower or higher."""
+
+
 class Ledger(Protocol):
     """Usage per budget scope and period (shared by many runs), and limits people set.
 
@@ -86,16 +102,51 @@ class Ledger(Protocol):
         """The scope's totals for `period` ({} when nothing was charged)."""
         ...
 
-    async def scope_state(self, scope: str, period: str) -> tuple[dict[str, int], dict[str, int]]:
-        """`scope_usage(scope, period)` and `limits("scope/<scope>")`, read together: in one
-        round trip on a networked store (what a budget check reads before each request)."""
+    async def reserve(
+        self,
+        scope: str,
+        period: str,
+        key: str,
+        limits: Mapping[str, int],
+        ttl: float,
+        *,
+        spent: Mapping[str, int] | None = None,
+    ) -> Reservation:
+        """Admit one model request of the transition whose event key is `key` against the
+        scope's limits for `period`, and hold it in flight until its commit charges the
+        scope, atomically, in one round trip on a networked store (Redis Cluster: three,
+        the set limits and the charges a crash left pending being in other slots).
+
+        The limits in force are `limits` (the declared ones), each replaced by the one
+        people set for `"scope/<scope>"`. `used` is the scope's committed totals, plus the
+        requests the other keys hold (each live reservation counts what its transition
+        made and has not committed, the one in flight included), plus `spent`: what this
+        key's transition made and has not committed (its answered requests, their tokens
+        and cost). The request is admitted iff every limit in force is above its `used`
+        figure: so concurrent runs overshoot a `requests` limit by nothing, and a token or
+        cost limit by what the requests in flight will use.
+
+        When admitted, `key` holds `spent["requests"] + 1` requests for `ttl` seconds (on
+        the server's clock): a reservation whose holder dies lapses then. Reserving again
+        with what `key` holds already is admitted whatever the others hold (the same answer:
+        it only renews the TTL); a `key` already charged is admitted and holds nothing. The
+        scope charge of `key` (a commit's `ScopeCharge`, `charge_scope`) drops its
+        reservation in the same atomic write (Redis Cluster: when it settles the charge,
+        the reservation counting until then); `release` drops it for a request that got no
+        answer. Backups carry no reservations: they are transient."""
+        ...
+
+    async def release(self, scope: str, period: str, key: str, *, keep: int = 0) -> None:
+        """A request of `key` got no answer (nothing to charge): hold `keep` requests for it
+        (its transition's answered ones, not committed yet), none with 0."""
         ...
 
     async def charge_scope(
         self, scope: str, period: str, key: str, usage: Mapping[str, int], expires_at: float
     ) -> bool:
         """Add `usage` to the scope's totals for `period` unless `key` was charged there
-        before; True when charged. The ledger may forget the period after `expires_at`."""
+        before, and drop `key`'s reservation (`reserve`), atomically; True when charged.
+        The ledger may forget the period after `expires_at`."""
         ...
 
     async def limits(self, subject: str) -> dict[str, int]:

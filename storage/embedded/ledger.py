@@ -1,17 +1,21 @@
 """Scope ledgers and set limits in the embedded store (see `storage._capabilities.Ledger`).
 
 Tables, created IF NOT EXISTS when the store opens (no schema version step): `scope_usage`,
-`scope_charges` (the event keys charged, once each), `limits`. A commit with a scope charge
-makes it in its own transaction (`charge_rows`).
+`scope_charges` (the event keys charged, once each), `scope_held` (reservations of requests in
+flight, on the wall clock every process of the machine shares, as rate limits), `limits`. A
+commit with a scope charge makes it, and drops the key's reservation, in its own transaction
+(`charge_rows`); `reserve` is one `BEGIN IMMEDIATE` transaction over the shared file.
 """
 
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from .._capabilities import ScopeCharge, ScopeLedger, check_scope
+from .._capabilities import Reservation, ScopeCharge, ScopeLedger, check_scope
+from ..usage import with_total
 
 if TYPE_CHECKING:
     from ._db import Database
@@ -26,6 +30,10 @@ _TABLES = [
     """CREATE TABLE IF NOT EXISTS scope_charges (
         scope TEXT NOT NULL, period TEXT NOT NULL, key TEXT NOT NULL, expires_at REAL NOT NULL,
         PRIMARY KEY (scope, period, key)
+    ) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS scope_held (
+        scope TEXT NOT NULL, period TEXT NOT NULL, key TEXT NOT NULL, requests INTEGER NOT NULL,
+        until REAL NOT NULL, PRIMARY KEY (scope, period, key)
     ) WITHOUT ROWID""",
     """CREATE TABLE IF NOT EXISTS limits (
         subject TEXT NOT NULL, name TEXT NOT NULL, value INTEGER NOT NULL,
@@ -42,8 +50,12 @@ def create_tables(db: sqlite3.Connection) -> None:
 def charge_rows(
     db: sqlite3.Connection, charge: ScopeCharge, key: str, usage: Mapping[str, int]
 ) -> bool:
-    """Charge `usage` under `key` in the open transaction of `db`; False when `key` was
-    charged before (nothing written)."""
+    """Charge `usage` under `key` in the open transaction of `db`, and drop `key`'s
+    reservation; False when `key` was charged before (nothing charged)."""
+    db.execute(
+        "DELETE FROM scope_held WHERE scope = ? AND period = ? AND key = ?",
+        (charge.scope, charge.period, key),
+    )
     added = db.execute(
         "INSERT INTO scope_charges VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
         (charge.scope, charge.period, key, charge.expires_at),
@@ -66,15 +78,98 @@ class EmbeddedLedger:
         return self._store.connection.execute(query, params).fetchall()
 
     async def scope_usage(self, scope: str, period: str) -> dict[str, int]:
-        rows = self._store._transaction(
-            "read a scope's usage", "BEGIN", self._rows,
-            "SELECT name, value FROM scope_usage WHERE scope = ? AND period = ?",
-            (check_scope(scope), period),
+        check_scope(scope)
+        got: dict[str, int] = self._store._transaction(
+            "read a scope's usage", "BEGIN", self._usage, scope, period
+        )
+        return got
+
+    async def reserve(
+        self,
+        scope: str,
+        period: str,
+        key: str,
+        limits: Mapping[str, int],
+        ttl: float,
+        *,
+        spent: Mapping[str, int] | None = None,
+    ) -> Reservation:
+        check_scope(scope)
+        got: Reservation = self._store._transaction(
+            f"reserve a request of scope {scope!r}", "BEGIN IMMEDIATE", self._reserve,
+            scope, period, key, limits, ttl, spent or {},
         )  # fmt: skip
+        return got
+
+    def _reserve(
+        self,
+        scope: str,
+        period: str,
+        key: str,
+        limits: Mapping[str, int],
+        ttl: float,
+        spent: Mapping[str, int],
+    ) -> Reservation:
+        # As reserve.lua.
+        db, now, where = self._store.connection, time.time(), (scope, period)
+        in_force = {name: int(v) for name, v in limits.items()}
+        in_force.update(self._limits(f"scope/{scope}"))
+        used = self._usage(scope, period)
+        for name, value in spent.items():
+            if value:
+                used[name] = used.get(name, 0) + int(value)
+        db.execute("DELETE FROM scope_held WHERE scope = ? AND period = ? AND until <= ?",
+                   (*where, now))  # fmt: skip
+        mine = 0
+        for other, count in db.execute(
+            "SELECT key, requests FROM scope_held WHERE scope = ? AND period = ?", where
+        ).fetchall():
+            if other == key:
+                mine = int(count)
+            else:
+                used["requests"] = used.get("requests", 0) + int(count)
+        used = with_total(used)
+        want = int(spent.get("requests", 0)) + 1
+        charged = db.execute(
+            "SELECT 1 FROM scope_charges WHERE scope = ? AND period = ? AND key = ?", (*where, key)
+        ).fetchone()
+        admitted = (
+            bool(charged)
+            or mine >= want
+            or all(used.get(name, 0) < limit for name, limit in in_force.items())
+        )
+        if admitted and not charged:
+            db.execute(
+                "INSERT INTO scope_held VALUES (?, ?, ?, ?, ?) ON CONFLICT (scope, period, key)"
+                " DO UPDATE SET requests = excluded.requests, until = excluded.until",
+                (*where, key, max(mine, want), now + ttl),
+            )
+        return Reservation(admitted=admitted, used=used, limits=in_force)
+
+    async def release(self, scope: str, period: str, key: str, *, keep: int = 0) -> None:
+        def write() -> None:
+            where = (scope, period, key)
+            if keep > 0:
+                self._store.connection.execute(
+                    "UPDATE scope_held SET requests = ? WHERE scope = ? AND period = ? AND key = ?",
+                    (int(keep), *where),
+                )
+            else:
+                self._store.connection.execute(
+                    "DELETE FROM scope_held WHERE scope = ? AND period = ? AND key = ?", where
+                )
+
+        self._store._transaction(f"release a request of scope {scope!r}", "BEGIN IMMEDIATE", write)
+
+    def _usage(self, scope: str, period: str) -> dict[str, int]:
+        rows = self._rows(
+            "SELECT name, value FROM scope_usage WHERE scope = ? AND period = ?", (scope, period)
+        )
         return {str(name): int(value) for name, value in rows}
 
-    async def scope_state(self, scope: str, period: str) -> tuple[dict[str, int], dict[str, int]]:
-        return await self.scope_usage(scope, period), await self.limits(f"scope/{scope}")
+    def _limits(self, subject: str) -> dict[str, int]:
+        rows = self._rows("SELECT name, value FROM limits WHERE subject = ?", (subject,))
+        return {str(name): int(value) for name, value in rows}
 
     async def charge_scope(
         self, scope: str, period: str, key: str, usage: Mapping[str, int], expires_at: float
@@ -87,11 +182,10 @@ class EmbeddedLedger:
         return charged
 
     async def limits(self, subject: str) -> dict[str, int]:
-        rows = self._store._transaction(
-            "read limits", "BEGIN", self._rows,
-            "SELECT name, value FROM limits WHERE subject = ?", (subject,),
-        )  # fmt: skip
-        return {str(name): int(value) for name, value in rows}
+        got: dict[str, int] = self._store._transaction(
+            "read limits", "BEGIN", self._limits, subject
+        )
+        return got
 
     async def set_limits(self, subject: str, limits: Mapping[str, int | None]) -> None:
         def write() -> None:

@@ -71,9 +71,10 @@ def glob(text: str) -> str:
 
 
 def scope_keys(prefix: str, scope: str, period: str) -> list[str]:
-    """The keys of a scope's ledger for one period: its usage, its charged keys."""
+    """The keys of a scope's ledger for one period: its usage, its charged keys, its
+    reservations (one hash tag: one Cluster slot)."""
     base = f"{prefix}:{{$scope:{check_scope(scope)}:{period}}}"
-    return [f"{base}:usage", f"{base}:charged"]
+    return [f"{base}:usage", f"{base}:charged", f"{base}:held"]
 
 
 async def index_run(store: RedisBase, run: RunRecord) -> None:
