@@ -20,6 +20,8 @@ from agents.spending._budget import BudgetReached
 from statemachine import DefinitionError
 from storage import Store, open_store
 
+from ..conftest import make_store
+
 
 class Chat(BaseModel):
     tenant: str = "acme"
@@ -144,6 +146,43 @@ async def test_output_retries_stop_at_the_budget_too(store: Store) -> None:
     assert run.status == "waiting"
     assert run.record.usage["requests"] == 1
     assert (await run.history())[-1].kind == "halt"
+
+
+@pytest_asyncio.fixture(params=["redis", "embedded"])
+async def real_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    """The real redis-server (a prefix of its own) and the embedded store."""
+    s = await make_store(request.param, request, tmp_path)
+    yield s
+    await s.close()
+
+
+async def test_a_scope_budget_admits_each_output_retry_and_frees_unanswered_ones(
+    real_store: Store,
+) -> None:
+    calls = 0
+
+    def flaky(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("the provider hung up")  # no answer: nothing paid
+        return ModelResponse(parts=[TextPart("not the structured output")])
+
+    agent = Agent(
+        name="sloppy", memory=Chat, model=FunctionModel(flaky), initial="new", final=["done"],
+        scope_budget=Budget(requests=2), budget_scope=lambda m: m.tenant,
+        transitions=[llm("judge", "new", "done", prompt="p", output=Verdict, output_retries=3,
+                         retries=0)],
+    )  # fmt: skip
+    failed = await agent.start(real_store, Chat())
+    await failed.until_done()
+    assert failed.status == "failed" and not failed.record.usage.get("requests")
+    # its unanswered request gave its room back: this run gets both requests, then halts
+    run = await agent.start(real_store, Chat())
+    await run.until_done()
+    assert run.status == "waiting" and (await run.history())[-1].kind == "halt"
+    assert run.record.usage["requests"] == 2 and calls == 3
+    assert await real_store.ledger.scope_usage("acme", "all") == run.record.usage
 
 
 def test_a_priced_request_records_its_cost_in_nano_dollars() -> None:
