@@ -156,7 +156,7 @@ async def real_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIte
     await s.close()
 
 
-async def test_a_scope_budget_admits_each_output_retry_and_frees_unanswered_ones(
+async def test_a_scope_request_that_got_no_answer_gives_its_room_back(
     real_store: Store,
 ) -> None:
     calls = 0
