@@ -53,7 +53,8 @@ def check_scope(scope: str) -> str:
 class ScopeCharge:
     """What a commit also adds to a budget scope's ledger: the committed event's usage
     increments, to `scope`'s totals for `period`, once per event key (a key charged before,
-    after a commit or by another commit, is not charged again). The ledger may forget the
+    after a commit or by another commit, is not charged again); it also ends the request
+    the committing run holds in flight there (`Ledger.reserve`). The ledger may forget the
     period after `expires_at` (unix seconds; 0 for never). Not stored in the history."""
 
     scope: str
@@ -106,47 +107,59 @@ class Ledger(Protocol):
         self,
         scope: str,
         period: str,
-        key: str,
+        holder: str,
         limits: Mapping[str, int],
         ttl: float,
         *,
         spent: Mapping[str, int] | None = None,
     ) -> Reservation:
-        """Admit one model request of the transition whose event key is `key` against the
-        scope's limits for `period`, and hold it in flight until its commit charges the
-        scope, atomically, in one round trip on a networked store (Redis Cluster: three,
-        the set limits and the charges a crash left pending being in other slots).
+        """Admit one model request of run `holder` (a run id) against the scope's limits
+        for `period`, and hold it in flight until the run's next commit charges the scope,
+        atomically, in one round trip on a networked store (Redis Cluster: three, the set
+        limits and the charges a crash left pending being in other slots). A run makes one
+        request at a time, from one transition at a time; the event that transition commits
+        has a key of its own per outcome (done, error, halt), so the reservation is the
+        run's, not the event's.
 
         The limits in force are `limits` (the declared ones), each replaced by the one
         people set for `"scope/<scope>"`. `used` is the scope's committed totals, plus the
-        requests the other keys hold (each live reservation counts what its transition
+        requests the other runs hold (each live reservation counts what its transition
         made and has not committed, the one in flight included), plus `spent`: what this
-        key's transition made and has not committed (its answered requests, their tokens
+        run's transition made and has not committed (its answered requests, their tokens
         and cost). The request is admitted iff every limit in force is above its `used`
         figure: so concurrent runs overshoot a `requests` limit by nothing, and a token or
         cost limit by what the requests in flight will use.
 
-        When admitted, `key` holds `spent["requests"] + 1` requests for `ttl` seconds (on
-        the server's clock): a reservation whose holder dies lapses then. Reserving again
-        with what `key` holds already is admitted whatever the others hold (the same answer:
-        it only renews the TTL); a `key` already charged is admitted and holds nothing. The
-        scope charge of `key` (a commit's `ScopeCharge`, `charge_scope`) drops its
-        reservation in the same atomic write (Redis Cluster: when it settles the charge,
-        the reservation counting until then); `release` drops it for a request that got no
-        answer. Backups carry no reservations: they are transient."""
+        When admitted, `holder` holds `spent["requests"] + 1` requests for `ttl` seconds
+        (on the server's clock): a reservation whose process dies lapses then, unless the
+        run's next holder takes it over. Reserving again with what `holder` holds already is
+        admitted whatever the others hold (the same answer: it only renews the TTL; a run
+        resumed after a crash goes on with its reservation). A scope charge of the run's
+        commit (`Store.commit(run_id, ..., scope_charge=)`; `charge_scope(...,
+        holder=run_id)`) drops the reservation in the same atomic write (Redis Cluster:
+        when it settles the charge, the reservation counting until then); `release` drops
+        it for a request that got no answer. Backups carry no reservations: they are
+        transient."""
         ...
 
-    async def release(self, scope: str, period: str, key: str, *, keep: int = 0) -> None:
-        """A request of `key` got no answer (nothing to charge): hold `keep` requests for it
-        (its transition's answered ones, not committed yet), none with 0."""
+    async def release(self, scope: str, period: str, holder: str, *, keep: int = 0) -> None:
+        """A request of run `holder` got no answer (nothing to charge): hold `keep` requests
+        for it (its transition's answered ones, not committed yet), none with 0."""
         ...
 
     async def charge_scope(
-        self, scope: str, period: str, key: str, usage: Mapping[str, int], expires_at: float
+        self,
+        scope: str,
+        period: str,
+        key: str,
+        usage: Mapping[str, int],
+        expires_at: float,
+        *,
+        holder: str = "",
     ) -> bool:
         """Add `usage` to the scope's totals for `period` unless `key` was charged there
-        before, and drop `key`'s reservation (`reserve`), atomically; True when charged.
-        The ledger may forget the period after `expires_at`."""
+        before, and drop the reservation of run `holder` (`reserve`), atomically; True when
+        charged. The ledger may forget the period after `expires_at`."""
         ...
 
     async def limits(self, subject: str) -> dict[str, int]:

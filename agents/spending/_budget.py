@@ -162,11 +162,11 @@ def over(limits: Mapping[str, int], used: Mapping[str, int]) -> dict[str, int]:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Held:
-    """A request a scope holds in flight (`BudgetGate.admit`)."""
+    """A request a scope holds in flight for a run (`BudgetGate.admit`)."""
 
     scope: str
     period: str
-    key: str
+    run_id: str
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -199,10 +199,10 @@ class BudgetGate:
         held = Held(
             scope=self.scope(memory),
             period=period_of(self.scope_budget.per, time.time()),
-            key=ctx.idempotency_key,
+            run_id=ctx.run_id,
         )
         got = await store.ledger.reserve(
-            held.scope, held.period, held.key, self.scope_budget.ledger_limits(),
+            held.scope, held.period, held.run_id, self.scope_budget.ledger_limits(),
             RESERVATION_TTL, spent=ctx.spent,
         )  # fmt: skip
         if not got.admitted:
@@ -216,7 +216,7 @@ class BudgetGate:
         answered so far (charged with its commit)."""
         if ctx.store is not None:
             keep = ctx.spent.get("requests", 0)
-            await ctx.store.ledger.release(held.scope, held.period, held.key, keep=keep)
+            await ctx.store.ledger.release(held.scope, held.period, held.run_id, keep=keep)
 
     def _halt(
         self,

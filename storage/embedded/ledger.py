@@ -3,7 +3,7 @@
 Tables, created IF NOT EXISTS when the store opens (no schema version step): `scope_usage`,
 `scope_charges` (the event keys charged, once each), `scope_held` (reservations of requests in
 flight, on the wall clock every process of the machine shares, as rate limits), `limits`. A
-commit with a scope charge makes it, and drops the key's reservation, in its own transaction
+commit with a scope charge makes it, and drops the run's reservation, in its own transaction
 (`charge_rows`); `reserve` is one `BEGIN IMMEDIATE` transaction over the shared file.
 """
 
@@ -32,8 +32,8 @@ _TABLES = [
         PRIMARY KEY (scope, period, key)
     ) WITHOUT ROWID""",
     """CREATE TABLE IF NOT EXISTS scope_held (
-        scope TEXT NOT NULL, period TEXT NOT NULL, key TEXT NOT NULL, requests INTEGER NOT NULL,
-        until REAL NOT NULL, PRIMARY KEY (scope, period, key)
+        scope TEXT NOT NULL, period TEXT NOT NULL, holder TEXT NOT NULL,
+        requests INTEGER NOT NULL, until REAL NOT NULL, PRIMARY KEY (scope, period, holder)
     ) WITHOUT ROWID""",
     """CREATE TABLE IF NOT EXISTS limits (
         subject TEXT NOT NULL, name TEXT NOT NULL, value INTEGER NOT NULL,
@@ -48,13 +48,17 @@ def create_tables(db: sqlite3.Connection) -> None:
 
 
 def charge_rows(
-    db: sqlite3.Connection, charge: ScopeCharge, key: str, usage: Mapping[str, int]
+    db: sqlite3.Connection,
+    charge: ScopeCharge,
+    key: str,
+    usage: Mapping[str, int],
+    holder: str = "",
 ) -> bool:
-    """Charge `usage` under `key` in the open transaction of `db`, and drop `key`'s
-    reservation; False when `key` was charged before (nothing charged)."""
+    """Charge `usage` under `key` in the open transaction of `db`, and drop the reservation
+    of run `holder`; False when `key` was charged before (nothing charged)."""
     db.execute(
-        "DELETE FROM scope_held WHERE scope = ? AND period = ? AND key = ?",
-        (charge.scope, charge.period, key),
+        "DELETE FROM scope_held WHERE scope = ? AND period = ? AND holder = ?",
+        (charge.scope, charge.period, holder),
     )
     added = db.execute(
         "INSERT INTO scope_charges VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
@@ -88,7 +92,7 @@ class EmbeddedLedger:
         self,
         scope: str,
         period: str,
-        key: str,
+        holder: str,
         limits: Mapping[str, int],
         ttl: float,
         *,
@@ -97,7 +101,7 @@ class EmbeddedLedger:
         check_scope(scope)
         got: Reservation = self._store._transaction(
             f"reserve a request of scope {scope!r}", "BEGIN IMMEDIATE", self._reserve,
-            scope, period, key, limits, ttl, spent or {},
+            scope, period, holder, limits, ttl, spent or {},
         )  # fmt: skip
         return got
 
@@ -105,7 +109,7 @@ class EmbeddedLedger:
         self,
         scope: str,
         period: str,
-        key: str,
+        holder: str,
         limits: Mapping[str, int],
         ttl: float,
         spent: Mapping[str, int],
@@ -122,41 +126,37 @@ class EmbeddedLedger:
                    (*where, now))  # fmt: skip
         mine = 0
         for other, count in db.execute(
-            "SELECT key, requests FROM scope_held WHERE scope = ? AND period = ?", where
+            "SELECT holder, requests FROM scope_held WHERE scope = ? AND period = ?", where
         ).fetchall():
-            if other == key:
+            if other == holder:
                 mine = int(count)
             else:
                 used["requests"] = used.get("requests", 0) + int(count)
         used = with_total(used)
         want = int(spent.get("requests", 0)) + 1
-        charged = db.execute(
-            "SELECT 1 FROM scope_charges WHERE scope = ? AND period = ? AND key = ?", (*where, key)
-        ).fetchone()
-        admitted = (
-            bool(charged)
-            or mine >= want
-            or all(used.get(name, 0) < limit for name, limit in in_force.items())
+        admitted = mine >= want or all(
+            used.get(name, 0) < limit for name, limit in in_force.items()
         )
-        if admitted and not charged:
+        if admitted:
             db.execute(
-                "INSERT INTO scope_held VALUES (?, ?, ?, ?, ?) ON CONFLICT (scope, period, key)"
+                "INSERT INTO scope_held VALUES (?, ?, ?, ?, ?) ON CONFLICT (scope, period, holder)"
                 " DO UPDATE SET requests = excluded.requests, until = excluded.until",
-                (*where, key, max(mine, want), now + ttl),
+                (*where, holder, max(mine, want), now + ttl),
             )
         return Reservation(admitted=admitted, used=used, limits=in_force)
 
-    async def release(self, scope: str, period: str, key: str, *, keep: int = 0) -> None:
+    async def release(self, scope: str, period: str, holder: str, *, keep: int = 0) -> None:
         def write() -> None:
-            where = (scope, period, key)
+            where = (scope, period, holder)
             if keep > 0:
                 self._store.connection.execute(
-                    "UPDATE scope_held SET requests = ? WHERE scope = ? AND period = ? AND key = ?",
+                    "UPDATE scope_held SET requests = ?"
+                    " WHERE scope = ? AND period = ? AND holder = ?",
                     (int(keep), *where),
                 )
             else:
                 self._store.connection.execute(
-                    "DELETE FROM scope_held WHERE scope = ? AND period = ? AND key = ?", where
+                    "DELETE FROM scope_held WHERE scope = ? AND period = ? AND holder = ?", where
                 )
 
         self._store._transaction(f"release a request of scope {scope!r}", "BEGIN IMMEDIATE", write)
@@ -172,12 +172,19 @@ class EmbeddedLedger:
         return {str(name): int(value) for name, value in rows}
 
     async def charge_scope(
-        self, scope: str, period: str, key: str, usage: Mapping[str, int], expires_at: float
+        self,
+        scope: str,
+        period: str,
+        key: str,
+        usage: Mapping[str, int],
+        expires_at: float,
+        *,
+        holder: str = "",
     ) -> bool:
         charge = ScopeCharge(scope=scope, period=period, expires_at=expires_at)
         charged: bool = self._store._transaction(
             f"charge scope {scope!r}", "BEGIN IMMEDIATE", charge_rows,
-            self._store.connection, charge, key, usage,
+            self._store.connection, charge, key, usage, holder,
         )  # fmt: skip
         return charged
 

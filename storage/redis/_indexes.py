@@ -162,7 +162,8 @@ async def settle_charges(store: RedisBase, run_id: str, pending: dict[str, str])
         try:
             item = json.loads(raw)
             keys = scope_keys(store.prefix, str(item["scope"]), str(item["period"]))
-            args: list[Any] = [event_key, max(int(float(item["expires_at"]) * 1000), 0)]
+            expiry = max(int(float(item["expires_at"]) * 1000), 0)
+            args: list[Any] = [event_key, expiry, run_id]
             for name, value in dict(item["usage"]).items():
                 args += [str(name), int(value)]
         except (ValueError, KeyError, TypeError):

@@ -5,7 +5,7 @@ Keys (one hash tag per scope and period, so the charge script touches one Cluste
 
     {prefix}:{$scope:<scope>:<period>}:usage     hash   u:<name> -> total
     {prefix}:{$scope:<scope>:<period>}:charged   hash   event key -> 1
-    {prefix}:{$scope:<scope>:<period>}:held      hash   event key -> "<requests> <until ms>"
+    {prefix}:{$scope:<scope>:<period>}:held      hash   run id -> "<requests> <until ms>"
     {prefix}:{$limits:<subject>}                 hash   name -> limit
 """
 
@@ -44,7 +44,7 @@ class RedisLedger:
         self,
         scope: str,
         period: str,
-        key: str,
+        holder: str,
         limits: Mapping[str, int],
         ttl: float,
         *,
@@ -58,7 +58,8 @@ class RedisLedger:
             await settle_pending(self._store)
             given.update(await self.limits(f"scope/{scope}"))
         spent = {name: int(v) for name, v in (spent or {}).items() if v}
-        args: list[Any] = [key, spent.get("requests", 0) + 1, max(int(ttl * 1000), 1), len(given)]
+        want = spent.get("requests", 0) + 1
+        args: list[Any] = [holder, want, max(int(ttl * 1000), 1), len(given)]
         for pairs in (given, spent):
             for name, value in pairs.items():
                 args += [name, value]
@@ -66,15 +67,22 @@ class RedisLedger:
             admitted, used, in_force = await self._store.script("reserve")(keys=keys, args=args)
         return Reservation(admitted=bool(admitted), used=_pairs(used), limits=_pairs(in_force))
 
-    async def release(self, scope: str, period: str, key: str, *, keep: int = 0) -> None:
+    async def release(self, scope: str, period: str, holder: str, *, keep: int = 0) -> None:
         held = scope_keys(self._store.prefix, scope, period)[2]
         async with talking(self._store, f"release a request of scope {scope!r}", key=held):
-            await self._store.script("release")(keys=[held], args=[key, max(int(keep), 0)])
+            await self._store.script("release")(keys=[held], args=[holder, max(int(keep), 0)])
 
     async def charge_scope(
-        self, scope: str, period: str, key: str, usage: Mapping[str, int], expires_at: float
+        self,
+        scope: str,
+        period: str,
+        key: str,
+        usage: Mapping[str, int],
+        expires_at: float,
+        *,
+        holder: str = "",
     ) -> bool:
-        args: list[Any] = [key, max(int(expires_at * 1000), 0)]
+        args: list[Any] = [key, max(int(expires_at * 1000), 0), holder]
         for name, value in usage.items():
             args += [name, int(value)]
         keys = scope_keys(self._store.prefix, scope, period)

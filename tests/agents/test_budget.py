@@ -16,7 +16,7 @@ from pydantic_ai.models.function import AgentInfo, FunctionModel
 from pydantic_ai.usage import RequestUsage
 
 from agents import Agent, Budget, DurableAgent, llm
-from agents.spending._budget import BudgetReached
+from agents.spending._budget import BudgetReached, set_limits
 from statemachine import DefinitionError
 from storage import Store, open_store
 
@@ -183,6 +183,37 @@ async def test_a_scope_request_that_got_no_answer_gives_its_room_back(
     assert run.status == "waiting" and (await run.history())[-1].kind == "halt"
     assert run.record.usage["requests"] == 2 and calls == 3
     assert await real_store.ledger.scope_usage("acme", "all") == run.record.usage
+
+
+async def test_a_step_that_failed_or_halted_after_paying_gives_its_reservation_back(
+    real_store: Store,
+) -> None:
+    """Its event (error, halt) has a key of its own; its charge still ends the run's
+    reservation, or the scope would count those requests twice until it lapses."""
+
+    def sloppy(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        return ModelResponse(parts=[TextPart("not the structured output")])
+
+    def judge(name: str, output_retries: int) -> Agent[Chat]:
+        return Agent(
+            name=name, memory=Chat, model=FunctionModel(sloppy), initial="new", final=["done"],
+            scope_budget=Budget(requests=3), budget_scope=lambda m: m.tenant,
+            transitions=[llm("judge", "new", "done", prompt="p", output=Verdict, retries=0,
+                             output_retries=output_retries)],
+        )  # fmt: skip
+
+    one = chain(1, scope_budget=Budget(requests=3), budget_scope=lambda m: m.tenant)
+    failed = await judge("fails", 1).start(real_store, Chat())
+    await failed.until_done()  # 2 requests, then gives up
+    assert (failed.status, failed.record.usage["requests"]) == ("failed", 2)
+    assert (await (await one.start(real_store, Chat())).until_done()).status == "done"  # 3 of 3
+    await set_limits(real_store, scope="acme", limits=Budget(requests=5))
+    halted = await judge("halts", 3).start(real_store, Chat())
+    await halted.until_done()  # 2 more requests, then the scope is full
+    assert (halted.status, halted.record.usage["requests"]) == ("waiting", 2)
+    await set_limits(real_store, scope="acme", limits=Budget(requests=6))
+    assert (await (await one.start(real_store, Chat())).until_done()).status == "done"  # 6 of 6
+    assert (await real_store.ledger.scope_usage("acme", "all"))["requests"] == 6
 
 
 def test_a_priced_request_records_its_cost_in_nano_dollars() -> None:

@@ -18,7 +18,7 @@
 -- ARGV[12] usage increments, "name\nvalue\n" each, added to the run's 'u:<name>' fields
 -- ARGV[13] scope charge: '' for none, else the scope ledger's expiry (unix ms, 0 for none);
 --          the usage increments (ARGV[12]) are added to the scope's 'u:<name>' fields once per
---          idempotency key (ARGV[3]), and the key's reservation dropped, as scope_charge.lua does.
+--          idempotency key (ARGV[3]), and the run's reservation dropped, as scope_charge.lua does.
 --          On Cluster (the scope is in another slot) a JSON object instead, kept under the
 --          idempotency key in the run's pending charges hash, KEYS[5] ({prefix}:{run_id}:charges),
 --          for the caller to make the charge after (storage/redis/_indexes.py)
@@ -75,7 +75,7 @@ if string.sub(charge, 1, 1) == '{' then
   last = 4
 elseif charge ~= '' then
   last = last - 3
-  redis.call('HDEL', KEYS[last + 3], ARGV[3])
+  redis.call('HDEL', KEYS[last + 3], string.match(KEYS[1], '^[^{]*{(.*)}:run$'))
   if redis.call('HSETNX', KEYS[last + 2], ARGV[3], 1) == 1 then
     for name, value in string.gmatch(ARGV[12], '([^\n]+)\n([^\n]+)\n') do
       redis.call('HINCRBY', KEYS[last + 1], 'u:' .. name, value)

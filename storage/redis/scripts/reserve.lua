@@ -1,13 +1,13 @@
 -- Admit one model request of a budget scope and hold it in flight, atomically
 -- (storage._capabilities.Ledger.reserve says the rule).
 --
--- KEYS[1] the scope's usage hash (u:<name> -> total)   KEYS[2] its charged hash (event key -> 1)
--- KEYS[3] its held hash: event key -> "<requests> <until, unix ms on this server's clock>"
+-- KEYS[1] the scope's usage hash (u:<name> -> total)   KEYS[2] its charged hash (unused here)
+-- KEYS[3] its held hash: run id -> "<requests> <until, unix ms on this server's clock>"
 -- KEYS[4] (standalone Redis only) the scope's set limits hash (name -> limit); on Cluster it is
 --         in another slot, and the caller has applied the set limits to the given ones
--- ARGV[1] the event key   ARGV[2] the requests the key holds with this one   ARGV[3] TTL (ms)
+-- ARGV[1] the run id   ARGV[2] the requests the run holds with this one   ARGV[3] TTL (ms)
 -- ARGV[4] N, the number of limits given; ARGV[5 .. 4 + 2N] name, limit, ... (the declared ones)
--- ARGV[5 + 2N ..] name, value, ...: what the key's transition spent and has not committed
+-- ARGV[5 + 2N ..] name, value, ...: what the run's transition spent and has not committed
 --
 -- Returns {admitted (1 or 0), {name, used, ...}, {name, limit, ...}}; writes nothing but the
 -- removal of lapsed reservations when the request is refused.
@@ -31,7 +31,7 @@ end
 for i = rest, #ARGV, 2 do used[ARGV[i]] = (used[ARGV[i]] or 0) + tonumber(ARGV[i + 1]) end
 used['total_tokens'] = (used['input_tokens'] or 0) + (used['output_tokens'] or 0)
 
--- The other keys' live reservations are in flight; lapsed (or unreadable) ones are dropped.
+-- The other runs' live reservations are in flight; lapsed (or unreadable) ones are dropped.
 local mine, last = 0, 0
 local held = redis.call('HGETALL', KEYS[3])
 for i = 1, #held, 2 do
@@ -48,13 +48,12 @@ for i = 1, #held, 2 do
 end
 
 local admitted = 1
-local charged = redis.call('HEXISTS', KEYS[2], key) == 1
-if not charged and mine < want then
+if mine < want then
   for name, limit in pairs(limits) do
     if (used[name] or 0) >= limit then admitted = 0 end
   end
 end
-if admitted == 1 and not charged then
+if admitted == 1 then
   local untl = now + ttl
   redis.call('HSET', KEYS[3], key, math.max(mine, want) .. ' ' .. untl)
   redis.call('PEXPIREAT', KEYS[3], math.max(last, untl))

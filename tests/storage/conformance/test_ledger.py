@@ -73,19 +73,19 @@ async def test_concurrent_reserves_admit_exactly_what_the_limit_leaves(store: St
     assert await ledger.scope_usage("acme", "all") == {"requests": 2}  # nothing charged
 
 
-async def test_reserving_again_is_idempotent_and_a_charged_key_holds_nothing(store: Store) -> None:
+async def test_reserving_again_is_idempotent(store: Store) -> None:
     ledger = store.ledger
-    assert (await ledger.reserve("acme", "all", "k1", {"requests": 2}, 600)).admitted
-    assert (await ledger.reserve("acme", "all", "k2", {"requests": 2}, 600)).admitted
-    again = await ledger.reserve("acme", "all", "k1", {"requests": 2}, 600)
-    assert again.admitted and again.used["requests"] == 1  # k2's; k1 holds the same one
-    # k1's second request (its first answered, not committed) needs room the scope has not
-    assert not (await ledger.reserve("acme", "all", "k1", {"requests": 2}, 600,
+    assert (await ledger.reserve("acme", "all", "r1", {"requests": 2}, 600)).admitted
+    assert (await ledger.reserve("acme", "all", "r2", {"requests": 2}, 600)).admitted
+    again = await ledger.reserve("acme", "all", "r1", {"requests": 2}, 600)
+    assert again.admitted and again.used["requests"] == 1  # r2's; r1 holds the same one
+    # r1's second request (its first answered, not committed) needs room the scope has not
+    assert not (await ledger.reserve("acme", "all", "r1", {"requests": 2}, 600,
                                      spent={"requests": 1})).admitted  # fmt: skip
-    await ledger.charge_scope("acme", "all", "k1", {"requests": 1}, 0)
-    charged = await ledger.reserve("acme", "all", "k1", {"requests": 2}, 600)
-    assert charged.admitted and charged.used["requests"] == 2  # k1 charged, k2 in flight
-    assert not (await ledger.reserve("acme", "all", "k3", {"requests": 2}, 600)).admitted
+    await ledger.charge_scope("acme", "all", "e1", {"requests": 1}, 0, holder="r1")
+    assert not (await ledger.reserve("acme", "all", "r3", {"requests": 2}, 600)).admitted
+    after = await ledger.reserve("acme", "all", "r3", {"requests": 3}, 600)
+    assert after.admitted and after.used["requests"] == 2  # r1 charged, r2 in flight
 
 
 async def test_a_released_request_frees_its_room(store: Store) -> None:
@@ -115,21 +115,21 @@ async def test_a_reservation_its_holder_never_gave_back_lapses(store: Store) -> 
     assert not (await ledger.reserve("acme", "all", "more", limit, 600)).admitted
 
 
-async def test_the_charge_of_a_commit_drops_the_keys_reservation(store: Store) -> None:
+async def test_the_charge_of_a_commit_drops_the_runs_reservation(store: Store) -> None:
     await store.create(new_run())
     lease = await leased(store)
     paid = dataclasses.replace(event(1), usage={"requests": 1, "input_tokens": 7})
     ledger = store.ledger
-    assert (await ledger.reserve("acme", CHARGE.period, paid.key, {"requests": 9}, 600)).admitted
+    assert (await ledger.reserve("acme", CHARGE.period, "run-1", {"requests": 9}, 600)).admitted
     outcome = await store.commit(
         "run-1", expected_seq=0, token=lease.token, event=paid, scope_charge=CHARGE
     )
     assert isinstance(outcome, Committed)
     probe = await ledger.reserve("acme", CHARGE.period, "probe", {"requests": 9}, 600)
-    assert probe.used["requests"] == 1  # charged once, no longer in flight too
-    await ledger.charge_scope("acme", CHARGE.period, "probe", {"requests": 1}, 0)
+    assert probe.used["requests"] == 1  # charged once, and no longer in flight
+    await ledger.charge_scope("acme", CHARGE.period, "e2", {"requests": 1}, 0, holder="probe")
     again = await ledger.reserve("acme", CHARGE.period, "next", {"requests": 9}, 600)
-    assert again.used["requests"] == 2
+    assert again.used["requests"] == 2  # the probe's charge dropped its reservation
 
 
 async def test_reserve_judges_the_set_limits_and_every_figure(store: Store) -> None:
