@@ -8,7 +8,7 @@ import pytest
 from pydantic import BaseModel
 
 from agents import Agent, tool, wait
-from statemachine.engine import check
+from statemachine.engine import Action, check
 from statemachine.errors import InvalidPayload, MemoryTooLarge
 from storage import Store
 
@@ -54,7 +54,8 @@ async def test_a_fork_over_max_memory_is_refused_as_a_start_is(store: Store) -> 
     run = await inbox.run(store, Inbox(), run_id="r3")
     big = {"note": "x" * 2_000}
     with pytest.raises(MemoryTooLarge, match="over the limit of 1000"):
-        await check(inbox, store, "r3", "fork", at=1, new_run_id="big", memory_update=big)
+        fork = Action(name="fork", at=1, new_run_id="big", memory_update=big)
+        await check(inbox, store, "r3", fork)
     with pytest.raises(MemoryTooLarge, match="over the limit of 1000"):
         await inbox.fork(store, "r3", 1, new_run_id="big", memory_update=big)
     assert await store.load("big") is None
