@@ -93,7 +93,8 @@ class Reservation:
 
 
 class Ledger(Protocol):
-    """Usage per budget scope and period (shared by many runs), and limits people set.
+    """Usage per budget scope and period (shared by many runs), the requests in flight
+    there (`reserve`), and limits people set.
 
     A scope charge is idempotent by the committed event's key: `Store.commit(...,
     scope_charge=)` makes it in the commit's own atomic write, or, where one write cannot
