@@ -9,7 +9,15 @@ from typing import Any, TypeVar
 from pydantic import BaseModel
 
 from statemachine import DefinitionError, Machine
-from statemachine.engine import DEFAULT_MAX_MEMORY, Done, Migration, Transition, check, operate
+from statemachine.engine import (
+    DEFAULT_MAX_MEMORY,
+    Action,
+    Done,
+    Migration,
+    Transition,
+    check,
+    operate,
+)
 from storage import Store
 
 from .spending._budget import Budget, BudgetGate, set_limits
@@ -151,11 +159,11 @@ class Agent(Machine[M]):
             if run_id is None and (out.get("budget") != "scope" or out.get("name") != scope):
                 continue
             if dry_run:
-                plan = await check(self, store, record.run_id, "retry")
+                plan = await check(self, store, record.run_id, Action(name="retry"))
                 moved.append(Done(plan=plan, run_id=record.run_id, event=None,
                                   status=record.status, then="(dry run)"))  # fmt: skip
             else:
-                moved.append(await operate(self, store, record.run_id, "retry"))
+                moved.append(await operate(self, store, record.run_id, Action(name="retry")))
         return moved
 
 

@@ -14,7 +14,7 @@ from dataclasses import replace
 from typing import Any
 
 from statemachine import Machine, RunNotFound
-from statemachine.engine import ACTIONS, Done, Plan, Refused, check, operate
+from statemachine.engine import ACTIONS, Action, Done, Plan, Refused, check, operate
 from storage import Event, Store
 
 from .durable._approvals import approval
@@ -31,8 +31,8 @@ async def _target(
     action: str,
     machine: Machine[Any] | None,
     args: dict[str, Any],
-) -> tuple[Machine[Any], dict[str, Any], str | None]:
-    """The machine the action runs on, its engine arguments, and its own CLI command (for
+) -> tuple[Machine[Any], Action, str | None]:
+    """The machine the action runs on, the engine's `Action`, and its own CLI command (for
     approve/deny, which the engine does as a `send`)."""
     if action not in AGENT_ACTIONS:
         raise Refused(f"unknown action {action!r}: one of {', '.join(AGENT_ACTIONS)}")
@@ -45,7 +45,7 @@ async def _target(
         if args.get("args") is not None:
             flag += " --args '...'"
         command = f"agentfsm approve {run_id} {args.get('call')}{flag}"
-        return machine, {"event": ANSWER, "payload": payload}, command
+        return machine, Action(name="send", event=ANSWER, payload=payload), command
     if machine is None:
         record = await store.load(run_id)
         if record is None:
@@ -55,12 +55,10 @@ async def _target(
             " MODULE:AGENT (or register the agent)"
         )
     engine = {k: v for k, v in args.items() if k in _ENGINE_ARGS}
-    return machine, engine, None
+    return machine, Action(name=action, **engine), None
 
 
-_ENGINE_ARGS = frozenset(
-    {"event", "payload", "reason", "at", "new_run_id", "memory_update", "memory"}
-)
+_ENGINE_ARGS = frozenset(f for f in Action.__dataclass_fields__ if f != "name")
 
 
 async def check_action(
@@ -70,7 +68,7 @@ async def check_action(
     """What `action` will commit on run `run_id` (writing nothing), or `Refused` (a
     `RunError`) / the argument's own error naming why not."""
     target, engine, command = await _target(store, run_id, action, machine, args)
-    plan = await check(target, store, run_id, "send" if command else action, **engine)
+    plan = await check(target, store, run_id, engine)
     return replace(plan, action=action, command=command) if command else plan
 
 
@@ -88,8 +86,8 @@ async def do_action(
     """Do `action` (checked again first): see `statemachine._operations.operate`."""
     target, engine, command = await _target(store, run_id, action, machine, args)
     done = await operate(
-        target, store, run_id, "send" if command else action, expect_seq=expect_seq,
-        drive=drive and command is None, lease_wait=lease_wait, **engine,
+        target, store, run_id, engine, expect_seq=expect_seq,
+        drive=drive and command is None, lease_wait=lease_wait,
     )  # fmt: skip
     if command:
         then = f"the run goes on when it is run again: DurableAgent.run(run_id={run_id!r})"

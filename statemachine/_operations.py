@@ -7,8 +7,9 @@
     cancel   stop the run for good (`Run.cancel`)
     fork     a new run from a past commit of this one (`Machine.fork`)
 
-`check` says what an action will commit, writing nothing, or raises `Refused` naming why
-not and the way out; `operate` checks again and does it. Python, the CLI and the web UI call
+An `Action` is one of them with its arguments. `check` says what it will commit, writing
+nothing, or raises `Refused` naming why not and the way out; `operate` checks again and
+does it. Python, the CLI and the web UI call
 these two and nothing else, so they answer alike for every action on every run status
 (`agents` adds approve/deny and raising a budget on the same terms).
 
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ACTIONS",
     "Action",
+    "ActionName",
     "Done",
     "Plan",
     "Refused",
@@ -51,8 +53,8 @@ __all__ = [
     "workers_serve",
 ]
 
-Action: TypeAlias = Literal["start", "resume", "send", "retry", "cancel", "fork"]
-ACTIONS: tuple[Action, ...] = ("start", "resume", "send", "retry", "cancel", "fork")
+ActionName: TypeAlias = Literal["start", "resume", "send", "retry", "cancel", "fork"]
+ACTIONS: tuple[ActionName, ...] = ("start", "resume", "send", "retry", "cancel", "fork")
 _HEARTBEAT = 2.0
 """Seconds between a worker's heartbeats (`Worker(heartbeat=)`'s default)."""
 
@@ -60,6 +62,28 @@ _HEARTBEAT = 2.0
 class Refused(RunError):
     """The action cannot be done on the run as it is; nothing was written. The message
     names why and the way out."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Action:
+    """One action on a run, with what it needs: what `check` checks and `operate` does."""
+
+    name: str
+    """One of `ACTIONS` (another is `Refused`, naming them)."""
+    event: str | None = None
+    """send: the event."""
+    payload: JsonValue = None
+    """send: its payload."""
+    reason: str = ""
+    """cancel: why, recorded with it."""
+    at: int | None = None
+    """fork: the seq to fork at."""
+    new_run_id: str | None = None
+    """fork: the new run's id (None: a new one)."""
+    memory_update: Mapping[str, Any] | None = None
+    """fork: memory fields changed in the new run."""
+    memory: BaseModel | Mapping[str, Any] | None = None
+    """start: the new run's memory."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -113,25 +137,14 @@ async def _halted(store: Store, record: RunRecord) -> bool:
     return bool(last) and last[0].kind == "halt"
 
 
-async def check(
-    machine: Machine[Any],
-    store: Store,
-    run_id: str,
-    action: str,
-    *,
-    event: str | None = None,
-    payload: JsonValue = None,
-    reason: str = "",
-    at: int | None = None,
-    new_run_id: str | None = None,
-    memory_update: Mapping[str, Any] | None = None,
-    memory: BaseModel | Mapping[str, Any] | None = None,
-) -> Plan:
+async def check(machine: Machine[Any], store: Store, run_id: str, action: Action) -> Plan:
     """What `action` on run `run_id` will commit (see the module doc); `Refused` when it
     cannot be done, `RunNotFound`, or the error the arguments meet (`InvalidPayload`,
     `InvalidMemory`, `MemoryTooLarge`, `ValueError`). Writes nothing."""
-    if action == "start":
-        return await _check_start(machine, store, run_id, memory)
+    name, event, at = action.name, action.event, action.at
+    new_run_id, memory_update = action.new_run_id, action.memory_update
+    if name == "start":
+        return await _check_start(machine, store, run_id, action.memory)
     record = await store.load(run_id)
     if record is None:
         raise RunNotFound(run_id)
@@ -140,10 +153,10 @@ async def check(
     state, status, nxt = record.state, record.status, record.seq + 1
 
     def plan(commits: str, command: str, retry_first: bool = False) -> Plan:
-        return Plan(action=action, run_id=run_id, seq=record.seq, commits=commits,
+        return Plan(action=name, run_id=run_id, seq=record.seq, commits=commits,
                     command=command, retry_first=retry_first)  # fmt: skip
 
-    if action == "resume":
+    if name == "resume":
         if status in ("done", "cancelled"):
             raise Refused(f"run {run_id!r} is {status}: nothing to resume (fork it to go on)")
         if status == "failed" or await _halted(store, record):
@@ -157,11 +170,11 @@ async def check(
                 f"commits nothing: it waits in state {state!r} for {waits}", _cli("resume", run_id)
             )
         return plan(f"drives it on from state {state!r} (seq {record.seq})", _cli("resume", run_id))
-    if action == "send":
+    if name == "send":
         if event is None:
             raise Refused("send: name the event")
         run = await machine.resume(store, run_id)
-        t, checked = run._accept(event, payload)  # RunError naming what it waits for
+        t, checked = run._accept(event, action.payload)  # RunError naming what it waits for
         await run._rehearse(t, checked)
         dest = t.dest or "the state its route picks"
         return plan(
@@ -169,7 +182,7 @@ async def check(
             f" {json.dumps(checked)}",
             _cli("send", run_id, event, data=f"'{json.dumps(checked)}'"),
         )
-    if action == "retry":
+    if name == "retry":
         if status != "failed" and not await _halted(store, record):
             raise Refused(
                 f"run {run_id!r} is {status}, not failed nor parked by a budget: nothing to retry"
@@ -178,14 +191,15 @@ async def check(
             f"commits a 'retry' event as seq {nxt}: back to where it stopped, status running",
             _cli("retry", run_id),
         )
-    if action == "cancel":
+    if name == "cancel":
         if status in ("done", "cancelled"):
             raise Refused(f"run {run_id!r} is already {status}")
         return plan(
             f"commits a 'cancel' event as seq {nxt}: the run stops for good in state {state!r}"
-            + (f" (reason: {reason})" if reason else ""), _cli("cancel", run_id, reason=reason),
+            + (f" (reason: {action.reason})" if action.reason else ""),
+            _cli("cancel", run_id, reason=action.reason),
         )  # fmt: skip
-    if action == "fork":
+    if name == "fork":
         if at is None:
             raise Refused("fork: give the seq to fork at (--at SEQ)")
         await machine.fork_plan(store, run_id, at, new_run_id=new_run_id,
@@ -198,7 +212,7 @@ async def check(
             + "; the original stays as it is",
             _cli("fork", run_id, **flags),
         )
-    raise Refused(f"unknown action {action!r}: one of {', '.join(ACTIONS)}")
+    raise Refused(f"unknown action {name!r}: one of {', '.join(ACTIONS)}")
 
 
 async def _check_start(
@@ -229,75 +243,61 @@ async def operate(
     machine: Machine[Any],
     store: Store,
     run_id: str,
-    action: str,
+    action: Action,
     *,
     expect_seq: int | None = None,
     drive: bool = False,
     lease_wait: float | None = None,
-    event: str | None = None,
-    payload: JsonValue = None,
-    reason: str = "",
-    at: int | None = None,
-    new_run_id: str | None = None,
-    memory_update: Mapping[str, Any] | None = None,
-    memory: BaseModel | Mapping[str, Any] | None = None,
 ) -> Done:
     """Do `action` (`check`ed again first); what it did. With `expect_seq`, only from that
     seq: asked again after it was done, it answers what was done (`Done.again`); asked after
     the run moved otherwise, `Refused`. A run left `running` is handed on (`hand_off`)."""
-    args: dict[str, Any] = dict(event=event, payload=payload, reason=reason, at=at,
-                                new_run_id=new_run_id, memory_update=memory_update)  # fmt: skip
-    if action == "fork" and new_run_id is not None:
+    name, at, new_run_id = action.name, action.at, action.new_run_id
+    if name == "fork" and new_run_id is not None:
         again = await _forked_before(store, run_id, at, new_run_id)
         if again is not None:
             return again
     if expect_seq is not None:
         record = await store.load(run_id)
         if record is not None and record.seq != expect_seq:
-            return await _done_before(machine, store, record, action, expect_seq, args)
-    plan = await check(machine, store, run_id, action, memory=memory, **args)
-    if action == "start":
+            return await _done_before(store, record, action, expect_seq)
+    plan = await check(machine, store, run_id, action)
+    if name == "start":
+        memory = action.memory
         assert memory is not None or plan.seq >= 0
         started = await machine.start(store, memory or {}, run_id=run_id, hold=True)
         then = await hand_off(machine, started, drive=drive)
         return Done(plan=plan, run_id=run_id, event=None, status=started.status, then=then)
-    if action == "fork":
+    if name == "fork":
         assert at is not None
         forked = await machine.fork(store, run_id, at, new_run_id=new_run_id,
-                                    memory_update=memory_update)  # fmt: skip
+                                    memory_update=action.memory_update)  # fmt: skip
         then = f"left for `agentfsm resume {forked.run_id}` (nothing runs until then)"
         return Done(plan=plan, run_id=forked.run_id, event=None, status=forked.status, then=then)
     run = await machine.resume(store, run_id, lease_wait=lease_wait)
     committed: Event | None = None
     try:
-        if action == "send":
-            assert event is not None
-            committed = await run.send(event, payload)
-        elif action == "retry" or plan.retry_first:
+        if name == "send":
+            assert action.event is not None
+            committed = await run.send(action.event, action.payload)
+        elif name == "retry" or plan.retry_first:
             committed = await run.retry()
-        elif action == "cancel":
-            committed = await run.cancel(reason)
+        elif name == "cancel":
+            committed = await run.cancel(action.reason)
     except BaseException:
         await run.release(quiet=True)
         raise
-    then = await hand_off(machine, run, drive=drive or action == "resume")
+    then = await hand_off(machine, run, drive=drive or name == "resume")
     return Done(plan=plan, run_id=run_id, event=committed, status=run.status, then=then)
 
 
-async def _done_before(
-    machine: Machine[Any],
-    store: Store,
-    record: RunRecord,
-    action: str,
-    expect_seq: int,
-    args: dict[str, Any],
-) -> Done:
+async def _done_before(store: Store, record: RunRecord, action: Action, expect_seq: int) -> Done:
     """`operate` asked from `expect_seq` of a run now past it: what this operation committed
     then, or `Refused` when something else moved the run."""
-    mine = {"send": args["event"], "retry": "retry", "cancel": "cancel"}.get(action)
+    mine = {"send": action.event, "retry": "retry", "cancel": "cancel"}.get(action.name)
     done = await store.history(record.run_id, expect_seq + 1, expect_seq + 1)
     if mine is not None and done and done[0].trigger == mine:
-        plan = Plan(action=action, run_id=record.run_id, seq=expect_seq,
+        plan = Plan(action=action.name, run_id=record.run_id, seq=expect_seq,
                     commits=f"committed as seq {done[0].seq} before", command="")  # fmt: skip
         return Done(plan=plan, run_id=record.run_id, event=done[0], status=record.status,
                     then="as before: this was done already", again=True)  # fmt: skip

@@ -9,8 +9,9 @@ read runs): what is less common than the names in `statemachine`, yet public and
       memory_at                      the state and memory at a past seq
     WatchItem, watch, StepLive       a run's progress from any process; what a step streams
     traced, attached, transition_span  tracing steps inside a run's trace
-    ACTIONS, Plan, Done, Refused,    what people do to runs, as one operation each, with
-      check, operate, hand_off,      its dry run (`statemachine._operations`)
+    ACTIONS, Action, Plan, Done,     what people do to runs, as one operation each, with
+      Refused, check, operate,       its dry run (`statemachine._operations`)
+      hand_off,
       workers_serve
 """
 
@@ -20,7 +21,17 @@ from ._draw import Edge, Graph, Node
 from ._live import StepLive
 from ._machine import DEFAULT_MAX_MEMORY
 from ._migrate import Migration
-from ._operations import ACTIONS, Done, Plan, Refused, check, hand_off, operate, workers_serve
+from ._operations import (
+    ACTIONS,
+    Action,
+    Done,
+    Plan,
+    Refused,
+    check,
+    hand_off,
+    operate,
+    workers_serve,
+)
 from ._provenance import Provenance, Write, memory_at, why
 from ._step import RetryPolicy, Step, StepResult
 from ._table import Guard, Transition
@@ -30,6 +41,7 @@ from ._watch import WatchItem, watch
 __all__ = [
     "ACTIONS",
     "DEFAULT_MAX_MEMORY",
+    "Action",
     "Done",
     "Edge",
     "Graph",

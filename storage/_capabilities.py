@@ -25,6 +25,7 @@ __all__ = [
     "JobKind",
     "Ledger",
     "Limiter",
+    "Reservation",
     "RunQueue",
     "ScopeCharge",
     "ScopeLedger",
@@ -52,7 +53,8 @@ def check_scope(scope: str) -> str:
 class ScopeCharge:
     """What a commit also adds to a budget scope's ledger: the committed event's usage
     increments, to `scope`'s totals for `period`, once per event key (a key charged before,
-    after a commit or by another commit, is not charged again). The ledger may forget the
+    after a commit or by another commit, is not charged again); it also ends the request
+    the committing run holds in flight there (`Ledger.reserve`). The ledger may forget the
     period after `expires_at` (unix seconds; 0 for never). Not stored in the history."""
 
     scope: str
@@ -75,8 +77,24 @@ class ScopeLedger:
     expires_at: float = 0.0
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Reservation:
+    """What `Ledger.reserve` answered: whether the request may go, with the figures it was
+    judged on (what a budget error shows)."""
+
+    admitted: bool
+    used: dict[str, int]
+    """The scope's committed totals, plus the requests other keys hold in flight, plus what
+    the key's transition spent and has not committed (`spent`); with `total_tokens` (input
+    plus output tokens, `storage.usage.with_total`)."""
+    limits: dict[str, int]
+    """The limits in force: those given, each replaced by the one people set for the scope
+    (`limits("scope/<scope>")`), lower or higher."""
+
+
 class Ledger(Protocol):
-    """Usage per budget scope and period (shared by many runs), and limits people set.
+    """Usage per budget scope and period (shared by many runs), the requests in flight
+    there (`reserve`), and limits people set.
 
     A scope charge is idempotent by the committed event's key: `Store.commit(...,
     scope_charge=)` makes it in the commit's own atomic write, or, where one write cannot
@@ -86,16 +104,63 @@ class Ledger(Protocol):
         """The scope's totals for `period` ({} when nothing was charged)."""
         ...
 
-    async def scope_state(self, scope: str, period: str) -> tuple[dict[str, int], dict[str, int]]:
-        """`scope_usage(scope, period)` and `limits("scope/<scope>")`, read together: in one
-        round trip on a networked store (what a budget check reads before each request)."""
+    async def reserve(
+        self,
+        scope: str,
+        period: str,
+        holder: str,
+        limits: Mapping[str, int],
+        ttl: float,
+        *,
+        spent: Mapping[str, int] | None = None,
+    ) -> Reservation:
+        """Admit one model request of run `holder` (a run id) against the scope's limits
+        for `period`, and hold it in flight until the run's next commit charges the scope,
+        atomically, in one round trip on a networked store (Redis Cluster: three, the set
+        limits and the charges a crash left pending being in other slots). A run makes one
+        request at a time, from one transition at a time; the event that transition commits
+        has a key of its own per outcome (done, error, halt), so the reservation is the
+        run's, not the event's.
+
+        The limits in force are `limits` (the declared ones), each replaced by the one
+        people set for `"scope/<scope>"`. `used` is the scope's committed totals, plus the
+        requests the other runs hold (each live reservation counts what its transition
+        made and has not committed, the one in flight included), plus `spent`: what this
+        run's transition made and has not committed (its answered requests, their tokens
+        and cost). The request is admitted iff every limit in force is above its `used`
+        figure: so concurrent runs overshoot a `requests` limit by nothing, and a token or
+        cost limit by what the requests in flight will use.
+
+        When admitted, `holder` holds `spent["requests"] + 1` requests for `ttl` seconds
+        (on the server's clock): a reservation whose process dies lapses then, unless the
+        run's next holder takes it over. Reserving again with what `holder` holds already is
+        admitted whatever the others hold (the same answer: it only renews the TTL; a run
+        resumed after a crash goes on with its reservation). A scope charge of the run's
+        commit (`Store.commit(run_id, ..., scope_charge=)`; `charge_scope(...,
+        holder=run_id)`) drops the reservation in the same atomic write (Redis Cluster:
+        when it settles the charge, the reservation counting until then); `release` drops
+        it for a request that got no answer. Backups carry no reservations: they are
+        transient."""
+        ...
+
+    async def release(self, scope: str, period: str, holder: str, *, keep: int = 0) -> None:
+        """A request of run `holder` got no answer (nothing to charge): hold `keep` requests
+        for it (its transition's answered ones, not committed yet), none with 0."""
         ...
 
     async def charge_scope(
-        self, scope: str, period: str, key: str, usage: Mapping[str, int], expires_at: float
+        self,
+        scope: str,
+        period: str,
+        key: str,
+        usage: Mapping[str, int],
+        expires_at: float,
+        *,
+        holder: str = "",
     ) -> bool:
         """Add `usage` to the scope's totals for `period` unless `key` was charged there
-        before; True when charged. The ledger may forget the period after `expires_at`."""
+        before, and drop the reservation of run `holder` (`reserve`), atomically; True when
+        charged. The ledger may forget the period after `expires_at`."""
         ...
 
     async def limits(self, subject: str) -> dict[str, int]:

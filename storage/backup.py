@@ -28,7 +28,9 @@ whose charged keys are all in the import (the import is newer: the same ledger, 
 further); it is left as it is when the import's keys are all in the target's. When each has
 keys the other lacks (both stores charged the scope since they parted), the target keeps the
 union of the keys and, figure by figure, the larger total (never a charge counted twice);
-such scopes are listed as `diverged`. Limits are set as the import has them.
+such scopes are listed as `diverged`. Limits are set as the import has them. A scope's
+reservations of requests in flight (`Ledger.reserve`) are not carried: they are transient,
+and lapse or are charged within minutes, as leases are not carried either.
 """
 
 from __future__ import annotations

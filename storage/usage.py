@@ -20,7 +20,7 @@ from collections.abc import Mapping
 
 from .base import Event
 
-__all__ = ["COST_UNIT", "FIELD", "added", "increments"]
+__all__ = ["COST_UNIT", "FIELD", "added", "increments", "with_total"]
 
 FIELD = "u:"
 """The prefix of usage fields in a run's Redis hash (and of usage keys in decoded fields)."""
@@ -39,4 +39,12 @@ def added(totals: Mapping[str, int], usage: Mapping[str, int] | None) -> dict[st
     for name, value in (usage or {}).items():
         if value:
             out[name] = out.get(name, 0) + int(value)
+    return out
+
+
+def with_total(usage: Mapping[str, int]) -> dict[str, int]:
+    """`usage` with `total_tokens` (input plus output tokens) added: the figures budget limits
+    name (`scripts/reserve.lua` on Redis adds it the same way)."""
+    out = dict(usage)
+    out["total_tokens"] = usage.get("input_tokens", 0) + usage.get("output_tokens", 0)
     return out

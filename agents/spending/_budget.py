@@ -14,13 +14,13 @@ and it is sent on (`Run.retry()`, which the raise does).
 
 Every model request is admitted (`agents.spending._paid`), output retries and tool-loop
 rounds included, against the limits in force (`in_force`: the declared ones, each replaced
-by one people set, lower or higher). Concurrent runs of one scope read the scope's totals
-before their requests and are charged after their commits, so together they may overshoot a
-scope's limit by the requests admitted and not yet committed at that moment: those in flight,
-and those a step with several requests (output retries) has answered but not committed yet.
-Reserving at admission would bound it by the requests in flight alone; that needs an atomic
-check-and-reserve in the store's ledger (not there yet). A run's own limit is exact: its
-requests are one at a time and counted in its transition's tally.
+by one people set, lower or higher). A scope's admission is a reservation
+(`Ledger.reserve`, one round trip): the store checks the scope's committed totals plus the
+requests other runs hold in flight, and holds this one until the commit's charge drops it
+(or `release` when it got no answer; a reservation a dead process held lapses after
+`RESERVATION_TTL`). So concurrent runs of one scope never overshoot its `requests` limit,
+and overshoot a token or cost limit at most by what the requests in flight use. A run's own
+limit is exact: its requests are one at a time and counted in its transition's tally.
 """
 
 from __future__ import annotations
@@ -36,12 +36,14 @@ from statemachine import Run, RunError, StepContext
 from statemachine.errors import StepHalted
 from storage import Event, Store
 from storage.base import ScopeCharge
-from storage.usage import COST_UNIT, added, increments
+from storage.usage import COST_UNIT, added, increments, with_total
 
 __all__ = [
+    "RESERVATION_TTL",
     "Budget",
     "BudgetGate",
     "BudgetReached",
+    "Held",
     "halted",
     "in_force",
     "limits_line",
@@ -53,6 +55,9 @@ __all__ = [
 Period = Literal["hour", "day", "month"]
 _FORMATS: dict[str, str] = {"hour": "%Y-%m-%dT%H", "day": "%Y-%m-%d", "month": "%Y-%m"}
 _SECONDS = {"hour": 3600, "day": 86400, "month": 31 * 86400}
+RESERVATION_TTL = 300.0
+"""Seconds a scope's reservation of a request outlives a holder that never charged nor
+released it (a process that died), as a rate-limit slot does (`Bucket.slot_ttl`)."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -147,14 +152,21 @@ async def run_limits(store: Store, machine: object, run_id: str) -> dict[str, in
 
 def figures(usage: Mapping[str, int]) -> dict[str, int]:
     """Ledger totals with `total_tokens` (input + output) added, as limits name them."""
-    out = dict(usage)
-    out["total_tokens"] = usage.get("input_tokens", 0) + usage.get("output_tokens", 0)
-    return out
+    return with_total(usage)
 
 
 def over(limits: Mapping[str, int], used: Mapping[str, int]) -> dict[str, int]:
     """The limits `used` has reached (a request now would go past them)."""
     return {name: limit for name, limit in limits.items() if used.get(name, 0) >= limit}
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Held:
+    """A request a scope holds in flight for a run (`BudgetGate.admit`)."""
+
+    scope: str
+    period: str
+    run_id: str
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -167,30 +179,44 @@ class BudgetGate:
     on_budget: str | None
     memory_type: type[BaseModel]
 
-    async def admit(self, memory: Any, ctx: StepContext) -> None:
+    async def admit(self, memory: Any, ctx: StepContext) -> Held | None:
         """Before one model request: `StepHalted` when a budget in force (`in_force`) is
         reached, counting what the run's committed events and this transition's tries so far
-        paid (and, for a scope, what its other runs committed)."""
+        paid (and, for a scope, what its other runs committed or hold in flight). A scope's
+        admission holds the request (`Ledger.reserve`): the commit's charge lets it go, or
+        `release` when the request got no answer."""
         store = ctx.store
         if store is None:
-            return
-        spent = figures(ctx.spent)
+            return None
         if self.run_budget is not None:
             used = figures(added(ctx.usage, ctx.spent))
             limits = await in_force(store, f"run/{ctx.run_id}", self.run_budget)
             reached = over(limits, used)
             if reached:
                 raise self._halt("run", ctx.run_id, reached, used, None)
-        if self.scope_budget is not None and self.scope is not None:
-            scope = self.scope(memory)
-            period = period_of(self.scope_budget.per, time.time())
-            charged, set_limits = await store.ledger.scope_state(scope, period)
-            totals = figures(charged)
-            used = {k: totals.get(k, 0) + spent.get(k, 0) for k in {*totals, *spent}}
-            limits = with_set(self.scope_budget, set_limits)
-            reached = over(limits, used)
-            if reached:
-                raise self._halt("scope", scope, reached, used, period)
+        if self.scope_budget is None or self.scope is None:
+            return None
+        held = Held(
+            scope=self.scope(memory),
+            period=period_of(self.scope_budget.per, time.time()),
+            run_id=ctx.run_id,
+        )
+        got = await store.ledger.reserve(
+            held.scope, held.period, held.run_id, self.scope_budget.ledger_limits(),
+            RESERVATION_TTL, spent=ctx.spent,
+        )  # fmt: skip
+        if not got.admitted:
+            reached = over(got.limits, got.used)
+            raise self._halt("scope", held.scope, reached, got.used, held.period)
+        return held
+
+    @staticmethod
+    async def release(held: Held, ctx: StepContext) -> None:
+        """The request `admit` held got no answer: the scope holds only what the transition
+        answered so far (charged with its commit)."""
+        if ctx.store is not None:
+            keep = ctx.spent.get("requests", 0)
+            await ctx.store.ledger.release(held.scope, held.period, held.run_id, keep=keep)
 
     def _halt(
         self,

@@ -2,7 +2,8 @@
 (its output retries included), an `llm()` tool loop or a `DurableAgent` (plain or streamed)
 makes it.
 
-    admit (run and scope budgets: `BudgetGate.admit`, `StepHalted` when over)
+    admit (run and scope budgets: `BudgetGate.admit`, `StepHalted` when over; a scope
+           holds the request in flight until its charge, released if it gets no answer)
     → a slot of every rate limit (`rate_limited`)
     → send (plain, or a stream read to its end)
     → usage with cache tokens and cost (`usage_of`: genai-prices, as pydantic-ai prices)
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
@@ -33,12 +35,15 @@ from pydantic_ai.usage import RunUsage
 
 from statemachine import StepContext
 from statemachine.engine import RetryPolicy
+from storage import StorageError
 
 from ..steps._tool_engine import charge
-from ._budget import BudgetGate
+from ._budget import BudgetGate, Held
 from ._ratelimit import RateLimit, rate_limited
 
 __all__ = ["PaidModel", "Spending", "model_label", "paid_request", "usage_of"]
+
+_log = logging.getLogger("agentfsm.spending")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -105,8 +110,8 @@ async def _paying(
 ) -> AsyncIterator[Callable[[ModelResponse], None]]:
     """Admit one request, hold its rate-limit slots, time it; yields the function that
     records its answer. What it used is charged to the transition when it ends, however."""
-    if spending is not None and spending.gate is not None:
-        await spending.gate.admit(memory, ctx)
+    gate = spending.gate if spending is not None else None
+    held = await gate.admit(memory, ctx) if gate is not None else None
     answered: list[ModelResponse] = []
     limits = spending.rate_limits if spending is not None else ()
     timeout = spending.timeout if spending is not None else None
@@ -130,6 +135,17 @@ async def _paying(
     finally:
         if answered:  # a request that got no answer reported no usage (nor is it billed)
             charge(ctx, usage_of(answered[-1]))
+        elif held is not None:  # nor does it hold its scope's budget any longer
+            await _released(held, ctx)
+
+
+async def _released(held: Held, ctx: StepContext) -> None:
+    """`BudgetGate.release`; a store that fails to answer leaves the reservation to lapse
+    (`RESERVATION_TTL`), and the request's own error is the one raised."""
+    try:
+        await BudgetGate.release(held, ctx)
+    except StorageError as exc:
+        _log.warning("run %s: a scope's reservation is left to lapse: %s", ctx.run_id, exc)
 
 
 async def paid_request(

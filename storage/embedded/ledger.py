@@ -1,17 +1,21 @@
 """Scope ledgers and set limits in the embedded store (see `storage._capabilities.Ledger`).
 
 Tables, created IF NOT EXISTS when the store opens (no schema version step): `scope_usage`,
-`scope_charges` (the event keys charged, once each), `limits`. A commit with a scope charge
-makes it in its own transaction (`charge_rows`).
+`scope_charges` (the event keys charged, once each), `scope_held` (reservations of requests in
+flight, on the wall clock every process of the machine shares, as rate limits), `limits`. A
+commit with a scope charge makes it, and drops the run's reservation, in its own transaction
+(`charge_rows`); `reserve` is one `BEGIN IMMEDIATE` transaction over the shared file.
 """
 
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from .._capabilities import ScopeCharge, ScopeLedger, check_scope
+from .._capabilities import Reservation, ScopeCharge, ScopeLedger, check_scope
+from ..usage import with_total
 
 if TYPE_CHECKING:
     from ._db import Database
@@ -27,6 +31,10 @@ _TABLES = [
         scope TEXT NOT NULL, period TEXT NOT NULL, key TEXT NOT NULL, expires_at REAL NOT NULL,
         PRIMARY KEY (scope, period, key)
     ) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS scope_held (
+        scope TEXT NOT NULL, period TEXT NOT NULL, holder TEXT NOT NULL,
+        requests INTEGER NOT NULL, until REAL NOT NULL, PRIMARY KEY (scope, period, holder)
+    ) WITHOUT ROWID""",
     """CREATE TABLE IF NOT EXISTS limits (
         subject TEXT NOT NULL, name TEXT NOT NULL, value INTEGER NOT NULL,
         PRIMARY KEY (subject, name)
@@ -40,10 +48,18 @@ def create_tables(db: sqlite3.Connection) -> None:
 
 
 def charge_rows(
-    db: sqlite3.Connection, charge: ScopeCharge, key: str, usage: Mapping[str, int]
+    db: sqlite3.Connection,
+    charge: ScopeCharge,
+    key: str,
+    usage: Mapping[str, int],
+    holder: str = "",
 ) -> bool:
-    """Charge `usage` under `key` in the open transaction of `db`; False when `key` was
-    charged before (nothing written)."""
+    """Charge `usage` under `key` in the open transaction of `db`, and drop the reservation
+    of run `holder`; False when `key` was charged before (nothing charged)."""
+    db.execute(
+        "DELETE FROM scope_held WHERE scope = ? AND period = ? AND holder = ?",
+        (charge.scope, charge.period, holder),
+    )
     added = db.execute(
         "INSERT INTO scope_charges VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
         (charge.scope, charge.period, key, charge.expires_at),
@@ -66,32 +82,117 @@ class EmbeddedLedger:
         return self._store.connection.execute(query, params).fetchall()
 
     async def scope_usage(self, scope: str, period: str) -> dict[str, int]:
-        rows = self._store._transaction(
-            "read a scope's usage", "BEGIN", self._rows,
-            "SELECT name, value FROM scope_usage WHERE scope = ? AND period = ?",
-            (check_scope(scope), period),
+        check_scope(scope)
+        got: dict[str, int] = self._store._transaction(
+            "read a scope's usage", "BEGIN", self._usage, scope, period
+        )
+        return got
+
+    async def reserve(
+        self,
+        scope: str,
+        period: str,
+        holder: str,
+        limits: Mapping[str, int],
+        ttl: float,
+        *,
+        spent: Mapping[str, int] | None = None,
+    ) -> Reservation:
+        check_scope(scope)
+        got: Reservation = self._store._transaction(
+            f"reserve a request of scope {scope!r}", "BEGIN IMMEDIATE", self._reserve,
+            scope, period, holder, limits, ttl, spent or {},
         )  # fmt: skip
+        return got
+
+    def _reserve(
+        self,
+        scope: str,
+        period: str,
+        holder: str,
+        limits: Mapping[str, int],
+        ttl: float,
+        spent: Mapping[str, int],
+    ) -> Reservation:
+        # As reserve.lua.
+        db, now, where = self._store.connection, time.time(), (scope, period)
+        in_force = {name: int(v) for name, v in limits.items()}
+        in_force.update(self._limits(f"scope/{scope}"))
+        used = self._usage(scope, period)
+        for name, value in spent.items():
+            if value:
+                used[name] = used.get(name, 0) + int(value)
+        db.execute("DELETE FROM scope_held WHERE scope = ? AND period = ? AND until <= ?",
+                   (*where, now))  # fmt: skip
+        mine = 0
+        for other, count in db.execute(
+            "SELECT holder, requests FROM scope_held WHERE scope = ? AND period = ?", where
+        ).fetchall():
+            if other == holder:
+                mine = int(count)
+            else:
+                used["requests"] = used.get("requests", 0) + int(count)
+        used = with_total(used)
+        want = int(spent.get("requests", 0)) + 1
+        admitted = mine >= want or all(
+            used.get(name, 0) < limit for name, limit in in_force.items()
+        )
+        if admitted:
+            db.execute(
+                "INSERT INTO scope_held VALUES (?, ?, ?, ?, ?) ON CONFLICT (scope, period, holder)"
+                " DO UPDATE SET requests = excluded.requests, until = excluded.until",
+                (*where, holder, max(mine, want), now + ttl),
+            )
+        return Reservation(admitted=admitted, used=used, limits=in_force)
+
+    async def release(self, scope: str, period: str, holder: str, *, keep: int = 0) -> None:
+        def write() -> None:
+            where = (scope, period, holder)
+            if keep > 0:
+                self._store.connection.execute(
+                    "UPDATE scope_held SET requests = ?"
+                    " WHERE scope = ? AND period = ? AND holder = ?",
+                    (int(keep), *where),
+                )
+            else:
+                self._store.connection.execute(
+                    "DELETE FROM scope_held WHERE scope = ? AND period = ? AND holder = ?", where
+                )
+
+        self._store._transaction(f"release a request of scope {scope!r}", "BEGIN IMMEDIATE", write)
+
+    def _usage(self, scope: str, period: str) -> dict[str, int]:
+        rows = self._rows(
+            "SELECT name, value FROM scope_usage WHERE scope = ? AND period = ?", (scope, period)
+        )
         return {str(name): int(value) for name, value in rows}
 
-    async def scope_state(self, scope: str, period: str) -> tuple[dict[str, int], dict[str, int]]:
-        return await self.scope_usage(scope, period), await self.limits(f"scope/{scope}")
+    def _limits(self, subject: str) -> dict[str, int]:
+        rows = self._rows("SELECT name, value FROM limits WHERE subject = ?", (subject,))
+        return {str(name): int(value) for name, value in rows}
 
     async def charge_scope(
-        self, scope: str, period: str, key: str, usage: Mapping[str, int], expires_at: float
+        self,
+        scope: str,
+        period: str,
+        key: str,
+        usage: Mapping[str, int],
+        expires_at: float,
+        *,
+        holder: str = "",
     ) -> bool:
         charge = ScopeCharge(scope=scope, period=period, expires_at=expires_at)
         charged: bool = self._store._transaction(
             f"charge scope {scope!r}", "BEGIN IMMEDIATE", charge_rows,
-            self._store.connection, charge, key, usage,
+            self._store.connection, charge, key, usage, holder,
         )  # fmt: skip
         return charged
 
     async def limits(self, subject: str) -> dict[str, int]:
-        rows = self._store._transaction(
-            "read limits", "BEGIN", self._rows,
-            "SELECT name, value FROM limits WHERE subject = ?", (subject,),
-        )  # fmt: skip
-        return {str(name): int(value) for name, value in rows}
+        got: dict[str, int] = self._store._transaction(
+            "read limits", "BEGIN", self._limits, subject
+        )
+        return got
 
     async def set_limits(self, subject: str, limits: Mapping[str, int | None]) -> None:
         def write() -> None:

@@ -280,7 +280,7 @@ class EmbeddedStore(Database):
         db.execute("INSERT INTO events VALUES (?, ?, ?)", (run_id, seq, dump_event(event)))
         add_run_usage(db, run_id, increments(event))
         if scope_charge is not None:
-            _ledger.charge_rows(db, scope_charge, event.key, increments(event))
+            _ledger.charge_rows(db, scope_charge, event.key, increments(event), run_id)
         return Committed(seq=seq)
 
     def _committed_at(self, run_id: str, key: str) -> int | None:

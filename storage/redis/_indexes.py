@@ -71,9 +71,10 @@ def glob(text: str) -> str:
 
 
 def scope_keys(prefix: str, scope: str, period: str) -> list[str]:
-    """The keys of a scope's ledger for one period: its usage, its charged keys."""
+    """The keys of a scope's ledger for one period: its usage, its charged keys, its
+    reservations (one hash tag: one Cluster slot)."""
     base = f"{prefix}:{{$scope:{check_scope(scope)}:{period}}}"
-    return [f"{base}:usage", f"{base}:charged"]
+    return [f"{base}:usage", f"{base}:charged", f"{base}:held"]
 
 
 async def index_run(store: RedisBase, run: RunRecord) -> None:
@@ -161,7 +162,8 @@ async def settle_charges(store: RedisBase, run_id: str, pending: dict[str, str])
         try:
             item = json.loads(raw)
             keys = scope_keys(store.prefix, str(item["scope"]), str(item["period"]))
-            args: list[Any] = [event_key, max(int(float(item["expires_at"]) * 1000), 0)]
+            expiry = max(int(float(item["expires_at"]) * 1000), 0)
+            args: list[Any] = [event_key, expiry, run_id]
             for name, value in dict(item["usage"]).items():
                 args += [str(name), int(value)]
         except (ValueError, KeyError, TypeError):

@@ -5,6 +5,7 @@ Keys (one hash tag per scope and period, so the charge script touches one Cluste
 
     {prefix}:{$scope:<scope>:<period>}:usage     hash   u:<name> -> total
     {prefix}:{$scope:<scope>:<period>}:charged   hash   event key -> 1
+    {prefix}:{$scope:<scope>:<period>}:held      hash   run id -> "<requests> <until ms>"
     {prefix}:{$limits:<subject>}                 hash   name -> limit
 """
 
@@ -15,7 +16,7 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from .._capabilities import ScopeLedger
+from .._capabilities import Reservation, ScopeLedger
 from ._errors import talking
 from ._indexes import glob, scope_keys, settle_pending
 
@@ -39,22 +40,49 @@ class RedisLedger:
             raw: dict[str, str] = await self._store.client.hgetall(key)
         return {k[2:]: int(v) for k, v in raw.items() if k.startswith("u:")}
 
-    async def scope_state(self, scope: str, period: str) -> tuple[dict[str, int], dict[str, int]]:
-        await settle_pending(self._store)  # Cluster: charges a crash left in runs' slots
-        usage_key = scope_keys(self._store.prefix, scope, period)[0]
-        limits_key = self._limits_key(f"scope/{scope}")
-        async with talking(self._store, "read a scope's usage and limits", key=usage_key):
-            pipe = self._store.client.pipeline(transaction=False)
-            pipe.hgetall(usage_key)
-            pipe.hgetall(limits_key)
-            raw_usage, raw_limits = await pipe.execute()
-        usage = {k[2:]: int(v) for k, v in raw_usage.items() if k.startswith("u:")}
-        return usage, {k: int(v) for k, v in raw_limits.items()}
+    async def reserve(
+        self,
+        scope: str,
+        period: str,
+        holder: str,
+        limits: Mapping[str, int],
+        ttl: float,
+        *,
+        spent: Mapping[str, int] | None = None,
+    ) -> Reservation:
+        keys = scope_keys(self._store.prefix, scope, period)
+        given = {name: int(v) for name, v in limits.items()}
+        if self._store.standalone:
+            keys.append(self._limits_key(f"scope/{scope}"))  # read by the script itself
+        else:  # Cluster: the set limits are in another slot; charges a crash left, settled
+            await settle_pending(self._store)
+            given.update(await self.limits(f"scope/{scope}"))
+        spent = {name: int(v) for name, v in (spent or {}).items() if v}
+        want = spent.get("requests", 0) + 1
+        args: list[Any] = [holder, want, max(int(ttl * 1000), 1), len(given)]
+        for pairs in (given, spent):
+            for name, value in pairs.items():
+                args += [name, value]
+        async with talking(self._store, f"reserve a request of scope {scope!r}", key=keys[0]):
+            admitted, used, in_force = await self._store.script("reserve")(keys=keys, args=args)
+        return Reservation(admitted=bool(admitted), used=_pairs(used), limits=_pairs(in_force))
+
+    async def release(self, scope: str, period: str, holder: str, *, keep: int = 0) -> None:
+        held = scope_keys(self._store.prefix, scope, period)[2]
+        async with talking(self._store, f"release a request of scope {scope!r}", key=held):
+            await self._store.script("release")(keys=[held], args=[holder, max(int(keep), 0)])
 
     async def charge_scope(
-        self, scope: str, period: str, key: str, usage: Mapping[str, int], expires_at: float
+        self,
+        scope: str,
+        period: str,
+        key: str,
+        usage: Mapping[str, int],
+        expires_at: float,
+        *,
+        holder: str = "",
     ) -> bool:
-        args: list[Any] = [key, max(int(expires_at * 1000), 0)]
+        args: list[Any] = [key, max(int(expires_at * 1000), 0), holder]
         for name, value in usage.items():
             args += [name, int(value)]
         keys = scope_keys(self._store.prefix, scope, period)
@@ -109,7 +137,7 @@ class RedisLedger:
             if match is None:
                 continue
             scope, period = match.groups()
-            usage_key, charged_key = scope_keys(prefix, scope, period)
+            usage_key, charged_key, _ = scope_keys(prefix, scope, period)
             async with talking(self._store, f"read scope {scope!r}", key=usage_key):
                 pipe = client.pipeline(transaction=False)
                 pipe.hgetall(usage_key)
@@ -127,7 +155,7 @@ class RedisLedger:
         return ledgers
 
     async def put_scope_ledger(self, ledger: ScopeLedger) -> None:
-        usage_key, charged_key = scope_keys(self._store.prefix, ledger.scope, ledger.period)
+        usage_key, charged_key, _ = scope_keys(self._store.prefix, ledger.scope, ledger.period)
         async with talking(self._store, f"restore scope {ledger.scope!r}"):
             pipe = self._store.client.pipeline(transaction=True)  # one slot: one hash tag
             pipe.delete(usage_key, charged_key)
@@ -140,3 +168,8 @@ class RedisLedger:
                 pipe.pexpireat(usage_key, at)
                 pipe.pexpireat(charged_key, at)
             await pipe.execute()
+
+
+def _pairs(flat: list[Any]) -> dict[str, int]:
+    """A script's reply [name, value, ...] as a dict."""
+    return {str(flat[i]): int(flat[i + 1]) for i in range(0, len(flat), 2)}

@@ -16,9 +16,11 @@ from pydantic_ai.models.function import AgentInfo, FunctionModel
 from pydantic_ai.usage import RequestUsage
 
 from agents import Agent, Budget, DurableAgent, llm
-from agents.spending._budget import BudgetReached
+from agents.spending._budget import BudgetReached, set_limits
 from statemachine import DefinitionError
 from storage import Store, open_store
+
+from ..conftest import make_store
 
 
 class Chat(BaseModel):
@@ -144,6 +146,74 @@ async def test_output_retries_stop_at_the_budget_too(store: Store) -> None:
     assert run.status == "waiting"
     assert run.record.usage["requests"] == 1
     assert (await run.history())[-1].kind == "halt"
+
+
+@pytest_asyncio.fixture(params=["redis", "embedded"])
+async def real_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    """The real redis-server (a prefix of its own) and the embedded store."""
+    s = await make_store(request.param, request, tmp_path)
+    yield s
+    await s.close()
+
+
+async def test_a_scope_request_that_got_no_answer_gives_its_room_back(
+    real_store: Store,
+) -> None:
+    calls = 0
+
+    def flaky(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("the provider hung up")  # no answer: nothing paid
+        return ModelResponse(parts=[TextPart("not the structured output")])
+
+    agent = Agent(
+        name="sloppy", memory=Chat, model=FunctionModel(flaky), initial="new", final=["done"],
+        scope_budget=Budget(requests=2), budget_scope=lambda m: m.tenant,
+        transitions=[llm("judge", "new", "done", prompt="p", output=Verdict, output_retries=3,
+                         retries=0)],
+    )  # fmt: skip
+    failed = await agent.start(real_store, Chat())
+    await failed.until_done()
+    assert failed.status == "failed" and not failed.record.usage.get("requests")
+    # its unanswered request gave its room back: this run gets both requests, then halts
+    run = await agent.start(real_store, Chat())
+    await run.until_done()
+    assert run.status == "waiting" and (await run.history())[-1].kind == "halt"
+    assert run.record.usage["requests"] == 2 and calls == 3
+    assert await real_store.ledger.scope_usage("acme", "all") == run.record.usage
+
+
+async def test_a_step_that_failed_or_halted_after_paying_gives_its_reservation_back(
+    real_store: Store,
+) -> None:
+    """Its event (error, halt) has a key of its own; its charge still ends the run's
+    reservation, or the scope would count those requests twice until it lapses."""
+
+    def sloppy(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        return ModelResponse(parts=[TextPart("not the structured output")])
+
+    def judge(name: str, output_retries: int) -> Agent[Chat]:
+        return Agent(
+            name=name, memory=Chat, model=FunctionModel(sloppy), initial="new", final=["done"],
+            scope_budget=Budget(requests=3), budget_scope=lambda m: m.tenant,
+            transitions=[llm("judge", "new", "done", prompt="p", output=Verdict, retries=0,
+                             output_retries=output_retries)],
+        )  # fmt: skip
+
+    one = chain(1, scope_budget=Budget(requests=3), budget_scope=lambda m: m.tenant)
+    failed = await judge("fails", 1).start(real_store, Chat())
+    await failed.until_done()  # 2 requests, then gives up
+    assert (failed.status, failed.record.usage["requests"]) == ("failed", 2)
+    assert (await (await one.start(real_store, Chat())).until_done()).status == "done"  # 3 of 3
+    await set_limits(real_store, scope="acme", limits=Budget(requests=5))
+    halted = await judge("halts", 3).start(real_store, Chat())
+    await halted.until_done()  # 2 more requests, then the scope is full
+    assert (halted.status, halted.record.usage["requests"]) == ("waiting", 2)
+    await set_limits(real_store, scope="acme", limits=Budget(requests=6))
+    assert (await (await one.start(real_store, Chat())).until_done()).status == "done"  # 6 of 6
+    assert (await real_store.ledger.scope_usage("acme", "all"))["requests"] == 6
 
 
 def test_a_priced_request_records_its_cost_in_nano_dollars() -> None:

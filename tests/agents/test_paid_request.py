@@ -200,3 +200,35 @@ async def test_a_budget_raise_dry_run_names_the_runs_and_commits_nothing(
     assert "nothing committed" in said
     assert (await store.load("dry"), await in_force(store, "run/dry", None)) == before
     await store.close()
+
+
+SCOPED = chain(2, FunctionModel(priced), scope_budget=Budget(requests=3),
+               budget_scope=lambda m: m.tenant)  # fmt: skip
+"""A scope budget without `per=`: one ledger for all time (period "all")."""
+
+
+async def test_budget_shows_the_usage_of_a_scope_without_a_period(
+    redis_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import asyncio
+
+    from agents.cli import main
+    from storage import open_store
+
+    url = f"{redis_url}?prefix=noper"
+    store = open_store(url)
+    try:
+        await (await SCOPED.start(store, Chat(tenant="solo"))).until_done()
+        halted = await SCOPED.start(store, Chat(tenant="solo"))
+        await halted.until_done()
+        assert halted.status == "waiting"
+    finally:
+        await store.close()
+
+    def cli(*argv: str) -> str:
+        assert main([*argv, "--store", url]) == 0
+        return capsys.readouterr().out
+
+    agent = "tests.agents.test_paid_request:SCOPED"
+    said = await asyncio.to_thread(cli, "budget", "--scope", "solo", "--agent", agent)
+    assert "usage    3 requests" in said and "limits   requests 3" in said

@@ -28,7 +28,7 @@ from pydantic_ai.models.function import AgentInfo, FunctionModel
 from pydantic_ai.usage import RequestUsage
 
 from agents import Agent, Budget, llm, tool
-from agents.spending._budget import BudgetGate
+from agents.spending._budget import BudgetGate, Held
 from statemachine import StepContext
 from statemachine.engine import Transition
 from storage import Event, RunRecord, Store, open_store
@@ -36,7 +36,7 @@ from storage import Event, RunRecord, Store, open_store
 LEASE_TTL = 0.5
 BUDGET = 3
 """Requests one `budgeted` run may make."""
-SCOPE_BUDGET = 7
+SCOPE_BUDGET = 10
 """Requests all `scoped` runs of one tenant may make in a day."""
 
 
@@ -123,9 +123,10 @@ def scope_agent(workdir: Path) -> Agent[Chat]:
     )  # fmt: skip
     admit = BudgetGate.admit
 
-    async def admit_logged(gate: BudgetGate, memory: Any, ctx: StepContext) -> None:
-        await admit(gate, memory, ctx)
+    async def admit_logged(gate: BudgetGate, memory: Any, ctx: StepContext) -> Held | None:
+        held = await admit(gate, memory, ctx)
         _log(workdir, "admit")
+        return held
 
     async def charged(record: RunRecord, event: Event, store: Store) -> None:
         if event.usage:

@@ -8,6 +8,7 @@ import pytest
 from pydantic import BaseModel
 
 from agents import Agent, tool, wait
+from statemachine.engine import Action, check
 from statemachine.errors import InvalidPayload, MemoryTooLarge
 from storage import Store
 
@@ -47,3 +48,16 @@ async def test_a_payload_no_store_would_keep_is_refused_naming_it(store: Store) 
         await run.send("reply", "\ud800")
     assert await store.history("r2") == before
     assert (await inbox.resume(store, "r2")).status == "waiting"
+
+
+async def test_a_fork_over_max_memory_is_refused_as_a_start_is(store: Store) -> None:
+    run = await inbox.run(store, Inbox(), run_id="r3")
+    big = {"note": "x" * 2_000}
+    with pytest.raises(MemoryTooLarge, match="over the limit of 1000"):
+        fork = Action(name="fork", at=1, new_run_id="big", memory_update=big)
+        await check(inbox, store, "r3", fork)
+    with pytest.raises(MemoryTooLarge, match="over the limit of 1000"):
+        await inbox.fork(store, "r3", 1, new_run_id="big", memory_update=big)
+    assert await store.load("big") is None
+    forked = await inbox.fork(store, run.run_id, 1, new_run_id="small", memory_update={"note": "y"})
+    assert (forked.state, forked.memory.note) == ("asked", "y")

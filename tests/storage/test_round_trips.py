@@ -43,9 +43,10 @@ UNHELD_FIRST_STEP = 3
 reload), the step's "started" live item (see `FIRST_STEP`), then commit.lua."""
 
 SCOPE_CHECK = 1
-"""What a scope budget adds to each model request: the scope's totals and the limits people
-set for it, read for the check (two HGETALLs in one pipeline, `Ledger.scope_state`); the
-charge is made by commit.lua itself, in the step's one commit."""
+"""What a scope budget adds to each model request: its reservation (`Ledger.reserve`:
+reserve.lua, which reads the scope's totals, the requests in flight and the limits people set,
+and holds the request); the charge, which drops the reservation, is made by commit.lua itself,
+in the step's one commit."""
 
 _ids = itertools.count()
 

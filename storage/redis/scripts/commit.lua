@@ -7,8 +7,8 @@
 --          leaves the run not running: the lease is given back in the same round trip)
 -- KEYS[5..] (standalone Redis only) the indexes: KEYS[5] deadlines, KEYS[6..] runs by status
 --          ({prefix}:status:<status>, one per status); kept here when given, else by the caller
---          then, with a scope charge (ARGV[13], standalone only), the scope's usage and charged
---          hashes as the last two keys (see scope_charge.lua)
+--          then, with a scope charge (ARGV[13], standalone only), the scope's usage, charged
+--          and held hashes as the last three keys (see scope_charge.lua)
 -- ARGV[1]  expected seq    ARGV[2] fencing token    ARGV[3] idempotency key
 -- ARGV[4]  new state       ARGV[5] new status       ARGV[6] updated_at (unix seconds)
 -- ARGV[7]  deadline ('' for none)
@@ -18,7 +18,7 @@
 -- ARGV[12] usage increments, "name\nvalue\n" each, added to the run's 'u:<name>' fields
 -- ARGV[13] scope charge: '' for none, else the scope ledger's expiry (unix ms, 0 for none);
 --          the usage increments (ARGV[12]) are added to the scope's 'u:<name>' fields once per
---          idempotency key (ARGV[3]), as scope_charge.lua does.
+--          idempotency key (ARGV[3]), and the run's reservation dropped, as scope_charge.lua does.
 --          On Cluster (the scope is in another slot) a JSON object instead, kept under the
 --          idempotency key in the run's pending charges hash, KEYS[5] ({prefix}:{run_id}:charges),
 --          for the caller to make the charge after (storage/redis/_indexes.py)
@@ -74,7 +74,8 @@ if string.sub(charge, 1, 1) == '{' then
   redis.call('HSET', KEYS[5], ARGV[3], charge)
   last = 4
 elseif charge ~= '' then
-  last = last - 2
+  last = last - 3
+  redis.call('HDEL', KEYS[last + 3], string.match(KEYS[1], '^[^{]*{(.*)}:run$'))
   if redis.call('HSETNX', KEYS[last + 2], ARGV[3], 1) == 1 then
     for name, value in string.gmatch(ARGV[12], '([^\n]+)\n([^\n]+)\n') do
       redis.call('HINCRBY', KEYS[last + 1], 'u:' .. name, value)
