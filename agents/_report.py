@@ -1,8 +1,9 @@
 """A run report: one self-contained HTML page to read a run, share it, or attach it to an issue.
 
-The page holds the state graph with the run drawn on it (inline SVG when Graphviz's `dot` is
-installed, else the Mermaid text), a timeline of the committed transitions, and for each step
-its output, the memory after it (rebuilt from the events' patches) and the model conversation.
+The page holds the state graph with the run drawn on it (inline SVG, laid out by Graphviz's
+`dot` when it is installed, else in Python), a timeline of the committed transitions, and for
+each step its output, the memory after it (rebuilt from the events' patches) and the model
+conversation.
 Inline CSS, no script, nothing fetched: it opens from a file, offline. Everything that comes
 from the run is escaped.
 """
@@ -20,7 +21,6 @@ from typing import Any
 from pydantic import JsonValue
 
 from statemachine import Machine, RunNotFound
-from statemachine.errors import RendererMissing
 from storage import Event, RunRecord, Store
 
 from .spending._usage_text import usage_line
@@ -48,9 +48,8 @@ def report_html(
 ) -> str:
     """The HTML report of a run, from its record and events (reads nothing).
 
-    With `svg=False`, or when Graphviz's `dot` is not installed, the graph is shown as
-    Mermaid text instead of a picture; with `machine=None` (the agent is not known), it is
-    left out, saying how to get it.
+    With `svg=False`, the graph is shown as Mermaid text instead of a picture; with
+    `machine=None` (the agent is not known), it is left out, saying how to get it.
     """
     title = f"run {record.run_id} of {record.agent} v{record.version}"
     parts = [
@@ -80,17 +79,11 @@ def _graph(
             " (or registering the agent) draws it.</p></section>"
         )
     graph = machine.graph(run=record, events=events)
-    picture = ""
     if svg:
-        try:
-            picture = _inline_svg(graph.svg())
-        except RendererMissing:
-            picture = ""
-    if not picture:
+        picture = _inline_svg(graph.svg())
+    else:
         picture = (
-            '<p class="note">Graphviz\'s <code>dot</code> is not installed here (apt-get install'
-            " graphviz, or brew install graphviz), so the graph is given as Mermaid text: paste"
-            " it into any Mermaid renderer.</p>"
+            '<p class="note">The graph as Mermaid text: paste it into any Mermaid renderer.</p>'
             f'<pre class="code">{_esc(graph.mermaid())}</pre>'
         )
     return (
@@ -103,7 +96,7 @@ def _graph(
 
 
 def _inline_svg(svg: str) -> str:
-    """Graphviz's SVG document as an element to put in HTML: no XML prolog, no doctype, no
+    """An SVG document as an element to put in HTML: no XML prolog, no doctype, no
     namespace declarations (HTML does not need them, and they are the only URLs in it)."""
     svg = svg[svg.index("<svg") :]
     return re.sub(r'\s+xmlns(?::xlink)?="[^"]*"', "", svg, count=2)

@@ -12,7 +12,6 @@ from collections import Counter
 from typing import Any
 
 from statemachine import Machine
-from statemachine.errors import RendererMissing
 from storage import Store, cursor_of
 
 from .._report import _inline_svg
@@ -46,11 +45,7 @@ async def count_states(
 def _picture(machine: Machine[Any]) -> str:
     key = (machine.name, machine.version)
     if key not in _DRAWN:
-        graph = machine.graph()
-        try:
-            _DRAWN[key] = _inline_svg(graph.svg())
-        except RendererMissing:
-            _DRAWN[key] = f'<pre class="code">{esc(graph.mermaid())}</pre>'
+        _DRAWN[key] = _inline_svg(machine.graph().svg())
     return _DRAWN[key]
 
 
