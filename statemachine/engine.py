@@ -8,6 +8,7 @@ read runs): what is less common than the names in `statemachine`, yet public and
     Provenance, Write, why,          which transition wrote a memory field (`Run.why`);
       memory_at                      the state and memory at a past seq
     WatchItem, watch, StepLive       a run's progress from any process; what a step streams
+    offset_key                       checks a watch offset (`ValueError`), and orders offsets
     traced, attached, transition_span  tracing steps inside a run's trace
     ACTIONS, Plan, Done, Refused,    what people do to runs, as one operation each, with
       check, operate, hand_off,      its dry run (`statemachine._operations`)
@@ -25,7 +26,7 @@ from ._provenance import Provenance, Write, memory_at, why
 from ._step import RetryPolicy, Step, StepResult
 from ._table import Guard, Transition
 from ._tracing import attached, traced, transition_span
-from ._watch import WatchItem, watch
+from ._watch import WatchItem, offset_key, watch
 
 __all__ = [
     "ACTIONS",
@@ -50,6 +51,7 @@ __all__ = [
     "check",
     "hand_off",
     "memory_at",
+    "offset_key",
     "operate",
     "traced",
     "transition_span",

@@ -2,7 +2,8 @@
 
 Exit codes: 0 the run is done, 1 the run failed, 2 the command could not be carried out
 (bad arguments or input, unknown agent or run, unusable model, unreachable store),
-3 the run is waiting for an event.
+3 the run is waiting for an event, 130 interrupted. Every command's `--help` ends with the
+codes it answers with (`_command.exit_codes`, from the `exits` of its module's `Commands`).
 
 The commands live in one module per group: `running` (run, demo, resume, send, retry, cancel,
 fork, approve), `inspecting` (runs, show, history, why, graph, report), `watching` (watch),
@@ -29,7 +30,8 @@ that has a `commands = Commands()` (from `._command`)::
             ...
         return EXIT_DONE
 
-Every command gets `--store`. Add the command to an existing group's module, or make a new
+Every command gets `--store`. A module whose commands drive or follow a run declares
+`commands = Commands(RUN_EXITS)`, so their `--help` lists the run's exit codes too. Add the command to an existing group's module, or make a new
 module and name it in `GROUPS` below: its commands show in `agentfsm --help` in that order.
 A handler returns an exit code; it raises `UsageProblem` (or `ValueError`, `RunError`,
 `StorageError`) for a one-line error and exit code 2. Print with `_output.out`/`err`, and pass
@@ -46,7 +48,9 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from ._command import EXIT_USAGE, Command, Parser, UsageProblem
+import argparse
+
+from ._command import EXIT_INTERRUPTED, EXIT_USAGE, Command, Parser, UsageProblem, exit_codes
 
 __all__ = ["GROUPS", "main"]
 
@@ -66,7 +70,10 @@ def _parser() -> Parser:
     p = Parser(prog="agentfsm", description="Durable AI agents as state machines.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
     for c in commands():
-        parser = sub.add_parser(c.name, help=c.help, description=c.help)
+        parser = sub.add_parser(
+            c.name, help=c.help, description=c.help, epilog=exit_codes(c.exits),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )  # fmt: skip
         for a in c.args:
             parser.add_argument(*a.names, **a.options)
         parser.add_argument(
@@ -82,13 +89,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = asyncio.run(args.handler(args))
     except KeyboardInterrupt:
         _error("interrupted; the run continues from its last commit with `agentfsm resume`")
-        return 130
+        return EXIT_INTERRUPTED
     except Exception as exc:
         if not _refused(exc):
             raise
-        _error(f"error: {exc}")
+        _error(f"error: {exc}{_where(exc, args)}")
         return EXIT_USAGE
     return code
+
+
+def _where(exc: Exception, args: argparse.Namespace) -> str:
+    """For a run not found: which store was looked in, and how to name another."""
+    from statemachine import RunNotFound
+
+    if not isinstance(exc, RunNotFound):
+        return ""
+    from ._store import store_named
+
+    return f" ({store_named(args)}): name the run's store with --store or $AGENTFSM_STORE"
 
 
 def _refused(exc: Exception) -> bool:

@@ -24,7 +24,13 @@ from urllib.parse import quote
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
+from starlette.responses import (
+    HTMLResponse,
+    PlainTextResponse,
+    RedirectResponse,
+    Response,
+    StreamingResponse,
+)
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
@@ -164,7 +170,13 @@ class _Pages:
         except HTTPException as exc:
             return HTMLResponse(message_page("Run not found", str(exc.detail)), status_code=404)
         at_text = request.query_params.get("at", "")
-        at = int(at_text) if at_text.isdigit() else None
+        at: int | None = None
+        if at_text:
+            at = _seq(at_text)
+            if at is None or at > ctx.record.seq:
+                return self._bad_query(
+                    request, f"?at= takes a seq of this run, 0 to {ctx.record.seq}", ctx
+                )
         limits = await run_limits(self.store, ctx.machine, ctx.record.run_id)
         spending = f"usage {usage_line(ctx.record.usage)}" + (
             f"; limits {limits_line(limits)}" if limits else ""
@@ -180,7 +192,14 @@ class _Pages:
     async def stream(self, request: Request) -> Response:
         record = await self._record(request)
         last = request.headers.get("last-event-id") or request.query_params.get("after", "")
-        items = changes(self.store, record.run_id, resume_offset(last, record.seq))
+        try:
+            start = resume_offset(last, record.seq)
+        except ValueError as exc:
+            return PlainTextResponse(
+                f"{exc}: give ?after= (or Last-Event-ID) an offset of this stream, or none",
+                status_code=400,
+            )
+        items = changes(self.store, record.run_id, start)
         return StreamingResponse(
             sse(items),
             media_type="text/event-stream",
@@ -213,6 +232,13 @@ class _Pages:
             f'<input type="hidden" name="csrf" value="{esc(csrf_token(request))}">'
             f'<input type="hidden" name="seq" value="{ctx.record.seq}">'
         )
+
+    def _bad_query(self, request: Request, why: str, ctx: Context) -> Response:
+        body = (
+            f'<section><h1>Bad request</h1><p class="problem" id="problem">{esc(why)}</p>'
+            f'<p><a href="/runs/{esc(ctx.record.run_id)}">the run as it is now</a></p></section>'
+        )
+        return HTMLResponse(self._page(request, "bad request", body), status_code=400)
 
     def _refused(self, request: Request, ctx: Context, why: str, status: int) -> Response:
         body = (
@@ -257,6 +283,11 @@ class _Pages:
             "</section>"
         )
         return HTMLResponse(self._page(request, plan.title, body))
+
+
+def _seq(text: str) -> int | None:
+    """A seq from a query: ASCII digits, at most 15 of them (as watch offsets); else None."""
+    return int(text) if len(text) <= 15 and text.isascii() and text.isdigit() else None
 
 
 def _notice(did: str) -> str:
