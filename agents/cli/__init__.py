@@ -31,8 +31,9 @@ that has a `commands = Commands()` (from `._command`)::
         return EXIT_DONE
 
 Every command gets `--store`. A module whose commands drive or follow a run declares
-`commands = Commands(RUN_EXITS)`, so their `--help` lists the run's exit codes too. Add the command to an existing group's module, or make a new
-module and name it in `GROUPS` below: its commands show in `agentfsm --help` in that order.
+`commands = Commands(RUN_EXITS)`, so their `--help` lists the run's exit codes too. Add the
+command to an existing group's module, or make a new module and name it in `GROUPS` below:
+its commands show in `agentfsm --help` in that order.
 A handler returns an exit code; it raises `UsageProblem` (or `ValueError`, `RunError`,
 `StorageError`) for a one-line error and exit code 2. Print with `_output.out`/`err`, and pass
 whatever comes from a run or a user through `_output.shown()`. Keep the module's top-level
@@ -43,12 +44,11 @@ imports to the standard library and this package's `_command`, `_output`, `_stor
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import importlib
 import sys
 from collections.abc import Sequence
-
-import argparse
 
 from ._command import EXIT_INTERRUPTED, EXIT_USAGE, Command, Parser, UsageProblem, exit_codes
 

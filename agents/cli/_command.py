@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import textwrap
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, NoReturn
@@ -50,7 +51,13 @@ OTHER_EXITS = (EXIT_DONE, EXIT_USAGE, EXIT_INTERRUPTED)
 def exit_codes(codes: tuple[int, ...]) -> str:
     """The "exit codes" paragraph that ends a command's `--help` (and the module docs)."""
     run = " (the run is done, or left as asked)" if EXIT_WAITING in codes else ""
-    lines = [f"  {code:<4}{_MEANINGS[code].format(run=run)}" for code in codes]
+    lines = [
+        textwrap.fill(
+            _MEANINGS[code].format(run=run), 78, initial_indent=f"  {code:<4}",
+            subsequent_indent=" " * 6,
+        )
+        for code in codes
+    ]  # fmt: skip
     return "exit codes:\n" + "\n".join(lines)
 
 
