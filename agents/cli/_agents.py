@@ -106,10 +106,14 @@ async def stored_agent(store: Store, args: argparse.Namespace) -> Agent[Any]:
     of its name."""
     name, agent = await _agent_of_run(store, args)
     if agent is None:
+        known = ", ".join(registered_names()) or "none"
         raise UsageProblem(
-            f"run {args.run_id!r} belongs to agent {name!r}, which is not registered:"
-            " pass --agent MODULE:AGENT (where the agents.Agent, DurableAgent or"
-            " pydantic_ai.Agent object is)"
+            f"run {args.run_id!r} belongs to agent {name!r}, which is not registered here"
+            f" (registered: {known}): pass --agent MODULE:AGENT, MODULE being the Python module"
+            " that defines the agents.Agent, DurableAgent or pydantic_ai.Agent object (run"
+            " from its folder, or put the folder on PYTHONPATH), for example --agent"
+            f" my_agents:analyst; or register it once in your package's pyproject.toml:"
+            f' [project.entry-points."agentfsm.agents"] {name} = "MODULE:AGENT"'
         )
     return agent
 
