@@ -45,6 +45,7 @@ from ._actions import (
     Context,
     DriveMode,
     Driver,
+    Offer,
     form_fields,
     offers,
 )
@@ -181,9 +182,11 @@ class _Pages:
         spending = f"usage {usage_line(ctx.record.usage)}" + (
             f"; limits {limits_line(limits)}" if limits else ""
         )
+        offered = await offers(ctx)
         body = run_body(
-            ctx.machine, ctx.record, ctx.events, await offers(ctx), at,
+            ctx.machine, ctx.record, ctx.events, offered, at,
             notice=_notice(request.query_params.get("did", "")), spending=spending,
+            waiting=self._waiting(request, ctx, offered),
         )  # fmt: skip
         stream = f"/runs/{quote(ctx.record.run_id)}/stream?after={ctx.record.seq}"
         title = f"run {ctx.record.run_id}"
@@ -226,6 +229,38 @@ class _Pages:
             '<button type="submit" id="review">review what it will do</button></form></section>'
         )
         return HTMLResponse(self._page(request, action, body), status_code=status)
+
+    def _waiting(self, request: Request, ctx: Context, offered: list[Offer]) -> str:
+        """For a waiting run: a banner saying what it waits for, with the form that gives it."""
+        if ctx.record.status != "waiting":
+            return ""
+        forms = []
+        for o in offered:
+            if o.action not in ("send", "approve"):
+                continue
+            what = (
+                f"the event <b>{esc(o.params['event'])}</b>"
+                if o.action == "send"
+                else f"approval of the tool call <code>{esc(o.params['call'])}</code>"
+            )
+            try:
+                inputs = form_fields(o.action, ctx, o.params)
+            except ActionProblem as exc:
+                forms.append(f'<h2>Waiting for {what}</h2><p class="problem">{esc(exc)}</p>')
+                continue
+            forms.append(
+                f"<h2>Waiting for {what}</h2>"
+                f'<form method="post" class="action" action="/runs/{esc(ctx.record.run_id)}/act/'
+                f'{esc(o.action)}/preview">{self._hidden(request, ctx)}{inputs}'
+                '<button type="submit">review what it will do</button></form>'
+            )
+        if not forms:
+            forms.append(
+                f"<h2>Waiting in state <b>{esc(ctx.record.state)}</b></h2><p>The agent"
+                f" <code>{esc(ctx.record.agent)}</code> is not known to this server, so it cannot"
+                " say for what: start it with <code>--agents MODULE:AGENT</code>.</p>"
+            )
+        return f'<section class="waiting" id="waiting">{"".join(forms)}</section>'
 
     def _hidden(self, request: Request, ctx: Context) -> str:
         return (

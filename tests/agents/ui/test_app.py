@@ -7,6 +7,7 @@ import dataclasses
 import html
 import re
 import time
+from pathlib import Path
 
 import pytest
 from starlette.testclient import TestClient
@@ -278,19 +279,30 @@ def test_the_agents_page_draws_each_agent_and_counts_its_runs(
     assert re.search(r"state=ready\">ready</a></td><td class=\"num\">2</td>", page)
 
 
-def test_usage_totals_show_when_records_carry_them(store: Store) -> None:
-    from agents.ui._runs_page import usage_cell
+def test_usage_and_cost_read_alike_in_the_list_the_run_page_and_the_cli(
+    client: TestClient, store: Store, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from agents.cli import main
+    from agents.examples.approval import Reply, approval
+    from agents.ui._runs_page import usage_cells
 
-    waiting_run(store)
-    record = run_sync(store.load("t1"))
-    assert usage_cell(record) == ""
+    async def drafted() -> None:  # one model request (offline): usage, no price
+        run = await approval.start(store, Reply(request="refund"), run_id="u1")
+        await run.until_done()
 
-    @dataclasses.dataclass(frozen=True)
-    class WithUsage:
-        usage: dict[str, int]
-
-    ledger = WithUsage({"requests": 2, "input_tokens": 10})
-    assert usage_cell(ledger) == "requests 2, input_tokens 10"  # type: ignore[arg-type]
+    run_sync(drafted())
+    record = run_sync(store.load("u1"))
+    words = "1 requests, "  # the CLI's wording ("53 in, 7 out"), not the ledger's keys
+    assert record.usage["requests"] == 1
+    listed = client.get("/").text
+    assert "<th>usage</th><th>cost</th>" in listed and f"<td>{words}" in listed
+    line = listed[listed.index(f"<td>{words}") + 4 :].split("</td>")[0]
+    assert line in client.get("/runs/u1").text
+    capsys.readouterr()
+    assert main(["show", "u1", "--store", f"sqlite:///{tmp_path / 'ui.db'}"]) == 0
+    assert f"usage    {line}" in capsys.readouterr().out
+    priced = dataclasses.replace(record, usage={**record.usage, "cost_nusd": 4200})
+    assert usage_cells(priced).endswith('<td class="num">$0.000004</td>')
 
 
 @pytest.mark.parametrize("path", ["/", "/agents", "/runs/t1"])
