@@ -106,6 +106,43 @@ def test_the_run_page_shows_graph_timeline_memory_why_and_actions(
     assert re.search(r"<b>ticks</b></td><td><pre>0</pre></td><td><pre>1</pre>", at_one)
 
 
+def test_a_waiting_run_says_what_it_waits_for_with_the_form_that_sends_it(
+    client: TestClient, store: Store
+) -> None:
+    waiting_run(store)
+    page = client.get("/runs/t1").text
+    banner = page[page.index('<section class="waiting" id="waiting">') :].split("</section>")[0]
+    assert "Waiting for the event <b>answer</b>" in banner
+    assert 'action="/runs/t1/act/send/preview"' in banner  # the send form, right there
+    for field in ('name="f.by"', 'name="f.approved"', 'name="f.count"', 'name="csrf"'):
+        assert field in banner
+    fields = {"csrf": csrf_of(page), "seq": "2", "event": "answer", "f.by": "ana",
+              "f.approved": "true", "f.count": "2"}  # fmt: skip
+    plan = client.post("/runs/t1/act/send/preview", data=fields, headers=ORIGIN)
+    assert plan.status_code == 200 and "commits event" in plan.text
+    client.post("/runs/t1/act/send/do", data=fields, headers=ORIGIN)
+    settled(store, "t1", "done")
+    assert 'id="waiting"' not in client.get("/runs/t1").text  # done: nothing to wait for
+
+
+def test_a_durable_runs_memory_reads_without_the_engines_internals(
+    client: TestClient, store: Store, tmp_path: Path
+) -> None:
+    from ..test_cli_approve import park
+
+    run_sync(park(f"sqlite:///{tmp_path / 'ui.db'}", "dur"))
+    page = client.get("/runs/dur").text
+    memory = page[page.index('id="memory"') :].split("</section>")[0]
+    shown, _, raw = memory.partition('<details class="raw" id="raw">')
+    assert "<b>prompt</b>" in shown and "go" in shown
+    assert "delete_file" in shown and "del-a" in shown  # the call the run waits on
+    record = run_sync(store.load("dur"))
+    for internal in ("agent", "deferred", "message_history", "kind"):  # only behind the toggle
+        assert f'id="why-{internal}"' in raw and f'id="why-{internal}"' not in shown
+    assert str(record.memory["agent"]) not in shown and "part_kind" not in shown
+    assert "Waiting for approval of the tool call <code>del-a</code>" in page
+
+
 def test_the_conversation_and_errors_are_shown(client: TestClient, store: Store) -> None:
     async def make() -> None:
         from agents.examples.approval import approval
