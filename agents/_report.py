@@ -349,7 +349,7 @@ section h2 { margin-top: 0; }
 .status.running { background: #e3f2fd; color: var(--blue); }
 .status.waiting { background: #fff8e1; color: #b26a00; }
 figure.graph { margin: 0; overflow-x: auto; text-align: center; }
-figure.graph svg { max-width: 100%; height: auto; }
+figure.graph svg { height: auto; }  /* its own size: a wide graph scrolls, its text stays legible */
 .legend { color: var(--grey); font-size: 12px; display: flex; gap: 18px; flex-wrap: wrap; }
 .key::before { content: ""; display: inline-block; width: 22px; height: 0; margin-right: 6px;
   vertical-align: middle; border-top: 3px solid; }

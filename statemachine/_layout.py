@@ -318,7 +318,7 @@ def _svg(
     total_w = max(x + _PAD, _text_width(graph.title, _TITLE_PX) + 2 * _PAD)
     total_h = top + max((b.y + b.height / 2 for b in boxes), default=0.0) + _PAD
     out = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{total_w:.0f}pt" height="{total_h:.0f}pt"'
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{total_w:.0f}" height="{total_h:.0f}"'
         f' viewBox="0 0 {total_w:.1f} {total_h:.1f}" font-family="{_FONT}" role="img">',
         f"<title>{esc(graph.title)}</title>",
         f'<text x="{total_w / 2:.1f}" y="{_PAD + _TITLE_PX:.1f}" text-anchor="middle"'
