@@ -1,11 +1,11 @@
 """A run report: one self-contained HTML page to read a run, share it, or attach it to an issue.
 
-The page holds the state graph with the run drawn on it (inline SVG, laid out by Graphviz's
-`dot` when it is installed, else in Python), a timeline of the committed transitions, and for
-each step its output, the memory after it (rebuilt from the events' patches) and the model
-conversation.
-Inline CSS, no script, nothing fetched: it opens from a file, offline. Everything that comes
-from the run is escaped.
+The page holds the state graph with the run drawn on it (inline SVG, laid out in Python by
+`statemachine`'s layered layout: no Graphviz needed, the same picture on every machine, and
+no edge label drawn over another, which `dot` does not promise), a timeline of the committed
+transitions, and for each step its output, the memory after it (rebuilt from the events'
+patches) and the model conversation. Inline CSS, no script, nothing fetched: it opens from a
+file, offline. Everything that comes from the run is escaped.
 """
 
 from __future__ import annotations
@@ -79,8 +79,8 @@ def _graph(
             " (or registering the agent) draws it.</p></section>"
         )
     graph = machine.graph(run=record, events=events)
-    if svg:
-        picture = _inline_svg(graph.svg())
+    if svg:  # our layout, not dot's: the same picture everywhere, and no label on another
+        picture = _inline_svg(graph.svg(layout="python"))
     else:
         picture = (
             '<p class="note">The graph as Mermaid text: paste it into any Mermaid renderer.</p>'

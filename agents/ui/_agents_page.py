@@ -45,7 +45,7 @@ async def count_states(
 def _picture(machine: Machine[Any]) -> str:
     key = (machine.name, machine.version)
     if key not in _DRAWN:
-        _DRAWN[key] = _inline_svg(machine.graph().svg())
+        _DRAWN[key] = _inline_svg(machine.graph().svg(layout="python"))  # as the report
     return _DRAWN[key]
 
 
