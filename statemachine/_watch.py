@@ -85,7 +85,8 @@ async def watch(
     store: Store, run_id: str, *, after: str | None = None, follow: bool = False
 ) -> AsyncIterator[WatchItem]:
     """Everything that happened in run `run_id` after `after` (None: from its start), then
-    what happens live, until the run stops being driven (waiting, done, failed, cancelled);
+    what happens live, until the run stops being driven (waiting, done, failed, cancelled;
+    a stop the history has gone past, such as a retried failure, does not end it);
     with `follow`, on across resumes until it is done or cancelled. `RunNotFound` for an
     unknown run."""
     cursor = offset_key(after)

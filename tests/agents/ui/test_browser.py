@@ -150,6 +150,7 @@ def test_a_browser_watches_a_run_advance_and_finishes_it(
             assert len(driver.find_elements(By.CSS_SELECTOR, "figure.graph svg g.node")) == 6
             output = find(By.ID, "output")  # sized to what it holds, not the window
             assert output.size["width"] < driver.get_window_size()["width"] * 0.8
+            save(driver, tmp_path, "ui-waiting.png")
 
             find(By.PARTIAL_LINK_TEXT, "send answer").click()
             wait.until(ec.presence_of_element_located((By.NAME, "f.by"))).send_keys("selenium")
