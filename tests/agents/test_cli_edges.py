@@ -5,6 +5,7 @@ agent that is not registered says how to name it."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import unicodedata
 import uuid
@@ -148,3 +149,15 @@ def test_a_run_of_an_agent_not_registered_says_how_to_name_it(
     for way_out in ("--agent MODULE:AGENT", "PYTHONPATH", '"agentfsm.agents"', "data_analyst"):
         assert way_out in said, way_out
     assert main(["retry", "h1", "--agent", spec, *store]) == 1  # named: it runs (and fails)
+
+
+def test_the_store_is_named_without_its_password_and_with_an_absolute_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from agents.cli._store import store_named
+
+    monkeypatch.chdir(tmp_path)
+    named = store_named(argparse.Namespace(store="redis://:hunter2@127.0.0.1:6390/0"))
+    assert "hunter2" not in named and "127.0.0.1:6390/0" in named and "from --store" in named
+    named = store_named(argparse.Namespace(store="sqlite:///runs/s.db?timeout=5"))
+    assert f"sqlite:///{tmp_path / 'runs' / 's.db'}?timeout=5" in named
