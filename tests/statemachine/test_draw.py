@@ -367,7 +367,7 @@ def _overlap(a: tuple[float, float, float, float], b: tuple[float, float, float,
     return a[0] < b[2] - e and b[0] < a[2] - e and a[1] < b[3] - e and b[1] < a[3] - e
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(graphs())
 def test_the_python_layout_draws_every_state_and_edge_and_overlaps_no_label(g: Graph) -> None:
     root = ET.fromstring(g.svg(layout="python"))
