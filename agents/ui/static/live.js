@@ -42,7 +42,7 @@
   });
   var watched = false;  // whether this page has seen the run move (else it was over already)
   var ends = { done: "the run is done", failed: "the run failed: its errors are listed below",
-               waiting: "the run waits for an event: see the form above",
+               waiting: "the run waits for an event: answer it with the form on this page",
                cancelled: "the run was cancelled" };
   source.addEventListener("step", function (event) {
     var step = JSON.parse(event.data);
