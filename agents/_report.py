@@ -1,11 +1,9 @@
 """A run report: one self-contained HTML page to read a run, share it, or attach it to an issue.
 
-The page holds the state graph with the run drawn on it (inline SVG, laid out in Python by
-`statemachine`'s layered layout: no Graphviz needed, the same picture on every machine, and
-no edge label drawn over another, which `dot` does not promise), a timeline of the committed
-transitions, and for each step its output, the memory after it (rebuilt from the events'
-patches) and the model conversation. Inline CSS, no script, nothing fetched: it opens from a
-file, offline. Everything that comes from the run is escaped.
+The page holds the state graph with the run drawn on it (inline SVG, see `drawn_svg`), a
+timeline of the committed transitions, and for each step its output, the memory after it
+(rebuilt from the events' patches) and the model conversation. Inline CSS, no script, nothing
+fetched: it opens from a file, offline. Everything that comes from the run is escaped.
 """
 
 from __future__ import annotations
@@ -21,11 +19,12 @@ from typing import Any
 from pydantic import JsonValue
 
 from statemachine import Machine, RunNotFound
+from statemachine.engine import Graph
 from storage import Event, RunRecord, Store
 
 from .spending._usage_text import usage_line
 
-__all__ = ["render_report", "report_html"]
+__all__ = ["drawn_svg", "render_report", "report_html"]
 
 _esc = html.escape
 
@@ -79,8 +78,8 @@ def _graph(
             " (or registering the agent) draws it.</p></section>"
         )
     graph = machine.graph(run=record, events=events)
-    if svg:  # our layout, not dot's: the same picture everywhere, and no label on another
-        picture = _inline_svg(graph.svg(layout="python"))
+    if svg:
+        picture = drawn_svg(graph)
     else:
         picture = (
             '<p class="note">The graph as Mermaid text: paste it into any Mermaid renderer.</p>'
@@ -93,6 +92,19 @@ def _graph(
         '<span class="key failed">failed step</span>'
         "<span>edge labels: trigger · step kind, [guard] or route</span></p></section>"
     )
+
+
+_SMALL = 300
+"""States + edges up to which a graph is always laid out in Python (see `drawn_svg`)."""
+
+
+def drawn_svg(graph: Graph) -> str:
+    """`graph` as an SVG element for a page. Laid out in Python, not by dot, where it is
+    small (agents are): the same picture on every machine, and no edge label over another,
+    which dot does not promise. A huge one takes dot where it is installed: seconds in
+    Python, a fraction of one in dot."""
+    small = len(graph.nodes) + len(graph.edges) <= _SMALL
+    return _inline_svg(graph.svg(layout="python" if small else "auto"))
 
 
 def _inline_svg(svg: str) -> str:

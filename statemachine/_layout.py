@@ -49,6 +49,8 @@ _FILL = {  # fill, border per node kind
     "": ("#ffffff", "#555555"),
 }
 _VISITED = "#e3f2fd"
+_BIG = 4000
+"""Boxes (states, labels, bend points) above which the layout takes fewer, cheaper passes."""
 
 
 @dataclass(slots=True)
@@ -192,9 +194,12 @@ def _order(boxes: list[_Box]) -> list[list[int]]:
             visit(i)
     for i in range(len(boxes)):
         visit(i)
+    # A big graph (long edges make many bend points) gets fewer sweeps and keeps the last
+    # order instead of counting crossings after each: seconds otherwise, in pure Python.
+    big = len(boxes) > _BIG
     best = [list(c) for c in columns]
-    fewest = _crossings(boxes, columns)
-    for sweep in range(12):
+    fewest = 0 if big else _crossings(boxes, columns)
+    for sweep in range(4 if big else 12):
         down = sweep % 2 == 0
         steps = range(1, width) if down else range(width - 2, -1, -1)
         for c in steps:
@@ -210,6 +215,9 @@ def _order(boxes: list[_Box]) -> list[list[int]]:
             columns[c].sort(key=lambda i: boxes[i].y)
             for pos, i in enumerate(columns[c]):
                 boxes[i].order = pos
+        if big:
+            best = [list(c) for c in columns]
+            continue
         crossings = _crossings(boxes, columns)
         if crossings < fewest:
             fewest, best = crossings, [list(c) for c in columns]
@@ -256,7 +264,7 @@ def _heights(boxes: list[_Box], columns: list[list[int]]) -> None:
         for i in column:
             boxes[i].y = y + boxes[i].height / 2
             y += boxes[i].height + _GAP_Y
-    for sweep in range(10):
+    for sweep in range(4 if len(boxes) > _BIG else 10):
         down = sweep % 2 == 0
         order = columns if down else columns[::-1]
         for column in order:

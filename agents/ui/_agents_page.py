@@ -14,7 +14,7 @@ from typing import Any
 from statemachine import Machine
 from storage import Store, cursor_of
 
-from .._report import _inline_svg
+from .._report import drawn_svg
 from ._html import esc, query
 
 __all__ = ["COUNT_LIMIT", "agents_body"]
@@ -45,7 +45,7 @@ async def count_states(
 def _picture(machine: Machine[Any]) -> str:
     key = (machine.name, machine.version)
     if key not in _DRAWN:
-        _DRAWN[key] = _inline_svg(machine.graph().svg(layout="python"))  # as the report
+        _DRAWN[key] = drawn_svg(machine.graph())  # as the report draws it
     return _DRAWN[key]
 
 
