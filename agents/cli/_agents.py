@@ -153,7 +153,10 @@ def with_model(agent: Agent[Any], model: str | None) -> Agent[Any]:
         extra = next((x for x in _EXTRAS if f"pydantic-ai-slim[{x}]" in str(exc)), None)
         if extra is None:
             raise
-        raise UsageProblem(f'{exc}; with agentfsm: pip install "agentfsm[{extra}]"') from None
+        raise UsageProblem(
+            f'{exc}; with agentfsm: pip install "agentfsm[{extra}]" (in a clone of agentfsm:'
+            f' pip install -e ".[{extra}]")'
+        ) from None
     return agent
 
 

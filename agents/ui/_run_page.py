@@ -56,7 +56,12 @@ def run_body(
 def _drawn(machine: Machine[Any] | None, record: RunRecord, events: Sequence[Event]) -> str:
     key = (record.agent, record.run_id, record.version, record.seq)
     if machine is None:
-        return _graph(None, record, events, svg=False)
+        return (
+            '<section><h2>Graph</h2><p class="note">The agent '
+            f"<code>{esc(record.agent)}</code> is not known to this server, so its graph is not"
+            " drawn: start it with <code>agentfsm ui --agents MODULE:AGENT</code> (or register"
+            " the agent under the <code>agentfsm.agents</code> entry point).</p></section>"
+        )
     if key not in _GRAPHS:
         _GRAPHS[key] = _graph(machine, record, events, svg=True)
         while len(_GRAPHS) > _GRAPHS_KEPT:
