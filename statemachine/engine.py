@@ -7,8 +7,8 @@ read runs): what is less common than the names in `statemachine`, yet public and
     Graph, Node, Edge                a drawn machine (`Machine.graph()`)
     Provenance, Write, why,          which transition wrote a memory field (`Run.why`);
       memory_at                      the state and memory at a past seq
-    WatchItem, watch, StepLive       a run's progress from any process; what a step streams
     offset_key                       checks a watch offset (`ValueError`), and orders offsets
+    WatchItem, watch, StepLive       a run's progress from any process; what a step streams
     traced, attached, transition_span  tracing steps inside a run's trace
     ACTIONS, Plan, Done, Refused,    what people do to runs, as one operation each, with
       check, operate, hand_off,      its dry run (`statemachine._operations`)
