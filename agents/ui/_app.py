@@ -35,6 +35,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from statemachine import Machine
+from statemachine.engine import offset_key
 from storage import RunRecord, Store
 
 from ..spending._budget import limits_line, run_limits
@@ -321,8 +322,12 @@ class _Pages:
 
 
 def _seq(text: str) -> int | None:
-    """A seq from a query: ASCII digits, at most 15 of them (as watch offsets); else None."""
-    return int(text) if len(text) <= 15 and text.isascii() and text.isdigit() else None
+    """A seq from a query, by the rule of watch offsets (`offset_key`); else None."""
+    try:
+        seq, live, _ = offset_key(text)
+    except ValueError:
+        return None
+    return seq if not live else None
 
 
 def _notice(did: str) -> str:
