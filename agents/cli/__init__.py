@@ -50,7 +50,15 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from ._command import EXIT_INTERRUPTED, EXIT_USAGE, Command, Parser, UsageProblem, exit_codes
+from ._command import (
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    RUN_EXITS,
+    Command,
+    Parser,
+    UsageProblem,
+    exit_codes,
+)
 
 __all__ = ["GROUPS", "main"]
 
@@ -67,7 +75,10 @@ def commands() -> list[Command]:
 
 
 def _parser() -> Parser:
-    p = Parser(prog="agentfsm", description="Durable AI agents as state machines.")
+    p = Parser(
+        prog="agentfsm", description="Durable AI agents as state machines.",
+        epilog=exit_codes(RUN_EXITS), formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
     for c in commands():
         parser = sub.add_parser(
