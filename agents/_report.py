@@ -1,10 +1,9 @@
 """A run report: one self-contained HTML page to read a run, share it, or attach it to an issue.
 
-The page holds the state graph with the run drawn on it (inline SVG when Graphviz's `dot` is
-installed, else the Mermaid text), a timeline of the committed transitions, and for each step
-its output, the memory after it (rebuilt from the events' patches) and the model conversation.
-Inline CSS, no script, nothing fetched: it opens from a file, offline. Everything that comes
-from the run is escaped.
+The page holds the state graph with the run drawn on it (inline SVG, see `drawn_svg`), a
+timeline of the committed transitions, and for each step its output, the memory after it
+(rebuilt from the events' patches) and the model conversation. Inline CSS, no script, nothing
+fetched: it opens from a file, offline. Everything that comes from the run is escaped.
 """
 
 from __future__ import annotations
@@ -20,12 +19,12 @@ from typing import Any
 from pydantic import JsonValue
 
 from statemachine import Machine, RunNotFound
-from statemachine.errors import RendererMissing
+from statemachine.engine import Graph
 from storage import Event, RunRecord, Store
 
 from .spending._usage_text import usage_line
 
-__all__ = ["render_report", "report_html"]
+__all__ = ["drawn_svg", "render_report", "report_html"]
 
 _esc = html.escape
 
@@ -48,9 +47,8 @@ def report_html(
 ) -> str:
     """The HTML report of a run, from its record and events (reads nothing).
 
-    With `svg=False`, or when Graphviz's `dot` is not installed, the graph is shown as
-    Mermaid text instead of a picture; with `machine=None` (the agent is not known), it is
-    left out, saying how to get it.
+    With `svg=False`, the graph is shown as Mermaid text instead of a picture; with
+    `machine=None` (the agent is not known), it is left out, saying how to get it.
     """
     title = f"run {record.run_id} of {record.agent} v{record.version}"
     parts = [
@@ -80,17 +78,11 @@ def _graph(
             " (or registering the agent) draws it.</p></section>"
         )
     graph = machine.graph(run=record, events=events)
-    picture = ""
     if svg:
-        try:
-            picture = _inline_svg(graph.svg())
-        except RendererMissing:
-            picture = ""
-    if not picture:
+        picture = drawn_svg(graph)
+    else:
         picture = (
-            '<p class="note">Graphviz\'s <code>dot</code> is not installed here (apt-get install'
-            " graphviz, or brew install graphviz), so the graph is given as Mermaid text: paste"
-            " it into any Mermaid renderer.</p>"
+            '<p class="note">The graph as Mermaid text: paste it into any Mermaid renderer.</p>'
             f'<pre class="code">{_esc(graph.mermaid())}</pre>'
         )
     return (
@@ -102,8 +94,21 @@ def _graph(
     )
 
 
+_SMALL = 300
+"""States + edges up to which a graph is always laid out in Python (see `drawn_svg`)."""
+
+
+def drawn_svg(graph: Graph) -> str:
+    """`graph` as an SVG element for a page. Laid out in Python, not by dot, where it is
+    small (agents are): the same picture on every machine, and no edge label over another,
+    which dot does not promise. A huge one takes dot where it is installed: seconds in
+    Python, a fraction of one in dot."""
+    small = len(graph.nodes) + len(graph.edges) <= _SMALL
+    return _inline_svg(graph.svg(layout="python" if small else "auto"))
+
+
 def _inline_svg(svg: str) -> str:
-    """Graphviz's SVG document as an element to put in HTML: no XML prolog, no doctype, no
+    """An SVG document as an element to put in HTML: no XML prolog, no doctype, no
     namespace declarations (HTML does not need them, and they are the only URLs in it)."""
     svg = svg[svg.index("<svg") :]
     return re.sub(r'\s+xmlns(?::xlink)?="[^"]*"', "", svg, count=2)
@@ -356,7 +361,7 @@ section h2 { margin-top: 0; }
 .status.running { background: #e3f2fd; color: var(--blue); }
 .status.waiting { background: #fff8e1; color: #b26a00; }
 figure.graph { margin: 0; overflow-x: auto; text-align: center; }
-figure.graph svg { max-width: 100%; height: auto; }
+figure.graph svg { height: auto; }  /* its own size: a wide graph scrolls, its text stays legible */
 .legend { color: var(--grey); font-size: 12px; display: flex; gap: 18px; flex-wrap: wrap; }
 .key::before { content: ""; display: inline-block; width: 22px; height: 0; margin-right: 6px;
   vertical-align: middle; border-top: 3px solid; }

@@ -2,9 +2,9 @@
 
 `Machine.graph()` builds a `Graph`: plain data (one node per state, one edge per transition,
 source and route) taken from the checked table. Mermaid and DOT text are written from it by
-small pure functions that need nothing installed; SVG and PNG come from Graphviz's `dot`
-program, the only thing here that runs outside Python. Nothing is drawn through a network
-service.
+small pure functions that need nothing installed; SVG comes from Graphviz's `dot` program
+when it is installed, else from a small layered layout in Python (`_layout`); PNG needs `dot`,
+the only thing here that runs outside Python. Nothing is drawn through a network service.
 
 Why not `transitions`' own diagrams (`GraphMachine`)? It is fast enough, but it merges every
 transition between two states into one edge with one style, so a trigger the run took cannot
@@ -23,14 +23,16 @@ import shutil
 import subprocess
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from storage import Event, RunRecord
 
+from ._layout import layered_svg
 from .errors import RendererMissing
 
 if TYPE_CHECKING:
     from ._spec import MachineSpec
+    from ._table import Transition
 
 __all__ = ["Edge", "Graph", "Node", "draw"]
 
@@ -135,8 +137,8 @@ class Graph:
     """A machine's states and transitions, optionally with a run drawn on them.
 
     Get one from `Machine.graph()` (or `await Graph.of_run(run)`); write it out with
-    `mermaid()` or `dot()` (pure text, nothing installed needed), `svg()` or `png()`
-    (Graphviz's `dot` program).
+    `mermaid()` or `dot()` (pure text, nothing installed needed), `svg()` (anywhere; with
+    Graphviz's `dot` when installed) or `png()` (Graphviz's `dot` program).
     """
 
     title: str
@@ -162,8 +164,12 @@ class Graph:
         """Graphviz DOT text."""
         return _dot(self)
 
-    def svg(self) -> str:
-        """An SVG picture, drawn by Graphviz's `dot` program (raises `RendererMissing`)."""
+    def svg(self, *, layout: Literal["auto", "dot", "python"] = "auto") -> str:
+        """An SVG picture: laid out by Graphviz's `dot` program when it is installed, else
+        by a small layered layout in Python (`layout="python"` always; `"dot"` only dot,
+        raising `RendererMissing` without it)."""
+        if layout == "python" or (layout == "auto" and shutil.which("dot") is None):
+            return layered_svg(self)
         return _render(self.dot(), "svg").decode()
 
     def png(self) -> bytes:
@@ -188,8 +194,9 @@ def draw(
                 edges += [replace(base, dest=d, route=r) for r, d in t.routes.items()]
             else:
                 edges.append(replace(base, dest=t.dest or ""))
-            if t.on_error is not None:
-                edges.append(replace(base, dest=t.on_error, on_error=True))
+            failure = t.on_error if t.on_error is not None else table.on_error
+            if failure is not None and (t.on_error is not None or _can_fail(t, failure)):
+                edges.append(replace(base, dest=failure, on_error=True))
             if t.on_timeout is not None:
                 edges.append(replace(base, dest=t.on_timeout, timeout=t.timeout))
 
@@ -231,6 +238,15 @@ def draw(
         for s in table.states
     )
     return Graph(title=title, nodes=nodes, edges=tuple(edges), current=current)
+
+
+def _can_fail(t: Transition, failure: str) -> bool:
+    """Whether the transition can send a run to the machine's `failure` state, other than by
+    its own destination: its step can give up (a wait cannot: a bad event is refused at
+    `send`), or it has a visit limit."""
+    if failure in t.dests:
+        return False
+    return t.max_visits is not None or (t.step is not None and not t.waits)
 
 
 def _overlay(machine: MachineSpec[Any], edges: list[Edge], events: Iterable[Event]) -> list[Edge]:

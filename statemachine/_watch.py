@@ -13,6 +13,7 @@ commit) is skipped.
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -28,6 +29,8 @@ __all__ = ["WatchItem", "offset_key", "watch"]
 _Key = tuple[int, int, tuple[int, ...]]
 _STOPS_DRIVING = frozenset({"waiting", "done", "failed", "cancelled"})
 _ENDS = frozenset({"done", "cancelled"})
+_OFFSET = re.compile(r"[0-9]{1,15}(:[0-9]{1,15}(-[0-9]{1,15})*)?")
+"""An offset: numbers of at most 15 digits (below 2**53: exact in JSON and JavaScript)."""
 _WAIT = 1.0
 """Seconds one look at the live channel waits for news before the history is read again."""
 
@@ -61,21 +64,29 @@ class WatchItem:
 
 
 def offset_key(offset: str | None) -> _Key:
-    """The sort key of an offset ("N" or "N:ID"); None sorts before everything."""
+    """The sort key of an offset ("N" or "N:ID"); None sorts before everything. `ValueError`
+    for anything else (numbers are ASCII digits, below 2**53)."""
     if offset is None:
         return (-1, 1, ())
     seq, _, live = offset.partition(":")
     try:
-        return (int(seq), 0, ()) if not live else (int(seq), 1, live_order(live))
+        if not _OFFSET.fullmatch(offset):
+            raise ValueError
+        key = (int(seq), 0, ()) if not live else (int(seq), 1, live_order(live))
     except ValueError:
-        raise ValueError(f'not a watch offset: {offset!r} ("N" or "N:ID")') from None
+        shown = offset if len(offset) <= 40 else f"{offset[:40]}... ({len(offset)} characters)"
+        raise ValueError(
+            f'not a watch offset: {shown!r} ("N" or "N:ID": numbers below 2**53)'
+        ) from None
+    return key
 
 
 async def watch(
     store: Store, run_id: str, *, after: str | None = None, follow: bool = False
 ) -> AsyncIterator[WatchItem]:
     """Everything that happened in run `run_id` after `after` (None: from its start), then
-    what happens live, until the run stops being driven (waiting, done, failed, cancelled);
+    what happens live, until the run stops being driven (waiting, done, failed, cancelled;
+    a stop the history has gone past, such as a retried failure, does not end it);
     with `follow`, on across resumes until it is done or cancelled. `RunNotFound` for an
     unknown run."""
     cursor = offset_key(after)
@@ -104,8 +115,8 @@ async def watch(
             yield item
             if item.event is not None:
                 status = item.event.status
-                if status in stops:
-                    return
+                if status in stops and item.event.seq == events[-1].seq:
+                    return  # (a stop the history has gone past, say a retried failure: on)
         if status in stops and not events:
             return  # nothing new, and the run is not driven (unless a later commit says so)
 

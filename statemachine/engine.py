@@ -7,6 +7,7 @@ read runs): what is less common than the names in `statemachine`, yet public and
     Graph, Node, Edge                a drawn machine (`Machine.graph()`)
     Provenance, Write, why,          which transition wrote a memory field (`Run.why`);
       memory_at                      the state and memory at a past seq
+    offset_key                       checks a watch offset (`ValueError`), and orders offsets
     WatchItem, watch, StepLive       a run's progress from any process; what a step streams
     traced, attached, transition_span  tracing steps inside a run's trace
     ACTIONS, Action, Plan, Done,     what people do to runs, as one operation each, with
@@ -36,7 +37,7 @@ from ._provenance import Provenance, Write, memory_at, why
 from ._step import RetryPolicy, Step, StepResult
 from ._table import Guard, Transition
 from ._tracing import attached, traced, transition_span
-from ._watch import WatchItem, watch
+from ._watch import WatchItem, offset_key, watch
 
 __all__ = [
     "ACTIONS",
@@ -62,6 +63,7 @@ __all__ = [
     "check",
     "hand_off",
     "memory_at",
+    "offset_key",
     "operate",
     "traced",
     "transition_span",

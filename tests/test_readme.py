@@ -43,9 +43,10 @@ def example(cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
 def test_the_readme_example_runs_as_written_with_no_api_key(tmp_path: Path) -> None:
     first = example(tmp_path)
     assert first.returncode == 0, first.stderr
-    assert first.stdout.splitlines() == [
-        "model: test (offline: OPENAI_API_KEY is not set)",
-        "analysis-42 done success (no tool calls)",
+    assert first.stdout.splitlines() == [  # the offline model's canned answers read as real
+        "model: offline (OPENAI_API_KEY is not set)",
+        "analysis-42 done mean 26.5 and maximum 100: the maximum is far above the mean, an"
+        " outlier.",
     ]
 
     async def stats() -> object:
@@ -144,3 +145,42 @@ def test_the_recovery_walkthrough_does_what_the_readme_says(tmp_path: Path) -> N
     assert requests[:2] == [["2"], ["1"]]  # as the paragraph below the block says
     assert "model requests made by this process: 2" in README[README.index("## Watch it") :]
     assert "detect" in said[2] and "status   done" in said[3]
+
+
+def test_the_way_to_your_own_agent_does_what_the_readme_says(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """ "From the demo to your agent": the README's agent as a module of the working
+    directory, driven by the commands as written. The first runs in a new process (the
+    installed `agentfsm` script when there is one: it finds the module in the working
+    directory, as the README says); the others in this one, for speed."""
+    from agents.cli import main
+
+    [code] = re.findall(r"```python\n(.*?)```", README, re.S)
+    (tmp_path / "my_agents.py").write_text(code[: code.index("store = open_store()")])
+    block = README[README.index("## From the demo to your agent") :]
+    [commands] = re.findall(r"```sh\n(.*?)\n```", block, re.S)[:1]
+    script = Path(sys.executable).parent / "agentfsm"
+    launch = [str(script)] if script.exists() else [sys.executable, "-m", "agents"]
+    for key in (*KEYS, "AGENTFSM_MODEL"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.chdir(tmp_path)
+    said = []
+    for n, line in enumerate(commands.splitlines()):
+        command, _, comment = line.partition("#")
+        argv = shlex.split(command)
+        assert argv[0] == "agentfsm"
+        expected = re.search(r"\(exit (\d)\)", comment)
+        if n == 0:
+            done = subprocess.run(
+                [*launch, *argv[1:]], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                capture_output=True, text=True, timeout=120,
+            )  # fmt: skip
+            code_, out = done.returncode, done.stdout + done.stderr
+        else:
+            code_ = main(argv[1:])
+            out = capsys.readouterr().out
+        assert code_ == (int(expected.group(1)) if expected else 0), (line, out)
+        said.append(out)
+    assert "reviewed → sent" in said[3]  # watch replays the steps, the send among them
+    assert "status   done" in said[4] and "the maximum is far above the mean" in said[4]

@@ -2,7 +2,8 @@
 
 Exit codes: 0 the run is done, 1 the run failed, 2 the command could not be carried out
 (bad arguments or input, unknown agent or run, unusable model, unreachable store),
-3 the run is waiting for an event.
+3 the run is waiting for an event, 130 interrupted. Every command's `--help` ends with the
+codes it answers with (`_command.exit_codes`, from the `exits` of its module's `Commands`).
 
 The commands live in one module per group: `running` (run, demo, resume, send, retry, cancel,
 fork, approve), `inspecting` (runs, show, history, why, graph, report), `watching` (watch),
@@ -29,8 +30,10 @@ that has a `commands = Commands()` (from `._command`)::
             ...
         return EXIT_DONE
 
-Every command gets `--store`. Add the command to an existing group's module, or make a new
-module and name it in `GROUPS` below: its commands show in `agentfsm --help` in that order.
+Every command gets `--store`. A module whose commands drive or follow a run declares
+`commands = Commands(RUN_EXITS)`, so their `--help` lists the run's exit codes too. Add the
+command to an existing group's module, or make a new module and name it in `GROUPS` below:
+its commands show in `agentfsm --help` in that order.
 A handler returns an exit code; it raises `UsageProblem` (or `ValueError`, `RunError`,
 `StorageError`) for a one-line error and exit code 2. Print with `_output.out`/`err`, and pass
 whatever comes from a run or a user through `_output.shown()`. Keep the module's top-level
@@ -41,12 +44,21 @@ imports to the standard library and this package's `_command`, `_output`, `_stor
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import importlib
 import sys
 from collections.abc import Sequence
 
-from ._command import EXIT_USAGE, Command, Parser, UsageProblem
+from ._command import (
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    RUN_EXITS,
+    Command,
+    Parser,
+    UsageProblem,
+    exit_codes,
+)
 
 __all__ = ["GROUPS", "main"]
 
@@ -63,10 +75,16 @@ def commands() -> list[Command]:
 
 
 def _parser() -> Parser:
-    p = Parser(prog="agentfsm", description="Durable AI agents as state machines.")
+    p = Parser(
+        prog="agentfsm", description="Durable AI agents as state machines.",
+        epilog=exit_codes(RUN_EXITS), formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
     for c in commands():
-        parser = sub.add_parser(c.name, help=c.help, description=c.help)
+        parser = sub.add_parser(
+            c.name, help=c.help, description=c.help, epilog=exit_codes(c.exits),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )  # fmt: skip
         for a in c.args:
             parser.add_argument(*a.names, **a.options)
         parser.add_argument(
@@ -82,13 +100,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = asyncio.run(args.handler(args))
     except KeyboardInterrupt:
         _error("interrupted; the run continues from its last commit with `agentfsm resume`")
-        return 130
+        return EXIT_INTERRUPTED
     except Exception as exc:
         if not _refused(exc):
             raise
-        _error(f"error: {exc}")
+        _error(f"error: {exc}{_where(exc, args)}")
         return EXIT_USAGE
     return code
+
+
+def _where(exc: Exception, args: argparse.Namespace) -> str:
+    """For a run not found: which store was looked in, and how to name another."""
+    from statemachine import RunNotFound
+
+    if not isinstance(exc, RunNotFound):
+        return ""
+    from ._store import store_named
+
+    return f" ({store_named(args)}): name the run's store with --store or $AGENTFSM_STORE"
 
 
 def _refused(exc: Exception) -> bool:

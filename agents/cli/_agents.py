@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 import traceback
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
@@ -31,16 +33,23 @@ ENTRY_POINTS = "agentfsm.agents"
 
 def load_agent(spec: str, store: Store | None = None) -> Agent[Any]:
     """The agent named by "module.path:attribute": an `agents.Agent`, a `DurableAgent`
-    (its machine), or a `pydantic_ai.Agent` (the machine `DurableAgent(agent)` runs it on)."""
+    (its machine), or a `pydantic_ai.Agent` (the machine `DurableAgent(agent)` runs it on).
+    The module is imported from the installed packages, PYTHONPATH or the working directory."""
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
         raise UsageProblem(
             f"{spec!r} is not MODULE:AGENT (for example agents.examples.data_analyst:analyst)"
         )
+    here = os.getcwd()
+    if here not in sys.path and "" not in sys.path:  # (as `python -m` does), after the rest
+        sys.path.append(here)  # so a file here cannot shadow an installed module
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
-        raise UsageProblem(f"cannot import module {module_name!r}: {exc}") from None
+        raise UsageProblem(
+            f"cannot import module {module_name!r}: {exc} (the module is looked for in the"
+            " working directory and on PYTHONPATH, besides the installed packages)"
+        ) from None
     except Exception as exc:  # the user's module failed while it was imported
         where = ""
         if exc.__traceback__ is not None:
@@ -106,10 +115,14 @@ async def stored_agent(store: Store, args: argparse.Namespace) -> Agent[Any]:
     of its name."""
     name, agent = await _agent_of_run(store, args)
     if agent is None:
+        known = ", ".join(registered_names()) or "none"
         raise UsageProblem(
-            f"run {args.run_id!r} belongs to agent {name!r}, which is not registered:"
-            " pass --agent MODULE:AGENT (where the agents.Agent, DurableAgent or"
-            " pydantic_ai.Agent object is)"
+            f"run {args.run_id!r} belongs to agent {name!r}, which is not registered here"
+            f" (registered: {known}): pass --agent MODULE:AGENT, MODULE being the Python module"
+            " that defines the agents.Agent, DurableAgent or pydantic_ai.Agent object (run"
+            " from its folder, or put the folder on PYTHONPATH), for example --agent"
+            f" my_agents:analyst; or register it once in your package's pyproject.toml:"
+            f' [project.entry-points."agentfsm.agents"] {name} = "MODULE:AGENT"'
         )
     return agent
 
@@ -140,7 +153,10 @@ def with_model(agent: Agent[Any], model: str | None) -> Agent[Any]:
         extra = next((x for x in _EXTRAS if f"pydantic-ai-slim[{x}]" in str(exc)), None)
         if extra is None:
             raise
-        raise UsageProblem(f'{exc}; with agentfsm: pip install "agentfsm[{extra}]"') from None
+        raise UsageProblem(
+            f'{exc}; with agentfsm: pip install "agentfsm[{extra}]" (in a clone of agentfsm:'
+            f' pip install -e ".[{extra}]")'
+        ) from None
     return agent
 
 

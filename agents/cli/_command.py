@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import textwrap
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, NoReturn
@@ -16,8 +17,11 @@ __all__ = [
     "AGENT",
     "EXIT_DONE",
     "EXIT_FAILED",
+    "EXIT_INTERRUPTED",
     "EXIT_USAGE",
     "EXIT_WAITING",
+    "OTHER_EXITS",
+    "RUN_EXITS",
     "Arg",
     "Command",
     "Commands",
@@ -26,10 +30,39 @@ __all__ = [
     "UsageProblem",
     "arg",
     "at_least",
+    "exit_codes",
     "plain",
+    "terminal_text",
 ]
 
 EXIT_DONE, EXIT_FAILED, EXIT_USAGE, EXIT_WAITING = 0, 1, 2, 3
+EXIT_INTERRUPTED = 130
+_MEANINGS = {
+    EXIT_DONE: "done{run}",
+    EXIT_FAILED: "the run failed (`agentfsm show RUN_ID` says why; `agentfsm retry RUN_ID`)",
+    EXIT_USAGE: "the command could not be carried out: bad arguments or input, unknown agent"
+    " or run, unusable model, a store that does not answer (the message says which)",
+    EXIT_WAITING: "the run is waiting for an event (`agentfsm send RUN_ID EVENT --data ...`)",
+    EXIT_INTERRUPTED: "interrupted (Ctrl-C); a run goes on from its last commit with"
+    " `agentfsm resume RUN_ID`",
+}
+RUN_EXITS = (EXIT_DONE, EXIT_FAILED, EXIT_USAGE, EXIT_WAITING, EXIT_INTERRUPTED)
+"""The exit codes of a command that drives or follows a run: they tell how the run stands."""
+OTHER_EXITS = (EXIT_DONE, EXIT_USAGE, EXIT_INTERRUPTED)
+
+
+def exit_codes(codes: tuple[int, ...]) -> str:
+    """The "exit codes" paragraph that ends a command's `--help` (and the module docs)."""
+    run = " (the run is done, or left as asked)" if EXIT_WAITING in codes else ""
+    lines = [
+        textwrap.fill(
+            _MEANINGS[code].format(run=run), 78, initial_indent=f"  {code:<4}",
+            subsequent_indent=" " * 6,
+        )
+        for code in codes
+    ]  # fmt: skip
+    return "exit codes:\n" + "\n".join(lines)
+
 
 Handler = Callable[[argparse.Namespace], Awaitable[int]]
 """A command's body: the parsed arguments in, the exit code out."""
@@ -67,19 +100,24 @@ class Command:
     help: str
     args: tuple[Arg, ...]
     handler: Handler
+    exits: tuple[int, ...] = OTHER_EXITS
 
 
 class Commands:
-    """The commands of one module of `agents.cli`, in the order they are declared."""
+    """The commands of one module of `agents.cli`, in the order they are declared.
 
-    def __init__(self) -> None:
+    `exits`: the exit codes its commands answer with (`RUN_EXITS` for a module whose
+    commands drive or follow a run), listed at the end of each command's `--help`."""
+
+    def __init__(self, exits: tuple[int, ...] = OTHER_EXITS) -> None:
         self.declared: list[Command] = []
+        self.exits = exits
 
     def command(self, name: str, help: str, *args: Arg) -> Callable[[Handler], Handler]:
         """Declare the decorated coroutine function as the command `name`, with `args`."""
 
         def register(handler: Handler) -> Handler:
-            self.declared.append(Command(name, help, args, handler))
+            self.declared.append(Command(name, help, args, handler, self.exits))
             return handler
 
         return register
@@ -100,13 +138,25 @@ def at_least(low: float, kind: type[int] | type[float] = int) -> Callable[[str],
     return parse
 
 
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+_CONTROLS = "\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069"
+"""C0 and C1 control characters, DEL, and the bidi embeddings, overrides and isolates."""
+_CONTROL = re.compile(f"[{_CONTROLS}]")
+_CONTROL_BUT_LINES = re.compile(f"(?![\n\t])[{_CONTROLS}]")
+
+
+def _escape(found: re.Match[str]) -> str:
+    return repr(found.group())[1:-1]
 
 
 def plain(text: object) -> str:
     """`text` on one line with its control characters shown as escapes (`\\x1b`, `\\n`), so
     nothing a run stored can move the cursor, recolour or retitle the user's terminal."""
-    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], str(text))
+    return _CONTROL.sub(_escape, str(text))
+
+
+def terminal_text(text: str) -> str:
+    """`text` as `plain` makes it, but keeping its newlines and tabs: streamed model text."""
+    return _CONTROL_BUT_LINES.sub(_escape, text)
 
 
 class Parser(argparse.ArgumentParser):

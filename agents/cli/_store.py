@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 
     from storage import Store
 
-__all__ = ["ANSWER_WITHIN", "opened", "store_url"]
+__all__ = ["ANSWER_WITHIN", "opened", "store_named", "store_url"]
 
 ANSWER_WITHIN = 2.0
 """Seconds a store has to answer (`Store.ping`) before the command gives up on it."""
@@ -25,6 +25,22 @@ def store_url(args: argparse.Namespace) -> str:
     from storage.url import DEFAULT_STORE
 
     return str(args.store or os.environ.get("AGENTFSM_STORE") or DEFAULT_STORE)
+
+
+def store_named(args: argparse.Namespace) -> str:
+    """The store the command used, for a message: the URL without its password; an embedded
+    store's file as an absolute path (a relative one depends on the working directory); and
+    where the URL came from."""
+    from storage.url import redact
+
+    url = store_url(args)
+    via = "--store" if args.store else "$AGENTFSM_STORE" if os.environ.get("AGENTFSM_STORE") else ""
+    scheme, sep, path = url.partition(":///")
+    if scheme == "sqlite" and sep and path and not path.startswith("/"):
+        path, _, query = path.partition("?")
+        url = f"sqlite:///{os.path.abspath(path)}" + (f"?{query}" if query else "")
+    shown = f"store {redact(url)}"
+    return f"{shown}, from {via}" if via else f"{shown}, the default embedded store"
 
 
 @asynccontextmanager

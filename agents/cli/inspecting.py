@@ -235,8 +235,8 @@ async def history(args: argparse.Namespace) -> int:
     arg(
         "--format",
         choices=GRAPH_FORMATS,
-        help="mermaid (default), dot, svg or png (svg and png need Graphviz's dot program);"
-        " default: from the -o file's extension, else mermaid",
+        help="mermaid (default), dot, svg (laid out by Graphviz's dot if installed, else in"
+        " Python) or png (needs dot); default: from the -o file's extension, else mermaid",
     ),
     arg("-o", "--output", metavar="FILE", help="write to FILE (required for png), not stdout"),
 )

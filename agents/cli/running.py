@@ -12,6 +12,7 @@ from ._command import (
     EXIT_DONE,
     EXIT_FAILED,
     EXIT_WAITING,
+    RUN_EXITS,
     Commands,
     UsageProblem,
     arg,
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
 
 __all__ = ["commands", "drive", "json_input"]
 
-commands = Commands()
+commands = Commands(RUN_EXITS)
 
 DEMO_DATASET = [12.1, 11.8, 12.4, 12.0, 11.9, 12.3, 48.7, 12.2, 11.7, 12.1]
 MODEL = arg("--model", help="pydantic-ai model name for the agent's LLM steps")

@@ -40,7 +40,10 @@ commands = Commands()
 async def ui(args: argparse.Namespace) -> int:
     missing = [name for name in ("starlette", "uvicorn") if find_spec(name) is None]
     if missing:
-        raise UsageProblem(f'the web UI needs {" and ".join(missing)}: pip install "agentfsm[ui]"')
+        raise UsageProblem(
+            f'the web UI needs {" and ".join(missing)}: pip install "agentfsm[ui]" (in a clone'
+            ' of agentfsm: pip install -e ".[ui]")'
+        )
     from ..ui import create_app, serve
     from ..ui._registry import Registry
     from ..ui._serve import is_loopback

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
-import re
 import sys
 from typing import TYPE_CHECKING
 
-from ._command import EXIT_DONE, EXIT_FAILED, EXIT_WAITING, Commands, arg
+from ._command import (
+    EXIT_DONE,
+    EXIT_FAILED,
+    EXIT_WAITING,
+    RUN_EXITS,
+    Commands,
+    UsageProblem,
+    arg,
+    terminal_text,
+)
 from ._output import error_text, event_line, out, shown
 from ._store import opened
 
@@ -17,10 +25,7 @@ if TYPE_CHECKING:
 
 __all__ = ["commands"]
 
-commands = Commands()
-
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\x9b]")
-"""Control characters but tab and newline: model text must not drive the terminal."""
+commands = Commands(RUN_EXITS)
 
 
 @commands.command(
@@ -31,10 +36,25 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\x9b]")
     arg("--follow", action="store_true", help="go on across resumes until the run ends"),
 )
 async def watch(args: argparse.Namespace) -> int:
-    from statemachine.engine import watch
+    from statemachine import RunNotFound
+    from statemachine.engine import offset_key, watch
 
     mid_line = False
     async with opened(args) as store:
+        if args.after is not None:
+            try:
+                seq = offset_key(args.after)[0]
+            except ValueError as exc:
+                raise UsageProblem(f"--after: {exc}") from None
+            record = await store.load(args.run_id)
+            if record is None:
+                raise RunNotFound(args.run_id)
+            if seq > record.seq:
+                raise UsageProblem(
+                    f"--after {args.after}: run {args.run_id!r} is at seq {record.seq}; give an"
+                    f" offset up to {record.seq} (each step's line ends with its offset), or"
+                    " leave --after out to watch from the start"
+                )
         async for item in watch(store, args.run_id, after=args.after, follow=args.follow):
             mid_line = _show(item, mid_line)
         run = await store.load(args.run_id)
@@ -49,7 +69,7 @@ async def watch(args: argparse.Namespace) -> int:
 def _show(item: WatchItem, mid_line: bool) -> bool:
     """Print `item`; whether the output now stops in the middle of a line (of tokens)."""
     if item.kind == "text":
-        sys.stdout.write(_CONTROL.sub("", item.text))
+        sys.stdout.write(terminal_text(item.text))
         sys.stdout.flush()
         return not item.text.endswith("\n") if item.text else mid_line
     if mid_line:

@@ -11,7 +11,7 @@ Pages are rendered on the server and read without JavaScript; one small vendored
 from importlib.util import find_spec
 
 MISSING = [name for name in ("starlette", "uvicorn") if find_spec(name) is None]
-INSTALL = 'pip install "agentfsm[ui]"'
+INSTALL = 'pip install "agentfsm[ui]" (in a clone of agentfsm: pip install -e ".[ui]")'
 
 if MISSING:
     raise ModuleNotFoundError(f"the web UI needs {' and '.join(MISSING)}: {INSTALL}")

@@ -184,7 +184,7 @@ def _approve_form(ctx: Context, values: Mapping[str, str]) -> str:
         f"<p>Tool <b>{esc(tool)}</b>, call <code>{esc(call_id)}</code>, with arguments:</p>"
         f'<pre class="code">{pretty(args)}</pre>'
         + "".join(
-            f'<label><input type="radio" name="verdict" value="{v}"'
+            f'<label class="choice"><input type="radio" name="verdict" value="{v}"'
             f"{' checked' if v == verdict else ''}> {v}</label>"
             for v in ("approve", "deny")
         )

@@ -12,10 +12,9 @@ from collections import Counter
 from typing import Any
 
 from statemachine import Machine
-from statemachine.errors import RendererMissing
 from storage import Store, cursor_of
 
-from .._report import _inline_svg
+from .._report import drawn_svg
 from ._html import esc, query
 
 __all__ = ["COUNT_LIMIT", "agents_body"]
@@ -46,11 +45,7 @@ async def count_states(
 def _picture(machine: Machine[Any]) -> str:
     key = (machine.name, machine.version)
     if key not in _DRAWN:
-        graph = machine.graph()
-        try:
-            _DRAWN[key] = _inline_svg(graph.svg())
-        except RendererMissing:
-            _DRAWN[key] = f'<pre class="code">{esc(graph.mermaid())}</pre>'
+        _DRAWN[key] = drawn_svg(machine.graph())  # as the report draws it
     return _DRAWN[key]
 
 

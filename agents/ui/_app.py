@@ -24,11 +24,18 @@ from urllib.parse import quote
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
+from starlette.responses import (
+    HTMLResponse,
+    PlainTextResponse,
+    RedirectResponse,
+    Response,
+    StreamingResponse,
+)
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from statemachine import Machine
+from statemachine.engine import offset_key
 from storage import RunRecord, Store
 
 from ..spending._budget import limits_line, run_limits
@@ -39,6 +46,7 @@ from ._actions import (
     Context,
     DriveMode,
     Driver,
+    Offer,
     form_fields,
     offers,
 )
@@ -164,14 +172,22 @@ class _Pages:
         except HTTPException as exc:
             return HTMLResponse(message_page("Run not found", str(exc.detail)), status_code=404)
         at_text = request.query_params.get("at", "")
-        at = int(at_text) if at_text.isdigit() else None
+        at: int | None = None
+        if at_text:
+            at = _seq(at_text)
+            if at is None or at > ctx.record.seq:
+                return self._bad_query(
+                    request, f"?at= takes a seq of this run, 0 to {ctx.record.seq}", ctx
+                )
         limits = await run_limits(self.store, ctx.machine, ctx.record.run_id)
         spending = f"usage {usage_line(ctx.record.usage)}" + (
             f"; limits {limits_line(limits)}" if limits else ""
         )
+        offered = await offers(ctx)
         body = run_body(
-            ctx.machine, ctx.record, ctx.events, await offers(ctx), at,
+            ctx.machine, ctx.record, ctx.events, offered, at,
             notice=_notice(request.query_params.get("did", "")), spending=spending,
+            waiting=self._waiting(request, ctx, offered),
         )  # fmt: skip
         stream = f"/runs/{quote(ctx.record.run_id)}/stream?after={ctx.record.seq}"
         title = f"run {ctx.record.run_id}"
@@ -180,7 +196,14 @@ class _Pages:
     async def stream(self, request: Request) -> Response:
         record = await self._record(request)
         last = request.headers.get("last-event-id") or request.query_params.get("after", "")
-        items = changes(self.store, record.run_id, resume_offset(last, record.seq))
+        try:
+            start = resume_offset(last, record.seq)
+        except ValueError as exc:
+            return PlainTextResponse(
+                f"{exc}: give ?after= (or Last-Event-ID) an offset of this stream, or none",
+                status_code=400,
+            )
+        items = changes(self.store, record.run_id, start)
         return StreamingResponse(
             sse(items),
             media_type="text/event-stream",
@@ -208,11 +231,50 @@ class _Pages:
         )
         return HTMLResponse(self._page(request, action, body), status_code=status)
 
+    def _waiting(self, request: Request, ctx: Context, offered: list[Offer]) -> str:
+        """For a waiting run: a banner saying what it waits for, with the form that gives it."""
+        if ctx.record.status != "waiting":
+            return ""
+        forms = []
+        for o in offered:
+            if o.action not in ("send", "approve"):
+                continue
+            what = (
+                f"the event <b>{esc(o.params['event'])}</b>"
+                if o.action == "send"
+                else f"approval of the tool call <code>{esc(o.params['call'])}</code>"
+            )
+            try:
+                inputs = form_fields(o.action, ctx, o.params)
+            except ActionProblem as exc:
+                forms.append(f'<h2>Waiting for {what}</h2><p class="problem">{esc(exc)}</p>')
+                continue
+            forms.append(
+                f"<h2>Waiting for {what}</h2>"
+                f'<form method="post" class="action" action="/runs/{esc(ctx.record.run_id)}/act/'
+                f'{esc(o.action)}/preview">{self._hidden(request, ctx)}{inputs}'
+                '<button type="submit">review what it will do</button></form>'
+            )
+        if not forms:
+            forms.append(
+                f"<h2>Waiting in state <b>{esc(ctx.record.state)}</b></h2><p>The agent"
+                f" <code>{esc(ctx.record.agent)}</code> is not known to this server, so it cannot"
+                " say for what: start it with <code>--agents MODULE:AGENT</code>.</p>"
+            )
+        return f'<section class="waiting" id="waiting">{"".join(forms)}</section>'
+
     def _hidden(self, request: Request, ctx: Context) -> str:
         return (
             f'<input type="hidden" name="csrf" value="{esc(csrf_token(request))}">'
             f'<input type="hidden" name="seq" value="{ctx.record.seq}">'
         )
+
+    def _bad_query(self, request: Request, why: str, ctx: Context) -> Response:
+        body = (
+            f'<section><h1>Bad request</h1><p class="problem" id="problem">{esc(why)}</p>'
+            f'<p><a href="/runs/{esc(ctx.record.run_id)}">the run as it is now</a></p></section>'
+        )
+        return HTMLResponse(self._page(request, "bad request", body), status_code=400)
 
     def _refused(self, request: Request, ctx: Context, why: str, status: int) -> Response:
         body = (
@@ -257,6 +319,15 @@ class _Pages:
             "</section>"
         )
         return HTMLResponse(self._page(request, plan.title, body))
+
+
+def _seq(text: str) -> int | None:
+    """A seq from a query, by the rule of watch offsets (`offset_key`); else None."""
+    try:
+        seq, live, _ = offset_key(text)
+    except ValueError:
+        return None
+    return seq if not live else None
 
 
 def _notice(did: str) -> str:

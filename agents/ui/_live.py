@@ -14,28 +14,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import re
 from collections.abc import AsyncGenerator, AsyncIterator
 
 from pydantic import JsonValue
 
 from statemachine import RunNotFound
-from statemachine.engine import WatchItem, watch
+from statemachine.engine import WatchItem, offset_key, watch
 from storage import Store
 
 __all__ = ["HEARTBEAT_SECONDS", "changes", "resume_offset", "sse"]
 
 HEARTBEAT_SECONDS = 15.0
 """A comment line this often keeps proxies from closing a quiet stream."""
-_OFFSET = re.compile(r"\d+(:\d+(-\d+)*)?")
 _STEP_KINDS = frozenset({"started", "failed", "tool_started", "tool_finished", "stopped"})
 
 
 def resume_offset(asked: str, seq: int) -> str:
     """Where a stream starts: the offset `asked` (a Last-Event-ID or `?after=`; a seq is an
-    offset too), or the run's `seq` when none was asked, it is not an offset, or it lies past
-    the run (a run deleted and made again)."""
-    if not _OFFSET.fullmatch(asked) or int(asked.partition(":")[0]) > seq:
+    offset too), or the run's `seq` when none was asked or it lies past the run (a run
+    deleted and made again). `ValueError` when `asked` is not an offset."""
+    if not asked:
+        return str(seq)
+    if offset_key(asked)[0] > seq:
         return str(seq)
     return asked
 

@@ -33,6 +33,7 @@ def run_body(
     at: int | None,
     notice: str = "",
     spending: str = "",
+    waiting: str = "",
 ) -> str:
     seq = record.seq if at is None or not 0 <= at <= record.seq else at
     parts = [
@@ -41,6 +42,7 @@ def run_body(
         f'<p class="livestate" id="runstate">{esc(record.state)} · {esc(record.status)} · seq'
         f" {record.seq}</p>",
         f'<p class="muted" id="spending">{esc(spending)}</p>' if spending else "",
+        waiting,
         _actions(record, offers),
         _drawn(machine, record, events),
         _timeline(machine, record, events, seq),
@@ -54,7 +56,12 @@ def run_body(
 def _drawn(machine: Machine[Any] | None, record: RunRecord, events: Sequence[Event]) -> str:
     key = (record.agent, record.run_id, record.version, record.seq)
     if machine is None:
-        return _graph(None, record, events, svg=False)
+        return (
+            '<section><h2>Graph</h2><p class="note">The agent '
+            f"<code>{esc(record.agent)}</code> is not known to this server, so its graph is not"
+            " drawn: start it with <code>agentfsm ui --agents MODULE:AGENT</code> (or register"
+            " the agent under the <code>agentfsm.agents</code> entry point).</p></section>"
+        )
     if key not in _GRAPHS:
         _GRAPHS[key] = _graph(machine, record, events, svg=True)
         while len(_GRAPHS) > _GRAPHS_KEPT:
@@ -127,14 +134,53 @@ def _memory(machine: Machine[Any] | None, events: Sequence[Event], at: int) -> s
         f'<a href="?at={s}#memory"{" class=chosen" if s == at else ""}>{s}</a>'
         for s in _nearby(at, events[-1].seq)
     )
-    return (
-        f'<section id="memory"><h2>Memory after seq {at} <span class="muted">(state'
-        f' {esc(state)})</span></h2><p class="seqs">seq: {nav}</p>'
+    details = (
         f"<h3>What seq {at} ({esc(step.trigger)}) changed</h3>{diff_table}"
         "<h3>Every field, and why it has its value</h3>"
         '<table class="fields"><thead><tr><th>field</th><th>value</th><th>why</th></tr></thead>'
-        f"<tbody>{rows}</tbody></table></section>"
+        f"<tbody>{rows}</tbody></table>"
     )
+    from ..durable._steps import DURABLE_KIND  # (here: it imports pydantic-ai)
+
+    if memory.get("kind") == DURABLE_KIND:  # the engine's bookkeeping: behind a toggle
+        details = (
+            f'{_durable_summary(memory)}<details class="raw" id="raw"><summary>raw memory'
+            " (the engine's own record: agent digest, prompt and deferred calls as JSON)"
+            f"</summary>{details}</details>"
+        )
+    return (
+        f'<section id="memory"><h2>Memory after seq {at} <span class="muted">(state'
+        f' {esc(state)})</span></h2><p class="seqs">seq: {nav}</p>{details}</section>'
+    )
+
+
+def _durable_summary(memory: dict[str, JsonValue]) -> str:
+    """A DurableAgent run's memory as a person reads it: the prompt's text, the output, and
+    the tool calls it waits on."""
+    texts = [
+        str(part.get("content"))
+        for message in _dicts(memory.get("prompt"))
+        for part in _dicts(message.get("parts"))
+        if part.get("part_kind") == "user-prompt"
+    ]
+    rows = [("prompt", f'<div class="text">{esc(chr(10).join(texts)) or "-"}</div>')]
+    deferred = memory.get("deferred")
+    if isinstance(deferred, dict):
+        calls = [
+            f"<li><b>{esc(c.get('tool_name'))}</b> <code>{esc(c.get('tool_call_id'))}</code>"
+            f" ({esc(kind)}) <pre>{pretty(c.get('args'))}</pre></li>"
+            for kind in ("approvals", "calls")
+            for c in _dicts(deferred.get(kind))
+        ]
+        rows.append(("waits on", f"<ul>{''.join(calls)}</ul>"))
+    if memory.get("output") is not None:
+        rows.append(("output", f"<pre>{pretty(memory.get('output'))}</pre>"))
+    body = "".join(f"<tr><td><b>{esc(k)}</b></td><td>{v}</td></tr>" for k, v in rows)
+    return f'<table class="fields" id="summary"><tbody>{body}</tbody></table>'
+
+
+def _dicts(value: JsonValue) -> list[dict[str, JsonValue]]:
+    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
 
 
 def _old(before: dict[str, JsonValue], name: str) -> str:

@@ -16,6 +16,7 @@ from typing import Any, get_args
 
 from storage import RunRecord, RunStatus, Store, cursor_of
 
+from ..spending._usage_text import usage_line
 from ._html import esc, query, status_badge, when
 
 __all__ = ["Filters", "RunsView", "list_page", "runs_body"]
@@ -120,15 +121,12 @@ async def list_page(store: Store, filters: Filters, before: tuple[float, str]) -
     return RunsView(runs, cursor_of(runs[-1]) if more and runs else None)
 
 
-def usage_cell(run: RunRecord) -> str:
-    """Usage totals when the store's records carry them (a usage ledger), else blank."""
-    usage = getattr(run, "usage", None)
-    if not usage:
-        return ""
-    if isinstance(usage, Mapping):
-        parts = [f"{k} {v}" for k, v in usage.items() if isinstance(v, int | float) and v]
-        return esc(", ".join(parts))
-    return esc(usage)
+def usage_cells(run: RunRecord) -> str:
+    """The usage and cost cells of a run's row, worded as the run page and the CLI word them
+    (`usage_line`): "1 requests, 53 in, 7 out" and "$0.000042"; "-" for none."""
+    usage = {k: v for k, v in run.usage.items() if k != "cost_nusd"}
+    cost = {k: v for k, v in run.usage.items() if k == "cost_nusd"}
+    return f'<td>{esc(usage_line(usage))}</td><td class="num">{esc(usage_line(cost))}</td>'
 
 
 def _holder(holder: str) -> str:
@@ -151,11 +149,11 @@ def runs_body(
         f"<td>{esc(r.agent)} v{r.version}</td><td>{esc(r.state)}</td>"
         f"<td>{status_badge(r.status)}</td>{_holder(r.holder)}"
         f'<td class="num">{r.seq}</td><td>{when(r.updated_at)}</td>'
-        f"<td>{when(r.created_at)}</td><td>{usage_cell(r)}</td></tr>"
+        f"<td>{when(r.created_at)}</td>{usage_cells(r)}</tr>"
         for r in view.runs
     )
     if not rows:
-        rows = '<tr><td colspan="9" class="muted">no runs match</td></tr>'
+        rows = '<tr><td colspan="10" class="muted">no runs match</td></tr>'
     notes = "".join(f'<p class="problem">{esc(p)}</p>' for p in problems)
     paging = []
     if not first:
@@ -169,6 +167,7 @@ def runs_body(
         f"<section><h1>Runs</h1>{_filter_form(filters, agents)}{notes}"
         '<table id="runs"><thead><tr><th>run</th><th>agent</th><th>state</th><th>status</th>'
         "<th>holder</th><th>seq</th><th>updated (UTC)</th><th>created (UTC)</th><th>usage</th>"
+        "<th>cost</th>"
         f"</tr></thead><tbody>{rows}</tbody></table>"
         f'<p class="paging">{" · ".join(paging)}</p>'
         '<p class="muted">Newest created first. Filters on updated time.</p></section>'

@@ -62,7 +62,12 @@ def test_every_command_has_its_help_with_the_store_option(
     with pytest.raises(SystemExit) as exited:
         main([name, "--help"])
     assert exited.value.code == 0
-    assert "--store" in capsys.readouterr().out
+    shown = capsys.readouterr().out
+    assert "--store" in shown
+    codes = shown[shown.index("exit codes:") :].split()  # the help ends with its exit codes
+    assert {"0", "2"} <= set(codes)
+    if name in ("run", "demo", "resume", "send", "retry", "approve", "watch"):
+        assert {"1", "3"} <= set(codes)  # how the run stands
 
 
 def test_the_commands_are_grouped_and_named_once() -> None:

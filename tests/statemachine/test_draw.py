@@ -8,6 +8,8 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import BaseModel
 
 from agents import Agent, llm, tool
@@ -15,6 +17,8 @@ from agents.examples import data_analyst
 from agents.examples._offline import offline_model
 from agents.examples.approval import approval
 from statemachine import transition
+from statemachine._draw import Edge, Node
+from statemachine._layout import placed
 from statemachine.engine import Graph
 from statemachine.errors import RendererMissing
 from storage import Store
@@ -98,9 +102,11 @@ def test_waiting_failure_guard_and_stepless_transitions_are_drawn() -> None:
     assert '  failed{{"failed<br/><i>failure</i>"}}\n' in text
     assert mermaid_edges(text) == [
         ("new", "-->", "draft · LLM", "review"),
-        ("review", "-->", "review · wait", "reviewed"),
+        ("new", "-.->", "draft · LLM<br/>on error", "failed"),  # the machine's failure state
+        ("review", "-->", "review · wait", "reviewed"),  # a wait cannot fail: no error edge
         ("reviewed", "-->", "send · tool<br/>[approved]", "sent"),
-        ("reviewed", "-->", "revise · move", "new"),
+        ("reviewed", "-.->", "send · tool<br/>[approved]<br/>on error", "failed"),
+        ("reviewed", "-->", "revise · move", "new"),  # no step, no visit limit: cannot fail
     ]
     dot = g.dot()
     assert 'style="rounded,filled,dashed"' in dot  # the waiting state
@@ -135,12 +141,14 @@ def triage_agent(route_name: str = "bug") -> Agent[Ticket]:
 
 def test_routes_are_one_edge_each_and_a_transitions_failure_state_a_dashed_edge() -> None:
     g = triage_agent().graph()
-    assert [e.route for e in g.edges if e.trigger == "classify"] == ["bug", "question", "other"]
+    routes = [e.route for e in g.edges if e.trigger == "classify" and not e.on_error]
+    assert routes == ["bug", "question", "other"]
     text = g.mermaid()
     assert mermaid_edges(text) == [
         ("new", "-->", "classify · tool<br/>route: bug", "filed"),
         ("new", "-->", "classify · tool<br/>route: question", "answering"),
         ("new", "-->", "classify · tool<br/>route: other", "answering"),
+        ("new", "-.->", "classify · tool<br/>on error", "failed"),
         ("answering", "-->", "answer · LLM<br/>[urgent]", "answered"),
         ("answering", "-.->", "answer · LLM<br/>[urgent]<br/>on error", "escalated"),
         ("answering", "-->", "wait_a_bit · move", "answered"),
@@ -276,11 +284,13 @@ async def test_a_failure_state_gets_a_red_edge_and_loops_count_each_pass(store: 
     counts = {(e.source, e.trigger, e.dest, e.in_table): (e.taken, e.failed) for e in g.edges}
     assert counts == {
         ("a", "spin", "a", True): (3, 0),
+        ("a", "spin", "broken", True): (0, 0),
         ("a", "leave", "b", True): (1, 0),
+        ("a", "leave", "broken", True): (0, 0),
         ("b", "finish", "z", True): (0, 0),
-        ("b", "finish", "broken", False): (0, 1),
+        ("b", "finish", "broken", True): (0, 1),  # the machine's failure edge, drawn red
     }
-    assert f'  b ==>|"finish · tool<br/>✗ failed {X}1"| broken\n' in g.mermaid()
+    assert f'  b ==>|"finish · tool<br/>on error<br/>✗ failed {X}1"| broken\n' in g.mermaid()
     assert f'  a ==>|"spin · tool<br/>[again]<br/>{X}3"| a\n' in g.mermaid()
     assert [n.name for n in g.nodes if n.current] == ["broken"]
 
@@ -297,10 +307,12 @@ async def test_a_run_needs_its_events_and_must_belong_to_the_machine(store: Stor
 # --- pictures ------------------------------------------------------------------------------
 
 
-def test_the_svg_is_valid_xml_with_one_node_per_state() -> None:
-    require_dot()
+@pytest.mark.parametrize("layout", ["dot", "python"])
+def test_the_svg_is_valid_xml_with_one_node_per_state_and_one_group_per_edge(layout: str) -> None:
+    if layout == "dot":
+        require_dot()
     for agent in (analyst(), approval, triage_agent('say "hi" <b>')):
-        root = ET.fromstring(agent.graph().svg())
+        root = ET.fromstring(agent.graph().svg(layout=layout))  # type: ignore[arg-type]
         ns = {"svg": "http://www.w3.org/2000/svg"}
         nodes = root.findall(".//svg:g[@class='node']", ns)
         titles = [n.find("svg:title", ns) for n in nodes]
@@ -313,15 +325,60 @@ def test_the_png_is_a_png() -> None:
     assert analyst().graph().png().startswith(b"\x89PNG\r\n\x1a\n")
 
 
-def test_without_dot_svg_and_png_name_the_program_and_how_to_install_it(
+def test_without_dot_svg_is_drawn_in_python_and_png_names_the_program(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))  # an empty directory: no `dot` anywhere
     g = analyst().graph()
-    for draw in (g.svg, g.png):
+    assert g.svg() == g.svg(layout="python")
+    for draw in (g.png, lambda: g.svg(layout="dot")):
         with pytest.raises(RendererMissing) as info:
             draw()
         message = str(info.value)
         assert "`dot` program" in message
         assert "apt-get install graphviz" in message and "brew install graphviz" in message
     assert g.mermaid() and g.dot()  # text needs nothing installed
+
+
+_NAMES = st.text(alphabet='abcdefghijklmnopqrstuvwxyz_<>&"é ·', min_size=1, max_size=14)
+
+
+@st.composite
+def graphs(draw: st.DrawFn) -> Graph:
+    """Any graph: states of any kind, edges of every sort between any two (loops included)."""
+    names: list[str] = draw(st.lists(_NAMES, min_size=1, max_size=9, unique=True))
+    kinds = ("initial", "final", "failure", "waiting")
+    nodes = tuple(
+        Node(name=n, kinds=tuple(draw(st.lists(st.sampled_from(kinds), max_size=2, unique=True))),
+             current=draw(st.booleans()), visited=draw(st.booleans()))
+        for n in names
+    )  # fmt: skip
+    edges = draw(st.lists(st.builds(
+        Edge, source=st.sampled_from(names), dest=st.sampled_from(names), trigger=_NAMES,
+        step=st.sampled_from(["llm", "tool", "wait", "move"]), guard=st.sampled_from(["", "ok"]),
+        route=st.none() | _NAMES, on_error=st.booleans(), taken=st.integers(0, 3),
+        failed=st.integers(0, 2), in_table=st.booleans(),
+    ), max_size=16))  # fmt: skip
+    return Graph(title=draw(_NAMES), nodes=nodes, edges=tuple(edges))
+
+
+def _overlap(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> bool:
+    e = 0.01  # touching is fine; float sums may differ in the last digit
+    return a[0] < b[2] - e and b[0] < a[2] - e and a[1] < b[3] - e and b[1] < a[3] - e
+
+
+@settings(max_examples=100, deadline=None)
+@given(graphs())
+def test_the_python_layout_draws_every_state_and_edge_and_overlaps_no_label(g: Graph) -> None:
+    root = ET.fromstring(g.svg(layout="python"))
+    ns = {"svg": "http://www.w3.org/2000/svg"}
+    titles = [t.text or "" for t in root.findall(".//svg:g[@class='node']/svg:title", ns)]
+    assert sorted(titles) == sorted(n.name for n in g.nodes)
+    assert len(root.findall(".//svg:g[@class='edge']", ns)) == len(g.edges)
+    boxes = placed(g)
+    assert sorted(name for kind, name, _ in boxes if kind == "state") == sorted(titles)
+    assert len([b for b in boxes if b[0] == "label"]) == len(g.edges)
+    for i, (kind, name, rect) in enumerate(boxes):
+        assert rect[0] >= 0 and rect[1] >= 0, (kind, name, rect)
+        for other in boxes[i + 1 :]:
+            assert not _overlap(rect, other[2]), ((kind, name, rect), other)

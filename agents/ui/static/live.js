@@ -32,6 +32,7 @@
   source.onerror = function () { say("reconnecting…"); };
   source.addEventListener("token", function (event) {
     var t = JSON.parse(event.data), key = t.seq + "/" + t.attempt;
+    watched = true;
     if (!block || key !== blockKey) {
       add("div", "try", "seq " + t.seq + " · try " + t.attempt);
       block = add("pre", "tokens", "");
@@ -39,15 +40,32 @@
     }
     if (block) block.textContent += t.text;
   });
+  var watched = false;  // whether this page has seen the run move (else it was over already)
+  var ends = { done: "the run is done", failed: "the run failed: its errors are listed below",
+               waiting: "the run waits for an event: answer it with the form on this page",
+               cancelled: "the run was cancelled" };
   source.addEventListener("step", function (event) {
-    add("div", "step", JSON.parse(event.data).text);
+    var step = JSON.parse(event.data);
     block = null;
+    if (step.kind === "stopped") {  // the run stopped being driven: say so, in words
+      var status = (step.text || "").replace(/^run /, "");
+      say(ends[status] || step.text);
+      if (watched) add("div", "end", ends[status] || step.text);
+      return;
+    }
+    watched = true;
+    add("div", "step", step.text);
   });
   source.addEventListener("commit", function (event) {
     var run = JSON.parse(event.data);
     say("live: seq " + run.seq + " · " + run.state + " · " + run.status);
     block = null;
+    watched = true;
     refresh();
   });
-  source.addEventListener("end", function () { source.close(); say("ended"); });
+  source.addEventListener("end", function () {
+    source.close();
+    var live = byId("live");
+    if (live && live.textContent.indexOf("the run") !== 0) say("the run is over");
+  });
 })();

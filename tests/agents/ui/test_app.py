@@ -7,6 +7,7 @@ import dataclasses
 import html
 import re
 import time
+from pathlib import Path
 
 import pytest
 from starlette.testclient import TestClient
@@ -103,6 +104,43 @@ def test_the_run_page_shows_graph_timeline_memory_why_and_actions(
     at_one = client.get("/runs/t1?at=1").text
     assert "What seq 1 (tick) changed" in at_one
     assert re.search(r"<b>ticks</b></td><td><pre>0</pre></td><td><pre>1</pre>", at_one)
+
+
+def test_a_waiting_run_says_what_it_waits_for_with_the_form_that_sends_it(
+    client: TestClient, store: Store
+) -> None:
+    waiting_run(store)
+    page = client.get("/runs/t1").text
+    banner = page[page.index('<section class="waiting" id="waiting">') :].split("</section>")[0]
+    assert "Waiting for the event <b>answer</b>" in banner
+    assert 'action="/runs/t1/act/send/preview"' in banner  # the send form, right there
+    for field in ('name="f.by"', 'name="f.approved"', 'name="f.count"', 'name="csrf"'):
+        assert field in banner
+    fields = {"csrf": csrf_of(page), "seq": "2", "event": "answer", "f.by": "ana",
+              "f.approved": "true", "f.count": "2"}  # fmt: skip
+    plan = client.post("/runs/t1/act/send/preview", data=fields, headers=ORIGIN)
+    assert plan.status_code == 200 and "commits event" in plan.text
+    client.post("/runs/t1/act/send/do", data=fields, headers=ORIGIN)
+    settled(store, "t1", "done")
+    assert 'id="waiting"' not in client.get("/runs/t1").text  # done: nothing to wait for
+
+
+def test_a_durable_runs_memory_reads_without_the_engines_internals(
+    client: TestClient, store: Store, tmp_path: Path
+) -> None:
+    from ..test_cli_approve import park
+
+    run_sync(park(f"sqlite:///{tmp_path / 'ui.db'}", "dur"))
+    page = client.get("/runs/dur").text
+    memory = page[page.index('id="memory"') :].split("</section>")[0]
+    shown, _, raw = memory.partition('<details class="raw" id="raw">')
+    assert "<b>prompt</b>" in shown and "go" in shown
+    assert "delete_file" in shown and "del-a" in shown  # the call the run waits on
+    record = run_sync(store.load("dur"))
+    for internal in ("agent", "deferred", "message_history", "kind"):  # only behind the toggle
+        assert f'id="why-{internal}"' in raw and f'id="why-{internal}"' not in shown
+    assert str(record.memory["agent"]) not in shown and "part_kind" not in shown
+    assert "Waiting for approval of the tool call <code>del-a</code>" in page
 
 
 def test_the_conversation_and_errors_are_shown(client: TestClient, store: Store) -> None:
@@ -278,19 +316,30 @@ def test_the_agents_page_draws_each_agent_and_counts_its_runs(
     assert re.search(r"state=ready\">ready</a></td><td class=\"num\">2</td>", page)
 
 
-def test_usage_totals_show_when_records_carry_them(store: Store) -> None:
-    from agents.ui._runs_page import usage_cell
+def test_usage_and_cost_read_alike_in_the_list_the_run_page_and_the_cli(
+    client: TestClient, store: Store, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from agents.cli import main
+    from agents.examples.approval import Reply, approval
+    from agents.ui._runs_page import usage_cells
 
-    waiting_run(store)
-    record = run_sync(store.load("t1"))
-    assert usage_cell(record) == ""
+    async def drafted() -> None:  # one model request (offline): usage, no price
+        run = await approval.start(store, Reply(request="refund"), run_id="u1")
+        await run.until_done()
 
-    @dataclasses.dataclass(frozen=True)
-    class WithUsage:
-        usage: dict[str, int]
-
-    ledger = WithUsage({"requests": 2, "input_tokens": 10})
-    assert usage_cell(ledger) == "requests 2, input_tokens 10"  # type: ignore[arg-type]
+    run_sync(drafted())
+    record = run_sync(store.load("u1"))
+    words = "1 requests, "  # the CLI's wording ("53 in, 7 out"), not the ledger's keys
+    assert record.usage["requests"] == 1
+    listed = client.get("/").text
+    assert "<th>usage</th><th>cost</th>" in listed and f"<td>{words}" in listed
+    line = listed[listed.index(f"<td>{words}") + 4 :].split("</td>")[0]
+    assert line in client.get("/runs/u1").text
+    capsys.readouterr()
+    assert main(["show", "u1", "--store", f"sqlite:///{tmp_path / 'ui.db'}"]) == 0
+    assert f"usage    {line}" in capsys.readouterr().out
+    priced = dataclasses.replace(record, usage={**record.usage, "cost_nusd": 4200})
+    assert usage_cells(priced).endswith('<td class="num">$0.000004</td>')
 
 
 @pytest.mark.parametrize("path", ["/", "/agents", "/runs/t1"])

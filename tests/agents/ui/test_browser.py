@@ -144,6 +144,13 @@ def test_a_browser_watches_a_run_advance_and_finishes_it(
             open_gate(gates, "check")
             wait.until(ec.text_to_be_present_in_element((By.ID, "runstate"), "ready · waiting"))
             assert worker.wait(timeout=WAIT) == 3  # `agentfsm run` stops at a wait: exit 3
+            # what it waits for, with its form; the graph drawn here (no Graphviz needed)
+            wait.until(ec.text_to_be_present_in_element((By.ID, "waiting"), "Waiting for"))
+            assert "answer" in find(By.ID, "waiting").text
+            assert len(driver.find_elements(By.CSS_SELECTOR, "figure.graph svg g.node")) == 6
+            output = find(By.ID, "output")  # sized to what it holds, not the window
+            assert output.size["width"] < driver.get_window_size()["width"] * 0.8
+            save(driver, tmp_path, "ui-waiting.png")
 
             find(By.PARTIAL_LINK_TEXT, "send answer").click()
             wait.until(ec.presence_of_element_located((By.NAME, "f.by"))).send_keys("selenium")
@@ -158,6 +165,7 @@ def test_a_browser_watches_a_run_advance_and_finishes_it(
 
             wait.until(ec.text_to_be_present_in_element((By.ID, "runstate"), "done · done"))
             assert "approved by selenium x3" in find(By.ID, "memory").text
+            wait.until(ec.text_to_be_present_in_element((By.ID, "live"), "the run is done"))
             driver.execute_script("window.scrollTo(0, 0)")
             save(driver, tmp_path, "ui-run.png")
         finally:

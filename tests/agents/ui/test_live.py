@@ -8,6 +8,8 @@ import json
 import re
 from collections.abc import AsyncIterator
 
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from pydantic import BaseModel, JsonValue
 from pydantic_ai.messages import ModelMessage
 from pydantic_ai.models.function import AgentInfo, FunctionModel
@@ -15,7 +17,7 @@ from starlette.testclient import TestClient
 
 from agents import Agent, llm
 from agents.ui._live import changes
-from statemachine._watch import offset_key
+from statemachine.engine import offset_key
 from storage import Store
 
 from .conftest import run_sync
@@ -101,10 +103,41 @@ def test_reconnecting_with_last_event_id_gets_only_what_came_after(
         assert set(whole[n + 1 :]) <= set(later), offset  # (after the end: its "stopped" too)
     # the query's `after` resumes the same way; a seq is an offset too
     assert [e for _, e, _ in events_of(client, "/runs/s1/stream?after=1")] == ["step", "end"]
-    for junk in ("junk", "99", "1:x"):  # not an offset, or past the run: from the run's seq
-        assert [e for _, e, _ in events_of(client, f"/runs/s1/stream?after={junk}")] == [
-            "step", "end",
-        ]  # fmt: skip
+    # past the run (a run deleted and made again): from the run's seq
+    assert [e for _, e, _ in events_of(client, "/runs/s1/stream?after=99")] == ["step", "end"]
+
+
+ODD = ["junk", "1:x", "²", "\u0661", "-1", " 1", "1.0", "0x1", "1:2:3", "9" * 5000,
+       "1:" + "9" * 5000, "1:1-" + "9" * 40, "9" * 16, "\u202e1"]  # fmt: skip
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])  # fmt: skip
+@given(odd=st.sampled_from(ODD) | st.text(max_size=12))
+def test_odd_offsets_and_seqs_answer_400_with_a_message(
+    client: TestClient, store: Store, odd: str
+) -> None:
+    if run_sync(store.load("s1")) is None:
+        streamed_run(store)
+    try:
+        offset_key(odd or None)  # (nothing asked: from the run's seq)
+    except ValueError:
+        for asked in ({"params": {"after": odd}}, {"headers": {"last-event-id": odd}}):
+            if "headers" in asked and not (
+                odd.isprintable() and odd.isascii() and odd.strip() == odd
+            ):
+                continue  # (not a header value a client can send as is)
+            answer = client.get("/runs/s1/stream", **asked)  # type: ignore[arg-type]
+            assert answer.status_code == 400, (asked, answer.text[:200])
+            assert "not a watch offset" in answer.text
+    else:  # an offset: from it, or past the run from the run's seq
+        assert events_of(client, f"/runs/s1/stream?after={odd}")[-1][1] == "end"
+    page = client.get("/runs/s1", params={"at": odd})
+    a_seq = odd == "" or (odd.isascii() and odd.isdigit() and len(odd) < 16 and int(odd) <= 1)
+    assert page.status_code == (200 if a_seq else 400), page.text[:300]
+    if not a_seq:
+        assert "?at= takes a seq of this run, 0 to 1" in page.text
+    assert client.get("/", params={"before": odd, "limit": odd, "since": odd}).status_code == 200
 
 
 def test_items_published_while_the_page_watches_arrive_live(
