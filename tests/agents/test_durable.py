@@ -441,3 +441,25 @@ async def test_a_failed_run_stays_failed_when_run_again(store: Store) -> None:
     with pytest.raises(DurableRunFailed, match="ModelHTTPError"):
         await durable.run("hi", run_id="gone")
     assert brain.requests == 1
+
+
+def test_no_module_imports_a_private_pydantic_ai_module() -> None:
+    """pydantic-ai may move its private modules in any release: only its public surface."""
+    import ast
+
+    root = Path(__file__).resolve().parents[2] / "agents"
+    private: list[str] = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = (
+                [a.name for a in node.names] if isinstance(node, ast.Import)
+                else [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0
+                else []
+            )  # fmt: skip
+            for name in names:
+                parts = name.split(".")
+                if parts[0] in ("pydantic_ai", "pydantic_graph") and any(
+                    p.startswith("_") for p in parts[1:]
+                ):
+                    private.append(f"{path.relative_to(root.parent)}: {name}")
+    assert private == []
