@@ -59,7 +59,7 @@ from ..steps._llm import ModelSpec
 from ..steps._tool_engine import MODEL_POLICY, TOOL_POLICY, StepPolicy, args_digest
 from ._approvals import answers_to
 from ._events import stream_events
-from ._journal import Journal, idempotency_key
+from ._journal import Journal, idempotency_key, output_functions
 from ._steps import (
     ANSWER,
     APPROVAL,
@@ -272,9 +272,10 @@ class DurableAgent(Generic[AgentDepsT, OutputT]):
         )  # fmt: skip
         if output_type is not None:
             options["output_type"] = output_type
+        functions = output_functions(self.agent.output_type if output_type is None else output_type)
         for _ in range(100):
             journal = Journal(run=run, events=await run.history(), notify=on_event,
-                              spending=self.spending)  # fmt: skip
+                              spending=self.spending, output_functions=functions)  # fmt: skip
             try:
                 with attached(run.record):  # pydantic-ai's spans join the run's trace
                     return await self._replay(journal, options)

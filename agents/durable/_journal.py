@@ -12,19 +12,21 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-from collections.abc import AsyncIterator, Awaitable, Callable
+import typing
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import pydantic_core
-from pydantic import JsonValue
-from pydantic_ai import DeferredToolRequests, RunContext
+from pydantic import JsonValue, TypeAdapter
+from pydantic_ai import DeferredToolRequests, ModelRetry, RunContext
 from pydantic_ai.capabilities import AbstractCapability, CapabilityOrdering
 from pydantic_ai.durable_exec import record_durable_unit
 from pydantic_ai.messages import ModelMessage, ModelMessagesTypeAdapter, ModelRequest, ModelResponse
 from pydantic_ai.models import Model, ModelRequestParameters, StreamedResponse
 from pydantic_ai.models.wrapper import WrapperModel
+from pydantic_ai.output import NativeOutput, OutputContext, PromptedOutput, TextOutput, ToolOutput
 from pydantic_ai.settings import ModelSettings
 from pydantic_ai.tools import ToolDefinition
 from pydantic_ai.toolsets import AbstractToolset, ToolsetTool, WrapperToolset
@@ -41,6 +43,7 @@ from ._steps import (
     FAIL,
     MODEL_REQUEST,
     OUTPUT,
+    OUTPUT_CALL,
     PENDING,
     REQUESTS,
     TOOL_CALL,
@@ -55,7 +58,7 @@ from ._steps import (
 )
 from ._stream import journaled_stream
 
-__all__ = ["Journal", "idempotency_key"]
+__all__ = ["Journal", "idempotency_key", "output_functions"]
 
 _KEY: contextvars.ContextVar[str | None] = contextvars.ContextVar("agentfsm_call_key", default=None)
 
@@ -91,6 +94,10 @@ class Journal(AbstractCapability[Any]):
     _tools: dict[tuple[int, int, str], dict[str, JsonValue]] = field(default_factory=dict)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
     spending: Spending | None = field(default=None, repr=False)
+    output_functions: dict[str, Callable[..., Any]] = field(default_factory=dict, repr=False)
+    """The run's output functions by name: what a committed output value is rebuilt with."""
+    _outputs: dict[tuple[int, int, int], dict[str, JsonValue]] = field(default_factory=dict)
+    _output_calls: dict[tuple[int, int], int] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         for e in self.events:
@@ -107,6 +114,10 @@ class Journal(AbstractCapability[Any]):
                 o = e.output
                 where = (int(str(o["segment"])), int(str(o["after"])), str(o["tool_call_id"]))
                 self._tools[where] = o
+            elif e.trigger == OUTPUT_CALL and isinstance(e.output, dict):
+                o = e.output
+                at = (int(str(o["segment"])), int(str(o["after"])), int(str(o["call"])))
+                self._outputs[at] = o
         self.rounds = rounds_of(self.events)
 
     def get_ordering(self) -> CapabilityOrdering:
@@ -139,6 +150,52 @@ class Journal(AbstractCapability[Any]):
                     " ones approved: refused"
                 )
         return await handler(args)
+
+    async def wrap_output_process(
+        self,
+        ctx: RunContext[Any],
+        *,
+        output_context: OutputContext,
+        output: Any,
+        handler: Callable[[Any], Awaitable[Any]],
+    ) -> Any:
+        """An output function's call, journaled: its value (or its `ModelRetry`) is committed,
+        and a replay answers from the history instead of calling it again."""
+        if not output_context.has_function or ctx.partial_output:
+            return await handler(output)  # validation alone: the same on every replay
+        point = (self.segment, self.model_index)
+        nth = self._output_calls.get(point, 0)
+        self._output_calls[point] = nth + 1
+        at = (*point, nth)
+        name = output_context.function_name or ""
+        done = self._outputs.get(at)
+        if done is not None:
+            record_durable_unit(executed=False)
+            if "retry" in done:
+                raise ModelRetry(str(done["retry"]))
+            return _rebuilt(self.output_functions.get(name), done.get("result"))
+        if self.run.status != "running":  # a run finished by an older version: not journaled
+            return await handler(output)
+        values: list[Any] = []
+
+        async def op(sctx: StepContext) -> StepResult[DurableMemory]:
+            out: dict[str, JsonValue] = {"segment": at[0], "after": at[1], "call": at[2],
+                                         "function": name}  # fmt: skip
+            try:
+                values[:] = [await handler(output)]
+            except ModelRetry as retry:
+                out["retry"] = retry.message
+            else:
+                out["result"] = pydantic_core.to_jsonable_python(values[0], fallback=repr)
+            return StepResult(memory=self.run.memory, output=out, subkey=str(nth))
+
+        event = await self.fire(OUTPUT_CALL, op)
+        record_durable_unit(executed=True)
+        assert isinstance(event.output, dict)
+        self._outputs[at] = event.output
+        if "retry" in event.output:
+            raise ModelRetry(str(event.output["retry"]))
+        return values[0]
 
     # The operations -----------------------------------------------------------------------
 
@@ -311,6 +368,40 @@ class Journal(AbstractCapability[Any]):
         except BaseException as raised:
             if raised is not error:
                 raise
+
+
+def _rebuilt(function: Callable[..., Any] | None, value: JsonValue) -> Any:
+    """A committed output function's value as the function returned it (validated against
+    its return annotation; the JSON itself when it has none)."""
+    if function is None:
+        return value
+    try:
+        returns = typing.get_type_hints(function).get("return", Any)
+    except Exception:  # an annotation that does not resolve: the JSON is all there is
+        return value
+    return TypeAdapter(returns).validate_python(value)
+
+
+def output_functions(output_type: Any) -> dict[str, Callable[..., Any]]:
+    """The output functions in an `output_type` (lists, `ToolOutput`, `NativeOutput`,
+    `PromptedOutput`, `TextOutput`), by the name pydantic-ai gives their calls."""
+    found: dict[str, Callable[..., Any]] = {}
+
+    def visit(t: Any) -> None:
+        if isinstance(t, Sequence) and not isinstance(t, str):
+            for item in t:
+                visit(item)
+        elif isinstance(t, ToolOutput):
+            visit(t.output)
+        elif isinstance(t, NativeOutput | PromptedOutput):
+            visit(t.outputs)
+        elif isinstance(t, TextOutput):
+            visit(t.output_function)
+        elif callable(t) and not isinstance(t, type) and hasattr(t, "__name__"):
+            found.setdefault(t.__name__, t)
+
+    visit(output_type)
+    return found
 
 
 def _restamp(request: ModelRequest, committed: ModelRequest) -> None:
