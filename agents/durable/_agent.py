@@ -24,15 +24,17 @@ the exact arguments it approves, and the call runs only with those.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import typing
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from typing import Any, Generic, TypeVar
 
 from pydantic import JsonValue
 from pydantic_ai import Agent as PydanticAgent
 from pydantic_ai import DeferredToolRequests, DeferredToolResults
 from pydantic_ai.agent import AgentRunEvents, AgentRunResult, EventStreamHandler
+from pydantic_ai.capabilities import AbstractCapability
 from pydantic_ai.durable_exec import BaseDurabilityCapability, replay_scope
 from pydantic_ai.messages import (
     ModelMessage,
@@ -59,7 +61,7 @@ from ..steps._llm import ModelSpec
 from ..steps._tool_engine import MODEL_POLICY, TOOL_POLICY, StepPolicy, args_digest
 from ._approvals import answers_to
 from ._events import stream_events
-from ._journal import Journal, idempotency_key, output_functions
+from ._journal import Journal, JournaledHandler, answers_in_run, idempotency_key, output_functions
 from ._steps import (
     ANSWER,
     APPROVAL,
@@ -131,8 +133,8 @@ def _check_agent(agent: PydanticAgent[Any, Any], name: str) -> None:
             f"{where}: the agent already has a durable-execution capability (Temporal, DBOS,"
             " Prefect); use one engine: remove it, or do not wrap the agent in DurableAgent"
         )
-    if _allows_deferred(agent.output_type):
-        return
+    if _allows_deferred(agent.output_type) or answers_in_run(agent.root_capability):
+        return  # the calls come back as output, or a handler answers them in the run
     gated: list[str] = []
 
     def visit(ts: AbstractToolset[Any]) -> None:
@@ -145,7 +147,8 @@ def _check_agent(agent: PydanticAgent[Any, Any], name: str) -> None:
         raise DefinitionError(
             f"{where}: the tools {sorted(gated)} need approval, but the output type has no"
             " DeferredToolRequests to hand the calls back with: use"
-            " output_type=[YourOutput, DeferredToolRequests]"
+            " output_type=[YourOutput, DeferredToolRequests], or answer them in the run"
+            " (capabilities=[HandleDeferredToolCalls(handler)])"
         )
 
 
@@ -386,6 +389,13 @@ class DurableAgent(Generic[AgentDepsT, OutputT]):
                 await run.send(ANSWER, answer.model_dump(mode="json"))
         await run.release()
 
+    def _journaled_handlers(self, journal: Journal) -> AbstractContextManager[None]:
+        """Inside: the agent's deferred-call handlers answer through the journal."""
+        mine = list(self.agent.root_capability.capabilities)
+        if not any(answers_in_run(c) for c in mine):
+            return contextlib.nullcontext()
+        return self.agent.override(capabilities=_journaled(mine, journal))
+
     async def _replay(self, journal: Journal, options: dict[str, Any]) -> AgentRunResult[OutputT]:
         run = journal.run
         memory = run.memory
@@ -400,7 +410,11 @@ class DurableAgent(Generic[AgentDepsT, OutputT]):
             journal.answers_in = {a.tool_call_id: a for a in answers}
             try:
                 # Spans of replayed work are not reported again (pydantic-ai's replay scope).
-                with ToolManager.parallel_execution_mode("sequential"), replay_scope():
+                with (
+                    ToolManager.parallel_execution_mode("sequential"),
+                    replay_scope(),
+                    self._journaled_handlers(journal),
+                ):
                     result = await self.agent.run(
                         prompt,
                         message_history=history,
@@ -440,6 +454,14 @@ class DurableAgent(Generic[AgentDepsT, OutputT]):
             answers = [parked.answers[i] for i in ids]
             prompt, history = None, result.all_messages()
             journal.segment += 1
+
+
+def _journaled(capabilities: Sequence[AbstractCapability[Any]], journal: Journal) -> list[Any]:
+    """`capabilities`, each one that answers deferred calls in the run journaled."""
+    return [
+        JournaledHandler(wrapped=c, journal=journal, index=i) if answers_in_run(c) else c
+        for i, c in enumerate(capabilities)
+    ]
 
 
 def _segment_run_id(run_id: str, segment: int) -> str:

@@ -20,8 +20,13 @@ from typing import Any
 
 import pydantic_core
 from pydantic import JsonValue, TypeAdapter
-from pydantic_ai import DeferredToolRequests, ModelRetry, RunContext
-from pydantic_ai.capabilities import AbstractCapability, CapabilityOrdering
+from pydantic_ai import DeferredToolRequests, DeferredToolResults, ModelRetry, RunContext
+from pydantic_ai.capabilities import (
+    AbstractCapability,
+    CapabilityOrdering,
+    CombinedCapability,
+    WrapperCapability,
+)
 from pydantic_ai.durable_exec import record_durable_unit
 from pydantic_ai.messages import ModelMessage, ModelMessagesTypeAdapter, ModelRequest, ModelResponse
 from pydantic_ai.models import Model, ModelRequestParameters, StreamedResponse
@@ -39,6 +44,7 @@ from ..spending._budget import BudgetReached
 from ..spending._paid import Spending, model_label, paid_request
 from ..steps._tool_engine import args_digest, call_key, record_outcome, replay_outcome
 from ._steps import (
+    DECISION,
     DEFER,
     FAIL,
     MODEL_REQUEST,
@@ -58,7 +64,7 @@ from ._steps import (
 )
 from ._stream import journaled_stream
 
-__all__ = ["Journal", "idempotency_key", "output_functions"]
+__all__ = ["Journal", "JournaledHandler", "answers_in_run", "idempotency_key", "output_functions"]
 
 _KEY: contextvars.ContextVar[str | None] = contextvars.ContextVar("agentfsm_call_key", default=None)
 
@@ -98,6 +104,7 @@ class Journal(AbstractCapability[Any]):
     """The run's output functions by name: what a committed output value is rebuilt with."""
     _outputs: dict[tuple[int, int, int], dict[str, JsonValue]] = field(default_factory=dict)
     _output_calls: dict[tuple[int, int], int] = field(default_factory=dict, repr=False)
+    _decisions: dict[tuple[int, int, int, str], JsonValue] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for e in self.events:
@@ -118,6 +125,11 @@ class Journal(AbstractCapability[Any]):
                 o = e.output
                 at = (int(str(o["segment"])), int(str(o["after"])), int(str(o["call"])))
                 self._outputs[at] = o
+            elif e.trigger == DECISION and isinstance(e.output, dict):
+                o = e.output
+                asked = (int(str(o["segment"])), int(str(o["after"])), int(str(o["handler"])),
+                         str(o["calls"]))  # fmt: skip
+                self._decisions[asked] = o.get("results")
         self.rounds = rounds_of(self.events)
 
     def get_ordering(self) -> CapabilityOrdering:
@@ -196,6 +208,39 @@ class Journal(AbstractCapability[Any]):
         if "retry" in event.output:
             raise ModelRetry(str(event.output["retry"]))
         return values[0]
+
+    async def decision(
+        self,
+        handler: int,
+        requests: DeferredToolRequests,
+        ask: Callable[[], Awaitable[DeferredToolResults | None]],
+    ) -> DeferredToolResults | None:
+        """What the run's `handler`-th deferred-call handler (`HandleDeferredToolCalls`) answers
+        to `requests`, journaled: committed as given, and given again on replay without asking."""
+        ids = ",".join(sorted(c.tool_call_id for c in [*requests.approvals, *requests.calls]))
+        asked = (self.segment, self.model_index, handler, ids)
+        if asked in self._decisions:
+            record_durable_unit(executed=False)
+            return _results(self._decisions[asked])
+        if self.run.status != "running":
+            return await ask()
+
+        async def op(sctx: StepContext) -> StepResult[DurableMemory]:
+            results = await ask()
+            dumped: JsonValue = (
+                None if results is None else RESULTS.dump_python(results, mode="json")
+            )
+            out: dict[str, JsonValue] = {
+                "segment": asked[0], "after": asked[1], "handler": handler, "calls": ids,
+                "results": dumped,
+            }  # fmt: skip
+            return StepResult(memory=self.run.memory, output=out, subkey=f"{handler}:{ids}")
+
+        event = await self.fire(DECISION, op)
+        record_durable_unit(executed=True)
+        assert isinstance(event.output, dict)
+        self._decisions[asked] = event.output.get("results")
+        return _results(event.output.get("results"))
 
     # The operations -----------------------------------------------------------------------
 
@@ -368,6 +413,47 @@ class Journal(AbstractCapability[Any]):
         except BaseException as raised:
             if raised is not error:
                 raise
+
+
+RESULTS: TypeAdapter[DeferredToolResults] = TypeAdapter(DeferredToolResults)
+
+
+def _results(dumped: JsonValue) -> DeferredToolResults | None:
+    return None if dumped is None else RESULTS.validate_python(dumped)
+
+
+@dataclass
+class JournaledHandler(WrapperCapability[Any]):
+    """A capability that answers deferred calls in the run (`HandleDeferredToolCalls`), its
+    answers journaled (`Journal.decision`): a replay does not ask it again."""
+
+    journal: Journal | None = field(default=None, kw_only=True, repr=False)
+    index: int = field(default=0, kw_only=True)
+
+    async def handle_deferred_tool_calls(
+        self, ctx: RunContext[Any], *, requests: DeferredToolRequests
+    ) -> DeferredToolResults | None:
+        if self.journal is None:
+            return await self.wrapped.handle_deferred_tool_calls(ctx, requests=requests)
+        return await self.journal.decision(
+            self.index,
+            requests,
+            lambda: self.wrapped.handle_deferred_tool_calls(ctx, requests=requests),
+        )
+
+
+def answers_in_run(capability: AbstractCapability[Any]) -> bool:
+    """Whether `capability` (or one inside it) answers deferred calls in the run."""
+    found: list[bool] = []
+
+    def visit(c: AbstractCapability[Any]) -> None:
+        if isinstance(c, WrapperCapability | CombinedCapability):
+            return  # they hand the calls on to the capabilities inside them
+        hook = type(c).handle_deferred_tool_calls
+        found.append(hook is not AbstractCapability.handle_deferred_tool_calls)
+
+    capability.apply(visit)
+    return any(found)
 
 
 def _rebuilt(function: Callable[..., Any] | None, value: JsonValue) -> Any:

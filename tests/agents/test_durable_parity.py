@@ -828,7 +828,9 @@ async def test_history_processors_dynamic_instructions_and_step_dependent_tools(
 # Approvals ------------------------------------------------------------------------------------
 
 
-def gated(ran: Ran, *, handler: Any = None) -> Agent[None, str | DeferredToolRequests]:
+def gated(
+    ran: Ran, *, handler: Any = None, plain_output: bool = False
+) -> Agent[None, str | DeferredToolRequests]:
     def brain(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
         done = [p for m in messages if isinstance(m, ModelRequest) for p in m.parts
                 if isinstance(p, ToolReturnPart | RetryPromptPart)]  # fmt: skip
@@ -840,7 +842,8 @@ def gated(ran: Ran, *, handler: Any = None) -> Agent[None, str | DeferredToolReq
         return ModelResponse(parts=[TextPart("; ".join(str(p.content) for p in done))])
 
     caps = [HandleDeferredToolCalls(handler=handler)] if handler else []
-    agent = Agent(FunctionModel(brain), output_type=[str, DeferredToolRequests], capabilities=caps)
+    output: Any = str if plain_output else [str, DeferredToolRequests]
+    agent = Agent(FunctionModel(brain), output_type=output, capabilities=caps)
 
     @agent.tool_plain(requires_approval=True)
     def delete_file(path: str) -> str:
@@ -878,6 +881,29 @@ async def test_approved_and_denied_by_a_handler_in_the_run(store: Store) -> None
     assert "deleted a.txt" in str(ok.output)
     _, denied, _, _ = await parity(lambda ran: gated(ran, handler=deny), store)
     assert "deleted" not in str(denied.output)
+
+
+async def test_a_handler_in_the_run_with_a_plain_output_type_is_asked_once(
+    store: Store,
+) -> None:
+    asked: list[list[str]] = []
+
+    def approve(ctx: RunContext[None], r: DeferredToolRequests) -> DeferredToolResults:
+        asked.append([c.tool_call_id for c in r.approvals])
+        return r.build_results(approve_all=True)
+
+    _, ok, durable, run_id = await parity(
+        lambda ran: gated(ran, handler=approve, plain_output=True), store
+    )
+    assert "deleted a.txt" in str(ok.output)
+    # Asked by the two plain runs, then once by the durable run, and not when read back.
+    assert asked == [["del-a"]] * 3
+    again = await durable.run(run_id=run_id)
+    assert again.output == ok.output and len(asked) == 3
+    decisions = [e.output for e in await store.history(run_id) if e.trigger == "decision"]
+    assert len(decisions) == 1 and isinstance(decisions[0], dict)
+    results = decisions[0]["results"]
+    assert isinstance(results, dict) and list(results["approvals"]) == ["del-a"]
 
 
 ANSWERS = [
