@@ -87,14 +87,14 @@ async def journaled_stream(
     if replayed is not None:
         yield _Replayed(params, replayed)
         return
-    events: asyncio.Queue[ModelResponseStreamEvent | None] = asyncio.Queue()
+    events: asyncio.Queue[tuple[ModelResponseStreamEvent, ModelResponse] | None] = asyncio.Queue()
 
     async def op(ctx: StepContext) -> StepResult[DurableMemory]:
         async def send() -> ModelResponse:
             try:
                 async with wrapped.request_stream(messages, settings, params, run_context) as s:
                     async for event in s:
-                        events.put_nowait(event)
+                        events.put_nowait((event, s.get()))  # the response as of this event
                         forward(ctx.live, event)
                     return s.get()
             finally:
@@ -122,7 +122,7 @@ class _Relayed(StreamedResponse):
         self,
         params: ModelRequestParameters,
         model: Model,
-        events: asyncio.Queue[ModelResponseStreamEvent | None],
+        events: asyncio.Queue[tuple[ModelResponseStreamEvent, ModelResponse] | None],
         committing: asyncio.Task[Event],
         committed: Any,
     ) -> None:
@@ -132,6 +132,8 @@ class _Relayed(StreamedResponse):
         self._committing = committing
         self._committed = committed
         self._response: ModelResponse | None = None
+        self._so_far: ModelResponse | None = None
+        """The response as of the last event relayed (what a plain stream's `get()` gives)."""
         self._started = datetime.now(UTC)
 
     def __aiter__(self) -> AsyncIterator[ModelResponseStreamEvent]:
@@ -140,7 +142,8 @@ class _Relayed(StreamedResponse):
         return self._event_iterator
 
     async def _relay(self) -> AsyncIterator[ModelResponseStreamEvent]:
-        while (event := await self._events.get()) is not None:
+        while (item := await self._events.get()) is not None:
+            event, self._so_far = item
             if isinstance(event, FinalResultEvent):
                 self.final_result_event = event
             yield event
@@ -152,11 +155,15 @@ class _Relayed(StreamedResponse):
             yield event
 
     def get(self) -> ModelResponse:
-        return _copy(self._response) if self._response is not None else super().get()
+        if self._response is not None:
+            return _copy(self._response)
+        return _copy(self._so_far) if self._so_far is not None else super().get()
 
     @property
     def usage(self) -> RequestUsage:
-        return self._response.usage if self._response is not None else self._usage
+        if self._response is not None:
+            return self._response.usage
+        return self._so_far.usage if self._so_far is not None else self._usage
 
     @property
     def model_name(self) -> str:
