@@ -903,7 +903,8 @@ async def test_a_handler_in_the_run_with_a_plain_output_type_is_asked_once(
     decisions = [e.output for e in await store.history(run_id) if e.trigger == "decision"]
     assert len(decisions) == 1 and isinstance(decisions[0], dict)
     results = decisions[0]["results"]
-    assert isinstance(results, dict) and list(results["approvals"]) == ["del-a"]
+    assert isinstance(results, dict) and isinstance(results["approvals"], dict)
+    assert list(results["approvals"]) == ["del-a"]
 
 
 ANSWERS = [

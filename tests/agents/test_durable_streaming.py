@@ -15,7 +15,7 @@ from pydantic_ai import Agent, RunContext
 from pydantic_ai.capabilities import ProcessEventStream
 from pydantic_ai.messages import AgentStreamEvent, ModelMessage
 from pydantic_ai.models.function import AgentInfo, DeltaToolCall, DeltaToolCalls, FunctionModel
-from pydantic_ai.run import AgentRunResultEvent
+from pydantic_ai.run import AgentRun, AgentRunResultEvent
 
 from agents import DurableAgent
 from storage import Store
@@ -177,7 +177,7 @@ async def test_the_tokens_reach_the_live_channel(store: Store) -> None:
     assert {i.seq for i in answer} == {request.seq}  # tagged with the step that committed them
 
 
-async def walk(agent_run: Any) -> list[str]:
+async def walk(agent_run: AgentRun[Any, Any]) -> list[str]:
     """Walk an `Agent.iter` run node by node, streaming each model request's events; the
     kinds of the nodes and events seen, in order."""
     seen: list[str] = []

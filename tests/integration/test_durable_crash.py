@@ -16,6 +16,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from storage import Event, open_store
 
 from . import durable_agent
@@ -25,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 EXPECTED = "lookup: book sold by Acme; convert: 25.0"
 
 
-def command(url: str, run_id: str, workdir: Path, mode: str) -> list[str]:
+def command(url: str, run_id: str, workdir: Path, mode: str, via: str = "run") -> list[str]:
     return [
         sys.executable,
         "-m",
@@ -34,13 +36,17 @@ def command(url: str, run_id: str, workdir: Path, mode: str) -> list[str]:
         run_id,
         str(workdir),
         mode,
+        via,
     ]
 
 
-def child(url: str, run_id: str, workdir: Path, mode: str) -> subprocess.CompletedProcess[str]:
+def child(
+    url: str, run_id: str, workdir: Path, mode: str, via: str = "run"
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        command(url, run_id, workdir, mode), cwd=ROOT, capture_output=True, text=True, timeout=60
-    )
+        command(url, run_id, workdir, mode, via), cwd=ROOT, capture_output=True, text=True,
+        timeout=60,
+    )  # fmt: skip
 
 
 async def history(url: str, run_id: str) -> list[Event]:
@@ -155,3 +161,32 @@ async def test_a_crash_inside_an_approved_call_runs_it_once_more_and_only_it(
     again = await asyncio.to_thread(child, store_url, run_id, tmp_path, "gated")
     assert again.stdout.strip() == EXPECTED
     assert len(log.read_text().splitlines()) == 5
+
+
+@pytest.mark.parametrize(
+    ("store_url", "via"),
+    [("embedded", "iter"), ("redis", "run_stream"), ("embedded", "run_stream_events")],
+    indirect=["store_url"],
+)  # each way on one store (both stores are covered): the suite's time is short
+async def test_a_crash_in_a_tool_call_of_iter_or_a_stream_repeats_only_that_call(
+    store_url: str, tmp_path: Path, via: str
+) -> None:
+    """Killed inside a tool call while driven node by node or streamed, and driven the same
+    way again in a new process: the output is an uninterrupted run's, only the killed call
+    runs again (under its key), and each committed step is in the history once."""
+    run_id = f"shop-{via}"
+    crashed = await asyncio.to_thread(child, store_url, run_id, tmp_path, "crash", via)
+    assert crashed.returncode == -9, crashed.stderr[-2000:]
+    log = tmp_path / "effects.log"
+    before = log.read_text().splitlines()
+    assert [line.split("\t")[0] for line in before] == ["request", "lookup", "convert"]
+
+    resumed = await asyncio.to_thread(child, store_url, run_id, tmp_path, "normal", via)
+    assert (resumed.returncode, resumed.stdout.strip()) == (0, EXPECTED), resumed.stderr[-2000:]
+    assert log.read_text().splitlines()[len(before) :] == [before[2], "request"]
+    events = await history(store_url, run_id)
+    assert [e.trigger for e in events] == [
+        "start", "model_request", "tool_call", "tool_call", "model_request", "output"
+    ]  # fmt: skip
+    assert events[-1].status == "done" and events[3].attempt == 2
+    assert tool_keys(events)["convert"] == before[2].split("\t")[1]
