@@ -42,7 +42,7 @@ from storage import Event
 
 from ..spending._budget import BudgetReached
 from ..spending._paid import Spending, model_label, paid_request
-from ..steps._tool_engine import args_digest, call_key, record_outcome, replay_outcome
+from ..steps._tool_engine import args_digest, call_tool, replay_outcome
 from ._steps import (
     DECISION,
     DEFER,
@@ -364,21 +364,18 @@ class Journal(AbstractCapability[Any]):
             return replay_outcome(done)
         args: JsonValue = pydantic_core.to_jsonable_python(tool_args, fallback=repr)
 
-        async def op(sctx: StepContext) -> StepResult[DurableMemory]:
-            token = _KEY.set(call_key(sctx, call_id))
-            sctx.live.emit("tool_started", tool=name, call_id=call_id)
+        async def invoke(key: str) -> Any:
+            token = _KEY.set(key)
             try:
-                outcome = await record_outcome(toolset.call_tool(name, tool_args, ctx, tool))
+                return await toolset.call_tool(name, tool_args, ctx, tool)
             finally:
                 _KEY.reset(token)
-            sctx.live.emit("tool_finished", tool=name, call_id=call_id, ok="result" in outcome)
-            output: dict[str, JsonValue] = {
-                "segment": where[0], "after": where[1], "tool_call_id": call_id, "tool": name,
-                "args": args, **outcome,
-            }  # fmt: skip
-            return StepResult(
-                memory=self.run.memory, output=output, usage={"tool_calls": 1}, subkey=call_id
-            )
+
+        async def op(sctx: StepContext) -> StepResult[DurableMemory]:
+            return await call_tool(
+                sctx, self.run.memory, tool=name, call_id=call_id, args=args, call=invoke,
+                where={"segment": where[0], "after": where[1]},
+            )  # fmt: skip
 
         event = await self.fire(TOOL_CALL, op)
         record_durable_unit(executed=True)

@@ -21,10 +21,10 @@ import contextlib
 import hashlib
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import pydantic_core
-from pydantic import JsonValue, TypeAdapter
+from pydantic import BaseModel, JsonValue, TypeAdapter
 from pydantic_ai import ModelRetry, ToolReturn
 from pydantic_ai.exceptions import (
     ApprovalRequired,
@@ -41,7 +41,7 @@ from pydantic_ai.messages import tool_return_content_ta
 from pydantic_ai.usage import RunUsage
 
 from statemachine import StepContext
-from statemachine.engine import RetryPolicy
+from statemachine.engine import RetryPolicy, StepResult
 
 __all__ = [
     "MODEL_POLICY",
@@ -50,12 +50,15 @@ __all__ = [
     "StepPolicy",
     "args_digest",
     "call_key",
+    "call_tool",
     "charge",
     "record_outcome",
     "replay_outcome",
     "tool_answer",
     "transient_http_error",
 ]
+
+MemoryT = TypeVar("MemoryT", bound=BaseModel)
 
 USAGE_FIELDS = ("requests", "input_tokens", "output_tokens")
 EXTRA_USAGE_FIELDS = ("cache_read_tokens", "cache_write_tokens")
@@ -139,6 +142,33 @@ cut short runs again, up to the machine's `crash_retries`)."""
 def call_key(ctx: StepContext, tool_call_id: str) -> str:
     """The idempotency key of one tool call: its transition's key plus the call's id."""
     return f"{ctx.idempotency_key}:{tool_call_id}"
+
+
+async def call_tool(
+    ctx: StepContext,
+    memory: MemoryT,
+    *,
+    tool: str,
+    call_id: str,
+    args: JsonValue,
+    call: Callable[[str], Awaitable[Any]],
+    where: Mapping[str, JsonValue] | None = None,
+    route: str | None = None,
+) -> StepResult[MemoryT]:
+    """One tool call as its transition's step: the one tool-call path of `tool_calls()`
+    transitions and of DurableAgent. `call(key)` makes the call under its idempotency key
+    (`call_key`); the live channel sees it start and finish; its outcome is recorded
+    (`record_outcome`) beside the call's id, tool and arguments (and `where`, what the caller
+    needs to find it again), and counted as one tool call."""
+    ctx.live.emit("tool_started", tool=tool, call_id=call_id)
+    outcome = await record_outcome(call(call_key(ctx, call_id)))
+    ctx.live.emit("tool_finished", tool=tool, call_id=call_id, ok="result" in outcome)
+    output: dict[str, JsonValue] = {
+        **(where or {}), "tool_call_id": call_id, "tool": tool, "args": args, **outcome
+    }  # fmt: skip
+    return StepResult(
+        memory=memory, output=output, route=route, usage={"tool_calls": 1}, subkey=call_id
+    )
 
 
 def charge(ctx: StepContext, usage: RunUsage) -> dict[str, int]:
