@@ -34,6 +34,7 @@ from pydantic import JsonValue
 from pydantic_ai import Agent as PydanticAgent
 from pydantic_ai import DeferredToolRequests, DeferredToolResults
 from pydantic_ai.agent import AgentRun, AgentRunEvents, AgentRunResult, EventStreamHandler
+from pydantic_ai.capabilities import AbstractCapability
 from pydantic_ai.durable_exec import BaseDurabilityCapability
 from pydantic_ai.messages import (
     ModelMessage,
@@ -56,10 +57,12 @@ from ..spending._budget import Budget, BudgetGate, halted, set_limits
 from ..spending._paid import Spending
 from ..spending._ratelimit import RateLimit
 from ..steps._llm import ModelSpec
-from ..steps._tool_engine import MODEL_POLICY, TOOL_POLICY, StepPolicy, args_digest
+from ..steps._tool_engine import MODEL_POLICY, TOOL_POLICY, StepPolicy
 from ._approvals import answers_to
+from ._capability import AgentfsmDurability
 from ._events import stream_events
-from ._journal import Journal, answers_in_run, idempotency_key, output_functions
+from ._journal import Journal, idempotency_key
+from ._outputs import allows_deferred, answers_in_run, fingerprint, output_functions
 from ._segments import failing, first_segment, replay_to_live, replaying, settle
 from ._steps import (
     ANSWER,
@@ -84,47 +87,20 @@ AgentDepsT = TypeVar("AgentDepsT")
 OutputT = TypeVar("OutputT")
 
 
-def _output_types(output_type: Any) -> list[Any]:
-    types = list(output_type) if isinstance(output_type, Sequence) else [output_type]
-    return [getattr(t, "outputs", getattr(t, "output", t)) for t in types]
-
-
-def _allows_deferred(output_type: Any) -> bool:
-    flat: list[Any] = []
-    for t in _output_types(output_type):
-        flat.extend(t if isinstance(t, Sequence) and not isinstance(t, str) else [t])
-    return DeferredToolRequests in flat
-
-
-def _fingerprint(agent: PydanticAgent[Any, Any]) -> str:
-    """What tells one agent of a name from another: its function tools and output type."""
-    tools: list[str] = []
-
-    def visit(ts: AbstractToolset[Any]) -> None:
-        if isinstance(ts, FunctionToolset):
-            tools.extend(ts.tools)
-
-    for toolset in agent.toolsets:
-        toolset.apply(visit)
-    outputs = [
-        getattr(t, "__qualname__", None) or repr(t) for t in _output_types(agent.output_type)
-    ]
-    spec: dict[str, JsonValue] = {
-        "tools": list[JsonValue](sorted(tools)),
-        "output": list[JsonValue](outputs),
-    }
-    return args_digest(spec)[:16]
-
-
 def _check_agent(agent: PydanticAgent[Any, Any], name: str) -> None:
     """Refuse at construction what cannot be made durable, naming the alternative."""
     where = f"DurableAgent {name!r}"
-    if BaseDurabilityCapability.from_agent(agent) is not None:
+    ours: list[AbstractCapability[Any]] = []
+    agent.root_capability.apply(ours.append)
+    if BaseDurabilityCapability.from_agent(agent) is not None or any(
+        isinstance(c, AgentfsmDurability) for c in ours
+    ):
         raise DefinitionError(
-            f"{where}: the agent already has a durable-execution capability (Temporal, DBOS,"
-            " Prefect); use one engine: remove it, or do not wrap the agent in DurableAgent"
+            f"{where}: the agent already has a durable-execution capability (AgentfsmDurability,"
+            " Temporal, DBOS, Prefect); use one engine: remove it, or do not wrap the agent in"
+            " DurableAgent"
         )
-    if _allows_deferred(agent.output_type) or answers_in_run(agent.root_capability):
+    if allows_deferred(agent.output_type) or answers_in_run(agent.root_capability):
         return  # the calls come back as output, or a handler answers them in the run
     gated: list[str] = []
 
@@ -190,7 +166,7 @@ class DurableAgent(Generic[AgentDepsT, OutputT]):
         self.name = stable
         self.model_policy = model_policy
         self.tool_policy = tool_policy
-        self.fingerprint = _fingerprint(agent)
+        self.fingerprint = fingerprint(agent)
         gate = None if budget is None else BudgetGate(
             run_budget=budget, scope_budget=None, scope=None, on_budget=None,
             memory_type=DurableMemory,

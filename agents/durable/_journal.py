@@ -12,26 +12,24 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import typing
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import pydantic_core
-from pydantic import JsonValue, TypeAdapter
+from pydantic import JsonValue
 from pydantic_ai import DeferredToolRequests, DeferredToolResults, ModelRetry, RunContext
 from pydantic_ai.capabilities import (
     AbstractCapability,
     CapabilityOrdering,
-    CombinedCapability,
     WrapperCapability,
 )
 from pydantic_ai.durable_exec import record_durable_unit
 from pydantic_ai.messages import ModelMessage, ModelMessagesTypeAdapter, ModelRequest, ModelResponse
 from pydantic_ai.models import Model, ModelRequestParameters, StreamedResponse
 from pydantic_ai.models.wrapper import WrapperModel
-from pydantic_ai.output import NativeOutput, OutputContext, PromptedOutput, TextOutput, ToolOutput
+from pydantic_ai.output import OutputContext
 from pydantic_ai.settings import ModelSettings
 from pydantic_ai.tools import ToolDefinition
 from pydantic_ai.toolsets import AbstractToolset, ToolsetTool, WrapperToolset
@@ -43,6 +41,7 @@ from storage import Event
 from ..spending._budget import BudgetReached
 from ..spending._paid import Spending, model_label, paid_request
 from ..steps._tool_engine import args_digest, call_tool, replay_outcome
+from ._outputs import RESULTS, answers_in_run, output_functions, rebuilt, results
 from ._steps import (
     DECISION,
     DEFER,
@@ -64,7 +63,15 @@ from ._steps import (
 )
 from ._stream import journaled_stream
 
-__all__ = ["Journal", "JournaledHandler", "answers_in_run", "idempotency_key", "output_functions"]
+__all__ = [
+    "Journal",
+    "JournaledHandler",
+    "JournaledModel",
+    "JournaledToolset",
+    "answers_in_run",
+    "idempotency_key",
+    "output_functions",
+]
 
 _KEY: contextvars.ContextVar[str | None] = contextvars.ContextVar("agentfsm_call_key", default=None)
 
@@ -136,10 +143,10 @@ class Journal(AbstractCapability[Any]):
         return CapabilityOrdering(position="innermost")
 
     def get_wrapper_model(self, model: Model) -> Model | None:
-        return _JournaledModel(model, self)
+        return JournaledModel(model, lambda: self)
 
     def get_wrapper_toolset(self, toolset: AbstractToolset[Any]) -> AbstractToolset[Any] | None:
-        return _JournaledToolset(toolset, journal=self)
+        return JournaledToolset(toolset, journal=lambda: self)
 
     async def wrap_tool_execute(
         self,
@@ -185,7 +192,7 @@ class Journal(AbstractCapability[Any]):
             record_durable_unit(executed=False)
             if "retry" in done:
                 raise ModelRetry(str(done["retry"]))
-            return _rebuilt(self.output_functions.get(name), done.get("result"))
+            return rebuilt(self.output_functions.get(name), done.get("result"))
         if self.run.status != "running":  # a run finished by an older version: not journaled
             return await handler(output)
         values: list[Any] = []
@@ -221,7 +228,7 @@ class Journal(AbstractCapability[Any]):
         asked = (self.segment, self.model_index, handler, ids)
         if asked in self._decisions:
             record_durable_unit(executed=False)
-            return _results(self._decisions[asked])
+            return results(self._decisions[asked])
         if self.run.status != "running":
             return await ask()
 
@@ -240,7 +247,7 @@ class Journal(AbstractCapability[Any]):
         record_durable_unit(executed=True)
         assert isinstance(event.output, dict)
         self._decisions[asked] = event.output.get("results")
-        return _results(event.output.get("results"))
+        return results(event.output.get("results"))
 
     # The operations -----------------------------------------------------------------------
 
@@ -412,13 +419,6 @@ class Journal(AbstractCapability[Any]):
                 raise
 
 
-RESULTS: TypeAdapter[DeferredToolResults] = TypeAdapter(DeferredToolResults)
-
-
-def _results(dumped: JsonValue) -> DeferredToolResults | None:
-    return None if dumped is None else RESULTS.validate_python(dumped)
-
-
 @dataclass
 class JournaledHandler(WrapperCapability[Any]):
     """A capability that answers deferred calls in the run (`HandleDeferredToolCalls`), its
@@ -439,54 +439,6 @@ class JournaledHandler(WrapperCapability[Any]):
         )
 
 
-def answers_in_run(capability: AbstractCapability[Any]) -> bool:
-    """Whether `capability` (or one inside it) answers deferred calls in the run."""
-    found: list[bool] = []
-
-    def visit(c: AbstractCapability[Any]) -> None:
-        if isinstance(c, WrapperCapability | CombinedCapability):
-            return  # they hand the calls on to the capabilities inside them
-        hook = type(c).handle_deferred_tool_calls
-        found.append(hook is not AbstractCapability.handle_deferred_tool_calls)
-
-    capability.apply(visit)
-    return any(found)
-
-
-def _rebuilt(function: Callable[..., Any] | None, value: JsonValue) -> Any:
-    """A committed output function's value as the function returned it (validated against
-    its return annotation; the JSON itself when it has none)."""
-    if function is None:
-        return value
-    try:
-        returns = typing.get_type_hints(function).get("return", Any)
-    except Exception:  # an annotation that does not resolve: the JSON is all there is
-        return value
-    return TypeAdapter(returns).validate_python(value)
-
-
-def output_functions(output_type: Any) -> dict[str, Callable[..., Any]]:
-    """The output functions in an `output_type` (lists, `ToolOutput`, `NativeOutput`,
-    `PromptedOutput`, `TextOutput`), by the name pydantic-ai gives their calls."""
-    found: dict[str, Callable[..., Any]] = {}
-
-    def visit(t: Any) -> None:
-        if isinstance(t, Sequence) and not isinstance(t, str):
-            for item in t:
-                visit(item)
-        elif isinstance(t, ToolOutput):
-            visit(t.output)
-        elif isinstance(t, NativeOutput | PromptedOutput):
-            visit(t.outputs)
-        elif isinstance(t, TextOutput):
-            visit(t.output_function)
-        elif callable(t) and not isinstance(t, type) and hasattr(t, "__name__"):
-            found.setdefault(t.__name__, t)
-
-    visit(output_type)
-    return found
-
-
 def _restamp(request: ModelRequest, committed: ModelRequest) -> None:
     """Give a replayed request the times it was first sent with (they are all that differ)."""
     request.timestamp = committed.timestamp
@@ -503,8 +455,11 @@ def _copy(response: ModelResponse) -> ModelResponse:
     return copy
 
 
-class _JournaledModel(WrapperModel):
-    def __init__(self, wrapped: Model, journal: Journal) -> None:
+class JournaledModel(WrapperModel):
+    """The model, its requests answered by the journal `journal()` gives (the model itself
+    while it gives none)."""
+
+    def __init__(self, wrapped: Model, journal: Callable[[], Journal | None]) -> None:
         super().__init__(wrapped)
         self.journal = journal
 
@@ -514,7 +469,10 @@ class _JournaledModel(WrapperModel):
         model_settings: ModelSettings | None,
         model_request_parameters: ModelRequestParameters,
     ) -> ModelResponse:
-        return await self.journal.model_request(
+        journal = self.journal()
+        if journal is None:
+            return await self.wrapped.request(messages, model_settings, model_request_parameters)
+        return await journal.model_request(
             self.wrapped, messages, model_settings, model_request_parameters
         )
 
@@ -526,18 +484,31 @@ class _JournaledModel(WrapperModel):
         model_request_parameters: ModelRequestParameters,
         run_context: RunContext[Any] | None = None,
     ) -> AsyncIterator[StreamedResponse]:
+        journal = self.journal()
+        if journal is None:
+            async with self.wrapped.request_stream(
+                messages, model_settings, model_request_parameters, run_context
+            ) as stream:
+                yield stream
+            return
         async with journaled_stream(
-            self.journal, self.wrapped, messages, model_settings, model_request_parameters,
+            journal, self.wrapped, messages, model_settings, model_request_parameters,
             run_context,
         ) as stream:  # fmt: skip
             yield stream
 
 
 @dataclass
-class _JournaledToolset(WrapperToolset[Any]):
-    journal: Journal = field(kw_only=True, repr=False)
+class JournaledToolset(WrapperToolset[Any]):
+    """The toolset, its calls made through the journal `journal()` gives (directly while it
+    gives none)."""
+
+    journal: Callable[[], Journal | None] = field(kw_only=True, repr=False)
 
     async def call_tool(
         self, name: str, tool_args: dict[str, Any], ctx: RunContext[Any], tool: ToolsetTool[Any]
     ) -> Any:
-        return await self.journal.tool_call(self.wrapped, name, tool_args, ctx, tool)
+        journal = self.journal()
+        if journal is None:
+            return await self.wrapped.call_tool(name, tool_args, ctx, tool)
+        return await journal.tool_call(self.wrapped, name, tool_args, ctx, tool)
