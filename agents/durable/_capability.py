@@ -99,6 +99,11 @@ class AgentfsmDurability(AbstractCapability[Any]):
         fresh._journal = None
         return fresh
 
+    def get_default_conversation_id(self, run_id: str) -> str | None:
+        """The durable run's conversation is the run: the same on every replay (as with
+        `DurableAgent`)."""
+        return run_id
+
     def get_ordering(self) -> CapabilityOrdering:
         return CapabilityOrdering(position="innermost")
 
