@@ -11,7 +11,8 @@ WORKDIR/effects.log, every tool call "{tool}\t{idempotency_key}". Modes:
 - `gated`: `convert` needs approval; prints "deferred CALL_IDS" when the run parks.
 - `approve`: approves `call-convert` from this process without the agent (as a CLI would).
 - VIA is how the run is driven: `run` (the default), `iter` (node by node), `run_stream`, or
-  `run_stream_events`; the model streams its responses when asked to.
+  `run_stream_events`; the model streams its responses when asked to. `capability` runs the
+  plain agent with `AgentfsmDurability` among its capabilities instead of `DurableAgent`.
 - `hang`: like `gated`, but the approved `convert` writes its key to WORKDIR/in-call when it
   starts (atomically: a temporary file renamed) and then never returns (the parent kills
   the process).
@@ -23,7 +24,7 @@ import asyncio
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,7 @@ from pydantic_ai.run import AgentRunResultEvent
 
 from agents import DurableAgent, idempotency_key
 from agents._operations import approve_tool_call
+from agents.durable import AgentfsmDurability
 from storage import open_store
 
 LEASE_TTL = 0.5
@@ -48,7 +50,9 @@ RATES = {"EUR": 1.1, "GBP": 1.25}
 PREFIX = "durablecrash"
 
 
-def make_agent(workdir: Path, mode: str) -> Agent[str, str | DeferredToolRequests]:
+def make_agent(
+    workdir: Path, mode: str, capabilities: Sequence[Any] = ()
+) -> Agent[str, str | DeferredToolRequests]:
     log = workdir / "effects.log"
 
     def note(line: str) -> None:
@@ -87,7 +91,7 @@ def make_agent(workdir: Path, mode: str) -> Agent[str, str | DeferredToolRequest
     agent = Agent(
         FunctionModel(brain, stream_function=streamed), deps_type=str,
         instructions="Answer in USD.",
-        output_type=[str, DeferredToolRequests],
+        output_type=[str, DeferredToolRequests], capabilities=list(capabilities),
     )  # fmt: skip
 
     @agent.tool
@@ -140,6 +144,11 @@ async def answer(url: str, run_id: str, workdir: str, mode: str, via: str = "run
         if mode == "approve":
             await approve_tool_call(store, run_id, "call-convert")
             return "approved"
+        if via == "capability":
+            engine = AgentfsmDurability(store, name="shop", lease_ttl=LEASE_TTL)
+            agent = make_agent(Path(workdir), mode, [engine])
+            result = await agent.run("What does the book cost in USD?", run_id=run_id, deps="Acme")
+            return str(result.output).strip()
         durable = DurableAgent(
             make_agent(Path(workdir), mode), store=store, name="shop", lease_ttl=LEASE_TTL,
         )  # fmt: skip

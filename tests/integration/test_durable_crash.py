@@ -165,15 +165,21 @@ async def test_a_crash_inside_an_approved_call_runs_it_once_more_and_only_it(
 
 @pytest.mark.parametrize(
     ("store_url", "via"),
-    [("embedded", "iter"), ("redis", "run_stream"), ("embedded", "run_stream_events")],
+    [
+        ("embedded", "iter"),
+        ("redis", "run_stream"),
+        ("embedded", "run_stream_events"),
+        ("redis", "capability"),
+    ],
     indirect=["store_url"],
 )  # each way on one store (both stores are covered): the suite's time is short
 async def test_a_crash_in_a_tool_call_of_iter_or_a_stream_repeats_only_that_call(
     store_url: str, tmp_path: Path, via: str
 ) -> None:
-    """Killed inside a tool call while driven node by node or streamed, and driven the same
-    way again in a new process: the output is an uninterrupted run's, only the killed call
-    runs again (under its key), and each committed step is in the history once."""
+    """Killed inside a tool call while driven node by node, streamed, or run by the plain agent
+    with the `AgentfsmDurability` capability, and driven the same way again in a new process:
+    the output is an uninterrupted run's, only the killed call runs again (under its key), and
+    each committed step is in the history once."""
     run_id = f"shop-{via}"
     crashed = await asyncio.to_thread(child, store_url, run_id, tmp_path, "crash", via)
     assert crashed.returncode == -9, crashed.stderr[-2000:]
