@@ -15,6 +15,7 @@ the next one starts with.
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -34,7 +35,20 @@ from ._journal import Journal, JournaledHandler, answers_in_run
 from ._steps import Answer, CallbackFailed, RunMoved, deferred_results, load_prompt
 from ._tracing import traced_steps
 
-__all__ = ["Segment", "failing", "first_segment", "replaying", "settle"]
+__all__ = [
+    "JOURNALS_HANDLERS",
+    "Segment",
+    "failing",
+    "first_segment",
+    "replay_to_live",
+    "replaying",
+    "settle",
+]
+
+JOURNALS_HANDLERS = "capabilities" in inspect.signature(PydanticAgent.override).parameters
+"""Whether the installed pydantic-ai can swap an agent's capabilities for a run (2.78 and later),
+which journaling its deferred-call handlers needs; with an older one they are asked again on
+replay, as pydantic-ai's own durable engines do (upgrade pydantic-ai-slim to journal them)."""
 
 OURS = (RunMoved, RunError, RunLocked, RunTakenOver, StorageError)
 """Errors of durability itself: they leave the run as it is (it goes on when run again)."""
@@ -90,7 +104,7 @@ def replaying(agent: PydanticAgent[Any, Any], journal: Journal, segment: Segment
     mine = list(agent.root_capability.capabilities)
     handlers = (
         agent.override(capabilities=_journaled(mine, journal))
-        if any(answers_in_run(c) for c in mine)
+        if JOURNALS_HANDLERS and any(answers_in_run(c) for c in mine)
         else contextlib.nullcontext()
     )
     with ToolManager.parallel_execution_mode("sequential"), replay_scope(), handlers:

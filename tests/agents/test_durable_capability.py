@@ -17,6 +17,7 @@ from pydantic_ai.models.test import TestModel
 
 from agents import DurableAgent
 from agents.durable import AgentfsmDurability
+from agents.durable._segments import JOURNALS_HANDLERS
 from statemachine import DefinitionError, RunError
 from storage import Store
 
@@ -50,6 +51,13 @@ def durable(agent: Agent[Any, Any], store: Store) -> Any:
     return agent.override(capabilities=capabilities)
 
 
+needs_override = pytest.mark.skipif(
+    not JOURNALS_HANDLERS,
+    reason="adding a capability to a built agent (Agent.override(capabilities=)) needs"
+    " pydantic-ai-slim>=2.78; the crash test covers the capability form on older ones",
+)
+
+
 async def cap_parity(
     build: Build, store: Store, prompt: Any = "go", **kwargs: Any
 ) -> tuple[AgentRunResult[Any], Ran, str]:
@@ -67,6 +75,7 @@ async def cap_parity(
     return result, ran_d, run_id
 
 
+@needs_override
 async def test_the_capability_form_is_the_plain_agent_and_durable(store: Store) -> None:
     _, _, run_id = await cap_parity(complex_agent, store, "Weather?", deps=Deps("Mexico"))
     events = await store.history(run_id)
@@ -78,6 +87,7 @@ async def test_the_capability_form_is_the_plain_agent_and_durable(store: Store) 
     await cap_parity(rich_returns, store)
 
 
+@needs_override
 async def test_output_functions_and_deferred_calls_in_the_capability_form(store: Store) -> None:
     result, ran, run_id = await cap_parity(output_function_by_tool, store)
     assert result.output == Foo(foo="X") and ran.counts == {"summary": 2}
