@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,8 +26,7 @@ from pydantic_ai.capabilities import (
 )
 from pydantic_ai.durable_exec import record_durable_unit
 from pydantic_ai.messages import ModelMessage, ModelMessagesTypeAdapter, ModelRequest, ModelResponse
-from pydantic_ai.models import Model, ModelRequestParameters, StreamedResponse
-from pydantic_ai.models.wrapper import WrapperModel
+from pydantic_ai.models import Model, ModelRequestParameters
 from pydantic_ai.output import OutputContext
 from pydantic_ai.settings import ModelSettings
 from pydantic_ai.tools import ToolDefinition
@@ -61,7 +59,7 @@ from ._steps import (
     RunMoved,
     rounds_of,
 )
-from ._stream import journaled_stream
+from ._stream import JournaledModel
 
 __all__ = [
     "Journal",
@@ -453,49 +451,6 @@ def _copy(response: ModelResponse) -> ModelResponse:
     copy = ModelMessagesTypeAdapter.validate_python(dumped)[0]
     assert isinstance(copy, ModelResponse)
     return copy
-
-
-class JournaledModel(WrapperModel):
-    """The model, its requests answered by the journal `journal()` gives (the model itself
-    while it gives none)."""
-
-    def __init__(self, wrapped: Model, journal: Callable[[], Journal | None]) -> None:
-        super().__init__(wrapped)
-        self.journal = journal
-
-    async def request(
-        self,
-        messages: list[ModelMessage],
-        model_settings: ModelSettings | None,
-        model_request_parameters: ModelRequestParameters,
-    ) -> ModelResponse:
-        journal = self.journal()
-        if journal is None:
-            return await self.wrapped.request(messages, model_settings, model_request_parameters)
-        return await journal.model_request(
-            self.wrapped, messages, model_settings, model_request_parameters
-        )
-
-    @asynccontextmanager
-    async def request_stream(
-        self,
-        messages: list[ModelMessage],
-        model_settings: ModelSettings | None,
-        model_request_parameters: ModelRequestParameters,
-        run_context: RunContext[Any] | None = None,
-    ) -> AsyncIterator[StreamedResponse]:
-        journal = self.journal()
-        if journal is None:
-            async with self.wrapped.request_stream(
-                messages, model_settings, model_request_parameters, run_context
-            ) as stream:
-                yield stream
-            return
-        async with journaled_stream(
-            journal, self.wrapped, messages, model_settings, model_request_parameters,
-            run_context,
-        ) as stream:  # fmt: skip
-            yield stream
 
 
 @dataclass
