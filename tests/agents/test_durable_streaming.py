@@ -13,7 +13,7 @@ import pytest
 import pytest_asyncio
 from pydantic_ai import Agent, RunContext
 from pydantic_ai.capabilities import ProcessEventStream
-from pydantic_ai.messages import AgentStreamEvent, ModelMessage
+from pydantic_ai.messages import AgentStreamEvent, ModelMessage, ModelResponse, ToolCallPart
 from pydantic_ai.models.function import AgentInfo, DeltaToolCall, DeltaToolCalls, FunctionModel
 from pydantic_ai.run import AgentRun, AgentRunResultEvent
 
@@ -244,3 +244,47 @@ async def test_iter_and_run_stream_are_the_plain_ones_and_durable(store: Store, 
     else:
         assert got_again == seen[-1:]
     await compare(run_json(result_again), runs, again, stable=STABLE, what=f"{how} read back")
+
+
+async def test_a_cancelled_run_ends_as_a_plain_one_and_stays_ended(store: Store) -> None:
+    """`AgentRun.cancel()` ends the run as in plain pydantic-ai (the same exception); the
+    durable run ends failed with it, and running it again sends nothing and names why."""
+    from pydantic_ai.exceptions import RunCancelled
+
+    from agents.errors import DurableRunFailed
+
+    async def cancel_after_first_request(agent_run: AgentRun[Any, Any]) -> None:
+        async for node in agent_run:
+            if Agent.is_call_tools_node(node):
+                agent_run.cancel()
+
+    requests: list[int] = []
+
+    def brain(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        requests.append(1)
+        return ModelResponse(parts=[ToolCallPart("add", {"a": 1, "b": 2})])
+
+    def agent() -> Agent[None, str]:
+        plain = Agent(FunctionModel(brain), name="cancelled")
+
+        @plain.tool_plain
+        def add(a: int, b: int) -> int:
+            return a + b
+
+        return plain
+
+    with pytest.raises(RunCancelled) as plain:
+        async with agent().iter("add") as agent_run:
+            await cancel_after_first_request(agent_run)
+    requests.clear()
+    durable = DurableAgent(agent(), store=store)
+    run_id = f"cancel-{next(_ids)}"
+    with pytest.raises(RunCancelled) as cancelled:
+        async with durable.iter("add", run_id=run_id) as agent_run:
+            await cancel_after_first_request(agent_run)
+    assert str(cancelled.value) == str(plain.value)
+    history = await durable.history(run_id)
+    assert [(e.trigger, e.status) for e in history][-1] == ("fail", "failed")
+    with pytest.raises(DurableRunFailed, match="RunCancelled"):
+        await durable.run(run_id=run_id)
+    assert len(requests) == 1
