@@ -10,6 +10,8 @@ WORKDIR/effects.log, every tool call "{tool}\t{idempotency_key}". Modes:
 - `crash`: `convert` SIGKILLs its own process after logging, before it returns.
 - `gated`: `convert` needs approval; prints "deferred CALL_IDS" when the run parks.
 - `approve`: approves `call-convert` from this process without the agent (as a CLI would).
+- `report`: the answer goes through an output function `report` (which appends "report");
+  `crash-report`: the same, and `report` SIGKILLs its own process after logging.
 - VIA is how the run is driven: `run` (the default), `iter` (node by node), `run_stream`, or
   `run_stream_events`; the model streams its responses when asked to. `capability` runs the
   plain agent with `AgentfsmDurability` among its capabilities instead of `DurableAgent`.
@@ -74,6 +76,8 @@ def make_agent(
                              tool_call_id="call-convert"),
             ])  # fmt: skip
         answer = "; ".join(f"{p.tool_name}: {p.content}" for p in done)
+        if info.output_tools:  # the output function's tool
+            return ModelResponse(parts=[ToolCallPart(info.output_tools[0].name, {"text": answer})])
         return ModelResponse(parts=[TextPart(answer)])
 
     async def streamed(
@@ -88,10 +92,18 @@ def make_agent(
                 for word in part.content.split(" "):
                     yield word + " "
 
+    def report(text: str) -> str:
+        """Report the answer."""
+        note("report")
+        if mode == "crash-report":
+            os.kill(os.getpid(), signal.SIGKILL)
+        return text
+
+    output: Any = str if mode not in ("report", "crash-report") else report
     agent = Agent(
         FunctionModel(brain, stream_function=streamed), deps_type=str,
         instructions="Answer in USD.",
-        output_type=[str, DeferredToolRequests], capabilities=list(capabilities),
+        output_type=[output, DeferredToolRequests], capabilities=list(capabilities),
     )  # fmt: skip
 
     @agent.tool

@@ -196,3 +196,30 @@ async def test_a_crash_in_a_tool_call_of_iter_or_a_stream_repeats_only_that_call
     ]  # fmt: skip
     assert events[-1].status == "done" and events[3].attempt == 2
     assert tool_keys(events)["convert"] == before[2].split("\t")[1]
+
+
+@pytest.mark.parametrize("store_url", ["embedded"], indirect=True)  # one store: time is short
+async def test_a_crash_inside_an_output_function_runs_only_it_again_and_once(
+    store_url: str, tmp_path: Path
+) -> None:
+    """Killed inside the output function: the rerun calls the function once more (nothing
+    else: the model requests and tool calls are committed), and a run read back after that
+    does not call it again."""
+    run_id = "shop-report"
+    crashed = await asyncio.to_thread(child, store_url, run_id, tmp_path, "crash-report")
+    assert crashed.returncode == -9, crashed.stderr[-2000:]
+    log = tmp_path / "effects.log"
+    kinds = [line.split("\t")[0] for line in log.read_text().splitlines()]
+    assert kinds == ["request", "lookup", "convert", "request", "report"]
+    resumed = await asyncio.to_thread(child, store_url, run_id, tmp_path, "report")
+    assert (resumed.returncode, resumed.stdout.strip()) == (0, EXPECTED), resumed.stderr[-2000:]
+    again = await asyncio.to_thread(child, store_url, run_id, tmp_path, "report")
+    assert (again.returncode, again.stdout.strip()) == (0, EXPECTED), again.stderr[-2000:]
+    kinds = [line.split("\t")[0] for line in log.read_text().splitlines()]
+    assert kinds == ["request", "lookup", "convert", "request", "report", "report"]
+    events = await history(store_url, run_id)
+    assert [e.trigger for e in events] == [
+        "start", "model_request", "tool_call", "tool_call", "model_request", "output_call",
+        "output",
+    ]  # fmt: skip
+    assert events[5].attempt == 2
