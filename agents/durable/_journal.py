@@ -24,7 +24,7 @@ from pydantic_ai.capabilities import (
     CapabilityOrdering,
     WrapperCapability,
 )
-from pydantic_ai.durable_exec import record_durable_unit
+from pydantic_ai.durable_exec import durable_unit_scope, record_durable_unit
 from pydantic_ai.messages import ModelMessage, ModelMessagesTypeAdapter, ModelRequest, ModelResponse
 from pydantic_ai.models import Model, ModelRequestParameters
 from pydantic_ai.output import OutputContext
@@ -372,7 +372,10 @@ class Journal(AbstractCapability[Any]):
         async def invoke(key: str) -> Any:
             token = _KEY.set(key)
             try:
-                return await toolset.call_tool(name, tool_args, ctx, tool)
+                # A durable unit for pydantic-ai: what a replay would not do again is refused
+                # inside it (`RunContext.submit_output`), as on pydantic-ai's own engines.
+                with durable_unit_scope():
+                    return await toolset.call_tool(name, tool_args, ctx, tool)
             finally:
                 _KEY.reset(token)
 

@@ -1556,3 +1556,33 @@ async def test_difference_an_error_a_capability_would_recover_from_fails_the_run
     durable = DurableAgent(build(Ran()), store=store)
     with pytest.raises(DurableRunFailed, match="ValueError: boom"):
         await durable.run("go", run_id="forgiving")
+
+
+@pytest.mark.skipif(
+    not hasattr(RunContext, "submit_output"),
+    reason="RunContext.submit_output is newer than this pydantic-ai (2.78 has it)",
+)
+async def test_difference_submit_output_from_a_tool_is_refused_as_on_pydantic_ais_engines(
+    store: Store,
+) -> None:
+    """A replay answers a committed tool call from the history without running it, so an output
+    the tool submitted would not be submitted again: pydantic-ai refuses `submit_output` inside
+    a durable unit (its own engines do the same), and the run ends with that error."""
+    from pydantic_ai.exceptions import UserError
+
+    def build(ran: Ran) -> Agent[None, Foo]:
+        agent: Agent[None, Foo] = Agent(TestModel(), output_type=Foo)
+
+        @agent.tool
+        async def finish(ctx: RunContext[None], x: int) -> str:
+            ran("finish")
+            await ctx.submit_output("final_result", {"foo": "submitted"})
+            return "ok"
+
+        return agent
+
+    plain = await build(Ran()).run("go")
+    assert plain.output == Foo(foo="submitted")
+    durable = DurableAgent(build(Ran()), store=store, name="submits")
+    with pytest.raises(UserError, match="submit_output"):
+        await durable.run("go", run_id=f"submit-{next(_ids)}")
