@@ -10,6 +10,9 @@ WORKDIR/effects.log, every tool call "{tool}\t{idempotency_key}". Modes:
 - `crash`: `convert` SIGKILLs its own process after logging, before it returns.
 - `gated`: `convert` needs approval; prints "deferred CALL_IDS" when the run parks.
 - `approve`: approves `call-convert` from this process without the agent (as a CLI would).
+- `handled` / `crash-handled`: `convert` needs approval, a `HandleDeferredToolCalls` handler
+  of the agent approves it in the run (appending "handler"), and the output type is plain `str`;
+  with `crash-handled`, `convert` SIGKILLs its own process after logging.
 - `report`: the answer goes through an output function `report` (which appends "report");
   `crash-report`: the same, and `report` SIGKILLs its own process after logging.
 - VIA is how the run is driven: `run` (the default), `iter` (node by node), `run_stream`, or
@@ -30,7 +33,8 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from pydantic_ai import Agent, DeferredToolRequests, RunContext
+from pydantic_ai import Agent, DeferredToolRequests, DeferredToolResults, RunContext
+from pydantic_ai.capabilities import HandleDeferredToolCalls
 from pydantic_ai.messages import (
     ModelMessage,
     ModelRequest,
@@ -99,11 +103,17 @@ def make_agent(
             os.kill(os.getpid(), signal.SIGKILL)
         return text
 
+    def handler(ctx: RunContext[str], requests: DeferredToolRequests) -> DeferredToolResults:
+        note("handler")
+        return requests.build_results(approve_all=True)
+
+    handled = mode in ("handled", "crash-handled")
     output: Any = str if mode not in ("report", "crash-report") else report
     agent = Agent(
         FunctionModel(brain, stream_function=streamed), deps_type=str,
         instructions="Answer in USD.",
-        output_type=[output, DeferredToolRequests], capabilities=list(capabilities),
+        output_type=str if handled else [output, DeferredToolRequests],
+        capabilities=[*capabilities, *([HandleDeferredToolCalls(handler)] if handled else [])],
     )  # fmt: skip
 
     @agent.tool
@@ -112,11 +122,11 @@ def make_agent(
         note(f"lookup\t{idempotency_key()}")
         return f"{item} sold by {ctx.deps}"
 
-    @agent.tool_plain(requires_approval=mode in ("gated", "hang"))
+    @agent.tool_plain(requires_approval=mode in ("gated", "hang") or handled)
     async def convert(amount: float, currency: str) -> float:
         """Convert an amount to USD."""
         note(f"convert\t{idempotency_key()}")
-        if mode == "crash":
+        if mode in ("crash", "crash-handled"):
             os.kill(os.getpid(), signal.SIGKILL)
         if mode == "hang":
             # Written whole, then renamed: the parent never reads it half-written.

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from agents.durable._segments import JOURNALS_HANDLERS
 from storage import Event, open_store
 
 from . import durable_agent
@@ -223,3 +224,30 @@ async def test_a_crash_inside_an_output_function_runs_only_it_again_and_once(
         "output",
     ]  # fmt: skip
     assert events[5].attempt == 2
+
+
+@pytest.mark.parametrize("store_url", ["redis"], indirect=True)  # one store: time is short
+async def test_a_crash_in_a_call_a_handler_approved_in_the_run_asks_the_handler_once(
+    store_url: str, tmp_path: Path
+) -> None:
+    """A `HandleDeferredToolCalls` handler approves a call in the run (plain output type), and
+    the process is killed inside the approved call: the rerun runs only that call again, under
+    its key, and does not ask the handler again (its answer is committed)."""
+    run_id = "shop-handled"
+    crashed = await asyncio.to_thread(child, store_url, run_id, tmp_path, "crash-handled")
+    assert crashed.returncode == -9, crashed.stderr[-2000:]
+    log = tmp_path / "effects.log"
+    before = log.read_text().splitlines()
+    assert [line.split("\t")[0] for line in before] == ["request", "lookup", "handler", "convert"]
+    resumed = await asyncio.to_thread(child, store_url, run_id, tmp_path, "handled")
+    assert (resumed.returncode, resumed.stdout.strip()) == (0, EXPECTED), resumed.stderr[-2000:]
+    after = log.read_text().splitlines()[len(before) :]
+    if not JOURNALS_HANDLERS:  # pydantic-ai < 2.78: the handler is asked again on replay
+        after.remove("handler")
+    assert after == [before[3], "request"]
+    events = await history(store_url, run_id)
+    assert [e.trigger for e in events] == [
+        "start", "model_request", "tool_call", "decision", "tool_call", "model_request", "output"
+    ] if JOURNALS_HANDLERS else [
+        "start", "model_request", "tool_call", "tool_call", "model_request", "output"
+    ]  # fmt: skip
