@@ -11,6 +11,9 @@ committed model request is not sent again, a finished tool call is not run again
 cut short by a crash runs once more with the same idempotency key (`idempotency_key()` inside
 the tool). The result is the `AgentRunResult` of that replayed run.
 
+`iter` and `run_stream` are `Agent.iter` and `Agent.run_stream` the same way; `_capability.py`
+has the same journal as a capability of the agent itself (`AgentfsmDurability`).
+
 Approvals are pydantic-ai's: a call that needs approval (`requires_approval=True`, or a tool
 raising `ApprovalRequired`) and calls deferred to outside (`CallDeferred`, `ExternalToolset`)
 end the run with `DeferredToolRequests` as its output, and nothing runs. The durable run then
