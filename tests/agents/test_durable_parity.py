@@ -358,7 +358,8 @@ async def test_complex_agent_with_an_mcp_server_over_stdio(store: Store, tmp_pat
             command=sys.executable, args=["-m", "tests.agents.mcp_weather"], cwd=str(root),
             env={**os.environ, "MCP_LOG": str(log)},
         )  # fmt: skip
-        return complex_agent(ran, MCPToolset(server, id="weather"))
+        # A generous start-up timeout: a busy machine can take seconds to start the server.
+        return complex_agent(ran, MCPToolset(server, id="weather", init_timeout=60))
 
     await parity(build, store, "Weather in the capital?", deps=Deps("Mexico"))
     # The MCP tool ran once in each plain run (two, or more) and once durably (not again when
