@@ -1,13 +1,14 @@
 """The machine under a `DurableAgent`: its memory, its table, and the steps of its transitions.
 
 pydantic-ai runs the agent itself (`Agent.run`, its graph, its RunContext, retries, output
-processing, history processors, capabilities). The journal (`_durable_journal`), a capability
-of ours that sits innermost, turns exactly two things into committed transitions, and the run's
-ends into three more:
+processing, history processors, capabilities). The journal (`_journal.py`), a capability
+of ours that sits innermost, turns four things into committed transitions, and the run's ends
+into three more:
 
     running --model_request--> running     one request to the model (the response is committed)
     running --tool_call------> running     one call of a tool function (its outcome is committed)
     running --output_call----> running     one call of an output function (its value is committed)
+    running --decision-------> running     an in-run handler's answer to deferred calls (committed)
     running --defer----------> approval    the run ended with DeferredToolRequests: park it
     approval --answer--------> approval | running    one approval, denial or external result
     running --output---------> done        the run ended with its output
