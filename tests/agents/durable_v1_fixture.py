@@ -5,7 +5,7 @@ check runs stored in that format still resume.
     python -m tests.agents.durable_v1_fixture      # rewrites data/durable_v1.jsonl
 
 Run it only with that commit checked out (the file must stay what the old code stored: run with
-newer code it would store the newer format). Only the code that made the file changes; `make_agent` is the agent both the maker and the
+newer code it would store the newer format). `make_agent` is the agent both the maker and the
 test use: `lookup` and `convert` (which needs approval) called in one model response, then
 an answer with their results.
 """
