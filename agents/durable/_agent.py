@@ -11,6 +11,9 @@ committed model request is not sent again, a finished tool call is not run again
 cut short by a crash runs once more with the same idempotency key (`idempotency_key()` inside
 the tool). The result is the `AgentRunResult` of that replayed run.
 
+`iter` and `run_stream` are `Agent.iter` and `Agent.run_stream` the same way; `_capability.py`
+has the same journal as a capability of the agent itself (`AgentfsmDurability`).
+
 Approvals are pydantic-ai's: a call that needs approval (`requires_approval=True`, or a tool
 raising `ApprovalRequired`) and calls deferred to outside (`CallDeferred`, `ExternalToolset`)
 end the run with `DeferredToolRequests` as its output, and nothing runs. The durable run then
@@ -24,6 +27,7 @@ the exact arguments it approves, and the call runs only with those.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import typing
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -32,23 +36,23 @@ from typing import Any, Generic, TypeVar
 from pydantic import JsonValue
 from pydantic_ai import Agent as PydanticAgent
 from pydantic_ai import DeferredToolRequests, DeferredToolResults
-from pydantic_ai.agent import AgentRunEvents, AgentRunResult, EventStreamHandler
-from pydantic_ai.durable_exec import BaseDurabilityCapability, replay_scope
+from pydantic_ai.agent import AgentRun, AgentRunEvents, AgentRunResult, EventStreamHandler
+from pydantic_ai.capabilities import AbstractCapability
+from pydantic_ai.durable_exec import BaseDurabilityCapability
 from pydantic_ai.messages import (
     ModelMessage,
     ModelMessagesTypeAdapter,
     ModelResponse,
     UserContent,
 )
+from pydantic_ai.result import StreamedRunResult
 from pydantic_ai.settings import ModelSettings
-from pydantic_ai.tool_manager import ToolManager
 from pydantic_ai.toolsets import AbstractToolset, FunctionToolset
 from pydantic_ai.usage import UsageLimits
 
-from statemachine import DefinitionError, RunError, RunLocked
+from statemachine import DefinitionError, RunError
 from statemachine.engine import Graph, WatchItem, attached
-from statemachine.errors import RunTakenOver
-from storage import Event, StorageError, Store
+from storage import Event, Store
 
 from .._operations import approve_tool_call
 from .._report import render_report
@@ -56,25 +60,23 @@ from ..spending._budget import Budget, BudgetGate, halted, set_limits
 from ..spending._paid import Spending
 from ..spending._ratelimit import RateLimit
 from ..steps._llm import ModelSpec
-from ..steps._tool_engine import MODEL_POLICY, TOOL_POLICY, StepPolicy, args_digest
+from ..steps._tool_engine import MODEL_POLICY, TOOL_POLICY, StepPolicy
 from ._approvals import answers_to
+from ._capability import AgentfsmDurability
 from ._events import stream_events
 from ._journal import Journal, idempotency_key
+from ._outputs import allows_deferred, answers_in_run, fingerprint, output_functions
+from ._segments import failing, first_segment, replay_to_live, replaying, settle
 from ._steps import (
     ANSWER,
     APPROVAL,
-    Answer,
-    CallbackFailed,
     DurableMemory,
     DurableRunFailed,
     RunMoved,
-    deferred_results,
     dump_prompt,
     durable_machine,
-    load_prompt,
     rounds_of,
 )
-from ._tracing import traced_steps
 
 __all__ = [
     "DurableAgent",
@@ -87,52 +89,22 @@ __all__ = [
 AgentDepsT = TypeVar("AgentDepsT")
 OutputT = TypeVar("OutputT")
 
-_OURS = (RunMoved, RunError, RunLocked, RunTakenOver, StorageError)
-"""Errors of durability itself: they leave the run as it is (it goes on when run again)."""
-
-
-def _output_types(output_type: Any) -> list[Any]:
-    types = list(output_type) if isinstance(output_type, Sequence) else [output_type]
-    return [getattr(t, "outputs", getattr(t, "output", t)) for t in types]
-
-
-def _allows_deferred(output_type: Any) -> bool:
-    flat: list[Any] = []
-    for t in _output_types(output_type):
-        flat.extend(t if isinstance(t, Sequence) and not isinstance(t, str) else [t])
-    return DeferredToolRequests in flat
-
-
-def _fingerprint(agent: PydanticAgent[Any, Any]) -> str:
-    """What tells one agent of a name from another: its function tools and output type."""
-    tools: list[str] = []
-
-    def visit(ts: AbstractToolset[Any]) -> None:
-        if isinstance(ts, FunctionToolset):
-            tools.extend(ts.tools)
-
-    for toolset in agent.toolsets:
-        toolset.apply(visit)
-    outputs = [
-        getattr(t, "__qualname__", None) or repr(t) for t in _output_types(agent.output_type)
-    ]
-    spec: dict[str, JsonValue] = {
-        "tools": list[JsonValue](sorted(tools)),
-        "output": list[JsonValue](outputs),
-    }
-    return args_digest(spec)[:16]
-
 
 def _check_agent(agent: PydanticAgent[Any, Any], name: str) -> None:
     """Refuse at construction what cannot be made durable, naming the alternative."""
     where = f"DurableAgent {name!r}"
-    if BaseDurabilityCapability.from_agent(agent) is not None:
+    ours: list[AbstractCapability[Any]] = []
+    agent.root_capability.apply(ours.append)
+    if BaseDurabilityCapability.from_agent(agent) is not None or any(
+        isinstance(c, AgentfsmDurability) for c in ours
+    ):
         raise DefinitionError(
-            f"{where}: the agent already has a durable-execution capability (Temporal, DBOS,"
-            " Prefect); use one engine: remove it, or do not wrap the agent in DurableAgent"
+            f"{where}: the agent already has a durable-execution capability (AgentfsmDurability,"
+            " Temporal, DBOS, Prefect); use one engine: remove it, or do not wrap the agent in"
+            " DurableAgent"
         )
-    if _allows_deferred(agent.output_type):
-        return
+    if allows_deferred(agent.output_type) or answers_in_run(agent.root_capability):
+        return  # the calls come back as output, or a handler answers them in the run
     gated: list[str] = []
 
     def visit(ts: AbstractToolset[Any]) -> None:
@@ -145,7 +117,8 @@ def _check_agent(agent: PydanticAgent[Any, Any], name: str) -> None:
         raise DefinitionError(
             f"{where}: the tools {sorted(gated)} need approval, but the output type has no"
             " DeferredToolRequests to hand the calls back with: use"
-            " output_type=[YourOutput, DeferredToolRequests]"
+            " output_type=[YourOutput, DeferredToolRequests], or answer them in the run"
+            " (capabilities=[HandleDeferredToolCalls(handler)])"
         )
 
 
@@ -196,7 +169,7 @@ class DurableAgent(Generic[AgentDepsT, OutputT]):
         self.name = stable
         self.model_policy = model_policy
         self.tool_policy = tool_policy
-        self.fingerprint = _fingerprint(agent)
+        self.fingerprint = fingerprint(agent)
         gate = None if budget is None else BudgetGate(
             run_budget=budget, scope_budget=None, scope=None, on_budget=None,
             memory_type=DurableMemory,
@@ -227,6 +200,7 @@ class DurableAgent(Generic[AgentDepsT, OutputT]):
         lease_wait: float | None = None,
         on_event: Callable[[Event], object] | None = None,
         event_stream_handler: EventStreamHandler[AgentDepsT] | None = None,
+        **more: Any,
     ) -> AgentRunResult[OutputT]:
         """`Agent.run`, durable: the same arguments, the same result.
 
@@ -240,41 +214,24 @@ class DurableAgent(Generic[AgentDepsT, OutputT]):
         pydantic-ai's events as in `Agent.run`, live from the durable steps (see
         `_durable_stream`); `run_stream_events` iterates over them. `lease_wait`: how long to
         wait for a run another live process holds (default: the lease TTL; see
-        `Machine.resume`).
+        `Machine.resume`). Any other keyword argument of `Agent.run` (`timeout`,
+        `cancellation_token`, `retries`, ...) is handed to it as given.
 
         Raises what `Agent.run` raises; `DurableRunFailed` for a run that failed in another
         process; `RunError` when `run_id` names a run started with another prompt or
         history, or another agent's run; `RunNotFound` for `run_id` alone that names none.
         """
-        run = await self._open(user_prompt, run_id, message_history, deferred_tool_results,
-                               lease_wait)  # fmt: skip
-        if run.memory.agent != self.fingerprint:
-            raise RunError(
-                f"run {run.run_id!r} was started by another agent named {self.name!r} (its tools"
-                " or output type differ): give this agent another name, or bump version="
-            )
-        if await halted(run):  # parked by its budget: check it again (it may be raised)
-            await run.retry()
-        if deferred_tool_results is not None and run.status == "waiting":
-            await self._answer(run, deferred_tool_results)
-        elif (
-            deferred_tool_results is not None
-            and not run.memory.answers
-            and not rounds_of(await run.history())
-        ):
-            raise RunError(
-                f"run {run.run_id!r} deferred no tool calls: it takes no deferred_tool_results"
-            )
+        run = await self._begin(user_prompt, run_id, message_history, deferred_tool_results,
+                                lease_wait)  # fmt: skip
         options: dict[str, Any] = dict(
             deps=deps, model=model, model_settings=model_settings, usage_limits=usage_limits,
             metadata=metadata, toolsets=toolsets, instructions=instructions,
-            event_stream_handler=event_stream_handler,
+            event_stream_handler=event_stream_handler, **more,
         )  # fmt: skip
         if output_type is not None:
             options["output_type"] = output_type
         for _ in range(100):
-            journal = Journal(run=run, events=await run.history(), notify=on_event,
-                              spending=self.spending)  # fmt: skip
+            journal = await self._journal(run, on_event, output_type)
             try:
                 with attached(run.record):  # pydantic-ai's spans join the run's trace
                     return await self._replay(journal, options)
@@ -284,6 +241,82 @@ class DurableAgent(Generic[AgentDepsT, OutputT]):
             finally:
                 await run.release(quiet=True)
         raise RunError(f"run {run.run_id!r} keeps moving on in other processes: run it there")
+
+    @contextlib.asynccontextmanager
+    async def iter(
+        self,
+        user_prompt: str | Sequence[UserContent] | None = None,
+        *,
+        run_id: str | None = None,
+        message_history: Sequence[ModelMessage] | None = None,
+        deferred_tool_results: DeferredToolResults | None = None,
+        output_type: Any = None,
+        lease_wait: float | None = None,
+        on_event: Callable[[Event], object] | None = None,
+        **options: Any,
+    ) -> AsyncIterator[AgentRun[AgentDepsT, Any]]:
+        """`Agent.iter`, durable: `async with durable.iter(...) as agent_run: async for node in
+        agent_run` walks pydantic-ai's graph as a plain run does, each model request and tool call
+        committed as it happens; the run's end (`agent_run.result`) is committed when the block
+        is left. Left early, the run stays where it got to and goes on at the next call with its
+        `run_id`. The other arguments are `run`'s (`deps`, `model`, `usage_limits`, ...)."""
+        run = await self._begin(user_prompt, run_id, message_history, deferred_tool_results,
+                                lease_wait)  # fmt: skip
+        if output_type is not None:
+            options["output_type"] = output_type
+        journal = await self._journal(run, on_event, output_type)
+        try:
+            with attached(run.record):
+                segment = await replay_to_live(self.agent, journal, options)
+                async with failing(journal):
+                    with replaying(self.agent, journal, segment):
+                        async with self.agent.iter(
+                            **segment.arguments(journal), **options
+                        ) as agent_run:
+                            yield agent_run
+                if agent_run.result is not None:
+                    result = agent_run.result
+                    await settle(journal, result.output, result.all_messages())
+        finally:
+            await run.release(quiet=True)
+
+    @contextlib.asynccontextmanager
+    async def run_stream(
+        self,
+        user_prompt: str | Sequence[UserContent] | None = None,
+        *,
+        run_id: str | None = None,
+        message_history: Sequence[ModelMessage] | None = None,
+        deferred_tool_results: DeferredToolResults | None = None,
+        output_type: Any = None,
+        lease_wait: float | None = None,
+        on_event: Callable[[Event], object] | None = None,
+        **options: Any,
+    ) -> AsyncIterator[StreamedRunResult[AgentDepsT, Any]]:
+        """`Agent.run_stream`, durable: the last model request streams live as in a plain run
+        (its response committed when it is complete), earlier ones and tool calls are committed
+        as they happen, and the output is committed when the block is left with the stream
+        read to its end. Left early, the run stays where it got to and goes on at the next call
+        with its `run_id`. The other arguments are `run`'s."""
+        run = await self._begin(user_prompt, run_id, message_history, deferred_tool_results,
+                                lease_wait)  # fmt: skip
+        if output_type is not None:
+            options["output_type"] = output_type
+        journal = await self._journal(run, on_event, output_type)
+        try:
+            with attached(run.record):
+                segment = await replay_to_live(self.agent, journal, options)
+                async with failing(journal):
+                    with replaying(self.agent, journal, segment):
+                        async with self.agent.run_stream(
+                            **segment.arguments(journal), **options
+                        ) as streamed:
+                            yield streamed
+                if streamed.is_complete:
+                    result = streamed.result
+                    await settle(journal, result.output, result.all_messages())
+        finally:
+            await run.release(quiet=True)
 
     def run_stream_events(
         self, user_prompt: str | Sequence[UserContent] | None = None, **kwargs: Any
@@ -336,6 +369,36 @@ class DurableAgent(Generic[AgentDepsT, OutputT]):
 
     # -----------------------------------------------------------------------------------------
 
+    async def _begin(
+        self,
+        user_prompt: str | Sequence[UserContent] | None,
+        run_id: str | None,
+        message_history: Sequence[ModelMessage] | None,
+        deferred_tool_results: DeferredToolResults | None,
+        lease_wait: float | None,
+    ) -> Any:
+        """The run to drive, held: started, or the stored one checked and its answers given."""
+        run = await self._open(user_prompt, run_id, message_history, deferred_tool_results,
+                               lease_wait)  # fmt: skip
+        if run.memory.agent != self.fingerprint:
+            raise RunError(
+                f"run {run.run_id!r} was started by another agent named {self.name!r} (its tools"
+                " or output type differ): give this agent another name, or bump version="
+            )
+        if await halted(run):  # parked by its budget: check it again (it may be raised)
+            await run.retry()
+        if deferred_tool_results is not None and run.status == "waiting":
+            await self._answer(run, deferred_tool_results)
+        elif (
+            deferred_tool_results is not None
+            and not run.memory.answers
+            and not rounds_of(await run.history())
+        ):
+            raise RunError(
+                f"run {run.run_id!r} deferred no tool calls: it takes no deferred_tool_results"
+            )
+        return run
+
     async def _open(
         self,
         user_prompt: str | Sequence[UserContent] | None,
@@ -385,63 +448,23 @@ class DurableAgent(Generic[AgentDepsT, OutputT]):
                 await run.send(ANSWER, answer.model_dump(mode="json"))
         await run.release()
 
+    async def _journal(
+        self, run: Any, on_event: Callable[[Event], object] | None, output_type: Any
+    ) -> Journal:
+        """A journal over the run's history as it is now."""
+        wanted = self.agent.output_type if output_type is None else output_type
+        return Journal(run=run, events=await run.history(), notify=on_event, spending=self.spending,
+                       output_functions=output_functions(wanted))  # fmt: skip
+
     async def _replay(self, journal: Journal, options: dict[str, Any]) -> AgentRunResult[OutputT]:
-        run = journal.run
-        memory = run.memory
-        prompt = load_prompt(memory.prompt)
-        history: list[ModelMessage] | None = (
-            ModelMessagesTypeAdapter.validate_python(memory.message_history)
-            if memory.message_history
-            else None
-        )
-        answers = [Answer.model_validate(a) for a in memory.answers]
+        """Run the durable run's segments, replayed from the history then live, to its end
+        (or to where it waits)."""
+        segment = first_segment(journal)
         while True:
-            journal.answers_in = {a.tool_call_id: a for a in answers}
-            try:
-                # Spans of replayed work are not reported again (pydantic-ai's replay scope).
-                with ToolManager.parallel_execution_mode("sequential"), replay_scope():
-                    result = await self.agent.run(
-                        prompt,
-                        message_history=history,
-                        deferred_tool_results=deferred_results(answers) if answers else None,
-                        run_id=_segment_run_id(run.run_id, journal.segment),
-                        conversation_id=run.run_id,
-                        capabilities=[journal, *traced_steps(run)],
-                        **options,
-                    )
-            except _OURS:
-                raise
-            except CallbackFailed as failed:
-                raise failed.error from None
-            except Exception as exc:
-                if run.status == "running":  # pydantic-ai gave up: the run ends the same way
-                    await journal.fail(exc)
-                raise
-            output: Any = result.output
-            if not isinstance(output, DeferredToolRequests):
-                if run.status == "running":
-                    await journal.finish(output)
+            async with failing(journal):
+                with replaying(self.agent, journal, segment):
+                    result = await self.agent.run(**segment.arguments(journal), **options)
+            following = await settle(journal, result.output, result.all_messages())
+            if following is None:
                 return typing.cast(AgentRunResult[OutputT], result)
-            if journal.segment >= len(journal.rounds):
-                await journal.defer(output)
-                return typing.cast(AgentRunResult[OutputT], result)
-            parked = journal.rounds[journal.segment]
-            ids = sorted(c.tool_call_id for c in [*output.approvals, *output.calls])
-            stored = sorted(c.tool_call_id for c in [*parked.requests.approvals,
-                                                      *parked.requests.calls])  # fmt: skip
-            if ids != stored:
-                raise RunError(
-                    f"run {run.run_id!r}: the replay deferred the calls {ids}, the history"
-                    f" {stored}: the agent no longer does what it did when the run started"
-                )
-            if parked.pending:
-                return typing.cast(AgentRunResult[OutputT], result)  # still waiting for answers
-            answers = [parked.answers[i] for i in ids]
-            prompt, history = None, result.all_messages()
-            journal.segment += 1
-
-
-def _segment_run_id(run_id: str, segment: int) -> str:
-    """pydantic-ai's run id of one `Agent.run` of the durable run: the durable run's id for
-    the first, then one per continuation after deferred calls (pydantic-ai needs a new one)."""
-    return run_id if segment == 0 else f"{run_id}/{segment}"
+            segment = following

@@ -12,19 +12,22 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import pydantic_core
 from pydantic import JsonValue
-from pydantic_ai import DeferredToolRequests, RunContext
-from pydantic_ai.capabilities import AbstractCapability, CapabilityOrdering
-from pydantic_ai.durable_exec import record_durable_unit
+from pydantic_ai import DeferredToolRequests, DeferredToolResults, ModelRetry, RunContext
+from pydantic_ai.capabilities import (
+    AbstractCapability,
+    CapabilityOrdering,
+    WrapperCapability,
+)
+from pydantic_ai.durable_exec import durable_unit_scope, record_durable_unit
 from pydantic_ai.messages import ModelMessage, ModelMessagesTypeAdapter, ModelRequest, ModelResponse
-from pydantic_ai.models import Model, ModelRequestParameters, StreamedResponse
-from pydantic_ai.models.wrapper import WrapperModel
+from pydantic_ai.models import Model, ModelRequestParameters
+from pydantic_ai.output import OutputContext
 from pydantic_ai.settings import ModelSettings
 from pydantic_ai.tools import ToolDefinition
 from pydantic_ai.toolsets import AbstractToolset, ToolsetTool, WrapperToolset
@@ -35,12 +38,15 @@ from storage import Event
 
 from ..spending._budget import BudgetReached
 from ..spending._paid import Spending, model_label, paid_request
-from ..steps._tool_engine import args_digest, call_key, record_outcome, replay_outcome
+from ..steps._tool_engine import args_digest, call_tool, replay_outcome
+from ._outputs import RESULTS, answers_in_run, output_functions, rebuilt, results
 from ._steps import (
+    DECISION,
     DEFER,
     FAIL,
     MODEL_REQUEST,
     OUTPUT,
+    OUTPUT_CALL,
     PENDING,
     REQUESTS,
     TOOL_CALL,
@@ -53,9 +59,17 @@ from ._steps import (
     RunMoved,
     rounds_of,
 )
-from ._stream import journaled_stream
+from ._stream import JournaledModel
 
-__all__ = ["Journal", "idempotency_key"]
+__all__ = [
+    "Journal",
+    "JournaledHandler",
+    "JournaledModel",
+    "JournaledToolset",
+    "answers_in_run",
+    "idempotency_key",
+    "output_functions",
+]
 
 _KEY: contextvars.ContextVar[str | None] = contextvars.ContextVar("agentfsm_call_key", default=None)
 
@@ -91,6 +105,11 @@ class Journal(AbstractCapability[Any]):
     _tools: dict[tuple[int, int, str], dict[str, JsonValue]] = field(default_factory=dict)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
     spending: Spending | None = field(default=None, repr=False)
+    output_functions: dict[str, Callable[..., Any]] = field(default_factory=dict, repr=False)
+    """The run's output functions by name: what a committed output value is rebuilt with."""
+    _outputs: dict[tuple[int, int, int], dict[str, JsonValue]] = field(default_factory=dict)
+    _output_calls: dict[tuple[int, int], int] = field(default_factory=dict, repr=False)
+    _decisions: dict[tuple[int, int, int, str], JsonValue] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for e in self.events:
@@ -107,16 +126,25 @@ class Journal(AbstractCapability[Any]):
                 o = e.output
                 where = (int(str(o["segment"])), int(str(o["after"])), str(o["tool_call_id"]))
                 self._tools[where] = o
+            elif e.trigger == OUTPUT_CALL and isinstance(e.output, dict):
+                o = e.output
+                at = (int(str(o["segment"])), int(str(o["after"])), int(str(o["call"])))
+                self._outputs[at] = o
+            elif e.trigger == DECISION and isinstance(e.output, dict):
+                o = e.output
+                asked = (int(str(o["segment"])), int(str(o["after"])), int(str(o["handler"])),
+                         str(o["calls"]))  # fmt: skip
+                self._decisions[asked] = o.get("results")
         self.rounds = rounds_of(self.events)
 
     def get_ordering(self) -> CapabilityOrdering:
         return CapabilityOrdering(position="innermost")
 
     def get_wrapper_model(self, model: Model) -> Model | None:
-        return _JournaledModel(model, self)
+        return JournaledModel(model, lambda: self)
 
     def get_wrapper_toolset(self, toolset: AbstractToolset[Any]) -> AbstractToolset[Any] | None:
-        return _JournaledToolset(toolset, journal=self)
+        return JournaledToolset(toolset, journal=lambda: self)
 
     async def wrap_tool_execute(
         self,
@@ -139,6 +167,85 @@ class Journal(AbstractCapability[Any]):
                     " ones approved: refused"
                 )
         return await handler(args)
+
+    async def wrap_output_process(
+        self,
+        ctx: RunContext[Any],
+        *,
+        output_context: OutputContext,
+        output: Any,
+        handler: Callable[[Any], Awaitable[Any]],
+    ) -> Any:
+        """An output function's call, journaled: its value (or its `ModelRetry`) is committed,
+        and a replay answers from the history instead of calling it again."""
+        if not output_context.has_function or ctx.partial_output:
+            return await handler(output)  # validation alone: the same on every replay
+        point = (self.segment, self.model_index)
+        nth = self._output_calls.get(point, 0)
+        self._output_calls[point] = nth + 1
+        at = (*point, nth)
+        name = output_context.function_name or ""
+        done = self._outputs.get(at)
+        if done is not None:
+            record_durable_unit(executed=False)
+            if "retry" in done:
+                raise ModelRetry(str(done["retry"]))
+            return rebuilt(self.output_functions.get(name), done.get("result"))
+        if self.run.status != "running":  # a run finished by an older version: not journaled
+            return await handler(output)
+        values: list[Any] = []
+
+        async def op(sctx: StepContext) -> StepResult[DurableMemory]:
+            out: dict[str, JsonValue] = {"segment": at[0], "after": at[1], "call": at[2],
+                                         "function": name}  # fmt: skip
+            try:
+                values[:] = [await handler(output)]
+            except ModelRetry as retry:
+                out["retry"] = retry.message
+            else:
+                out["result"] = pydantic_core.to_jsonable_python(values[0], fallback=repr)
+            return StepResult(memory=self.run.memory, output=out, subkey=str(nth))
+
+        event = await self.fire(OUTPUT_CALL, op)
+        record_durable_unit(executed=True)
+        assert isinstance(event.output, dict)
+        self._outputs[at] = event.output
+        if "retry" in event.output:
+            raise ModelRetry(str(event.output["retry"]))
+        return values[0]
+
+    async def decision(
+        self,
+        handler: int,
+        requests: DeferredToolRequests,
+        ask: Callable[[], Awaitable[DeferredToolResults | None]],
+    ) -> DeferredToolResults | None:
+        """What the run's `handler`-th deferred-call handler (`HandleDeferredToolCalls`) answers
+        to `requests`, journaled: committed as given, and given again on replay without asking."""
+        ids = ",".join(sorted(c.tool_call_id for c in [*requests.approvals, *requests.calls]))
+        asked = (self.segment, self.model_index, handler, ids)
+        if asked in self._decisions:
+            record_durable_unit(executed=False)
+            return results(self._decisions[asked])
+        if self.run.status != "running":
+            return await ask()
+
+        async def op(sctx: StepContext) -> StepResult[DurableMemory]:
+            results = await ask()
+            dumped: JsonValue = (
+                None if results is None else RESULTS.dump_python(results, mode="json")
+            )
+            out: dict[str, JsonValue] = {
+                "segment": asked[0], "after": asked[1], "handler": handler, "calls": ids,
+                "results": dumped,
+            }  # fmt: skip
+            return StepResult(memory=self.run.memory, output=out, subkey=f"{handler}:{ids}")
+
+        event = await self.fire(DECISION, op)
+        record_durable_unit(executed=True)
+        assert isinstance(event.output, dict)
+        self._decisions[asked] = event.output.get("results")
+        return results(event.output.get("results"))
 
     # The operations -----------------------------------------------------------------------
 
@@ -262,21 +369,21 @@ class Journal(AbstractCapability[Any]):
             return replay_outcome(done)
         args: JsonValue = pydantic_core.to_jsonable_python(tool_args, fallback=repr)
 
-        async def op(sctx: StepContext) -> StepResult[DurableMemory]:
-            token = _KEY.set(call_key(sctx, call_id))
-            sctx.live.emit("tool_started", tool=name, call_id=call_id)
+        async def invoke(key: str) -> Any:
+            token = _KEY.set(key)
             try:
-                outcome = await record_outcome(toolset.call_tool(name, tool_args, ctx, tool))
+                # A durable unit for pydantic-ai: what a replay would not do again is refused
+                # inside it (`RunContext.submit_output`), as on pydantic-ai's own engines.
+                with durable_unit_scope():
+                    return await toolset.call_tool(name, tool_args, ctx, tool)
             finally:
                 _KEY.reset(token)
-            sctx.live.emit("tool_finished", tool=name, call_id=call_id, ok="result" in outcome)
-            output: dict[str, JsonValue] = {
-                "segment": where[0], "after": where[1], "tool_call_id": call_id, "tool": name,
-                "args": args, **outcome,
-            }  # fmt: skip
-            return StepResult(
-                memory=self.run.memory, output=output, usage={"tool_calls": 1}, subkey=call_id
-            )
+
+        async def op(sctx: StepContext) -> StepResult[DurableMemory]:
+            return await call_tool(
+                sctx, self.run.memory, tool=name, call_id=call_id, args=args, call=invoke,
+                where={"segment": where[0], "after": where[1]},
+            )  # fmt: skip
 
         event = await self.fire(TOOL_CALL, op)
         record_durable_unit(executed=True)
@@ -313,6 +420,26 @@ class Journal(AbstractCapability[Any]):
                 raise
 
 
+@dataclass
+class JournaledHandler(WrapperCapability[Any]):
+    """A capability that answers deferred calls in the run (`HandleDeferredToolCalls`), its
+    answers journaled (`Journal.decision`): a replay does not ask it again."""
+
+    journal: Journal | None = field(default=None, kw_only=True, repr=False)
+    index: int = field(default=0, kw_only=True)
+
+    async def handle_deferred_tool_calls(
+        self, ctx: RunContext[Any], *, requests: DeferredToolRequests
+    ) -> DeferredToolResults | None:
+        if self.journal is None:
+            return await self.wrapped.handle_deferred_tool_calls(ctx, requests=requests)
+        return await self.journal.decision(
+            self.index,
+            requests,
+            lambda: self.wrapped.handle_deferred_tool_calls(ctx, requests=requests),
+        )
+
+
 def _restamp(request: ModelRequest, committed: ModelRequest) -> None:
     """Give a replayed request the times it was first sent with (they are all that differ)."""
     request.timestamp = committed.timestamp
@@ -329,41 +456,17 @@ def _copy(response: ModelResponse) -> ModelResponse:
     return copy
 
 
-class _JournaledModel(WrapperModel):
-    def __init__(self, wrapped: Model, journal: Journal) -> None:
-        super().__init__(wrapped)
-        self.journal = journal
-
-    async def request(
-        self,
-        messages: list[ModelMessage],
-        model_settings: ModelSettings | None,
-        model_request_parameters: ModelRequestParameters,
-    ) -> ModelResponse:
-        return await self.journal.model_request(
-            self.wrapped, messages, model_settings, model_request_parameters
-        )
-
-    @asynccontextmanager
-    async def request_stream(
-        self,
-        messages: list[ModelMessage],
-        model_settings: ModelSettings | None,
-        model_request_parameters: ModelRequestParameters,
-        run_context: RunContext[Any] | None = None,
-    ) -> AsyncIterator[StreamedResponse]:
-        async with journaled_stream(
-            self.journal, self.wrapped, messages, model_settings, model_request_parameters,
-            run_context,
-        ) as stream:  # fmt: skip
-            yield stream
-
-
 @dataclass
-class _JournaledToolset(WrapperToolset[Any]):
-    journal: Journal = field(kw_only=True, repr=False)
+class JournaledToolset(WrapperToolset[Any]):
+    """The toolset, its calls made through the journal `journal()` gives (directly while it
+    gives none)."""
+
+    journal: Callable[[], Journal | None] = field(kw_only=True, repr=False)
 
     async def call_tool(
         self, name: str, tool_args: dict[str, Any], ctx: RunContext[Any], tool: ToolsetTool[Any]
     ) -> Any:
-        return await self.journal.tool_call(self.wrapped, name, tool_args, ctx, tool)
+        journal = self.journal()
+        if journal is None:
+            return await self.wrapped.call_tool(name, tool_args, ctx, tool)
+        return await journal.tool_call(self.wrapped, name, tool_args, ctx, tool)

@@ -1,12 +1,14 @@
 """The machine under a `DurableAgent`: its memory, its table, and the steps of its transitions.
 
 pydantic-ai runs the agent itself (`Agent.run`, its graph, its RunContext, retries, output
-processing, history processors, capabilities). The journal (`_durable_journal`), a capability
-of ours that sits innermost, turns exactly two things into committed transitions, and the run's
-ends into three more:
+processing, history processors, capabilities). The journal (`_journal.py`), a capability
+of ours that sits innermost, turns four things into committed transitions, and the run's ends
+into three more:
 
     running --model_request--> running     one request to the model (the response is committed)
     running --tool_call------> running     one call of a tool function (its outcome is committed)
+    running --output_call----> running     one call of an output function (its value is committed)
+    running --decision-------> running     an in-run handler's answer to deferred calls (committed)
     running --defer----------> approval    the run ended with DeferredToolRequests: park it
     approval --answer--------> approval | running    one approval, denial or external result
     running --output---------> done        the run ended with its output
@@ -63,9 +65,11 @@ __all__ = [
 
 RUNNING, APPROVAL, DONE, FAILED = "running", "approval", "done", "failed"
 STATES = (RUNNING, APPROVAL, DONE, FAILED)
-MODEL_REQUEST, TOOL_CALL, DEFER, ANSWER, OUTPUT, FAIL = (
-    "model_request", "tool_call", "defer", "answer", "output", "fail"
+MODEL_REQUEST, TOOL_CALL, OUTPUT_CALL, DEFER, ANSWER, OUTPUT, FAIL = (
+    "model_request", "tool_call", "output_call", "defer", "answer", "output", "fail"
 )  # fmt: skip
+DECISION = "decision"
+"""An in-run answer to deferred calls (`HandleDeferredToolCalls`), committed as it was given."""
 DURABLE_KIND: Literal["pydantic_ai.Agent"] = "pydantic_ai.Agent"
 """`memory["kind"]` of every DurableAgent run: how a CLI tells them from state-table runs."""
 
@@ -304,6 +308,16 @@ def durable_transitions(model: RetryPolicy, tool: RetryPolicy) -> list[Transitio
             TOOL_CALL, RUNNING, RUNNING,
             OperationStep(kind="tool", label="tool call", policy=tool),
             guard=_wants(TOOL_CALL),
+        ),
+        transition(
+            OUTPUT_CALL, RUNNING, RUNNING,
+            OperationStep(kind="tool", label="output function", policy=tool),
+            guard=_wants(OUTPUT_CALL),
+        ),
+        transition(
+            DECISION, RUNNING, RUNNING,
+            OperationStep(kind="decision", label="deferred calls handled in the run", policy=once),
+            guard=_wants(DECISION),
         ),
         transition(
             DEFER, RUNNING, APPROVAL,

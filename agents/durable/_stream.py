@@ -10,7 +10,8 @@ processes), then commits the response; the stream ends once the commit is done, 
 `get()` is the committed response, so what pydantic-ai continues with is what was committed.
 A request the history already answers streams the committed response again (one start and
 end per part, no deltas) and sends nothing. Events of a try that failed and was retried
-are relayed too, before the retried try's.
+are relayed too, before the retried try's. `JournaledModel` is the model wrapper through which
+the journal answers every request of the run, plain or streamed.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from pydantic_ai.messages import (
     ModelResponseStreamEvent,
 )
 from pydantic_ai.models import Model, ModelRequestParameters, StreamedResponse
+from pydantic_ai.models.wrapper import WrapperModel
 from pydantic_ai.settings import ModelSettings
 from pydantic_ai.usage import RequestUsage
 
@@ -69,8 +71,16 @@ class Journal(Protocol):
 
     def committed_request(self, request: ModelRequest | None, event: Event) -> ModelResponse: ...
 
+    async def model_request(
+        self,
+        wrapped: Model,
+        messages: list[ModelMessage],
+        settings: ModelSettings | None,
+        params: ModelRequestParameters,
+    ) -> ModelResponse: ...
 
-__all__ = ["journaled_stream"]
+
+__all__ = ["JournaledModel", "journaled_stream"]
 
 
 @asynccontextmanager
@@ -87,14 +97,14 @@ async def journaled_stream(
     if replayed is not None:
         yield _Replayed(params, replayed)
         return
-    events: asyncio.Queue[ModelResponseStreamEvent | None] = asyncio.Queue()
+    events: asyncio.Queue[tuple[ModelResponseStreamEvent, ModelResponse] | None] = asyncio.Queue()
 
     async def op(ctx: StepContext) -> StepResult[DurableMemory]:
         async def send() -> ModelResponse:
             try:
                 async with wrapped.request_stream(messages, settings, params, run_context) as s:
                     async for event in s:
-                        events.put_nowait(event)
+                        events.put_nowait((event, s.get()))  # the response as of this event
                         forward(ctx.live, event)
                     return s.get()
             finally:
@@ -122,7 +132,7 @@ class _Relayed(StreamedResponse):
         self,
         params: ModelRequestParameters,
         model: Model,
-        events: asyncio.Queue[ModelResponseStreamEvent | None],
+        events: asyncio.Queue[tuple[ModelResponseStreamEvent, ModelResponse] | None],
         committing: asyncio.Task[Event],
         committed: Any,
     ) -> None:
@@ -132,6 +142,8 @@ class _Relayed(StreamedResponse):
         self._committing = committing
         self._committed = committed
         self._response: ModelResponse | None = None
+        self._so_far: ModelResponse | None = None
+        """The response as of the last event relayed (what a plain stream's `get()` gives)."""
         self._started = datetime.now(UTC)
 
     def __aiter__(self) -> AsyncIterator[ModelResponseStreamEvent]:
@@ -140,7 +152,8 @@ class _Relayed(StreamedResponse):
         return self._event_iterator
 
     async def _relay(self) -> AsyncIterator[ModelResponseStreamEvent]:
-        while (event := await self._events.get()) is not None:
+        while (item := await self._events.get()) is not None:
+            event, self._so_far = item
             if isinstance(event, FinalResultEvent):
                 self.final_result_event = event
             yield event
@@ -152,11 +165,15 @@ class _Relayed(StreamedResponse):
             yield event
 
     def get(self) -> ModelResponse:
-        return _copy(self._response) if self._response is not None else super().get()
+        if self._response is not None:
+            return _copy(self._response)
+        return _copy(self._so_far) if self._so_far is not None else super().get()
 
     @property
     def usage(self) -> RequestUsage:
-        return self._response.usage if self._response is not None else self._usage
+        if self._response is not None:
+            return self._response.usage
+        return self._so_far.usage if self._so_far is not None else self._usage
 
     @property
     def model_name(self) -> str:
@@ -216,3 +233,46 @@ def _copy(response: ModelResponse) -> ModelResponse:
     )
     assert isinstance(copy[0], ModelResponse)
     return copy[0]
+
+
+class JournaledModel(WrapperModel):
+    """The model, its requests answered by the journal `journal()` gives (the model itself
+    while it gives none)."""
+
+    def __init__(self, wrapped: Model, journal: Callable[[], Journal | None]) -> None:
+        super().__init__(wrapped)
+        self.journal = journal
+
+    async def request(
+        self,
+        messages: list[ModelMessage],
+        model_settings: ModelSettings | None,
+        model_request_parameters: ModelRequestParameters,
+    ) -> ModelResponse:
+        journal = self.journal()
+        if journal is None:
+            return await self.wrapped.request(messages, model_settings, model_request_parameters)
+        return await journal.model_request(
+            self.wrapped, messages, model_settings, model_request_parameters
+        )
+
+    @asynccontextmanager
+    async def request_stream(
+        self,
+        messages: list[ModelMessage],
+        model_settings: ModelSettings | None,
+        model_request_parameters: ModelRequestParameters,
+        run_context: RunContext[Any] | None = None,
+    ) -> AsyncIterator[StreamedResponse]:
+        journal = self.journal()
+        if journal is None:
+            async with self.wrapped.request_stream(
+                messages, model_settings, model_request_parameters, run_context
+            ) as stream:
+                yield stream
+            return
+        async with journaled_stream(
+            journal, self.wrapped, messages, model_settings, model_request_parameters,
+            run_context,
+        ) as stream:  # fmt: skip
+            yield stream

@@ -34,7 +34,7 @@ from statemachine import DefinitionError, RunError, StepContext, transition
 from statemachine.engine import RetryPolicy, StepResult, Transition
 from storage import Event
 
-from ._tool_engine import call_key, record_outcome
+from ._tool_engine import call_tool
 
 __all__ = [
     "FunctionTool",
@@ -159,36 +159,24 @@ class ToolCallsStep:
                 " (route the run here only from an llm step's on_tool_calls)"
             )
         call = pending[0]
-        output: dict[str, JsonValue] = {
-            "tool_call_id": call.tool_call_id,
-            "tool": call.tool_name,
-            "args": pydantic_core.to_jsonable_python(call.args_as_dict()),
-        }
         tool = next((t for t in self.tools if t.name == call.tool_name), None)
-        call_ctx = replace(ctx, idempotency_key=call_key(ctx, call.tool_call_id))
 
-        async def attempt() -> Any:
+        async def attempt(key: str) -> Any:
             if tool is None:
                 raise ModelRetry(
                     f"there is no tool {call.tool_name!r}; the tools are"
                     f" {', '.join(t.name for t in self.tools)}"
                 )
             try:
-                return await tool.call(call.args_as_dict(), call_ctx)
+                return await tool.call(call.args_as_dict(), replace(ctx, idempotency_key=key))
             except ValidationError as exc:
                 raise ModelRetry(f"invalid arguments for {call.tool_name!r}: {exc}") from None
 
-        ctx.live.emit("tool_started", tool=call.tool_name, call_id=call.tool_call_id)
-        output.update(await record_outcome(attempt()))
-        ctx.live.emit("tool_finished", tool=call.tool_name, call_id=call.tool_call_id,
-                      ok="result" in output)  # fmt: skip
-        return StepResult(
-            memory=memory,
-            output=output,
+        return await call_tool(
+            ctx, memory, tool=call.tool_name, call_id=call.tool_call_id,
+            args=pydantic_core.to_jsonable_python(call.args_as_dict()), call=attempt,
             route="more" if len(pending) > 1 else "done",
-            usage={"tool_calls": 1},
-            subkey=call.tool_call_id,
-        )
+        )  # fmt: skip
 
 
 def tool_calls(

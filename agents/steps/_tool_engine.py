@@ -7,9 +7,10 @@ A tool call is committed as one event whose output names the call and its outcom
     {"tool_call_id": ..., "tool": ..., "args": ..., "failed": "..."}    it raised ToolFailed
     {"tool_call_id": ..., "tool": ..., "args": ..., "deferred": {...}}  it deferred the call
 
-`result` is the value as pydantic-ai's own durable-execution codec stores it, so
-a `ToolReturn` (with its metadata and extra content), a `BinaryContent` or a `DocumentUrl`
-comes back as the same object (`replay_outcome`), and a plain JSON value as itself. One function
+`result` is the value in the shape pydantic-ai's own durable-execution codec gives it, built
+with pydantic-ai's public types only (`ToolReturn`, `messages.tool_return_content_ta`), so a
+`ToolReturn` (with its metadata and extra content), a `BinaryContent` or a `DocumentUrl` comes
+back as the same object (`replay_outcome`), and a plain JSON value as itself. One function
 derives a call's idempotency key from its transition's (`call_key`), one charges what a model
 request cost to the transition (`charge`), and `StepPolicy` is the retry policy of both kinds.
 """
@@ -20,13 +21,11 @@ import contextlib
 import hashlib
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import pydantic_core
-from pydantic import JsonValue
-from pydantic_ai import ModelRetry
-from pydantic_ai.durable_exec import JSON_CODEC, CallToolResult
-from pydantic_ai.durable_exec._toolset import unwrap_tool_call_result, wrap_tool_call_result
+from pydantic import BaseModel, JsonValue, TypeAdapter
+from pydantic_ai import ModelRetry, ToolReturn
 from pydantic_ai.exceptions import (
     ApprovalRequired,
     CallDeferred,
@@ -38,10 +37,11 @@ from pydantic_ai.exceptions import (
     ModelUnavailableError,
     ToolFailed,
 )
+from pydantic_ai.messages import tool_return_content_ta
 from pydantic_ai.usage import RunUsage
 
 from statemachine import StepContext
-from statemachine.engine import RetryPolicy
+from statemachine.engine import RetryPolicy, StepResult
 
 __all__ = [
     "MODEL_POLICY",
@@ -50,12 +50,15 @@ __all__ = [
     "StepPolicy",
     "args_digest",
     "call_key",
+    "call_tool",
     "charge",
     "record_outcome",
     "replay_outcome",
     "tool_answer",
     "transient_http_error",
 ]
+
+MemoryT = TypeVar("MemoryT", bound=BaseModel)
 
 USAGE_FIELDS = ("requests", "input_tokens", "output_tokens")
 EXTRA_USAGE_FIELDS = ("cache_read_tokens", "cache_write_tokens")
@@ -141,6 +144,33 @@ def call_key(ctx: StepContext, tool_call_id: str) -> str:
     return f"{ctx.idempotency_key}:{tool_call_id}"
 
 
+async def call_tool(
+    ctx: StepContext,
+    memory: MemoryT,
+    *,
+    tool: str,
+    call_id: str,
+    args: JsonValue,
+    call: Callable[[str], Awaitable[Any]],
+    where: Mapping[str, JsonValue] | None = None,
+    route: str | None = None,
+) -> StepResult[MemoryT]:
+    """One tool call as its transition's step: the one tool-call path of `tool_calls()`
+    transitions and of DurableAgent. `call(key)` makes the call under its idempotency key
+    (`call_key`); the live channel sees it start and finish; its outcome is recorded
+    (`record_outcome`) beside the call's id, tool and arguments (and `where`, what the caller
+    needs to find it again), and counted as one tool call."""
+    ctx.live.emit("tool_started", tool=tool, call_id=call_id)
+    outcome = await record_outcome(call(call_key(ctx, call_id)))
+    ctx.live.emit("tool_finished", tool=tool, call_id=call_id, ok="result" in outcome)
+    output: dict[str, JsonValue] = {
+        **(where or {}), "tool_call_id": call_id, "tool": tool, "args": args, **outcome
+    }  # fmt: skip
+    return StepResult(
+        memory=memory, output=output, route=route, usage={"tool_calls": 1}, subkey=call_id
+    )
+
+
 def charge(ctx: StepContext, usage: RunUsage) -> dict[str, int]:
     """Add what model requests cost to the transition's tally (`ctx.spent`), also when the
     request failed, so the event records every try; returns the tally. Cache tokens and the
@@ -157,43 +187,66 @@ def charge(ctx: StepContext, usage: RunUsage) -> dict[str, int]:
     return dict(ctx.spent)
 
 
+_TOOL_RETURN: TypeAdapter[ToolReturn[Any]] = TypeAdapter(ToolReturn)
+_TOOL_RETURN_KIND = "tool-return"
+"""`ToolReturn`'s own `kind`: a stored result of that kind is a `ToolReturn` unless marked
+`content_result` (a plain dict of the tool's that happens to carry that kind)."""
+
+
+def _is_tool_return_dict(value: Any) -> bool:
+    return isinstance(value, dict) and value.get("kind") == _TOOL_RETURN_KIND
+
+
 async def record_outcome(call: Awaitable[Any]) -> dict[str, JsonValue]:
     """Await a tool call and describe how it ended, as JSON (see the module docstring).
 
     Any exception other than pydantic-ai's answers to the model propagates.
     """
-    wrapped = await wrap_tool_call_result(call)
-    dumped = JSON_CODEC.dump(CallToolResult, wrapped)
-    assert isinstance(dumped, dict)
-    kind = dumped.get("kind")
-    if kind in ("tool_return", "tool_content_result"):
-        out: dict[str, JsonValue] = {"result": dumped.get("result")}
-        if kind == "tool_content_result":
-            out["content_result"] = True
-        return out
-    if kind == "model_retry":
-        return {"retry": dumped.get("message")}
-    if kind == "tool_failed":
-        return {"failed": dumped.get("message")}
-    if kind in ("approval_required", "call_deferred"):
-        return {"deferred": dumped}
-    raise RuntimeError(f"a tool call ended in a way DurableAgent cannot record: {kind!r}")
+    try:
+        value = await call
+    except ApprovalRequired as exc:
+        return {"deferred": {"kind": "approval_required", "metadata": _json(exc.metadata)}}
+    except CallDeferred as exc:
+        deferred: dict[str, JsonValue] = {"kind": "call_deferred", "metadata": _json(exc.metadata)}
+        if exc.kind != "external":
+            deferred["call_kind"] = exc.kind
+        return {"deferred": deferred}
+    except ModelRetry as exc:
+        return {"retry": exc.message}
+    except ToolFailed as exc:
+        return {"failed": exc.message}
+    if isinstance(value, ToolReturn):
+        dumped: JsonValue = _TOOL_RETURN.dump_python(value, mode="json")
+        return {"result": dumped}
+    content: JsonValue = tool_return_content_ta.dump_python(value, mode="json")
+    if _is_tool_return_dict(value):
+        return {"result": content, "content_result": True}
+    return {"result": content}
 
 
-def _stored(outcome: Mapping[str, JsonValue]) -> Any:
-    if "retry" in outcome:
-        return {"kind": "model_retry", "message": outcome["retry"]}
-    if "failed" in outcome:
-        return {"kind": "tool_failed", "message": outcome["failed"]}
-    if "deferred" in outcome:
-        return outcome["deferred"]
-    kind = "tool_content_result" if outcome.get("content_result") else "tool_return"
-    return {"kind": kind, "result": outcome.get("result")}
+def _json(value: Any) -> JsonValue:
+    dumped: JsonValue = pydantic_core.to_jsonable_python(value)
+    return dumped
 
 
 def replay_outcome(outcome: Mapping[str, JsonValue]) -> Any:
     """What the tool call did, again: return its value or raise what it raised."""
-    return unwrap_tool_call_result(JSON_CODEC.load(CallToolResult, _stored(outcome)))
+    if "retry" in outcome:
+        raise ModelRetry(str(outcome["retry"]))
+    if "failed" in outcome:
+        raise ToolFailed(str(outcome["failed"]))
+    deferred = outcome.get("deferred")
+    if isinstance(deferred, dict):
+        metadata = deferred.get("metadata")
+        meta = dict(metadata) if isinstance(metadata, dict) else None
+        if deferred.get("kind") == "approval_required":
+            raise ApprovalRequired(metadata=meta)
+        question = deferred.get("call_kind") == "question"
+        raise CallDeferred(metadata=meta, kind="question" if question else "external")
+    result = outcome.get("result")
+    if _is_tool_return_dict(result) and not outcome.get("content_result"):
+        return _TOOL_RETURN.validate_python(result)
+    return tool_return_content_ta.validate_python(result)
 
 
 def tool_answer(outcome: Mapping[str, JsonValue]) -> Any:

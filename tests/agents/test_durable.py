@@ -441,3 +441,93 @@ async def test_a_failed_run_stays_failed_when_run_again(store: Store) -> None:
     with pytest.raises(DurableRunFailed, match="ModelHTTPError"):
         await durable.run("hi", run_id="gone")
     assert brain.requests == 1
+
+
+def test_no_module_imports_a_private_pydantic_ai_module() -> None:
+    """pydantic-ai may move its private modules in any release: only its public surface."""
+    import ast
+
+    root = Path(__file__).resolve().parents[2] / "agents"
+    private: list[str] = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = (
+                [a.name for a in node.names] if isinstance(node, ast.Import)
+                else [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0
+                else []
+            )  # fmt: skip
+            for name in names:
+                parts = name.split(".")
+                if parts[0] in ("pydantic_ai", "pydantic_graph") and any(
+                    p.startswith("_") for p in parts[1:]
+                ):
+                    private.append(f"{path.relative_to(root.parent)}: {name}")
+    assert private == []
+
+
+@pytest.mark.parametrize("kind", ["embedded", "redis"])
+async def test_runs_stored_in_the_first_journal_format_go_on(
+    kind: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """Runs stored by the DurableAgent before it became a durability engine (a backup made
+    with that code: tests/agents/durable_v1_fixture.py) go on: parked, cut off in a call, done."""
+    from pydantic_ai import DeferredToolResults
+
+    from storage.backup import import_runs
+
+    from ..conftest import make_store
+    from . import durable_v1_fixture as v1
+
+    store = await make_store(kind, request, tmp_path)
+    try:
+        imported = await import_runs(store, v1.FIXTURE.read_text().splitlines())
+        assert sorted(imported.imported) == sorted([v1.PARKED, v1.CUT, v1.DONE])
+
+        ran: list[str] = []
+        done = await DurableAgent(v1.make_agent(ran), store=store).run(run_id=v1.DONE)
+        assert (done.output, ran) == (v1.EXPECTED, [])  # nothing asked, nothing run
+
+        cut = await DurableAgent(v1.make_agent(ran, gated=False), store=store).run(run_id=v1.CUT)
+        assert (cut.output, ran) == (v1.EXPECTED, ["convert", "request"])
+
+        ran.clear()
+        approve = DeferredToolResults(approvals={"call-convert": True})
+        parked = await DurableAgent(v1.make_agent(ran), store=store).run(
+            run_id=v1.PARKED, deferred_tool_results=approve
+        )
+        assert (parked.output, ran) == (v1.EXPECTED, ["convert", "request"])
+        for run_id in (v1.PARKED, v1.CUT):
+            events = await store.history(run_id)
+            assert [e.trigger for e in events][-3:] == ["tool_call", "model_request", "output"]
+    finally:
+        await store.close()
+
+
+def test_persisted_operation_names_stay_the_same() -> None:
+    """Stored runs name their transitions, states and memory kind: these names are data that
+    runs in flight depend on (as pydantic-ai pins its engines' operation names). Change them
+    only with a migration of stored runs."""
+    from agents.durable._steps import DURABLE_KIND, durable_machine
+
+    machine = durable_machine("pinned")
+    table = sorted(
+        (
+            t.trigger,
+            *t.source,
+            t.dest or "",
+            tuple(sorted((t.routes or {}).items())),
+            t.step.kind if t.step else "",
+        )
+        for t in machine.transitions
+    )
+    assert DURABLE_KIND == "pydantic_ai.Agent"
+    assert table == [
+        ("answer", "approval", "", (("done", "running"), ("more", "approval")), "wait"),
+        ("decision", "running", "running", (), "decision"),
+        ("defer", "running", "approval", (), "defer"),
+        ("fail", "running", "failed", (), "fail"),
+        ("model_request", "running", "running", (), "llm"),
+        ("output", "running", "done", (), "output"),
+        ("output_call", "running", "running", (), "tool"),
+        ("tool_call", "running", "running", (), "tool"),
+    ]

@@ -13,9 +13,9 @@ import pytest
 import pytest_asyncio
 from pydantic_ai import Agent, RunContext
 from pydantic_ai.capabilities import ProcessEventStream
-from pydantic_ai.messages import AgentStreamEvent, ModelMessage
+from pydantic_ai.messages import AgentStreamEvent, ModelMessage, ModelResponse, ToolCallPart
 from pydantic_ai.models.function import AgentInfo, DeltaToolCall, DeltaToolCalls, FunctionModel
-from pydantic_ai.run import AgentRunResultEvent
+from pydantic_ai.run import AgentRun, AgentRunResultEvent
 
 from agents import DurableAgent
 from storage import Store
@@ -175,3 +175,116 @@ async def test_the_tokens_reach_the_live_channel(store: Store) -> None:
     answer = [i for i in items if i.kind == "text"]
     request = next(e for e in reversed(committed) if e.trigger == "model_request")
     assert {i.seq for i in answer} == {request.seq}  # tagged with the step that committed them
+
+
+async def walk(agent_run: AgentRun[Any, Any]) -> list[str]:
+    """Walk an `Agent.iter` run node by node, streaming each model request's events; the
+    kinds of the nodes and events seen, in order."""
+    seen: list[str] = []
+    async for node in agent_run:
+        seen.append(type(node).__name__)
+        if Agent.is_model_request_node(node):
+            async with node.stream(agent_run.ctx) as events:
+                seen.extend([type(e).__name__ async for e in events])
+    return seen
+
+
+async def plain_iter() -> tuple[list[str], Any]:
+    """What a plain `Agent.iter` walks, and its result."""
+    async with build(Script()).iter("add") as agent_run:
+        seen = await walk(agent_run)
+    return seen, agent_run.result
+
+
+async def plain_stream() -> tuple[list[str], Any]:
+    """What a plain `Agent.run_stream` gives: the text as it streams, and the result."""
+    async with build(Script()).run_stream("add") as streamed:
+        texts = [t async for t in streamed.stream_text(debounce_by=None)]
+    return texts, streamed.result
+
+
+@pytest.mark.parametrize("how", ["iter", "run_stream"])
+async def test_iter_and_run_stream_are_the_plain_ones_and_durable(store: Store, how: str) -> None:
+    plain_way = plain_iter if how == "iter" else plain_stream
+    (seen, first), (_, second) = await plain_way(), await plain_way()
+    runs = [run_json(first), run_json(second)]
+
+    async def again() -> Any:
+        return run_json((await plain_way())[1])
+
+    script = Script()
+    durable = DurableAgent(build(script), store=store)
+    run_id = f"{how}-{next(_ids)}"
+
+    async def durably(**kwargs: Any) -> tuple[list[str], Any]:
+        if how == "iter":
+            async with durable.iter(**kwargs) as agent_run:
+                walked = await walk(agent_run)
+            return walked, agent_run.result
+        async with durable.run_stream(**kwargs) as streamed:
+            texts = [t async for t in streamed.stream_text(debounce_by=None)]
+        return texts, streamed.result
+
+    got, result = await durably(user_prompt="add", run_id=run_id)
+    assert got == seen
+    await compare(run_json(result), runs, again, stable=STABLE, what=f"the durable {how}")
+    assert script.requests == 2
+    history = await durable.history(run_id)
+    assert [e.trigger for e in history] == [
+        "start", "model_request", "tool_call", "model_request", "output"
+    ]  # fmt: skip
+    assert history[-1].status == "done"
+
+    # Read back: the same walk and result, nothing sent to the model (a committed response
+    # streams again whole: its parts without deltas, its text at once).
+    got_again, result_again = await durably(run_id=run_id)
+    assert script.requests == 2
+    if how == "iter":
+        assert got_again == [kind for kind in seen if kind != "PartDeltaEvent"]
+    else:
+        assert got_again == seen[-1:]
+    await compare(run_json(result_again), runs, again, stable=STABLE, what=f"{how} read back")
+
+
+async def test_a_cancelled_run_ends_as_a_plain_one_and_stays_ended(store: Store) -> None:
+    """`AgentRun.cancel()` ends the run as in plain pydantic-ai (the same exception); the
+    durable run ends failed with it, and running it again sends nothing and names why."""
+    from pydantic_ai.exceptions import RunCancelled
+
+    from agents.errors import DurableRunFailed
+
+    async def cancel_after_first_request(agent_run: AgentRun[Any, Any]) -> None:
+        async for node in agent_run:
+            if Agent.is_call_tools_node(node):
+                agent_run.cancel()
+
+    requests: list[int] = []
+
+    def brain(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        requests.append(1)
+        return ModelResponse(parts=[ToolCallPart("add", {"a": 1, "b": 2})])
+
+    def agent() -> Agent[None, str]:
+        plain = Agent(FunctionModel(brain), name="cancelled")
+
+        @plain.tool_plain
+        def add(a: int, b: int) -> int:
+            return a + b
+
+        return plain
+
+    with pytest.raises(RunCancelled) as plain:
+        async with agent().iter("add") as agent_run:
+            await cancel_after_first_request(agent_run)
+    requests.clear()
+    durable = DurableAgent(agent(), store=store)
+    run_id = f"cancel-{next(_ids)}"
+    with pytest.raises(RunCancelled) as cancelled:
+        async with durable.iter("add", run_id=run_id) as agent_run:
+            await cancel_after_first_request(agent_run)
+    assert str(cancelled.value) == str(plain.value)
+    history = await durable.history(run_id)
+    assert [(e.trigger, e.status) for e in history][-1] == ("fail", "failed")
+    with pytest.raises(DurableRunFailed, match="RunCancelled"):
+        await durable.run(run_id=run_id)
+    assert len(requests) == 1

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
 import pytest
-from pydantic import BaseModel
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+from pydantic import BaseModel, JsonValue
 from pydantic_ai.messages import (
     ModelMessage,
     ModelRequest,
@@ -231,3 +234,58 @@ def test_the_graph_shows_the_tool_loop() -> None:
 
 class Other(BaseModel):
     n: int = 0
+
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text()
+    | st.floats(allow_nan=False, allow_infinity=False),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
+    max_leaves=8,
+)  # fmt: skip
+
+
+@example(value={"kind": "tool-return", "x": 1}, metadata=None, how="plain")  # ToolReturn's kind
+@settings(max_examples=60, deadline=None)
+@given(
+    value=_json_values,
+    metadata=_json_values,
+    how=st.sampled_from(["plain", "tool_return", "retry", "failed"]),
+)
+def test_a_recorded_tool_outcome_replays_as_the_call_ended(
+    value: JsonValue, metadata: JsonValue, how: str
+) -> None:
+    """What a tool call did, recorded as JSON (stored, read back) and replayed, is what it did:
+    the same value, the same `ToolReturn`, or the same answer to the model raised again."""
+    import pydantic_core
+    from pydantic_ai import ModelRetry, ToolReturn
+    from pydantic_ai.exceptions import ToolFailed
+
+    from agents.steps._tool_engine import record_outcome, replay_outcome
+
+    async def call() -> Any:
+        if how == "retry":
+            raise ModelRetry(str(value))
+        if how == "failed":
+            raise ToolFailed(str(value))
+        if how == "tool_return":
+            return ToolReturn(return_value=value, metadata=metadata)
+        return value
+
+    outcome = asyncio.run(record_outcome(call()))
+    stored = pydantic_core.from_json(pydantic_core.to_json(outcome))  # as a store gives it back
+    if how == "retry":
+        with pytest.raises(ModelRetry) as retry:
+            replay_outcome(stored)
+        assert retry.value.message == str(value)
+        return
+    if how == "failed":
+        with pytest.raises(ToolFailed) as failed:
+            replay_outcome(stored)
+        assert failed.value.message == str(value)
+        return
+    replayed = replay_outcome(stored)
+    if how == "tool_return":
+        assert isinstance(replayed, ToolReturn)
+        assert (replayed.return_value, replayed.metadata) == (value, metadata)
+    else:
+        assert replayed == value

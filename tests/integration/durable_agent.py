@@ -1,6 +1,6 @@
 """A child process running a plain pydantic-ai agent through `DurableAgent`.
 
-    python -m tests.integration.durable_agent STORE_URL RUN_ID WORKDIR MODE
+    python -m tests.integration.durable_agent STORE_URL RUN_ID WORKDIR MODE [VIA]
 
 The agent's `FunctionModel` asks for two tool calls in one response (`lookup`, then
 `convert`), then answers with what they returned. Every model request appends "request" to
@@ -10,6 +10,14 @@ WORKDIR/effects.log, every tool call "{tool}\t{idempotency_key}". Modes:
 - `crash`: `convert` SIGKILLs its own process after logging, before it returns.
 - `gated`: `convert` needs approval; prints "deferred CALL_IDS" when the run parks.
 - `approve`: approves `call-convert` from this process without the agent (as a CLI would).
+- `handled` / `crash-handled`: `convert` needs approval, a `HandleDeferredToolCalls` handler
+  of the agent approves it in the run (appending "handler"), and the output type is plain `str`;
+  with `crash-handled`, `convert` SIGKILLs its own process after logging.
+- `report`: the answer goes through an output function `report` (which appends "report");
+  `crash-report`: the same, and `report` SIGKILLs its own process after logging.
+- VIA is how the run is driven: `run` (the default), `iter` (node by node), `run_stream`, or
+  `run_stream_events`; the model streams its responses when asked to. `capability` runs the
+  plain agent with `AgentfsmDurability` among its capabilities instead of `DurableAgent`.
 - `hang`: like `gated`, but the approved `convert` writes its key to WORKDIR/in-call when it
   starts (atomically: a temporary file renamed) and then never returns (the parent kills
   the process).
@@ -21,9 +29,12 @@ import asyncio
 import os
 import signal
 import sys
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+from typing import Any
 
-from pydantic_ai import Agent, DeferredToolRequests, RunContext
+from pydantic_ai import Agent, DeferredToolRequests, DeferredToolResults, RunContext
+from pydantic_ai.capabilities import HandleDeferredToolCalls
 from pydantic_ai.messages import (
     ModelMessage,
     ModelRequest,
@@ -32,10 +43,12 @@ from pydantic_ai.messages import (
     ToolCallPart,
     ToolReturnPart,
 )
-from pydantic_ai.models.function import AgentInfo, FunctionModel
+from pydantic_ai.models.function import AgentInfo, DeltaToolCall, DeltaToolCalls, FunctionModel
+from pydantic_ai.run import AgentRunResultEvent
 
 from agents import DurableAgent, idempotency_key
 from agents._operations import approve_tool_call
+from agents.durable import AgentfsmDurability
 from storage import open_store
 
 LEASE_TTL = 0.5
@@ -43,7 +56,9 @@ RATES = {"EUR": 1.1, "GBP": 1.25}
 PREFIX = "durablecrash"
 
 
-def make_agent(workdir: Path, mode: str) -> Agent[str, str | DeferredToolRequests]:
+def make_agent(
+    workdir: Path, mode: str, capabilities: Sequence[Any] = ()
+) -> Agent[str, str | DeferredToolRequests]:
     log = workdir / "effects.log"
 
     def note(line: str) -> None:
@@ -65,11 +80,40 @@ def make_agent(workdir: Path, mode: str) -> Agent[str, str | DeferredToolRequest
                              tool_call_id="call-convert"),
             ])  # fmt: skip
         answer = "; ".join(f"{p.tool_name}: {p.content}" for p in done)
+        if info.output_tools:  # the output function's tool
+            return ModelResponse(parts=[ToolCallPart(info.output_tools[0].name, {"text": answer})])
         return ModelResponse(parts=[TextPart(answer)])
 
+    async def streamed(
+        messages: list[ModelMessage], info: AgentInfo
+    ) -> AsyncIterator[str | DeltaToolCalls]:
+        response = brain(messages, info)
+        for i, part in enumerate(response.parts):
+            if isinstance(part, ToolCallPart):
+                yield {i: DeltaToolCall(name=part.tool_name, json_args=part.args_as_json_str(),
+                                        tool_call_id=part.tool_call_id)}  # fmt: skip
+            elif isinstance(part, TextPart):
+                for word in part.content.split(" "):
+                    yield word + " "
+
+    def report(text: str) -> str:
+        """Report the answer."""
+        note("report")
+        if mode == "crash-report":
+            os.kill(os.getpid(), signal.SIGKILL)
+        return text
+
+    def handler(ctx: RunContext[str], requests: DeferredToolRequests) -> DeferredToolResults:
+        note("handler")
+        return requests.build_results(approve_all=True)
+
+    handled = mode in ("handled", "crash-handled")
+    output: Any = str if mode not in ("report", "crash-report") else report
     agent = Agent(
-        FunctionModel(brain), deps_type=str, instructions="Answer in USD.",
-        output_type=[str, DeferredToolRequests],
+        FunctionModel(brain, stream_function=streamed), deps_type=str,
+        instructions="Answer in USD.",
+        output_type=str if handled else [output, DeferredToolRequests],
+        capabilities=[*capabilities, *([HandleDeferredToolCalls(handler)] if handled else [])],
     )  # fmt: skip
 
     @agent.tool
@@ -78,11 +122,11 @@ def make_agent(workdir: Path, mode: str) -> Agent[str, str | DeferredToolRequest
         note(f"lookup\t{idempotency_key()}")
         return f"{item} sold by {ctx.deps}"
 
-    @agent.tool_plain(requires_approval=mode in ("gated", "hang"))
+    @agent.tool_plain(requires_approval=mode in ("gated", "hang") or handled)
     async def convert(amount: float, currency: str) -> float:
         """Convert an amount to USD."""
         note(f"convert\t{idempotency_key()}")
-        if mode == "crash":
+        if mode in ("crash", "crash-handled"):
             os.kill(os.getpid(), signal.SIGKILL)
         if mode == "hang":
             # Written whole, then renamed: the parent never reads it half-written.
@@ -94,31 +138,53 @@ def make_agent(workdir: Path, mode: str) -> Agent[str, str | DeferredToolRequest
     return agent
 
 
-async def answer(url: str, run_id: str, workdir: str, mode: str) -> str:
+async def drive(durable: DurableAgent[str, Any], run_id: str, via: str) -> Any:
+    """The run's output, driven the way `via` names."""
+    prompt = "What does the book cost in USD?"
+    kw: dict[str, Any] = dict(run_id=run_id, deps="Acme", lease_wait=10 * LEASE_TTL)
+    if via == "iter":
+        async with durable.iter(prompt, **kw) as agent_run:
+            async for _ in agent_run:
+                pass
+        assert agent_run.result is not None
+        return agent_run.result.output
+    if via == "run_stream":
+        async with durable.run_stream(prompt, **kw) as streamed:
+            return await streamed.get_output()
+    if via == "run_stream_events":
+        async with durable.run_stream_events(prompt, **kw) as events:
+            last = [e async for e in events][-1]
+        assert isinstance(last, AgentRunResultEvent)
+        return last.result.output
+    return (await durable.run(prompt, **kw)).output
+
+
+async def answer(url: str, run_id: str, workdir: str, mode: str, via: str = "run") -> str:
     """What the process prints, one line: the run's output, "deferred ...", or "approved"."""
     store = open_store(url, prefix=PREFIX)
     try:
         if mode == "approve":
             await approve_tool_call(store, run_id, "call-convert")
             return "approved"
+        if via == "capability":
+            engine = AgentfsmDurability(store, name="shop", lease_ttl=LEASE_TTL)
+            agent = make_agent(Path(workdir), mode, [engine])
+            result = await agent.run("What does the book cost in USD?", run_id=run_id, deps="Acme")
+            return str(result.output).strip()
         durable = DurableAgent(
             make_agent(Path(workdir), mode), store=store, name="shop", lease_ttl=LEASE_TTL,
         )  # fmt: skip
-        result = await durable.run(
-            "What does the book cost in USD?", run_id=run_id, deps="Acme",
-            lease_wait=10 * LEASE_TTL,
-        )  # fmt: skip
+        output = await drive(durable, run_id, via)
     finally:
         await store.close()
-    output = result.output
     if isinstance(output, DeferredToolRequests):
         return " ".join(["deferred", *(c.tool_call_id for c in output.approvals)])
-    return str(output)
+    return str(output).strip()
 
 
-async def main(url: str, run_id: str, workdir: str, mode: str) -> None:
-    print(await answer(url, run_id, workdir, mode), flush=True)
+async def main(url: str, run_id: str, workdir: str, mode: str, via: str = "run") -> None:
+    print(await answer(url, run_id, workdir, mode, via), flush=True)
 
 
 if __name__ == "__main__":
-    asyncio.run(main(*sys.argv[1:5]))
+    asyncio.run(main(*sys.argv[1:6]))

@@ -16,6 +16,9 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
+from agents.durable._segments import JOURNALS_HANDLERS
 from storage import Event, open_store
 
 from . import durable_agent
@@ -25,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[2]
 EXPECTED = "lookup: book sold by Acme; convert: 25.0"
 
 
-def command(url: str, run_id: str, workdir: Path, mode: str) -> list[str]:
+def command(url: str, run_id: str, workdir: Path, mode: str, via: str = "run") -> list[str]:
     return [
         sys.executable,
         "-m",
@@ -34,13 +37,17 @@ def command(url: str, run_id: str, workdir: Path, mode: str) -> list[str]:
         run_id,
         str(workdir),
         mode,
+        via,
     ]
 
 
-def child(url: str, run_id: str, workdir: Path, mode: str) -> subprocess.CompletedProcess[str]:
+def child(
+    url: str, run_id: str, workdir: Path, mode: str, via: str = "run"
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        command(url, run_id, workdir, mode), cwd=ROOT, capture_output=True, text=True, timeout=60
-    )
+        command(url, run_id, workdir, mode, via), cwd=ROOT, capture_output=True, text=True,
+        timeout=60,
+    )  # fmt: skip
 
 
 async def history(url: str, run_id: str) -> list[Event]:
@@ -155,3 +162,92 @@ async def test_a_crash_inside_an_approved_call_runs_it_once_more_and_only_it(
     again = await asyncio.to_thread(child, store_url, run_id, tmp_path, "gated")
     assert again.stdout.strip() == EXPECTED
     assert len(log.read_text().splitlines()) == 5
+
+
+@pytest.mark.parametrize(
+    ("store_url", "via"),
+    [
+        ("embedded", "iter"),
+        ("redis", "run_stream"),
+        ("embedded", "run_stream_events"),
+        ("redis", "capability"),
+    ],
+    indirect=["store_url"],
+)  # each way on one store (both stores are covered): the suite's time is short
+async def test_a_crash_in_a_tool_call_of_iter_or_a_stream_repeats_only_that_call(
+    store_url: str, tmp_path: Path, via: str
+) -> None:
+    """Killed inside a tool call while driven node by node, streamed, or run by the plain agent
+    with the `AgentfsmDurability` capability, and driven the same way again in a new process:
+    the output is an uninterrupted run's, only the killed call runs again (under its key), and
+    each committed step is in the history once."""
+    run_id = f"shop-{via}"
+    crashed = await asyncio.to_thread(child, store_url, run_id, tmp_path, "crash", via)
+    assert crashed.returncode == -9, crashed.stderr[-2000:]
+    log = tmp_path / "effects.log"
+    before = log.read_text().splitlines()
+    assert [line.split("\t")[0] for line in before] == ["request", "lookup", "convert"]
+
+    resumed = await asyncio.to_thread(child, store_url, run_id, tmp_path, "normal", via)
+    assert (resumed.returncode, resumed.stdout.strip()) == (0, EXPECTED), resumed.stderr[-2000:]
+    assert log.read_text().splitlines()[len(before) :] == [before[2], "request"]
+    events = await history(store_url, run_id)
+    assert [e.trigger for e in events] == [
+        "start", "model_request", "tool_call", "tool_call", "model_request", "output"
+    ]  # fmt: skip
+    assert events[-1].status == "done" and events[3].attempt == 2
+    assert tool_keys(events)["convert"] == before[2].split("\t")[1]
+
+
+@pytest.mark.parametrize("store_url", ["embedded"], indirect=True)  # one store: time is short
+async def test_a_crash_inside_an_output_function_runs_only_it_again_and_once(
+    store_url: str, tmp_path: Path
+) -> None:
+    """Killed inside the output function: the rerun calls the function once more (nothing
+    else: the model requests and tool calls are committed), and a run read back after that
+    does not call it again."""
+    run_id = "shop-report"
+    crashed = await asyncio.to_thread(child, store_url, run_id, tmp_path, "crash-report")
+    assert crashed.returncode == -9, crashed.stderr[-2000:]
+    log = tmp_path / "effects.log"
+    kinds = [line.split("\t")[0] for line in log.read_text().splitlines()]
+    assert kinds == ["request", "lookup", "convert", "request", "report"]
+    resumed = await asyncio.to_thread(child, store_url, run_id, tmp_path, "report")
+    assert (resumed.returncode, resumed.stdout.strip()) == (0, EXPECTED), resumed.stderr[-2000:]
+    again = await asyncio.to_thread(child, store_url, run_id, tmp_path, "report")
+    assert (again.returncode, again.stdout.strip()) == (0, EXPECTED), again.stderr[-2000:]
+    kinds = [line.split("\t")[0] for line in log.read_text().splitlines()]
+    assert kinds == ["request", "lookup", "convert", "request", "report", "report"]
+    events = await history(store_url, run_id)
+    assert [e.trigger for e in events] == [
+        "start", "model_request", "tool_call", "tool_call", "model_request", "output_call",
+        "output",
+    ]  # fmt: skip
+    assert events[5].attempt == 2
+
+
+@pytest.mark.parametrize("store_url", ["redis"], indirect=True)  # one store: time is short
+async def test_a_crash_in_a_call_a_handler_approved_in_the_run_asks_the_handler_once(
+    store_url: str, tmp_path: Path
+) -> None:
+    """A `HandleDeferredToolCalls` handler approves a call in the run (plain output type), and
+    the process is killed inside the approved call: the rerun runs only that call again, under
+    its key, and does not ask the handler again (its answer is committed)."""
+    run_id = "shop-handled"
+    crashed = await asyncio.to_thread(child, store_url, run_id, tmp_path, "crash-handled")
+    assert crashed.returncode == -9, crashed.stderr[-2000:]
+    log = tmp_path / "effects.log"
+    before = log.read_text().splitlines()
+    assert [line.split("\t")[0] for line in before] == ["request", "lookup", "handler", "convert"]
+    resumed = await asyncio.to_thread(child, store_url, run_id, tmp_path, "handled")
+    assert (resumed.returncode, resumed.stdout.strip()) == (0, EXPECTED), resumed.stderr[-2000:]
+    after = log.read_text().splitlines()[len(before) :]
+    if not JOURNALS_HANDLERS:  # pydantic-ai < 2.78: the handler is asked again on replay
+        after.remove("handler")
+    assert after == [before[3], "request"]
+    events = await history(store_url, run_id)
+    assert [e.trigger for e in events] == [
+        "start", "model_request", "tool_call", "decision", "tool_call", "model_request", "output"
+    ] if JOURNALS_HANDLERS else [
+        "start", "model_request", "tool_call", "tool_call", "model_request", "output"
+    ]  # fmt: skip
