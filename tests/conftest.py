@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest_asyncio
 from storage import EmbeddedStore, RedisStore, Store, open_store
 
 from .cluster_fixture import redis_cluster  # noqa: F401  (a fixture, used by name)
+from .postgres_server import drop_schemas, require_postgres, schema_url
 from .redis_server import RedisServer
 
 _prefixes = itertools.count()
@@ -75,7 +77,18 @@ async def make_store(kind: str, request: pytest.FixtureRequest, tmp_path: Path) 
         return EmbeddedStore(tmp_path / "store.db")
     if kind == "memory":
         return open_store("memory://")
+    if kind == "postgres":
+        request.getfixturevalue("postgres_schemas")
+        return open_store(schema_url())
     raise ValueError(kind)
+
+
+@pytest.fixture(scope="session")
+def postgres_schemas() -> Iterator[str]:
+    """The shared Postgres server; the schemas tests made on it are dropped at the end."""
+    url = require_postgres()
+    yield url
+    asyncio.run(drop_schemas(url))
 
 
 STORE_KINDS = ["redis", "fakeredis", "embedded", "memory"]

@@ -1,0 +1,165 @@
+"""Postgres for the tests: the machine's server (127.0.0.1:5432, database `test`, trust auth),
+a schema of each test's own on it, and private servers (initdb + postgres on a free port in
+a temporary directory) that tests may SIGKILL and restart.
+
+Every machine of this kind (and CI) runs the shared server; where it does not answer, a test
+needing it fails under CI=true and is skipped elsewhere, as a missing program is
+(`tests/programs.py`). `$AGENTFSM_TEST_POSTGRES` names another server."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+from .programs import require_program
+
+__all__ = ["PostgresServer", "drop_schemas", "require_postgres", "schema_url"]
+
+SHARED = os.environ.get("AGENTFSM_TEST_POSTGRES", "postgresql://127.0.0.1:5432/test")
+_schemas = itertools.count()
+_checked: list[bool] = []
+
+
+def require_postgres() -> str:
+    """The shared server's URL; in CI its absence fails the test, elsewhere it skips it."""
+    if not _checked:
+        parts = urlsplit(SHARED)
+        try:
+            with socket.create_connection((parts.hostname, parts.port or 5432), timeout=2):
+                _checked.append(True)
+        except OSError:
+            _checked.append(False)
+    if not _checked[0]:
+        message = f"no Postgres answers at {SHARED} (apt-get install postgresql, or set AGENTFSM_TEST_POSTGRES)"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"{message}; CI must run the Postgres tests")
+        pytest.skip(message)
+    return SHARED
+
+
+def schema_url(base: str | None = None) -> str:
+    """A URL of a store in a new schema no other test (or process) uses."""
+    base = base or require_postgres()
+    return f"{base}{'&' if '?' in base else '?'}schema=t_{os.getpid()}_{next(_schemas)}"
+
+
+async def drop_schemas(base: str) -> None:
+    """Drop the schemas this process made with `schema_url` (and everything in them)."""
+    import asyncpg
+
+    conn = await asyncpg.connect(base)
+    try:
+        names = await conn.fetch(
+            "SELECT nspname FROM pg_namespace WHERE nspname LIKE $1", f"t\\_{os.getpid()}\\_%"
+        )
+        for (name,) in names:
+            await conn.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE")
+    finally:
+        await conn.close()
+
+
+def _program(name: str) -> str:
+    """`initdb`/`postgres`/`pg_ctl`: on PATH, else in Debian's /usr/lib/postgresql/N/bin."""
+    found = shutil.which(name)
+    if found:
+        return found
+    for version in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
+        if (version / name).exists():
+            return str(version / name)
+    return require_program(name, "apt-get install postgresql", "the Postgres server tests")
+
+
+class PostgresServer:
+    """A private Postgres on 127.0.0.1:`port`, its data in `workdir` (trust auth, fsync on:
+    a SIGKILL loses nothing a commit acknowledged)."""
+
+    def __init__(self, workdir: Path, port: int | None = None) -> None:
+        self.postgres = _program("postgres")
+        self.initdb = _program("initdb")
+        self.workdir = workdir
+        self.data = workdir / "data"
+        self.port = port or _free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def start(self) -> PostgresServer:
+        if not self.data.exists():
+            subprocess.run(
+                [self.initdb, "-D", str(self.data), "-U", "postgres", "--auth=trust",
+                 "--no-sync", "-E", "UTF8"],
+                check=True, capture_output=True, timeout=120,
+            )  # fmt: skip
+        log = open(self.workdir / "postgres.log", "ab")  # noqa: SIM115  (the server writes it)
+        self.proc = subprocess.Popen(
+            [self.postgres, "-D", str(self.data), "-p", str(self.port), "-k", str(self.workdir),
+             "-c", "listen_addresses=127.0.0.1", "-c", "shared_buffers=16MB",
+             "-c", "max_connections=30"],
+            stdout=log, stderr=log, start_new_session=True,
+        )  # fmt: skip
+        log.close()
+        deadline = time.monotonic() + 120  # a busy CI machine; crash recovery after a kill
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                tail = (self.workdir / "postgres.log").read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"postgres exited with {self.proc.returncode}: {tail}")
+            if asyncio.run(_answers(self.url)):
+                return self
+            time.sleep(0.05)
+        raise RuntimeError(f"postgres did not answer on port {self.port} within 120 s")
+
+    def kill(self) -> None:
+        """SIGKILL the server and all its processes: no shutdown, no checkpoint."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        self.proc = None
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)  # a fast shutdown
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self.proc = None
+
+
+async def _answers(url: str) -> bool:
+    import asyncpg
+
+    try:
+        conn = await asyncpg.connect(url, timeout=2)
+    except (OSError, asyncpg.PostgresError, asyncio.TimeoutError):
+        return False
+    await conn.close()
+    return True
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+async def execute(store: object, sql: str, *args: object) -> object:
+    """Run `sql` (`{s}` for the store's schema) on a `PostgresStore`'s server: tests that
+    write garbage or lose rows the way a person with psql might."""
+    from storage.postgres import PostgresStore
+
+    assert isinstance(store, PostgresStore)
+    query = sql.replace("{s}", store.schema)
+    return await store.connections.call("test", lambda c: c.fetchval(query, *args))
