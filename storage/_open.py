@@ -37,7 +37,7 @@ def open_store(url: str | None = None, *, prefix: str = "agentfsm") -> Store:
             from .postgres import PostgresStore
         except ImportError as exc:
             raise ImportError(
-                f"a Postgres store needs asyncpg ({exc}): pip install \"agentfsm[postgres]\""
+                f'a Postgres store needs asyncpg ({exc}): pip install "agentfsm[postgres]"'
             ) from None
 
         return PostgresStore.from_url(url, prefix=prefix)

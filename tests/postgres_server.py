@@ -40,7 +40,10 @@ def require_postgres() -> str:
         except OSError:
             _checked.append(False)
     if not _checked[0]:
-        message = f"no Postgres answers at {SHARED} (apt-get install postgresql, or set AGENTFSM_TEST_POSTGRES)"
+        message = (
+            f"no Postgres answers at {SHARED} (apt-get install postgresql, or set"
+            " AGENTFSM_TEST_POSTGRES)"
+        )
         if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
             pytest.fail(f"{message}; CI must run the Postgres tests")
         pytest.skip(message)
@@ -142,7 +145,7 @@ async def _answers(url: str) -> bool:
 
     try:
         conn = await asyncpg.connect(url, timeout=2)
-    except (OSError, asyncpg.PostgresError, asyncio.TimeoutError):
+    except (TimeoutError, OSError, asyncpg.PostgresError):
         return False
     await conn.close()
     return True

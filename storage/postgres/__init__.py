@@ -14,4 +14,4 @@ from .store import PostgresStore
 
 __all__ = ["SCHEMA_VERSION", "PostgresStore"]
 
-PostgresStore.__module__ = "storage"  # reprs read storage.PostgresStore, where it is exported
+PostgresStore.__module__ = __name__  # reprs read storage.postgres.PostgresStore

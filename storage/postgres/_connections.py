@@ -160,7 +160,9 @@ class Connections:
             except _BROKEN as exc:
                 if time.monotonic() + pause > give_up:
                     raise self.unavailable(what, exc) from None
-                log.debug("postgres at %s: %s failed (%s); trying again", self.settings.where, what, exc)
+                log.debug(
+                    "postgres at %s: %s failed (%s); trying again", self.settings.where, what, exc
+                )
             except asyncpg.PostgresError as exc:
                 raise self.refused(what, exc) from None
             await asyncio.sleep(pause)
@@ -168,7 +170,11 @@ class Connections:
 
     def unavailable(self, what: str, exc: BaseException) -> StorageError:
         where = self.settings.where
-        if isinstance(exc, asyncpg.exceptions.InvalidPasswordError | asyncpg.exceptions.InvalidAuthorizationSpecificationError):
+        if isinstance(
+            exc,
+            asyncpg.exceptions.InvalidPasswordError
+            | asyncpg.exceptions.InvalidAuthorizationSpecificationError,
+        ):
             return StorageError(f"Postgres at {where} refused the credentials to {what}: {exc}")
         if isinstance(exc, ConnectionRefusedError):
             return StoreUnavailable(
@@ -184,7 +190,11 @@ class Connections:
 
     def refused(self, what: str, exc: BaseException) -> StorageError:
         where = self.settings.where
-        if isinstance(exc, asyncpg.exceptions.InvalidPasswordError | asyncpg.exceptions.InvalidAuthorizationSpecificationError):
+        if isinstance(
+            exc,
+            asyncpg.exceptions.InvalidPasswordError
+            | asyncpg.exceptions.InvalidAuthorizationSpecificationError,
+        ):
             return StorageError(f"Postgres at {where} refused the credentials to {what}: {exc}")
         if isinstance(exc, asyncpg.exceptions.InvalidCatalogNameError):
             return StorageError(
@@ -204,7 +214,7 @@ class Connections:
 
         try:
             await asyncio.wait_for(self._once(ask), within)
-        except (*_BROKEN, asyncio.TimeoutError) as exc:
+        except (TimeoutError, *_BROKEN) as exc:
             raise self.unavailable("answer a ping", exc) from None
         except asyncpg.PostgresError as exc:
             raise self.refused("answer a ping", exc) from None

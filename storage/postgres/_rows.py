@@ -15,7 +15,7 @@ from ..base import RunRecord
 from ..errors import CorruptData
 from ..usage import FIELD
 
-__all__ = ["RUN_COLUMNS", "select_runs", "decode"]
+__all__ = ["RUN_COLUMNS", "decode", "select_runs"]
 
 RUN_COLUMNS = ("agent", "version", "state", "seq", "status", "created_at", "updated_at",
                "holder", "crashes", "deadline", "nonce", "expires_at", "trace")  # fmt: skip
@@ -52,7 +52,9 @@ def decode(row: Mapping[str, Any], where: str) -> RunRecord:
         if not isinstance(usage, dict):
             raise ValueError("not an object")
     except ValueError as exc:
-        raise CorruptData(f"{where} usage of run {run_id!r}", f"not a usage object ({exc})") from None
+        raise CorruptData(
+            f"{where} usage of run {run_id!r}", f"not a usage object ({exc})"
+        ) from None
     fields.update({f"{FIELD}{k}": str(v) for k, v in usage.items()})
     return run_from_fields(run_id, fields, memory, f"{where} runs row of run {run_id!r}")
 

@@ -38,7 +38,9 @@ async def migrate(conn: Any, schema: str, where: str) -> None:
     schema of a newer agentfsm or of something else. Concurrent openers wait for each other
     (a transaction-scoped advisory lock on the schema's name)."""
     async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", f"agentfsm:{schema}")
+        await conn.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", f"agentfsm:{schema}"
+        )
         await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
         tables = await conn.fetchval(
             "SELECT array_agg(table_name::text) FROM information_schema.tables"
@@ -48,7 +50,11 @@ async def migrate(conn: Any, schema: str, where: str) -> None:
         tables = set(tables or ())
         version = 0
         if "schema_version" in tables:
-            version = int(await conn.fetchval(f"SELECT coalesce(max(version), 0) FROM {schema}.schema_version"))
+            version = int(
+                await conn.fetchval(
+                    f"SELECT coalesce(max(version), 0) FROM {schema}.schema_version"
+                )
+            )
         elif tables:
             raise StorageError(
                 f"{where}: the schema {schema!r} holds tables of something else (it has no"

@@ -104,7 +104,9 @@ class PostgresLedger:
         async def read(c: Any) -> tuple[list[Any], list[Any]]:
             async with c.transaction(isolation="repeatable_read", readonly=True):
                 usage = await c.fetch(f"SELECT scope, period, name, value FROM {s}.scope_usage")
-                keys = await c.fetch(f"SELECT scope, period, key, expires_at FROM {s}.scope_charges")
+                keys = await c.fetch(
+                    f"SELECT scope, period, key, expires_at FROM {s}.scope_charges"
+                )
                 return usage, keys
 
         usage, keys = await self._db.call("list scope ledgers", read)

@@ -42,8 +42,9 @@ class PostgresLimiter:
         await self._db.call(
             f"rate limit {key!r}",
             lambda c: c.execute(
-                f"INSERT INTO {self._s}.rate_state (key, pause) VALUES ($1, {self._s}.clock() + $2)"
-                " ON CONFLICT (key) DO UPDATE SET pause = greatest(rate_state.pause, excluded.pause)",
+                f"INSERT INTO {self._s}.rate_state (key, pause)"
+                f" VALUES ($1, {self._s}.clock() + $2) ON CONFLICT (key)"
+                " DO UPDATE SET pause = greatest(rate_state.pause, excluded.pause)",
                 key, seconds,
             ),
         )  # fmt: skip

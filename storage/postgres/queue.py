@@ -65,7 +65,9 @@ class PostgresQueue:
         self, consumer: str, agents: Sequence[str], count: int, idle: float | None
     ) -> list[Job]:
         s = self._s
-        which = "consumer = ''" if idle is None else f"consumer <> '' AND touched <= {s}.clock() - $4"
+        which = (
+            "consumer = ''" if idle is None else f"consumer <> '' AND touched <= {s}.clock() - $4"
+        )
         sql = (
             f"UPDATE {s}.jobs SET consumer = $1, touched = {s}.clock() WHERE id IN (SELECT id"
             f" FROM {s}.jobs WHERE agent = ANY ($2::text[]) AND {which} ORDER BY id LIMIT $3"

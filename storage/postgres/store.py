@@ -457,9 +457,7 @@ class PostgresStore:
         await self._db.close()
 
 
-def _lease_of(
-    run_id: str, owner: str, ttl: float, row: Any
-) -> tuple[Lease | LeaseHeld, list[str]]:
+def _lease_of(run_id: str, owner: str, ttl: float, row: Any) -> tuple[Lease | LeaseHeld, list[str]]:
     """The answer of `acquire()` (or `create_run()`'s lease part), and the holder that
     stopped it (for the liveness rule)."""
     got = row["o_got"]
@@ -467,12 +465,12 @@ def _lease_of(
         raise KeyError(run_id)
     if got == -1:
         holder = str(row["o_holder"])
-        held = LeaseHeld(run_id=run_id, owner=holder, expires_in=max(float(row["o_expires_in"]), 0.0))
+        held = LeaseHeld(
+            run_id=run_id, owner=holder, expires_in=max(float(row["o_expires_in"]), 0.0)
+        )
         return held, [holder]
     lease = Lease(
         run_id=run_id, owner=owner, token=int(row["o_token"]), ttl=ttl,
         crashes=int(row["o_crashes"]), seq=int(row["o_seq"]),
     )  # fmt: skip
     return lease, []
-
-

@@ -11,7 +11,6 @@ from storage.errors import HistoryLost
 from storage.postgres import PostgresStore
 
 from ...postgres_server import execute
-
 from .test_runs import event, leased, new_run
 
 
