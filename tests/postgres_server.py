@@ -8,13 +8,14 @@ needing it fails under CI=true and is skipped elsewhere, as a missing program is
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import os
+import pwd
 import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -89,6 +90,18 @@ class PostgresServer:
     def __init__(self, workdir: Path, port: int | None = None) -> None:
         self.postgres = _program("postgres")
         self.initdb = _program("initdb")
+        self.user: dict[str, int] = {}
+        self.own_dir = False
+        if os.geteuid() == 0:  # initdb and postgres refuse root: run them as `postgres`
+            try:
+                account = pwd.getpwnam("postgres")
+            except KeyError:
+                pytest.fail("running as root, and there is no 'postgres' user to run a server")
+            self.user = {"user": account.pw_uid, "group": account.pw_gid}
+            # A directory of its own that user can reach (pytest's is root's alone).
+            workdir = Path(tempfile.mkdtemp(prefix="agentfsm-pg-"))
+            os.chown(workdir, account.pw_uid, account.pw_gid)
+            self.own_dir = True
         self.workdir = workdir
         self.data = workdir / "data"
         self.port = port or _free_port()
@@ -99,29 +112,33 @@ class PostgresServer:
         return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
 
     def start(self) -> PostgresServer:
+        """Start the server (initdb first, once) and return when it says it accepts
+        connections (its log's line; after a kill, once crash recovery is done)."""
         if not self.data.exists():
             subprocess.run(
                 [self.initdb, "-D", str(self.data), "-U", "postgres", "--auth=trust",
                  "--no-sync", "-E", "UTF8"],
-                check=True, capture_output=True, timeout=120,
+                check=True, capture_output=True, timeout=120, **self.user,  # type: ignore[call-overload]
             )  # fmt: skip
-        log = open(self.workdir / "postgres.log", "ab")  # noqa: SIM115  (the server writes it)
-        self.proc = subprocess.Popen(
-            [self.postgres, "-D", str(self.data), "-p", str(self.port), "-k", str(self.workdir),
-             "-c", "listen_addresses=127.0.0.1", "-c", "shared_buffers=16MB",
-             "-c", "max_connections=30"],
-            stdout=log, stderr=log, start_new_session=True,
-        )  # fmt: skip
-        log.close()
+        log_path = self.workdir / "postgres.log"
+        seen = log_path.stat().st_size if log_path.exists() else 0
+        with open(log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [self.postgres, "-D", str(self.data), "-p", str(self.port),
+                 "-k", str(self.workdir), "-c", "listen_addresses=127.0.0.1",
+                 "-c", "shared_buffers=16MB", "-c", "max_connections=30"],
+                stdout=log, stderr=log, start_new_session=True, **self.user,  # type: ignore[call-overload]
+            )  # fmt: skip
         deadline = time.monotonic() + 120  # a busy CI machine; crash recovery after a kill
         while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                tail = (self.workdir / "postgres.log").read_text(errors="replace")[-2000:]
-                raise RuntimeError(f"postgres exited with {self.proc.returncode}: {tail}")
-            if asyncio.run(_answers(self.url)):
+            text = log_path.read_bytes()[seen:]
+            if b"ready to accept connections" in text:
                 return self
-            time.sleep(0.05)
-        raise RuntimeError(f"postgres did not answer on port {self.port} within 120 s")
+            if self.proc.poll() is not None:
+                tail = text.decode(errors="replace")[-2000:]
+                raise RuntimeError(f"postgres exited with {self.proc.returncode}: {tail}")
+            time.sleep(0.02)
+        raise RuntimeError(f"postgres did not start on port {self.port} within 120 s")
 
     def kill(self) -> None:
         """SIGKILL the server and all its processes: no shutdown, no checkpoint."""
@@ -138,17 +155,8 @@ class PostgresServer:
             except subprocess.TimeoutExpired:
                 self.kill()
         self.proc = None
-
-
-async def _answers(url: str) -> bool:
-    import asyncpg
-
-    try:
-        conn = await asyncpg.connect(url, timeout=2)
-    except (TimeoutError, OSError, asyncpg.PostgresError):
-        return False
-    await conn.close()
-    return True
+        if self.own_dir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 def _free_port() -> int:

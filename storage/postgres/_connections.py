@@ -43,6 +43,7 @@ _BROKEN = (
     asyncpg.exceptions.DeadlockDetectedError,
     asyncpg.exceptions.SerializationError,
     asyncpg.exceptions.InterfaceError,  # "connection is closed" and the like
+    asyncpg.exceptions.InternalClientError,  # a connection left mid-operation by a failure
 )
 """Errors after which the call is tried again (on another connection): all our calls are
 safe to resend (a resent commit answers `Duplicate`; a resent acquire by the same owner
@@ -100,6 +101,7 @@ class Connections:
         conn = await asyncpg.connect(
             s.dsn, timeout=s.connect_timeout, command_timeout=s.command_timeout,
             statement_cache_size=100 if s.prepared else 0, connection_class=_Connection,
+            server_settings=None if "application_name=" in s.dsn else {"application_name": "agentfsm"},
         )  # fmt: skip
         if not self._ready:
             try:
@@ -138,10 +140,14 @@ class Connections:
             try:
                 yield conn
             except BaseException as exc:
-                if isinstance(exc, _BROKEN) or conn.is_closed() or conn.is_in_transaction():
-                    conn.terminate()
-                else:
+                # Kept only after an error the server reported on a sound connection; after
+                # anything else (cancelled mid-call, a broken socket, a confused client
+                # state) the connection is dropped.
+                sound = isinstance(exc, asyncpg.PostgresError) and not isinstance(exc, _BROKEN)
+                if sound and not conn.is_closed() and not conn.is_in_transaction():
                     pool.idle.append((conn, time.monotonic()))
+                else:
+                    conn.terminate()
                 raise
             if conn.is_in_transaction():  # cancelled inside a transaction: not reusable
                 conn.terminate()

@@ -1,0 +1,104 @@
+"""The Postgres store under faults: the server SIGKILLed during a stream of commits loses no
+acknowledged commit, and a pooled connection killed inside a commit's transaction (or while
+idle in the pool) leaves the commit done once or not at all, and the store working."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import asyncpg
+
+from storage import Committed, Duplicate, Lease
+from storage.postgres import PostgresStore
+
+from ..postgres_server import PostgresServer, execute, schema_url
+from ..storage.conformance.test_runs import event, new_run
+
+
+async def _leased(store: PostgresStore) -> Lease:
+    await store.create(new_run())
+    lease = await store.acquire_lease("run-1", "w1", 600)
+    assert isinstance(lease, Lease)
+    return lease
+
+
+async def test_a_sigkilled_server_loses_no_acknowledged_commit(tmp_path: Path) -> None:
+    server = PostgresServer(tmp_path)
+    await asyncio.to_thread(server.start)
+    # Calls are tried again for up to 120 s: longer than a restart on a busy machine.
+    store = PostgresStore(f"{server.url}?schema=kills&retry_for=120&connect_timeout=5")
+    try:
+        lease = await _leased(store)
+        acknowledged: list[int] = []
+
+        async def stream(upto: int) -> None:
+            for seq in range(1, upto + 1):
+                ev = event(seq, key=f"k{seq}", n=seq)
+                out = await store.commit("run-1", expected_seq=seq - 1, token=lease.token, event=ev)
+                # Duplicate: the resend of a commit that landed before the kill
+                assert out in (Committed(seq=seq), Duplicate(seq=seq)), out
+                acknowledged.append(seq)
+
+        commits = asyncio.create_task(stream(60))
+        while len(acknowledged) < 20 and not commits.done():
+            await asyncio.sleep(0.005)
+        server.kill()  # the postmaster and every backend, mid-stream
+        killed_after = len(acknowledged)
+        await asyncio.to_thread(server.start)  # crash recovery replays the WAL
+        await asyncio.wait_for(commits, 180)
+        assert 20 <= killed_after < 60  # the kill came during the stream
+        run = await store.load("run-1")
+        history = await store.history("run-1")
+        assert run is not None and (run.seq, run.memory["n"]) == (60, 60)
+        assert [e.seq for e in history] == list(range(61))
+        assert [e.key for e in history[1:]] == [f"k{seq}" for seq in range(1, 61)]
+    finally:
+        await store.close()
+        server.stop()
+
+
+async def test_a_connection_killed_inside_a_commit_leaves_it_done_once(tmp_path: Path) -> None:
+    url = schema_url()
+    store = PostgresStore(f"{url}&pool=1")
+    side = await asyncpg.connect(url.split("?")[0])
+    watch = await asyncpg.connect(url.split("?")[0])  # outside a transaction: fresh statistics
+    try:
+        lease = await _leased(store)
+        s = store.schema
+        # Hold the run's row: the commit's transaction waits inside, at its UPDATE.
+        hold = side.transaction()
+        await hold.start()
+        await side.execute(f"SELECT 1 FROM {s}.runs WHERE run_id = 'run-1' FOR UPDATE")
+        commit = asyncio.create_task(
+            store.commit("run-1", expected_seq=0, token=lease.token, event=event(1, key="k1"))
+        )
+        give_up = time.monotonic() + 60
+        pid = None
+        while pid is None:
+            assert time.monotonic() < give_up, "the commit never waited for the row"
+            assert not commit.done()
+            pid = await watch.fetchval(
+                "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE $1",
+                f"%{s}.commit(%",
+            )
+            await asyncio.sleep(0.01)
+        assert await side.fetchval("SELECT pg_terminate_backend($1)", pid)
+        await hold.rollback()
+        assert await asyncio.wait_for(commit, 60) == Committed(seq=1)  # tried again, once
+        # A pooled connection killed while idle: the next call takes another.
+        pid = await execute(store, "SELECT pg_backend_pid()")
+        assert await side.fetchval("SELECT pg_terminate_backend($1)", pid)
+        two = await store.commit("run-1", expected_seq=1, token=lease.token, event=event(2))
+        assert two == Committed(seq=2)
+        history = await store.history("run-1")
+        assert [(e.seq, e.key) for e in history] == [
+            (0, "run-1:start"),
+            (1, "k1"),
+            (2, "run-1:1:go"),
+        ]
+    finally:
+        await side.close()
+        await watch.close()
+        await store.close()
