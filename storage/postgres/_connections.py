@@ -98,10 +98,11 @@ class Connections:
 
     async def _connect(self) -> Any:
         s = self.settings
+        named = "application_name=" in s.dsn
         conn = await asyncpg.connect(
             s.dsn, timeout=s.connect_timeout, command_timeout=s.command_timeout,
             statement_cache_size=100 if s.prepared else 0, connection_class=_Connection,
-            server_settings=None if "application_name=" in s.dsn else {"application_name": "agentfsm"},
+            server_settings=None if named else {"application_name": "agentfsm"},
         )  # fmt: skip
         if not self._ready:
             try:

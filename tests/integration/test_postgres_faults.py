@@ -32,6 +32,7 @@ async def test_a_sigkilled_server_loses_no_acknowledged_commit(tmp_path: Path) -
     try:
         lease = await _leased(store)
         acknowledged: list[int] = []
+        twenty = asyncio.Event()
 
         async def stream(upto: int) -> None:
             for seq in range(1, upto + 1):
@@ -40,10 +41,11 @@ async def test_a_sigkilled_server_loses_no_acknowledged_commit(tmp_path: Path) -
                 # Duplicate: the resend of a commit that landed before the kill
                 assert out in (Committed(seq=seq), Duplicate(seq=seq)), out
                 acknowledged.append(seq)
+                if seq == 20:
+                    twenty.set()
 
         commits = asyncio.create_task(stream(60))
-        while len(acknowledged) < 20 and not commits.done():
-            await asyncio.sleep(0.005)
+        await asyncio.wait_for(twenty.wait(), 120)
         server.kill()  # the postmaster and every backend, mid-stream
         killed_after = len(acknowledged)
         await asyncio.to_thread(server.start)  # crash recovery replays the WAL
