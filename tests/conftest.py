@@ -12,7 +12,7 @@ import pytest_asyncio
 from storage import EmbeddedStore, RedisStore, Store, open_store
 
 from .cluster_fixture import redis_cluster  # noqa: F401  (a fixture, used by name)
-from .postgres_server import drop_schemas, require_postgres, schema_url
+from .postgres_server import drop_schemas, empty_postgres, require_postgres, schema_url
 from .redis_server import RedisServer
 
 _prefixes = itertools.count()
@@ -78,17 +78,29 @@ async def make_store(kind: str, request: pytest.FixtureRequest, tmp_path: Path) 
     if kind == "memory":
         return open_store("memory://")
     if kind == "postgres":
-        request.getfixturevalue("postgres_schemas")
-        return open_store(schema_url())
+        return await postgres_store(request)
     raise ValueError(kind)
 
 
 @pytest.fixture(scope="session")
-def postgres_schemas() -> Iterator[str]:
-    """The shared Postgres server; the schemas tests made on it are dropped at the end."""
+def postgres_schemas() -> Iterator[list[str]]:
+    """Store URLs of schemas on the shared Postgres server that no test uses now; those the
+    tests made are dropped at the end."""
     url = require_postgres()
-    yield url
+    free: list[str] = []
+    yield free
     asyncio.run(drop_schemas(url))
+
+
+async def postgres_store(request: pytest.FixtureRequest) -> Store:
+    """A Postgres store in a schema of the test's own: an emptied one a test before used
+    (emptying is much quicker than making the schema), else a new one."""
+    free: list[str] = request.getfixturevalue("postgres_schemas")
+    url = free.pop() if free else schema_url()
+    request.addfinalizer(lambda: free.append(url))
+    store = open_store(url)
+    await empty_postgres(store)
+    return store
 
 
 STORE_KINDS = ["redis", "fakeredis", "embedded", "memory"]

@@ -24,7 +24,7 @@ import pytest
 
 from .programs import require_program
 
-__all__ = ["PostgresServer", "drop_schemas", "require_postgres", "schema_url"]
+__all__ = ["PostgresServer", "drop_schemas", "empty_postgres", "execute", "require_postgres", "schema_url"]
 
 SHARED = os.environ.get("AGENTFSM_TEST_POSTGRES", "postgresql://127.0.0.1:5432/test")
 _schemas = itertools.count()
@@ -174,3 +174,16 @@ async def execute(store: object, sql: str, *args: object) -> object:
     assert isinstance(store, PostgresStore)
     query = sql.replace("{s}", store.schema)
     return await store.connections.call("test", lambda c: c.fetchval(query, *args))
+
+
+_TABLES = ("runs", "memory", "events", "live", "scope_usage", "scope_charges", "limits",
+           "rate_state", "rate_slots", "jobs", "dead_letters", "workers")  # fmt: skip
+
+
+async def empty_postgres(store: object) -> None:
+    """Delete every row of a `PostgresStore`'s tables (its schema made, when new)."""
+    from storage.postgres import PostgresStore
+
+    assert isinstance(store, PostgresStore)
+    wipe = "; ".join(f"DELETE FROM {store.schema}.{table}" for table in _TABLES)
+    await store.connections.call("empty the store", lambda c: c.execute(wipe))
