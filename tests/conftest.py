@@ -10,6 +10,7 @@ import pytest
 import pytest_asyncio
 
 from storage import EmbeddedStore, RedisStore, Store, open_store
+from storage.postgres import PostgresStore
 
 from .cluster_fixture import redis_cluster  # noqa: F401  (a fixture, used by name)
 from .postgres_server import drop_schemas, empty_postgres, require_postgres, schema_url
@@ -90,6 +91,15 @@ def postgres_schemas() -> Iterator[list[str]]:
     free: list[str] = []
     yield free
     asyncio.run(drop_schemas(url))
+
+
+@pytest_asyncio.fixture
+async def postgres_url(request: pytest.FixtureRequest) -> str:
+    """The URL of an empty Postgres store of the test's own (for child processes)."""
+    store = await postgres_store(request)
+    await store.close()
+    assert isinstance(store, PostgresStore)
+    return store.url
 
 
 async def postgres_store(request: pytest.FixtureRequest) -> Store:
