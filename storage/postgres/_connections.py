@@ -15,7 +15,7 @@ import contextlib
 import logging
 import time
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -70,11 +70,30 @@ class Settings:
 
 
 class _Pool:
-    """Idle connections of one event loop, and a cap on those in use at once."""
+    """Idle connections of one event loop, and a cap on those in use at once. They are closed
+    when the loop shuts down (`asyncio.run` ends, say), on the loop, where they can be: an
+    async generator begun on the loop is closed by it then (as `storage/redis/` does)."""
 
     def __init__(self, size: int) -> None:
         self.idle: list[tuple[Any, float]] = []
         self.slots = asyncio.Semaphore(size)
+        self.closer = self._closer()
+        with contextlib.suppress(StopIteration):
+            self.closer.__anext__().send(None)  # runs to the yield at once
+
+    async def _closer(self) -> AsyncGenerator[None, None]:
+        try:
+            yield
+        finally:
+            await self.close()
+
+    async def close(self) -> None:
+        idle, self.idle = self.idle, []
+        for conn, _ in idle:
+            try:
+                await asyncio.wait_for(conn.close(), 2.0)
+            except Exception:  # closing: nothing more to do for it
+                conn.terminate()
 
 
 class Connections:
@@ -231,18 +250,8 @@ class Connections:
             return await op(conn)
 
     async def close(self) -> None:
-        """Close this loop's connections; drop those of other loops (they cannot be awaited
-        here)."""
+        """Close this loop's connections (those of other loops close with their loops)."""
         self._closed = True
-        try:
-            current: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-        except RuntimeError:
-            current = None
-        for loop, pool in list(self._pools.items()):
-            for conn, _ in pool.idle:
-                if loop is current:
-                    with contextlib.suppress(Exception):
-                        await asyncio.wait_for(conn.close(), 2.0)
-                else:
-                    conn.terminate()
-            pool.idle.clear()
+        pool = self._pools.get(asyncio.get_running_loop())
+        if pool is not None:
+            await pool.close()
