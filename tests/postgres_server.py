@@ -24,7 +24,15 @@ import pytest
 
 from .programs import require_program
 
-__all__ = ["PostgresServer", "drop_schemas", "empty_postgres", "execute", "require_postgres", "schema_url"]
+__all__ = [
+    "PgBouncer",
+    "PostgresServer",
+    "drop_schemas",
+    "empty_postgres",
+    "execute",
+    "require_postgres",
+    "schema_url",
+]
 
 SHARED = os.environ.get("AGENTFSM_TEST_POSTGRES", "postgresql://127.0.0.1:5432/test")
 _schemas = itertools.count()
@@ -187,3 +195,61 @@ async def empty_postgres(store: object) -> None:
     assert isinstance(store, PostgresStore)
     wipe = "; ".join(f"DELETE FROM {store.schema}.{table}" for table in _TABLES)
     await store.connections.call("empty the store", lambda c: c.execute(wipe))
+
+
+class PgBouncer:
+    """A PgBouncer in transaction mode on 127.0.0.1:`port` in front of the shared server
+    (`pool` server connections for all its clients), its files in a directory of its own."""
+
+    def __init__(self, server: str, pool: int = 2) -> None:
+        self.binary = require_program(
+            "pgbouncer", "apt-get install pgbouncer", "the PgBouncer test"
+        )
+        self.server = urlsplit(server)
+        self.pool = pool
+        self.port = _free_port()
+        self.user: dict[str, int] = {}
+        self.workdir = Path(tempfile.mkdtemp(prefix="agentfsm-pgbouncer-"))
+        if os.geteuid() == 0:  # pgbouncer refuses root
+            account = pwd.getpwnam("postgres")
+            self.user = {"user": account.pw_uid, "group": account.pw_gid}
+            os.chown(self.workdir, account.pw_uid, account.pw_gid)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://{self.server.username or 'postgres'}@127.0.0.1:{self.port}/test"
+
+    def start(self) -> PgBouncer:
+        host, port = self.server.hostname, self.server.port or 5432
+        db = self.server.path.lstrip("/") or "test"
+        (self.workdir / "users.txt").write_text('"postgres" ""\n"root" ""\n')
+        (self.workdir / "pgbouncer.ini").write_text(
+            f"[databases]\ntest = host={host} port={port} dbname={db}\n"
+            f"[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {self.port}\n"
+            f"auth_type = trust\nauth_file = {self.workdir}/users.txt\n"
+            f"pool_mode = transaction\ndefault_pool_size = {self.pool}\n"
+            "max_client_conn = 100\nunix_socket_dir =\n"
+            "ignore_startup_parameters = extra_float_digits,application_name\n"
+        )
+        log_path = self.workdir / "pgbouncer.log"
+        with open(log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [self.binary, str(self.workdir / "pgbouncer.ini")],
+                stdout=log, stderr=log, start_new_session=True, **self.user,  # type: ignore[call-overload]
+            )  # fmt: skip
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if b"process up" in log_path.read_bytes():
+                return self
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"pgbouncer exited: {log_path.read_text()[-2000:]}")
+            time.sleep(0.02)
+        raise RuntimeError(f"pgbouncer did not start on port {self.port} within 60 s")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(30)
+        self.proc = None
+        shutil.rmtree(self.workdir, ignore_errors=True)

@@ -1,6 +1,7 @@
 """The Postgres store under faults: the server SIGKILLed during a stream of commits loses no
 acknowledged commit, and a pooled connection killed inside a commit's transaction (or while
-idle in the pool) leaves the commit done once or not at all, and the store working."""
+idle in the pool) leaves the commit done once or not at all, and the store working; and the
+store behind PgBouncer in transaction mode."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import asyncpg
 from storage import Committed, Duplicate, Lease
 from storage.postgres import PostgresStore
 
-from ..postgres_server import PostgresServer, execute, schema_url
+from ..postgres_server import PgBouncer, PostgresServer, execute, require_postgres, schema_url
 from ..storage.conformance.test_runs import event, new_run
 
 
@@ -104,3 +105,39 @@ async def test_a_connection_killed_inside_a_commit_leaves_it_done_once(tmp_path:
         await side.close()
         await watch.close()
         await store.close()
+
+
+async def test_behind_pgbouncer_in_transaction_mode_every_call_works() -> None:
+    """20 runs committing at once from 4 stores through 2 server connections: each call's
+    statement (prepared unnamed, then bound) stays on one server connection, no session
+    state is relied on; waiting readers (a claim) are answered by polling."""
+    bouncer = PgBouncer(require_postgres(), pool=2).start()
+    schema = schema_url().rsplit("=", 1)[1]
+    url = f"{bouncer.url}?schema={schema}&retry_for=60&connect_timeout=20"
+    stores = [PostgresStore(url) for _ in range(4)]
+    try:
+        for store in stores:
+            await store.list_runs(limit=1)  # the schema made (once), through the pooler
+
+        async def drive(i: int) -> int:
+            store = stores[i % len(stores)]
+            run_id = f"r{i}"
+            await store.create(new_run(run_id))
+            lease = await store.acquire_lease(run_id, f"w{i}", 600)
+            assert isinstance(lease, Lease)
+            for seq in range(1, 6):
+                ev = event(seq, key=f"{run_id}:{seq}", n=seq)
+                out = await store.commit(run_id, expected_seq=seq - 1, token=lease.token, event=ev)
+                assert out == Committed(seq=seq)
+                run = await store.load(run_id)
+                assert run is not None and run.memory["n"] == seq
+            return len(await store.history(run_id))
+
+        claim = asyncio.create_task(stores[0].queue.claim("w", ["a"], 1, 60))
+        assert await asyncio.gather(*(drive(i) for i in range(20))) == [6] * 20
+        await stores[1].queue.enqueue("a", "r0")
+        assert [j.run_id for j in await asyncio.wait_for(claim, 60)] == ["r0"]
+    finally:
+        for store in stores:
+            await store.close()
+        bouncer.stop()
