@@ -115,7 +115,8 @@ class Connections:
             pool = self._pools[loop] = _Pool(self.settings.pool_size)
         return pool
 
-    async def _connect(self) -> Any:
+    async def _connect(self, *, ready: bool = True) -> Any:
+        """A new connection; with `ready`, the schema brought up to date first (once)."""
         s = self.settings
         named = "application_name=" in s.dsn
         conn = await asyncpg.connect(
@@ -123,7 +124,7 @@ class Connections:
             statement_cache_size=100 if s.prepared else 0, connection_class=_Connection,
             server_settings=None if named else {"application_name": "agentfsm"},
         )  # fmt: skip
-        if not self._ready:
+        if ready and not self._ready:
             try:
                 await migrate(conn, s.schema, s.where)
             except BaseException:
@@ -235,19 +236,22 @@ class Connections:
         return StorageError(f"Postgres at {where} refused to {what}: {exc}")
 
     async def ping(self, within: float) -> None:
-        async def ask(conn: Any) -> None:
-            await conn.fetchval("SELECT 1", timeout=within)
+        """`SELECT 1` on a new connection (the schema is not made or checked: a first
+        migration may take longer than a ping should wait)."""
+
+        async def ask() -> None:
+            conn = await self._connect(ready=False)
+            try:
+                await conn.fetchval("SELECT 1", timeout=within)
+            finally:
+                conn.terminate()
 
         try:
-            await asyncio.wait_for(self._once(ask), within)
+            await asyncio.wait_for(ask(), within)
         except (TimeoutError, *_BROKEN) as exc:
             raise self.unavailable("answer a ping", exc) from None
         except asyncpg.PostgresError as exc:
             raise self.refused("answer a ping", exc) from None
-
-    async def _once(self, op: Callable[[Any], Awaitable[T]]) -> T:
-        async with self.connection() as conn:
-            return await op(conn)
 
     async def close(self) -> None:
         """Close this loop's connections (those of other loops close with their loops)."""
