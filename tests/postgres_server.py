@@ -69,7 +69,7 @@ async def drop_schemas(base: str) -> None:
     """Drop the schemas this process made with `schema_url` (and everything in them)."""
     import asyncpg
 
-    conn = await asyncpg.connect(base)
+    conn = await asyncpg.connect(base.partition("?")[0])
     try:
         names = await conn.fetch(
             "SELECT nspname FROM pg_namespace WHERE nspname LIKE $1", f"t\\_{os.getpid()}\\_%"
