@@ -22,6 +22,8 @@ alike; a schema of the script's own, dropped at the end):
 - `LangGraph AsyncPostgresSaver` (if `langgraph` and `langgraph-checkpoint-postgres` are
   installed; bench-only, not a project dependency) — a `StateGraph` node looping on itself,
   `ainvoke(..., durability="sync")`: per step the same gap, per run a 5-step graph.
+- `DBOS` (if `dbos` is installed; bench-only) — an async `@DBOS.workflow` calling an async
+  `@DBOS.step` in a loop, its system database in a schema of its own on the same server.
 """
 
 from __future__ import annotations
@@ -166,7 +168,7 @@ async def measure(url: str, schema: str, rounds: int, long: int, runs: int) -> d
     stamps: list[int] = []
     long_agent = stamped_agent("bench_long", long, stamps)
     short_agent = stamped_agent("bench_short", RUN_STEPS, [])
-    peers = await langgraph_rows(url, step, run)
+    peers = await langgraph_rows(url, step, run) + dbos_rows(url, schema, step, run)
     for _ in range(rounds):
         for conn, row in ((plain, "floor: statements"), (prepared, "floor: statements, prepared")):
             floor = Floor(conn, schema)
@@ -233,7 +235,10 @@ async def measure(url: str, schema: str, rounds: int, long: int, runs: int) -> d
     await store.close()
     conn = await asyncpg.connect(base)
     await conn.execute(f"DROP SCHEMA {schema} CASCADE")
+    await conn.execute(f"DROP SCHEMA IF EXISTS {schema}_dbos CASCADE")
     await conn.close()
+    if "dbos" in sys.modules:
+        sys.modules["dbos"].DBOS.destroy()
     return {"step": step, "run": run}
 
 
@@ -287,6 +292,53 @@ async def langgraph_rows(
             config = {"configurable": {"thread_id": f"run-{os.getpid()}-{count}-{i}"}}
             t0 = time.perf_counter_ns()
             await app.ainvoke({"n": 0, "limit": RUN_STEPS}, config, durability="sync")
+            run[row].append(time.perf_counter_ns() - t0)
+
+    return [one_round]
+
+
+def dbos_rows(
+    url: str, schema: str, step: dict[str, list[int]], run: dict[str, list[int]]
+) -> list[Callable[[], Awaitable[None]]]:
+    """DBOS with its Postgres system database (a schema of its own), when installed."""
+    try:  # imported by name: a bench-only peer, not a project dependency
+        dbos = importlib.import_module("dbos")
+    except ImportError as exc:
+        print(f"(DBOS row skipped: {exc}; pip install dbos)")
+        return []
+    row = "DBOS"
+    step[row], run[row] = [], []
+    stamps: list[int] = []
+    DBOS = dbos.DBOS
+    DBOS(config={"name": "bench", "system_database_url": url, "log_level": "WARNING",
+                 "dbos_system_schema": f"{schema}_dbos", "enable_otlp": False})  # fmt: skip
+
+    @DBOS.step()  # type: ignore[untyped-decorator]
+    async def body(i: int) -> int:
+        stamps.append(time.perf_counter_ns())
+        stamps.append(time.perf_counter_ns())
+        return i
+
+    @DBOS.workflow()  # type: ignore[untyped-decorator]
+    async def flow(n: int) -> int:
+        for i in range(n):
+            await body(i)
+        return n
+
+    DBOS.launch()
+    count = 0
+
+    async def one_round() -> None:
+        nonlocal count
+        count += 1
+        stamps.clear()
+        with dbos.SetWorkflowID(f"long-{os.getpid()}-{count}"):
+            await flow(LONG)
+        step[row].extend(gaps(stamps))
+        for i in range(RUNS):
+            t0 = time.perf_counter_ns()
+            with dbos.SetWorkflowID(f"run-{os.getpid()}-{count}-{i}"):
+                await flow(RUN_STEPS)
             run[row].append(time.perf_counter_ns() - t0)
 
     return [one_round]
