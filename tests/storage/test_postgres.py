@@ -5,6 +5,7 @@ by the conformance suite)."""
 from __future__ import annotations
 
 import asyncio
+import sys
 
 import asyncpg
 import pytest
@@ -16,6 +17,14 @@ from storage.postgres import SCHEMA_VERSION, PostgresStore
 from ..postgres_server import execute, require_postgres, schema_url
 from ..redis_server import free_port
 from .conformance.test_runs import new_run
+
+
+def test_without_the_extra_the_error_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "storage.postgres", None)  # as if asyncpg were missing
+    with pytest.raises(ImportError, match=r'pip install "agentfsm\[postgres\]"'):
+        open_store("postgresql://127.0.0.1/test")
 
 
 def test_bad_urls_are_refused_naming_the_option_and_never_the_password() -> None:
