@@ -18,7 +18,6 @@ from storage import open_store
 from tests.agents.ui.server import ROOT, agentfsm_env, ui_server
 from tests.agents.ui.ui_agent import ui_agent
 from tests.only_extras import allowed_distributions, hidden_modules
-from tests.postgres_server import schema_url
 
 
 def test_what_the_ui_extra_allows_is_core_and_ui_only() -> None:
@@ -67,15 +66,3 @@ def test_the_ui_serves_and_its_forms_work_with_only_the_ui_extra(tmp_path: Path)
             assert "agentfsm send t1 answer" in preview.text
             done = browser.post("/runs/t1/act/send/do", data=fields)
             assert done.status_code == 303, done.text
-
-
-def test_the_demo_runs_on_postgres_with_only_the_postgres_extra(
-    postgres_schemas: list[str],  # drops the schema afterwards
-) -> None:
-    url = schema_url()
-    done = subprocess.run(
-        [sys.executable, "-m", "tests.only_extras", "postgres", "agents", "demo", "--store", url],
-        cwd=ROOT, env=agentfsm_env(), capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "after 5 commits" in done.stdout
