@@ -39,6 +39,7 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypedDict
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -168,7 +169,7 @@ async def measure(url: str, schema: str, rounds: int, long: int, runs: int) -> d
     stamps: list[int] = []
     long_agent = stamped_agent("bench_long", long, stamps)
     short_agent = stamped_agent("bench_short", RUN_STEPS, [])
-    peers = await langgraph_rows(url, step, run) + dbos_rows(url, schema, step, run)
+    peers = await langgraph_rows(url, schema, step, run) + dbos_rows(url, schema, step, run)
     for _ in range(rounds):
         for conn, row in ((plain, "floor: statements"), (prepared, "floor: statements, prepared")):
             floor = Floor(conn, schema)
@@ -236,6 +237,7 @@ async def measure(url: str, schema: str, rounds: int, long: int, runs: int) -> d
     conn = await asyncpg.connect(base)
     await conn.execute(f"DROP SCHEMA {schema} CASCADE")
     await conn.execute(f"DROP SCHEMA IF EXISTS {schema}_dbos CASCADE")
+    await conn.execute(f"DROP SCHEMA IF EXISTS {schema}_lg CASCADE")
     await conn.close()
     if "dbos" in sys.modules:
         sys.modules["dbos"].DBOS.destroy()
@@ -243,7 +245,7 @@ async def measure(url: str, schema: str, rounds: int, long: int, runs: int) -> d
 
 
 async def langgraph_rows(
-    url: str, step: dict[str, list[int]], run: dict[str, list[int]]
+    url: str, schema: str, step: dict[str, list[int]], run: dict[str, list[int]]
 ) -> list[Callable[[], Awaitable[None]]]:
     """LangGraph with its Postgres saver, when installed: a round of it per call."""
     try:  # imported by name: bench-only peers, not project dependencies
@@ -273,7 +275,16 @@ async def langgraph_rows(
     graph.add_node("work", node)
     graph.add_edge(START, "work")
     graph.add_conditional_edges("work", lambda s: END if s["n"] >= s["limit"] else "work")
-    saver_cm = saver_module.AsyncPostgresSaver.from_conn_string(url)
+    # Its tables in a schema of their own (search_path), dropped with the script's others.
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query))
+    query["options"] = f"{query.get('options', '')} -c search_path={schema}_lg".strip()
+    conn = await asyncpg.connect(url)
+    await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}_lg")
+    await conn.close()
+    saver_cm = saver_module.AsyncPostgresSaver.from_conn_string(
+        urlunsplit(parts._replace(query=urlencode(query, quote_via=quote)))
+    )
     saver = await saver_cm.__aenter__()
     await saver.setup()
     app = graph.compile(checkpointer=saver)

@@ -74,6 +74,18 @@ async def test_a_schema_of_something_else_or_of_a_newer_agentfsm_is_refused() ->
         await conn.close()
 
 
+async def test_stores_opening_a_new_schema_at_once_make_it_once(
+    postgres_schemas: list[str],
+) -> None:
+    url = schema_url()
+    stores = [PostgresStore(url) for _ in range(4)]
+    assert await asyncio.gather(*(s.list_runs() for s in stores)) == [[]] * 4
+    versions = await execute(stores[0], "SELECT array_agg(version) FROM {s}.schema_version")
+    assert versions == list(range(1, SCHEMA_VERSION + 1))
+    for store in stores:
+        await store.close()
+
+
 async def test_a_database_that_does_not_exist_is_named_with_the_way_out() -> None:
     base = require_postgres().rsplit("/", 1)[0]
     store = PostgresStore(f"{base}/no_such_db_agentfsm?retry_for=0.3")
@@ -82,7 +94,7 @@ async def test_a_database_that_does_not_exist_is_named_with_the_way_out() -> Non
     await store.close()
 
 
-def test_one_store_serves_one_event_loop_after_another() -> None:
+def test_one_store_serves_one_event_loop_after_another(postgres_schemas: list[str]) -> None:
     """Scripts call `asyncio.run` more than once with one store (connections belong to a loop)."""
     store = open_store(schema_url())
     asyncio.run(store.create(new_run()))
