@@ -108,7 +108,7 @@ async def test_a_connection_killed_inside_a_commit_leaves_it_done_once(tmp_path:
 
 
 async def test_behind_pgbouncer_in_transaction_mode_every_call_works() -> None:
-    """20 runs committing at once from 4 stores through 2 server connections: each call's
+    """10 runs committing at once from 4 stores through 2 server connections: each call's
     statement (prepared unnamed, then bound) stays on one server connection, no session
     state is relied on; waiting readers (a claim) are answered by polling."""
     bouncer = PgBouncer(require_postgres(), pool=2).start()
@@ -134,7 +134,7 @@ async def test_behind_pgbouncer_in_transaction_mode_every_call_works() -> None:
             return len(await store.history(run_id))
 
         claim = asyncio.create_task(stores[0].queue.claim("w", ["a"], 1, 60))
-        assert await asyncio.gather(*(drive(i) for i in range(20))) == [6] * 20
+        assert await asyncio.gather(*(drive(i) for i in range(10))) == [6] * 10
         await stores[1].queue.enqueue("a", "r0")
         assert [j.run_id for j in await asyncio.wait_for(claim, 60)] == ["r0"]
     finally:
