@@ -233,6 +233,15 @@ class Connections:
                 f"Postgres at {where} refused to {what}: {exc} (grant the store's user the"
                 " rights on its schema, or give it a schema of its own: ?schema=NAME)"
             )
+        if (
+            isinstance(exc, asyncpg.exceptions.InvalidSQLStatementNameError)
+            and self.settings.prepared
+        ):
+            return StorageError(
+                f"Postgres at {where} refused to {what}: {exc} (a pooler in transaction mode"
+                " that does not track prepared statements, PgBouncer before 1.21 say, loses"
+                " them between transactions: drop ?prepared=1 from the URL)"
+            )
         return StorageError(f"Postgres at {where} refused to {what}: {exc}")
 
     async def ping(self, within: float) -> None:
