@@ -184,8 +184,8 @@ async def execute(store: object, sql: str, *args: object) -> object:
     return await store.connections.call("test", lambda c: c.fetchval(query, *args))
 
 
-_TABLES = ("runs", "memory", "events", "live", "scope_usage", "scope_charges", "limits",
-           "rate_state", "rate_slots", "jobs", "dead_letters", "workers")  # fmt: skip
+_TABLES = ("runs", "memory", "events", "live", "live_heads", "scope_usage", "scope_charges",
+           "limits", "rate_state", "rate_slots", "jobs", "dead_letters", "workers")  # fmt: skip
 
 
 async def empty_postgres(store: object) -> None:

@@ -2,9 +2,10 @@
 NOTIFY and look again at once, or every `_POLL` seconds without one (a pooler in transaction
 mode drops notifications: polling keeps the reader right, notifications make it quick).
 
-Live items are rows of the `live` table numbered by a sequence; `publish()` (sql/) takes the
-run's advisory lock first, so one run's ids commit in increasing order and a reader resuming
-after an id misses nothing."""
+Live items are rows of the `live` table numbered per run (`live_heads` keeps each run's last
+number; `publish()` in sql/ locks that row first), so one run's ids commit in increasing
+order, a reader resuming after an id misses nothing, and a run keeps its newest
+`LIVE_MAXLEN` items however many other runs publish."""
 
 from __future__ import annotations
 

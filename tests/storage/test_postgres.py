@@ -86,6 +86,22 @@ async def test_stores_opening_a_new_schema_at_once_make_it_once(
         await store.close()
 
 
+async def test_a_runs_live_channel_keeps_its_newest_items_whatever_others_publish(
+    postgres_schemas: list[str],
+) -> None:
+    """Trimming counts the run's own items (crash accounting reads its "started" items)."""
+    store = open_store(schema_url())
+    assert isinstance(store, PostgresStore)
+    store.live_maxlen = 3
+    await store.publish("a", [(0, {"n": 0})])
+    for n in range(20):
+        await store.publish("b", [(0, {"n": n})])
+    await store.publish("a", [(1, {"n": 1})])
+    assert [e.item["n"] for e in await store.live("a")] == [0, 1]
+    assert [e.item["n"] for e in await store.live("b")] == [17, 18, 19]
+    await store.close()
+
+
 async def test_a_database_that_does_not_exist_is_named_with_the_way_out() -> None:
     base = require_postgres().rsplit("/", 1)[0]
     store = PostgresStore(f"{base}/no_such_db_agentfsm?retry_for=0.3")

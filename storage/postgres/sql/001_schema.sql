@@ -28,11 +28,13 @@ CREATE TABLE {s}.events (
     run_id text NOT NULL, seq bigint NOT NULL, key text NOT NULL, json bytea NOT NULL,
     PRIMARY KEY (run_id, seq), UNIQUE (run_id, key)
 );
+-- A run's live channel: its items numbered per run (as a Redis stream's ids are per key), the
+-- last number in live_heads, so trimming a run's channel never depends on other runs.
 CREATE TABLE {s}.live (
-    id bigserial PRIMARY KEY, run_id text NOT NULL, base bigint NOT NULL, item bytea NOT NULL,
-    at float8 NOT NULL
+    run_id text NOT NULL, id bigint NOT NULL, base bigint NOT NULL, item bytea NOT NULL,
+    at float8 NOT NULL, PRIMARY KEY (run_id, id)
 );
-CREATE INDEX live_by_run ON {s}.live (run_id, id);
+CREATE TABLE {s}.live_heads (run_id text PRIMARY KEY, last bigint NOT NULL);
 CREATE TABLE {s}.scope_usage (
     scope text NOT NULL, period text NOT NULL, name text NOT NULL, value bigint NOT NULL,
     PRIMARY KEY (scope, period, name)
@@ -192,9 +194,10 @@ BEGIN
     RETURN ARRAY[0, p_expected + 1];
 END $$;
 
--- Append items to a run's live channel, trim it, and wake its readers. The run's advisory
--- lock (held to the end of the transaction) makes one run's ids commit in increasing order,
--- so a reader resuming after an id never misses an item committed later with a smaller one.
+-- Append items to a run's live channel, trim it to its newest p_maxlen items (and those
+-- younger than p_ttl), and wake its readers. The run's head row, locked to the end of the
+-- transaction, numbers the items and makes one run's ids commit in increasing order, so a
+-- reader resuming after an id never misses an item committed later with a smaller one.
 -- Best effort, as the contract says: its transaction does not wait for the WAL to reach the
 -- disk (visible at once; only a crash of the server within ~200 ms can lose it), so a
 -- publish costs a round trip, not a disk flush.
@@ -202,13 +205,21 @@ CREATE FUNCTION {s}.publish(p_run text, p_bases bigint[], p_items bytea[], p_max
                             p_ttl float8, p_channel text) RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
     now_ float8 := {s}.clock();
+    k integer := cardinality(p_items);
+    last_ bigint;
+    oldest float8;
 BEGIN
     PERFORM set_config('synchronous_commit', 'off', true);
-    PERFORM pg_advisory_xact_lock(hashtextextended(p_channel || p_run, 0));
-    INSERT INTO {s}.live (run_id, base, item, at)
-        SELECT p_run, t.b, t.i, now_ FROM unnest(p_bases, p_items) AS t (b, i);
-    DELETE FROM {s}.live WHERE run_id = p_run AND (at < now_ - p_ttl OR id <= (
-        SELECT max(id) FROM {s}.live WHERE run_id = p_run) - p_maxlen);
+    INSERT INTO {s}.live_heads AS h VALUES (p_run, k)
+        ON CONFLICT (run_id) DO UPDATE SET last = h.last + k RETURNING h.last INTO last_;
+    INSERT INTO {s}.live (run_id, id, base, item, at)
+        SELECT p_run, last_ - k + t.o, t.b, t.i, now_
+        FROM unnest(p_bases, p_items) WITH ORDINALITY AS t (b, i, o);
+    DELETE FROM {s}.live WHERE run_id = p_run AND id <= last_ - p_maxlen;
+    SELECT at INTO oldest FROM {s}.live WHERE run_id = p_run ORDER BY id LIMIT 1;
+    IF oldest < now_ - p_ttl THEN  -- items are in time order: the oldest says if any expired
+        DELETE FROM {s}.live WHERE run_id = p_run AND at < now_ - p_ttl;
+    END IF;
     PERFORM pg_notify(p_channel, p_run);
 END $$;
 
@@ -223,6 +234,7 @@ BEGIN
     DELETE FROM {s}.memory WHERE run_id = ANY (ids);
     DELETE FROM {s}.events WHERE run_id = ANY (ids);
     DELETE FROM {s}.live WHERE run_id = ANY (ids) OR at < {s}.clock() - p_live_ttl;
+    DELETE FROM {s}.live_heads WHERE run_id = ANY (ids);
     DELETE FROM {s}.runs WHERE run_id = ANY (ids);
     RETURN cardinality(ids);
 END $$;
