@@ -408,10 +408,11 @@ class PostgresStore:
         return int(removed)
 
     async def reindex(self) -> int:
-        """Postgres keeps its indexes itself; this rebuilds those of the runs table."""
+        """Postgres keeps its indexes itself; this rebuilds those of the runs table without
+        blocking commits meanwhile (`CONCURRENTLY`)."""
 
         async def rebuild(c: Any) -> int:
-            await c.execute(f"REINDEX TABLE {self.schema}.runs")
+            await c.execute(f"REINDEX TABLE CONCURRENTLY {self.schema}.runs")
             return int(await c.fetchval(f"SELECT count(*) FROM {self.schema}.runs"))
 
         return await self._db.call("reindex", rebuild)
