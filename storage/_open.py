@@ -19,9 +19,12 @@ def open_store(url: str | None = None, *, prefix: str = "agentfsm") -> Store:
     - `redis://host:port/db`, `rediss://` (TLS), `unix:///path.sock`: `RedisStore`;
       `redis+cluster://host:port` for a Redis Cluster; `?prefix=NAME` sets the key prefix.
     - `sqlite:///relative/path.db`, `sqlite:////absolute/path.db`: `EmbeddedStore`.
+    - `postgresql://user@host:port/database`, `postgres://`: `PostgresStore`;
+      `?schema=NAME` sets its schema (default: `prefix`).
     - `memory://`: an in-process `EmbeddedStore`, gone when the process ends (tests).
 
-    `prefix` namespaces the keys of a Redis store (ignored by the others).
+    `prefix` namespaces the keys of a Redis store and names a Postgres store's schema
+    (ignored by the others).
     """
     url = url or os.environ.get("AGENTFSM_STORE") or DEFAULT_STORE
     scheme = urlsplit(url).scheme
@@ -29,11 +32,20 @@ def open_store(url: str | None = None, *, prefix: str = "agentfsm") -> Store:
         from .redis import RedisStore
 
         return RedisStore.from_url(url, prefix=prefix)
+    if scheme in ("postgresql", "postgres"):
+        try:
+            from .postgres import PostgresStore
+        except ImportError as exc:
+            raise ImportError(
+                f'a Postgres store needs asyncpg ({exc}): pip install "agentfsm[postgres]"'
+            ) from None
+
+        return PostgresStore.from_url(url, prefix=prefix)
     if scheme in ("sqlite", "memory"):
         from .embedded import EmbeddedStore
 
         return EmbeddedStore.from_url(url)
     raise ValueError(
         f"unknown store URL {redact(url)!r}: use redis://, rediss://, unix://,"
-        " redis+cluster://, sqlite:///PATH or memory://"
+        " redis+cluster://, postgresql://, sqlite:///PATH or memory://"
     )

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -9,8 +10,10 @@ import pytest
 import pytest_asyncio
 
 from storage import EmbeddedStore, RedisStore, Store, open_store
+from storage.postgres import PostgresStore
 
 from .cluster_fixture import redis_cluster  # noqa: F401  (a fixture, used by name)
+from .postgres_server import drop_schemas, empty_postgres, require_postgres, schema_url
 from .redis_server import RedisServer
 
 _prefixes = itertools.count()
@@ -75,7 +78,39 @@ async def make_store(kind: str, request: pytest.FixtureRequest, tmp_path: Path) 
         return EmbeddedStore(tmp_path / "store.db")
     if kind == "memory":
         return open_store("memory://")
+    if kind == "postgres":
+        return await postgres_store(request)
     raise ValueError(kind)
+
+
+@pytest.fixture(scope="session")
+def postgres_schemas() -> Iterator[list[str]]:
+    """Store URLs of schemas on the shared Postgres server that no test uses now; those the
+    tests made are dropped at the end."""
+    url = require_postgres()
+    free: list[str] = []
+    yield free
+    asyncio.run(drop_schemas(url))
+
+
+@pytest_asyncio.fixture
+async def postgres_url(request: pytest.FixtureRequest) -> str:
+    """The URL of an empty Postgres store of the test's own (for child processes)."""
+    store = await postgres_store(request)
+    await store.close()
+    assert isinstance(store, PostgresStore)
+    return store.url
+
+
+async def postgres_store(request: pytest.FixtureRequest) -> Store:
+    """A Postgres store in a schema of the test's own: an emptied one a test before used
+    (emptying is much quicker than making the schema), else a new one."""
+    free: list[str] = request.getfixturevalue("postgres_schemas")
+    url = free.pop() if free else schema_url()
+    request.addfinalizer(lambda: free.append(url))
+    store = open_store(url)
+    await empty_postgres(store)
+    return store
 
 
 STORE_KINDS = ["redis", "fakeredis", "embedded", "memory"]

@@ -127,6 +127,13 @@ async def test_a_process_killed_inside_any_step_is_resumed_at_once(
     assert sum(ran.values()) == len(TOOLS) + 1
 
 
+async def test_a_process_killed_inside_a_step_is_resumed_at_once_on_postgres(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """The same on the Postgres store, for one step (the step does not matter to a store)."""
+    await test_a_process_killed_inside_any_step_is_resumed_at_once(postgres_url, tmp_path, TOOLS[2])
+
+
 async def test_the_data_analysis_shape_killed_in_step_4_asks_the_model_once_more(
     store_url: str, tmp_path: Path
 ) -> None:

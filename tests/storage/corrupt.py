@@ -5,6 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from storage import EmbeddedStore, RedisStore, Store
+from storage.postgres import PostgresStore
+
+from ..postgres_server import execute
 
 
 async def corrupt_memory_field(store: Store, run_id: str, field: str, raw: str) -> str:
@@ -18,6 +21,12 @@ async def corrupt_memory_field(store: Store, run_id: str, field: str, raw: str) 
             "UPDATE memory SET json = ? WHERE run_id = ? AND name = ?", (raw, run_id, field)
         )
         return f"{store.path} memory field {field!r} of run {run_id!r}"
+    if isinstance(store, PostgresStore):
+        await execute(
+            store, "UPDATE {s}.memory SET json = $1 WHERE run_id = $2 AND name = $3",
+            raw.encode("utf-8", "surrogateescape"), run_id, field,
+        )  # fmt: skip
+        return f"{store.where} memory field {field!r} of run {run_id!r}"
     raise NotImplementedError(f"no way to corrupt a {type(store).__name__} in tests")
 
 
@@ -40,4 +49,11 @@ async def corrupt_last_event(store: Store, run_id: str, raw: str) -> str:
             "UPDATE events SET json = ? WHERE run_id = ? AND seq = ?", (raw, run_id, seq)
         )
         return f"{store.path} event {seq} of run {run_id!r}"
+    if isinstance(store, PostgresStore):
+        seq = await execute(
+            store, "UPDATE {s}.events SET json = $1 WHERE run_id = $2 AND seq ="
+            " (SELECT max(seq) FROM {s}.events WHERE run_id = $2) RETURNING seq",
+            raw.encode(), run_id,
+        )  # fmt: skip
+        return f"{store.where} event {seq} of run {run_id!r}"
     raise NotImplementedError(f"no way to corrupt a {type(store).__name__} in tests")

@@ -3,12 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from pathlib import Path
+
+import pytest
+import pytest_asyncio
 
 from storage import EmbeddedStore, RedisStore, Store
 from storage.base import LIVE_TTL, live_order
 
+from ..conftest import STORE_KINDS, make_store
 from .conformance.test_runs import new_run
+
+
+@pytest_asyncio.fixture(params=[*STORE_KINDS, "postgres"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    """Each backend in turn, Postgres too (its waiting reader LISTENs)."""
+    s = await make_store(request.param, request, tmp_path)
+    yield s
+    await s.close()
 
 
 async def test_published_items_read_back_in_order_after_an_id(store: Store) -> None:

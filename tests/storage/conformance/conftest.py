@@ -1,5 +1,6 @@
 """The conformance suite runs every contract test against every backend: the embedded store
-(file and memory://), Redis on a real server, Redis Cluster on real servers, and fakeredis.
+(file and memory://), Redis on a real server, Redis Cluster on real servers, fakeredis, and
+Postgres (a schema of each test's own on the machine's server).
 A new backend joins by adding its kind here and making the suite pass."""
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from storage import RedisStore, Store
 from ...conftest import make_store
 from ...redis_cluster import RedisCluster
 
-BACKENDS = ["embedded", "memory", "redis", "cluster", "fakeredis"]
+BACKENDS = ["embedded", "memory", "redis", "cluster", "fakeredis", "postgres"]
 _prefixes = itertools.count()
 
 

@@ -19,6 +19,7 @@ import pytest
 import storage.redis._indexes as redis_indexes
 from storage import Committed, EmbeddedStore, RedisStore, RunStatus, Store
 from storage.base import ScopeCharge
+from storage.postgres import PostgresStore
 
 from .test_runs import event, leased, new_run
 
@@ -125,6 +126,8 @@ async def test_a_process_killed_inside_a_final_commit_leaves_listings_and_charge
         url = f"{store._where}{'&' if '?' in store._where else '?'}prefix={store.prefix}"
     elif isinstance(store, EmbeddedStore) and store.path != ":memory:":
         url = f"sqlite:///{store.path}"
+    elif isinstance(store, PostgresStore):
+        url = store.url
     else:
         pytest.skip("memory:// lives in this process only")
     child = await asyncio.create_subprocess_exec(

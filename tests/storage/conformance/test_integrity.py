@@ -8,7 +8,9 @@ import pytest
 
 from storage import EmbeddedStore, RedisStore, Store
 from storage.errors import HistoryLost
+from storage.postgres import PostgresStore
 
+from ...postgres_server import execute
 from .test_runs import event, leased, new_run
 
 
@@ -16,6 +18,8 @@ async def lose(store: Store, run_id: str, part: str) -> None:
     """Lose the run's `part` ("events" or "keys") as an eviction would."""
     if isinstance(store, RedisStore):
         await store.client.delete(store.key(run_id, part))
+    elif isinstance(store, PostgresStore):  # each event row holds its key: both go at once
+        await execute(store, "DELETE FROM {s}.events WHERE run_id = $1", run_id)
     else:
         assert isinstance(store, EmbeddedStore)
         store.connection.execute(f"DELETE FROM {part} WHERE run_id = ?", (run_id,))
@@ -44,6 +48,8 @@ async def test_a_run_that_lost_its_last_events_is_refused(store: Store) -> None:
     await committed_twice(store)
     if isinstance(store, RedisStore):
         await store.client.xdel(store.key("run-1", "events"), "1-0", "2-0")  # seq 0 kept
+    elif isinstance(store, PostgresStore):
+        await execute(store, "DELETE FROM {s}.events WHERE run_id = 'run-1' AND seq > 0")
     else:
         assert isinstance(store, EmbeddedStore)
         store.connection.execute("DELETE FROM events WHERE run_id = 'run-1' AND seq > 0")

@@ -13,6 +13,7 @@ import pytest
 
 from storage import EmbeddedStore, RedisStore, Store
 from storage._capabilities import Bucket
+from storage.postgres import PostgresStore
 from storage.process import owner_id
 
 _ROOT = str(Path(__file__).resolve().parents[3])
@@ -39,6 +40,8 @@ def _url_of(store: Store) -> str | None:
         return f"{store._where}{'&' if '?' in store._where else '?'}prefix={store.prefix}"
     if isinstance(store, EmbeddedStore) and store.path != ":memory:":
         return f"sqlite:///{store.path}"
+    if isinstance(store, PostgresStore):
+        return store.url
     return None
 
 
