@@ -185,7 +185,8 @@ async def execute(store: object, sql: str, *args: object) -> object:
 
 
 _TABLES = ("runs", "memory", "events", "live", "live_heads", "scope_usage", "scope_charges",
-           "limits", "rate_state", "rate_slots", "jobs", "dead_letters", "workers")  # fmt: skip
+           "scope_held", "limits", "rate_state", "rate_slots", "jobs", "dead_letters",
+           "workers")  # fmt: skip
 
 
 async def empty_postgres(store: object) -> None:

@@ -1,5 +1,6 @@
 """Scope ledgers and set limits in the Postgres store (see `storage._capabilities.Ledger`):
-tables `scope_usage`, `scope_charges` (the event keys charged, once each) and `limits`. A
+tables `scope_usage`, `scope_charges` (the event keys charged, once each), `scope_held` (the
+requests in flight, `reserve`) and `limits`. A
 commit with a scope charge makes it in its own transaction (`charge()` in sql/)."""
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from .._capabilities import ScopeLedger, check_scope
+from .._capabilities import Reservation, ScopeLedger, check_scope
 from ._connections import Connections
 
 __all__ = ["PostgresLedger"]
@@ -29,30 +30,67 @@ class PostgresLedger:
         )  # fmt: skip
         return {str(r["name"]): int(r["value"]) for r in rows}
 
-    async def scope_state(self, scope: str, period: str) -> tuple[dict[str, int], dict[str, int]]:
-        s = self._s
+    async def reserve(
+        self,
+        scope: str,
+        period: str,
+        holder: str,
+        limits: Mapping[str, int],
+        ttl: float,
+        *,
+        spent: Mapping[str, int] | None = None,
+    ) -> Reservation:
         row = await self._db.call(
-            "read a scope's usage and limits",
+            f"reserve a request of scope {scope!r}",
             lambda c: c.fetchrow(
-                f"SELECT (SELECT coalesce(jsonb_object_agg(name, value), '{{}}') FROM"
-                f" {s}.scope_usage WHERE scope = $1 AND period = $2)::text AS usage,"
-                f" (SELECT coalesce(jsonb_object_agg(name, value), '{{}}') FROM {s}.limits"
-                " WHERE subject = $3)::text AS limits",
-                check_scope(scope), period, f"scope/{scope}",
+                f"SELECT o_admitted, o_used::text, o_limits::text"
+                f" FROM {self._s}.reserve($1, $2, $3, $4, $5, $6)",
+                check_scope(scope), period, holder,
+                json.dumps({n: int(v) for n, v in limits.items()}), ttl,
+                json.dumps({n: int(v) for n, v in (spent or {}).items() if v}),
             ),
         )  # fmt: skip
-        usage, limits = json.loads(row["usage"]), json.loads(row["limits"])
-        return {k: int(v) for k, v in usage.items()}, {k: int(v) for k, v in limits.items()}
+        used, in_force = json.loads(row[1]), json.loads(row[2])
+        return Reservation(
+            admitted=bool(row[0]),
+            used={n: int(v) for n, v in used.items()},
+            limits={n: int(v) for n, v in in_force.items()},
+        )
+
+    async def release(self, scope: str, period: str, holder: str, *, keep: int = 0) -> None:
+        s = self._s
+        where = (check_scope(scope), period, holder)
+        if keep > 0:
+            statement = (
+                f"UPDATE {s}.scope_held SET requests = $4"
+                " WHERE scope = $1 AND period = $2 AND holder = $3"
+            )
+            args: tuple[Any, ...] = (*where, int(keep))
+        else:
+            statement = (
+                f"DELETE FROM {s}.scope_held WHERE scope = $1 AND period = $2 AND holder = $3"
+            )
+            args = where
+        await self._db.call(
+            f"release a request of scope {scope!r}", lambda c: c.execute(statement, *args)
+        )
 
     async def charge_scope(
-        self, scope: str, period: str, key: str, usage: Mapping[str, int], expires_at: float
+        self,
+        scope: str,
+        period: str,
+        key: str,
+        usage: Mapping[str, int],
+        expires_at: float,
+        *,
+        holder: str = "",
     ) -> bool:
         charged = await self._db.call(
             f"charge scope {scope!r}",
             lambda c: c.fetchval(
-                f"SELECT {self._s}.charge($1, $2, $3, $4, $5)",
+                f"SELECT {self._s}.charge($1, $2, $3, $4, $5, $6)",
                 check_scope(scope), period, key,
-                json.dumps({n: int(v) for n, v in usage.items() if v}), expires_at,
+                json.dumps({n: int(v) for n, v in usage.items() if v}), expires_at, holder,
             ),
         )  # fmt: skip
         return bool(charged)

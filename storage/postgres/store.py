@@ -8,7 +8,7 @@ Tables, in a schema of the store's own (`?schema=NAME`, default "agentfsm"; `sql
              trace, usage (jsonb totals)          the small row every commit updates
     memory   (run_id, name) -> json              one row per memory field
     events   (run_id, seq) -> key, json          append-only; (run_id, key) unique
-    live, live_heads, scope_usage, scope_charges, limits, rate_state, rate_slots, jobs,
+    live, live_heads, scope_usage, scope_charges, scope_held, limits, rate_state, rate_slots, jobs,
     dead_letters, workers, schema_version
 
 Each call is one statement, one transaction: the multi-step ones (create + lease, commit,

@@ -136,6 +136,16 @@ async def test_a_scope_budget_of_10_shared_by_8_runs_in_2_processes_pays_exactly
     """Each run wants 2 requests (16 in all); admission reserves the request in the scope's
     ledger atomically (`Ledger.reserve`), so no two processes both take the last room, and
     each commit's charge gives its reservation back (else later runs would be refused)."""
+    await _shared_scope_budget(store_url, tmp_path)
+
+
+async def test_a_scope_budget_shared_by_two_processes_pays_exactly_10_on_postgres(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    await _shared_scope_budget(postgres_url, tmp_path)
+
+
+async def _shared_scope_budget(store_url: str, tmp_path: Path) -> None:
     tenant = f"t-{tmp_path.name}"[:60]
     children = [
         _child(store_url, str(tmp_path), "scope", tenant, str(first), "4", stdin=subprocess.PIPE)

@@ -43,6 +43,12 @@ CREATE TABLE {s}.scope_charges (
     scope text NOT NULL, period text NOT NULL, key text NOT NULL, expires_at float8 NOT NULL,
     PRIMARY KEY (scope, period, key)
 );
+-- Requests of a budget scope in flight (`Ledger.reserve`): one row per run holding some, until
+-- a commit's charge of the run drops it, a release, or its lapse on the server's clock.
+CREATE TABLE {s}.scope_held (
+    scope text NOT NULL, period text NOT NULL, holder text NOT NULL, requests bigint NOT NULL,
+    until float8 NOT NULL, PRIMARY KEY (scope, period, holder)
+);
 CREATE TABLE {s}.limits (
     subject text NOT NULL, name text NOT NULL, value bigint NOT NULL, PRIMARY KEY (subject, name)
 );
@@ -77,10 +83,12 @@ CREATE FUNCTION {s}.add_usage(a jsonb, b jsonb) RETURNS jsonb LANGUAGE sql IMMUT
     FROM (SELECT jsonb_object_keys(a) UNION SELECT jsonb_object_keys(b)) AS t (n)
 $$;
 
--- A scope charge, once per key: false when the key was charged before (nothing written).
+-- A scope charge, once per key, which drops run p_holder's reservation there: false when the
+-- key was charged before (nothing charged).
 CREATE FUNCTION {s}.charge(p_scope text, p_period text, p_key text, p_usage jsonb,
-                           p_expires float8) RETURNS boolean LANGUAGE plpgsql AS $$
+                           p_expires float8, p_holder text) RETURNS boolean LANGUAGE plpgsql AS $$
 BEGIN
+    DELETE FROM {s}.scope_held WHERE scope = p_scope AND period = p_period AND holder = p_holder;
     INSERT INTO {s}.scope_charges VALUES (p_scope, p_period, p_key, p_expires)
         ON CONFLICT DO NOTHING;
     IF NOT FOUND THEN RETURN false; END IF;
@@ -88,6 +96,44 @@ BEGIN
         SELECT p_scope, p_period, t.n, t.v::bigint FROM jsonb_each_text(p_usage) AS t (n, v)
         ON CONFLICT (scope, period, name) DO UPDATE SET value = scope_usage.value + excluded.value;
     RETURN true;
+END $$;
+
+-- Admit one model request of run p_holder against a budget scope (as scripts/reserve.lua;
+-- `Ledger.reserve` says the rule): p_limits are the declared limits, each replaced by one set
+-- for the scope; used = committed totals + the other runs' live reservations + p_spent. The
+-- scope's usage rows are locked first, so concurrent reservations of one scope take turns.
+CREATE FUNCTION {s}.reserve(p_scope text, p_period text, p_holder text, p_limits jsonb,
+    p_ttl float8, p_spent jsonb, OUT o_admitted boolean, OUT o_used jsonb, OUT o_limits jsonb)
+    LANGUAGE plpgsql AS $$
+DECLARE
+    now float8 := {s}.clock();
+    mine bigint := 0;
+    others bigint := 0;
+    want bigint := coalesce((p_spent ->> 'requests')::bigint, 0) + 1;
+BEGIN
+    PERFORM pg_advisory_xact_lock(hashtextextended('{s}:scope:' || p_scope || ':' || p_period, 0));
+    DELETE FROM {s}.scope_held WHERE scope = p_scope AND period = p_period AND until <= now;
+    SELECT coalesce(sum(requests) FILTER (WHERE holder <> p_holder), 0),
+           coalesce(sum(requests) FILTER (WHERE holder = p_holder), 0)
+        INTO others, mine FROM {s}.scope_held WHERE scope = p_scope AND period = p_period;
+    o_limits := p_limits || coalesce((SELECT jsonb_object_agg(name, value) FROM {s}.limits
+                                      WHERE subject = 'scope/' || p_scope), '{}');
+    o_used := {s}.add_usage(
+        {s}.add_usage(coalesce((SELECT jsonb_object_agg(name, value) FROM {s}.scope_usage
+                                WHERE scope = p_scope AND period = p_period), '{}'), p_spent),
+        CASE WHEN others > 0 THEN jsonb_build_object('requests', others) ELSE '{}' END);
+    o_used := o_used || jsonb_build_object('total_tokens',
+        coalesce((o_used ->> 'input_tokens')::numeric, 0)
+        + coalesce((o_used ->> 'output_tokens')::numeric, 0));
+    o_admitted := mine >= want OR NOT EXISTS (
+        SELECT 1 FROM jsonb_each_text(o_limits) AS l (n, v)
+        WHERE coalesce((o_used ->> l.n)::numeric, 0) >= l.v::numeric);
+    IF o_admitted THEN
+        INSERT INTO {s}.scope_held VALUES (p_scope, p_period, p_holder, greatest(mine, want),
+                                           now + p_ttl)
+            ON CONFLICT (scope, period, holder)
+            DO UPDATE SET requests = excluded.requests, until = excluded.until;
+    END IF;
 END $$;
 
 -- Take a run's lease (as scripts/lease.lua): o_got 0 no such run, 1 taken (o_token,
@@ -189,7 +235,8 @@ BEGIN
         DELETE FROM {s}.memory WHERE run_id = p_run AND name = ANY (p_dropped);
     END IF;
     IF p_scope IS NOT NULL THEN
-        PERFORM {s}.charge(p_scope, p_period, p_key, coalesce(p_usage, '{}'), p_scope_expires);
+        PERFORM {s}.charge(p_scope, p_period, p_key, coalesce(p_usage, '{}'), p_scope_expires,
+                          p_run);
     END IF;
     RETURN ARRAY[0, p_expected + 1];
 END $$;
