@@ -54,7 +54,7 @@ class Hook:
 
 class LiveHook(Hook):
     """The run's live channel: a step's start (stored before the first step under a lease
-    runs: crash accounting reads it, `Run._deaths_in_step`), failed tries, commits."""
+    runs: crash accounting reads it, `_crashes.deaths_in_step`), failed tries, commits."""
 
     name = "live"
 

@@ -70,7 +70,7 @@ class Publisher:
         self, base: int, trigger: str, attempt: int, kind: str, step: str
     ) -> None:
         """`started`, stored before this returns (what was queued before goes first); the
-        store's error is raised: the runner counts deaths by it (`Run._deaths_in_step`)."""
+        store's error is raised: the runner counts deaths by it (`_crashes.deaths_in_step`)."""
         await self.drain()
         queued, self._queue = self._queue, []
         item = _started(base, trigger, attempt, kind, step)
