@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
+from ._live import notices
 from ._tracing import step_failed
 
 if TYPE_CHECKING:
@@ -54,7 +55,8 @@ class Hook:
 
 class LiveHook(Hook):
     """The run's live channel: a step's start (stored before the first step under a lease
-    runs: crash accounting reads it, `_crashes.deaths_in_step`), failed tries, commits."""
+    runs: crash accounting reads it, `_crashes.deaths_in_step`), failed tries; each commit
+    writes what was queued, and its own notices, in its round trip (`Store.commit`)."""
 
     name = "live"
 
@@ -71,9 +73,8 @@ class LiveHook(Hook):
     def after_try_failed(self, seq: int, attempt: int, error: BaseException, again: bool) -> None:
         self.live.failed(seq, attempt, error, again)
 
-    async def after_commit(self, record: RunRecord, event: Event, *, again: bool) -> None:
-        if not again:
-            self.live.committed(event)
+    def before_commit(self, memory: BaseModel, event: Event) -> dict[str, Any]:
+        return {"live": [*self.live.take(), *notices(event)]}
 
 
 class TracingHook(Hook):

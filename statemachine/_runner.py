@@ -76,8 +76,7 @@ class Run(RunCommands[M], RunReads[M]):
                 if on_event is not None and event is not None:
                     on_event(event)
         finally:
-            await self.release(quiet=True)
-            await self.live.drain()
+            await self.release(quiet=True)  # the live items went with the commits
         if self.status == "failed":  # read once, so that `error` can say why
             await self._ledger.load_events()
         return self

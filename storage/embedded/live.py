@@ -18,7 +18,7 @@ from .._codec import dump_json, load_json
 from ..base import LiveEntry
 from ..errors import CorruptData
 
-__all__ = ["create_table", "insert", "prune", "read"]
+__all__ = ["append", "create_table", "insert", "prune", "read"]
 
 _POLL = 0.05
 """Seconds between two looks while a reader waits (SQLite cannot notify another process)."""
@@ -39,12 +39,29 @@ def insert(
     maxlen: int,
     ttl: float,
 ) -> None:
-    """Inside the caller's write transaction."""
+    """Inside the caller's write transaction (a publish)."""
+    append(db, run_id, entries, maxlen, ttl, prune=True)
+
+
+def append(
+    db: sqlite3.Connection,
+    run_id: str,
+    entries: Sequence[tuple[int, JsonValue]],
+    maxlen: int,
+    ttl: float,
+    *,
+    prune: bool,
+) -> None:
+    """Inside the caller's write transaction; `prune`: drop the run's rows past `maxlen` and
+    older than `ttl` too (a commit prunes every 64th seq: its channel then holds at most
+    `maxlen` rows plus what 64 commits add, and a commit pays for no DELETE)."""
     now = time.time()
     db.executemany(
         "INSERT INTO live (run_id, base, item, at) VALUES (?, ?, ?, ?)",
         [(run_id, base, dump_json(item), now) for base, item in entries],
     )
+    if not prune:
+        return
     db.execute(
         "DELETE FROM live WHERE run_id = ? AND (at < ? OR id <= (SELECT max(id) FROM live"
         " WHERE run_id = ?) - ?)",

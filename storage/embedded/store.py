@@ -214,12 +214,13 @@ class EmbeddedStore(Database):
         token: int,
         event: Event,
         scope_charge: ScopeCharge | None = None,
+        live: Sequence[tuple[int, JsonValue]] = (),
     ) -> CommitOutcome:
         if event.seq != expected_seq + 1:
             raise ValueError(f"event seq {event.seq} does not follow expected seq {expected_seq}")
         outcome = self._transaction(
             f"commit to run {run_id!r}", "BEGIN IMMEDIATE", self._commit, run_id, expected_seq,
-            token, event, scope_charge,
+            token, event, scope_charge, live,
         )  # fmt: skip
         if self._checkpoints is not None:
             self._checkpoints.due()
@@ -232,6 +233,7 @@ class EmbeddedStore(Database):
         token: int,
         event: Event,
         scope_charge: ScopeCharge | None,
+        live: Sequence[tuple[int, JsonValue]],
     ) -> CommitOutcome:
         # One read, then only the writes: the run row, the event, the key, the patch.
         db = self._db
@@ -281,6 +283,8 @@ class EmbeddedStore(Database):
         add_run_usage(db, run_id, increments(event))
         if scope_charge is not None:
             _ledger.charge_rows(db, scope_charge, event.key, increments(event))
+        if live:
+            _live.append(db, run_id, live, self.live_maxlen, self.live_ttl, prune=seq % 64 == 0)
         return Committed(seq=seq)
 
     def _committed_at(self, run_id: str, key: str) -> int | None:
