@@ -53,7 +53,7 @@ class Committer(RunCore[M]):
         if patch_sizes:
             event = self._ledger.with_snapshot(event, sum(patch_sizes.values()))
         extra: dict[str, Any] = {}
-        for hook in self.hooks:
+        for hook in self.hooks.before_commit:
             extra.update(hook.before_commit(memory, event))
         try:
             outcome = await self.store.commit(
@@ -69,7 +69,7 @@ class Committer(RunCore[M]):
         self.memory = memory
         if event.status != "running":
             self._keeper.dropped()  # the commit gave the lease back
-        for hook in self.hooks:  # last: this copy is up to date if one fails
+        for hook in self.hooks.after_commit:  # last: this copy is up to date if one fails
             await hook.after_commit(self._record, event, again=False)
         return event
 

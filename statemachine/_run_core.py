@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from storage import Lease, RunRecord, RunStatus, Store
 from storage.process import owner_id
 
-from ._hooks import ChargesHook, Hook, LiveHook, TracingHook
+from ._hooks import ChargesHook, Hooks, LiveHook, TracingHook
 from ._keys import step_key
 from ._lease import LeaseKeeper
 from ._ledger import Ledger
@@ -45,9 +45,7 @@ class RunCore(Generic[M]):
         self.memory = memory
         self.live = Publisher(store, record.run_id)
         """Where this run's progress is published for watchers (see `watch`)."""
-        self.hooks: tuple[Hook, ...] = (
-            LiveHook(self.live), TracingHook(), ChargesHook(machine, store),
-        )  # fmt: skip
+        self.hooks = Hooks((LiveHook(self.live), TracingHook(), ChargesHook(machine, store)))
         """The named hooks of the step protocol, in the order they run (see `_hooks`)."""
         self._record = record
         self._ledger = Ledger(store, record.run_id, record.memory, record.seq)
@@ -121,7 +119,7 @@ class RunCore(Generic[M]):
             await self._reload()
         if self.machine.after_commit and self.seq > 0:  # a crash may have cut the last short
             last = await self.store.history(self.run_id, self.seq, self.seq)
-            for hook in self.hooks:
+            for hook in self.hooks.after_commit:
                 await hook.after_commit(self._record, last[0], again=True)
         return got
 

@@ -217,7 +217,7 @@ class Run(RunCommands[M], RunReads[M]):
                 live=self.live.step(seq, attempt),
             )
             first = not (self._announced or t.waits)  # stored before it runs: crash accounting
-            for hook in self.hooks:
+            for hook in self.hooks.before_step:
                 await hook.before_step(t, seq, attempt, first)
             self._announced = self._announced or first
             # Its own copy, as a resumed process would read it (and 5x cheaper than a deep
@@ -245,7 +245,7 @@ class Run(RunCommands[M], RunReads[M]):
                     )  # fmt: skip
                 retryable = policy.retries(exc) and not isinstance(exc, InvalidMemory)
                 gives_up = not retryable or tries >= policy.attempts
-                for hook in self.hooks:
+                for hook in self.hooks.after_try_failed:
                     hook.after_try_failed(seq, attempt, error, not gives_up)
                 if gives_up:
                     raise StepFailed(error, attempt, spent) from exc
