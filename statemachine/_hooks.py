@@ -77,7 +77,8 @@ class LiveHook(Hook):
         self.live.failed(seq, attempt, error, again)
 
     def before_commit(self, memory: BaseModel, event: Event) -> dict[str, Any]:
-        return {"live": [*self.live.take(), *notices(event)]}
+        queued = self.live.take()
+        return {"live": [*queued, *notices(event, alone=not queued)]}
 
 
 class TracingHook(Hook):

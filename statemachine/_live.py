@@ -2,9 +2,10 @@
 
 The runner calls `Publisher` at a step's start and at a failed try; a step streams through
 the `StepLive` its context carries. Every call only queues an item. Each commit takes what
-is queued (`take`) and writes it, with its own notice (`notices`: "committed", and "stopped"
-when the run stops being driven), in its one round trip (`Store.commit(live=...)`): a run of
-quick steps publishes nothing on its own, and its end waits for no publish. What a slow step
+is queued (`take`) and writes it, with its own notice (`notices`: "stopped" when the run
+stops being driven, else "committed" if nothing else wakes watchers), in its one round trip
+(`Store.commit(live=...)`): a run of quick steps publishes nothing on its own, and its end
+waits for no publish. What a slow step
 queues (model tokens, tool progress) is sent by one background task per run, in one
 `Store.publish` (one round trip, however many items), once the oldest queued item has
 waited `BATCH_WINDOW` seconds, so watchers see it while the step runs; `drain` sends at
@@ -130,15 +131,16 @@ class Publisher:
                 _log.debug("run %s: %d live items dropped: %s", self._run_id, len(batch), exc)
 
 
-def notices(event: Event) -> list[tuple[int, dict[str, JsonValue]]]:
-    """What committing `event` says on the live channel (written by the commit itself): a
-    notice that wakes watchers waiting on the channel (they read the event from the history)
-    and, when the run stops being driven, the item saying it parked or ended."""
+def notices(event: Event, *, alone: bool) -> list[tuple[int, dict[str, JsonValue]]]:
+    """What committing `event` says on the live channel (written by the commit itself):
+    when the run stops being driven, the item saying it parked or ended; else, when the
+    commit carries no other item (`alone`), a notice that wakes watchers waiting on the
+    channel (they read the event itself from the history; any item wakes them)."""
     said: dict[str, JsonValue] = {"kind": "committed", "seq": event.seq, "attempt": event.attempt,
                                   "status": event.status}  # fmt: skip
-    if event.status == "running":
-        return [(event.seq, said)]
-    return [(event.seq, said), (event.seq, {**said, "kind": "stopped"})]
+    if event.status != "running":
+        return [(event.seq, {**said, "kind": "stopped"})]
+    return [(event.seq, said)] if alone else []
 
 
 def _wake_up(wake: asyncio.Future[None]) -> None:

@@ -20,6 +20,7 @@ from ..errors import CorruptData
 
 __all__ = ["append", "create_table", "insert", "prune", "read"]
 
+_INSERT = "INSERT INTO live (run_id, base, item, at) VALUES (?, ?, ?, ?)"
 _POLL = 0.05
 """Seconds between two looks while a reader waits (SQLite cannot notify another process)."""
 
@@ -56,10 +57,11 @@ def append(
     older than `ttl` too (a commit prunes every 64th seq: its channel then holds at most
     `maxlen` rows plus what 64 commits add, and a commit pays for no DELETE)."""
     now = time.time()
-    db.executemany(
-        "INSERT INTO live (run_id, base, item, at) VALUES (?, ?, ?, ?)",
-        [(run_id, base, dump_json(item), now) for base, item in entries],
-    )
+    rows = [(run_id, base, dump_json(item), now) for base, item in entries]
+    if len(rows) == 1:  # a commit's usual one: execute is cheaper than executemany
+        db.execute(_INSERT, rows[0])
+    else:
+        db.executemany(_INSERT, rows)
     if not prune:
         return
     db.execute(
