@@ -129,6 +129,7 @@ class Publisher:
                 await self._store.publish(self._run_id, batch)
             except Exception as exc:
                 _log.debug("run %s: %d live items dropped: %s", self._run_id, len(batch), exc)
+        self._urgent = False  # a commit may have taken what a drain asked to send
 
 
 def notices(event: Event, *, alone: bool) -> list[tuple[int, dict[str, JsonValue]]]:
