@@ -309,7 +309,8 @@ class Store(Protocol):
 
         `live` (optional): `(base, item)` pairs appended to the run's live channel by the
         same round trip, as `publish` would append them, and only when the commit is applied
-        (a refused commit writes none of them). The runner sends the progress items queued
+        (a refused commit writes none of them); an item no store would read back equal is
+        dropped, never failing the commit. The runner sends the progress items queued
         since the last publish this way, and the commit's own notice, so a run of quick steps
         needs no publish of its own.
         """

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 
 from pydantic import JsonValue
 
-from .._codec import dump_json, load_json
+from .._codec import dump_json, live_rows, load_json
 from ..base import LiveEntry
 from ..errors import CorruptData
 
@@ -52,15 +52,19 @@ def append(
     ttl: float,
     *,
     prune: bool,
+    lenient: bool = False,
 ) -> None:
     """Inside the caller's write transaction; `prune`: drop the run's rows past `maxlen` and
     older than `ttl` too (a commit prunes every 64th seq: its channel then holds at most
     `maxlen` rows plus what 64 commits add, and a commit pays for no DELETE)."""
     now = time.time()
-    rows = [(run_id, base, dump_json(item), now) for base, item in entries]
+    if lenient:  # a commit's: an item that cannot be stored is dropped, never fails it
+        rows = [(run_id, base, item, now) for base, item in live_rows(entries, run_id)]
+    else:
+        rows = [(run_id, base, dump_json(item), now) for base, item in entries]
     if len(rows) == 1:  # a commit's usual one: execute is cheaper than executemany
         db.execute(_INSERT, rows[0])
-    else:
+    elif rows:
         db.executemany(_INSERT, rows)
     if not prune:
         return

@@ -291,7 +291,9 @@ class EmbeddedStore(Database):
         if scope_charge is not None:
             _ledger.charge_rows(db, scope_charge, event.key, increments(event))
         if live:
-            _live.append(db, run_id, live, self.live_maxlen, self.live_ttl, prune=seq % 64 == 0)
+            _live.append(
+                db, run_id, live, self.live_maxlen, self.live_ttl, prune=seq % 64 == 0, lenient=True
+            )
         return Committed(seq=seq)
 
     def _committed_at(self, run_id: str, key: str) -> int | None:

@@ -35,11 +35,12 @@ async def publish(
     await pipe.execute()
 
 
-def commit_args(entries: Sequence[tuple[int, JsonValue]], maxlen: int, ttl: float) -> list[Any]:
-    """`commit.lua`'s ARGV[14..]: how many items, the channel's MAXLEN and ttl (ms), the items."""
-    args: list[Any] = [len(entries), maxlen, max(int(ttl * 1000), 1)]
-    for base, item in entries:
-        args += [base, dump_json(item)]
+def commit_args(rows: Sequence[tuple[int, str]], maxlen: int, ttl: float) -> list[Any]:
+    """`commit.lua`'s ARGV[14..]: how many items, the channel's MAXLEN and ttl (ms), then each
+    item's base and JSON (`storage._codec.live_rows`)."""
+    args: list[Any] = [len(rows), maxlen, max(int(ttl * 1000), 1)]
+    for base, item in rows:
+        args += [base, item]
     return args
 
 

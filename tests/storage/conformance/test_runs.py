@@ -337,6 +337,18 @@ async def test_a_commit_writes_its_live_items_with_it_and_only_when_applied(
     assert [e.item for e in (await store.live("run-1", got[-1].id))] == [i for _, i in many]
 
 
+async def test_a_live_item_that_cannot_be_stored_never_fails_its_commit(store: Store) -> None:
+    await store.create(new_run())
+    lease = await leased(store)
+    items: list[tuple[int, JsonValue]] = [(0, {"x": float("nan")}), (0, {"kind": "ok"})]
+    assert await store.commit(
+        "run-1", expected_seq=0, token=lease.token, event=event(1), live=items
+    )
+    assert [e.item for e in await store.live("run-1")] == [{"kind": "ok"}]
+    run = await store.load("run-1")
+    assert run is not None and run.seq == 1
+
+
 async def test_history_is_in_order_and_starts_where_asked(store: Store) -> None:
     await store.create(new_run())
     lease = await leased(store)
