@@ -5,13 +5,12 @@ the `StepLive` its context carries. Every call only queues an item. Each commit 
 is queued (`take`) and writes it, with its own notice (`notices`: "stopped" when the run
 stops being driven, else "committed" if nothing else wakes watchers), in its one round trip
 (`Store.commit(live=...)`): a run of quick steps publishes nothing on its own, and its end
-waits for no publish. What a slow step
-queues (model tokens, tool progress) is sent by one background task per run, in one
-`Store.publish` (one round trip, however many items), once the oldest queued item has
-waited `BATCH_WINDOW` seconds, so watchers see it while the step runs; `drain` sends at
-once. A publish that fails is dropped (logged at debug level): the live channel is best
-effort, the durable history is what counts. Text deltas queued together are merged into one
-item.
+waits for no publish. What a slow step queues (model tokens, tool progress) is sent by one
+background task per run, in one `Store.publish` (one round trip, however many items), once
+the oldest queued item has waited `BATCH_WINDOW` seconds, so watchers see it while the step
+runs; `drain` sends at once. A publish that fails is dropped (logged at debug level): the
+live channel is best effort, the durable history is what counts. Text deltas queued together
+are merged into one item.
 """
 
 from __future__ import annotations
