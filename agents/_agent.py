@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeGuard, TypeVar
 
 from pydantic import BaseModel
 
@@ -21,9 +22,10 @@ from statemachine.engine import (
 from storage import Store
 
 from .spending._budget import Budget, BudgetGate, set_limits
-from .spending._paid import Spending
 from .spending._ratelimit import RateLimit
-from .steps._llm import LlmStep, ModelSpec, check_model
+
+if TYPE_CHECKING:
+    from .steps._llm import LlmStep, ModelSpec
 
 __all__ = ["Agent"]
 
@@ -130,7 +132,9 @@ class Agent(Machine[M]):
         """Raise `ValueError` naming the step and the reason when a step's model cannot be
         used (unknown name, missing API key, provider SDK not installed). Sends no request."""
         for t in self.transitions:
-            if isinstance(t.step, LlmStep):
+            if _is_llm(t.step):
+                from .steps._llm import check_model
+
                 check_model(t.step.model, f"{self.name}: llm step {t.trigger!r}")
 
     async def raise_budget(
@@ -189,7 +193,16 @@ def _gate(
 def _bind(
     t: Transition, model: ModelSpec | None, gate: BudgetGate | None, limits: tuple[RateLimit, ...]
 ) -> Transition:
-    if isinstance(t.step, LlmStep):
+    if _is_llm(t.step):
+        from .spending._paid import Spending
+
         spending = Spending(gate=gate, rate_limits=limits) if gate or limits else None
         return dataclasses.replace(t, step=t.step.bound(model, spending))
     return t
+
+
+def _is_llm(step: object) -> TypeGuard[LlmStep]:
+    """Whether `step` is an `llm()` step, without importing pydantic-ai for an agent that
+    has none: an `LlmStep` exists only once its module (which imports it) was imported."""
+    module = sys.modules.get(f"{__package__}.steps._llm")
+    return module is not None and isinstance(step, module.LlmStep)

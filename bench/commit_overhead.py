@@ -357,6 +357,7 @@ class StubStore:
         token: int,
         event: Event,
         scope_charge: ScopeCharge | None = None,
+        live: Sequence[tuple[int, JsonValue]] = (),
     ) -> CommitOutcome:
         return Committed(seq=event.seq)
 

@@ -3,10 +3,11 @@
 `bench/user_cost.py` measures a whole run's *start* (call -> first step body starts) and *end*
 (last step body ends -> `agent.run` returns); this splits them, on the no-I/O stub store, a
 private redis-server and the embedded store, by timing the calls the runner makes in them
-(wrapped here, in this process only: `Machine.start` and the store's `start` for the start;
-the final `commit`, `LeaseKeeper.release`, `Publisher.drain` and the store's `publish` for the
-end). Wrapping adds about a microsecond per wrapped call. The names wrapped are internal: when
-a refactoring renames one, its column shows "-".
+(wrapped here, in this process only: `Machine.start`, the store's `start` and its `publish` of
+the first step's "started" item for the start; the final `commit` and `LeaseKeeper.release`
+for the end; since issue 30 the end publishes nothing: a commit carries the live items).
+Wrapping adds about a microsecond per wrapped call. The names wrapped are internal: when a
+refactoring renames one, its column shows "-".
 
     python3 bench/run_parts.py [--runs 1000] [--run-steps 5] [--url redis://127.0.0.1:PORT]
 """
@@ -56,11 +57,10 @@ def wrap(owner: Any, name: str, label: str) -> None:
 
 
 def wrap_runner() -> None:
-    from statemachine import _lease, _live, _machine
+    from statemachine import _lease, _machine
 
     wrap(_machine.Machine, "start", "Machine.start")
     wrap(_lease.LeaseKeeper, "release", "release")
-    wrap(_live.Publisher, "drain", "drain")
 
 
 PARTS = [
@@ -68,14 +68,13 @@ PARTS = [
     ("  Machine.start (all of it)", "machine_start"),
     ("    of which the store's start", "store_start"),
     ("  Machine.start returned -> first body", "to_body"),
+    ('    of which the first step\'s "started" item (publish)', "publish"),
     ("end: last body -> return", "end"),
     ("  last body -> final commit called", "to_commit"),
     ("  final commit (the store's)", "commit"),
     ("  commit returned -> release", "to_release"),
     ("  release (lease already given back)", "release"),
-    ("  drain: the live channel's last publish", "drain"),
-    ("    of which the store's publish", "publish"),
-    ("  drain returned -> agent.run returns", "after_drain"),
+    ("  release returned -> agent.run returns", "after_release"),
     ("between step bodies (median in the run)", "gap"),
     ("whole run", "run"),
 ]
@@ -93,7 +92,7 @@ def parts_of(t0: int, t1: int) -> dict[str, float]:
         "run": t1 - t0,
     }
     ms, ss, cm = span("Machine.start"), span("store.start"), span("store.commit", -1)
-    rl, dr, pb = span("release"), span("drain"), span("store.publish", -1)
+    rl, pb = span("release"), span("store.publish")
     if ms:
         out |= {"machine_start": ms[1] - ms[0], "to_body": MARKS.starts[0] - ms[1]}
     if ss:
@@ -103,10 +102,8 @@ def parts_of(t0: int, t1: int) -> dict[str, float]:
         if rl:
             out["to_release"] = rl[0] - cm[1]
     if rl:
-        out["release"] = rl[1] - rl[0]
-    if dr:
-        out |= {"drain": dr[1] - dr[0], "after_drain": t1 - dr[1]}
-    if pb and dr and dr[0] <= pb[0]:
+        out |= {"release": rl[1] - rl[0], "after_release": t1 - rl[1]}
+    if pb and ms and ms[1] <= pb[0] and pb[1] <= MARKS.starts[0]:
         out["publish"] = pb[1] - pb[0]
     return out
 

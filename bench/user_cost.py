@@ -539,7 +539,7 @@ async def cg_child(steps: int, lib_path: str, silent: bool) -> None:
     import ctypes
 
     if silent:
-        import statemachine._runner as runner
+        import statemachine._run_core as runner
         from statemachine._live import Publisher
 
         class Silent(Publisher):

@@ -1,6 +1,6 @@
-"""The events a `Run` commits, built in one place: a table transition's, a failure's, and
-the runner's own (control, timeout). Each is the next seq on top of the run as it is; keys
-come from `_keys`."""
+"""The events a `Run` commits, built in one place: a table transition's, a failure's, a
+halt's, and the runner's own (control, timeout). Each is the next seq on top of the run as
+it is; keys come from `_keys`."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ from storage import Event, RunRecord, RunStatus
 from ._keys import control_key
 from ._settle import Settled, StepFailed
 from ._table import Transition
+from .errors import StepHalted
 
-__all__ = ["control_event", "error_event", "step_event", "timeout_event"]
+__all__ = ["control_event", "error_event", "halt_event", "step_event", "timeout_event"]
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -72,6 +73,29 @@ def error_event(
             "attempt": failed.attempt,
             "step": t.step.kind if t.step else "move",
         },
+    )
+
+
+def halt_event(
+    run: RunRecord, t: Transition, key: str, halted: StepHalted, status: RunStatus, *,
+    started: float, ended: float, worker: str,
+) -> Event:  # fmt: skip
+    """The commit of `t`'s step raising `StepHalted`: to its `dest`, or parked where it is."""
+    seq = run.seq + 1
+    return Event(
+        seq=seq,
+        trigger=t.trigger,
+        kind="halt",
+        source=run.state,
+        dest=halted.dest or run.state,
+        status=status,
+        key=f"{key}:halted:{seq}",
+        output=halted.output,
+        started_at=started,
+        ended_at=ended,
+        worker=worker,
+        step=t.step.label if t.step else "",
+        usage=halted.spent,
     )
 
 

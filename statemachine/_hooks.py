@@ -11,14 +11,18 @@ The hooks every run has: `LiveHook` (the live channel: step started, failed, com
 `TracingHook` (a failed try on the transition's span) and `ChargesHook` (a budget scope's
 charge, made by the commit where the store can, after it elsewhere: `Machine.scope_charge`,
 `Machine.after_commit`). The transition's span itself wraps each transition (`_tracing`).
+`Hooks` lists, for each point, the hooks that do something there: a hook that does nothing
+at a point costs nothing there, not even a call.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
+from ._live import notices
 from ._tracing import step_failed
 
 if TYPE_CHECKING:
@@ -28,7 +32,7 @@ if TYPE_CHECKING:
     from ._spec import MachineSpec
     from ._table import Transition
 
-__all__ = ["ChargesHook", "Hook", "LiveHook", "TracingHook"]
+__all__ = ["ChargesHook", "Hook", "Hooks", "LiveHook", "TracingHook"]
 
 
 class Hook:
@@ -54,7 +58,8 @@ class Hook:
 
 class LiveHook(Hook):
     """The run's live channel: a step's start (stored before the first step under a lease
-    runs: crash accounting reads it, `Run._deaths_in_step`), failed tries, commits."""
+    runs: crash accounting reads it, `_crashes.deaths_in_step`), failed tries; each commit
+    writes what was queued, and its own notices, in its round trip (`Store.commit`)."""
 
     name = "live"
 
@@ -71,9 +76,9 @@ class LiveHook(Hook):
     def after_try_failed(self, seq: int, attempt: int, error: BaseException, again: bool) -> None:
         self.live.failed(seq, attempt, error, again)
 
-    async def after_commit(self, record: RunRecord, event: Event, *, again: bool) -> None:
-        if not again:
-            self.live.committed(event)
+    def before_commit(self, memory: BaseModel, event: Event) -> dict[str, Any]:
+        queued = self.live.take()
+        return {"live": [*queued, *notices(event, alone=not queued)]}
 
 
 class TracingHook(Hook):
@@ -103,3 +108,28 @@ class ChargesHook(Hook):
     async def after_commit(self, record: RunRecord, event: Event, *, again: bool) -> None:
         for hook in self.machine.after_commit:
             await hook(record, event, self.store)
+
+
+class Hooks:
+    """A run's hooks, in order (`all`), and for each point of the protocol the ones that do
+    something there (whose class overrides `Hook`'s method)."""
+
+    __slots__ = ("after_commit", "after_try_failed", "all", "before_commit", "before_step")
+
+    def __init__(self, hooks: tuple[Hook, ...]) -> None:
+        self.all = hooks
+        at = _points(tuple(type(h) for h in hooks))  # per run: the classes' answer, cached
+        self.before_step = tuple(hooks[i] for i in at["before_step"])
+        self.after_try_failed = tuple(hooks[i] for i in at["after_try_failed"])
+        self.before_commit = tuple(hooks[i] for i in at["before_commit"])
+        self.after_commit = tuple(hooks[i] for i in at["after_commit"])
+
+
+@functools.cache
+def _points(kinds: tuple[type[Hook], ...]) -> dict[str, tuple[int, ...]]:
+    """For each point, the positions of the hook classes that override it."""
+    points = ("before_step", "after_try_failed", "before_commit", "after_commit")
+    return {
+        p: tuple(i for i, k in enumerate(kinds) if getattr(k, p) is not getattr(Hook, p))
+        for p in points
+    }

@@ -1,18 +1,21 @@
-"""Publishing a run's progress on its live channel, beside (never inside) its commits.
+"""Publishing a run's progress on its live channel: with its commits, or beside them.
 
-The runner calls `Publisher` at a step's start, a failed try and a commit; a step streams
-through the `StepLive` its context carries. Every call only queues an item: one background
-task per run sends what has queued up in one `Store.publish` (one round trip, however many
-items) at most every `BATCH_WINDOW` seconds, so a commit never waits for a publish, a run of
-quick steps costs about one publish per window rather than one per step, and a publish that
-fails is dropped (logged at debug level): the live channel is best effort, the durable history
-is what counts. Text deltas queued together are merged into one item.
+The runner calls `Publisher` at a step's start and at a failed try; a step streams through
+the `StepLive` its context carries. Every call only queues an item. Each commit takes what
+is queued (`take`) and writes it, with its own notice (`notices`: "stopped" when the run
+stops being driven, else "committed" if nothing else wakes watchers), in its one round trip
+(`Store.commit(live=...)`): a run of quick steps publishes nothing on its own, and its end
+waits for no publish. What a slow step queues (model tokens, tool progress) is sent by one
+background task per run, in one `Store.publish` (one round trip, however many items), once
+the oldest queued item has waited `BATCH_WINDOW` seconds, so watchers see it while the step
+runs; `drain` sends at once. A publish that fails is dropped (logged at debug level): the
+live channel is best effort, the durable history is what counts. Text deltas queued together
+are merged into one item.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import TYPE_CHECKING
 
@@ -21,13 +24,14 @@ from pydantic import JsonValue
 if TYPE_CHECKING:
     from storage import Event, Store
 
-__all__ = ["NO_LIVE", "Publisher", "StepLive"]
+__all__ = ["NO_LIVE", "Publisher", "StepLive", "notices"]
 
 _log = logging.getLogger("statemachine.live")
 _DRAIN_WAIT = 2.0
 """Seconds `drain` waits for the last publish, at most."""
 BATCH_WINDOW = 0.02
-"""Seconds the sender gathers items before it publishes them (`drain` cuts it short)."""
+"""Seconds an item waits for a commit to take it before the sender publishes it (with
+whatever queued after it; `drain` cuts the wait short)."""
 
 
 class Publisher:
@@ -37,9 +41,13 @@ class Publisher:
         self._store = store
         self._run_id = run_id
         self._queue: list[tuple[int, dict[str, JsonValue]]] = []
+        self._since = 0.0
+        """The loop time at which the oldest queued item was queued."""
         self._sender: asyncio.Task[None] | None = None
-        self._now: asyncio.Event | None = None
-        """Set to send at once (one per sender task: an event belongs to one event loop)."""
+        self._wake: asyncio.Future[None] | None = None
+        """What the sender waits on until the oldest item is due (done: look again)."""
+        self._urgent = False
+        """Send what is queued without waiting for the window (`drain`)."""
 
     def emit(self, base: int, item: dict[str, JsonValue]) -> None:
         """Queue `item`, published after committed event `base` (see `storage.base.LiveEntry`)."""
@@ -54,14 +62,21 @@ class Publisher:
             ):
                 queue[-1] = (base, {**last, "text": f"{last['text']}{item['text']}"})
                 return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop (a step called from sync code): nothing to send on
+            return
+        if not queue:
+            self._since = loop.time()
         queue.append((base, item))
         if self._sender is None or self._sender.done():
-            try:
-                loop = asyncio.get_running_loop()
-                now = self._now = asyncio.Event()
-                self._sender = loop.create_task(self._send(now))
-            except RuntimeError:  # no loop (a step called from sync code): nothing to send on
-                queue.clear()
+            self._sender = loop.create_task(self._send())
+
+    def take(self) -> list[tuple[int, dict[str, JsonValue]]]:
+        """What is queued, for a commit to write (`Store.commit(live=...)`): the sender will
+        not send it."""
+        queued, self._queue = self._queue, []
+        return queued
 
     def started(self, base: int, trigger: str, attempt: int, kind: str, step: str) -> None:
         self.emit(base, _started(base, trigger, attempt, kind, step))
@@ -70,50 +85,67 @@ class Publisher:
         self, base: int, trigger: str, attempt: int, kind: str, step: str
     ) -> None:
         """`started`, stored before this returns (what was queued before goes first); the
-        store's error is raised: the runner counts deaths by it (`Run._deaths_in_step`)."""
+        store's error is raised: the runner counts deaths by it (`_crashes.deaths_in_step`)."""
         await self.drain()
-        queued, self._queue = self._queue, []
         item = _started(base, trigger, attempt, kind, step)
-        await self._store.publish(self._run_id, [*queued, (base, item)])
+        await self._store.publish(self._run_id, [*self.take(), (base, item)])
 
     def failed(self, base: int, attempt: int, error: BaseException, again: bool) -> None:
         self.emit(base, {"kind": "failed", "seq": base + 1, "attempt": attempt,
                          "error": {"type": type(error).__name__, "message": str(error)},
                          "retrying": again})  # fmt: skip
 
-    def committed(self, event: Event) -> None:
-        """A notice (the event itself is read from the history) and, when the run stops
-        being driven, the item saying it parked or ended."""
-        self.emit(event.seq, {"kind": "committed", "seq": event.seq, "attempt": event.attempt,
-                              "status": event.status})  # fmt: skip
-        if event.status != "running":
-            self.emit(event.seq, {"kind": "stopped", "seq": event.seq,
-                                  "attempt": event.attempt, "status": event.status})  # fmt: skip
-
     def step(self, base: int, attempt: int) -> StepLive:
         return StepLive(self, base, attempt)
 
     async def drain(self) -> None:
         """Send what was queued now, and wait (a little, at most) until it is sent."""
-        if self._now is not None:
-            self._now.set()
-        while self._sender is not None and not self._sender.done():
-            try:
-                await asyncio.wait_for(asyncio.shield(self._sender), _DRAIN_WAIT)
-            except TimeoutError:
-                return
+        if self._sender is None or self._sender.done():
+            return  # nothing queued (the sender runs while anything is)
+        self._urgent = True
+        wake = self._wake
+        if wake is not None and not wake.done():
+            wake.set_result(None)
+        try:
+            await asyncio.wait_for(asyncio.shield(self._sender), _DRAIN_WAIT)
+        except TimeoutError:
+            return
 
-    async def _send(self, now: asyncio.Event) -> None:
+    async def _send(self) -> None:
+        loop = asyncio.get_running_loop()
         while self._queue:
-            if not now.is_set():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(now.wait(), BATCH_WINDOW)
-            now.clear()
-            batch, self._queue = self._queue, []
+            due = self._since + BATCH_WINDOW
+            if not self._urgent and loop.time() < due:
+                # Commits may take the queue meanwhile: look again when the oldest is due.
+                wake = self._wake = loop.create_future()
+                timer = loop.call_at(due, _wake_up, wake)
+                await wake
+                timer.cancel()
+                continue
+            self._urgent = False
+            batch = self.take()
             try:
                 await self._store.publish(self._run_id, batch)
             except Exception as exc:
                 _log.debug("run %s: %d live items dropped: %s", self._run_id, len(batch), exc)
+        self._urgent = False  # a commit may have taken what a drain asked to send
+
+
+def notices(event: Event, *, alone: bool) -> list[tuple[int, dict[str, JsonValue]]]:
+    """What committing `event` says on the live channel (written by the commit itself):
+    when the run stops being driven, the item saying it parked or ended; else, when the
+    commit carries no other item (`alone`), a notice that wakes watchers waiting on the
+    channel (they read the event itself from the history; any item wakes them)."""
+    said: dict[str, JsonValue] = {"kind": "committed", "seq": event.seq, "attempt": event.attempt,
+                                  "status": event.status}  # fmt: skip
+    if event.status != "running":
+        return [(event.seq, {**said, "kind": "stopped"})]
+    return [(event.seq, said)] if alone else []
+
+
+def _wake_up(wake: asyncio.Future[None]) -> None:
+    if not wake.done():
+        wake.set_result(None)
 
 
 def _started(base: int, trigger: str, attempt: int, kind: str, step: str) -> dict[str, JsonValue]:

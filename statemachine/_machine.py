@@ -3,38 +3,34 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import secrets
-import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, JsonValue, ValidationError
 
 from storage import Event, Lease, RunRecord, RunStatus, Store
-from storage.base import check_run_id, run_key
+from storage.base import check_run_id
 from storage.errors import Unstorable
 from storage.process import owner_id
 
+from . import _handoff
 from ._draw import Graph, draw
+from ._ledger import json_size
 from ._migrate import Migration, check_migrations, needs_upgrade, upgrade
-from ._provenance import memory_at
-from ._runner import Run, check_payload_storable, json_size, now
+from ._new_runs import fork_plan, new_record
+from ._runner import Run
 from ._spec import AfterCommit, ChargeOf
 from ._table import Transition
-from ._tracing import open_trace
+from ._tracing import RunTrace
 from ._validate import Table, check_machine_name, compile_table
 from ._watch import WatchItem, watch
 from .errors import (
     InvalidMemory,
     MemoryTooLarge,
-    NotDue,
     NoTransition,
     RunError,
-    RunLocked,
     RunNotFound,
-    RunTakenOver,
     VersionMismatch,
 )
 
@@ -193,24 +189,7 @@ class Machine(Generic[M]):
         each run then goes on until it is done, failed or waiting again (`until_done`).
         Returns the ids of the runs it moved to their timeout state.
         """
-        fired: list[str] = []
-        for run_id in await store.due(now(), limit=limit):
-            record = await store.load(run_id)
-            if record is None or record.agent != self.name or record.version != self.version:
-                continue
-            run = self._open(store, record, 0.0)
-            try:
-                await run.fire_timeout()
-            except (RunLocked, RunTakenOver, NotDue):
-                await run.release(quiet=True)
-                continue
-            fired.append(run_id)
-            if drive:
-                with contextlib.suppress(RunLocked, RunTakenOver):  # another process has it
-                    await run.until_done()  # releases the run in the end
-            else:
-                await run.release(quiet=True)
-        return fired
+        return await _handoff.fire_due(self, store, limit=limit, drive=drive)
 
     def next_transition(self, state: str, memory: M) -> Transition:
         """The transition that fires from `state` with this memory: the first in table order
@@ -262,23 +241,7 @@ class Machine(Generic[M]):
         if run_id is not None:
             check_run_id(run_id)
         fields = self.storable_memory(memory, f"starting {self.name!r}")
-        created = now()
-        run_id = run_id or uuid.uuid4().hex
-        traced = open_trace(self.name, self.version, run_id, self.table.initial)
-        record = RunRecord(
-            run_id=run_id,
-            agent=self.name,
-            version=self.version,
-            state=self.table.initial,
-            seq=0,
-            status=self.status_in(self.table.initial),
-            memory=fields,
-            created_at=created,
-            updated_at=created,
-            deadline=self.deadline_in(self.table.initial, created),
-            nonce=secrets.token_hex(8),
-            trace=traced.traceparent,
-        )
+        record, traced = new_record(self, run_id, self.table.initial, fields)
         lease: Lease | None = None
         if hold:
             owner = owner_id()
@@ -355,58 +318,12 @@ class Machine(Generic[M]):
         *,
         new_run_id: str | None = None,
         memory_update: Mapping[str, Any] | None = None,
-    ) -> tuple[RunRecord, Event, Any]:
+    ) -> tuple[RunRecord, Event, RunTrace]:
         """`fork`'s checks, writing nothing: the new run's record, its creation event and
         its trace; or the error `fork` would raise."""
-        source = await store.load(run_id)
-        if source is None:
-            raise RunNotFound(run_id)
-        if source.agent != self.name:
-            raise RunError(f"run {run_id!r} belongs to {source.agent!r}, not to {self.name!r}")
-        history = await store.history(run_id)
-        state, fields = memory_at(history, at_seq)
-        if state not in self.table.states:
-            raise RunError(
-                f"run {run_id!r} was in state {state!r} at seq {at_seq}, which {self.name!r}"
-                f" v{self.version} does not have"
-            )
-        unknown = set(memory_update or {}) - set(self.memory_type.model_fields)
-        if unknown:
-            raise ValueError(
-                f"forking run {run_id!r}: memory_update names unknown fields {sorted(unknown)};"
-                f" the fields are {sorted(self.memory_type.model_fields)}"
-            )
-        if new_run_id is not None and await store.load(check_run_id(new_run_id)) is not None:
-            raise RunError(f"a run with id {new_run_id!r} exists: pick another new_run_id")
-        memory = self.storable_memory({**fields, **(memory_update or {})}, f"forking {run_id!r}")
-        created = now()
-        new_run_id = new_run_id or uuid.uuid4().hex
-        traced = open_trace(self.name, self.version, new_run_id, state, forked_from=source)
-        record = RunRecord(
-            run_id=new_run_id,
-            agent=self.name,
-            version=self.version,
-            state=state,
-            seq=0,
-            status=self.status_in(state),
-            memory=memory,
-            created_at=created,
-            updated_at=created,
-            deadline=self.deadline_in(state, created),
-            nonce=secrets.token_hex(8),
-            trace=traced.traceparent,
+        return await fork_plan(
+            self, store, run_id, at_seq, new_run_id=new_run_id, memory_update=memory_update
         )
-        origin: dict[str, JsonValue] = {"forked_from": run_id, "at": at_seq}
-        if memory_update:
-            origin["memory_update"] = list(sorted(memory_update))
-        start = Event(
-            seq=0, trigger="start", kind="start", source="", dest=state, status=record.status,
-            key=run_key(record, "start"), patch=memory, output=origin,
-            started_at=created, ended_at=created, deadline=record.deadline,
-            # The conversation so far comes along, so LLM steps of the fork go on from it.
-            messages=[m for e in history[: at_seq + 1] for m in e.messages],
-        )  # fmt: skip
-        return record, start, traced
 
     async def submit(
         self, store: Store, memory: M | Mapping[str, Any], *, run_id: str | None = None
@@ -414,15 +331,11 @@ class Machine(Generic[M]):
         """Create a run (or find the one with `run_id`) and queue it for the workers
         (`Worker`, `agentfsm worker`); returns its id. Safe to retry with the same `run_id`:
         the run is created once, and a job queued twice is carried out once."""
-        run = await self.start(store, memory, run_id=run_id)
-        await store.queue.enqueue(self.name, run.run_id)
-        return run.run_id
+        return await _handoff.submit(self, store, memory, run_id)
 
     async def enqueue(self, store: Store, run_id: str) -> None:
         """Queue a stored run for the workers: to go on after a stop, or after `retry`."""
-        if await store.load(run_id) is None:
-            raise RunNotFound(run_id)
-        await store.queue.enqueue(self.name, run_id)
+        await _handoff.enqueue(self, store, run_id)
 
     async def deliver(
         self, store: Store, run_id: str, event: str, payload: JsonValue = None
@@ -432,23 +345,7 @@ class Machine(Generic[M]):
         The payload is checked against the wait step's schema first; a bad one raises
         `InvalidPayload` and nothing is queued. So does one that would take the memory past
         `max_memory` (`MemoryTooLarge`) or that no store would read back (`InvalidMemory`)."""
-        run = await self.resume(store, run_id)
-        waits = [
-            t for rows in self.table.out.values() for t in rows if t.trigger == event and t.waits
-        ]
-        if not waits:
-            raise RunError(f"machine {self.name!r} has no wait for event {event!r}")
-        check_payload_storable(event, payload)
-        check = getattr(waits[0].step, "check_payload", None)
-        if check is not None:
-            payload = check(payload)
-        try:
-            t, payload = run._accept(event, payload)
-        except RunError:
-            pass  # not waiting for it yet: the worker delivers it when it is
-        else:
-            await run._rehearse(t, payload)  # refuse what would break the run, writing nothing
-        await store.queue.enqueue(self.name, run.run_id, "event", event=event, payload=payload)
+        await _handoff.deliver(self, store, run_id, event, payload)
 
     async def resume(self, store: Store, run_id: str, *, lease_wait: float | None = None) -> Run[M]:
         """The stored run `run_id`, ready to go on from its last commit, in any process.

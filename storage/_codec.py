@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+from collections.abc import Mapping, Sequence
 from typing import get_args
 
 import pydantic_core
@@ -10,7 +11,9 @@ from pydantic import JsonValue, TypeAdapter, ValidationError
 
 from ._json import json_bytes
 from .base import Event, RunRecord, RunStatus
-from .errors import CorruptData
+from .errors import CorruptData, Unstorable
+
+_log = logging.getLogger("storage.live")
 
 _EVENT = TypeAdapter(Event)
 _STATUSES = frozenset(get_args(RunStatus))
@@ -19,6 +22,19 @@ _STATUSES = frozenset(get_args(RunStatus))
 def dump_json(value: JsonValue, where: str = "a value") -> str:
     """`value` as JSON, or `Unstorable` when it would not read back equal (see `_json`)."""
     return json_bytes(value, where).decode()
+
+
+def live_rows(entries: Sequence[tuple[int, JsonValue]], run_id: str) -> list[tuple[int, str]]:
+    """A commit's live items (`Store.commit(live=...)`) as (base, JSON): an item no store
+    would read back equal is dropped (logged at debug level), so that the live channel, best
+    effort, can never make a commit fail."""
+    rows = []
+    for base, item in entries:
+        try:
+            rows.append((base, dump_json(item, f"a live item of run {run_id!r}")))
+        except Unstorable as exc:
+            _log.debug("%s: dropped", exc)
+    return rows
 
 
 def load_json(raw: str | bytes, key: str) -> JsonValue:

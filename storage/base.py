@@ -285,6 +285,7 @@ class Store(Protocol):
         token: int,
         event: Event,
         scope_charge: ScopeCharge | None = None,
+        live: Sequence[tuple[int, JsonValue]] = (),
     ) -> "CommitOutcome":
         """Atomically apply `event` (whose seq must be `expected_seq + 1`): set the run's
         state, status and patched memory fields, append the event, record its key.
@@ -305,6 +306,13 @@ class Store(Protocol):
         (embedded, standalone Redis); on Redis Cluster, where the scope is in another slot,
         the commit records the charge in the run's own slot and the backend applies it
         after, or at the next load, lease, listing or `gc` after a crash: it lands once.
+
+        `live` (optional): `(base, item)` pairs appended to the run's live channel by the
+        same round trip, as `publish` would append them, and only when the commit is applied
+        (a refused commit writes none of them); an item no store would read back equal is
+        dropped, never failing the commit. The runner sends the progress items queued
+        since the last publish this way, and the commit's own notice, so a run of quick steps
+        needs no publish of its own.
         """
         ...
 

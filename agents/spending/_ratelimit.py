@@ -16,8 +16,6 @@ import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
-from pydantic_ai.exceptions import ModelHTTPError, ModelRateLimitError
-
 from statemachine import StepContext
 from storage import Store
 from storage.base import Bucket
@@ -84,6 +82,9 @@ async def rate_limited(
     """Hold a slot of every limit around one model request; yields a function to report
     the tokens the request used. `seconds` (the step's timeout) bounds the waiting of
     limits that count against it (`TimeoutError`)."""
+    # Here, not at the top: a table agent without an LLM step never imports pydantic-ai.
+    from pydantic_ai.exceptions import ModelHTTPError, ModelRateLimitError
+
     store = ctx.store
     if store is None or not limits:
         yield lambda tokens: None

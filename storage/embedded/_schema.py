@@ -15,8 +15,10 @@ __all__ = [
     "SELECT_RUN",
     "UPDATE_RUN",
     "UPDATE_RUN_ENDED",
+    "UPDATE_RUN_IF_AT",
     "UPDATE_RUN_STATUS",
     "UPDATE_RUN_STATUS_ENDED",
+    "UPDATE_RUN_STATUS_ENDED_IF_AT",
     "create_schema",
     "foreign",
     "upgradable",
@@ -92,6 +94,14 @@ RELEASE = "holder = '', lease_owner = '', lease_expires = 0"
 UPDATE_RUN_ENDED = f"UPDATE runs SET {RELEASE}, {SET_RUN} WHERE run_id = ?"
 """A commit that leaves the run not running gives the lease back too (status unchanged)."""
 UPDATE_RUN_STATUS_ENDED = f"UPDATE runs SET status = ?, {RELEASE}, {SET_RUN} WHERE run_id = ?"
+_AT = " AND seq = ? AND fence = ?"
+UPDATE_RUN_IF_AT = f"{UPDATE_RUN}{_AT} AND status = ?"
+"""`UPDATE_RUN` only while the run is at the expected seq and fence and has the commit's
+status: a compare and set, the commit's check and its write in one statement (no row: a
+refusal, or the status changes, as when `send` or `retry` set a run running)."""
+UPDATE_RUN_STATUS_ENDED_IF_AT = f"{UPDATE_RUN_STATUS_ENDED}{_AT} AND status != ?"
+"""`UPDATE_RUN_STATUS_ENDED` only while the run is at the expected seq and fence and the
+commit changes its status (no row: a refusal, or it keeps it, as waiting -> waiting)."""
 SELECT_RUN = f"SELECT run_id, {', '.join(RUN_COLUMNS)} FROM runs"
 INSERT_RUN = (
     f"INSERT INTO runs (run_id, {', '.join(RUN_COLUMNS)})"

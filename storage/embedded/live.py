@@ -14,12 +14,13 @@ from collections.abc import Callable, Sequence
 
 from pydantic import JsonValue
 
-from .._codec import dump_json, load_json
+from .._codec import dump_json, live_rows, load_json
 from ..base import LiveEntry
 from ..errors import CorruptData
 
-__all__ = ["create_table", "insert", "prune", "read"]
+__all__ = ["append", "create_table", "insert", "prune", "read"]
 
+_INSERT = "INSERT INTO live (run_id, base, item, at) VALUES (?, ?, ?, ?)"
 _POLL = 0.05
 """Seconds between two looks while a reader waits (SQLite cannot notify another process)."""
 
@@ -39,12 +40,34 @@ def insert(
     maxlen: int,
     ttl: float,
 ) -> None:
-    """Inside the caller's write transaction."""
+    """Inside the caller's write transaction (a publish)."""
+    append(db, run_id, entries, maxlen, ttl, prune=True)
+
+
+def append(
+    db: sqlite3.Connection,
+    run_id: str,
+    entries: Sequence[tuple[int, JsonValue]],
+    maxlen: int,
+    ttl: float,
+    *,
+    prune: bool,
+    lenient: bool = False,
+) -> None:
+    """Inside the caller's write transaction; `prune`: drop the run's rows past `maxlen` and
+    older than `ttl` too (a commit prunes every 64th seq: its channel then holds at most
+    `maxlen` rows plus what 64 commits add, and a commit pays for no DELETE)."""
     now = time.time()
-    db.executemany(
-        "INSERT INTO live (run_id, base, item, at) VALUES (?, ?, ?, ?)",
-        [(run_id, base, dump_json(item), now) for base, item in entries],
-    )
+    if lenient:  # a commit's: an item that cannot be stored is dropped, never fails it
+        rows = [(run_id, base, item, now) for base, item in live_rows(entries, run_id)]
+    else:
+        rows = [(run_id, base, dump_json(item), now) for base, item in entries]
+    if len(rows) == 1:  # a commit's usual one: execute is cheaper than executemany
+        db.execute(_INSERT, rows[0])
+    elif rows:
+        db.executemany(_INSERT, rows)
+    if not prune:
+        return
     db.execute(
         "DELETE FROM live WHERE run_id = ? AND (at < ? OR id <= (SELECT max(id) FROM live"
         " WHERE run_id = ?) - ?)",

@@ -67,10 +67,10 @@ from ._leases import acquire, lease_clock
 from ._rows import RawRun, decode, insert_run, read_checked, read_runs
 from ._schema import (
     SELECT_RUN,
-    UPDATE_RUN,
     UPDATE_RUN_ENDED,
+    UPDATE_RUN_IF_AT,
     UPDATE_RUN_STATUS,
-    UPDATE_RUN_STATUS_ENDED,
+    UPDATE_RUN_STATUS_ENDED_IF_AT,
     check_indexes,
     collect,
 )
@@ -214,13 +214,17 @@ class EmbeddedStore(Database):
         token: int,
         event: Event,
         scope_charge: ScopeCharge | None = None,
+        live: Sequence[tuple[int, JsonValue]] = (),
     ) -> CommitOutcome:
         if event.seq != expected_seq + 1:
             raise ValueError(f"event seq {event.seq} does not follow expected seq {expected_seq}")
-        outcome = self._transaction(
-            f"commit to run {run_id!r}", "BEGIN IMMEDIATE", self._commit, run_id, expected_seq,
-            token, event, scope_charge,
-        )  # fmt: skip
+        try:
+            outcome = self._transaction(
+                f"commit to run {run_id!r}", "BEGIN IMMEDIATE", self._commit, run_id,
+                expected_seq, token, event, scope_charge, live,
+            )  # fmt: skip
+        except _Refused as refused:  # rolled back: nothing written
+            return refused.outcome
         if self._checkpoints is not None:
             self._checkpoints.due()
         return outcome
@@ -232,37 +236,42 @@ class EmbeddedStore(Database):
         token: int,
         event: Event,
         scope_charge: ScopeCharge | None,
+        live: Sequence[tuple[int, JsonValue]],
     ) -> CommitOutcome:
-        # One read, then only the writes: the run row, the event, the key, the patch.
+        # Only writes, each checked as it is made: the key (the table refuses a duplicate),
+        # then the run row, set only at the expected seq and fence, guessing that the status
+        # changes just when the commit stops the run (the status index is written only when
+        # it changes). Only when that matches no row does one read say why (a refusal rolls
+        # the key back), or show the guess wrong and the other update is made.
         db = self._db
-        cur = db.execute(
-            "SELECT seq, fence, status FROM runs WHERE run_id = ?", (run_id,)
-        ).fetchone()
-        if cur is None or cur[1] != token or cur[0] != expected_seq:
-            # Refused: say why in the order of commit.lua (duplicate, missing, lease, seq).
-            done = self._committed_at(run_id, event.key)
-            if done is not None:
-                return Duplicate(seq=done)
-            if cur is None:
-                raise KeyError(run_id)
-            return LeaseLost() if cur[1] != token else Conflict(current_seq=int(cur[0]))
         seq = expected_seq + 1
         try:
             db.execute("INSERT INTO keys VALUES (?, ?, ?)", (run_id, event.key, seq))
-        except sqlite3.IntegrityError:  # the key was committed at another seq; nothing written
+        except sqlite3.IntegrityError:  # the key was committed before; nothing written
             done = self._committed_at(run_id, event.key)
             if done is None:  # another constraint failed
                 raise
             return Duplicate(seq=done)
         values = (seq, event.dest, event.ended_at or time.time(), event.deadline, event.version,
                   event.expires_at, run_id)  # fmt: skip
+        at = (expected_seq, token, event.status)
         ended = event.status != "running"
-        if cur[2] == event.status:
-            db.execute(UPDATE_RUN_ENDED if ended else UPDATE_RUN, values)
+        if ended:
+            cas = db.execute(UPDATE_RUN_STATUS_ENDED_IF_AT, (event.status, *values, *at))
         else:
-            db.execute(
-                UPDATE_RUN_STATUS_ENDED if ended else UPDATE_RUN_STATUS, (event.status, *values)
-            )
+            cas = db.execute(UPDATE_RUN_IF_AT, (*values, *at))
+        if cas.rowcount != 1:
+            cur = db.execute("SELECT seq, fence FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+            if cur is None:
+                raise KeyError(run_id)
+            if cur[1] != token:
+                raise _Refused(LeaseLost())
+            if cur[0] != expected_seq:
+                raise _Refused(Conflict(current_seq=int(cur[0])))
+            if ended:  # it keeps its status
+                db.execute(UPDATE_RUN_ENDED, values)
+            else:  # it was not running
+                db.execute(UPDATE_RUN_STATUS, (event.status, *values))
         if event.patch:
             db.executemany(
                 "INSERT INTO memory (run_id, name, json) VALUES (?, ?, ?)"
@@ -281,6 +290,10 @@ class EmbeddedStore(Database):
         add_run_usage(db, run_id, increments(event))
         if scope_charge is not None:
             _ledger.charge_rows(db, scope_charge, event.key, increments(event), run_id)
+        if live:
+            _live.append(
+                db, run_id, live, self.live_maxlen, self.live_ttl, prune=seq % 64 == 0, lenient=True
+            )
         return Committed(seq=seq)
 
     def _committed_at(self, run_id: str, key: str) -> int | None:
@@ -384,3 +397,10 @@ class EmbeddedStore(Database):
             (now, max(limit, 0)),
         )  # fmt: skip
         return [str(run_id) for (run_id,) in rows]
+
+
+class _Refused(Exception):
+    """A commit refused after its first write: raised to roll it back, then returned."""
+
+    def __init__(self, outcome: CommitOutcome) -> None:
+        self.outcome = outcome

@@ -31,7 +31,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from pydantic import JsonValue
 
 from .._capabilities import Ledger, Limiter, RunQueue, ScopeCharge
-from .._codec import dump_event, dump_json, load_event
+from .._codec import dump_event, dump_json, live_rows, load_event
 from .._json import json_bytes
 from .._paging import TOP, RunCursor
 from ..base import (
@@ -261,12 +261,14 @@ class PostgresStore:
         token: int,
         event: Event,
         scope_charge: ScopeCharge | None = None,
+        live: Sequence[tuple[int, JsonValue]] = (),
     ) -> CommitOutcome:
         if event.seq != expected_seq + 1:
             raise ValueError(f"event seq {event.seq} does not follow expected seq {expected_seq}")
         names = list(event.patch)
         values = [json_bytes(event.patch[n], f"memory field {n!r}") for n in names]
         usage = increments(event)
+        rows = live_rows(live, run_id)
         args = (
             run_id, expected_seq, token, event.key, event.dest, event.status,
             event.ended_at or time.time(), event.deadline, event.version, event.expires_at,
@@ -275,10 +277,12 @@ class PostgresStore:
             scope_charge.scope if scope_charge else None,
             scope_charge.period if scope_charge else None,
             scope_charge.expires_at if scope_charge else None,
+            [base for base, _ in rows], [item.encode() for _, item in rows],
+            self.live_maxlen, self.live_ttl, self._channel_live,
         )  # fmt: skip
         sql = (
             f"SELECT {self.schema}.commit($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,"
-            " $13, $14, $15, $16, $17, $18)"
+            " $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23)"
         )
         outcome, seq = await self._db.call(
             f"commit to run {run_id!r}", lambda c: c.fetchval(sql, *args)

@@ -87,7 +87,7 @@ class RedisBase:
 
     def commit_keys(self, run_id: str) -> list[str]:
         """The keys `commit` sends `commit.lua` (benchmarks send the same)."""
-        return [*self._keys(run_id, "run", "events", "keys", "lease"), *self._indexes]
+        return [*self._keys(run_id, "run", "events", "keys", "lease", "live"), *self._indexes]
 
     def _keys(self, run_id: str, *parts: str) -> list[str]:
         return [self.key(run_id, p) for p in parts]

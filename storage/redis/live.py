@@ -2,7 +2,8 @@
 
 `{prefix}:{run_id}:live` is in the same Cluster slot as the run. Each publish is one
 pipeline: an XADD per item (trimmed with `MAXLEN ~`) and a PEXPIRE, so the channel of a run
-nobody publishes to any more goes away on its own.
+nobody publishes to any more goes away on its own. A commit appends its items the same way,
+inside `commit.lua` (`commit_args`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from .._codec import dump_json, load_json
 from ..base import LiveEntry
 from ..errors import CorruptData
 
-__all__ = ["publish", "read"]
+__all__ = ["commit_args", "publish", "read"]
 
 _MAX_BLOCK = 1.0
 """Seconds one blocking read waits at most (well under the client's socket timeout)."""
@@ -32,6 +33,15 @@ async def publish(
         pipe.xadd(key, {"b": base, "i": dump_json(item)}, maxlen=maxlen, approximate=True)
     pipe.pexpire(key, max(int(ttl * 1000), 1))
     await pipe.execute()
+
+
+def commit_args(rows: Sequence[tuple[int, str]], maxlen: int, ttl: float) -> list[Any]:
+    """`commit.lua`'s ARGV[14..]: how many items, the channel's MAXLEN and ttl (ms), then each
+    item's base and JSON (`storage._codec.live_rows`)."""
+    args: list[Any] = [len(rows), maxlen, max(int(ttl * 1000), 1)]
+    for base, item in rows:
+        args += [base, item]
+    return args
 
 
 async def read(

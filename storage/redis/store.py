@@ -37,7 +37,7 @@ from typing import Any
 from pydantic import JsonValue
 
 from .._capabilities import Ledger, Limiter, RunQueue, ScopeCharge
-from .._codec import dump_event, dump_json, load_event
+from .._codec import dump_event, dump_json, live_rows, load_event
 from .._paging import TOP, RunCursor
 from ..base import (
     LIVE_MAXLEN,
@@ -226,6 +226,7 @@ class RedisStore(RedisBase):
         token: int,
         event: Event,
         scope_charge: ScopeCharge | None = None,
+        live: Sequence[tuple[int, JsonValue]] = (),
     ) -> CommitOutcome:
         if event.seq != expected_seq + 1:
             raise ValueError(f"event seq {event.seq} does not follow expected seq {expected_seq}")
@@ -251,6 +252,7 @@ class RedisStore(RedisBase):
             "" if event.expires_at is None else repr(event.expires_at),
             lua_increments(event),
             charge,
+            *_live.commit_args(live_rows(live, run_id), self.live_maxlen, self.live_ttl),
         ]
         for name, value in event.patch.items():
             args += [name, dump_json(value, f"memory field {name!r}")]

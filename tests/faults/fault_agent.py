@@ -24,10 +24,10 @@ import random
 import sys
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 import redis.asyncio as aioredis
-from pydantic import BaseModel
+from pydantic import BaseModel, JsonValue
 
 from agents import Agent, tool
 from statemachine import RunLocked, StepContext
@@ -68,10 +68,12 @@ class CountingStore(RedisStore):
         token: int,
         event: Event,
         scope_charge: ScopeCharge | None = None,
+        live: Sequence[tuple[int, JsonValue]] = (),
     ) -> CommitOutcome:
         outcome = await super().commit(
-            run_id, expected_seq=expected_seq, token=token, event=event, scope_charge=scope_charge
-        )
+            run_id, expected_seq=expected_seq, token=token, event=event,
+            scope_charge=scope_charge, live=live,
+        )  # fmt: skip
         self.outcomes[type(outcome).__name__] += 1
         if isinstance(outcome, Committed | Duplicate):
             self.acknowledged.add(event.key)

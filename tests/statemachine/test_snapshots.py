@@ -10,8 +10,8 @@ from typing import Any
 from pydantic import BaseModel
 
 from agents import Agent, tool
+from statemachine._ledger import SNAPSHOT_EVERY
 from statemachine._provenance import memory_at
-from statemachine._runner import SNAPSHOT_EVERY
 from storage import Event, Store
 
 STEPS = 200

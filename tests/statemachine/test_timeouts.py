@@ -44,8 +44,7 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     def fake() -> float:
         return time.time() + ahead[0]
 
-    monkeypatch.setattr("statemachine._runner.now", fake)
-    monkeypatch.setattr("statemachine._machine.now", fake)
+    monkeypatch.setattr("statemachine._clock.now", fake)
     return ahead
 
 

@@ -235,8 +235,7 @@ async def test_a_timeout_fired_by_a_poller_is_a_span_of_the_run(
     )  # fmt: skip
     run = await timed.start(store, Ticket(), run_id="tr-8")
     ahead = time.time() + 120
-    monkeypatch.setattr("statemachine._runner.now", lambda: ahead)
-    monkeypatch.setattr("statemachine._machine.now", lambda: ahead)
+    monkeypatch.setattr("statemachine._clock.now", lambda: ahead)
     assert await timed.fire_due(store) == ["tr-8"]  # fires it, then drives it to the end
     got = finished(spans)
     assert [s["name"] for s in got] == ["run timed", "timeout reply", "tool give_up"]

@@ -82,3 +82,39 @@ async def test_watching_a_run_that_is_not_there(store: Store) -> None:
         [i async for i in watch(store, "nobody")]
     with pytest.raises(ValueError, match="not a watch offset"):
         [i async for i in watch(store, "nobody", after="x:y")]
+
+
+async def test_a_slow_step_is_seen_started_before_its_commit(store: Store) -> None:
+    """Quick steps' live items go with their commits; a step still running after the batch
+    window has its "started" item published on its own, so a watcher sees it running."""
+    release = asyncio.Event()
+
+    async def slow(m: Memory) -> int:
+        await release.wait()
+        return m.n + 1
+
+    agent = Agent(
+        name="slow_watched", memory=Memory, initial="a", final=["z"],
+        transitions=[
+            tool("quick", "a", "b", lambda m: m.n + 1, into="n"),
+            tool("slow", "b", "z", slow, into="n"),
+        ],
+    )  # fmt: skip
+    run = await agent.start(store, Memory(), run_id="slow-1", hold=True)
+    driving = asyncio.create_task(run.until_done())
+    seen: list[WatchItem] = []
+    async with asyncio.timeout(60):  # a loose bound: the item comes after ~20 ms
+        async for item in run.watch():
+            seen.append(item)
+            if (item.kind, item.seq) == ("started", 2):
+                break
+    assert not driving.done() and run.seq == 1  # seen while the step runs, before its commit
+    release.set()
+    await asyncio.wait_for(driving, 60)
+    assert run.status == "done"
+    assert [(i.kind, i.seq) for i in seen] == [
+        ("committed", 0),
+        ("started", 1),
+        ("committed", 1),
+        ("started", 2),
+    ]

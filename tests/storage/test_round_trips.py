@@ -1,9 +1,11 @@
 """Round trips of a run's life on a real redis-server, counted on the wire.
 
 The numbers are what the code does, asserted exactly: a change that saves a round trip
-updates its constant here on purpose. Issue 17's targets, met: start 1 (the lease taken with
-the run), each step 1, the final step 1 with the release and the index upkeep inside it, so
-a K-step run costs K + 1 round trips.
+updates its constant here on purpose. Issue 17's targets: start 1 (the lease taken with
+the run), each step 1, the final step 1 with the release and the index upkeep inside it;
+the first step under a lease adds its stored "started" item, so a K-step run costs K + 2
+round trips. The live channel's items of quick steps ride the commits (issue 30): no publish
+of their own.
 """
 
 from __future__ import annotations
@@ -91,6 +93,29 @@ async def test_a_run_costs_the_round_trips_counted_here(redis_server: RedisServe
         "final step": FINAL_STEP,
         "release": RELEASE,
     }
+
+
+async def test_a_run_of_quick_steps_sends_its_live_items_with_its_commits(
+    redis_server: RedisServer,
+) -> None:
+    store = RedisStore.from_url(redis_server.url, prefix=f"rt{next(_ids)}")
+    wire = count_round_trips(store)
+    try:
+        await (await three_steps.start(store, Memory())).until_done()  # loads the scripts
+        run = await three_steps.start(store, Memory(), hold=True)
+        wire.take()
+        await run.until_done()
+        await run.live.drain()  # whatever was left for a publish of its own is sent now
+        trips = wire.take()
+        items = [e.item for e in await store.live(run.run_id)]
+    finally:
+        await store.close()
+    assert trips == FIRST_STEP + STEP + FINAL_STEP + RELEASE  # no publish beside them
+    # The first step's "started" is stored before it runs (its commit then carries only a
+    # notice); each later commit carries its step's "started"; the last says it stopped.
+    assert [(i["kind"], i["seq"]) for i in items] == [
+        ("started", 1), ("committed", 1), ("started", 2), ("started", 3), ("stopped", 3),
+    ]  # fmt: skip
 
 
 async def test_a_run_started_unheld_takes_its_lease_with_the_first_step(

@@ -201,7 +201,9 @@ END $$;
 CREATE FUNCTION {s}.commit(p_run text, p_expected bigint, p_token bigint, p_key text,
     p_state text, p_status text, p_updated float8, p_deadline float8, p_version integer,
     p_expires float8, p_event bytea, p_names text[], p_values bytea[], p_dropped text[],
-    p_usage jsonb, p_scope text, p_period text, p_scope_expires float8)
+    p_usage jsonb, p_scope text, p_period text, p_scope_expires float8,
+    p_live_bases bigint[], p_live_items bytea[], p_live_maxlen bigint, p_live_ttl float8,
+    p_channel text)
     RETURNS bigint[] LANGUAGE plpgsql AS $$
 DECLARE
     done bigint;
@@ -238,6 +240,10 @@ BEGIN
         PERFORM {s}.charge(p_scope, p_period, p_key, coalesce(p_usage, '{}'), p_scope_expires,
                           p_run);
     END IF;
+    IF cardinality(p_live_items) > 0 THEN
+        PERFORM {s}.append_live(p_run, p_live_bases, p_live_items, p_live_maxlen, p_live_ttl,
+                                p_channel);
+    END IF;
     RETURN ARRAY[0, p_expected + 1];
 END $$;
 
@@ -248,15 +254,14 @@ END $$;
 -- Best effort, as the contract says: its transaction does not wait for the WAL to reach the
 -- disk (visible at once; only a crash of the server within ~200 ms can lose it), so a
 -- publish costs a round trip, not a disk flush.
-CREATE FUNCTION {s}.publish(p_run text, p_bases bigint[], p_items bytea[], p_maxlen bigint,
-                            p_ttl float8, p_channel text) RETURNS void LANGUAGE plpgsql AS $$
+CREATE FUNCTION {s}.append_live(p_run text, p_bases bigint[], p_items bytea[],
+    p_maxlen bigint, p_ttl float8, p_channel text) RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
     now_ float8 := {s}.clock();
     k integer := cardinality(p_items);
     last_ bigint;
     oldest float8;
 BEGIN
-    PERFORM set_config('synchronous_commit', 'off', true);
     INSERT INTO {s}.live_heads AS h VALUES (p_run, k)
         ON CONFLICT (run_id) DO UPDATE SET last = h.last + k RETURNING h.last INTO last_;
     INSERT INTO {s}.live (run_id, id, base, item, at)
@@ -268,6 +273,15 @@ BEGIN
         DELETE FROM {s}.live WHERE run_id = p_run AND at < now_ - p_ttl;
     END IF;
     PERFORM pg_notify(p_channel, p_run);
+END $$;
+
+-- `publish`: append_live in a transaction of its own that does not wait for its WAL flush. A
+-- commit appends its live items inside its own (durable) transaction instead.
+CREATE FUNCTION {s}.publish(p_run text, p_bases bigint[], p_items bytea[], p_maxlen bigint,
+                            p_ttl float8, p_channel text) RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM set_config('synchronous_commit', 'off', true);
+    PERFORM {s}.append_live(p_run, p_bases, p_items, p_maxlen, p_ttl, p_channel);
 END $$;
 
 -- Delete the runs whose retention ran out by p_now, all of each in this one transaction,

@@ -5,7 +5,8 @@
 -- KEYS[3]  keys hash       {prefix}:{run_id}:keys   (idempotency key -> seq)
 -- KEYS[4]  lease key       {prefix}:{run_id}:lease  (deleted, with 'holder', by a commit that
 --          leaves the run not running: the lease is given back in the same round trip)
--- KEYS[5..] (standalone Redis only) the indexes: KEYS[5] deadlines, KEYS[6..] runs by status
+-- KEYS[5]  live stream    {prefix}:{run_id}:live   (written only with live items, ARGV[14])
+-- KEYS[6..] (standalone Redis only) the indexes: KEYS[6] deadlines, KEYS[7..] runs by status
 --          ({prefix}:status:<status>, one per status); kept here when given, else by the caller
 --          then, with a scope charge (ARGV[13], standalone only), the scope's usage, charged
 --          and held hashes as the last three keys (see scope_charge.lua)
@@ -20,9 +21,13 @@
 --          the usage increments (ARGV[12]) are added to the scope's 'u:<name>' fields once per
 --          idempotency key (ARGV[3]), and the run's reservation dropped, as scope_charge.lua does.
 --          On Cluster (the scope is in another slot) a JSON object instead, kept under the
---          idempotency key in the run's pending charges hash, KEYS[5] ({prefix}:{run_id}:charges),
+--          idempotency key in the run's pending charges hash, KEYS[6] ({prefix}:{run_id}:charges),
 --          for the caller to make the charge after (storage/redis/_indexes.py)
--- ARGV[14..] memory patch: field name, field JSON, ...
+-- ARGV[14] live items: how many (n, '0' for none; absent: none), appended to the run's live
+--          channel, KEYS[5] ({prefix}:{run_id}:live), as storage/redis/live.py publishes them
+-- ARGV[15] the live channel's MAXLEN (approximate)  ARGV[16] its time to live (ms)
+-- ARGV[17..16+2n] live items: base seq, item JSON, ...
+-- ARGV[17+2n..] memory patch: field name, field JSON, ...
 --
 -- Returns {'ok', seq, previous deadline, previous status} | {'duplicate', seq} | {'lease_lost', 0}
 --       | {'conflict', current_seq} | {'missing', 0}
@@ -40,7 +45,8 @@ if cur[1] ~= ARGV[1] then return {'conflict', tonumber(cur[1])} end
 local seq = tonumber(ARGV[1]) + 1
 local fields = {'seq', seq, 'state', ARGV[4], 'status', ARGV[5], 'updated_at', ARGV[6], 'crashes', 0,
                 'deadline', ARGV[7]}
-for i = 14, #ARGV, 2 do
+local live = tonumber(ARGV[14] or '0')
+for i = 17 + 2 * live, #ARGV, 2 do
   fields[#fields + 1] = 'm:' .. ARGV[i]
   fields[#fields + 1] = ARGV[i + 1]
 end
@@ -64,6 +70,12 @@ if ARGV[11] and ARGV[11] ~= '' then
   local at = math.max(math.floor(tonumber(ARGV[11]) * 1000), 1)
   for i = 1, 3 do redis.call('PEXPIREAT', KEYS[i], at) end
 end
+if live > 0 then
+  for i = 17, 16 + 2 * live, 2 do
+    redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[15], '*', 'b', ARGV[i], 'i', ARGV[i + 1])
+  end
+  redis.call('PEXPIRE', KEYS[5], ARGV[16])
+end
 if ARGV[5] ~= 'running' then
   redis.call('DEL', KEYS[4])
   redis.call('HSET', KEYS[1], 'holder', '')
@@ -71,8 +83,8 @@ end
 local charge = ARGV[13] or ''
 local last = #KEYS  -- the last index key
 if string.sub(charge, 1, 1) == '{' then
-  redis.call('HSET', KEYS[5], ARGV[3], charge)
-  last = 4
+  redis.call('HSET', KEYS[6], ARGV[3], charge)
+  last = 5
 elseif charge ~= '' then
   last = last - 3
   redis.call('HDEL', KEYS[last + 3], string.match(KEYS[1], '^[^{]*{(.*)}:run$'))
@@ -87,16 +99,16 @@ elseif charge ~= '' then
     end
   end
 end
-if last > 4 then
+if last > 5 then
   local run_id = string.match(KEYS[1], '^[^{]*{(.*)}:run$')
   if ARGV[7] ~= '' then
-    redis.call('ZADD', KEYS[5], ARGV[7], run_id)
+    redis.call('ZADD', KEYS[6], ARGV[7], run_id)
   elseif cur[3] and cur[3] ~= '' then
-    redis.call('ZREM', KEYS[5], run_id)
+    redis.call('ZREM', KEYS[6], run_id)
   end
   if cur[4] ~= ARGV[5] then
     local before, after = ':status:' .. cur[4], ':status:' .. ARGV[5]
-    for i = 6, last do
+    for i = 7, last do
       if string.sub(KEYS[i], -#before) == before then redis.call('ZREM', KEYS[i], run_id) end
       if string.sub(KEYS[i], -#after) == after then redis.call('ZADD', KEYS[i], ARGV[6], run_id) end
     end

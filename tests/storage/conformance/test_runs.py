@@ -25,6 +25,7 @@ from storage import (
     RunStatus,
     Store,
 )
+from storage.base import live_order
 from storage.errors import CorruptData
 
 from ..corrupt import corrupt_last_event, corrupt_memory_field
@@ -297,6 +298,55 @@ async def test_a_commit_that_leaves_the_run_not_running_gives_the_lease_back(
         assert run is not None and (run.holder, run.status) == ("", status)
         assert [r.run_id for r in await store.list_runs(status=status)] == ["run-1"]
     assert await store.list_runs(status="running") == []
+
+
+async def test_a_commit_writes_its_live_items_with_it_and_only_when_applied(
+    store: Store,
+) -> None:
+    await store.create(new_run())
+    lease = await leased(store)
+    await store.publish("run-1", [(0, {"kind": "started"})])
+    items: list[tuple[int, JsonValue]] = [(0, {"kind": "text", "text": "é ✓"}), (1, {"n": 1})]
+    token = lease.token
+    refused = [
+        await store.commit("run-1", expected_seq=0, token=token + 1, event=event(1), live=items),
+        await store.commit("run-1", expected_seq=1, token=token, event=event(2), live=items),
+    ]
+    assert isinstance(refused[0], LeaseLost) and isinstance(refused[1], Conflict)
+    assert [e.item for e in await store.live("run-1")] == [{"kind": "started"}]
+    ok = await store.commit("run-1", expected_seq=0, token=token, event=event(1), live=items)
+    assert ok == Committed(seq=1)
+    got = await store.live("run-1")
+    assert [(e.base, e.item) for e in got] == [(0, {"kind": "started"}), *items]
+    ids = [live_order(e.id) for e in got]
+    assert ids == sorted(ids) and len(set(ids)) == 3
+    again = await store.commit(
+        "run-1", expected_seq=1, token=token, event=event(2, key="run-1:0:go"), live=items
+    )
+    assert again == Duplicate(seq=1)
+    assert len(await store.live("run-1")) == 3
+    # The items and a memory patch in one commit that ends the run: all of it lands.
+    many: list[tuple[int, JsonValue]] = [(1, {"i": i}) for i in range(300)]
+    end = dataclasses.replace(event(2, n=7, items=["x"]), status="done")
+    assert await store.commit("run-1", expected_seq=1, token=token, event=end, live=many)
+    run = await store.load("run-1")
+    assert run is not None and (run.status, run.memory["n"], run.memory["items"]) == (
+        "done", 7, ["x"],
+    )  # fmt: skip
+    assert [r.run_id for r in await store.list_runs(status="done")] == ["run-1"]
+    assert [e.item for e in (await store.live("run-1", got[-1].id))] == [i for _, i in many]
+
+
+async def test_a_live_item_that_cannot_be_stored_never_fails_its_commit(store: Store) -> None:
+    await store.create(new_run())
+    lease = await leased(store)
+    items: list[tuple[int, JsonValue]] = [(0, {"x": float("nan")}), (0, {"kind": "ok"})]
+    assert await store.commit(
+        "run-1", expected_seq=0, token=lease.token, event=event(1), live=items
+    )
+    assert [e.item for e in await store.live("run-1")] == [{"kind": "ok"}]
+    run = await store.load("run-1")
+    assert run is not None and run.seq == 1
 
 
 async def test_history_is_in_order_and_starts_where_asked(store: Store) -> None:
