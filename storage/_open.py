@@ -10,30 +10,42 @@ from .url import DEFAULT_STORE, redact
 
 __all__ = ["DEFAULT_STORE", "open_store", "redact"]
 
-_REDIS = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster")
+_REDIS = (
+    "redis", "rediss", "unix", "redis+cluster", "rediss+cluster", "redis+sentinel",
+    "rediss+sentinel",
+)  # fmt: skip
 
 
-def open_store(url: str | None = None, *, prefix: str = "agentfsm") -> Store:
+def open_store(
+    url: str | None = None, *, prefix: str = "agentfsm", durability: str | None = None
+) -> Store:
     """A store for `url`; with no URL, `$AGENTFSM_STORE`, else the embedded default.
 
     - `redis://host:port/db`, `rediss://` (TLS), `unix:///path.sock`: `RedisStore`;
-      `redis+cluster://host:port` for a Redis Cluster; `?prefix=NAME` sets the key prefix.
+      `redis+cluster://host:port` for a Redis Cluster; `redis+sentinel://host:port[,...]/
+      SERVICE` for the primary a set of Sentinels names; `?prefix=NAME` sets the key prefix.
     - `sqlite:///relative/path.db`, `sqlite:////absolute/path.db`: `EmbeddedStore`.
     - `memory://`: an in-process `EmbeddedStore`, gone when the process ends (tests).
 
-    `prefix` namespaces the keys of a Redis store (ignored by the others).
+    `prefix` namespaces the keys of a Redis store (ignored by the others). `durability`
+    (or `?durability=` in the URL) is what every commit waits for before it is
+    acknowledged: "primary" (the default), "fsync", "replicas:N", "replicas-fsync:N"
+    (`storage._durability`; `?durability_timeout=SECONDS`, default 1). A level the store
+    cannot give is refused (`storage.errors.DurabilityUnavailable`; `ValueError` for one
+    the URL alone rules out); one not reached in time makes the commit's outcome unknown
+    (`storage.errors.OutcomeUnknown`).
     """
     url = url or os.environ.get("AGENTFSM_STORE") or DEFAULT_STORE
     scheme = urlsplit(url).scheme
     if scheme in _REDIS:
         from .redis import RedisStore
 
-        return RedisStore.from_url(url, prefix=prefix)
+        return RedisStore.from_url(url, prefix=prefix, durability=durability)
     if scheme in ("sqlite", "memory"):
         from .embedded import EmbeddedStore
 
-        return EmbeddedStore.from_url(url)
+        return EmbeddedStore.from_url(url, durability=durability)
     raise ValueError(
         f"unknown store URL {redact(url)!r}: use redis://, rediss://, unix://,"
-        " redis+cluster://, sqlite:///PATH or memory://"
+        " redis+cluster://, redis+sentinel://, sqlite:///PATH or memory://"
     )

@@ -13,6 +13,7 @@ from pydantic import JsonValue
 from redis.commands.core import AsyncScript
 
 from .._codec import load_json, run_from_fields
+from .._durability import PRIMARY, Durability
 from ..base import RunRecord, RunStatus
 from ._bound import Bound
 from ._connect import Client, check_prefix, close_with_loop
@@ -29,9 +30,12 @@ class RedisBase:
         *,
         prefix: str = "agentfsm",
         where: str = "redis",
+        durability: Durability = PRIMARY,
     ) -> None:
         self._prefix = check_prefix(prefix)
         self._where = where
+        self.durability = durability
+        """What a commit waits for before it is acknowledged (`storage._durability`)."""
         self._reconnect: Callable[[], Client] | None = None
         """How to make a new client (for a new event loop): known for stores from a URL."""
         self._bound = Bound.of(client)
