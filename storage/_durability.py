@@ -8,7 +8,7 @@
     replicas-fsync:N   N replicas wrote it to disk (Redis `WAITAOF 0 N`, Redis >= 7.2)
 
 Chosen per store: `open_store(url, durability="replicas:1")` or `?durability=replicas:1`,
-with `?durability_timeout=SECONDS` (default 1): a level not reached within it makes the
+with `?durability_timeout=SECONDS` (default 2): a level not reached within it makes the
 commit's outcome unknown (`storage.errors.OutcomeUnknown`), never a success. A store that
 cannot give the level refuses at open (`storage.errors.DurabilityUnavailable`).
 
@@ -30,7 +30,7 @@ __all__ = ["DEFAULT_DURABILITY_TIMEOUT", "LEVELS", "PRIMARY", "Durability", "Lev
 
 Level: TypeAlias = Literal["primary", "fsync", "replicas", "replicas-fsync"]
 LEVELS = "primary (the default), fsync, replicas:N, replicas-fsync:N"
-DEFAULT_DURABILITY_TIMEOUT = 1.0
+DEFAULT_DURABILITY_TIMEOUT = 2.0
 """Seconds a commit waits for its level before its outcome is unknown."""
 
 _FORM = re.compile(r"(primary|fsync)|(replicas|replicas-fsync):([1-9][0-9]{0,2})")

@@ -30,7 +30,7 @@ def open_store(
     `prefix` namespaces the keys of a Redis store (ignored by the others). `durability`
     (or `?durability=` in the URL) is what every commit waits for before it is
     acknowledged: "primary" (the default), "fsync", "replicas:N", "replicas-fsync:N"
-    (`storage._durability`; `?durability_timeout=SECONDS`, default 1). A level the store
+    (`storage._durability`; `?durability_timeout=SECONDS`, default 2). A level the store
     cannot give is refused (`storage.errors.DurabilityUnavailable`; `ValueError` for one
     the URL alone rules out); one not reached in time makes the commit's outcome unknown
     (`storage.errors.OutcomeUnknown`).

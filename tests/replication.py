@@ -28,6 +28,7 @@ __all__ = [
     "replica_of",
     "require_waitaof_server",
     "until",
+    "wait_replica_fsync",
     "wait_replicated",
 ]
 
@@ -94,6 +95,18 @@ def wait_replicated(primary: RedisServer, replica: RedisServer) -> None:
         return any(s.get("port") == replica.port and s.get("state") == "online" for s in slaves)
 
     until(linked, f"replica :{replica.port} in sync with :{primary.port}")
+
+
+def wait_replica_fsync(primary: RedisServer) -> None:
+    """Until a write on `primary` is on a replica's disk (WAITAOF 0 1): a replica with an
+    append-only file rewrites it after its first sync, and confirms nothing until then."""
+
+    def fsynced() -> bool:
+        with redis.Redis(port=primary.port, socket_timeout=5) as r:
+            r.set("replication:probe", "1")
+            return int(r.execute_command("WAITAOF", 0, 1, 100)[1]) >= 1
+
+    until(fsynced, "a replica's append-only file")
 
 
 def promote(replica: RedisServer) -> None:

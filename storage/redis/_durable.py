@@ -104,6 +104,18 @@ async def check_level(store: RedisBase, info: dict[str, Any]) -> None:
             f"durability 'fsync' needs the append-only file, and {said} has appendonly no:"
             " set appendonly yes (CONFIG SET appendonly yes, and in redis.conf)"
         )
+    if level.level == "fsync":
+        try:
+            fsync = (await store.client.config_get("appendfsync")).get("appendfsync")
+        except RedisError:  # CONFIG denied to this user: nothing to say
+            fsync = None
+        if fsync not in (None, "always"):
+            log.warning(
+                "Redis at %s has appendfsync %s: durability 'fsync' makes each commit wait"
+                " for its next fsync (up to a second; raise ?durability_timeout= above 1);"
+                " with appendfsync always it waits for nothing more",
+                store._where, fsync,
+            )  # fmt: skip
     if level.replicas:
         try:
             replication = await store.client.info("replication")
