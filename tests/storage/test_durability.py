@@ -120,9 +120,7 @@ async def test_an_unreached_level_is_an_unknown_outcome_and_a_retry_commits_it_o
 
 
 def _event(seq: int, key: str) -> Event:
-    return Event(
-        seq=seq, trigger="t", kind="tool", source="s", dest="s", status="running", key=key
-    )
+    return Event(seq=seq, trigger="t", kind="tool", source="s", dest="s", status="running", key=key)
 
 
 async def _started(store: Store, run_id: str) -> Lease:
