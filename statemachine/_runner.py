@@ -416,11 +416,12 @@ class Run(Generic[M]):
             return self._keeper.lease
         got = await self._keeper.take()
         self._announced = False
-        if got.seq is not None and got.seq < self._record.seq:
+        acknowledged = max(self._record.seq, got.acknowledged or 0)  # here, or before us
+        if got.seq is not None and got.seq < acknowledged:
             await self.release(quiet=True)
             stored = await self.store.load(self.run_id)
             if stored is not None:
-                raise await self._lost(stored)
+                raise await self._lost(stored, acknowledged)
         if got.seq is not None and got.seq == self._record.seq:
             # Nothing was committed since this copy was read (every change is a commit, and
             # commits move the seq): only the holder and crash count are new.
@@ -434,10 +435,12 @@ class Run(Generic[M]):
                 await hook.after_commit(self._record, last[0], again=True)
         return got
 
-    async def _lost(self, stored: RunRecord) -> CommitsLost:
-        """The store is behind what this process saw committed: name the loss, and go back
-        to what is stored (this `Run` may go on from there, as a resumed one would)."""
-        lost = CommitsLost(self.run_id, stored.seq, self.seq, stored.state)
+    async def _lost(self, stored: RunRecord, acknowledged: int | None = None) -> CommitsLost:
+        """The store is behind what it acknowledged (to this process, or to one before it
+        on this host: `Lease.acknowledged`): name the loss, and go back to what is stored
+        (this `Run` may go on from there, as a resumed one would)."""
+        acked = self.seq if acknowledged is None else acknowledged
+        lost = CommitsLost(self.run_id, stored.seq, acked, stored.state)
         _log.error("%s", lost)
         await self._reload(stored)
         return lost

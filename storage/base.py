@@ -179,6 +179,10 @@ class Lease:
     seq: int | None = None
     """The run's seq when the lease was taken (None if the store does not say): a holder
     whose copy of the run is at this seq need not read it again."""
+    acknowledged: int | None = None
+    """Set when the store once acknowledged a later seq of the run than `seq` (remembered
+    where the store's own loss cannot reach it: `storage._acked`): commits `seq + 1` to
+    `acknowledged` were lost. Said once: the next lease taken does not say it again."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -45,6 +45,9 @@ class RedisBase:
         status): on standalone Redis; on Cluster they are in other slots (none here)."""
         if not isinstance(client, aioredis.RedisCluster):
             self._indexes = [self._deadlines, *map(self._by_status, get_args(RunStatus))]
+        self._nonces: dict[str, str] = {}
+        """The nonce of each run this process read or created: what tells it apart in the
+        notes of what was acknowledged (`storage._acked`)."""
         self._statuses: dict[str, str] = {}
         """The status each run had when this process last read or wrote it (Cluster: a
         commit that may change it indexes the new status first; see `_indexes`)."""
@@ -119,10 +122,13 @@ class RedisBase:
             if name.startswith("m:")
         }
         run = run_from_fields(run_id, raw, memory, key)
-        self._remember(run_id, run.status)
+        self._remember(run_id, run.status, run.nonce)
         return run
 
-    def _remember(self, run_id: str, status: str) -> None:
+    def _remember(self, run_id: str, status: str, nonce: str | None = None) -> None:
         if len(self._statuses) > 100_000:
             self._statuses.clear()
+            self._nonces.clear()
         self._statuses[run_id] = status
+        if nonce is not None:
+            self._nonces[run_id] = nonce

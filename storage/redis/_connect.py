@@ -198,11 +198,24 @@ def _behind_sentinel(
         options["password"] = parts.password
     timeouts = {k: options[k] for k in ("socket_timeout", "socket_connect_timeout")}
     sentinel = Sentinel(hosts, sentinel_kwargs={**timeouts, "decode_responses": True})
-    client: aioredis.Redis = sentinel.master_for(
-        service, redis_class=aioredis.Redis, db=int(db or 0), **options
+    client: _BehindSentinel = sentinel.master_for(
+        service, redis_class=_BehindSentinel, db=int(db or 0), **options
     )
+    client.watched_by = sentinel
     send_in_task(client.connection_pool)
     return client
+
+
+class _BehindSentinel(aioredis.Redis):
+    """A client of the primary a `Sentinel` names, closing the Sentinel's clients with it."""
+
+    watched_by: Sentinel | None = None
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        await super().aclose(close_connection_pool)
+        if self.watched_by is not None:
+            for asked in self.watched_by.sentinels:
+                await asked.aclose()
 
 
 def close_with_loop(client: Client) -> AsyncGenerator[None, None]:

@@ -39,7 +39,10 @@ class _SendInTask:
             return
         me: Any = self
         if not self.is_connected:
-            await me.connect_check_health(check_health=False)
+            # `connect`, not redis-py's `connect_check_health`: a Sentinel-managed connection
+            # asks the Sentinels for the primary there, so a reconnect after a failover goes
+            # to the new primary, not back to the old address.
+            await me.connect()
         if check_health:
             await me.check_health()
         if isinstance(command, str):

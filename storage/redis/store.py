@@ -36,6 +36,7 @@ from typing import Any
 
 from pydantic import JsonValue
 
+from .._acked import acknowledged
 from .._capabilities import Ledger, Limiter, RunQueue, ScopeCharge
 from .._codec import dump_event, dump_json, load_event
 from .._durability import PRIMARY, Durability
@@ -93,6 +94,8 @@ class RedisStore(RedisBase):
         durability: Durability = PRIMARY,
     ) -> None:  # fmt: skip
         super().__init__(client, prefix=prefix, where=where, durability=durability)
+        self._acked = acknowledged()
+        """Where this host notes what the store acknowledged (None: turned off)."""
         self._ledger = RedisLedger(self)
         self._limiter = RedisLimiter(self)
         self._queue = RedisQueue(self)
@@ -191,10 +194,12 @@ class RedisStore(RedisBase):
 
         created, lease, raw = await free_dead(attempt)
         if created:
-            self._statuses[run.run_id] = run.status
+            self._remember(run.run_id, run.status, run.nonce)
+            self._noted(run.run_id, 0)
             return (replace(run, holder=owner) if isinstance(lease, Lease) else run), lease
         stored = dict(zip(raw[::2], raw[1::2], strict=True))
-        return self._decode_run(run.run_id, stored, self.key(run.run_id, "run")), lease
+        found = self._decode_run(run.run_id, stored, self.key(run.run_id, "run"))
+        return found, self._compared(lease, found.seq)
 
     @staticmethod
     def _lease_of(run_id: str, owner: str, ttl: float, reply: list[Any]) -> Lease | LeaseHeld:
@@ -297,10 +302,12 @@ class RedisStore(RedisBase):
         match verdict:
             case "ok" if self._indexes:  # the script kept them
                 self._remember(run_id, event.status)
+                self._noted(run_id, int(seq))
                 return Committed(seq=int(seq))
             case "ok":
                 await _indexes.after_commit(self, run_id, event, previous, charge)
                 self._remember(run_id, event.status)
+                self._noted(run_id, int(seq))
                 return Committed(seq=int(seq))
             case "duplicate":
                 return Duplicate(seq=int(seq))
@@ -372,7 +379,26 @@ class RedisStore(RedisBase):
             got = self._lease_of(run_id, owner, ttl, reply)
             return got, [got.owner] if isinstance(got, LeaseHeld) else []
 
-        return await free_dead(attempt)
+        lease = await free_dead(attempt)
+        return self._compared(lease, lease.seq) if isinstance(lease, Lease) else lease
+
+    def _noted(self, run_id: str, seq: int) -> None:
+        """Note that `seq` of the run was acknowledged (`storage._acked`)."""
+        if self._acked is not None:
+            self._acked.note(run_id, self._nonces.get(run_id, ""), seq)
+
+    def _compared(self, lease: Any, seq: int | None) -> Any:
+        """`lease` (a `Lease` or not), saying `acknowledged` when this host noted a later
+        seq of the run than the stored `seq`: those commits were lost. The note goes back
+        to `seq`, so the loss is said once."""
+        if not isinstance(lease, Lease) or seq is None or self._acked is None:
+            return lease
+        nonce = self._nonces.get(lease.run_id, "")
+        last = self._acked.last(lease.run_id, nonce)
+        if last is None or last <= seq:
+            return lease
+        self._acked.note(lease.run_id, nonce, seq)
+        return replace(lease, acknowledged=last)
 
     async def renew_lease(self, lease: Lease) -> bool:
         keys = self._keys(lease.run_id, "run", "lease")
@@ -423,4 +449,6 @@ class RedisStore(RedisBase):
         await answers(self, within)
 
     async def close(self) -> None:
+        if self._acked is not None:
+            self._acked.flush()
         await self._client.aclose()
