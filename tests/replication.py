@@ -117,11 +117,11 @@ def promote(replica: RedisServer) -> None:
 
 
 def detach(replica: RedisServer, primary: RedisServer) -> None:
-    """Cut `replica` off `primary`, keeping its data (it follows a port where nothing
+    """Cut `replica` off `primary`, keeping its data (it follows port 1, where nothing
     listens): what it lacks from now on, a failover to it loses. Until the primary no longer
     counts it. (A SIGSTOP would not do: what the primary sent waits in the socket buffers.)"""
     with redis.Redis(port=replica.port, socket_timeout=5) as r:
-        r.replicaof("127.0.0.1", free_port())
+        r.replicaof("127.0.0.1", 1)  # not a free port: another test's server could take it
 
     def gone() -> bool:
         info = _info(primary, "replication")

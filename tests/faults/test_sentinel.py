@@ -1,11 +1,14 @@
-"""A worker fleet on a `redis+sentinel://` store rides through a failover: the primary is
-SIGKILLed while runs are being driven, Sentinel promotes the replica, and every run ends
-done with one event per step (each new connection asks Sentinel where the primary is;
-failover replies and resets are retried within `retry_for`)."""
+"""A worker fleet on a `redis+sentinel://` store rides through a failover: the primary
+stops answering (SIGSTOP; SIGKILLed at the end) while runs are being driven, Sentinel
+promotes the replica, and every run ends done with one event per step (each new connection
+asks Sentinel where the primary is; failover replies, timeouts and resets are retried
+within `retry_for`)."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -50,7 +53,10 @@ async def test_a_worker_fleet_rides_through_a_sentinel_failover(
         while sum(await seqs()) < 3:  # runs are under way
             assert time.monotonic() < give_up, "no run got going within 60 s"
             await asyncio.sleep(0.02)
-        primary.kill()
+        # SIGSTOP, not SIGKILL: the primary keeps its port, which another test's server
+        # could take once free (the Sentinel would then see "the primary" back, empty).
+        assert primary.proc is not None
+        os.kill(primary.proc.pid, signal.SIGSTOP)
         give_up = time.monotonic() + 120
         while await seqs() != [STEPS] * len(ids):
             assert time.monotonic() < give_up, f"not all done within 120 s: {await seqs()}"
@@ -70,3 +76,4 @@ async def test_a_worker_fleet_rides_through_a_sentinel_failover(
         await asyncio.gather(*tasks, return_exceptions=True)
         await store.close()
         sentinel.stop()
+        primary.kill()  # stopped still: it never wakes as a second primary
