@@ -106,6 +106,8 @@ class Run(Generic[M]):
         self._keeper = LeaseKeeper(store, record.run_id, owner, machine.lease_ttl, lease_wait)
         if lease is not None:  # taken with the run (`Machine.start(hold=True)`)
             self._keeper.keep(lease)
+        self._told = None if lease is None else lease.acknowledged
+        """Commits the store lost, as the lease taken with the run said: `_hold` names them."""
         self._announced = False
         """Whether a step began under the lease held (see `_deaths_in_step`)."""
 
@@ -412,9 +414,10 @@ class Run(Generic[M]):
         await self._keeper.release(quiet=quiet)
 
     async def _hold(self) -> Lease:
-        if self._keeper.lease is not None:
+        if self._keeper.lease is not None and self._told is None:
             return self._keeper.lease
-        got = await self._keeper.take()
+        got = self._keeper.lease or await self._keeper.take()  # (one taken with the run)
+        self._told = None
         self._announced = False
         acknowledged = max(self._record.seq, got.acknowledged or 0)  # here, or before us
         if got.seq is not None and got.seq < acknowledged:

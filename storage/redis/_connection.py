@@ -12,6 +12,7 @@ disconnect-on-failure are kept.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
@@ -125,7 +126,8 @@ class HeldConnections:
             try:
                 reply = await conn.read_response()
             except ResponseError as error:
-                await conn.read_response()  # then's reply: the connection stays in step
+                with contextlib.suppress(ResponseError):  # a replica refuses the wait too
+                    await conn.read_response()  # then's reply: the connection stays in step
                 if isinstance(error, NoScriptError):  # load it here, where it runs
                     await conn.send_command("SCRIPT", "LOAD", script.script)
                     await conn.read_response()

@@ -1,5 +1,6 @@
-"""A process that drives run `r` three steps and exits, after a SAVE taken at step 1 (what a
-Redis without AOF keeps through a restart); prints "SEQ KEY" for each commit it was told of.
+"""A process that drives runs `r` and `h` three steps each and exits, after a SAVE taken
+at step 1 (what a Redis without AOF keeps through a restart); prints "RUN SEQ KEY" for each
+commit it was told of.
 
     python -m tests.faults.rollback_child REDIS_URL
 """
@@ -35,14 +36,16 @@ def make_agent(keys: list[str]) -> Agent[Count]:
 
 async def main(url: str) -> None:
     store = open_store(url, prefix="later")
-    run = await make_agent([]).start(store, Count(), run_id="r")
+    runs = [await make_agent([]).start(store, Count(), run_id=i) for i in ("r", "h")]
     for step in range(3):
-        event = await run.step()
-        assert event is not None
-        print(event.seq, event.key, flush=True)
+        for run in runs:
+            event = await run.step()
+            assert event is not None
+            print(run.run_id, event.seq, event.key, flush=True)
         if step == 0:
             redis.Redis.from_url(url).save()
-    await run.release()
+    for run in runs:
+        await run.release()
     await store.close()
 
 
