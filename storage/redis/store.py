@@ -132,9 +132,8 @@ class RedisStore(RedisBase):
         are unknown or not numbers where numbers belong.
         """
         found = connector(url, prefix, retries, durability)
-        store = cls(
-            found.connect(), prefix=found.prefix, where=found.where, durability=found.durability
-        )
+        store = cls(found.connect(), prefix=found.prefix, where=found.where)
+        store.durability = found.durability  # (set after: subclasses keep their __init__)
         store._reconnect = found.connect
         return store
 
