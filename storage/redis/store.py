@@ -311,8 +311,10 @@ class RedisStore(RedisBase):
             case "duplicate":
                 return Duplicate(seq=int(seq))
             case "conflict":
+                self._behind(run_id, int(seq))
                 return Conflict(current_seq=int(seq))
             case "lease_lost":
+                self._behind(run_id, int(seq))
                 return LeaseLost()
             case _:
                 raise KeyError(run_id)
@@ -385,6 +387,17 @@ class RedisStore(RedisBase):
         """Note that `seq` of the run was acknowledged (`storage._acked`)."""
         if self._acked is not None:
             self._acked.note(run_id, self._nonces.get(run_id, ""), seq)
+
+    def _behind(self, run_id: str, seq: int) -> None:
+        """A refused commit found the run at `seq`: if this host noted a later seq, the
+        process that sent it names the loss now (the runner compares the stored seq with
+        its own), so the note goes back to `seq` and no later lease says it again."""
+        if self._acked is None:
+            return
+        nonce = self._nonces.get(run_id, "")
+        last = self._acked.last(run_id, nonce)
+        if last is not None and last > seq:
+            self._acked.note(run_id, nonce, seq)
 
     def _compared(self, lease: Any, seq: int | None) -> Any:
         """`lease` (a `Lease` or not), saying `acknowledged` when this host noted a later
