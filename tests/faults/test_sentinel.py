@@ -33,7 +33,7 @@ async def test_a_worker_fleet_rides_through_a_sentinel_failover(
     try:
         until(lambda: sentinel.knows_replicas(1), "Sentinel knows the replica")
         # Calls are retried for as long as a failover takes here (the Sentinel sees the
-        # primary down after 0.5 s, then elects, promotes): up to 30 s on a busy machine.
+        # primary down after 1 s, then elects, promotes): up to 30 s on a busy machine.
         url = f"redis+sentinel://127.0.0.1:{sentinel.port}/svc?retry_for=30&retries=1000"
         store = open_store(url)
         assert isinstance(store, RedisStore)

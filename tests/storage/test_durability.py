@@ -98,7 +98,8 @@ async def test_an_unreached_level_is_an_unknown_outcome_and_a_retry_commits_it_o
     primary = redis_factory(tmp_path / "p", extra=FAST_SYNC).start()
     replica = replica_of(primary, redis_factory(tmp_path / "r"))
     keys: list[str] = []
-    store = open_store(primary.url + "?durability_timeout=0.2", durability="replicas:1")
+    # 1 s: a busy machine's stall must not make the commits before the cut unknown.
+    store = open_store(primary.url + "?durability_timeout=1", durability="replicas:1")
     assert isinstance(store, RedisStore) and str(store.durability) == "replicas:1"
     try:
         run = await looping(keys).start(store, Count(), run_id="u")
@@ -149,9 +150,11 @@ async def test_waitaof_levels_on_a_server_that_has_them(
     bare = redis_factory(tmp_path / "bare", binary=binary).start()  # appendonly no
     fsync = open_store(primary.url, prefix="f", durability="fsync")
     # A replica reports what its disk holds about once a second (Redis 8.2): the wait is
-    # that long, however fast its disk.
-    both = open_store(primary.url + "?durability_timeout=1.5", prefix="b",
-                      durability="replicas-fsync:1")  # fmt: skip
+    # that long, however fast its disk (5 s: a margin for a busy machine).
+    slow = "?socket_timeout=8&durability_timeout=5"
+    both = open_store(primary.url + slow, prefix="b", durability="replicas-fsync:1")
+    short = open_store(primary.url + "?durability_timeout=0.3", prefix="b",
+                       durability="replicas-fsync:1")  # fmt: skip
     refused = open_store(bare.url, durability="fsync")
     try:
         for store in (fsync, both):
@@ -161,9 +164,9 @@ async def test_waitaof_levels_on_a_server_that_has_them(
             assert outcome.seq == 1  # type: ignore[union-attr]
         detach(replica, primary)
         with pytest.raises(OutcomeUnknown, match="0 of 1 replicas had written it to disk"):
-            await both.commit("w", expected_seq=1, token=lease.token, event=_event(2, "k2"))
+            await short.commit("w", expected_seq=1, token=lease.token, event=_event(2, "k2"))
         with pytest.raises(DurabilityUnavailable, match="appendonly no"):
             await refused.load("w")
     finally:
-        for store in (fsync, both, refused):
+        for store in (fsync, both, short, refused):
             await store.close()
