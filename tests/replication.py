@@ -16,11 +16,13 @@ from pathlib import Path
 import pytest
 import redis
 
+from .redis_cluster import RedisCluster, free_cluster_port
 from .redis_server import RedisServer, free_port
 
 __all__ = [
     "FAST_SYNC",
     "FailoverProxy",
+    "ReplicatedCluster",
     "Sentinel",
     "detach",
     "follow",
@@ -234,3 +236,42 @@ class FailoverProxy:
 
         await asyncio.gather(pump(client_r, server_w), pump(server_r, client_w))
         self._open -= {client_w, server_w}
+
+
+class ReplicatedCluster(RedisCluster):
+    """A 3-master Redis Cluster and one replica of its first master (`replica`), in sync."""
+
+    def start(self) -> ReplicatedCluster:
+        super().start()
+        try:
+            taken = set(self.ports) | {p + 10000 for p in self.ports}
+            self.replica = free_cluster_port(taken)
+            self._spawn(self.replica)
+            self._wait_for_ping(self.replica, deadline=time.monotonic() + 30)
+            done = subprocess.run(
+                [self.cli, "--cluster", "add-node", f"127.0.0.1:{self.replica}",
+                 f"127.0.0.1:{self.ports[0]}", "--cluster-slave"],
+                stdin=subprocess.DEVNULL, capture_output=True, timeout=60, check=False,
+            )  # fmt: skip
+            if done.returncode != 0:
+                raise RuntimeError(f"add-node failed: {done.stdout!r} {done.stderr!r}")
+            until(self._replica_in_sync, "the cluster replica in sync")
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _replica_in_sync(self) -> bool:
+        with redis.Redis(port=self.replica, decode_responses=True, socket_timeout=5) as r:
+            info = r.info("replication")
+        return bool(info.get("role") == "slave" and info.get("master_link_status") == "up")
+
+    def role(self, port: int) -> str:
+        with redis.Redis(port=port, decode_responses=True, socket_timeout=5) as r:
+            return str(r.info("replication").get("role"))
+
+    def first_masters_slots(self) -> list[tuple[int, int]]:
+        """The slot ranges the first master serves."""
+        with redis.Redis(port=self.ports[0], decode_responses=True, socket_timeout=5) as r:
+            slots = r.execute_command("CLUSTER", "SLOTS")
+        return [(int(s[0]), int(s[1])) for s in slots if int(s[2][1]) == self.ports[0]]

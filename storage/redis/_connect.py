@@ -69,9 +69,12 @@ _NUMBER_OPTIONS = (
     "socket_timeout", "socket_connect_timeout", "max_connections", "retry_for",
     "durability_timeout",
 )  # fmt: skip
-FAILOVER_REPLIES = ("READONLY", "NOREPLICAS", "UNBLOCKED", "MASTERDOWN", "LOADING", "TRYAGAIN")
+FAILOVER_REPLIES = (
+    "READONLY", "NOREPLICAS", "UNBLOCKED", "MASTERDOWN", "LOADING", "TRYAGAIN", "CLUSTERDOWN",
+)  # fmt: skip
 """Error replies a server gives while a failover is under way (a demoted primary, a replica
-not yet promoted, too few replicas for `min-replicas-to-write`): retried within the
+not yet promoted, too few replicas for `min-replicas-to-write`, a Cluster whose slots are
+not all served until a replica takes over): retried within the
 `retry_for` budget, over a new connection (behind Sentinel: to the primary it names now).
 A Cluster's MOVED/ASK are followed by redis-py's cluster client itself."""
 
