@@ -12,6 +12,7 @@ import redis.asyncio as aioredis
 from pydantic import JsonValue
 from redis.commands.core import AsyncScript
 
+from .._acked import acknowledged
 from .._codec import load_json, run_from_fields
 from .._durability import PRIMARY, Durability
 from ..base import RunRecord, RunStatus
@@ -45,6 +46,8 @@ class RedisBase:
         status): on standalone Redis; on Cluster they are in other slots (none here)."""
         if not isinstance(client, aioredis.RedisCluster):
             self._indexes = [self._deadlines, *map(self._by_status, get_args(RunStatus))]
+        self._acked = acknowledged()
+        """Where this host notes what the store acknowledged (None: turned off)."""
         self._nonces: dict[str, str] = {}
         """The nonce of each run this process read or created: what tells it apart in the
         notes of what was acknowledged (`storage._acked`)."""

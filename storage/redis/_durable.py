@@ -1,5 +1,6 @@
 """Durability levels on Redis: the wait sent right behind a commit, what its reply means,
-and the check at open that the server can give the level (`storage._durability`).
+and the check at open that the server can give the level (`storage._durability`); and the
+notes of what was acknowledged (`storage._acked`) that tell a later lease of a loss.
 
 `WAIT n ms` and `WAITAOF local n ms` block the connection that wrote until the write reached
 `n` replicas (or the disk): a script cannot wait, so the store sends the wait behind the
@@ -13,17 +14,28 @@ everything before it did) and waits for that (`confirm`).
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import NoPermissionError, RedisError
 
 from .._durability import Durability
+from ..base import Lease
 from ..errors import DurabilityUnavailable, OutcomeUnknown
 
 if TYPE_CHECKING:
     from ._base import RedisBase
 
-__all__ = ["check_level", "confirm", "unreached", "wait_command"]
+__all__ = [
+    "behind",
+    "check_level",
+    "compared",
+    "confirm",
+    "noted",
+    "outcome_unknown",
+    "unreached",
+    "wait_command",
+]
 
 log = logging.getLogger("agentfsm.storage")
 WAITAOF_SINCE = (7, 2)
@@ -143,3 +155,35 @@ def _version(text: str) -> tuple[int, int]:
         return int(parts[0]), int(parts[1])
     except ValueError:
         return (0, 0)
+
+
+def noted(store: RedisBase, run_id: str, seq: int) -> None:
+    """Note that `seq` of the run was acknowledged (`storage._acked`)."""
+    if store._acked is not None:
+        store._acked.note(run_id, store._nonces.get(run_id, ""), seq)
+
+
+def behind(store: RedisBase, run_id: str, seq: int) -> None:
+    """A refused commit found the run at `seq`: if this host noted a later seq, the
+    process that sent it names the loss now (the runner compares the stored seq with its
+    own), so the note goes back to `seq` and no later lease says it again."""
+    if store._acked is None:
+        return
+    nonce = store._nonces.get(run_id, "")
+    last = store._acked.last(run_id, nonce)
+    if last is not None and last > seq:
+        store._acked.note(run_id, nonce, seq)
+
+
+def compared(store: RedisBase, lease: Any, seq: int | None) -> Any:
+    """`lease` (a `Lease` or not), saying `acknowledged` when this host noted a later seq of
+    the run than the stored `seq`: those commits were lost. The note goes back to `seq`, so
+    the loss is said once."""
+    if not isinstance(lease, Lease) or seq is None or store._acked is None:
+        return lease
+    nonce = store._nonces.get(lease.run_id, "")
+    last = store._acked.last(lease.run_id, nonce)
+    if last is None or last <= seq:
+        return lease
+    store._acked.note(lease.run_id, nonce, seq)
+    return replace(lease, acknowledged=last)

@@ -36,7 +36,6 @@ from typing import Any
 
 from pydantic import JsonValue
 
-from .._acked import acknowledged
 from .._capabilities import Ledger, Limiter, RunQueue, ScopeCharge
 from .._codec import dump_event, dump_json, load_event
 from .._durability import PRIMARY, Durability
@@ -67,7 +66,7 @@ from . import live as _live
 from ._base import RedisBase
 from ._bound import deadline_arg, lua_increments, ms, run_fields
 from ._connect import Client, connector
-from ._durable import confirm, outcome_unknown, wait_command
+from ._durable import behind, compared, confirm, noted, outcome_unknown, wait_command
 from ._errors import answers, talking
 from .ledger import RedisLedger
 from .limiter import RedisLimiter
@@ -94,8 +93,6 @@ class RedisStore(RedisBase):
         durability: Durability = PRIMARY,
     ) -> None:  # fmt: skip
         super().__init__(client, prefix=prefix, where=where, durability=durability)
-        self._acked = acknowledged()
-        """Where this host notes what the store acknowledged (None: turned off)."""
         self._ledger = RedisLedger(self)
         self._limiter = RedisLimiter(self)
         self._queue = RedisQueue(self)
@@ -194,11 +191,11 @@ class RedisStore(RedisBase):
         created, lease, raw = await free_dead(attempt)
         if created:
             self._remember(run.run_id, run.status, run.nonce)
-            self._noted(run.run_id, 0)
+            noted(self, run.run_id, 0)
             return (replace(run, holder=owner) if isinstance(lease, Lease) else run), lease
         stored = dict(zip(raw[::2], raw[1::2], strict=True))
         found = self._decode_run(run.run_id, stored, self.key(run.run_id, "run"))
-        return found, self._compared(lease, found.seq)
+        return found, compared(self, lease, found.seq)
 
     @staticmethod
     def _lease_of(run_id: str, owner: str, ttl: float, reply: list[Any]) -> Lease | LeaseHeld:
@@ -301,20 +298,20 @@ class RedisStore(RedisBase):
         match verdict:
             case "ok" if self._indexes:  # the script kept them
                 self._remember(run_id, event.status)
-                self._noted(run_id, int(seq))
+                noted(self, run_id, int(seq))
                 return Committed(seq=int(seq))
             case "ok":
                 await _indexes.after_commit(self, run_id, event, previous, charge)
                 self._remember(run_id, event.status)
-                self._noted(run_id, int(seq))
+                noted(self, run_id, int(seq))
                 return Committed(seq=int(seq))
             case "duplicate":
                 return Duplicate(seq=int(seq))
             case "conflict":
-                self._behind(run_id, int(seq))
+                behind(self, run_id, int(seq))
                 return Conflict(current_seq=int(seq))
             case "lease_lost":
-                self._behind(run_id, int(seq))
+                behind(self, run_id, int(seq))
                 return LeaseLost()
             case _:
                 raise KeyError(run_id)
@@ -381,36 +378,7 @@ class RedisStore(RedisBase):
             return got, [got.owner] if isinstance(got, LeaseHeld) else []
 
         lease = await free_dead(attempt)
-        return self._compared(lease, lease.seq) if isinstance(lease, Lease) else lease
-
-    def _noted(self, run_id: str, seq: int) -> None:
-        """Note that `seq` of the run was acknowledged (`storage._acked`)."""
-        if self._acked is not None:
-            self._acked.note(run_id, self._nonces.get(run_id, ""), seq)
-
-    def _behind(self, run_id: str, seq: int) -> None:
-        """A refused commit found the run at `seq`: if this host noted a later seq, the
-        process that sent it names the loss now (the runner compares the stored seq with
-        its own), so the note goes back to `seq` and no later lease says it again."""
-        if self._acked is None:
-            return
-        nonce = self._nonces.get(run_id, "")
-        last = self._acked.last(run_id, nonce)
-        if last is not None and last > seq:
-            self._acked.note(run_id, nonce, seq)
-
-    def _compared(self, lease: Any, seq: int | None) -> Any:
-        """`lease` (a `Lease` or not), saying `acknowledged` when this host noted a later
-        seq of the run than the stored `seq`: those commits were lost. The note goes back
-        to `seq`, so the loss is said once."""
-        if not isinstance(lease, Lease) or seq is None or self._acked is None:
-            return lease
-        nonce = self._nonces.get(lease.run_id, "")
-        last = self._acked.last(lease.run_id, nonce)
-        if last is None or last <= seq:
-            return lease
-        self._acked.note(lease.run_id, nonce, seq)
-        return replace(lease, acknowledged=last)
+        return compared(self, lease, lease.seq) if isinstance(lease, Lease) else lease
 
     async def renew_lease(self, lease: Lease) -> bool:
         keys = self._keys(lease.run_id, "run", "lease")
