@@ -4,23 +4,28 @@ and a level the server cannot give is refused when the store is first used."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
 import pytest
+import redis
 from pydantic import BaseModel
+from redis.exceptions import ReadOnlyError, ResponseError
 
 from agents import Agent, tool
 from statemachine import StepContext
 from storage import EmbeddedStore, Event, Lease, RedisStore, RunRecord, Store, open_store
 from storage.base import Durability
 from storage.errors import DurabilityUnavailable, OutcomeUnknown
+from storage.redis._connect import failing_over
 
 from ..redis_server import RedisServer
 from ..replication import (
     FAST_SYNC,
     detach,
     follow,
+    promote,
     replica_of,
     require_waitaof_server,
     wait_replica_fsync,
@@ -170,3 +175,51 @@ async def test_waitaof_levels_on_a_server_that_has_them(
     finally:
         for store in (fsync, both, short, refused):
             await store.close()
+
+
+@pytest.mark.parametrize(
+    ("reply", "retried"),
+    [(ReadOnlyError("You can't write against a read only replica."), True),
+     (ResponseError("NOREPLICAS Not enough good replicas to write."), True),
+     (ResponseError("UNBLOCKED force unblock from blocking operation"), True),
+     (ResponseError("CLUSTERDOWN The cluster is down"), True),
+     (ResponseError("Command # 1 (EVALSHA x) of pipeline caused error: READONLY no"), True),
+     (ResponseError("NOSCRIPT No matching script."), False),
+     (ResponseError("ERR wrong number of arguments"), False)],
+)  # fmt: skip
+def test_the_replies_of_a_failover_are_the_ones_retried(reply: Exception, retried: bool) -> None:
+    assert failing_over(reply) is retried
+
+
+@pytest.mark.redis
+async def test_a_write_refused_by_a_replica_is_retried_until_it_is_promoted(
+    redis_factory: type[RedisServer], tmp_path: Path
+) -> None:
+    primary = redis_factory(tmp_path / "p", extra=FAST_SYNC).start()
+    replica = replica_of(primary, redis_factory(tmp_path / "r"))
+    store = open_store(replica.url + "?retry_for=60&retries=10000", prefix="ro")
+
+    def refused_once() -> bool:  # the store's write reached the replica and was refused
+        with redis.Redis(port=replica.port, decode_responses=True) as r:
+            return int(r.info("errorstats").get("errorstat_READONLY", {}).get("count", 0)) > 0
+
+    async def promote_when_refused() -> None:
+        give_up = time.monotonic() + 60
+        while not await asyncio.to_thread(refused_once):
+            assert time.monotonic() < give_up, "no READONLY reply within 60 s"
+            await asyncio.sleep(0.02)
+        await asyncio.to_thread(promote, replica)
+
+    now = time.time()
+    run = RunRecord(
+        run_id="ro", agent="a", version=1, state="s", seq=0, status="running", memory={},
+        created_at=now, updated_at=now, nonce="n",
+    )  # fmt: skip
+    promoting = asyncio.create_task(promote_when_refused())
+    try:
+        stored = await store.create(run)  # READONLY, retried, then written
+        await promoting
+        assert stored.seq == 0 and (await store.load("ro")) is not None
+    finally:
+        promoting.cancel()
+        await store.close()
