@@ -94,7 +94,7 @@ class Committer(RunCore[M]):
         await self.release(quiet=True)
         stored = await self.store.load(self.run_id)
         if stored is not None and stored.seq < self.seq:
-            raise await self._lost(stored)
+            raise await self._lost(stored, self.seq)
         raise RunTakenOver(
             f"run {self.run_id!r}: commit of {event.trigger!r} at seq {event.seq} refused, {why};"
             " another process drives the run now"

@@ -53,6 +53,8 @@ class RunCore(Generic[M]):
         self._keeper = LeaseKeeper(store, record.run_id, owner, machine.lease_ttl, lease_wait)
         if lease is not None:  # taken with the run (`Machine.start(hold=True)`)
             self._keeper.keep(lease)
+        self._told = None if lease is None else lease.acknowledged
+        """Commits the store lost, as the lease taken with the run said: `_hold` names them."""
         self._announced = False
         """Whether a step began under the lease held (see `_crashes`)."""
 
@@ -101,15 +103,17 @@ class RunCore(Generic[M]):
         await self._keeper.release(quiet=quiet)
 
     async def _hold(self) -> Lease:
-        if self._keeper.lease is not None:
+        if self._keeper.lease is not None and self._told is None:
             return self._keeper.lease
-        got = await self._keeper.take()
+        got = self._keeper.lease or await self._keeper.take()  # (one taken with the run)
+        self._told = None
         self._announced = False
-        if got.seq is not None and got.seq < self._record.seq:
+        acknowledged = max(self._record.seq, got.acknowledged or 0)  # here, or before us
+        if got.seq is not None and got.seq < acknowledged:
             await self.release(quiet=True)
             stored = await self.store.load(self.run_id)
             if stored is not None:
-                raise await self._lost(stored)
+                raise await self._lost(stored, acknowledged)
         if got.seq is not None and got.seq == self._record.seq:
             # Nothing was committed since this copy was read (every change is a commit, and
             # commits move the seq): only the holder and crash count are new.
@@ -123,10 +127,11 @@ class RunCore(Generic[M]):
                 await hook.after_commit(self._record, last[0], again=True)
         return got
 
-    async def _lost(self, stored: RunRecord) -> CommitsLost:
-        """The store is behind what this process saw committed: name the loss, and go back
-        to what is stored (this `Run` may go on from there, as a resumed one would)."""
-        lost = CommitsLost(self.run_id, stored.seq, self.seq, stored.state)
+    async def _lost(self, stored: RunRecord, acknowledged: int) -> CommitsLost:
+        """The store is behind what it acknowledged (to this process, or to one before it
+        on this host: `Lease.acknowledged`): name the loss, and go back to what is stored
+        (this `Run` may go on from there, as a resumed one would)."""
+        lost = CommitsLost(self.run_id, stored.seq, acknowledged, stored.state)
         _log.error("%s", lost)
         await self._reload(stored)
         return lost

@@ -15,6 +15,7 @@ from typing import Literal, Protocol, TypeAlias, runtime_checkable
 from pydantic import JsonValue
 
 from ._capabilities import Bucket, Job, Ledger, Limiter, RunQueue, ScopeCharge, WorkerBeat
+from ._durability import Durability
 from ._json import MAX_DEPTH, json_bytes
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "Committed",
     "Conflict",
     "Duplicate",
+    "Durability",
     "Event",
     "Job",
     "Lease",
@@ -177,6 +179,10 @@ class Lease:
     seq: int | None = None
     """The run's seq when the lease was taken (None if the store does not say): a holder
     whose copy of the run is at this seq need not read it again."""
+    acknowledged: int | None = None
+    """Set when the store once acknowledged a later seq of the run than `seq` (remembered
+    where the store's own loss cannot reach it: `storage._acked`): commits `seq + 1` to
+    `acknowledged` were lost. Said once: the next lease taken does not say it again."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -245,6 +251,12 @@ class Store(Protocol):
 
     Guarantees every backend gives:
     - `commit` is all-or-nothing and one round trip to the server; refused commits write nothing.
+    - A commit (and a `create`/`start`) is acknowledged only once it reached the store's
+      `durability` level; when the level is not reached in time, the call raises
+      `storage.errors.OutcomeUnknown` (the write may stand: retry it under the same key,
+      which answers `Duplicate` once the level is reached). A level the backend or its
+      server cannot give is refused when the store is opened or first used
+      (`storage.errors.DurabilityUnavailable`), before anything is written.
     - What a commit writes is proportional to its event (the memory patch and new messages),
       not to the size of the memory or the length of the history.
     - Everything read back is validated; bytes that are not what we wrote raise
@@ -407,6 +419,10 @@ class Store(Protocol):
     def ledger(self) -> Ledger:
         """Usage per budget scope and the limits people set, kept in this store."""
         ...
+
+    durability: Durability
+    """What every acknowledged commit reached (`storage._durability`: primary, fsync,
+    replicas:N, replicas-fsync:N): chosen when the store is opened."""
 
     @property
     def limiter(self) -> Limiter:

@@ -3,6 +3,9 @@
     RuntimeError
      └── StorageError            anything a store cannot do
           ├── StoreUnavailable   the server cannot be reached (after retries)
+          ├── OutcomeUnknown     a commit not confirmed at the store's durability level:
+          │                      maybe applied, maybe not; retry it under the same key
+          ├── DurabilityUnavailable  the server cannot give the level the store was opened at
           └── CorruptData        stored bytes that are not what we wrote; names the key
                └── HistoryLost   a run whose stored history is incomplete: refused
     ValueError
@@ -14,7 +17,15 @@ Expected commit outcomes (duplicate key, seq conflict, stale lease) are *values*
 
 from __future__ import annotations
 
-__all__ = ["CorruptData", "HistoryLost", "StorageError", "StoreUnavailable", "Unstorable"]
+__all__ = [
+    "CorruptData",
+    "DurabilityUnavailable",
+    "HistoryLost",
+    "OutcomeUnknown",
+    "StorageError",
+    "StoreUnavailable",
+    "Unstorable",
+]
 
 
 class StorageError(RuntimeError):
@@ -23,6 +34,30 @@ class StorageError(RuntimeError):
 
 class StoreUnavailable(StorageError):
     """The store's server could not be reached, even after retrying with backoff."""
+
+
+class OutcomeUnknown(StorageError):
+    """A write the server applied, or may have, that did not reach the store's durability
+    level within its timeout: a failover or crash now could still lose it. Never a success.
+    Retrying under the same idempotency key is safe: the store answers that the key was
+    committed (and waits for the level again) if it landed, or applies it once if not."""
+
+    def __init__(self, what: str, level: str, reached: str, timeout: float) -> None:
+        super().__init__(
+            f"{what}: applied by the primary, but {reached} within {timeout:g} s, not"
+            f" {level!r}: its outcome is unknown (a failover or crash now could lose it)."
+            " Retrying under the same idempotency key is safe (resume the run, or step it"
+            " again): a commit that landed is answered as already committed, not applied"
+            " twice. Check the replicas (INFO replication) or raise ?durability_timeout="
+        )
+        self.what = what
+        self.level = level
+
+
+class DurabilityUnavailable(StorageError):
+    """The store was opened at a durability level its server cannot give (too old for
+    `WAITAOF`, no append-only file, a Cluster, no replicas at all): refused at open, before
+    anything is written."""
 
 
 class CorruptData(StorageError):

@@ -34,6 +34,15 @@ def child_bytecode_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[N
         yield
 
 
+@pytest.fixture(scope="session", autouse=True)
+def acknowledged_notes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """What stores acknowledged is noted in a file of the session's (`storage._acked`), for
+    this process and the children it starts, not in the user's state folder."""
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("AGENTFSM_ACKNOWLEDGED", str(tmp_path_factory.mktemp("acked") / "acked.db"))
+        yield
+
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     """One redis-server for the session; tests isolate themselves by key prefix."""

@@ -6,6 +6,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from .programs import require_program
@@ -37,9 +38,17 @@ class RedisServer:
     """
 
     def __init__(
-        self, workdir: Path, *, port: int | None = None, appendfsync: str | None = None
+        self,
+        workdir: Path,
+        *,
+        port: int | None = None,
+        appendfsync: str | None = None,
+        binary: str | None = None,
+        extra: Sequence[str] = (),
     ) -> None:
-        self.binary = require_redis_server()
+        self.binary = binary or require_redis_server()
+        self.extra = list(extra)
+        """More redis-server arguments (`--replicaof HOST PORT`, say)."""
         self.workdir = workdir
         self.port = port or free_port()
         self.appendfsync = appendfsync
@@ -70,6 +79,7 @@ class RedisServer:
             args += ["--appendonly", "yes", "--appendfsync", self.appendfsync]
         else:
             args += ["--appendonly", "no"]
+        args += self.extra
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 60  # a busy CI machine
         while time.monotonic() < deadline:

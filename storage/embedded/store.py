@@ -37,6 +37,7 @@ from pydantic import JsonValue
 
 from .._capabilities import Ledger, Limiter, RunQueue, ScopeCharge
 from .._codec import dump_event, dump_json, load_event
+from .._durability import Durability
 from .._paging import RunCursor
 from ..base import (
     LIVE_MAXLEN,
@@ -56,7 +57,7 @@ from ..base import (
     check_run_id,
     creation_event,
 )
-from ..errors import HistoryLost
+from ..errors import DurabilityUnavailable, HistoryLost
 from ..usage import increments
 from . import ledger as _ledger
 from . import limiter as _limiter
@@ -79,6 +80,20 @@ from .usage import add_run_usage
 from .usage import create_tables as usage_tables
 
 __all__ = ["EmbeddedStore"]
+
+
+def _durability(url: str, named: str | None, given: str | None) -> Durability:
+    """The level a store URL and `open_store(durability=)` ask for, if SQLite can give it."""
+    if named is not None and given is not None and named != given:
+        raise ValueError(f"store URL {url!r} says durability={named!r} but {given!r} was passed")
+    level = Durability.parse(named or given or "primary")
+    if level.replicas:
+        raise DurabilityUnavailable(
+            f"store URL {url!r}: durability {str(level)!r} needs replicas, and the embedded"
+            " store has none: use 'primary' or 'fsync' (an fsync per commit), or a Redis"
+            " store with replicas"
+        )
+    return level
 
 
 class EmbeddedStore(Database):
@@ -106,6 +121,8 @@ class EmbeddedStore(Database):
         side = (usage_tables, _ledger.create_tables, _limiter.create_tables,
                 _live.create_table, _queue.create_tables)  # fmt: skip
         super().__init__(path, synchronous=synchronous, tables=side)
+        self.durability = Durability(level="fsync" if synchronous == "FULL" else "primary")
+        """The durability level of its commits: "fsync" with `synchronous` FULL."""
 
     @property
     def ledger(self) -> Ledger:
@@ -120,11 +137,21 @@ class EmbeddedStore(Database):
         return _queue.EmbeddedQueue(self)
 
     @classmethod
-    def from_url(cls, url: str) -> EmbeddedStore:
+    def from_url(cls, url: str, *, durability: str | None = None) -> EmbeddedStore:
         """`sqlite:///relative.db` (from the working directory), `sqlite:////absolute.db`,
-        or `memory://`. `?synchronous=full` syncs every commit to disk."""
+        or `memory://`. `?durability=fsync` (or `durability="fsync"`; also
+        `?synchronous=full`) syncs every commit to disk; "primary", the default, keeps
+        commits through any process crash but not an OS crash or power loss. The replica
+        levels are refused: an SQLite file has no replicas."""
         parts = urlsplit(url)
+        options = dict(parse_qsl(parts.query))
+        level = _durability(url, options.pop("durability", None), durability)
         if parts.scheme == "memory":
+            if options or level.level != "primary":
+                raise ValueError(
+                    f"store URL {url!r}: a memory:// store takes no options, and keeps"
+                    " nothing on disk (durability 'primary' only)"
+                )
             return cls(":memory:")
         path = parts.path[1:] if parts.path.startswith("/") else parts.path
         if parts.scheme != "sqlite" or parts.netloc or not path:
@@ -132,13 +159,14 @@ class EmbeddedStore(Database):
                 f"not an embedded store URL: {url!r} (use sqlite:///relative/path.db,"
                 " sqlite:////absolute/path.db or memory://)"
             )
-        options = dict(parse_qsl(parts.query))
         synchronous = options.pop("synchronous", "normal").upper()
         if options or synchronous not in ("NORMAL", "FULL"):
             raise ValueError(
-                f"unknown options in store URL {url!r}: the only one is synchronous=normal|full"
+                f"unknown options in store URL {url!r}: the only ones are"
+                " durability=primary|fsync and synchronous=normal|full"
             )
-        return cls(path, synchronous="FULL" if synchronous == "FULL" else "NORMAL")
+        full = synchronous == "FULL" or level.level == "fsync"
+        return cls(path, synchronous="FULL" if full else "NORMAL")
 
     async def create(self, run: RunRecord, *, origin: JsonValue = None) -> RunRecord:
         stored, _ = await self._create_and_lease(run, origin, "", 0)

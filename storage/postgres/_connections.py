@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 
-from ..errors import StorageError, StoreUnavailable
+from ..errors import DurabilityUnavailable, StorageError, StoreUnavailable
 from ._schema import migrate
 
 __all__ = ["Connections", "Settings"]
@@ -67,6 +67,9 @@ class Settings:
     connect_timeout: float = 2.0
     command_timeout: float = 10.0
     retry_for: float = 5.0
+    flushed: bool = False
+    """Whether every commit must be flushed to disk before it is acknowledged (durability
+    "fsync"): the server's `synchronous_commit` is checked once, at the first connection."""
 
 
 class _Pool:
@@ -127,6 +130,8 @@ class Connections:
         if ready and not self._ready:
             try:
                 await migrate(conn, s.schema, s.where)
+                if s.flushed:
+                    await _check_flushed(conn, s.where)
             except BaseException:
                 await conn.close()
                 raise
@@ -268,3 +273,14 @@ class Connections:
         pool = self._pools.get(asyncio.get_running_loop())
         if pool is not None:
             await pool.close()
+
+
+async def _check_flushed(conn: Any, where: str) -> None:
+    """Refuse durability "fsync" on a server whose commits do not wait for their WAL flush."""
+    setting = await conn.fetchval("SELECT current_setting('synchronous_commit')")
+    if setting == "off":
+        raise DurabilityUnavailable(
+            f"durability 'fsync': Postgres at {where} has synchronous_commit = off, so a commit"
+            " is acknowledged before it is on disk: set it to on (ALTER DATABASE … SET"
+            " synchronous_commit = on), or open the store at durability 'primary'"
+        )

@@ -32,6 +32,7 @@ from pydantic import JsonValue
 
 from .._capabilities import Ledger, Limiter, RunQueue, ScopeCharge
 from .._codec import dump_event, dump_json, live_rows, load_event
+from .._durability import Durability
 from .._json import json_bytes
 from .._paging import TOP, RunCursor
 from ..base import (
@@ -52,7 +53,7 @@ from ..base import (
     check_run_id,
     creation_event,
 )
-from ..errors import HistoryLost
+from ..errors import DurabilityUnavailable, HistoryLost
 from ..process import free_dead
 from ..url import redact
 from ..usage import increments
@@ -66,7 +67,25 @@ from .queue import PostgresQueue
 
 __all__ = ["PostgresStore"]
 
-_OPTIONS = {"schema", "pool", "prepared", "retry_for", "command_timeout", "connect_timeout"}
+_OPTIONS = {"schema", "pool", "prepared", "retry_for", "command_timeout", "connect_timeout",
+            "durability", "durability_timeout"}  # fmt: skip
+
+
+def _durability(url: str, ours: dict[str, str], given: str | None) -> Durability:
+    """The level the URL and `open_store(durability=)` ask for, if this store can give it."""
+    named = ours.get("durability")
+    if named is not None and given is not None and named != given:
+        raise ValueError(
+            f"store URL {redact(url)!r} says durability={named!r} but {given!r} was passed"
+        )
+    level = Durability.parse(named or given or "primary", ours.get("durability_timeout"))
+    if level.replicas:
+        raise DurabilityUnavailable(
+            f"store URL {redact(url)!r}: durability {str(level)!r} needs the Postgres store to"
+            " wait for synchronous standbys, which it does not do yet: use 'fsync' (each commit"
+            " flushed to the server's disk), or a Redis store with replicas"
+        )
+    return level
 
 
 class PostgresStore:
@@ -88,7 +107,9 @@ class PostgresStore:
     live_maxlen = LIVE_MAXLEN
     live_ttl = LIVE_TTL
 
-    def __init__(self, url: str, *, prefix: str = "agentfsm") -> None:
+    def __init__(
+        self, url: str, *, prefix: str = "agentfsm", durability: str | None = None
+    ) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("postgresql", "postgres"):
             raise ValueError(f"not a Postgres store URL: {redact(url)!r} (use postgresql://...)")
@@ -96,6 +117,11 @@ class PostgresStore:
         ours = {k: v for k, v in query if k in _OPTIONS}
         theirs = [(k, v) for k, v in query if k not in _OPTIONS]
         schema = check_schema(ours.get("schema") or prefix)
+        self.durability = _durability(url, ours, durability)
+        """The durability level of its commits (`storage._durability`): "primary" and "fsync"
+        both mean the server's own `synchronous_commit` (on by default: each commit is
+        acknowledged once its WAL is flushed); "fsync" is refused at the first call when the
+        server has it off."""
         try:
             settings = Settings(
                 dsn=urlunsplit(parts._replace(scheme="postgresql", query=urlencode(theirs))),
@@ -106,6 +132,7 @@ class PostgresStore:
                 retry_for=float(ours.get("retry_for", 5.0)),
                 command_timeout=float(ours.get("command_timeout", 10.0)),
                 connect_timeout=float(ours.get("connect_timeout", 2.0)),
+                flushed=self.durability.level == "fsync",
             )
         except ValueError as exc:
             raise ValueError(f"bad option in store URL {redact(url)!r}: {exc}") from None
@@ -122,8 +149,10 @@ class PostgresStore:
         self._channel_jobs = f"{s}.jobs"
 
     @classmethod
-    def from_url(cls, url: str, *, prefix: str = "agentfsm") -> PostgresStore:
-        return cls(url, prefix=prefix)
+    def from_url(
+        cls, url: str, *, prefix: str = "agentfsm", durability: str | None = None
+    ) -> PostgresStore:
+        return cls(url, prefix=prefix, durability=durability)
 
     def __repr__(self) -> str:
         return f"PostgresStore({self.where!r})"

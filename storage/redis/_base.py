@@ -12,7 +12,9 @@ import redis.asyncio as aioredis
 from pydantic import JsonValue
 from redis.commands.core import AsyncScript
 
+from .._acked import acknowledged
 from .._codec import load_json, run_from_fields
+from .._durability import PRIMARY, Durability
 from ..base import RunRecord, RunStatus
 from ._bound import Bound
 from ._connect import Client, check_prefix, close_with_loop
@@ -29,9 +31,12 @@ class RedisBase:
         *,
         prefix: str = "agentfsm",
         where: str = "redis",
+        durability: Durability = PRIMARY,
     ) -> None:
         self._prefix = check_prefix(prefix)
         self._where = where
+        self.durability = durability
+        """What a commit waits for before it is acknowledged (`storage._durability`)."""
         self._reconnect: Callable[[], Client] | None = None
         """How to make a new client (for a new event loop): known for stores from a URL."""
         self._bound = Bound.of(client)
@@ -41,6 +46,11 @@ class RedisBase:
         status): on standalone Redis; on Cluster they are in other slots (none here)."""
         if not isinstance(client, aioredis.RedisCluster):
             self._indexes = [self._deadlines, *map(self._by_status, get_args(RunStatus))]
+        self._acked = acknowledged()
+        """Where this host notes what the store acknowledged (None: turned off)."""
+        self._nonces: dict[str, str] = {}
+        """The nonce of each run this process read or created: what tells it apart in the
+        notes of what was acknowledged (`storage._acked`)."""
         self._statuses: dict[str, str] = {}
         """The status each run had when this process last read or wrote it (Cluster: a
         commit that may change it indexes the new status first; see `_indexes`)."""
@@ -115,10 +125,13 @@ class RedisBase:
             if name.startswith("m:")
         }
         run = run_from_fields(run_id, raw, memory, key)
-        self._remember(run_id, run.status)
+        self._remember(run_id, run.status, run.nonce)
         return run
 
-    def _remember(self, run_id: str, status: str) -> None:
+    def _remember(self, run_id: str, status: str, nonce: str | None = None) -> None:
         if len(self._statuses) > 100_000:
             self._statuses.clear()
+            self._nonces.clear()
         self._statuses[run_id] = status
+        if nonce is not None:
+            self._nonces[run_id] = nonce

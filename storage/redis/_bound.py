@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import AsyncGenerator, Awaitable
+from collections.abc import AsyncGenerator, Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,12 +47,16 @@ class Bound:
             found = self.scripts[name] = self.client.register_script(script_text(name))
         return found
 
-    def run(self, script: AsyncScript, keys: list[str], args: list[Any]) -> Awaitable[Any]:
-        """`script(keys, args)`, on a held connection where there are some."""
+    def run(
+        self, script: AsyncScript, keys: list[str], args: list[Any], then: Sequence[Any] = ()
+    ) -> Awaitable[Any]:
+        """`script(keys, args)`, on a held connection where there are some; with `then` (a
+        wait), `(reply, then's reply)` (standalone Redis only: a Cluster store refuses the
+        levels that wait, at open)."""
         ordinary = functools.partial(script, keys=keys, args=args)
         if self.held is None:
             return ordinary()
-        return self.held.evalsha(script, keys, args, ordinary)
+        return self.held.evalsha(script, keys, args, ordinary, then)
 
 
 def run_fields(run: RunRecord) -> list[Any]:

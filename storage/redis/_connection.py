@@ -12,7 +12,8 @@ disconnect-on-failure are kept.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterable
+import contextlib
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 from redis.asyncio.connection import AbstractConnection, ConnectionPool
@@ -39,7 +40,10 @@ class _SendInTask:
             return
         me: Any = self
         if not self.is_connected:
-            await me.connect_check_health(check_health=False)
+            # `connect`, not redis-py's `connect_check_health`: a Sentinel-managed connection
+            # asks the Sentinels for the primary there, so a reconnect after a failover goes
+            # to the new primary, not back to the old address.
+            await me.connect()
         if check_health:
             await me.check_health()
         if isinstance(command, str):
@@ -102,24 +106,52 @@ class HeldConnections:
 
     async def evalsha(
         self, script: AsyncScript, keys: list[str], args: list[Any],
-        fallback: Callable[[], Awaitable[Any]],
+        fallback: Callable[[], Awaitable[Any]], then: Sequence[Any] = (),
     ) -> Any:  # fmt: skip
+        """The script's reply; with `then` (a command: `WAIT 1 1000`), sent right behind the
+        script on the same connection, in the same round trip: `(reply, then's reply)`.
+        (A wait must be on the connection that wrote: the server waits for that
+        connection's own last write.)"""
         if self._idle:
             conn = self._idle.pop()
         else:
             conn = await self._pool.get_connection()  # type: ignore[no-untyped-call]
+        evalsha = ("EVALSHA", script.sha, len(keys), *keys, *args)
 
         async def send() -> Any:
-            await conn.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
-            return await conn.read_response()
+            if not then:
+                await conn.send_command(*evalsha)
+                return await conn.read_response()
+            await conn.send_packed_command(conn.pack_commands([evalsha, tuple(then)]))
+            try:
+                reply = await conn.read_response()
+            except ResponseError as error:
+                with contextlib.suppress(ResponseError):  # a replica refuses the wait too
+                    await conn.read_response()  # then's reply: the connection stays in step
+                if isinstance(error, NoScriptError):  # load it here, where it runs
+                    await conn.send_command("SCRIPT", "LOAD", script.script)
+                    await conn.read_response()
+                raise
+            try:
+                waited = await conn.read_response()
+            except ResponseError as error:  # the script's write stands: say so, not this
+                waited = error
+            return reply, waited
 
         async def failed(error: Exception) -> None:  # as redis-py's client: reconnect, retry
             await conn.disconnect()
 
         try:
-            reply = await conn.retry.call_with_retry(send, failed)
+            try:
+                reply = await conn.retry.call_with_retry(send, failed)
+            except NoScriptError:
+                if not then:
+                    raise
+                reply = await conn.retry.call_with_retry(send, failed)  # loaded: once more
         except NoScriptError:  # a server restarted or flushed: load it the ordinary way
             await self._put_back(conn)
+            if then:  # (loaded on this connection, and still not found: a flush just now)
+                raise
             return await fallback()
         except ResponseError:
             await self._put_back(conn)  # an error reply: the connection is fine
@@ -129,6 +161,32 @@ class HeldConnections:
             raise
         await self._put_back(conn)
         return reply
+
+    async def send(self, *commands: Sequence[Any]) -> list[Any]:
+        """The replies to `commands`, sent together on one held connection (a write and the
+        wait for it, say), retried as `evalsha` is."""
+        if self._idle:
+            conn = self._idle.pop()
+        else:
+            conn = await self._pool.get_connection()  # type: ignore[no-untyped-call]
+
+        async def send() -> list[Any]:
+            await conn.send_packed_command(conn.pack_commands([tuple(c) for c in commands]))
+            return [await conn.read_response() for _ in commands]
+
+        async def failed(error: Exception) -> None:
+            await conn.disconnect()
+
+        try:
+            replies: list[Any] = await conn.retry.call_with_retry(send, failed)
+        except ResponseError:
+            await self._put_back(conn)
+            raise
+        except BaseException:
+            await self._drop(conn)
+            raise
+        await self._put_back(conn)
+        return replies
 
     async def _put_back(self, conn: AbstractConnection) -> None:
         if len(self._idle) < self._keep:

@@ -20,8 +20,9 @@ from redis.exceptions import AuthenticationError, NoPermissionError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ..errors import CorruptData, StorageError, StoreUnavailable
+from ..errors import CorruptData, DurabilityUnavailable, StorageError, StoreUnavailable
 from ._connect import tls_failure
+from ._durable import check_level
 
 if TYPE_CHECKING:
     from ._base import RedisBase
@@ -103,16 +104,21 @@ async def talking(store: RedisBase, what: str, *, key: str | None = None) -> Asy
 
 
 async def check_server(store: RedisBase) -> None:
-    """Once per store: warn when the server's settings can lose or evict runs. Reads
-    `INFO` (ACL users may be allowed it when `CONFIG` is denied); skipped when refused."""
+    """Once per store: refuse a durability level the server cannot give (every call raises
+    `DurabilityUnavailable` until it can), and warn when the server's settings can lose or
+    evict runs. Reads `INFO` (ACL users may be allowed it when `CONFIG` is denied); skipped
+    when refused."""
     store._checked = True
     client = store.client
     try:
         memory = _info_of(await client.info("memory"))
         persistence = _info_of(await client.info("persistence"))
+        if store.durability.waits:
+            server = _info_of(await client.info("server"))
+            await check_level(store, {**server, **persistence})
     except NoPermissionError:
         return
-    except (RedisConnectionError, RedisTimeoutError):
+    except (RedisConnectionError, RedisTimeoutError, DurabilityUnavailable):
         store._checked = False  # try again with the next call; this one fails as it
         raise
     except RedisError as exc:
@@ -154,6 +160,10 @@ async def answers(store: RedisBase, within: float) -> None:
     `within` seconds (the client's own retries would take longer)."""
     try:
         await asyncio.wait_for(store.client.ping(), within)
+        if not store._checked:
+            await check_server(store)  # a level the server cannot give is refused here too
+    except StorageError:
+        raise
     except TimeoutError:  # the client retried until now: was it refused, or is it silent?
         raise StoreUnavailable(await _why_no_answer(store._where, within)) from None
     except Exception as exc:  # unknown host, TLS, auth: say which

@@ -38,6 +38,7 @@ from pydantic import JsonValue
 
 from .._capabilities import Ledger, Limiter, RunQueue, ScopeCharge
 from .._codec import dump_event, dump_json, live_rows, load_event
+from .._durability import PRIMARY, Durability
 from .._paging import TOP, RunCursor
 from ..base import (
     LIVE_MAXLEN,
@@ -65,6 +66,7 @@ from . import live as _live
 from ._base import RedisBase
 from ._bound import deadline_arg, lua_increments, ms, run_fields
 from ._connect import Client, connector
+from ._durable import behind, compared, confirm, noted, outcome_unknown, wait_command
 from ._errors import answers, talking
 from .ledger import RedisLedger
 from .limiter import RedisLimiter
@@ -86,14 +88,20 @@ class RedisStore(RedisBase):
     live_maxlen = LIVE_MAXLEN
     live_ttl = LIVE_TTL
 
-    def __init__(self, client: Client, *, prefix: str = "agentfsm", where: str = "redis") -> None:
-        super().__init__(client, prefix=prefix, where=where)
+    def __init__(
+        self, client: Client, *, prefix: str = "agentfsm", where: str = "redis",
+        durability: Durability = PRIMARY,
+    ) -> None:  # fmt: skip
+        super().__init__(client, prefix=prefix, where=where, durability=durability)
         self._ledger = RedisLedger(self)
         self._limiter = RedisLimiter(self)
         self._queue = RedisQueue(self)
 
     @classmethod
-    def from_url(cls, url: str, *, prefix: str = "agentfsm", retries: int = 8) -> RedisStore:
+    def from_url(
+        cls, url: str, *, prefix: str = "agentfsm", retries: int = 8,
+        durability: str | None = None,
+    ) -> RedisStore:  # fmt: skip
         """Connect lazily to `url`, retrying connection errors and timeouts with jittered
         exponential backoff, for about 5 s in all (`?retry_for=`) or `retries` tries.
 
@@ -108,12 +116,22 @@ class RedisStore(RedisBase):
         are busy, a command waits for one (up to 20 s) instead of failing, so a process may
         drive far more runs at once than it has connections.
 
+        Behind Sentinel: `redis+sentinel://HOST:PORT[,HOST:PORT]/SERVICE[/DB]` (credentials
+        in the URL are the Redis servers'): every new connection asks the Sentinels for the
+        service's primary, so a failover is ridden through within `retry_for`.
+
+        `?durability=LEVEL` (or `durability=`): what a commit waits for before it is
+        acknowledged, `?durability_timeout=SECONDS` how long (`storage._durability`). A
+        level the server cannot give is refused (`DurabilityUnavailable`) by the store's
+        first call or `ping`; one not reached in time makes a commit `OutcomeUnknown`.
+
         Raises `ValueError` for a URL whose path is not a database number or whose options
         are unknown or not numbers where numbers belong.
         """
-        connect, prefix, where = connector(url, prefix, retries)
-        store = cls(connect(), prefix=prefix, where=where)
-        store._reconnect = connect
+        found = connector(url, prefix, retries, durability)
+        store = cls(found.connect(), prefix=found.prefix, where=found.where)
+        store.durability = found.durability  # (set after: subclasses keep their __init__)
+        store._reconnect = found.connect
         return store
 
     @property
@@ -160,17 +178,24 @@ class RedisStore(RedisBase):
         async def attempt(dead: list[str]) -> tuple[tuple[Any, ...], list[str]]:
             args = [*head, dead[0] if dead else "", *tail]  # take over a dead holder's lease
             bound = self._on_this_loop()
-            async with talking(self, f"create run {run.run_id!r}"):
-                created, got, raw = await bound.run(bound.script("create"), keys, args)
+            what = f"create run {run.run_id!r}"
+            async with talking(self, what):
+                created, got, raw = await self._durably(
+                    bound.run(bound.script("create"), keys, args, self._wait), what
+                )
+                if not created and self._wait:  # created before: by a try whose wait failed?
+                    await confirm(self, run.run_id, what)
             lease = self._lease_of(run.run_id, owner, ttl, got) if owner else None
             return (created, lease, raw), [lease.owner] if isinstance(lease, LeaseHeld) else []
 
         created, lease, raw = await free_dead(attempt)
         if created:
-            self._statuses[run.run_id] = run.status
+            self._remember(run.run_id, run.status, run.nonce)
+            noted(self, run.run_id, 0)
             return (replace(run, holder=owner) if isinstance(lease, Lease) else run), lease
         stored = dict(zip(raw[::2], raw[1::2], strict=True))
-        return self._decode_run(run.run_id, stored, self.key(run.run_id, "run")), lease
+        found = self._decode_run(run.run_id, stored, self.key(run.run_id, "run"))
+        return found, compared(self, lease, found.seq)
 
     @staticmethod
     def _lease_of(run_id: str, owner: str, ttl: float, reply: list[Any]) -> Lease | LeaseHeld:
@@ -265,24 +290,52 @@ class RedisStore(RedisBase):
         if not self._indexes:
             await _indexes.before_commit(self, run_id, event, charge)
         bound = self._on_this_loop()
+        what = f"commit of run {run_id!r} seq {event.seq} (key {event.key!r})"
         async with talking(self, f"commit to run {run_id!r}"):
-            verdict, seq, *previous = await bound.run(bound.script("commit"), keys, args)
+            verdict, seq, *previous = await self._durably(
+                bound.run(bound.script("commit"), keys, args, self._wait), what
+            )
+            if verdict == "duplicate" and self._wait:
+                await confirm(self, run_id, what)  # the earlier write of the key, too
         match verdict:
             case "ok" if self._indexes:  # the script kept them
                 self._remember(run_id, event.status)
+                noted(self, run_id, int(seq))
                 return Committed(seq=int(seq))
             case "ok":
                 await _indexes.after_commit(self, run_id, event, previous, charge)
                 self._remember(run_id, event.status)
+                noted(self, run_id, int(seq))
                 return Committed(seq=int(seq))
             case "duplicate":
                 return Duplicate(seq=int(seq))
             case "conflict":
+                behind(self, run_id, int(seq))
                 return Conflict(current_seq=int(seq))
             case "lease_lost":
+                behind(self, run_id, int(seq))
                 return LeaseLost()
             case _:
                 raise KeyError(run_id)
+
+    @property
+    def _wait(self) -> tuple[Any, ...]:
+        """What a write waits for behind its script (`WAIT`/`WAITAOF`), () for nothing."""
+        return wait_command(self.durability)
+
+    async def _durably(self, replied: Any, what: str) -> Any:
+        """The script's reply, once the wait sent behind it says the store's durability
+        level was reached; `OutcomeUnknown` when not. (A script that wrote nothing, such as
+        a refused commit, passes whatever the wait says: nothing of it can be lost.)"""
+        reply = await replied
+        if not self._wait:
+            return reply
+        reply, waited = reply
+        if reply[0] in ("ok", 1):  # commit.lua applied it; create.lua created the run
+            unknown = outcome_unknown(self, what, waited)
+            if unknown is not None:
+                raise unknown
+        return reply
 
     async def history(
         self, run_id: str, from_seq: int = 0, to_seq: int | None = None
@@ -326,7 +379,8 @@ class RedisStore(RedisBase):
             got = self._lease_of(run_id, owner, ttl, reply)
             return got, [got.owner] if isinstance(got, LeaseHeld) else []
 
-        return await free_dead(attempt)
+        lease = await free_dead(attempt)
+        return compared(self, lease, lease.seq) if isinstance(lease, Lease) else lease
 
     async def renew_lease(self, lease: Lease) -> bool:
         keys = self._keys(lease.run_id, "run", "lease")
@@ -377,4 +431,6 @@ class RedisStore(RedisBase):
         await answers(self, within)
 
     async def close(self) -> None:
+        if self._acked is not None:
+            self._acked.flush()
         await self._client.aclose()

@@ -11,7 +11,7 @@ import asyncpg
 import pytest
 
 from storage import open_store
-from storage.errors import StorageError, StoreUnavailable
+from storage.errors import DurabilityUnavailable, StorageError, StoreUnavailable
 from storage.postgres import SCHEMA_VERSION, PostgresStore
 
 from ..postgres_server import execute, require_postgres, schema_url
@@ -36,6 +36,22 @@ def test_bad_urls_are_refused_naming_the_option_and_never_the_password() -> None
     assert "s3cret" not in str(pool.value) and "***" in str(pool.value)
     store = open_store("postgres://127.0.0.1/test", prefix="tenant_a")
     assert isinstance(store, PostgresStore) and store.schema == "tenant_a"
+
+
+async def test_fsync_is_refused_where_commits_do_not_wait_for_the_disk() -> None:
+    off = "options=-c%20synchronous_commit%3Doff"
+    url = schema_url()
+    store = open_store(f"{url}&durability=fsync&{off}")
+    assert str(store.durability) == "fsync"
+    with pytest.raises(DurabilityUnavailable, match="synchronous_commit = off"):
+        await store.load("r1")
+    await store.close()
+    store = open_store(f"{url}&{off}")  # the default level takes the server as it is
+    assert await store.load("r1") is None
+    await store.close()
+    store = open_store(url, durability="fsync")  # the server's default: on
+    assert await store.load("r1") is None
+    await store.close()
 
 
 async def test_a_server_nobody_listens_on_says_so() -> None:

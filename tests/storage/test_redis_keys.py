@@ -64,7 +64,11 @@ async def test_an_older_stream_name_is_renamed_when_first_used(
         ("redis://127.0.0.1:1/0?sokcet_timeout=1", "unknown option 'sokcet_timeout'"),
         ("redis://127.0.0.1:1/0?prefix=a:b", "invalid key prefix 'a:b'"),
         ("redis://127.0.0.1:1/0?prefix=*", "invalid key prefix '*'"),
-        ("redis+sentinel://127.0.0.1:1/0", "unknown store URL"),
+        ("redis+sentry://127.0.0.1:1/0", "unknown store URL"),
+        ("redis+sentinel://127.0.0.1:1", "name the service"),
+        ("redis://127.0.0.1:1/0?durability=replica:1", "unknown durability level"),
+        ("redis://127.0.0.1:1/0?durability=replicas:1&durability_timeout=5", "below"),
+        ("memory://?durability=fsync", "keeps nothing on disk"),
     ],
 )
 def test_a_bad_url_is_a_clear_error(url: str, message: str) -> None:

@@ -29,7 +29,8 @@
 -- ARGV[17..16+2n] live items: base seq, item JSON, ...
 -- ARGV[17+2n..] memory patch: field name, field JSON, ...
 --
--- Returns {'ok', seq, previous deadline, previous status} | {'duplicate', seq} | {'lease_lost', 0}
+-- Returns {'ok', seq, previous deadline, previous status} | {'duplicate', seq}
+--       | {'lease_lost', current_seq}
 --       | {'conflict', current_seq} | {'missing', 0}
 -- On Cluster only this run's keys are given (one hash tag, one slot): the indexes (deadlines,
 -- runs by status) are kept by the caller, which needs the previous deadline and status to do so.
@@ -39,7 +40,7 @@ local done = redis.call('HGET', KEYS[3], ARGV[3])
 if done then return {'duplicate', tonumber(done)} end
 local cur = redis.call('HMGET', KEYS[1], 'seq', 'fence', 'deadline', 'status')
 if not cur[1] then return {'missing', 0} end
-if cur[2] ~= ARGV[2] then return {'lease_lost', 0} end
+if cur[2] ~= ARGV[2] then return {'lease_lost', tonumber(cur[1])} end
 if cur[1] ~= ARGV[1] then return {'conflict', tonumber(cur[1])} end
 
 local seq = tonumber(ARGV[1]) + 1
