@@ -132,19 +132,13 @@ def _waits(machine: Machine[Any], record: RunRecord) -> list[Transition]:
 
 def _pending_approvals(ctx: Context) -> list[tuple[str, str, dict[str, Any]]]:
     """(call id, tool name, args) of the calls a DurableAgent run waits to have approved."""
-    from ..durable._steps import APPROVAL, DURABLE_KIND, rounds_of
+    from ..durable._approvals import waiting_calls
 
-    if ctx.record.memory.get("kind") != DURABLE_KIND or ctx.record.state != APPROVAL:
+    try:
+        calls = waiting_calls(ctx.record, ctx.events)
+    except RunError:  # none to answer
         return []
-    rounds = rounds_of(ctx.events)
-    if not rounds:
-        return []
-    current = rounds[-1]
-    return [
-        (c.tool_call_id, c.tool_name, c.args_as_dict())
-        for c in current.requests.approvals
-        if c.tool_call_id in current.pending
-    ]
+    return [(c.tool_call_id, c.tool_name, c.args_as_dict()) for c in calls]
 
 
 def _need_machine(ctx: Context) -> Machine[Any]:
@@ -239,13 +233,14 @@ def _send_transition(ctx: Context, values: Mapping[str, str]) -> Transition:
 
 
 def _approval_call(ctx: Context, values: Mapping[str, str]) -> tuple[str, str, dict[str, Any]]:
-    pending = _pending_approvals(ctx)
-    call_id = values.get("call", "")
-    found = next((p for p in pending if p[0] == call_id), None)
-    if found is None:
-        names = ", ".join(f"{c} ({t})" for c, t, _ in pending) or "none"
-        raise ActionProblem(f"no call {call_id!r} waits for approval; waiting: {names}")
-    return found
+    """The call the form answers, or the engine's refusal (`waiting_call`)."""
+    from ..durable._approvals import waiting_call
+
+    try:
+        call = waiting_call(ctx.record, ctx.events, values.get("call", ""))
+    except RunError as exc:
+        raise ActionProblem(str(exc)) from None
+    return call.tool_call_id, call.tool_name, call.args_as_dict()
 
 
 # ------------------------------------------------------------------------------ plans

@@ -1,7 +1,12 @@
 """Python, the CLI and the web UI give the same answer for every action on every run status:
-each asks the engine's one check (`agents._operations.check_action`), so each accepts what
-the others accept, says what it will commit in the same words, and refuses with the same
-reason. Dry runs only: nothing is written."""
+each asks the engine's one check (`agents._operations.check_action`; raising a budget:
+`Agent.raise_budget`), so each accepts what the others accept, says what it will commit in
+the same words, and refuses with the same reason. The table is dry runs (nothing is written);
+a representative subset is then done for real, once through each front end on three copies
+of the same runs, and must leave the same commits and say the same of who drives the run on.
+
+The UI offers send, approve/deny, retry, cancel and fork; start, resume and raising a budget
+are Python's and the CLI's (the UI has no form for them: asserted too)."""
 
 from __future__ import annotations
 
@@ -16,13 +21,15 @@ from pydantic import BaseModel
 from pydantic_ai.models.test import TestModel
 from starlette.testclient import TestClient
 
-from agents import Agent, Budget, llm
+from agents import Agent, Budget, DurableAgent, llm
 from agents._operations import check_action, do_action
 from agents.cli import main
 from agents.ui import create_app
 from statemachine import RunError
-from storage import EmbeddedStore, Store
+from storage import EmbeddedStore, Store, open_store
 
+from ..test_cli_approve import park
+from ..test_durable_parity import Ran, gated
 from .conftest import HERE, TOKEN, csrf_of, problem_of, run_sync
 from .ui_agent import ui_agent
 
@@ -37,29 +44,62 @@ budgeted = Agent(
     transitions=[llm("write", "new", "done", prompt="p", into="text")],
 )  # fmt: skip
 """Parked by its budget before its first request (`agentfsm --agent` loads it from here)."""
+scoped = Agent(
+    name="scoped", memory=Note, model=TestModel(custom_output_text="hi"), initial="new",
+    final=["done"], scope_budget=Budget(requests=0), budget_scope=lambda memory: "acme",
+    transitions=[llm("write", "new", "done", prompt="p", into="text")],
+)  # fmt: skip
+"""Parked by its scope's budget (scope "acme") before its first request."""
+durable = DurableAgent(gated(Ran()), store=open_store("memory://"), name="gated")
+"""The DurableAgent whose run waits for a tool call to be approved (`park`)."""
 
-AGENTS = {"ticket": "tests.agents.ui.ui_agent:ui_agent",
-          "budgeted": "tests.agents.ui.test_one_answer:budgeted"}  # fmt: skip
-STATUSES = ["running", "waiting", "halted", "failed", "done", "cancelled"]
+AGENTS = {"ui_ticket": "tests.agents.ui.ui_agent:ui_agent",
+          "budgeted": "tests.agents.ui.test_one_answer:budgeted",
+          "scoped": "tests.agents.ui.test_one_answer:scoped",
+          "gated": "tests.agents.ui.test_one_answer:durable"}  # fmt: skip
+MACHINES: dict[str, Agent[Any]] = {"ui_ticket": ui_agent, "budgeted": budgeted,
+                                   "scoped": scoped, "gated": durable.machine}  # fmt: skip
+STATUSES = ["running", "waiting", "halted", "halted-scope", "approval", "failed", "done",
+            "cancelled"]  # fmt: skip
+"""The runs, each named by what it is: `halted` parked by its run budget, `halted-scope` by
+its scope's, `approval` a DurableAgent run waiting for a call to be approved."""
 ANSWER = '{"by": "ann", "approved": true}'
+START = '{"title": "r"}'
+UI_ACTIONS = {"send", "approve", "deny", "retry", "cancel", "fork"}
 ACTIONS: dict[str, tuple[dict[str, Any], list[str], dict[str, str]]] = {
     # action: (Python arguments, CLI arguments, UI form values)
+    "start": ({"memory": {"title": "r"}}, ["--input", START], {}),
+    "resume": ({}, [], {}),
     "send": ({"event": "answer", "payload": {"by": "ann", "approved": True}},
              ["answer", "--data", ANSWER], {"event": "answer", "payload_json": ANSWER}),
+    "approve": ({"call": "del-a"}, ["del-a"], {"call": "del-a", "verdict": "approve"}),
+    "deny": ({"call": "del-a", "message": "no"}, ["del-a", "--deny", "no"],
+             {"call": "del-a", "verdict": "deny", "message": "no"}),
     "retry": ({}, [], {}),
     "cancel": ({"reason": "why"}, ["--reason", "why"], {"reason": "why"}),
     "fork": ({"at": 0, "new_run_id": "forked"}, ["--at", "0", "--run-id", "forked"],
              {"at": "0", "new_run_id": "forked", "set": "{}"}),
+    "budget": ({"limits": Budget(requests=5)}, ["--requests", "5"], {}),
+    "budget-scope": ({"scope": "acme", "limits": Budget(requests=5)},
+                     ["--scope", "acme", "--requests", "5"], {}),
 }  # fmt: skip
 ALLOWED = {
+    "start": set(STATUSES),  # it exists: start returns it, committing nothing
+    "resume": {"running", "waiting", "halted", "halted-scope", "approval", "failed"},
     "send": {"waiting"},
-    "retry": {"failed", "halted"},
-    "cancel": {"running", "waiting", "halted", "failed"},
+    "approve": {"approval"},
+    "deny": {"approval"},
+    "retry": {"failed", "halted", "halted-scope"},
+    "cancel": {"running", "waiting", "halted", "halted-scope", "approval", "failed"},
     "fork": set(STATUSES),
+    "budget": set(STATUSES),  # limits set; the run is sent on only if its budget parked it
+    "budget-scope": set(STATUSES),
 }
+SENT_ON = {("budget", "halted"), ("budget", "halted-scope"), ("budget-scope", "halted-scope")}
+"""Where raising a budget also retries a parked run."""
 
 
-def _runs(store: Store) -> None:
+def _runs(store: Store, url: str) -> None:
     async def make() -> None:
         await ui_agent.start(store, {"title": "r"}, run_id="running")
         for run_id, memory in [("waiting", {}), ("failed", {"fail": True}), ("done", {}),
@@ -72,24 +112,30 @@ def _runs(store: Store) -> None:
         cancelled = await ui_agent.resume(store, "cancelled")
         await cancelled.cancel("no")
         await cancelled.release()
-        halted = await budgeted.start(store, Note(), run_id="halted")
-        await halted.until_done()
+        for machine, run_id in [(budgeted, "halted"), (scoped, "halted-scope")]:
+            halted = await machine.start(store, Note(), run_id=run_id)
+            await halted.until_done()
 
     run_sync(make())
+    run_sync(park(url, "approval"))
     for status in STATUSES:
         record = run_sync(store.load(status))
-        expected = "waiting" if status == "halted" else status
+        expected = status if status in ("running", "failed", "done", "cancelled") else "waiting"
         assert record is not None and record.status == expected, status
+
+
+def _app(store: Store) -> Any:
+    return create_app(store, agents=list(MACHINES.values()), token=TOKEN, drive="here")
 
 
 @pytest.fixture
 def world(tmp_path: Path) -> Any:
+    url = f"sqlite:///{tmp_path / 'one.db'}"
     store = EmbeddedStore(tmp_path / "one.db")
-    _runs(store)
-    app = create_app(store, agents=[ui_agent, budgeted], token=TOKEN, drive="here")
-    with TestClient(app, base_url=HERE) as client:
+    _runs(store, url)
+    with TestClient(_app(store), base_url=HERE) as client:
         assert client.get(f"/?token={TOKEN}").status_code == 200
-        yield store, client, f"sqlite:///{tmp_path / 'one.db'}"
+        yield store, client, url
     run_sync(store.close())
 
 
@@ -97,50 +143,87 @@ def _flat(text: str) -> str:
     return re.sub(r"\s+", " ", html.unescape(text)).strip()
 
 
+def _python(store: Store, run_id: str, action: str, agent: str, args: dict[str, Any]) -> Any:
+    """(accepted, the words it says) of a dry run in Python."""
+    machine = MACHINES[agent]
+    try:
+        if action.startswith("budget"):
+            where = {"scope": args["scope"]} if "scope" in args else {"run_id": run_id}
+            moved = run_sync(machine.raise_budget(store, limits=args["limits"], dry_run=True,
+                                                  **where))  # fmt: skip
+            return True, [f"{d.run_id}: {d.plan.commits}" for d in moved] or ["send on: none"]
+        plan = run_sync(check_action(store, run_id, action, machine=machine, **args))
+        return True, [plan.commits]
+    except (RunError, ValueError) as exc:  # its headline (the CLI prints it on one line)
+        return False, [str(exc).splitlines()[0]]
+
+
+def _cli(action: str, run_id: str, agent: str, args: list[str]) -> list[str]:
+    """The CLI command line of a dry run."""
+    spec = ["--agent", AGENTS[agent]]
+    if action == "start":
+        return ["run", AGENTS[agent], *args, "--run-id", run_id]
+    if action in ("approve", "deny"):
+        return ["approve", run_id, *args]  # needs no agent: the store has what it needs
+    if action == "budget":
+        return ["budget", run_id, *args, *spec]
+    if action == "budget-scope":
+        return ["budget", *args, *spec]
+    return [action, run_id, *args, *spec]
+
+
+def _ui(client: TestClient, store: Store, run_id: str, action: str, form: dict[str, str]) -> Any:
+    """(accepted, the words it shows) of the UI's form and its preview (the dry run)."""
+    page_action = "approve" if action == "deny" else action
+    seq = str(run_sync(store.load(run_id)).seq)
+    query: dict[str, str] = {
+        k: form[k] for k in ("event", "call") if k in form
+    }  # as the run page links
+    page = client.get(f"/runs/{run_id}/act/{page_action}", params=query)
+    if page.status_code != 200:  # the form may refuse before the plan: the same refusal
+        return False, _flat(problem_of(page.text))
+    data = {"csrf": csrf_of(page.text), "seq": seq, **form}
+    answer = client.post(f"/runs/{run_id}/act/{page_action}/preview", data=data,
+                         headers={"origin": HERE})  # fmt: skip
+    ok = answer.status_code == 200
+    return ok, _flat(answer.text if ok else problem_of(answer.text))
+
+
 def test_python_the_cli_and_the_ui_answer_alike(
     world: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
     store, client, url = world
-    table: dict[tuple[str, str], tuple[bool, str]] = {}
+    table: dict[tuple[str, str], tuple[bool, list[str]]] = {}
+    differ: list[str] = []  # every cell where a front end answers otherwise than Python
     seqs = {status: run_sync(store.load(status)).seq for status in STATUSES}
     for status in STATUSES:
-        machine = budgeted if status == "halted" else ui_agent
-        agent = AGENTS["budgeted" if status == "halted" else "ticket"]
+        agent = run_sync(store.load(status)).agent
         for action, (py_args, cli_args, form) in ACTIONS.items():
             cell = f"{action} on {status}"
-            # Python
-            try:
-                plan = run_sync(check_action(store, status, action, machine=machine, **py_args))
-                python = (True, plan.commits)
-            except (RunError, ValueError) as exc:
-                python = (False, str(exc))
-            # CLI
-            code = main([action, status, *cli_args, "--agent", agent, "--store", url,
-                         "--dry-run"])  # fmt: skip
+            python = _python(store, status, action, agent, py_args)
+            code = main([*_cli(action, status, agent, cli_args), "--store", url, "--dry-run"])
             printed = capsys.readouterr()
             cli_text = _flat(printed.out if code == 0 else printed.err)
-            assert (code == 0) == python[0], f"{cell}: CLI {code} {cli_text!r} vs {python}"
-            assert _flat(python[1]) in cli_text, f"{cell}: CLI says {cli_text!r}"
-            # UI (the form may refuse before the plan: the same refusal either way)
-            seq = str(run_sync(store.load(status)).seq)
-            query = {"event": form["event"]} if "event" in form else {}  # as the run page links
-            page = client.get(f"/runs/{status}/act/{action}", params=query)
-            if page.status_code == 200:
-                data = {"csrf": csrf_of(page.text), "seq": seq, **form}
-                answer = client.post(f"/runs/{status}/act/{action}/preview", data=data,
-                                     headers={"origin": HERE})  # fmt: skip
-                ui_ok = answer.status_code == 200
-                ui_text = _flat(answer.text if ui_ok else problem_of(answer.text))
-            else:
-                ui_ok, ui_text = False, _flat(problem_of(page.text))
-            assert ui_ok == python[0], f"{cell}: UI {ui_text!r} vs {python}"
-            assert _flat(python[1]) in ui_text, f"{cell}: UI says {ui_text!r}"
+            if (code == 0) != python[0] or any(_flat(w) not in cli_text for w in python[1]):
+                differ.append(f"{cell}: CLI ({code}) says {cli_text!r}; Python {python}")
+            if action in UI_ACTIONS:
+                ui_ok, ui_text = _ui(client, store, status, action, form)
+                if ui_ok != python[0] or _flat(python[1][0]) not in ui_text:
+                    differ.append(f"{cell}: UI ({ui_ok}) says {ui_text!r}; Python {python}")
+            elif client.get(f"/runs/{status}/act/{action}").status_code != 404:
+                differ.append(f"{cell}: the UI has a form for it")
             table[(action, status)] = python
+    assert not differ, "\n".join(differ)
     allowed = {action: {s for s in STATUSES if table[(action, s)][0]} for action in ACTIONS}
     assert allowed == ALLOWED
+    sent_on = {(a, s) for (a, s), (ok, words) in table.items()
+               if a.startswith("budget") and words != ["send on: none"]}  # fmt: skip
+    assert sent_on == SENT_ON
     assert run_sync(store.load("forked")) is None  # nothing was written by any of it
     for status in STATUSES:
         assert run_sync(store.load(status)).seq == seqs[status]
+    for subject in [f"run/{s}" for s in STATUSES] + ["scope/acme"]:
+        assert not run_sync(store.ledger.limits(subject)), subject  # no limit was set
 
 
 def test_a_fork_form_posted_twice_forks_once(world: Any) -> None:
@@ -164,7 +247,7 @@ def test_start_is_checked_alike_by_python_and_the_cli(
     world: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
     store, _, url = world
-    agent = AGENTS["ticket"]
+    agent = AGENTS["ui_ticket"]
     for run_id, memory, ok in [
         ("fresh", {"title": "t"}, True),
         ("waiting", {"title": "t"}, True),  # exists: start returns it, committing nothing
