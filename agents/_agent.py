@@ -161,7 +161,7 @@ class Agent(Machine[M]):
             if dry_run:
                 plan = await check(self, store, record.run_id, Action(name="retry"))
                 moved.append(Done(plan=plan, run_id=record.run_id, event=None,
-                                  status=record.status, then="(dry run)"))  # fmt: skip
+                                  status=record.status, then=plan.then))  # fmt: skip
             else:
                 moved.append(await operate(self, store, record.run_id, Action(name="retry")))
         return moved

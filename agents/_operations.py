@@ -63,13 +63,21 @@ _ENGINE_ARGS = frozenset(f for f in Action.__dataclass_fields__ if f != "name")
 
 async def check_action(
     store: Store, run_id: str, action: str, *, machine: Machine[Any] | None = None,
-    **args: Any,
+    drive: bool = False, **args: Any,
 ) -> Plan:  # fmt: skip
-    """What `action` will commit on run `run_id` (writing nothing), or `Refused` (a
+    """What `action` will commit on run `run_id` (writing nothing) and who drives the run on
+    after it (`Plan.then`, as `do_action` with the same `drive` will say), or `Refused` (a
     `RunError`) / the argument's own error naming why not."""
     target, engine, command = await _target(store, run_id, action, machine, args)
-    plan = await check(target, store, run_id, engine)
-    return replace(plan, action=action, command=command) if command else plan
+    plan = await check(target, store, run_id, engine, drive=drive and command is None)
+    if command:
+        plan = replace(plan, action=action, command=command, then=_durable_then(run_id))
+    return plan
+
+
+def _durable_then(run_id: str) -> str:
+    """Who drives a DurableAgent run on once a call is answered: the application."""
+    return f"the run goes on when it is run again: DurableAgent.run(run_id={run_id!r})"
 
 
 async def do_action(
@@ -90,8 +98,8 @@ async def do_action(
         drive=drive and command is None, lease_wait=lease_wait,
     )  # fmt: skip
     if command:
-        then = f"the run goes on when it is run again: DurableAgent.run(run_id={run_id!r})"
-        plan = replace(done.plan, action=action, command=command)
+        then = _durable_then(run_id)
+        plan = replace(done.plan, action=action, command=command, then=then)
         done = replace(done, plan=plan, then=then if not done.again else done.then)
     return done
 

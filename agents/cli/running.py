@@ -73,11 +73,11 @@ async def run(args: argparse.Namespace) -> int:
         if args.dry_run:
             try:
                 plan = await check_action(
-                    store, args.run_id or "", "start", machine=agent, memory=memory
+                    store, args.run_id or "", "start", machine=agent, drive=True, memory=memory
                 )
             except InvalidMemory as exc:
                 raise UsageProblem(str(exc)) from None
-            out.print(f"would: {shown(plan.commits)}, then drive it")
+            out.print(f"would: {shown(plan.commits)}; then: {shown(plan.then)}")
             out.print("nothing committed")
             return EXIT_DONE
         return (await start_and_drive(store, agent, memory, args))[0]
@@ -181,7 +181,7 @@ async def resume(args: argparse.Namespace) -> int:
         agent = with_model(await stored_agent(store, args), args.model)
         plan = await check_action(store, args.run_id, "resume", machine=agent)  # or Refused
         if args.dry_run:
-            out.print(f"would: {shown(plan.commits)}")
+            out.print(f"would: {shown(plan.commits)}; then: {shown(plan.then)}")
             out.print(f"nothing committed (the same without --dry-run: {shown(plan.command)})")
             return EXIT_DONE
         wait = args.wait if args.wait is not None else agent.lease_ttl + 1
@@ -281,9 +281,11 @@ async def _act(args: argparse.Namespace) -> int:
         agent = None if action in ("approve", "deny") else await stored_agent(store, args)
         wait = agent.lease_ttl + 1 if agent is not None else None
         try:
-            if args.dry_run:
-                plan = await check_action(store, args.run_id, action, machine=agent, **engine)
-                out.print(f"would: {shown(plan.commits)}")
+            if args.dry_run:  # a run it leaves running is driven here (below) if no worker is
+                plan = await check_action(
+                    store, args.run_id, action, machine=agent, drive=True, **engine
+                )
+                out.print(f"would: {shown(plan.commits)}; then: {shown(plan.then)}")
                 out.print(f"nothing committed (the same without --dry-run: {shown(plan.command)})")
                 return EXIT_DONE
             done = await do_action(

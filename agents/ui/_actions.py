@@ -79,12 +79,8 @@ class Driver:
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
 
     def describe(self) -> str:
-        if self.mode == "queue":
-            return "then queues the run for the workers (`agentfsm worker`), which drive it on"
-        return (
-            "then drives the run on in this server until it waits, fails or ends (as the CLI"
-            " command does in its process)"
-        )
+        """What `go_on` does in queue mode with a run no worker serves yet."""
+        return "queued for the workers (`agentfsm worker`): none serves its agent now"
 
     async def go_on(self, machine: Machine[Any], store: Store, run_id: str) -> None:
         """Drive on a run the engine left running (no worker serves its agent)."""
@@ -287,13 +283,12 @@ async def plan(action: str, ctx: Context, values: Mapping[str, str], driver: Dri
         args = _engine_args(action, ctx, values)
         checked = await check_action(
             ctx.store, ctx.record.run_id, _engine_action(action, args), machine=ctx.machine,
-            **args,
+            drive=driver.mode == "here", **args,
         )  # fmt: skip
     except (InvalidPayload, InvalidMemory, FormProblem, RunError, ValueError) as exc:
         raise ActionProblem(str(exc)) from None
-    effects = [checked.commits]
-    if action in ("send", "retry"):
-        effects.append(driver.describe())
+    queued = driver.mode == "queue" and checked.then.startswith("left")  # `perform` queues it
+    effects = [checked.commits, f"then: {driver.describe() if queued else checked.then}"]
     title = f"{action}: run {ctx.record.run_id!r}"
     return Plan(title, effects, checked.command)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import html
 import json
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from agents.cli import main
 from agents.ui import create_app
 from statemachine import RunError
 from storage import EmbeddedStore, Store, open_store
+from storage.base import WorkerBeat
 
 from ..test_cli_approve import park
 from ..test_durable_parity import Ran, gated
@@ -143,17 +145,22 @@ def _flat(text: str) -> str:
     return re.sub(r"\s+", " ", html.unescape(text)).strip()
 
 
-def _python(store: Store, run_id: str, action: str, agent: str, args: dict[str, Any]) -> Any:
-    """(accepted, the words it says) of a dry run in Python."""
+def _python(
+    store: Store, run_id: str, action: str, agent: str, args: dict[str, Any], drive: bool
+) -> Any:
+    """(accepted, the words it says) of a dry run in Python; `drive`: as a front end that
+    drives here a run no worker serves (the CLI, the UI with `drive="here"`)."""
     machine = MACHINES[agent]
     try:
         if action.startswith("budget"):
             where = {"scope": args["scope"]} if "scope" in args else {"run_id": run_id}
             moved = run_sync(machine.raise_budget(store, limits=args["limits"], dry_run=True,
                                                   **where))  # fmt: skip
-            return True, [f"{d.run_id}: {d.plan.commits}" for d in moved] or ["send on: none"]
-        plan = run_sync(check_action(store, run_id, action, machine=machine, **args))
-        return True, [plan.commits]
+            words = [f"{d.run_id}: {d.plan.commits}; then: {d.then}" for d in moved]
+            return True, words or ["send on: none"]
+        plan = run_sync(check_action(store, run_id, action, machine=machine, drive=drive,
+                                     **args))  # fmt: skip
+        return True, [plan.commits, f"then: {plan.then}"]
     except (RunError, ValueError) as exc:  # its headline (the CLI prints it on one line)
         return False, [str(exc).splitlines()[0]]
 
@@ -189,18 +196,31 @@ def _ui(client: TestClient, store: Store, run_id: str, action: str, form: dict[s
     return ok, _flat(answer.text if ok else problem_of(answer.text))
 
 
+def _serve(store: Store) -> None:
+    """Live workers for every agent here: a heartbeat as `agentfsm worker` writes it, dated
+    ahead so that it stays live however slow the machine is."""
+    now = time.time()
+    beat = WorkerBeat(name="w", host="h", pid=1, agents=tuple(MACHINES), concurrency=1,
+                      started_at=now, beat_at=now + 3600, holding=())  # fmt: skip
+    run_sync(store.queue.beat(beat))
+
+
+@pytest.mark.parametrize("workers", [False, True], ids=["no-workers", "workers"])
 def test_python_the_cli_and_the_ui_answer_alike(
-    world: Any, capsys: pytest.CaptureFixture[str]
+    world: Any, workers: bool, capsys: pytest.CaptureFixture[str]
 ) -> None:
     store, client, url = world
+    if workers:
+        _serve(store)
     table: dict[tuple[str, str], tuple[bool, list[str]]] = {}
     differ: list[str] = []  # every cell where a front end answers otherwise than Python
+    thens: set[str] = set()  # who drives the run on, as they all said it
     seqs = {status: run_sync(store.load(status)).seq for status in STATUSES}
     for status in STATUSES:
         agent = run_sync(store.load(status)).agent
         for action, (py_args, cli_args, form) in ACTIONS.items():
             cell = f"{action} on {status}"
-            python = _python(store, status, action, agent, py_args)
+            python = _python(store, status, action, agent, py_args, drive=True)
             code = main([*_cli(action, status, agent, cli_args), "--store", url, "--dry-run"])
             printed = capsys.readouterr()
             cli_text = _flat(printed.out if code == 0 else printed.err)
@@ -208,12 +228,28 @@ def test_python_the_cli_and_the_ui_answer_alike(
                 differ.append(f"{cell}: CLI ({code}) says {cli_text!r}; Python {python}")
             if action in UI_ACTIONS:
                 ui_ok, ui_text = _ui(client, store, status, action, form)
-                if ui_ok != python[0] or _flat(python[1][0]) not in ui_text:
+                if ui_ok != python[0] or any(_flat(w) not in ui_text for w in python[1]):
                     differ.append(f"{cell}: UI ({ui_ok}) says {ui_text!r}; Python {python}")
             elif client.get(f"/runs/{status}/act/{action}").status_code != 404:
                 differ.append(f"{cell}: the UI has a form for it")
             table[(action, status)] = python
+            if python[0] and not action.startswith("budget"):  # Python, driving nothing itself
+                then = python[1][1]
+                alone = _python(store, status, action, agent, py_args, drive=False)
+                left = f"then: left for `agentfsm resume {status}` (no worker serves {agent!r})"
+                drives = then == "then: driven here" and action != "resume"  # resume: always
+                expected = left if drives else then
+                if alone[1][1] != expected:
+                    differ.append(f"{cell}: Python says {alone}")
+                thens.add(then)
     assert not differ, "\n".join(differ)
+    runnable = "then: queued for the workers" if workers else "then: driven here"
+    nothing = {f"then: nothing to drive: the run is {s}" for s in ("waiting", "failed", "done",
+                                                                   "cancelled")}  # fmt: skip
+    durable = "then: the run goes on when it is run again: DurableAgent.run(run_id='approval')"
+    # a fork is never driven here: with no worker, it is left for `agentfsm resume`
+    forks = {f"then: left for `agentfsm resume forked` (no worker serves {a!r})" for a in MACHINES}
+    assert thens == {runnable, durable, *nothing, *(() if workers else forks)}
     allowed = {action: {s for s in STATUSES if table[(action, s)][0]} for action in ACTIONS}
     assert allowed == ALLOWED
     sent_on = {(a, s) for (a, s), (ok, words) in table.items()
