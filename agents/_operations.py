@@ -71,13 +71,16 @@ async def check_action(
     target, engine, command = await _target(store, run_id, action, machine, args)
     plan = await check(target, store, run_id, engine, drive=drive and command is None)
     if command:
-        plan = replace(plan, action=action, command=command, then=_durable_then(run_id))
+        plan = replace(plan, action=action, command=command, then=_durable_then(plan))
     return plan
 
 
-def _durable_then(run_id: str) -> str:
-    """Who drives a DurableAgent run on once a call is answered: the application."""
-    return f"the run goes on when it is run again: DurableAgent.run(run_id={run_id!r})"
+def _durable_then(plan: Plan) -> str:
+    """Who drives a DurableAgent run on once a call is answered: workers that serve its
+    agent (the engine queued it), else the application."""
+    if plan.handed == "queue":
+        return plan.then
+    return f"the run goes on when it is run again: DurableAgent.run(run_id={plan.run_id!r})"
 
 
 async def do_action(
@@ -98,7 +101,7 @@ async def do_action(
         drive=drive and command is None, lease_wait=lease_wait,
     )  # fmt: skip
     if command:
-        then = _durable_then(run_id)
+        then = _durable_then(done.plan)
         plan = replace(done.plan, action=action, command=command, then=then)
         done = replace(done, plan=plan, then=then if not done.again else done.then)
     return done

@@ -54,6 +54,8 @@ __all__ = [
 ]
 
 ActionName: TypeAlias = Literal["start", "resume", "send", "retry", "cancel", "fork"]
+Handed: TypeAlias = Literal["none", "queue", "here", "left"]
+"""How an operation hands on the run it leaves (`hand_off`)."""
 ACTIONS: tuple[ActionName, ...] = ("start", "resume", "send", "retry", "cancel", "fork")
 _HEARTBEAT = 2.0
 """Seconds between a worker's heartbeats (`Worker(heartbeat=)`'s default)."""
@@ -103,6 +105,8 @@ class Plan:
     then: str = ""
     """Who drives the run on after it, in `Done.then`'s words (`hand_off`): "queued for the
     workers", "driven here", "left for `agentfsm resume ...`", or "nothing to drive: ..."."""
+    handed: Handed = "none"
+    """`then` as a word: "queue", "here", "left" or "none"."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -150,8 +154,8 @@ async def check(
     name = action.name
     plan, status = await _plan(machine, store, run_id, action)
     left = action.new_run_id or "NEW_RUN_ID" if name == "fork" else plan.run_id or "RUN_ID"
-    _, then = await _then(machine, store, left, status, drive=_drives(name, drive))
-    return replace(plan, then=then)
+    handed, then = await _then(machine, store, left, status, drive=_drives(name, drive))
+    return replace(plan, then=then, handed=handed)
 
 
 def _drives(name: str, drive: bool) -> bool:
@@ -364,7 +368,7 @@ async def workers_serve(store: Store, agent: str) -> bool:
 
 async def _then(
     machine: Machine[Any], store: Store, run_id: str, status: str, *, drive: bool
-) -> tuple[Literal["none", "queue", "here", "left"], str]:
+) -> tuple[Handed, str]:
     """How a run an operation leaves `status` is handed on (`hand_off` does it), and the
     words that say so: the one rule for Python, the CLI and the UI."""
     if status != "running":

@@ -65,20 +65,28 @@ def memory_input(text: str) -> dict[str, Any]:
 async def run(args: argparse.Namespace) -> int:
     from statemachine import InvalidMemory
 
-    from .._operations import check_action
+    from .._operations import check_action, do_action
 
     memory = memory_input(args.input)
     async with opened(args) as store:
         agent = with_model(load_agent(args.agent, store), args.model)
+        try:
+            plan = await check_action(
+                store, args.run_id or "", "start", machine=agent, drive=True, memory=memory
+            )
+        except InvalidMemory as exc:
+            raise UsageProblem(str(exc)) from None
         if args.dry_run:
-            try:
-                plan = await check_action(
-                    store, args.run_id or "", "start", machine=agent, drive=True, memory=memory
-                )
-            except InvalidMemory as exc:
-                raise UsageProblem(str(exc)) from None
             out.print(f"would: {shown(plan.commits)}; then: {shown(plan.then)}")
             out.print("nothing committed")
+            return EXIT_DONE
+        if plan.handed == "queue":  # workers serve the agent: the engine hands it to them
+            done = await do_action(
+                store, args.run_id or "", "start", machine=agent, memory=memory
+            )  # fmt: skip
+            out.print(
+                f"run [bold]{shown(done.run_id)}[/] of {shown(agent.name)}: {shown(done.then)}"
+            )
             return EXIT_DONE
         return (await start_and_drive(store, agent, memory, args))[0]
 
@@ -175,7 +183,7 @@ def shown_text(text: str) -> str:
     DRY_RUN,
 )
 async def resume(args: argparse.Namespace) -> int:
-    from .._operations import check_action
+    from .._operations import check_action, do_action
 
     async with opened(args) as store:
         agent = with_model(await stored_agent(store, args), args.model)
@@ -185,6 +193,12 @@ async def resume(args: argparse.Namespace) -> int:
             out.print(f"nothing committed (the same without --dry-run: {shown(plan.command)})")
             return EXIT_DONE
         wait = args.wait if args.wait is not None else agent.lease_ttl + 1
+        if plan.handed == "queue":  # workers serve the agent: the engine hands it to them
+            done = await do_action(store, args.run_id, "resume", machine=agent, lease_wait=wait)
+            if done.event is not None:
+                out.print(event_line(done.event))
+            out.print(f"{done.status}: [bold]{shown(args.run_id)}[/]; {shown(done.then)}")
+            return EXIT_DONE
         run = await agent.resume(store, args.run_id, lease_wait=wait)
         say_model(agent)
         where = f"{shown(run.state)} (seq {run.seq}, {run.status})"
@@ -296,7 +310,7 @@ async def _act(args: argparse.Namespace) -> int:
         if action == "fork":
             out.print(
                 f"forked {shown(args.run_id)} at seq {args.at} as [bold]{shown(done.run_id)}[/]:"
-                f" ({done.status}); go on with: agentfsm resume {shown(done.run_id)}"
+                f" {done.status}; {shown(done.then)}"
             )
             return EXIT_DONE
         if action in ("approve", "deny"):
@@ -309,9 +323,6 @@ async def _act(args: argparse.Namespace) -> int:
             return EXIT_DONE
         if done.event is not None:
             out.print(event_line(done.event))
-        if action == "cancel":
-            out.print(f"cancelled: [bold]{shown(args.run_id)}[/]")
-            return EXIT_DONE
         if agent is not None and done.status == "running" and done.then.startswith("left"):
             run = await agent.resume(store, args.run_id, lease_wait=wait)
             async with run:  # the lease goes back whatever happens

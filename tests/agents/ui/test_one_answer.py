@@ -249,7 +249,8 @@ def test_python_the_cli_and_the_ui_answer_alike(
     durable = "then: the run goes on when it is run again: DurableAgent.run(run_id='approval')"
     # a fork is never driven here: with no worker, it is left for `agentfsm resume`
     forks = {f"then: left for `agentfsm resume forked` (no worker serves {a!r})" for a in MACHINES}
-    assert thens == {runnable, durable, *nothing, *(() if workers else forks)}
+    # a DurableAgent run goes on in the application, unless workers serve its agent
+    assert thens == {runnable, *nothing, *(() if workers else [durable, *forks])}
     allowed = {action: {s for s in STATUSES if table[(action, s)][0]} for action in ACTIONS}
     assert allowed == ALLOWED
     sent_on = {(a, s) for (a, s), (ok, words) in table.items()
@@ -260,6 +261,93 @@ def test_python_the_cli_and_the_ui_answer_alike(
         assert run_sync(store.load(status)).seq == seqs[status]
     for subject in [f"run/{s}" for s in STATUSES] + ["scope/acme"]:
         assert not run_sync(store.ledger.limits(subject)), subject  # no limit was set
+
+
+DEEDS = [("start", "fresh"), ("send", "waiting"), ("approve", "approval"), ("retry", "failed"),
+         ("cancel", "running"), ("fork", "done"), ("budget", "halted"),
+         ("resume", "halted-scope")]  # fmt: skip
+"""A representative subset, done for real: (action, run)."""
+
+
+def _outcome(store: Store, run_id: str) -> Any:
+    """What a deed left: the run's status, state, seq and holder, its last commit."""
+    record = run_sync(store.load(run_id))
+    assert record is not None, run_id
+    last = run_sync(store.history(run_id, record.seq, record.seq))[0]
+    return record.status, record.state, record.seq, record.holder, last.trigger, last.output
+
+
+def _queued(store: Store) -> set[str]:
+    """The runs queued for the workers (taken off the queue: look once)."""
+    jobs = run_sync(store.queue.claim("look", list(MACHINES), 100, 0.01))
+    return {job.run_id for job in jobs}
+
+
+def test_each_action_done_through_each_front_end_commits_alike(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With workers serving every agent, each front end commits the same and hands the run
+    to the workers, saying so; none drives it itself."""
+    worlds = {}
+    for front in ("python", "cli", "ui"):
+        url = f"sqlite:///{tmp_path / front}.db"
+        worlds[front] = store = EmbeddedStore(tmp_path / f"{front}.db")
+        _runs(store, url)
+        _serve(store)
+    said: dict[tuple[str, str], list[str]] = {}
+    py = worlds["python"]
+    for action, run_id in DEEDS:
+        py_args, cli_args, _ = ACTIONS[action]
+        agent = "ui_ticket" if action == "start" else run_sync(py.load(run_id)).agent
+        if action == "budget":
+            moved = run_sync(MACHINES[agent].raise_budget(py, run_id=run_id, **py_args))
+            said[("python", action)] = [d.then for d in moved]
+        else:
+            done = run_sync(do_action(py, run_id, action, machine=MACHINES[agent], **py_args))
+            said[("python", action)] = [done.then]
+        url = f"sqlite:///{tmp_path / 'cli'}.db"
+        code = main([*_cli(action, run_id, agent, cli_args), "--store", url])
+        printed = capsys.readouterr()
+        assert code == 0, (action, printed)
+        said[("cli", action)] = [_flat(printed.out)]
+    ui = worlds["ui"]
+    with TestClient(_app(ui), base_url=HERE) as client:
+        assert client.get(f"/?token={TOKEN}").status_code == 200
+        for action, run_id in DEEDS:
+            if action in UI_ACTIONS:
+                form = ACTIONS[action][2]
+                query = {k: form[k] for k in ("event", "call") if k in form}
+                page = client.get(f"/runs/{run_id}/act/{action}", params=query)
+                data = {"csrf": csrf_of(page.text), "seq": str(run_sync(ui.load(run_id)).seq),
+                        **form}  # fmt: skip
+                done_ = client.post(f"/runs/{run_id}/act/{action}/do", data=data,
+                                    headers={"origin": HERE}, follow_redirects=False)  # fmt: skip
+                assert done_.status_code == 303, (action, problem_of(done_.text))
+            else:  # not the UI's: done as Python does it, so the rest compares alike
+                agent = "ui_ticket" if action == "start" else run_sync(ui.load(run_id)).agent
+                if action == "budget":
+                    run_sync(MACHINES[agent].raise_budget(ui, run_id=run_id, **ACTIONS[action][0]))
+                else:
+                    run_sync(do_action(ui, run_id, action, machine=MACHINES[agent],
+                                       **ACTIONS[action][0]))  # fmt: skip
+    subjects = [run_id for _, run_id in DEEDS] + ["forked"]
+    outcomes = {f: {r: _outcome(s, r) for r in subjects} for f, s in worlds.items()}
+    for run_id in subjects:
+        assert outcomes["python"][run_id] == outcomes["cli"][run_id] == outcomes["ui"][run_id], (
+            run_id, {f: o[run_id] for f, o in outcomes.items()})  # fmt: skip
+    runnable = {"fresh", "waiting", "failed", "forked", "halted", "halted-scope", "approval"}
+    assert {r for r in subjects if outcomes["python"][r][0] == "running"} == runnable
+    assert all(outcomes["python"][r][3] == "" for r in subjects)  # nobody holds any
+    for front, store in worlds.items():
+        assert _queued(store) == runnable, front  # each handed to the workers
+        run_sync(store.close())
+    for action, _ in DEEDS:  # and each said so, in the engine's words
+        then = said[("python", action)]
+        expected = "nothing to drive: the run is cancelled" if action == "cancel" else "queued"
+        assert then == [expected.replace("queued", "queued for the workers")], (action, then)
+        assert all(_flat(words) in said[("cli", action)][0] for words in then), said[
+            ("cli", action)
+        ]
 
 
 def test_a_fork_form_posted_twice_forks_once(world: Any) -> None:
