@@ -249,8 +249,13 @@ def _engine_args(action: str, ctx: Context, values: Mapping[str, str]) -> dict[s
 
 
 def _send_args(ctx: Context, values: Mapping[str, str]) -> dict[str, Any]:
-    t = _send_transition(ctx, values)
-    return {"event": t.trigger, "payload": _send_payload(t, values)}
+    """The event and the payload the form gives, read by the event's payload type; whether
+    the run takes them is the engine's check (a form posted again after it was done is
+    answered by the engine as done, not refused here)."""
+    machine, event = _need_machine(ctx), values.get("event", "")
+    waits = [t for t in machine.transitions if t.waits and t.trigger == event]
+    t = next((t for t in waits if ctx.record.state in t.source), waits[0] if waits else None)
+    return {"event": event, "payload": _send_payload(t, values) if t is not None else None}
 
 
 def _approve_args(ctx: Context, values: Mapping[str, str]) -> dict[str, Any]:

@@ -179,21 +179,35 @@ def _cli(action: str, run_id: str, agent: str, args: list[str]) -> list[str]:
     return [action, run_id, *args, *spec]
 
 
+def _form(
+    client: TestClient, store: Store, run_id: str, action: str, form: dict[str, str]
+) -> tuple[str, Any]:
+    """The UI's form of `action` (as the run page links it): its action and what it posts,
+    or the page that refused it."""
+    page_action = "approve" if action == "deny" else action
+    query: dict[str, str] = {k: form[k] for k in ("event", "call") if k in form}
+    page = client.get(f"/runs/{run_id}/act/{page_action}", params=query)
+    if page.status_code != 200:
+        return page_action, page
+    seq = str(run_sync(store.load(run_id)).seq)
+    return page_action, {"csrf": csrf_of(page.text), "seq": seq, **form}
+
+
 def _ui(client: TestClient, store: Store, run_id: str, action: str, form: dict[str, str]) -> Any:
     """(accepted, the words it shows) of the UI's form and its preview (the dry run)."""
-    page_action = "approve" if action == "deny" else action
-    seq = str(run_sync(store.load(run_id)).seq)
-    query: dict[str, str] = {
-        k: form[k] for k in ("event", "call") if k in form
-    }  # as the run page links
-    page = client.get(f"/runs/{run_id}/act/{page_action}", params=query)
-    if page.status_code != 200:  # the form may refuse before the plan: the same refusal
-        return False, _flat(problem_of(page.text))
-    data = {"csrf": csrf_of(page.text), "seq": seq, **form}
+    page_action, data = _form(client, store, run_id, action, form)
+    if not isinstance(data, dict):  # the form may refuse before the plan: the same refusal
+        return False, _flat(problem_of(data.text))
     answer = client.post(f"/runs/{run_id}/act/{page_action}/preview", data=data,
                          headers={"origin": HERE})  # fmt: skip
     ok = answer.status_code == 200
     return ok, _flat(answer.text if ok else problem_of(answer.text))
+
+
+def _do(client: TestClient, run_id: str, action: str, data: dict[str, str]) -> Any:
+    """Post the UI's form of `action` to do it."""
+    return client.post(f"/runs/{run_id}/act/{action}/do", data=data, headers={"origin": HERE},
+                       follow_redirects=False)  # fmt: skip
 
 
 def _serve(store: Store) -> None:
@@ -315,13 +329,8 @@ def test_each_action_done_through_each_front_end_commits_alike(
         assert client.get(f"/?token={TOKEN}").status_code == 200
         for action, run_id in DEEDS:
             if action in UI_ACTIONS:
-                form = ACTIONS[action][2]
-                query = {k: form[k] for k in ("event", "call") if k in form}
-                page = client.get(f"/runs/{run_id}/act/{action}", params=query)
-                data = {"csrf": csrf_of(page.text), "seq": str(run_sync(ui.load(run_id)).seq),
-                        **form}  # fmt: skip
-                done_ = client.post(f"/runs/{run_id}/act/{action}/do", data=data,
-                                    headers={"origin": HERE}, follow_redirects=False)  # fmt: skip
+                page_action, data = _form(client, ui, run_id, action, ACTIONS[action][2])
+                done_ = _do(client, run_id, page_action, data)
                 assert done_.status_code == 303, (action, problem_of(done_.text))
             else:  # not the UI's: done as Python does it, so the rest compares alike
                 agent = "ui_ticket" if action == "start" else run_sync(ui.load(run_id)).agent
@@ -348,6 +357,29 @@ def test_each_action_done_through_each_front_end_commits_alike(
         assert all(_flat(words) in said[("cli", action)][0] for words in then), said[
             ("cli", action)
         ]
+
+
+def test_each_form_posted_twice_commits_once(world: Any) -> None:
+    """Every action the UI offers, its form posted twice (a double click, a reload): one
+    commit, and the second post answers as the first. A form made before the run moved
+    otherwise is refused, naming that."""
+    store, client, _ = world
+    _serve(store)  # the runs go to the (absent) workers: nothing moves them in between
+    stale = _form(client, store, "halted", "cancel", ACTIONS["cancel"][2])[1]
+    for action, run_id in [("send", "waiting"), ("retry", "failed"), ("retry", "halted"),
+                           ("cancel", "running"), ("approve", "approval")]:  # fmt: skip
+        seq = run_sync(store.load(run_id)).seq
+        page_action, data = _form(client, store, run_id, action, ACTIONS[action][2])
+        first, again = (
+            _do(client, run_id, page_action, data),
+            _do(client, run_id, page_action, data),
+        )
+        assert first.status_code == again.status_code == 303, (action, problem_of(again.text))
+        assert first.headers["location"] == again.headers["location"]
+        assert run_sync(store.load(run_id)).seq == seq + 1, action  # one commit
+    refused = _do(client, "halted", "cancel", stale)  # the run was retried since
+    assert refused.status_code == 422 and "moved on" in problem_of(refused.text)
+    assert run_sync(store.load("halted")).status == "running"
 
 
 def test_a_fork_form_posted_twice_forks_once(world: Any) -> None:
