@@ -13,9 +13,11 @@ does it. Python, the CLI and the web UI call
 these two and nothing else, so they answer alike for every action on every run status
 (`agents` adds approve/deny and raising a budget on the same terms).
 
-An operation that leaves a run `running` hands it to whatever drives runs (`hand_off`):
-queued when live workers serve its agent; else driven on in the caller's process if it asked
-(`drive=True`, as the CLI does), else left for `agentfsm resume`, with the command said.
+An operation that leaves a run `running` (a fork's new run too) hands it to whatever drives
+runs (`hand_off`): queued when live workers serve its agent; else driven on in the caller's
+process if it asked (`drive=True`, as the CLI does; `resume` always, a fork never), else left
+for `agentfsm resume`, with the command said. `check` says which beforehand (`Plan.then`, in
+the words `Done.then` will use), so every front end shows the same sentence.
 `expect_seq` makes an operation commit once however often it is asked (a form posted twice):
 a run that moved past that seq by this very operation answers with what was done then.
 """

@@ -363,11 +363,13 @@ def test_each_form_posted_twice_commits_once(world: Any) -> None:
     """Every action the UI offers, its form posted twice (a double click, a reload): one
     commit, and the second post answers as the first. A form made before the run moved
     otherwise is refused, naming that."""
-    store, client, _ = world
+    store, client, url = world
+    run_sync(park(url, "denial"))
     _serve(store)  # the runs go to the (absent) workers: nothing moves them in between
     stale = _form(client, store, "halted", "cancel", ACTIONS["cancel"][2])[1]
     for action, run_id in [("send", "waiting"), ("retry", "failed"), ("retry", "halted"),
-                           ("cancel", "running"), ("approve", "approval")]:  # fmt: skip
+                           ("cancel", "running"), ("approve", "approval"),
+                           ("deny", "denial")]:  # fmt: skip
         seq = run_sync(store.load(run_id)).seq
         page_action, data = _form(client, store, run_id, action, ACTIONS[action][2])
         first, again = (
@@ -377,6 +379,9 @@ def test_each_form_posted_twice_commits_once(world: Any) -> None:
         assert first.status_code == again.status_code == 303, (action, problem_of(again.text))
         assert first.headers["location"] == again.headers["location"]
         assert run_sync(store.load(run_id)).seq == seq + 1, action  # one commit
+    answers = [run_sync(store.history(r))[-1].output for r in ("approval", "denial")]
+    assert [(a["tool_call_id"], a["approved"]) for a in answers] == [("del-a", True),
+                                                                   ("del-a", False)]  # fmt: skip
     refused = _do(client, "halted", "cancel", stale)  # the run was retried since
     assert refused.status_code == 422 and "moved on" in problem_of(refused.text)
     assert run_sync(store.load("halted")).status == "running"
