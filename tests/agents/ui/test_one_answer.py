@@ -272,6 +272,14 @@ def test_python_the_cli_and_the_ui_answer_alike(
     # a DurableAgent run goes on in the application, unless workers serve its agent
     assert thens == {runnable, *nothing, *(() if workers else [durable, *forks])}
     allowed = {action: {s for s in ROWS if table[(action, s)][0]} for action in ACTIONS}
+    for status in STATUSES:  # the run page offers what the engine accepts, nothing else
+        page = client.get(f"/runs/{status}").text
+        linked = set(re.findall(rf"/runs/{status}/act/(\w+)", page))
+        offered = {a for a in ACTIONS if a in UI_ACTIONS and status in allowed[a]}
+        offered = {"approve" if a == "deny" else a for a in offered} - {"send"}
+        assert linked - {"send"} == offered, (status, linked)
+        # send: offered for each event the run waits for (its payload is checked when sent)
+        assert ("send" in linked) == (status in ("waiting", "approval")), (status, linked)
     assert allowed == ALLOWED
     sent_on = {(a, s) for (a, s), (ok, words) in table.items()
                if ok and a.startswith("budget") and words != ["send on: none"]}  # fmt: skip
