@@ -55,7 +55,8 @@ def memory_input(text: str) -> dict[str, Any]:
 
 @commands.command(
     "run",
-    "start (or continue) a run of an agent and drive it to the end",
+    "start (or continue) a run of an agent and drive it to the end (workers serving the agent"
+    " take it instead)",
     arg("agent", metavar="MODULE:AGENT", help="where the Agent object is"),
     arg("--input", required=True, metavar="JSON", help="the initial memory, as JSON"),
     arg("--run-id", help="an id of your choice; an existing run with it is continued"),
@@ -169,7 +170,8 @@ def shown_text(text: str) -> str:
 
 @commands.command(
     "resume",
-    "continue a run from its last commit (a failed run is retried)",
+    "continue a run from its last commit (a failed run is retried); workers serving the agent"
+    " take it instead",
     arg("run_id", metavar="RUN_ID"),
     AGENT,
     MODEL,
