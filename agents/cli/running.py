@@ -325,7 +325,7 @@ async def _act(args: argparse.Namespace) -> int:
             return EXIT_DONE
         if done.event is not None:
             out.print(event_line(done.event))
-        if agent is not None and done.status == "running" and done.then.startswith("left"):
+        if agent is not None and done.status == "running" and done.plan.handed == "left":
             run = await agent.resume(store, args.run_id, lease_wait=wait)
             async with run:  # the lease goes back whatever happens
                 return await drive(run, args)

@@ -292,7 +292,7 @@ async def plan(action: str, ctx: Context, values: Mapping[str, str], driver: Dri
         )  # fmt: skip
     except (InvalidPayload, InvalidMemory, FormProblem, RunError, ValueError) as exc:
         raise ActionProblem(str(exc)) from None
-    queued = driver.mode == "queue" and checked.then.startswith("left")  # `perform` queues it
+    queued = driver.mode == "queue" and checked.handed == "left"  # `perform` queues it
     effects = [checked.commits, f"then: {driver.describe() if queued else checked.then}"]
     title = f"{action}: run {ctx.record.run_id!r}"
     return Plan(title, effects, checked.command)
