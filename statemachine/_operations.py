@@ -108,7 +108,7 @@ class Plan:
     """Who drives the run on after it, in `Done.then`'s words (`hand_off`): "queued for the
     workers", "driven here", "left for `agentfsm resume ...`", or "nothing to drive: ..."."""
     handed: Handed = "none"
-    """`then` as a word: "queue", "here", "left" or "none"."""
+    """`then` as a word: "queue", "here", "left" or "none" (in `Done.plan`: as it was done)."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -300,18 +300,20 @@ async def operate(
         record = await store.load(run_id)
         if record is not None and record.seq != expect_seq:
             return await _done_before(store, record, action, expect_seq)
-    plan = await check(machine, store, run_id, action)
+    plan = await check(machine, store, run_id, action, drive=drive)
     if name == "start":
         memory = action.memory
         assert memory is not None or plan.seq >= 0
         started = await machine.start(store, memory or {}, run_id=run_id, hold=True)
-        then = await hand_off(machine, started, drive=_drives(name, drive))
+        how, then = await _hand_off(machine, started, drive=_drives(name, drive))
+        plan = replace(plan, handed=how)
         return Done(plan=plan, run_id=run_id, event=None, status=started.status, then=then)
     if name == "fork":
         assert at is not None
         forked = await machine.fork(store, run_id, at, new_run_id=new_run_id,
                                     memory_update=action.memory_update)  # fmt: skip
-        then = await hand_off(machine, forked, drive=_drives(name, drive))
+        how, then = await _hand_off(machine, forked, drive=_drives(name, drive))
+        plan = replace(plan, handed=how)
         return Done(plan=plan, run_id=forked.run_id, event=None, status=forked.status, then=then)
     run = await machine.resume(store, run_id, lease_wait=lease_wait)
     committed: Event | None = None
@@ -326,7 +328,8 @@ async def operate(
     except BaseException:
         await run.release(quiet=True)
         raise
-    then = await hand_off(machine, run, drive=_drives(name, drive))
+    how, then = await _hand_off(machine, run, drive=_drives(name, drive))
+    plan = replace(plan, handed=how)
     return Done(plan=plan, run_id=run_id, event=committed, status=run.status, then=then)
 
 
@@ -386,11 +389,15 @@ async def hand_off(machine: Machine[Any], run: Run[Any], *, drive: bool) -> str:
     """Give a run an operation left on to whatever drives runs; says which. A `running`
     run goes to live workers of its agent (queued), else is driven on here (`drive`), else
     is left for `agentfsm resume`. Other runs are only released."""
+    return (await _hand_off(machine, run, drive=drive))[1]
+
+
+async def _hand_off(machine: Machine[Any], run: Run[Any], *, drive: bool) -> tuple[Handed, str]:
     how, then = await _then(machine, run.store, run.run_id, run.status, drive=drive)
     if how == "here":
         await run.until_done()
-        return f"{then}: now {run.status}"
+        return how, f"{then}: now {run.status}"
     await run.release(quiet=True)
     if how == "queue":
         await machine.enqueue(run.store, run.run_id)
-    return then
+    return how, then
