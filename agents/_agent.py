@@ -9,19 +9,20 @@ from typing import TYPE_CHECKING, Any, TypeGuard, TypeVar
 
 from pydantic import BaseModel
 
-from statemachine import DefinitionError, Machine
+from statemachine import DefinitionError, Machine, RunNotFound
 from statemachine.engine import (
     DEFAULT_MAX_MEMORY,
     Action,
     Done,
     Migration,
+    Refused,
     Transition,
     check,
     operate,
 )
 from storage import Store
 
-from .spending._budget import Budget, BudgetGate, set_limits
+from .spending._budget import Budget, BudgetGate, limits_to_set, set_limits
 from .spending._ratelimit import RateLimit
 
 if TYPE_CHECKING:
@@ -146,12 +147,21 @@ class Agent(Machine[M]):
         budget parked (`waiting` after a halt event of that budget): each is one engine
         operation ("retry"), whose run is handed on: queued when workers serve this agent,
         else left for `agentfsm resume` (`Done.then` says which). With `dry_run`, nothing is
-        written: the plans, as `Done`s with no event."""
+        written: the plans, as `Done`s with no event. `RunNotFound`, or `Refused` for a run
+        of another agent, as every action on a run (nothing is written then)."""
+        limits_to_set(run_id=run_id, scope=scope, limits=limits)  # or what is missing
+        stored = await store.load(run_id) if run_id is not None else None
+        if run_id is not None:
+            if stored is None:
+                raise RunNotFound(run_id)
+            if stored.agent != self.name:
+                raise Refused(
+                    f"run {run_id!r} belongs to {stored.agent!r}, not to {self.name!r}"
+                )  # fmt: skip
         if not dry_run:
             await set_limits(store, run_id=run_id, scope=scope, limits=limits)
-        if run_id is not None:
-            stored = await store.load(run_id)
-            candidates = [stored] if stored is not None and stored.status == "waiting" else []
+        if stored is not None:
+            candidates = [stored] if stored.status == "waiting" else []
         else:
             candidates = await store.list_runs(agent=self.name, status="waiting", limit=10**6)
         moved: list[Done] = []
@@ -165,7 +175,7 @@ class Agent(Machine[M]):
             if dry_run:
                 plan = await check(self, store, record.run_id, Action(name="retry"))
                 moved.append(Done(plan=plan, run_id=record.run_id, event=None,
-                                  status=record.status, then="(dry run)"))  # fmt: skip
+                                  status=record.status, then=plan.then))  # fmt: skip
             else:
                 moved.append(await operate(self, store, record.run_id, Action(name="retry")))
         return moved

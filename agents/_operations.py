@@ -13,12 +13,12 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
-from statemachine import Machine, RunNotFound
+from statemachine import Machine, RunError, RunNotFound
 from statemachine.engine import ACTIONS, Action, Done, Plan, Refused, check, operate
 from storage import Event, Store
 
 from .durable._approvals import approval
-from .durable._steps import ANSWER
+from .durable._steps import ANSWER, DURABLE_KIND, durable_machine
 
 __all__ = ["AGENT_ACTIONS", "approve_tool_call", "check_action", "do_action"]
 
@@ -63,13 +63,24 @@ _ENGINE_ARGS = frozenset(f for f in Action.__dataclass_fields__ if f != "name")
 
 async def check_action(
     store: Store, run_id: str, action: str, *, machine: Machine[Any] | None = None,
-    **args: Any,
+    drive: bool = False, **args: Any,
 ) -> Plan:  # fmt: skip
-    """What `action` will commit on run `run_id` (writing nothing), or `Refused` (a
+    """What `action` will commit on run `run_id` (writing nothing) and who drives the run on
+    after it (`Plan.then`, as `do_action` with the same `drive` will say), or `Refused` (a
     `RunError`) / the argument's own error naming why not."""
     target, engine, command = await _target(store, run_id, action, machine, args)
-    plan = await check(target, store, run_id, engine)
-    return replace(plan, action=action, command=command) if command else plan
+    plan = await check(target, store, run_id, engine, drive=drive and command is None)
+    if command:
+        plan = replace(plan, action=action, command=command, then=_durable_then(plan))
+    return plan
+
+
+def _durable_then(plan: Plan) -> str:
+    """Who drives a DurableAgent run on once a call is answered: workers that serve its
+    agent (the engine queued it), else the application."""
+    if plan.handed == "queue":
+        return plan.then
+    return f"the run goes on when it is run again: DurableAgent.run(run_id={plan.run_id!r})"
 
 
 async def do_action(
@@ -84,15 +95,45 @@ async def do_action(
     **args: Any,
 ) -> Done:
     """Do `action` (checked again first): see `statemachine._operations.operate`."""
-    target, engine, command = await _target(store, run_id, action, machine, args)
+    try:
+        target, engine, command = await _target(store, run_id, action, machine, args)
+    except RunError:
+        again = await _answered_before(store, run_id, action, expect_seq, args.get("call"))
+        if again is None:
+            raise
+        return again
     done = await operate(
         target, store, run_id, engine, expect_seq=expect_seq,
         drive=drive and command is None, lease_wait=lease_wait,
     )  # fmt: skip
     if command:
-        then = f"the run goes on when it is run again: DurableAgent.run(run_id={run_id!r})"
-        plan = replace(done.plan, action=action, command=command)
+        then = _durable_then(done.plan)
+        plan = replace(done.plan, action=action, command=command, then=then)
         done = replace(done, plan=plan, then=then if not done.again else done.then)
+    return done
+
+
+async def _answered_before(
+    store: Store, run_id: str, action: str, expect_seq: int | None, call: object
+) -> Done | None:
+    """approve/deny of call `call` asked again from `expect_seq` once it was done (a form
+    posted twice): what was done then, as the engine's `operate` answers any action asked
+    again; `Refused` when the run moved otherwise; None when it was not asked from a seq."""
+    if action not in ("approve", "deny") or expect_seq is None:
+        return None
+    record = await store.load(run_id)
+    if record is None or record.seq == expect_seq or record.memory.get("kind") != DURABLE_KIND:
+        return None
+    machine = durable_machine(record.agent, record.version)
+    answer = Action(name="send", event=ANSWER)
+    done = await operate(machine, store, run_id, answer, expect_seq=expect_seq)  # or Refused
+    output = done.event.output if done.event is not None else None
+    answered = output.get("tool_call_id") if isinstance(output, dict) else None
+    if answered != call:  # another call's answer
+        raise Refused(
+            f"run {run_id!r} moved on since this was checked (seq {expect_seq} → {record.seq},"
+            f" call {answered!r} was answered): look at it again before acting"
+        )
     return done
 
 

@@ -13,9 +13,11 @@ does it. Python, the CLI and the web UI call
 these two and nothing else, so they answer alike for every action on every run status
 (`agents` adds approve/deny and raising a budget on the same terms).
 
-An operation that leaves a run `running` hands it to whatever drives runs (`hand_off`):
-queued when live workers serve its agent; else driven on in the caller's process if it asked
-(`drive=True`, as the CLI does), else left for `agentfsm resume`, with the command said.
+An operation that leaves a run `running` (a fork's new run too) hands it to whatever drives
+runs (`hand_off`): queued when live workers serve its agent; else driven on in the caller's
+process if it asked (`drive=True`, as the CLI does; `resume` always, a fork never), else left
+for `agentfsm resume`, with the command said. `check` says which beforehand (`Plan.then`, in
+the words `Done.then` will use), so every front end shows the same sentence.
 `expect_seq` makes an operation commit once however often it is asked (a form posted twice):
 a run that moved past that seq by this very operation answers with what was done then.
 """
@@ -25,7 +27,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 from pydantic import BaseModel, JsonValue
@@ -54,6 +56,8 @@ __all__ = [
 ]
 
 ActionName: TypeAlias = Literal["start", "resume", "send", "retry", "cancel", "fork"]
+Handed: TypeAlias = Literal["none", "queue", "here", "left"]
+"""How an operation hands on the run it leaves (`hand_off`)."""
 ACTIONS: tuple[ActionName, ...] = ("start", "resume", "send", "retry", "cancel", "fork")
 _HEARTBEAT = 2.0
 """Seconds between a worker's heartbeats (`Worker(heartbeat=)`'s default)."""
@@ -100,6 +104,11 @@ class Plan:
     """The CLI command that does the same."""
     retry_first: bool = False
     """`resume` of a failed run, or one a budget parked: it commits a retry first."""
+    then: str = ""
+    """Who drives the run on after it, in `Done.then`'s words (`hand_off`): "queued for the
+    workers", "driven here", "left for `agentfsm resume ...`", or "nothing to drive: ..."."""
+    handed: Handed = "none"
+    """`then` as a word: "queue", "here", "left" or "none" (in `Done.plan`: as it was done)."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -137,10 +146,31 @@ async def _halted(store: Store, record: RunRecord) -> bool:
     return bool(last) and last[0].kind == "halt"
 
 
-async def check(machine: Machine[Any], store: Store, run_id: str, action: Action) -> Plan:
-    """What `action` on run `run_id` will commit (see the module doc); `Refused` when it
-    cannot be done, `RunNotFound`, or the error the arguments meet (`InvalidPayload`,
+async def check(
+    machine: Machine[Any], store: Store, run_id: str, action: Action, *, drive: bool = False
+) -> Plan:
+    """What `action` on run `run_id` will commit (see the module doc), and who drives the run
+    on after it (`Plan.then`: as `operate(..., drive=drive)` will hand it on); `Refused` when
+    it cannot be done, `RunNotFound`, or the error the arguments meet (`InvalidPayload`,
     `InvalidMemory`, `MemoryTooLarge`, `ValueError`). Writes nothing."""
+    name = action.name
+    plan, status = await _plan(machine, store, run_id, action)
+    left = action.new_run_id or "NEW_RUN_ID" if name == "fork" else plan.run_id or "RUN_ID"
+    handed, then = await _then(machine, store, left, status, drive=_drives(name, drive))
+    return replace(plan, then=then, handed=handed)
+
+
+def _drives(name: str, drive: bool) -> bool:
+    """Whether `operate` drives the run it leaves running when no worker serves its agent:
+    `resume` always (that is what it is for), a fork never (nothing runs until it is resumed
+    or a worker takes it), the others when the caller asks (`drive`)."""
+    return name == "resume" or (drive and name != "fork")
+
+
+async def _plan(
+    machine: Machine[Any], store: Store, run_id: str, action: Action
+) -> tuple[Plan, str]:
+    """`check`'s plan (without `then`) and the status the run will be left in."""
     name, event, at = action.name, action.event, action.at
     new_run_id, memory_update = action.new_run_id, action.memory_update
     if name == "start":
@@ -152,24 +182,30 @@ async def check(machine: Machine[Any], store: Store, run_id: str, action: Action
         raise Refused(f"run {run_id!r} belongs to {record.agent!r}, not to {machine.name!r}")
     state, status, nxt = record.state, record.status, record.seq + 1
 
-    def plan(commits: str, command: str, retry_first: bool = False) -> Plan:
+    def plan(
+        commits: str, command: str, after: str = "running", retry_first: bool = False
+    ) -> tuple[Plan, str]:
         return Plan(action=name, run_id=run_id, seq=record.seq, commits=commits,
-                    command=command, retry_first=retry_first)  # fmt: skip
+                    command=command, retry_first=retry_first), after  # fmt: skip
 
     if name == "resume":
         if status in ("done", "cancelled"):
             raise Refused(f"run {run_id!r} is {status}: nothing to resume (fork it to go on)")
         if status == "failed" or await _halted(store, record):
             return plan(
-                f"commits a 'retry' event as seq {nxt} (back to where it stopped), then drives"
-                " it on", _cli("resume", run_id), retry_first=True,
+                f"commits a 'retry' event as seq {nxt} (back to where it stopped)",
+                _cli("resume", run_id), retry_first=True,
             )  # fmt: skip
         if status == "waiting":
             waits = [t.trigger for t in machine.table.out.get(state, ()) if t.waits]
             return plan(
-                f"commits nothing: it waits in state {state!r} for {waits}", _cli("resume", run_id)
-            )
-        return plan(f"drives it on from state {state!r} (seq {record.seq})", _cli("resume", run_id))
+                f"commits nothing: it waits in state {state!r} for {waits}",
+                _cli("resume", run_id), after=status,
+            )  # fmt: skip
+        return plan(
+            f"commits nothing itself: the run goes on from state {state!r} (seq {record.seq})",
+            _cli("resume", run_id),
+        )
     if name == "send":
         if event is None:
             raise Refused("send: name the event")
@@ -181,6 +217,7 @@ async def check(machine: Machine[Any], store: Store, run_id: str, action: Action
             f"commits event {event!r} as seq {nxt}: {state!r} → {dest!r}, payload"
             f" {json.dumps(checked)}",
             _cli("send", run_id, event, data=f"'{json.dumps(checked)}'"),
+            after=machine.status_in(t.dest) if t.dest else "running",
         )
     if name == "retry":
         if status != "failed" and not await _halted(store, record):
@@ -197,13 +234,13 @@ async def check(machine: Machine[Any], store: Store, run_id: str, action: Action
         return plan(
             f"commits a 'cancel' event as seq {nxt}: the run stops for good in state {state!r}"
             + (f" (reason: {action.reason})" if action.reason else ""),
-            _cli("cancel", run_id, reason=action.reason),
+            _cli("cancel", run_id, reason=action.reason), after="cancelled",
         )  # fmt: skip
     if name == "fork":
         if at is None:
             raise Refused("fork: give the seq to fork at (--at SEQ)")
-        await machine.fork_plan(store, run_id, at, new_run_id=new_run_id,
-                                memory_update=memory_update)  # fmt: skip
+        forked, _, _ = await machine.fork_plan(store, run_id, at, new_run_id=new_run_id,
+                                               memory_update=memory_update)  # fmt: skip
         flags = {"at": at, "run-id": new_run_id, "set": dict(memory_update or {}) or None}
         return plan(
             f"creates a new run {new_run_id or '(a new id)'} where {run_id!r} was right after"
@@ -211,13 +248,14 @@ async def check(machine: Machine[Any], store: Store, run_id: str, action: Action
             + (f", with {sorted(memory_update)} changed" if memory_update else "")
             + "; the original stays as it is",
             _cli("fork", run_id, **flags),
+            after=forked.status,
         )
     raise Refused(f"unknown action {name!r}: one of {', '.join(ACTIONS)}")
 
 
 async def _check_start(
     machine: Machine[Any], store: Store, run_id: str, memory: BaseModel | Mapping[str, Any] | None
-) -> Plan:
+) -> tuple[Plan, str]:
     command = "agentfsm run MODULE:AGENT --input JSON" + (f" --run-id {run_id}" if run_id else "")
     existing = await store.load(check_run_id(run_id)) if run_id else None
     if existing is not None:
@@ -228,7 +266,7 @@ async def _check_start(
             )
         return Plan(action="start", run_id=run_id, seq=existing.seq, command=command,
                     commits=f"commits nothing: run {run_id!r} exists ({existing.status} in"
-                    f" state {existing.state!r}); start returns it")  # fmt: skip
+                    f" state {existing.state!r}); start returns it"), existing.status  # fmt: skip
     if memory is None:
         raise Refused("start: give the run's memory")
     fields = machine.storable_memory(memory, f"starting {machine.name!r}")  # or its error
@@ -236,7 +274,8 @@ async def _check_start(
         f"creates run {run_id or '(a new id)'!r} of {machine.name!r} v{machine.version} in state"
         f" {machine.table.initial!r} (seq 0), memory fields {sorted(fields)}"
     )
-    return Plan(action="start", run_id=run_id, seq=-1, command=command, commits=commits)
+    plan = Plan(action="start", run_id=run_id, seq=-1, command=command, commits=commits)
+    return plan, machine.status_in(machine.table.initial)
 
 
 async def operate(
@@ -261,18 +300,20 @@ async def operate(
         record = await store.load(run_id)
         if record is not None and record.seq != expect_seq:
             return await _done_before(store, record, action, expect_seq)
-    plan = await check(machine, store, run_id, action)
+    plan = await check(machine, store, run_id, action, drive=drive)
     if name == "start":
         memory = action.memory
         assert memory is not None or plan.seq >= 0
         started = await machine.start(store, memory or {}, run_id=run_id, hold=True)
-        then = await hand_off(machine, started, drive=drive)
+        how, then = await _hand_off(machine, started, drive=_drives(name, drive))
+        plan = replace(plan, handed=how)
         return Done(plan=plan, run_id=run_id, event=None, status=started.status, then=then)
     if name == "fork":
         assert at is not None
         forked = await machine.fork(store, run_id, at, new_run_id=new_run_id,
                                     memory_update=action.memory_update)  # fmt: skip
-        then = f"left for `agentfsm resume {forked.run_id}` (nothing runs until then)"
+        how, then = await _hand_off(machine, forked, drive=_drives(name, drive))
+        plan = replace(plan, handed=how)
         return Done(plan=plan, run_id=forked.run_id, event=None, status=forked.status, then=then)
     run = await machine.resume(store, run_id, lease_wait=lease_wait)
     committed: Event | None = None
@@ -287,7 +328,8 @@ async def operate(
     except BaseException:
         await run.release(quiet=True)
         raise
-    then = await hand_off(machine, run, drive=drive or name == "resume")
+    how, then = await _hand_off(machine, run, drive=_drives(name, drive))
+    plan = replace(plan, handed=how)
     return Done(plan=plan, run_id=run_id, event=committed, status=run.status, then=then)
 
 
@@ -329,19 +371,33 @@ async def workers_serve(store: Store, agent: str) -> bool:
     )
 
 
+async def _then(
+    machine: Machine[Any], store: Store, run_id: str, status: str, *, drive: bool
+) -> tuple[Handed, str]:
+    """How a run an operation leaves `status` is handed on (`hand_off` does it), and the
+    words that say so: the one rule for Python, the CLI and the UI."""
+    if status != "running":
+        return "none", f"nothing to drive: the run is {status}"
+    if await workers_serve(store, machine.name):
+        return "queue", "queued for the workers"
+    if drive:
+        return "here", "driven here"
+    return "left", f"left for `agentfsm resume {run_id}` (no worker serves {machine.name!r})"
+
+
 async def hand_off(machine: Machine[Any], run: Run[Any], *, drive: bool) -> str:
     """Give a run an operation left on to whatever drives runs; says which. A `running`
     run goes to live workers of its agent (queued), else is driven on here (`drive`), else
     is left for `agentfsm resume`. Other runs are only released."""
-    if run.status != "running":
-        await run.release(quiet=True)
-        return f"nothing to drive: the run is {run.status}"
-    if await workers_serve(run.store, machine.name):
-        await run.release(quiet=True)
-        await machine.enqueue(run.store, run.run_id)
-        return "queued for the workers"
-    if drive:
+    return (await _hand_off(machine, run, drive=drive))[1]
+
+
+async def _hand_off(machine: Machine[Any], run: Run[Any], *, drive: bool) -> tuple[Handed, str]:
+    how, then = await _then(machine, run.store, run.run_id, run.status, drive=drive)
+    if how == "here":
         await run.until_done()
-        return f"driven here: now {run.status}"
+        return how, f"{then}: now {run.status}"
     await run.release(quiet=True)
-    return f"left for `agentfsm resume {run.run_id}` (no worker serves {machine.name!r})"
+    if how == "queue":
+        await machine.enqueue(run.store, run.run_id)
+    return how, then

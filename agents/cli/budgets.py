@@ -65,7 +65,10 @@ async def budget(args: argparse.Namespace) -> int:
                     dry_run=args.dry_run,
                 )  # fmt: skip
                 if args.dry_run:
-                    sent = "; ".join(f"{shown(d.run_id)}: {shown(d.plan.commits)}" for d in moved)
+                    sent = "; ".join(
+                        f"{shown(d.run_id)}: {shown(d.plan.commits)}; then: {shown(d.then)}"
+                        for d in moved
+                    )
                     out.print(f"{would} {limits_line(limits.ledger_limits())}; would send on:"
                               f" {sent or 'none'}; nothing committed")  # fmt: skip
                 else:

@@ -56,7 +56,8 @@ def memory_input(text: str) -> dict[str, Any]:
 
 @commands.command(
     "run",
-    "start (or continue) a run of an agent and drive it to the end",
+    "start (or continue) a run of an agent and drive it to the end (workers serving the agent"
+    " take it instead)",
     arg("agent", metavar="MODULE:AGENT", help="where the Agent object is"),
     arg("--input", required=True, metavar="JSON", help="the initial memory, as JSON"),
     arg("--run-id", help="an id of your choice; an existing run with it is continued"),
@@ -66,20 +67,28 @@ def memory_input(text: str) -> dict[str, Any]:
 async def run(args: argparse.Namespace) -> int:
     from statemachine import InvalidMemory
 
-    from .._operations import check_action
+    from .._operations import check_action, do_action
 
     memory = memory_input(args.input)
     async with opened(args) as store:
         agent = with_model(load_agent(args.agent, store), args.model)
+        try:
+            plan = await check_action(
+                store, args.run_id or "", "start", machine=agent, drive=True, memory=memory
+            )
+        except InvalidMemory as exc:
+            raise UsageProblem(str(exc)) from None
         if args.dry_run:
-            try:
-                plan = await check_action(
-                    store, args.run_id or "", "start", machine=agent, memory=memory
-                )
-            except InvalidMemory as exc:
-                raise UsageProblem(str(exc)) from None
-            out.print(f"would: {shown(plan.commits)}, then drive it")
+            out.print(f"would: {shown(plan.commits)}; then: {shown(plan.then)}")
             out.print("nothing committed")
+            return EXIT_DONE
+        if plan.handed == "queue":  # workers serve the agent: the engine hands it to them
+            done = await do_action(
+                store, args.run_id or "", "start", machine=agent, memory=memory
+            )  # fmt: skip
+            out.print(
+                f"run [bold]{shown(done.run_id)}[/] of {shown(agent.name)}: {shown(done.then)}"
+            )
             return EXIT_DONE
         return (await start_and_drive(store, agent, memory, args))[0]
 
@@ -162,7 +171,8 @@ def shown_text(text: str) -> str:
 
 @commands.command(
     "resume",
-    "continue a run from its last commit (a failed run is retried)",
+    "continue a run from its last commit (a failed run is retried); workers serving the agent"
+    " take it instead",
     arg("run_id", metavar="RUN_ID"),
     AGENT,
     MODEL,
@@ -176,16 +186,22 @@ def shown_text(text: str) -> str:
     DRY_RUN,
 )
 async def resume(args: argparse.Namespace) -> int:
-    from .._operations import check_action
+    from .._operations import check_action, do_action
 
     async with opened(args) as store:
         agent = with_model(await stored_agent(store, args), args.model)
         plan = await check_action(store, args.run_id, "resume", machine=agent)  # or Refused
         if args.dry_run:
-            out.print(f"would: {shown(plan.commits)}")
+            out.print(f"would: {shown(plan.commits)}; then: {shown(plan.then)}")
             out.print(f"nothing committed (the same without --dry-run: {shown(plan.command)})")
             return EXIT_DONE
         wait = args.wait if args.wait is not None else agent.lease_ttl + 1
+        if plan.handed == "queue":  # workers serve the agent: the engine hands it to them
+            done = await do_action(store, args.run_id, "resume", machine=agent, lease_wait=wait)
+            if done.event is not None:
+                out.print(event_line(done.event))
+            out.print(f"{done.status}: [bold]{shown(args.run_id)}[/]; {shown(done.then)}")
+            return EXIT_DONE
         run = await agent.resume(store, args.run_id, lease_wait=wait)
         say_model(agent)
         where = f"{shown(run.state)} (seq {run.seq}, {run.status})"
@@ -282,9 +298,11 @@ async def _act(args: argparse.Namespace) -> int:
         agent = None if action in ("approve", "deny") else await stored_agent(store, args)
         wait = agent.lease_ttl + 1 if agent is not None else None
         try:
-            if args.dry_run:
-                plan = await check_action(store, args.run_id, action, machine=agent, **engine)
-                out.print(f"would: {shown(plan.commits)}")
+            if args.dry_run:  # a run it leaves running is driven here (below) if no worker is
+                plan = await check_action(
+                    store, args.run_id, action, machine=agent, drive=True, **engine
+                )
+                out.print(f"would: {shown(plan.commits)}; then: {shown(plan.then)}")
                 out.print(f"nothing committed (the same without --dry-run: {shown(plan.command)})")
                 return EXIT_DONE
             done = await do_action(
@@ -295,7 +313,7 @@ async def _act(args: argparse.Namespace) -> int:
         if action == "fork":
             out.print(
                 f"forked {shown(args.run_id)} at seq {args.at} as [bold]{shown(done.run_id)}[/]:"
-                f" ({done.status}); go on with: agentfsm resume {shown(done.run_id)}"
+                f" {done.status}; {shown(done.then)}"
             )
             return EXIT_DONE
         if action in ("approve", "deny"):
@@ -308,10 +326,7 @@ async def _act(args: argparse.Namespace) -> int:
             return EXIT_DONE
         if done.event is not None:
             out.print(event_line(done.event))
-        if action == "cancel":
-            out.print(f"cancelled: [bold]{shown(args.run_id)}[/]")
-            return EXIT_DONE
-        if agent is not None and done.status == "running" and done.then.startswith("left"):
+        if agent is not None and done.status == "running" and done.plan.handed == "left":
             run = await agent.resume(store, args.run_id, lease_wait=wait)
             async with run:  # the lease goes back whatever happens
                 return await drive(run, args)

@@ -47,6 +47,7 @@ __all__ = [
     "halted",
     "in_force",
     "limits_line",
+    "limits_to_set",
     "period_of",
     "run_limits",
     "set_limits",
@@ -265,10 +266,19 @@ async def set_limits(
     (limits left None keep theirs). A scope's set limits hold for every period (a day's
     limit raised stays raised the next days) until set again. Runs parked by the budget stay
     parked: `Agent.raise_budget` also sends them on."""
+    subject, new = limits_to_set(run_id=run_id, scope=scope, limits=limits)
+    await store.ledger.set_limits(subject, new)
+
+
+def limits_to_set(
+    *, run_id: str | None = None, scope: str | None = None, limits: Budget
+) -> tuple[str, dict[str, int]]:
+    """The ledger subject and the limits `set_limits` writes (a dry run checks them too), or
+    the error naming what is missing."""
     if (run_id is None) == (scope is None):
         raise ValueError("give run_id= or scope=, one of them")
     subject = f"run/{run_id}" if run_id is not None else f"scope/{scope}"
     new = limits.ledger_limits()
     if not new:
         raise RunError("set_limits: give at least one limit (requests=, total_tokens=, ...)")
-    await store.ledger.set_limits(subject, dict(new))
+    return subject, dict(new)

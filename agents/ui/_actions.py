@@ -79,12 +79,8 @@ class Driver:
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
 
     def describe(self) -> str:
-        if self.mode == "queue":
-            return "then queues the run for the workers (`agentfsm worker`), which drive it on"
-        return (
-            "then drives the run on in this server until it waits, fails or ends (as the CLI"
-            " command does in its process)"
-        )
+        """What `go_on` does in queue mode with a run no worker serves yet."""
+        return "queued for the workers (`agentfsm worker`): none serves its agent now"
 
     async def go_on(self, machine: Machine[Any], store: Store, run_id: str) -> None:
         """Drive on a run the engine left running (no worker serves its agent)."""
@@ -132,19 +128,13 @@ def _waits(machine: Machine[Any], record: RunRecord) -> list[Transition]:
 
 def _pending_approvals(ctx: Context) -> list[tuple[str, str, dict[str, Any]]]:
     """(call id, tool name, args) of the calls a DurableAgent run waits to have approved."""
-    from ..durable._steps import APPROVAL, DURABLE_KIND, rounds_of
+    from ..durable._approvals import waiting_calls
 
-    if ctx.record.memory.get("kind") != DURABLE_KIND or ctx.record.state != APPROVAL:
+    try:
+        calls = waiting_calls(ctx.record, ctx.events)
+    except RunError:  # none to answer
         return []
-    rounds = rounds_of(ctx.events)
-    if not rounds:
-        return []
-    current = rounds[-1]
-    return [
-        (c.tool_call_id, c.tool_name, c.args_as_dict())
-        for c in current.requests.approvals
-        if c.tool_call_id in current.pending
-    ]
+    return [(c.tool_call_id, c.tool_name, c.args_as_dict()) for c in calls]
 
 
 def _need_machine(ctx: Context) -> Machine[Any]:
@@ -239,13 +229,14 @@ def _send_transition(ctx: Context, values: Mapping[str, str]) -> Transition:
 
 
 def _approval_call(ctx: Context, values: Mapping[str, str]) -> tuple[str, str, dict[str, Any]]:
-    pending = _pending_approvals(ctx)
-    call_id = values.get("call", "")
-    found = next((p for p in pending if p[0] == call_id), None)
-    if found is None:
-        names = ", ".join(f"{c} ({t})" for c, t, _ in pending) or "none"
-        raise ActionProblem(f"no call {call_id!r} waits for approval; waiting: {names}")
-    return found
+    """The call the form answers, or the engine's refusal (`waiting_call`)."""
+    from ..durable._approvals import waiting_call
+
+    try:
+        call = waiting_call(ctx.record, ctx.events, values.get("call", ""))
+    except RunError as exc:
+        raise ActionProblem(str(exc)) from None
+    return call.tool_call_id, call.tool_name, call.args_as_dict()
 
 
 # ------------------------------------------------------------------------------ plans
@@ -258,8 +249,13 @@ def _engine_args(action: str, ctx: Context, values: Mapping[str, str]) -> dict[s
 
 
 def _send_args(ctx: Context, values: Mapping[str, str]) -> dict[str, Any]:
-    t = _send_transition(ctx, values)
-    return {"event": t.trigger, "payload": _send_payload(t, values)}
+    """The event and the payload the form gives, read by the event's payload type; whether
+    the run takes them is the engine's check (a form posted again after it was done is
+    answered by the engine as done, not refused here)."""
+    machine, event = _need_machine(ctx), values.get("event", "")
+    waits = [t for t in machine.transitions if t.waits and t.trigger == event]
+    t = next((t for t in waits if ctx.record.state in t.source), waits[0] if waits else None)
+    return {"event": event, "payload": _send_payload(t, values) if t is not None else None}
 
 
 def _approve_args(ctx: Context, values: Mapping[str, str]) -> dict[str, Any]:
@@ -292,13 +288,12 @@ async def plan(action: str, ctx: Context, values: Mapping[str, str], driver: Dri
         args = _engine_args(action, ctx, values)
         checked = await check_action(
             ctx.store, ctx.record.run_id, _engine_action(action, args), machine=ctx.machine,
-            **args,
+            drive=driver.mode == "here", **args,
         )  # fmt: skip
     except (InvalidPayload, InvalidMemory, FormProblem, RunError, ValueError) as exc:
         raise ActionProblem(str(exc)) from None
-    effects = [checked.commits]
-    if action in ("send", "retry"):
-        effects.append(driver.describe())
+    queued = driver.mode == "queue" and checked.handed == "left"  # `perform` queues it
+    effects = [checked.commits, f"then: {driver.describe() if queued else checked.then}"]
     title = f"{action}: run {ctx.record.run_id!r}"
     return Plan(title, effects, checked.command)
 
