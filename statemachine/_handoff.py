@@ -6,22 +6,32 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from pydantic import BaseModel, JsonValue
 
-from storage import Store
+from storage import RunRecord, Store
 
 from . import _clock
-from ._runner import check_payload_storable
+from ._runner import Run, check_payload_storable
+from ._spec import MachineSpec
 from .errors import NotDue, RunError, RunLocked, RunNotFound, RunTakenOver
-
-if TYPE_CHECKING:
-    from ._machine import Machine
 
 __all__ = ["deliver", "enqueue", "fire_due", "submit"]
 
 M = TypeVar("M", bound=BaseModel)
+
+
+class Machine(MachineSpec[M], Protocol[M]):
+    """What handing runs on needs of a machine (`statemachine.Machine` is one)."""
+
+    async def start(
+        self, store: Store, memory: M | Mapping[str, Any], *, run_id: str | None = None
+    ) -> Run[M]: ...
+
+    async def resume(self, store: Store, run_id: str) -> Run[M]: ...
+
+    def _open(self, store: Store, record: RunRecord, lease_wait: float | None) -> Run[M]: ...
 
 
 async def fire_due(machine: Machine[M], store: Store, *, limit: int, drive: bool) -> list[str]:

@@ -24,12 +24,28 @@ import html
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from ._draw import Edge, Graph
+from ._graph_parts import Edge, Node
 
 __all__ = ["Rect", "layered_svg", "placed"]
+
+
+class Graph(Protocol):
+    """What the layout reads of a graph (`statemachine._draw.Graph` is one)."""
+
+    @property
+    def title(self) -> str: ...
+
+    @property
+    def nodes(self) -> tuple[Node, ...]: ...
+
+    @property
+    def edges(self) -> tuple[Edge, ...]: ...
+
+    @property
+    def current(self) -> str | None: ...
+
 
 Rect = tuple[float, float, float, float]
 """x0, y0, x1, y1 in the picture."""

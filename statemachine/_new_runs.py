@@ -6,7 +6,7 @@ from __future__ import annotations
 import secrets
 import uuid
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, JsonValue
 
@@ -15,11 +15,9 @@ from storage.base import check_run_id, run_key
 
 from . import _clock
 from ._provenance import memory_at
+from ._spec import MachineSpec
 from ._tracing import RunTrace, open_trace
 from .errors import RunError, RunNotFound
-
-if TYPE_CHECKING:
-    from ._machine import Machine
 
 __all__ = ["fork_plan", "new_record"]
 
@@ -27,7 +25,7 @@ M = TypeVar("M", bound=BaseModel)
 
 
 def new_record(
-    machine: Machine[Any], run_id: str | None, state: str, memory: dict[str, JsonValue],
+    machine: MachineSpec[Any], run_id: str | None, state: str, memory: dict[str, JsonValue],
     *, forked_from: RunRecord | None = None,
 ) -> tuple[RunRecord, RunTrace]:  # fmt: skip
     """A new run of `machine` at seq 0 in `state` with (checked) `memory`, and its trace."""
@@ -52,7 +50,7 @@ def new_record(
 
 
 async def fork_plan(
-    machine: Machine[M], store: Store, run_id: str, at_seq: int, *,
+    machine: MachineSpec[M], store: Store, run_id: str, at_seq: int, *,
     new_run_id: str | None = None, memory_update: Mapping[str, Any] | None = None,
 ) -> tuple[RunRecord, Event, RunTrace]:  # fmt: skip
     """`Machine.fork_plan`: the new run's record, its creation event and its trace; or the

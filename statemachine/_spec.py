@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol, TypeVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, JsonValue
 
 from storage import Event, RunRecord, RunStatus, Store
 from storage.base import ScopeCharge
@@ -48,5 +48,9 @@ class MachineSpec(Protocol[M]):
     def next_transition(self, state: str, memory: M) -> Transition: ...
 
     def validate_memory(self, memory: M | Mapping[str, Any], where: str) -> M: ...
+
+    def storable_memory(
+        self, memory: M | Mapping[str, Any], where: str
+    ) -> dict[str, JsonValue]: ...
 
     def wait_transition(self, record: RunRecord, memory: M, event: str) -> Transition: ...
