@@ -111,6 +111,14 @@ def wait_replica_fsync(primary: RedisServer) -> None:
     until(fsynced, "a replica's append-only file")
 
 
+def furthest_ahead(*replicas: RedisServer) -> list[RedisServer]:
+    """`replicas`, the one with the most of the old primary's stream first: the one a failover
+    promotes (as Sentinel does), since a replica level's acknowledgement may come from any."""
+    return sorted(
+        replicas, key=lambda r: -int(_info(r, "replication").get("master_repl_offset", 0))
+    )
+
+
 def promote(replica: RedisServer) -> None:
     """`REPLICAOF NO ONE`, then until it says it is a primary."""
     with redis.Redis(port=replica.port, socket_timeout=5) as r:

@@ -21,10 +21,12 @@ from typing import Any, TypeVar
 
 import asyncpg
 
+from .._durability import Durability
 from ..errors import DurabilityUnavailable, StorageError, StoreUnavailable
+from ..url import redact
 from ._schema import migrate
 
-__all__ = ["Connections", "Settings"]
+__all__ = ["Connections", "Settings", "durability_of"]
 
 T = TypeVar("T")
 log = logging.getLogger("agentfsm.storage")
@@ -284,3 +286,20 @@ async def _check_flushed(conn: Any, where: str) -> None:
             " is acknowledged before it is on disk: set it to on (ALTER DATABASE … SET"
             " synchronous_commit = on), or open the store at durability 'primary'"
         )
+
+
+def durability_of(url: str, ours: dict[str, str], given: str | None) -> Durability:
+    """The level the URL and `open_store(durability=)` ask for, if this store can give it."""
+    named = ours.get("durability")
+    if named is not None and given is not None and named != given:
+        raise ValueError(
+            f"store URL {redact(url)!r} says durability={named!r} but {given!r} was passed"
+        )
+    level = Durability.parse(named or given or "primary", ours.get("durability_timeout"))
+    if level.replicas:
+        raise DurabilityUnavailable(
+            f"store URL {redact(url)!r}: durability {str(level)!r} needs the Postgres store to"
+            " wait for synchronous standbys, which it does not do yet: use 'fsync' (each commit"
+            " flushed to the server's disk), or a Redis store with replicas"
+        )
+    return level

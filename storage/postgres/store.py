@@ -32,7 +32,6 @@ from pydantic import JsonValue
 
 from .._capabilities import Ledger, Limiter, RunQueue, ScopeCharge
 from .._codec import dump_event, dump_json, live_rows, load_event
-from .._durability import Durability
 from .._json import json_bytes
 from .._paging import TOP, RunCursor
 from ..base import (
@@ -53,12 +52,12 @@ from ..base import (
     check_run_id,
     creation_event,
 )
-from ..errors import DurabilityUnavailable, HistoryLost
+from ..errors import HistoryLost
 from ..process import free_dead
 from ..url import redact
 from ..usage import increments
 from . import live as _live
-from ._connections import Connections, Settings
+from ._connections import Connections, Settings, durability_of
 from ._rows import decode, select_runs
 from ._schema import check_schema
 from .ledger import PostgresLedger
@@ -69,23 +68,6 @@ __all__ = ["PostgresStore"]
 
 _OPTIONS = {"schema", "pool", "prepared", "retry_for", "command_timeout", "connect_timeout",
             "durability", "durability_timeout"}  # fmt: skip
-
-
-def _durability(url: str, ours: dict[str, str], given: str | None) -> Durability:
-    """The level the URL and `open_store(durability=)` ask for, if this store can give it."""
-    named = ours.get("durability")
-    if named is not None and given is not None and named != given:
-        raise ValueError(
-            f"store URL {redact(url)!r} says durability={named!r} but {given!r} was passed"
-        )
-    level = Durability.parse(named or given or "primary", ours.get("durability_timeout"))
-    if level.replicas:
-        raise DurabilityUnavailable(
-            f"store URL {redact(url)!r}: durability {str(level)!r} needs the Postgres store to"
-            " wait for synchronous standbys, which it does not do yet: use 'fsync' (each commit"
-            " flushed to the server's disk), or a Redis store with replicas"
-        )
-    return level
 
 
 class PostgresStore:
@@ -117,7 +99,7 @@ class PostgresStore:
         ours = {k: v for k, v in query if k in _OPTIONS}
         theirs = [(k, v) for k, v in query if k not in _OPTIONS]
         schema = check_schema(ours.get("schema") or prefix)
-        self.durability = _durability(url, ours, durability)
+        self.durability = durability_of(url, ours, durability)
         """The durability level of its commits (`storage._durability`): "primary" and "fsync"
         both mean the server's own `synchronous_commit` (on by default: each commit is
         acknowledged once its WAL is flushed); "fsync" is refused at the first call when the

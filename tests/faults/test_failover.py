@@ -28,7 +28,15 @@ from storage import RedisStore, open_store
 from storage.errors import OutcomeUnknown, StorageError
 
 from ..redis_server import RedisServer
-from ..replication import FAST_SYNC, FailoverProxy, detach, follow, promote, replica_of
+from ..replication import (
+    FAST_SYNC,
+    FailoverProxy,
+    detach,
+    follow,
+    furthest_ahead,
+    promote,
+    replica_of,
+)
 
 pytestmark = pytest.mark.redis
 
@@ -116,6 +124,7 @@ async def test_a_failover_loses_no_acknowledged_commit_or_names_the_loss(
             await wait_for(lambda: all(d.unknown >= 1 for d in drivers), "an unknown outcome")
         primary.kill()
         acked_then = {d.run.run_id: set(d.acked) for d in drivers}
+        replica, other = furthest_ahead(replica, other)
         proxy.point(replica.port)
         with redis.Redis(port=replica.port, decode_responses=True) as r:  # read-only still
             kept = {d.run.run_id: int(r.hget(f"fo:{{{d.run.run_id}}}:run", "seq")) for d in drivers}
@@ -145,7 +154,9 @@ async def test_a_failover_loses_no_acknowledged_commit_or_names_the_loss(
                 assert d.unknown >= 1
                 assert not lost and not d.lost, f"{d.run.run_id}: acknowledged {lost} lost"
             else:  # acknowledged, then lost: every one of them named, none resumed silently
-                assert len(lost) >= 2 and lost <= reported, (lost, d.lost)
+                # (at least one: of the two acknowledged after the cut, the first may have
+                # been on its way to the replicas before it)
+                assert lost and lost <= reported, (lost, d.lost)
         # Every try of one (run, seq) ran under one key, whatever happened in between.
         keys: dict[tuple[str, int], set[str]] = {}
         for run_id, seq, key in ran:

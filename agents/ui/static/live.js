@@ -58,7 +58,8 @@
   });
   source.addEventListener("commit", function (event) {
     var run = JSON.parse(event.data);
-    say("live: seq " + run.seq + " · " + run.state + " · " + run.status);
+    // A commit that ends the drive says so itself: its "stopped" item may come before it.
+    say(ends[run.status] || "live: seq " + run.seq + " · " + run.state + " · " + run.status);
     block = null;
     watched = true;
     refresh();
