@@ -11,6 +11,7 @@ same model responses and tool results it must do the same, as in any replaying e
 from __future__ import annotations
 
 import asyncio
+import copy
 import contextvars
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from pydantic_ai.output import OutputContext
 from pydantic_ai.settings import ModelSettings
 from pydantic_ai.tools import ToolDefinition
 from pydantic_ai.toolsets import AbstractToolset, ToolsetTool, WrapperToolset
+from pydantic_ai.usage import RunUsage
 
 from statemachine import Run, RunError, StepContext
 from statemachine.engine import StepResult
@@ -366,11 +368,14 @@ class Journal(AbstractCapability[Any]):
                     " no longer does what it did when the run started"
                 )
             record_durable_unit(executed=False)
+            _add_usage(ctx, done.get("usage"))
             return replay_outcome(done)
         args: JsonValue = pydantic_core.to_jsonable_python(tool_args, fallback=repr)
+        found: dict[str, JsonValue] = {"segment": where[0], "after": where[1]}
 
         async def invoke(key: str) -> Any:
             token = _KEY.set(key)
+            before = copy.deepcopy(ctx.usage)
             try:
                 # A durable unit for pydantic-ai: what a replay would not do again is refused
                 # inside it (`RunContext.submit_output`), as on pydantic-ai's own engines.
@@ -378,11 +383,16 @@ class Journal(AbstractCapability[Any]):
                     return await toolset.call_tool(name, tool_args, ctx, tool)
             finally:
                 _KEY.reset(token)
+                # What the tool added to the run's usage (an agent it ran with
+                # `usage=ctx.usage`): recorded with the call, added again on replay.
+                added = _usage_json(ctx.usage - before)
+                if added:
+                    found["usage"] = added
 
         async def op(sctx: StepContext) -> StepResult[DurableMemory]:
             return await call_tool(
                 sctx, self.run.memory, tool=name, call_id=call_id, args=args, call=invoke,
-                where={"segment": where[0], "after": where[1]},
+                where=found,
             )  # fmt: skip
 
         event = await self.fire(TOOL_CALL, op)
@@ -438,6 +448,17 @@ class JournaledHandler(WrapperCapability[Any]):
             requests,
             lambda: self.wrapped.handle_deferred_tool_calls(ctx, requests=requests),
         )
+
+
+def _usage_json(usage: RunUsage) -> dict[str, JsonValue]:
+    dumped: dict[str, JsonValue] = pydantic_core.to_jsonable_python(usage)
+    return {k: v for k, v in dumped.items() if v}
+
+
+def _add_usage(ctx: RunContext[Any], added: JsonValue) -> None:
+    """A replayed tool call adds to the run's usage what the call added when it ran."""
+    if isinstance(added, dict):
+        ctx.usage.incr(RunUsage(**added))  # type: ignore[arg-type]
 
 
 def _restamp(request: ModelRequest, committed: ModelRequest) -> None:

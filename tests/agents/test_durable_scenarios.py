@@ -1,0 +1,299 @@
+"""More of pydantic-ai's durable-execution scenarios, plain vs DurableAgent (the audit in
+docs/durable-scenarios.md names each upstream test and where it is covered): a response the
+provider suspends and then completes, an agent delegating to another with the run's usage, a
+tool cancelling the run, capability-contributed toolsets, image output, a model given per
+run, an event-stream handler of the agent's under `iter`, a sync tool calling `run_sync`."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterable, AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from pydantic_ai import Agent, BinaryImage, RunContext
+from pydantic_ai.capabilities import ProcessEventStream, Toolset
+from pydantic_ai.exceptions import RunCancelled, UsageLimitExceeded, UserError
+from pydantic_ai.messages import (
+    AgentStreamEvent,
+    FilePart,
+    FunctionToolCallEvent,
+    ModelMessage,
+    ModelRequest,
+    ModelResponse,
+    TextPart,
+    ToolCallPart,
+    UserPromptPart,
+)
+from pydantic_ai.models import Model, ModelRequestParameters
+from pydantic_ai.models.function import AgentInfo, FunctionModel
+from pydantic_ai.models.test import TestModel
+from pydantic_ai.profiles import ModelProfile
+from pydantic_ai.settings import ModelSettings
+from pydantic_ai.toolsets import FunctionToolset
+from pydantic_ai.usage import RequestUsage, UsageLimits
+
+from agents import DurableAgent
+from agents.errors import DurableRunFailed
+from storage import Store
+
+from ..conftest import make_store
+from .test_durable_parity import Ran, parity
+
+_ids = itertools.count()
+
+
+@pytest_asyncio.fixture(params=["embedded", "redis"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    s = await make_store(request.param, request, tmp_path)
+    yield s
+    await s.close()
+
+
+# A response the provider suspends, then completes (Anthropic pause_turn, OpenAI background) ---
+
+
+def segment(text: str, state: Any = "complete", *, rid: str, tokens: int) -> ModelResponse:
+    return ModelResponse(
+        parts=[TextPart(text)], model_name="scripted", provider_name="scripted",
+        provider_response_id=rid, usage=RequestUsage(input_tokens=tokens, output_tokens=tokens),
+        state=state,
+    )  # fmt: skip
+
+
+class Scripted(Model):
+    """pydantic-ai's own scripted continuation model (tests/continuation_utils.py upstream),
+    non-streaming: each request gives the next response of the script."""
+
+    def __init__(self, ran: Ran, *responses: ModelResponse) -> None:
+        super().__init__()
+        self.ran, self.responses = ran, list(responses)
+        self.cancelled: list[str | None] = []
+
+    @property
+    def model_name(self) -> str:
+        return "scripted"
+
+    @property
+    def system(self) -> str:
+        return "scripted"
+
+    async def request(
+        self,
+        messages: list[ModelMessage],
+        model_settings: ModelSettings | None,
+        model_request_parameters: ModelRequestParameters,
+    ) -> ModelResponse:
+        self.ran("request")
+        return self.responses.pop(0)
+
+    async def cancel_suspended_response(self, response: ModelResponse) -> None:
+        self.cancelled.append(response.provider_response_id)
+
+
+def chain(ran: Ran) -> Agent[None, str]:
+    first = segment("The answer ", "suspended", rid="cont1", tokens=2)
+    return Agent(Scripted(ran, first, segment("is 42.", rid="cont2", tokens=3)), name="chain")
+
+
+async def test_a_suspended_response_continues_to_the_same_merged_answer(store: Store) -> None:
+    _, result, durable, run_id = await parity(chain, store)
+    assert result.output == "The answer is 42."
+    assert result.usage.requests == 1
+    assert [e.trigger for e in await durable.history(run_id)].count("model_request") == 2
+
+
+async def test_a_history_ending_in_a_suspended_response_goes_on(store: Store) -> None:
+    history: list[ModelMessage] = [
+        ModelRequest(parts=[UserPromptPart("go")]),
+        segment("The answer ", "suspended", rid="cont1", tokens=2),
+    ]
+
+    def resumed(ran: Ran) -> Agent[None, str]:
+        return Agent(Scripted(ran, segment("is 42.", rid="cont2", tokens=3)), name="resumed")
+
+    _, result, _, _ = await parity(resumed, store, None, message_history=history)
+    assert result.output == "The answer is 42."
+
+
+async def test_a_usage_limit_between_segments_cancels_the_suspended_response(
+    store: Store,
+) -> None:
+    def going_on(ran: Ran) -> Agent[None, str]:
+        model = Scripted(ran, segment("still ", "suspended", rid="c1", tokens=5),
+                         segment("going ", "suspended", rid="c2", tokens=50))  # fmt: skip
+        return Agent(model, name="going-on")
+
+    limits = UsageLimits(total_tokens_limit=20)
+    plain_agent = going_on(Ran())
+    with pytest.raises(UsageLimitExceeded) as plain:
+        await plain_agent.run("go", usage_limits=limits)
+    durable_agent = going_on(Ran())
+    with pytest.raises(UsageLimitExceeded) as ours:
+        await DurableAgent(durable_agent, store=store).run(
+            "go", run_id=f"limit-{next(_ids)}", usage_limits=limits
+        )
+    assert str(ours.value) == str(plain.value)
+    assert isinstance(plain_agent.model, Scripted) and isinstance(durable_agent.model, Scripted)
+    assert durable_agent.model.cancelled == plain_agent.model.cancelled == ["c2"]
+
+
+# Agents calling agents -----------------------------------------------------------------------
+
+
+def delegating(ran: Ran) -> Agent[None, str]:
+    """A tool runs another agent with the run's usage (pydantic-ai's documented delegation)."""
+    helper = Agent(TestModel(custom_output_text="from the helper"), name="helper")
+
+    def brain(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        if len(messages) == 1:
+            return ModelResponse(parts=[ToolCallPart("delegate", {})])
+        return ModelResponse(parts=[TextPart("delegated")])
+
+    agent = Agent(FunctionModel(brain), name="delegating")
+
+    @agent.tool
+    async def delegate(ctx: RunContext[None]) -> str:
+        ran("delegate")
+        return (await helper.run("help", usage=ctx.usage)).output
+
+    return agent
+
+
+async def test_an_agent_delegating_with_the_runs_usage(store: Store) -> None:
+    _, result, _, _ = await parity(delegating, store)
+    assert result.usage.requests == 3
+
+
+def sync_delegating(ran: Ran) -> Agent[None, str]:
+    helper = Agent(TestModel(), name="helper")
+
+    def brain(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        return ModelResponse(parts=[ToolCallPart("delegate", {})])
+
+    agent = Agent(FunctionModel(brain), name="sync-delegating")
+
+    @agent.tool_plain
+    def delegate() -> str:
+        ran("delegate")
+        return helper.run_sync("hello").output
+
+    return agent
+
+
+async def test_run_sync_inside_a_sync_tool_is_refused_as_plain(store: Store) -> None:
+    with pytest.raises(UserError) as plain:
+        await sync_delegating(Ran()).run("go")
+    with pytest.raises(UserError) as ours:
+        await DurableAgent(sync_delegating(Ran()), store=store).run("go", run_id=f"s{next(_ids)}")
+    assert str(ours.value) == str(plain.value)
+
+
+# Cancelling from a tool -----------------------------------------------------------------------
+
+
+def cancelling(ran: Ran) -> Agent[None, str]:
+    async def cancel(ctx: RunContext[None]) -> str:
+        ran("cancel")
+        ctx.cancel()
+        return "completed before the cancellation took effect"
+
+    return Agent(TestModel(), name="cancelling", tools=[cancel])
+
+
+async def test_a_tool_cancelling_the_run_ends_it_as_plain(store: Store) -> None:
+    ran, ran_d = Ran(), Ran()
+    with pytest.raises(RunCancelled) as plain:
+        await cancelling(ran).run("run")
+    durable = DurableAgent(cancelling(ran_d), store=store)
+    run_id = f"cancel-{next(_ids)}"
+    with pytest.raises(RunCancelled) as ours:
+        await durable.run("run", run_id=run_id)
+    assert str(ours.value) == str(plain.value)
+    assert ran_d.counts == ran.counts == {"cancel": 1}
+    with pytest.raises(DurableRunFailed, match="RunCancelled"):
+        await durable.run(run_id=run_id)
+    assert ran_d.counts == {"cancel": 1}
+
+
+# Toolsets a capability contributes -------------------------------------------------------------
+
+
+def contributed(ran: Ran) -> Agent[None, str]:
+    tools = FunctionToolset[None](id="contributed")
+
+    @tools.tool_plain
+    def lookup(key: str) -> str:
+        ran("lookup")
+        return f"value of {key}"
+
+    return Agent(TestModel(), name="contributed", capabilities=[Toolset(tools)])
+
+
+async def test_a_toolset_a_capability_contributes(store: Store) -> None:
+    _, _, _, _ = await parity(contributed, store)
+
+
+# Image output ---------------------------------------------------------------------------------
+
+
+def drawing(ran: Ran) -> Agent[None, BinaryImage]:
+    def brain(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        ran("draw")
+        image = BinaryImage(data=b"\x89PNG\r\n\x1a\n axolotl", media_type="image/png")
+        return ModelResponse(parts=[FilePart(content=image)])
+
+    model = FunctionModel(brain, profile=ModelProfile(supports_image_output=True))
+    return Agent(model, output_type=BinaryImage, name="drawing")
+
+
+async def test_image_output(store: Store) -> None:
+    plain, result, _, _ = await parity(drawing, store, "Draw an axolotl")
+    assert isinstance(result.output, BinaryImage) and result.output.data.endswith(b"axolotl")
+    assert result.output.identifier == plain.output.identifier
+
+
+# A model given per run -------------------------------------------------------------------------
+
+
+async def test_a_model_given_to_the_run(store: Store) -> None:
+    def build(ran: Ran) -> Agent[None, str]:
+        return Agent(TestModel(custom_output_text="agent's"), name="per-run")
+
+    _, result, _, _ = await parity(build, store, model=TestModel(custom_output_text="run's"))
+    assert result.output == "run's"
+
+
+# An event stream handler of the agent's, under iter ----------------------------------------------
+
+
+async def test_an_event_stream_handler_of_the_agents_under_iter(store: Store) -> None:
+    def build(seen: list[str]) -> Agent[None, str]:
+        async def handler(ctx: RunContext[None], stream: AsyncIterable[AgentStreamEvent]) -> None:
+            async for event in stream:
+                seen.append(type(event).__name__)
+
+        agent = Agent(TestModel(), name="handled", capabilities=[ProcessEventStream(handler)])
+
+        @agent.tool_plain
+        def same_tool() -> str:
+            return "same"
+
+        return agent
+
+    plain: list[str] = []
+    async with build(plain).iter("same") as agent_run:
+        async for _ in agent_run:
+            pass
+    plain_output = agent_run.result.output if agent_run.result else None
+    ours: list[str] = []
+    async with DurableAgent(build(ours), store=store).iter(
+        "same", run_id=f"iter-{next(_ids)}"
+    ) as durable_run:
+        async for _ in durable_run:
+            pass
+    assert durable_run.result is not None and durable_run.result.output == plain_output
+    assert ours == plain
+    assert plain.count(FunctionToolCallEvent.__name__) == 1
