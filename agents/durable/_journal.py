@@ -11,8 +11,8 @@ same model responses and tool results it must do the same, as in any replaying e
 from __future__ import annotations
 
 import asyncio
-import copy
 import contextvars
+import copy
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any

@@ -7,15 +7,32 @@ run, an event-stream handler of the agent's under `iter`, a sync tool calling `r
 from __future__ import annotations
 
 import itertools
+import re
 from collections.abc import AsyncIterable, AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_asyncio
-from pydantic_ai import Agent, BinaryImage, RunContext
-from pydantic_ai.capabilities import ProcessEventStream, Toolset
-from pydantic_ai.exceptions import RunCancelled, UsageLimitExceeded, UserError
+from pydantic_ai import (
+    Agent,
+    BinaryContent,
+    BinaryImage,
+    DocumentUrl,
+    RunContext,
+    TextContent,
+    UploadedFile,
+)
+from pydantic_ai.capabilities import DynamicCapability, ProcessEventStream, Toolset
+from pydantic_ai.exceptions import (
+    RunCancelled,
+    UnexpectedModelBehavior,
+    UsageLimitExceeded,
+    UserError,
+)
 from pydantic_ai.messages import (
     AgentStreamEvent,
     FilePart,
@@ -23,15 +40,19 @@ from pydantic_ai.messages import (
     ModelMessage,
     ModelRequest,
     ModelResponse,
+    ModelResponseStreamEvent,
     TextPart,
     ToolCallPart,
+    ToolReturnPart,
     UserPromptPart,
 )
-from pydantic_ai.models import Model, ModelRequestParameters
+from pydantic_ai.models import Model, ModelRequestParameters, StreamedResponse
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 from pydantic_ai.models.test import TestModel
 from pydantic_ai.profiles import ModelProfile
+from pydantic_ai.run import AgentRunResultEvent
 from pydantic_ai.settings import ModelSettings
+from pydantic_ai.tools import ToolDefinition
 from pydantic_ai.toolsets import FunctionToolset
 from pydantic_ai.usage import RequestUsage, UsageLimits
 
@@ -40,7 +61,8 @@ from agents.errors import DurableRunFailed
 from storage import Store
 
 from ..conftest import make_store
-from .test_durable_parity import Ran, parity
+from .test_durable_parity import Deps, Ran, parity
+from .test_durable_streaming import events_json, same_events
 
 _ids = itertools.count()
 
@@ -152,7 +174,7 @@ def delegating(ran: Ran) -> Agent[None, str]:
             return ModelResponse(parts=[ToolCallPart("delegate", {})])
         return ModelResponse(parts=[TextPart("delegated")])
 
-    agent = Agent(FunctionModel(brain), name="delegating")
+    agent: Agent[None, str] = Agent(FunctionModel(brain), name="delegating")
 
     @agent.tool
     async def delegate(ctx: RunContext[None]) -> str:
@@ -297,3 +319,283 @@ async def test_an_event_stream_handler_of_the_agents_under_iter(store: Store) ->
     assert durable_run.result is not None and durable_run.result.output == plain_output
     assert ours == plain
     assert plain.count(FunctionToolCallEvent.__name__) == 1
+
+
+# More of a suspended response: a failed request, too many suspensions, a delay, streamed --------
+
+
+class Delayed(Scripted):
+    """Asks pydantic-ai to wait a moment before continuing a suspended response."""
+
+    def continuation_delay(self, response: ModelResponse) -> float | None:
+        return 0.01
+
+
+async def test_a_delay_before_continuing_is_kept(store: Store) -> None:
+    def delayed(ran: Ran) -> Agent[None, str]:
+        first = segment("The answer ", "suspended", rid="cont1", tokens=2)
+        model = Delayed(ran, first, segment("is 42.", rid="cont2", tokens=3))
+        return Agent(model, name="delayed")
+
+    _, result, _, _ = await parity(delayed, store)
+    assert result.output == "The answer is 42."
+
+
+class Broken(Scripted):
+    """Fails the request that would continue a suspended response."""
+
+    async def request(self, messages: Any, model_settings: Any, parameters: Any) -> ModelResponse:
+        if not self.responses:
+            self.ran("request")
+            raise UnexpectedModelBehavior("the provider lost the job")
+        return await super().request(messages, model_settings, parameters)
+
+
+@pytest.mark.parametrize("how", ["failed", "ceiling"])
+async def test_a_suspended_response_that_cannot_go_on_is_cancelled_as_plain(
+    store: Store, how: str
+) -> None:
+    def build(ran: Ran) -> Agent[None, str]:
+        if how == "failed":
+            model: Scripted = Broken(ran, segment("The answer ", "suspended", rid="c1", tokens=1))
+        else:  # pydantic-ai gives up after 10 continuations
+            suspended = [segment(f"{i} ", "suspended", rid=f"c{i}", tokens=1) for i in range(12)]
+            model = Scripted(ran, *suspended)
+        return Agent(model, name=f"suspended-{how}")
+
+    ran, ran_d = Ran(), Ran()
+    plain_agent, durable_agent = build(ran), build(ran_d)
+    with pytest.raises(UnexpectedModelBehavior) as plain:
+        await plain_agent.run("go")
+    durable = DurableAgent(durable_agent, store=store)
+    run_id = f"{how}-{next(_ids)}"
+    with pytest.raises(UnexpectedModelBehavior) as ours:
+        await durable.run("go", run_id=run_id)
+    assert str(ours.value) == str(plain.value)
+    assert ran_d.counts == ran.counts
+    assert isinstance(plain_agent.model, Scripted) and isinstance(durable_agent.model, Scripted)
+    assert durable_agent.model.cancelled == plain_agent.model.cancelled != []
+    # Read back: the same end (replayed to it, or named as the run's failure), nothing sent.
+    with pytest.raises(
+        (UnexpectedModelBehavior, DurableRunFailed), match=re.escape(str(plain.value))
+    ):
+        await durable.run(run_id=run_id)
+    assert ran_d.counts == ran.counts
+
+
+class StreamedSegments(Model):
+    """Streams each response of the script (pydantic-ai's `ScriptedStreamedResponse`)."""
+
+    def __init__(self, ran: Ran, *responses: ModelResponse) -> None:
+        super().__init__()
+        self.ran, self.responses = ran, list(responses)
+
+    @property
+    def model_name(self) -> str:
+        return "scripted"
+
+    @property
+    def system(self) -> str:
+        return "scripted"
+
+    async def request(self, *args: Any) -> ModelResponse:
+        raise AssertionError("streamed only")
+
+    @asynccontextmanager
+    async def request_stream(
+        self,
+        messages: list[ModelMessage],
+        model_settings: ModelSettings | None,
+        model_request_parameters: ModelRequestParameters,
+        run_context: RunContext[Any] | None = None,
+    ) -> AsyncIterator[StreamedResponse]:
+        self.ran("request_stream")
+        yield _Segment(model_request_parameters, _response=self.responses.pop(0))
+
+
+@dataclass
+class _Segment(StreamedResponse):
+    _response: ModelResponse = field(default=None)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        self.provider_response_id = self._response.provider_response_id
+        self.state = self._response.state
+        self._usage = self._response.usage
+
+    async def _get_event_iterator(self) -> AsyncIterator[ModelResponseStreamEvent]:
+        for index, part in enumerate(self._response.parts):
+            assert isinstance(part, TextPart)
+            for text in ("", part.content):
+                for event in self._parts_manager.handle_text_delta(vendor_part_id=index,
+                                                                   content=text):  # fmt: skip
+                    yield event
+
+    @property
+    def model_name(self) -> str:
+        return "scripted"
+
+    @property
+    def provider_name(self) -> str:
+        return "scripted"
+
+    @property
+    def provider_url(self) -> str:
+        return "scripted"
+
+    @property
+    def timestamp(self) -> datetime:
+        return datetime(2024, 1, 1, tzinfo=UTC)
+
+
+async def test_a_streamed_suspended_response_continues_to_the_same_events(store: Store) -> None:
+    def streamed(ran: Ran) -> Agent[None, str]:
+        first = segment("The answer ", "suspended", rid="cont1", tokens=2)
+        model = StreamedSegments(ran, first, segment("is 42.", rid="cont2", tokens=3))
+        return Agent(model, name="streamed")
+
+    async def events(agent: Any, **kwargs: Any) -> list[Any]:
+        async with agent.run_stream_events(**kwargs) as stream:
+            return [e async for e in stream]
+
+    ran, ran_d = Ran(), Ran()
+    plain = await events(streamed(ran), user_prompt="go")
+    runs = [events_json(plain), events_json(await events(streamed(Ran()), user_prompt="go"))]
+    durable = DurableAgent(streamed(ran_d), store=store)
+    run_id = f"streamed-{next(_ids)}"
+    got = await events(durable, user_prompt="go", run_id=run_id)
+    await same_events(got, lambda: events(streamed(Ran()), user_prompt="go"), runs,
+                      "the durable run's events")  # fmt: skip
+    assert ran_d.counts == ran.counts == {"request_stream": 2}
+    again = await events(durable, run_id=run_id)
+    assert isinstance(again[-1], AgentRunResultEvent)
+    assert again[-1].result.output == "The answer is 42."
+    assert ran_d.counts == {"request_stream": 2}
+
+
+# Content: media types, uploaded files, text content, nested and large tool returns -------------
+
+
+async def test_prompt_content_keeps_its_kinds_and_media_types(store: Store) -> None:
+    prompt = [
+        "What are these?",
+        DocumentUrl(url="https://example.com/report", media_type="application/pdf"),
+        UploadedFile(file_id="file-abc", provider_name="openai", media_type="text/csv"),
+        TextContent("kept as TextContent", metadata={"preserved": True}),
+    ]
+    _, result, _, _ = await parity(lambda ran: Agent(TestModel(), name="content"), store, prompt)
+    first = result.all_messages()[0]
+    assert isinstance(first, ModelRequest) and isinstance(first.parts[0], UserPromptPart)
+    assert first.parts[0].content == prompt
+
+
+def returning(size: int) -> Any:
+    def build(ran: Ran) -> Agent[None, str]:
+        def brain(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+            if len(messages) == 1:
+                return ModelResponse(parts=[ToolCallPart("look", {})])
+            return ModelResponse(parts=[TextPart("looked")])
+
+        agent = Agent(FunctionModel(brain), name="returning")
+
+        @agent.tool_plain
+        def look() -> dict[str, Any]:
+            ran("look")
+            picture = BinaryContent(b"\x89PNG" + b"\0" * size, media_type="image/png")
+            return {"pictures": [picture], "caption": "nested", "doc": DocumentUrl(url="u")}
+
+        return agent
+
+    return build
+
+
+@pytest.mark.parametrize("size", [16, 3 * 1024 * 1024], ids=["nested", "large"])
+async def test_a_tool_returning_nested_or_large_binary_content(store: Store, size: int) -> None:
+    _, result, _, _ = await parity(returning(size), store)
+    back = [p for m in result.all_messages() for p in m.parts if isinstance(p, ToolReturnPart)]
+    content: Any = back[0].content
+    assert isinstance(content, dict)
+    picture = content["pictures"][0]
+    assert isinstance(picture, BinaryContent) and len(picture.data) == size + 4
+
+
+# Tools: a prepare that renames, a capability built per run ---------------------------------------
+
+
+def renaming(ran: Ran) -> Agent[None, str]:
+    seen: list[list[str]] = []
+
+    def brain(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        seen.append([t.name for t in info.function_tools])
+        if len(messages) == 1:
+            return ModelResponse(parts=[ToolCallPart("exposed_tool", {})])
+        return ModelResponse(parts=[TextPart(f"saw {seen}")])
+
+    async def rename(ctx: RunContext[None], tool_def: ToolDefinition) -> ToolDefinition:
+        return replace(tool_def, name="exposed_tool")
+
+    agent: Agent[None, str] = Agent(FunctionModel(brain), name="renaming")
+
+    @agent.tool_plain(prepare=rename)
+    def registered() -> str:
+        ran("registered")
+        return "the registered function ran"
+
+    return agent
+
+
+async def test_a_tool_its_prepare_renames(store: Store) -> None:
+    _, result, _, _ = await parity(renaming, store)
+    assert result.output == "saw [['exposed_tool'], ['exposed_tool']]"
+
+
+def per_run_capability(ran: Ran) -> Agent[Deps, str]:
+    def capability(ctx: RunContext[Deps]) -> Toolset[Deps]:
+        tools = FunctionToolset[Deps](id=f"for_{ctx.deps.country.lower()}")
+
+        @tools.tool_plain
+        def capital() -> str:
+            ran("capital")
+            return f"the capital of {ctx.deps.country}"
+
+        return Toolset(tools)
+
+    return Agent(TestModel(), deps_type=Deps, name="dynamic-capability",
+                 capabilities=[DynamicCapability(capability, id="per_country")])  # fmt: skip
+
+
+async def test_a_capability_built_for_each_run(store: Store) -> None:
+    _, result, _, _ = await parity(per_run_capability, store, deps=Deps("Peru"))
+    assert "the capital of Peru" in str(result.all_messages())
+
+
+# The agent's handler sees each run ------------------------------------------------------------
+
+
+async def test_identical_events_of_two_runs_reach_the_handler_twice(store: Store) -> None:
+    calls: list[str] = []
+
+    async def handler(ctx: RunContext[None], stream: AsyncIterable[AgentStreamEvent]) -> None:
+        async for event in stream:
+            if isinstance(event, FunctionToolCallEvent):
+                calls.append(event.part.tool_name)
+
+    async def same_tool() -> str:
+        return "same"
+
+    agent = Agent(TestModel(), name="twice", tools=[same_tool],
+                  capabilities=[ProcessEventStream(handler)])  # fmt: skip
+    durable = DurableAgent(agent, store=store)
+    await durable.run("same", run_id=f"twice-{next(_ids)}")
+    await durable.run("same", run_id=f"twice-{next(_ids)}")
+    assert calls == ["same_tool", "same_tool"]
+
+
+# An agent without a model ----------------------------------------------------------------------
+
+
+async def test_an_agent_without_a_model_is_refused_as_plain(store: Store) -> None:
+    with pytest.raises(UserError) as plain:
+        await Agent(name="modelless").run("go")
+    with pytest.raises(UserError) as ours:
+        await DurableAgent(Agent(name="modelless"), store=store).run("go", run_id="modelless")
+    assert str(ours.value) == str(plain.value)
