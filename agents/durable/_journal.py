@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import copy
+import dataclasses
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,7 +33,6 @@ from pydantic_ai.output import OutputContext
 from pydantic_ai.settings import ModelSettings
 from pydantic_ai.tools import ToolDefinition
 from pydantic_ai.toolsets import AbstractToolset, ToolsetTool, WrapperToolset
-from pydantic_ai.usage import RunUsage
 
 from statemachine import Run, RunError, StepContext
 from statemachine.engine import StepResult
@@ -62,6 +62,7 @@ from ._steps import (
     rounds_of,
 )
 from ._stream import JournaledModel
+from ._tool_context import NoEnqueue, add_usage, usage_json
 
 __all__ = [
     "Journal",
@@ -368,7 +369,7 @@ class Journal(AbstractCapability[Any]):
                     " no longer does what it did when the run started"
                 )
             record_durable_unit(executed=False)
-            _add_usage(ctx, done.get("usage"))
+            add_usage(ctx, done.get("usage"))
             return replay_outcome(done)
         args: JsonValue = pydantic_core.to_jsonable_python(tool_args, fallback=repr)
         found: dict[str, JsonValue] = {"segment": where[0], "after": where[1]}
@@ -380,12 +381,13 @@ class Journal(AbstractCapability[Any]):
                 # A durable unit for pydantic-ai: what a replay would not do again is refused
                 # inside it (`RunContext.submit_output`), as on pydantic-ai's own engines.
                 with durable_unit_scope():
-                    return await toolset.call_tool(name, tool_args, ctx, tool)
+                    guarded = dataclasses.replace(ctx, pending_messages=NoEnqueue())
+                    return await toolset.call_tool(name, tool_args, guarded, tool)
             finally:
                 _KEY.reset(token)
                 # What the tool added to the run's usage (an agent it ran with
                 # `usage=ctx.usage`): recorded with the call, added again on replay.
-                added = _usage_json(ctx.usage - before)
+                added = usage_json(ctx.usage - before)
                 if added:
                     found["usage"] = added
 
@@ -448,17 +450,6 @@ class JournaledHandler(WrapperCapability[Any]):
             requests,
             lambda: self.wrapped.handle_deferred_tool_calls(ctx, requests=requests),
         )
-
-
-def _usage_json(usage: RunUsage) -> dict[str, JsonValue]:
-    dumped: dict[str, JsonValue] = pydantic_core.to_jsonable_python(usage)
-    return {k: v for k, v in dumped.items() if v}
-
-
-def _add_usage(ctx: RunContext[Any], added: JsonValue) -> None:
-    """A replayed tool call adds to the run's usage what the call added when it ran."""
-    if isinstance(added, dict):
-        ctx.usage.incr(RunUsage(**added))  # type: ignore[arg-type]
 
 
 def _restamp(request: ModelRequest, committed: ModelRequest) -> None:

@@ -22,11 +22,18 @@ from pydantic_ai import (
     BinaryContent,
     BinaryImage,
     DocumentUrl,
+    ModelSelectionContext,
     RunContext,
     TextContent,
     UploadedFile,
 )
-from pydantic_ai.capabilities import DynamicCapability, ProcessEventStream, Toolset
+from pydantic_ai.capabilities import (
+    DynamicCapability,
+    ProcessEventStream,
+    SelectModel,
+    Toolset,
+    WebSearch,
+)
 from pydantic_ai.exceptions import (
     RunCancelled,
     UnexpectedModelBehavior,
@@ -41,6 +48,8 @@ from pydantic_ai.messages import (
     ModelRequest,
     ModelResponse,
     ModelResponseStreamEvent,
+    NativeToolCallPart,
+    NativeToolReturnPart,
     TextPart,
     ToolCallPart,
     ToolReturnPart,
@@ -599,3 +608,102 @@ async def test_an_agent_without_a_model_is_refused_as_plain(store: Store) -> Non
     with pytest.raises(UserError) as ours:
         await DurableAgent(Agent(name="modelless"), store=store).run("go", run_id="modelless")
     assert str(ours.value) == str(plain.value)
+
+
+# A native tool the provider ran (web search) ----------------------------------------------------
+
+
+def searching(ran: Ran) -> Agent[None, str]:
+    def brain(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        ran("search")
+        return ModelResponse(parts=[
+            NativeToolCallPart("web_search", {"query": "news"}, tool_call_id="ws1",
+                               provider_name="function"),
+            NativeToolReturnPart("web_search", [{"title": "Rates cut", "url": "https://x"}],
+                                 tool_call_id="ws1", provider_name="function"),
+            TextPart("The top story: rates cut."),
+        ])  # fmt: skip
+
+    return Agent(FunctionModel(brain), name="searching", capabilities=[WebSearch(local=False)])
+
+
+async def test_a_native_web_search_the_provider_ran(store: Store) -> None:
+    _, result, _, _ = await parity(searching, store, "What is the top news story?")
+    assert result.output == "The top story: rates cut."
+
+
+# Instructions a toolset gives, a model chosen for each step, content a tool enqueues ----------
+
+
+def instructed(ran: Ran) -> Agent[Deps, str]:
+    static = FunctionToolset[Deps](id="static", instructions="Use lookup for keys.")
+
+    @static.tool_plain
+    def lookup(key: str) -> str:
+        ran("lookup")
+        return f"value of {key}"
+
+    agent: Agent[Deps, str] = Agent(TestModel(), deps_type=Deps, name="instructed",
+                                    toolsets=[static])  # fmt: skip
+
+    @agent.toolset
+    def per_step(ctx: RunContext[Deps]) -> FunctionToolset[Deps]:
+        return FunctionToolset[Deps](instructions=f"Step {ctx.run_step} in {ctx.deps.country}.")
+
+    return agent
+
+
+async def test_instructions_toolsets_give_each_step(store: Store) -> None:
+    _, result, _, _ = await parity(instructed, store, deps=Deps("Peru"))
+    assert "Step 2 in Peru." in str(result.all_messages())
+
+
+def selecting(ran: Ran) -> Agent[None, str]:
+    first, then = TestModel(custom_output_text="first"), TestModel(custom_output_text="then")
+
+    def choose(ctx: ModelSelectionContext[None]) -> Model:
+        return first if ctx.run_step <= 1 else then
+
+    agent: Agent[None, str] = Agent(first, name="selecting", capabilities=[SelectModel(choose)])
+
+    @agent.tool_plain
+    def step() -> str:
+        ran("step")
+        return "stepped"
+
+    return agent
+
+
+async def test_a_model_chosen_for_each_step(store: Store) -> None:
+    _, result, _, _ = await parity(selecting, store)
+    assert result.output == "then"
+
+
+def enqueuing(ran: Ran) -> Agent[None, str]:
+    def brain(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        if len(messages) == 1:
+            return ModelResponse(parts=[ToolCallPart("note", {})])
+        return ModelResponse(parts=[TextPart(f"saw {len(messages[-1].parts)} parts")])
+
+    agent: Agent[None, str] = Agent(FunctionModel(brain), name="enqueuing")
+
+    @agent.tool
+    def note(ctx: RunContext[None]) -> str:
+        ran("note")
+        ctx.enqueue("a note the tool left")
+        return "noted"
+
+    return agent
+
+
+async def test_difference_enqueue_from_a_tool_is_refused_as_on_pydantic_ais_engines(
+    store: Store,
+) -> None:
+    """A replay answers a committed tool call from its recorded outcome without running the
+    tool, so what the tool enqueued would be dropped: refused inside the call (pydantic-ai's own
+    engines refuse it inside their durable units), and the run ends with that error."""
+    plain = await enqueuing(Ran()).run("go")
+    assert "a note the tool left" in str(plain.all_messages())
+    durable = DurableAgent(enqueuing(Ran()), store=store)
+    with pytest.raises(UserError, match=r"ctx\.enqueue\(\)"):
+        await durable.run("go", run_id=f"enqueue-{next(_ids)}")
