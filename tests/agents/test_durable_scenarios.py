@@ -21,6 +21,7 @@ from pydantic_ai import (
     Agent,
     BinaryContent,
     BinaryImage,
+    CancellationToken,
     DocumentUrl,
     ModelSelectionContext,
     RunContext,
@@ -270,18 +271,20 @@ async def test_a_toolset_a_capability_contributes(store: Store) -> None:
 # Image output ---------------------------------------------------------------------------------
 
 
-def drawing(ran: Ran) -> Agent[None, BinaryImage]:
+def drawing(ran: Ran, size: int = 0) -> Agent[None, BinaryImage]:
     def brain(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
         ran("draw")
-        image = BinaryImage(data=b"\x89PNG\r\n\x1a\n axolotl", media_type="image/png")
+        data = b"\x89PNG\r\n\x1a\n" + b"\0" * size + b" axolotl"
+        image = BinaryImage(data=data, media_type="image/png")
         return ModelResponse(parts=[FilePart(content=image)])
 
     model = FunctionModel(brain, profile=ModelProfile(supports_image_output=True))
     return Agent(model, output_type=BinaryImage, name="drawing")
 
 
-async def test_image_output(store: Store) -> None:
-    plain, result, _, _ = await parity(drawing, store, "Draw an axolotl")
+@pytest.mark.parametrize("size", [0, 3 * 1024 * 1024], ids=["small", "large"])
+async def test_image_output(store: Store, size: int) -> None:
+    plain, result, _, _ = await parity(lambda ran: drawing(ran, size), store, "Draw an axolotl")
     assert isinstance(result.output, BinaryImage) and result.output.data.endswith(b"axolotl")
     assert result.output.identifier == plain.output.identifier
 
@@ -479,6 +482,29 @@ async def test_a_streamed_suspended_response_continues_to_the_same_events(store:
     assert isinstance(again[-1], AgentRunResultEvent)
     assert again[-1].result.output == "The answer is 42."
     assert ran_d.counts == {"request_stream": 2}
+
+
+async def test_a_streamed_history_ending_in_a_suspended_response_goes_on(store: Store) -> None:
+    history: list[ModelMessage] = [
+        ModelRequest(parts=[UserPromptPart("go")]),
+        segment("The answer ", "suspended", rid="cont1", tokens=2),
+    ]
+
+    def resumed(ran: Ran) -> Agent[None, str]:
+        return Agent(StreamedSegments(ran, segment("is 42.", rid="cont2", tokens=3)), name="sr")
+
+    async def events(agent: Any, **kwargs: Any) -> list[Any]:
+        async with agent.run_stream_events(message_history=history, **kwargs) as stream:
+            return [e async for e in stream]
+
+    ran_d = Ran()
+    runs = [events_json(await events(resumed(Ran()))) for _ in range(2)]
+    durable = DurableAgent(resumed(ran_d), store=store)
+    got = await events(durable, run_id=f"sr-{next(_ids)}")
+    await same_events(got, lambda: events(resumed(Ran())), runs, "the durable run's events")
+    assert isinstance(got[-1], AgentRunResultEvent)
+    assert got[-1].result.output == "The answer is 42."
+    assert ran_d.counts == {"request_stream": 1}
 
 
 # Content: media types, uploaded files, text content, nested and large tool returns -------------
@@ -707,3 +733,61 @@ async def test_difference_enqueue_from_a_tool_is_refused_as_on_pydantic_ais_engi
     durable = DurableAgent(enqueuing(Ran()), store=store)
     with pytest.raises(UserError, match=r"ctx\.enqueue\(\)"):
         await durable.run("go", run_id=f"enqueue-{next(_ids)}")
+
+
+async def test_a_runs_handler_and_the_agents_capability_both_see_the_events(store: Store) -> None:
+    def build(capability_saw: list[str]) -> Agent[None, str]:
+        async def capture(ctx: RunContext[None], stream: AsyncIterable[AgentStreamEvent]) -> None:
+            async for event in stream:
+                capability_saw.append(type(event).__name__)
+
+        agent = Agent(TestModel(), name="both", capabilities=[ProcessEventStream(capture)])
+
+        @agent.tool_plain
+        def same_tool() -> str:
+            return "same"
+
+        return agent
+
+    def handler(into: list[str]) -> Any:
+        async def collect(ctx: RunContext[None], stream: AsyncIterable[AgentStreamEvent]) -> None:
+            async for event in stream:
+                into.append(type(event).__name__)
+
+        return collect
+
+    plain_cap: list[str] = []
+    plain_run: list[str] = []
+    await build(plain_cap).run("same", event_stream_handler=handler(plain_run))
+    ours_cap: list[str] = []
+    ours_run: list[str] = []
+    await DurableAgent(build(ours_cap), store=store).run(
+        "same", run_id=f"both-{next(_ids)}", event_stream_handler=handler(ours_run)
+    )
+    assert (ours_cap, ours_run) == (plain_cap, plain_run)
+    assert FunctionToolCallEvent.__name__ in plain_run
+
+
+def token_cancelling(ran: Ran, token: CancellationToken) -> Agent[None, str]:
+    def cancel() -> str:
+        ran("cancel")
+        token.cancel()
+        return "completed before the cancellation took effect"
+
+    return Agent(TestModel(), name="token", tools=[cancel])
+
+
+async def test_a_cancellation_token_ends_the_run_as_plain(store: Store) -> None:
+    ran, ran_d = Ran(), Ran()
+    token = CancellationToken()
+    with pytest.raises(RunCancelled) as plain:
+        await token_cancelling(ran, token).run("run", cancellation_token=token)
+    token_d = CancellationToken()
+    durable = DurableAgent(token_cancelling(ran_d, token_d), store=store)
+    run_id = f"token-{next(_ids)}"
+    with pytest.raises(RunCancelled) as ours:
+        await durable.run("run", run_id=run_id, cancellation_token=token_d)
+    assert str(ours.value) == str(plain.value)
+    assert ran_d.counts == ran.counts == {"cancel": 1}
+    with pytest.raises(DurableRunFailed, match="RunCancelled"):
+        await durable.run(run_id=run_id)
