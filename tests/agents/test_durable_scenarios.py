@@ -791,3 +791,74 @@ async def test_a_cancellation_token_ends_the_run_as_plain(store: Store) -> None:
     assert ran_d.counts == ran.counts == {"cancel": 1}
     with pytest.raises(DurableRunFailed, match="RunCancelled"):
         await durable.run(run_id=run_id)
+
+
+# An MCP server: a toolset built for each step, its instructions, its tool's retries ------------
+
+
+def weather_server(log: Path, *, broken: bool = False) -> Any:
+    import os
+    import sys
+
+    from fastmcp.client.transports import StdioTransport
+    from pydantic_ai.mcp import MCPToolset
+
+    root = Path(__file__).resolve().parents[2]
+    server = StdioTransport(
+        command=sys.executable, args=["-m", "tests.agents.mcp_weather"], cwd=str(root),
+        env={**os.environ, "MCP_LOG": str(log), **({"MCP_BROKEN": "1"} if broken else {})},
+    )  # fmt: skip
+    # A generous start-up timeout: a busy machine can take seconds to start the server.
+    return MCPToolset(server, id="weather", include_instructions=True, init_timeout=60)
+
+
+# pydantic-ai warns (a UserWarning) of the MCP server's unnamed instruction block, plainly too.
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("store", ["embedded"], indirect=True)  # one store: each run starts it
+async def test_an_mcp_server_a_toolset_function_returns(store: Store, tmp_path: Path) -> None:
+    builds = itertools.count()
+
+    def build(ran: Ran) -> Agent[None, str]:
+        log = tmp_path / f"mcp-{next(builds)}.log"  # one per agent built: per plain run, durable
+
+        def brain(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+            if len(messages) == 1:
+                return ModelResponse(parts=[ToolCallPart("forecast", {"city": "Lima"})])
+            request = messages[-1]
+            assert isinstance(request, ModelRequest)
+            return ModelResponse(parts=[TextPart(f"told: {request.instructions}")])
+
+        agent: Agent[None, str] = Agent(FunctionModel(brain), name="mcp-dynamic")
+
+        @agent.toolset(per_run_step=False)
+        def weather(ctx: RunContext[None]) -> Any:
+            return weather_server(log)  # built again when the run is read back, as code is
+
+        return agent
+
+    _, result, _, _ = await parity(build, store, "Weather in Lima?")
+    assert "one city at a time" in str(result.output)
+    # The tool ran once for each agent: each plain run's, and the durable one's (its run and its
+    # read-back together).
+    logs = [tmp_path / f"mcp-{i}.log" for i in range(next(builds))]
+    assert len(logs) >= 3 and all(log.read_text() == "Lima\n" for log in logs)
+
+
+@pytest.mark.parametrize("store", ["embedded"], indirect=True)
+async def test_an_mcp_tool_that_keeps_failing_uses_the_agents_retries(
+    store: Store, tmp_path: Path
+) -> None:
+    def build(log: Path) -> Agent[None, str]:
+        def brain(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+            return ModelResponse(parts=[ToolCallPart("broken", {"city": "Lima"})])
+
+        return Agent(FunctionModel(brain), name="mcp-retries", retries=1,
+                     toolsets=[weather_server(log, broken=True)])  # fmt: skip
+
+    plain_log, durable_log = tmp_path / "plain.log", tmp_path / "durable.log"
+    with pytest.raises(UnexpectedModelBehavior) as plain:
+        await build(plain_log).run("go")
+    with pytest.raises(UnexpectedModelBehavior) as ours:
+        await DurableAgent(build(durable_log), store=store).run("go", run_id="mcp-retries")
+    assert str(ours.value) == str(plain.value)
+    assert durable_log.read_text() == plain_log.read_text() == "Lima\nLima\n"
