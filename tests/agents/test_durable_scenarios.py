@@ -26,9 +26,13 @@ from pydantic_ai import (
     ModelSelectionContext,
     RunContext,
     TextContent,
+    ToolReturn,
     UploadedFile,
+    WebSearchTool,
 )
+from pydantic_ai.agent import AgentRunResult
 from pydantic_ai.capabilities import (
+    Capability,
     DynamicCapability,
     ProcessEventStream,
     SelectModel,
@@ -71,7 +75,7 @@ from agents.errors import DurableRunFailed
 from storage import Store
 
 from ..conftest import make_store
-from .test_durable_parity import Deps, Ran, parity
+from .test_durable_parity import Deps, Ran, parity, plain_twice, same
 from .test_durable_streaming import events_json, same_events
 
 _ids = itertools.count()
@@ -862,3 +866,70 @@ async def test_an_mcp_tool_that_keeps_failing_uses_the_agents_retries(
         await DurableAgent(build(durable_log), store=store).run("go", run_id="mcp-retries")
     assert str(ours.value) == str(plain.value)
     assert durable_log.read_text() == plain_log.read_text() == "Lima\nLima\n"
+
+
+# Tools revealed during the run: a capability loaded on demand, a tool a ToolReturn reveals ----
+
+
+def revealing(ran: Ran) -> Agent[None, str]:
+    def brain(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        names = {t.name for t in info.function_tools}
+        responses = sum(isinstance(m, ModelResponse) for m in messages)
+        calls = [("load_capability", {"id": "billing"}, "load"), ("refund", {}, "refund"),
+                 ("opener", {}, "open"), ("hidden", {}, "hidden")]  # fmt: skip
+        if responses < len(calls):
+            name, args, call_id = calls[responses]
+            assert name in names or name == "load_capability", (name, sorted(names))
+            return ModelResponse(parts=[ToolCallPart(name, args, tool_call_id=call_id)])
+        return ModelResponse(parts=[TextPart(f"done with {sorted(names)}")])
+
+    billing = Capability[None](id="billing", defer_loading=True)
+
+    @billing.tool
+    def refund(ctx: RunContext[None]) -> str:
+        ran("refund")
+        return f"refund {ctx.is_tool_available('refund')}, opener {ctx.is_tool_available('opener')}"
+
+    agent: Agent[None, str] = Agent(FunctionModel(brain), name="revealing", capabilities=[billing])
+
+    @agent.tool
+    def opener(ctx: RunContext[None]) -> ToolReturn[str]:
+        ran("opener")
+        return ToolReturn(return_value="opened", tools=["hidden"])
+
+    @agent.tool_plain(defer_loading=True)
+    def hidden() -> str:
+        ran("hidden")
+        return "secret"
+
+    return agent
+
+
+async def test_tools_revealed_during_the_run(store: Store) -> None:
+    _, result, _, _ = await parity(revealing, store)
+    assert "hidden" in str(result.output) and "refund" in str(result.output)
+
+
+async def test_native_tools_given_by_an_override(store: Store) -> None:
+    def build(ran: Ran) -> Agent[None, str]:
+        def brain(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+            tools = [type(t).__name__ for t in info.model_request_parameters.native_tools]
+            return ModelResponse(parts=[TextPart(f"native tools: {tools}")])
+
+        return Agent(FunctionModel(brain), name="overridden")
+
+    def go(agent: Agent[None, str]) -> Any:
+        return agent.override(native_tools=[WebSearchTool()])
+
+    async def plainly(r: Ran) -> AgentRunResult[Any]:
+        agent = build(r)
+        with go(agent):
+            return await agent.run("search")
+
+    ran, ran_d = Ran(), Ran()
+    plain = await plain_twice(plainly, ran)
+    agent = build(ran_d)
+    with go(agent):
+        result = await DurableAgent(agent, store=store).run("search", run_id=f"nt-{next(_ids)}")
+    await same(plain, result, ran, ran_d)
+    assert result.output == "native tools: ['WebSearchTool']"
