@@ -1,8 +1,9 @@
-"""More of pydantic-ai's durable-execution scenarios, plain vs DurableAgent (the audit in
-docs/durable-scenarios.md names each upstream test and where it is covered): a response the
-provider suspends and then completes, an agent delegating to another with the run's usage, a
-tool cancelling the run, capability-contributed toolsets, image output, a model given per
-run, an event-stream handler of the agent's under `iter`, a sync tool calling `run_sync`."""
+"""More of pydantic-ai's durable-execution scenarios (its tests/test_temporal.py, test_dbos.py,
+test_prefect.py), plain vs DurableAgent as in test_durable_parity.py: responses the provider
+suspends, agents delegating with the run's usage, cancelling from a tool, toolsets and tools
+that capabilities contribute or reveal, MCP toolsets built per run, native tools, image output,
+prompt and tool-return content, per-run and per-step models, event handlers, `enqueue`.
+docs/durable-scenarios.md names each upstream test and the test here that covers it."""
 
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ from pydantic_ai import (
 )
 from pydantic_ai.agent import AgentRunResult
 from pydantic_ai.capabilities import (
+    AbstractCapability,
     Capability,
     DynamicCapability,
     ProcessEventStream,
@@ -713,18 +715,30 @@ async def test_a_model_chosen_for_each_step(store: Store) -> None:
     assert result.output == "then"
 
 
-def enqueuing(ran: Ran) -> Agent[None, str]:
+class Note(AbstractCapability[Any]):
+    """Enqueues a note after each tool call (a hook around the call, not inside it)."""
+
+    async def after_tool_execute(
+        self, ctx: RunContext[Any], *, call: Any, tool_def: Any, args: Any, result: Any
+    ) -> Any:
+        ctx.enqueue("a note the hook left")
+        return result
+
+
+def enqueuing(ran: Ran, *, by_hook: bool = False) -> Agent[None, str]:
     def brain(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
         if len(messages) == 1:
             return ModelResponse(parts=[ToolCallPart("note", {})])
         return ModelResponse(parts=[TextPart(f"saw {len(messages[-1].parts)} parts")])
 
-    agent: Agent[None, str] = Agent(FunctionModel(brain), name="enqueuing")
+    agent: Agent[None, str] = Agent(FunctionModel(brain), name="enqueuing",
+                                    capabilities=[Note()] if by_hook else [])  # fmt: skip
 
     @agent.tool
     def note(ctx: RunContext[None]) -> str:
         ran("note")
-        ctx.enqueue("a note the tool left")
+        if not by_hook:
+            ctx.enqueue("a note the tool left")
         return "noted"
 
     return agent
@@ -741,6 +755,11 @@ async def test_difference_enqueue_from_a_tool_is_refused_as_on_pydantic_ais_engi
     durable = DurableAgent(enqueuing(Ran()), store=store)
     with pytest.raises(UserError, match=r"ctx\.enqueue\(\)"):
         await durable.run("go", run_id=f"enqueue-{next(_ids)}")
+
+    # The way out the error names: a capability hook around the call enqueues, and runs again
+    # when the run is replayed (`parity` reads the run back).
+    _, result, _, _ = await parity(lambda ran: enqueuing(ran, by_hook=True), store)
+    assert "a note the hook left" in str(result.all_messages())
 
 
 async def test_a_runs_handler_and_the_agents_capability_both_see_the_events(store: Store) -> None:
