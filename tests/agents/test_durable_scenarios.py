@@ -7,6 +7,7 @@ docs/durable-scenarios.md names each upstream test and the test here that covers
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import re
 from collections.abc import AsyncIterable, AsyncIterator
@@ -23,6 +24,7 @@ from pydantic_ai import (
     BinaryContent,
     BinaryImage,
     CancellationToken,
+    DeferredToolRequests,
     DocumentUrl,
     ModelSelectionContext,
     RunContext,
@@ -960,3 +962,35 @@ async def test_native_tools_given_by_an_override(store: Store) -> None:
         result = await DurableAgent(agent, store=store).run("search", run_id=f"nt-{next(_ids)}")
     await same(plain, result, ran, ran_d)
     assert result.output == "native tools: ['WebSearchTool']"
+
+
+def test_an_approval_answered_through_run_sync(tmp_path: Path) -> None:
+    """pydantic-ai's HITL scenario driven with `run_sync` (the sync variant of
+    test_durable_parity.py's `test_continuing_after_an_answer`)."""
+    from storage import EmbeddedStore
+
+    from .test_durable_parity import gated, run_json
+
+    async def plainly(ran: Ran) -> Any:  # awaited: pydantic-ai's run_sync keeps its own loop
+        first = await gated(ran).run("go")
+        assert isinstance(first.output, DeferredToolRequests)
+        results = first.output.build_results(approve_all=True)
+        return await gated(ran).run(
+            message_history=first.all_messages(), deferred_tool_results=results
+        )
+
+    ran, ran_d = Ran(), Ran()
+    plain = asyncio.run(plainly(ran))
+    store = EmbeddedStore(tmp_path / "store.db")
+    durable = DurableAgent(gated(ran_d), store=store, name="gated-sync")
+    parked = durable.run_sync("go", run_id="sync-hitl")
+    assert isinstance(parked.output, DeferredToolRequests)
+    results = parked.output.build_results(approve_all=True)
+    result = durable.run_sync(run_id="sync-hitl", deferred_tool_results=results)
+    again = durable.run_sync(run_id="sync-hitl")
+    asyncio.run(store.close())
+    assert result.output == again.output == plain.output
+    assert ran_d.counts == ran.counts == {"delete_file a.txt": 1, "read_file": 1}
+    plain_parts = [p["part_kind"] for m in run_json(plain)["all_messages"] for p in m["parts"]]
+    ours = [p["part_kind"] for m in run_json(result)["all_messages"] for p in m["parts"]]
+    assert ours == plain_parts
