@@ -52,11 +52,17 @@ class NotDeterministic(AssertionError):
 
 def jsonable(value: Any) -> Any:
     """`value` as a JSON tree; a dataclass or pydantic model keeps its type's name (`"type"`),
-    so two objects of different types never compare equal."""
+    so two objects of different types never compare equal. A dataclass's private fields its
+    own equality leaves out (`compare=False`: a cache such as `BinaryContent._identifier`) are
+    left out."""
     if isinstance(value, BaseModel):
         return {"type": type(value).__name__, **value.model_dump(mode="json")}
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        fields = {f.name: jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        fields = {
+            f.name: jsonable(getattr(value, f.name))
+            for f in dataclasses.fields(value)
+            if f.compare or not f.name.startswith("_")
+        }
         return {"type": type(value).__name__, **fields}
     if isinstance(value, Mapping):
         return {str(k): jsonable(v) for k, v in value.items()}
@@ -64,7 +70,7 @@ def jsonable(value: Any) -> Any:
         return [jsonable(v) for v in value]
     if value is None or isinstance(value, str | int | float | bool):
         return value
-    return to_jsonable_python(value)  # datetimes, durations, bytes, ...
+    return to_jsonable_python(value, bytes_mode="base64")  # datetimes, durations, bytes, ...
 
 
 def leaves(tree: Any, path: Path = ()) -> dict[Path, Any]:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import copy
+import dataclasses
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -60,6 +62,7 @@ from ._steps import (
     rounds_of,
 )
 from ._stream import JournaledModel
+from ._tool_context import NoEnqueue, add_usage, usage_json
 
 __all__ = [
     "Journal",
@@ -366,23 +369,32 @@ class Journal(AbstractCapability[Any]):
                     " no longer does what it did when the run started"
                 )
             record_durable_unit(executed=False)
+            add_usage(ctx, done.get("usage"))
             return replay_outcome(done)
         args: JsonValue = pydantic_core.to_jsonable_python(tool_args, fallback=repr)
+        found: dict[str, JsonValue] = {"segment": where[0], "after": where[1]}
 
         async def invoke(key: str) -> Any:
             token = _KEY.set(key)
+            before = copy.deepcopy(ctx.usage)
             try:
                 # A durable unit for pydantic-ai: what a replay would not do again is refused
                 # inside it (`RunContext.submit_output`), as on pydantic-ai's own engines.
                 with durable_unit_scope():
-                    return await toolset.call_tool(name, tool_args, ctx, tool)
+                    guarded = dataclasses.replace(ctx, pending_messages=NoEnqueue())
+                    return await toolset.call_tool(name, tool_args, guarded, tool)
             finally:
                 _KEY.reset(token)
+                # What the tool added to the run's usage (an agent it ran with
+                # `usage=ctx.usage`): recorded with the call, added again on replay.
+                added = usage_json(ctx.usage - before)
+                if added:
+                    found["usage"] = added
 
         async def op(sctx: StepContext) -> StepResult[DurableMemory]:
             return await call_tool(
                 sctx, self.run.memory, tool=name, call_id=call_id, args=args, call=invoke,
-                where={"segment": where[0], "after": where[1]},
+                where=found,
             )  # fmt: skip
 
         event = await self.fire(TOOL_CALL, op)

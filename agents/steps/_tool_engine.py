@@ -158,8 +158,9 @@ async def call_tool(
     """One tool call as its transition's step: the one tool-call path of `tool_calls()`
     transitions and of DurableAgent. `call(key)` makes the call under its idempotency key
     (`call_key`); the live channel sees it start and finish; its outcome is recorded
-    (`record_outcome`) beside the call's id, tool and arguments (and `where`, what the caller
-    needs to find it again), and counted as one tool call."""
+    (`record_outcome`) beside the call's id, tool and arguments (and `where`, read once the
+    call is over: what the caller needs to find it again, and what the call left behind), and
+    counted as one tool call."""
     ctx.live.emit("tool_started", tool=tool, call_id=call_id)
     outcome = await record_outcome(call(call_key(ctx, call_id)))
     ctx.live.emit("tool_finished", tool=tool, call_id=call_id, ok="result" in outcome)

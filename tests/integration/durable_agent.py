@@ -18,6 +18,10 @@ WORKDIR/effects.log, every tool call "{tool}\t{idempotency_key}". Modes:
 - VIA is how the run is driven: `run` (the default), `iter` (node by node), `run_stream`, or
   `run_stream_events`; the model streams its responses when asked to. `capability` runs the
   plain agent with `AgentfsmDurability` among its capabilities instead of `DurableAgent`.
+- `delegate` / `crash-delegate`: `lookup` also runs a helper agent with the run's usage
+  (`usage=ctx.usage`, pydantic-ai's delegation), and the process prints the output, then
+  " | N requests" (the run's usage); with `crash-delegate`, `convert` SIGKILLs its own process
+  after logging.
 - `hang`: like `gated`, but the approved `convert` writes its key to WORKDIR/in-call when it
   starts (atomically: a temporary file renamed) and then never returns (the parent kills
   the process).
@@ -44,6 +48,7 @@ from pydantic_ai.messages import (
     ToolReturnPart,
 )
 from pydantic_ai.models.function import AgentInfo, DeltaToolCall, DeltaToolCalls, FunctionModel
+from pydantic_ai.models.test import TestModel
 from pydantic_ai.run import AgentRunResultEvent
 
 from agents import DurableAgent, idempotency_key
@@ -117,16 +122,19 @@ def make_agent(
     )  # fmt: skip
 
     @agent.tool
-    def lookup(ctx: RunContext[str], item: str) -> str:
+    async def lookup(ctx: RunContext[str], item: str) -> str:
         """Look an item up in the shop's catalogue."""
         note(f"lookup\t{idempotency_key()}")
+        if mode in ("delegate", "crash-delegate"):
+            helper = Agent(TestModel(custom_output_text=ctx.deps))
+            return f"{item} sold by {(await helper.run(item, usage=ctx.usage)).output}"
         return f"{item} sold by {ctx.deps}"
 
     @agent.tool_plain(requires_approval=mode in ("gated", "hang") or handled)
     async def convert(amount: float, currency: str) -> float:
         """Convert an amount to USD."""
         note(f"convert\t{idempotency_key()}")
-        if mode in ("crash", "crash-handled"):
+        if mode in ("crash", "crash-handled", "crash-delegate"):
             os.kill(os.getpid(), signal.SIGKILL)
         if mode == "hang":
             # Written whole, then renamed: the parent never reads it half-written.
@@ -174,6 +182,10 @@ async def answer(url: str, run_id: str, workdir: str, mode: str, via: str = "run
         durable = DurableAgent(
             make_agent(Path(workdir), mode), store=store, name="shop", lease_ttl=LEASE_TTL,
         )  # fmt: skip
+        if mode in ("delegate", "crash-delegate"):
+            result = await durable.run("What does the book cost in USD?", run_id=run_id,
+                                       deps="Acme", lease_wait=10 * LEASE_TTL)  # fmt: skip
+            return f"{result.output} | {result.usage.requests} requests"
         output = await drive(durable, run_id, via)
     finally:
         await store.close()

@@ -251,3 +251,23 @@ async def test_a_crash_in_a_call_a_handler_approved_in_the_run_asks_the_handler_
     ] if JOURNALS_HANDLERS else [
         "start", "model_request", "tool_call", "tool_call", "model_request", "output"
     ]  # fmt: skip
+
+
+@pytest.mark.parametrize("store_url", ["embedded"], indirect=True)  # one store: time is short
+async def test_a_crash_after_a_call_that_delegated_keeps_the_delegates_usage(
+    store_url: str, tmp_path: Path
+) -> None:
+    """`lookup` runs a helper agent with the run's usage (pydantic-ai's delegation), then the
+    process dies inside `convert`: the resumed run replays `lookup` without running it (nor
+    its helper) and still counts the helper's request, as the uninterrupted run does."""
+    clean_dir = tmp_path / "clean"
+    clean_dir.mkdir()
+    clean = await durable_agent.answer(store_url, "dl-clean", str(clean_dir), "delegate")
+    assert clean == f"{EXPECTED} | 3 requests"  # two of the agent's, one of the helper's
+
+    crashed = await asyncio.to_thread(child, store_url, "dl-1", tmp_path, "crash-delegate")
+    assert crashed.returncode == -9, crashed.stderr[-2000:]
+    resumed = await asyncio.to_thread(child, store_url, "dl-1", tmp_path, "delegate")
+    assert (resumed.returncode, resumed.stdout.strip()) == (0, clean), resumed.stderr[-2000:]
+    calls = [line.split("\t")[0] for line in (tmp_path / "effects.log").read_text().splitlines()]
+    assert calls == ["request", "lookup", "convert", "convert", "request"]
