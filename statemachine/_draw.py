@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 from storage import Event, RunRecord
 
 from ._graph_parts import Edge, Node
-from ._layout import layered_svg
+from ._layout_svg import layered_svg
 from .errors import RendererMissing
 
 if TYPE_CHECKING:

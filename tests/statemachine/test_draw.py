@@ -18,7 +18,7 @@ from agents.examples._offline import offline_model
 from agents.examples.approval import approval
 from statemachine import transition
 from statemachine._draw import Edge, Node
-from statemachine._layout import placed
+from statemachine._layout_svg import placed
 from statemachine.engine import Graph
 from statemachine.errors import RendererMissing
 from storage import Store
