@@ -201,6 +201,14 @@ async def test_a_stopped_holder_is_waited_for_and_its_late_commit_refused(
     assert ran[(keys[3], "t2")] == 2  # both ran t2 under one key; one commit
 
 
+async def test_a_stopped_holder_is_waited_for_and_refused_on_postgres(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """Split brain on Postgres: a SIGSTOPped holder's lease is waited for, then taken over;
+    its late commit is refused by the fence in the commit's WHERE."""
+    await test_a_stopped_holder_is_waited_for_and_its_late_commit_refused(postgres_url, tmp_path)
+
+
 WALL_CLOCK_STEP = """
 import asyncio, sys, time
 real = time.time

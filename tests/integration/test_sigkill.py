@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from storage import EmbeddedStore, RedisStore, Store
+from storage import EmbeddedStore, RedisStore, Store, open_store
 
 from ..keys import plain
 from ..redis_server import RedisServer
@@ -108,5 +108,13 @@ async def test_sigkill_storm_on_the_embedded_store(tmp_path: Path) -> None:
     db = tmp_path / "store.db"
     kills = await asyncio.to_thread(crash_until_done, f"sqlite:///{db}", "storm", log, 3)
     store = EmbeddedStore(db)
+    await check(store, "storm", log.read_text(), kills)
+    await store.close()
+
+
+async def test_sigkill_storm_on_postgres(postgres_url: str, tmp_path: Path) -> None:
+    log = tmp_path / "effects.log"
+    kills = await asyncio.to_thread(crash_until_done, postgres_url, "storm", log, 4)
+    store = open_store(postgres_url)
     await check(store, "storm", log.read_text(), kills)
     await store.close()
