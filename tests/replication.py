@@ -115,7 +115,7 @@ def furthest_ahead(*replicas: RedisServer) -> list[RedisServer]:
     """`replicas`, the one with the most of the old primary's stream first: the one a failover
     promotes (as Sentinel does), since a replica level's acknowledgement may come from any."""
     return sorted(
-        replicas, key=lambda r: -int(_info(r, "replication").get("master_repl_offset", 0))
+        replicas, key=lambda r: -int(str(_info(r, "replication").get("master_repl_offset", 0)))
     )
 
 
