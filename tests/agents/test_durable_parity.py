@@ -357,6 +357,7 @@ async def test_complex_agent_with_an_mcp_server_over_stdio(store: Store, tmp_pat
         server = StdioTransport(
             command=sys.executable, args=["-m", "tests.agents.mcp_weather"], cwd=str(root),
             env={**os.environ, "MCP_LOG": str(log)},
+            keep_alive=False,  # the server ends with each session: none outlives the test
         )  # fmt: skip
         # A generous start-up timeout: a busy machine can take seconds to start the server.
         return complex_agent(ran, MCPToolset(server, id="weather", init_timeout=60))

@@ -570,6 +570,7 @@ def weather_server(log: Path, *, broken: bool = False) -> Any:
     server = StdioTransport(
         command=sys.executable, args=["-m", "tests.agents.mcp_weather"], cwd=str(root),
         env={**os.environ, "MCP_LOG": str(log), **({"MCP_BROKEN": "1"} if broken else {})},
+        keep_alive=False,  # the server ends with each session: no process outlives the test
     )  # fmt: skip
     # A generous start-up timeout: a busy machine can take seconds to start the server.
     return MCPToolset(server, id="weather", include_instructions=True, init_timeout=60)
