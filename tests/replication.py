@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 import redis
 
+from storage import Store
+
 from .redis_cluster import RedisCluster, free_cluster_port
 from .redis_server import RedisServer, free_port
 
@@ -38,6 +40,29 @@ __all__ = [
 FAST_SYNC = ("--repl-diskless-sync-delay", "0")
 """redis-server arguments for a primary (or a replica that may become one): a replica's
 first sync starts at once, not after the default 5 s wait for more replicas."""
+
+
+async def seqs_reach(
+    store: Store, ids: list[str], done: Callable[[list[int]], bool], what: str, within: float
+) -> None:
+    """Until `done(seqs)` holds for the stored seqs of runs `ids` (-1: not stored), looking
+    every 20 ms; fails naming `what` and the last seqs after `within` seconds."""
+    give_up = time.monotonic() + within
+    while True:
+        seqs = [r.seq if (r := await store.load(i)) else -1 for i in ids]
+        if done(seqs):
+            return
+        assert time.monotonic() < give_up, f"{what}: not within {within:g} s ({seqs})"
+        await asyncio.sleep(0.02)
+
+
+async def assert_all_done(store: Store, ids: list[str], steps: int) -> None:
+    """Each of runs `ids` is done, with every seq 0..`steps` in its history once."""
+    for run_id in ids:
+        stored = await store.load(run_id)
+        assert stored is not None and stored.status == "done"
+        history = await store.history(run_id)
+        assert [e.seq for e in history] == list(range(steps + 1))
 
 
 def until(check: Callable[[], object], what: str, within: float = 60.0) -> None:

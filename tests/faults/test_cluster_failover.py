@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -17,7 +16,7 @@ import redis
 from statemachine import Worker
 from storage import RedisStore, open_store
 
-from ..replication import ReplicatedCluster, until
+from ..replication import ReplicatedCluster, assert_all_done, seqs_reach, until
 from ..workers.work_agent import STEPS, Chain, chain
 
 pytestmark = pytest.mark.redis
@@ -57,25 +56,11 @@ async def test_a_worker_fleet_rides_through_a_cluster_failover(
     tasks = [asyncio.create_task(w.run()) for w in workers]
     first = cluster.procs[cluster.ports[0]]
     try:
-
-        async def seqs() -> list[int]:
-            return [r.seq if (r := await store.load(i)) else -1 for i in ids]
-
-        give_up = time.monotonic() + 60
-        while sum(await seqs()) < 2:  # runs are under way
-            assert time.monotonic() < give_up, "no run got going within 60 s"
-            await asyncio.sleep(0.02)
+        await seqs_reach(store, ids, lambda seqs: sum(seqs) >= 2, "a run got going", 60)
         os.kill(first.pid, signal.SIGSTOP)  # its port stays taken: no other server gets it
-        give_up = time.monotonic() + 120
-        while await seqs() != [STEPS] * len(ids):
-            assert time.monotonic() < give_up, f"not all done within 120 s: {await seqs()}"
-            await asyncio.sleep(0.05)
+        await seqs_reach(store, ids, lambda seqs: seqs == [STEPS] * len(ids), "all done", 120)
         until(lambda: cluster.role(cluster.replica) == "master", "the replica took over")
-        for run_id in ids:
-            stored = await store.load(run_id)
-            assert stored is not None and stored.status == "done"
-            history = await store.history(run_id)
-            assert [e.seq for e in history] == list(range(STEPS + 1))
+        await assert_all_done(store, ids, STEPS)
     finally:
         for worker in workers:
             worker.stop()

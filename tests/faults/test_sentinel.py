@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import time
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,7 @@ from statemachine import Worker
 from storage import RedisStore, open_store
 
 from ..redis_server import RedisServer
-from ..replication import FAST_SYNC, Sentinel, replica_of, until
+from ..replication import FAST_SYNC, Sentinel, assert_all_done, replica_of, seqs_reach, until
 from ..workers.work_agent import STEPS, Chain, chain
 
 pytestmark = pytest.mark.redis
@@ -45,31 +44,17 @@ async def test_a_worker_fleet_rides_through_a_sentinel_failover(
         sentinel.stop()
         raise
     try:
-
-        async def seqs() -> list[int]:
-            return [r.seq if (r := await store.load(i)) else -1 for i in ids]
-
-        give_up = time.monotonic() + 60
-        while sum(await seqs()) < 3:  # runs are under way
-            assert time.monotonic() < give_up, "no run got going within 60 s"
-            await asyncio.sleep(0.02)
+        await seqs_reach(store, ids, lambda seqs: sum(seqs) >= 3, "a run got going", 60)
         # SIGSTOP, not SIGKILL: the primary keeps its port, which another test's server
         # could take once free (the Sentinel would then see "the primary" back, empty).
         assert primary.proc is not None
         os.kill(primary.proc.pid, signal.SIGSTOP)
-        give_up = time.monotonic() + 120
-        while await seqs() != [STEPS] * len(ids):
-            assert time.monotonic() < give_up, f"not all done within 120 s: {await seqs()}"
-            await asyncio.sleep(0.05)
+        await seqs_reach(store, ids, lambda seqs: seqs == [STEPS] * len(ids), "all done", 120)
         assert sentinel.primary_port() == replica.port  # it did fail over
         for worker in workers:
             worker.stop()
         await asyncio.gather(*tasks)
-        for run_id in ids:
-            stored = await store.load(run_id)
-            assert stored is not None and stored.status == "done"
-            history = await store.history(run_id)
-            assert [e.seq for e in history] == list(range(STEPS + 1))
+        await assert_all_done(store, ids, STEPS)
     finally:
         for worker in workers:
             worker.stop()
