@@ -88,6 +88,8 @@ __all__ = [
 
 AgentDepsT = TypeVar("AgentDepsT")
 OutputT = TypeVar("OutputT")
+H = TypeVar("H")
+"""What `_live` hands the caller: an `AgentRun`, a `StreamedRunResult`."""
 
 
 def _check_agent(agent: PydanticAgent[Any, Any], name: str) -> None:
@@ -260,25 +262,11 @@ class DurableAgent(Generic[AgentDepsT, OutputT]):
         committed as it happens; the run's end (`agent_run.result`) is committed when the block
         is left. Left early, the run stays where it got to and goes on at the next call with its
         `run_id`. The other arguments are `run`'s (`deps`, `model`, `usage_limits`, ...)."""
-        run = await self._begin(user_prompt, run_id, message_history, deferred_tool_results,
-                                lease_wait)  # fmt: skip
-        if output_type is not None:
-            options["output_type"] = output_type
-        journal = await self._journal(run, on_event, output_type)
-        try:
-            with attached(run.record):
-                segment = await replay_to_live(self.agent, journal, options)
-                async with failing(journal):
-                    with replaying(self.agent, journal, segment):
-                        async with self.agent.iter(
-                            **segment.arguments(journal), **options
-                        ) as agent_run:
-                            yield agent_run
-                if agent_run.result is not None:
-                    result = agent_run.result
-                    await settle(journal, result.output, result.all_messages())
-        finally:
-            await run.release(quiet=True)
+        async with self._live(
+            self.agent.iter, lambda agent_run: agent_run.result, user_prompt, run_id,
+            message_history, deferred_tool_results, output_type, lease_wait, on_event, options,
+        ) as agent_run:  # fmt: skip
+            yield agent_run
 
     @contextlib.asynccontextmanager
     async def run_stream(
@@ -298,6 +286,31 @@ class DurableAgent(Generic[AgentDepsT, OutputT]):
         as they happen, and the output is committed when the block is left with the stream
         read to its end. Left early, the run stays where it got to and goes on at the next call
         with its `run_id`. The other arguments are `run`'s."""
+        async with self._live(
+            self.agent.run_stream, lambda streamed: streamed.result if streamed.is_complete
+            else None, user_prompt, run_id, message_history, deferred_tool_results, output_type,
+            lease_wait, on_event, options,
+        ) as streamed:  # fmt: skip
+            yield streamed
+
+    @contextlib.asynccontextmanager
+    async def _live(
+        self,
+        opener: Callable[..., AbstractAsyncContextManager[H]],
+        ended: Callable[[H], Any],
+        user_prompt: str | Sequence[UserContent] | None,
+        run_id: str | None,
+        message_history: Sequence[ModelMessage] | None,
+        deferred_tool_results: DeferredToolResults | None,
+        output_type: Any,
+        lease_wait: float | None,
+        on_event: Callable[[Event], object] | None,
+        options: dict[str, Any],
+    ) -> AsyncIterator[H]:
+        """What `iter` and `run_stream` share: the run begun (or found), its journal replayed
+        up to the live part, then `opener` (`Agent.iter`, `Agent.run_stream`) for the rest,
+        handed to the caller; when the block is left and `ended(handle)` gives the run's
+        result (None: not finished), its output is committed."""
         run = await self._begin(user_prompt, run_id, message_history, deferred_tool_results,
                                 lease_wait)  # fmt: skip
         if output_type is not None:
@@ -308,12 +321,10 @@ class DurableAgent(Generic[AgentDepsT, OutputT]):
                 segment = await replay_to_live(self.agent, journal, options)
                 async with failing(journal):
                     with replaying(self.agent, journal, segment):
-                        async with self.agent.run_stream(
-                            **segment.arguments(journal), **options
-                        ) as streamed:
-                            yield streamed
-                if streamed.is_complete:
-                    result = streamed.result
+                        async with opener(**segment.arguments(journal), **options) as handle:
+                            yield handle
+                result = ended(handle)
+                if result is not None:
                     await settle(journal, result.output, result.all_messages())
         finally:
             await run.release(quiet=True)
