@@ -13,9 +13,9 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, TypeAlias
+from typing import Any, Literal, Protocol, TypeAlias
 
 from pydantic import JsonValue
 
@@ -34,6 +34,7 @@ __all__ = [
     "dump_beat",
     "load_beat",
     "prune_silent",
+    "scope_ledgers_of",
 ]
 
 _SCOPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/-]{0,199}")
@@ -90,6 +91,27 @@ class Reservation:
     limits: dict[str, int]
     """The limits in force: those given, each replaced by the one people set for the scope
     (`limits("scope/<scope>")`), lower or higher."""
+
+
+def scope_ledgers_of(
+    usage: Iterable[Sequence[Any]], charges: Iterable[Sequence[Any]]
+) -> list[ScopeLedger]:
+    """Whole scope ledgers from table rows, for backends that keep them in tables: `usage` rows
+    (scope, period, name, value) and `charges` rows (scope, period, key, expires_at); sorted
+    by scope and period."""
+    found: dict[tuple[str, str], dict[str, Any]] = {}
+    for scope, period, name, value in usage:
+        item = found.setdefault((scope, period), {"usage": {}, "charged": set(), "at": 0.0})
+        item["usage"][str(name)] = int(value)
+    for scope, period, key, expires_at in charges:
+        item = found.setdefault((scope, period), {"usage": {}, "charged": set(), "at": 0.0})
+        item["charged"].add(str(key))
+        item["at"] = max(item["at"], float(expires_at))
+    return [
+        ScopeLedger(scope=scope, period=period, usage=item["usage"],
+                    charged=frozenset(item["charged"]), expires_at=item["at"])
+        for (scope, period), item in sorted(found.items())
+    ]  # fmt: skip
 
 
 class Ledger(Protocol):

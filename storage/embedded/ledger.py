@@ -14,7 +14,7 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from .._capabilities import Reservation, ScopeCharge, ScopeLedger, check_scope
+from .._capabilities import Reservation, ScopeCharge, ScopeLedger, check_scope, scope_ledgers_of
 from ..usage import with_total
 
 if TYPE_CHECKING:
@@ -227,19 +227,7 @@ class EmbeddedLedger:
             return usage, keys
 
         usage, keys = self._store._transaction("list scope ledgers", "BEGIN", read)
-        found: dict[tuple[str, str], dict[str, Any]] = {}
-        for scope, period, name, value in usage:
-            item = found.setdefault((scope, period), {"usage": {}, "charged": set(), "at": 0.0})
-            item["usage"][str(name)] = int(value)
-        for scope, period, key, expires_at in keys:
-            item = found.setdefault((scope, period), {"usage": {}, "charged": set(), "at": 0.0})
-            item["charged"].add(str(key))
-            item["at"] = max(item["at"], float(expires_at))
-        return [
-            ScopeLedger(scope=scope, period=period, usage=item["usage"],
-                        charged=frozenset(item["charged"]), expires_at=item["at"])
-            for (scope, period), item in sorted(found.items())
-        ]  # fmt: skip
+        return scope_ledgers_of(usage, keys)
 
     async def put_scope_ledger(self, ledger: ScopeLedger) -> None:
         def write() -> None:

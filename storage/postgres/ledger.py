@@ -9,7 +9,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from .._capabilities import Reservation, ScopeLedger, check_scope
+from .._capabilities import Reservation, ScopeLedger, check_scope, scope_ledgers_of
 from ._connections import Connections
 
 __all__ = ["PostgresLedger"]
@@ -148,19 +148,7 @@ class PostgresLedger:
                 return usage, keys
 
         usage, keys = await self._db.call("list scope ledgers", read)
-        found: dict[tuple[str, str], dict[str, Any]] = {}
-        for scope, period, name, value in usage:
-            item = found.setdefault((scope, period), {"usage": {}, "charged": set(), "at": 0.0})
-            item["usage"][str(name)] = int(value)
-        for scope, period, key, expires_at in keys:
-            item = found.setdefault((scope, period), {"usage": {}, "charged": set(), "at": 0.0})
-            item["charged"].add(str(key))
-            item["at"] = max(item["at"], float(expires_at))
-        return [
-            ScopeLedger(scope=scope, period=period, usage=item["usage"],
-                        charged=frozenset(item["charged"]), expires_at=item["at"])
-            for (scope, period), item in sorted(found.items())
-        ]  # fmt: skip
+        return scope_ledgers_of(usage, keys)
 
     async def put_scope_ledger(self, ledger: ScopeLedger) -> None:
         check_scope(ledger.scope)
