@@ -6,16 +6,25 @@ this copy of the run on (`advance`) and runs the after-commit hooks; every other
 handled in `_refused`: a `Duplicate` of this process's own commit (an answer lost on the
 way) goes on from the stored run; anything else means another process drives the run now
 (`RunTakenOver`), or the store lost commits (`CommitsLost`).
+
+A commit cut short before its answer came may stand or not; sent again under its
+idempotency key it stands exactly once either way. When the caller's task is cancelled,
+it is sent again at once and the cancellation goes on after it (`_commit_event`); after
+an error that reaches the caller (a lost connection, `OutcomeUnknown`) it is kept in doubt
+and sent again before the run's next transition (`_hold`).
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable
 from dataclasses import replace
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
 from storage import CommitOutcome, Committed, Conflict, Duplicate, Event, Lease, RunRecord
+from storage.errors import OutcomeUnknown, StoreUnavailable
 from storage.usage import added
 
 from . import _clock
@@ -26,11 +35,52 @@ from .errors import RunNotFound, RunTakenOver
 
 __all__ = ["Committer", "advance"]
 
+_UNKNOWN = (OutcomeUnknown, StoreUnavailable, OSError)
+"""What leaves a commit's outcome unknown besides a cancellation (`Committer._in_doubt`);
+anything else a store raises (`Unstorable`, `DurabilityUnavailable`, ...) refused it
+before writing."""
+
 M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
 
 
 class Committer(RunCore[M]):
     """A run that commits its events (the base of `Run`)."""
+
+    _in_doubt: tuple[Lease, Event, dict[str, Any]] | None = None
+    """A commit an error cut short: its lease, event and hooks' additions (see `_hold`)."""
+
+    async def _hold(self) -> Lease:
+        if self._in_doubt is not None:
+            await self._resend(*self._in_doubt)
+        return await super()._hold()
+
+    async def _send(self, lease: Lease, event: Event, extra: dict[str, Any]) -> CommitOutcome:
+        """The ONE `Store.commit` of `event`, as `expected_seq` and the lease say."""
+        try:
+            return await self.store.commit(
+                self.run_id, expected_seq=event.seq - 1, token=lease.token, event=event, **extra
+            )
+        except KeyError:
+            await self.release(quiet=True)
+            raise RunNotFound(self.run_id, lost=True) from None
+
+    async def _resend(self, lease: Lease, event: Event, extra: dict[str, Any]) -> None:
+        """Send again the commit of `event` that an error cut short (`_in_doubt`), before
+        the run's next transition, then go on from the store: under its key the commit
+        stands once, whether or not the first try got through. A refusal for another reason
+        (the run moved, the lease was lost) is the next commit's to find."""
+        outcome = await self._send(lease, event, extra)
+        self._in_doubt = None
+        await self._reload()
+        if self.status != "running":
+            self._keeper.dropped()  # the commit that stopped the run gave the lease back
+        landed = isinstance(outcome, Committed) or (
+            isinstance(outcome, Duplicate) and outcome.seq == event.seq
+        )
+        if landed and self.seq == event.seq:
+            for hook in self.hooks.after_commit:
+                await hook.after_commit(self._record, event, again=True)
 
     async def _commit(
         self, lease: Lease, event: Event, memory: M, patch_sizes: dict[str, int] | None = None
@@ -55,22 +105,30 @@ class Committer(RunCore[M]):
         extra: dict[str, Any] = {}
         for hook in self.hooks.before_commit:
             extra.update(hook.before_commit(memory, event))
+        cut: asyncio.CancelledError | None = None
         try:
-            outcome = await self.store.commit(
-                self.run_id, expected_seq=event.seq - 1, token=lease.token, event=event, **extra
-            )
-        except KeyError:
-            await self.release(quiet=True)
-            raise RunNotFound(self.run_id, lost=True) from None
+            outcome = await self._send(lease, event, extra)
+        except asyncio.CancelledError as cancelled:
+            # The caller's task was cancelled before the answer came: the commit may stand
+            # or not. Sent again under its key it stands once, and the cancellation goes on
+            # when this copy of the run knows which (else its next commit is refused).
+            cut = cancelled
+            outcome = await _despite_cancellation(self._send(lease, event, extra))
+        except _UNKNOWN:
+            self._in_doubt = (lease, event, extra)
+            raise
         if not isinstance(outcome, Committed):
-            return await self._refused(event, outcome)
-        self._record = advance(self._record, event)
-        self._ledger.committed(event, patch_sizes)
-        self.memory = memory
-        if event.status != "running":
-            self._keeper.dropped()  # the commit gave the lease back
-        for hook in self.hooks.after_commit:  # last: this copy is up to date if one fails
-            await hook.after_commit(self._record, event, again=False)
+            event = await self._refused(event, outcome)
+        else:
+            self._record = advance(self._record, event)
+            self._ledger.committed(event, patch_sizes)
+            self.memory = memory
+            if event.status != "running":
+                self._keeper.dropped()  # the commit gave the lease back
+            for hook in self.hooks.after_commit:  # last: this copy is up to date if one fails
+                await hook.after_commit(self._record, event, again=False)
+        if cut is not None:
+            raise cut
         return event
 
     async def _refused(self, event: Event, outcome: CommitOutcome) -> Event:
@@ -99,6 +157,17 @@ class Committer(RunCore[M]):
             f"run {self.run_id!r}: commit of {event.trigger!r} at seq {event.seq} refused, {why};"
             " another process drives the run now"
         )
+
+
+async def _despite_cancellation(work: Awaitable[T]) -> T:
+    """`work`'s result, waited for to its end even if this task is cancelled meanwhile."""
+    task = asyncio.ensure_future(work)
+    while True:
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if task.cancelled():
+                raise
 
 
 def advance(record: RunRecord, event: Event) -> RunRecord:

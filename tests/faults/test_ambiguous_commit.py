@@ -3,7 +3,9 @@
 A TCP proxy of our own sits between a `RedisStore` and a real redis-server. When armed, it
 forwards the client's `EVALSHA` of one script, waits for the server's reply, drops it and
 closes both sides: the client cannot know whether its write landed. redis-py's retry
-(`RedisStore.from_url(retries=...)`) sends the command again on a new connection.
+(`RedisStore.from_url(retries=...)`) sends the command again on a new connection. Armed to
+hold instead, it keeps the command (or the server's reply) back, so that the test can cancel
+the task waiting for it: a commit cut short by a cancellation.
 """
 
 from __future__ import annotations
@@ -15,11 +17,13 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from importlib.resources import files
+from typing import Literal
 
 import pytest
 import pytest_asyncio
 
 from statemachine import StepContext
+from statemachine.errors import RunTakenOver
 from storage import RedisStore
 from storage.errors import StoreUnavailable
 
@@ -48,6 +52,8 @@ class CutRule:
     remaining: int = 1
     """How many more to cut; -1 for no limit."""
     seen: int = 0
+    hold: Literal["", "request", "reply"] = ""
+    """Instead of cutting: keep the command from the server, or its reply from the client."""
 
 
 class CutProxy:
@@ -57,6 +63,8 @@ class CutProxy:
         self.upstream_port = upstream_port
         self.rule: CutRule | None = None
         self.cuts = 0
+        self.holding = asyncio.Event()
+        """Set when a held command (or its reply) is being kept back."""
         self.port = 0
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -119,17 +127,27 @@ class CutProxy:
         server_w: asyncio.StreamWriter,
     ) -> None:
         cut = asyncio.Event()
+        hold = ""
 
         async def client_to_server() -> None:
+            nonlocal hold
             while data := await client_r.read(65536):
                 if self._should_cut(data):
+                    assert self.rule is not None
+                    hold = self.rule.hold
                     cut.set()  # before forwarding: the reply must not reach the client
+                    if hold == "request":
+                        self.holding.set()
+                        await asyncio.Event().wait()  # never forwarded
                 server_w.write(data)
                 await server_w.drain()
 
         async def server_to_client() -> None:
             while data := await server_r.read(65536):
                 if cut.is_set():
+                    if hold == "reply":
+                        self.holding.set()
+                        await asyncio.Event().wait()  # applied, never answered
                     return  # the server has answered (so it ran the script): drop the answer
                 client_w.write(data)
                 await client_w.drain()
@@ -225,6 +243,73 @@ async def test_lost_commit_reply_without_retries_resumes(proxy: CutProxy, prefix
         assert resumed.seq == 2  # the commit whose answer was lost is there
         await resumed.until_done()
         await check_run(store, "no-retry", effects)
+    finally:
+        await store.close()
+
+
+async def test_the_same_run_goes_on_after_a_lost_commit_reply(proxy: CutProxy, prefix: str) -> None:
+    """A `StoreUnavailable` commit leaves its outcome unknown; the caller may go on with the
+    same `Run`: the commit is sent again under its key before the next step (it stood:
+    `Duplicate`), not refused as if another process had moved the run."""
+    effects: Counter[str] = Counter()
+
+    def effect(ctx: StepContext) -> None:
+        effects[ctx.idempotency_key] += 1
+
+    fragile = CountingStore.from_url(proxy.url, prefix=prefix, retries=0)
+    assert isinstance(fragile, CountingStore)
+    agent = make_agent(STEPS, 5.0, effect)
+    try:
+        await load_scripts(fragile)
+        run = await agent.start(fragile, Progress(), run_id="same-run")
+        await run.step()
+        proxy.rule = CutRule(COMMIT, contains=f"same-run:{run.record.nonce}:1:t1".encode())
+        with pytest.raises(StoreUnavailable):
+            await run.step()
+        assert proxy.cuts == 1
+        await run.until_done()
+        await check_run(fragile, "same-run", effects)
+        assert fragile.outcomes["Duplicate"] == 1
+    finally:
+        await fragile.close()
+
+
+@pytest.mark.parametrize("held", ["request", "reply"])
+async def test_a_cancellation_lets_the_commit_in_flight_settle(
+    proxy: CutProxy, prefix: str, held: Literal["request", "reply"]
+) -> None:
+    """The task driving a run is cancelled while a step's commit waits for Redis (the
+    command held back before the server, or applied and its reply held back): the commit is
+    sent again under its key before the cancellation goes on, so it stands once and this
+    `Run` knows it; the same `Run` then finishes without a refusal, each step once."""
+    effects: Counter[str] = Counter()
+
+    def effect(ctx: StepContext) -> None:
+        effects[ctx.idempotency_key] += 1
+
+    store = CountingStore.connect(proxy.url, prefix=prefix)
+    agent = make_agent(STEPS, 5.0, effect)
+    try:
+        await load_scripts(store)
+        run = await agent.start(store, Progress(), run_id=f"cancel-{held}")
+        await run.step()
+        key = f"cancel-{held}:{run.record.nonce}:1:t1".encode()
+        proxy.rule = CutRule(COMMIT, contains=key, hold=held)
+        driving = asyncio.create_task(run.until_done())
+        await proxy.holding.wait()
+        driving.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await driving
+        stored = await store.load(run.run_id)
+        assert stored is not None
+        assert (run.seq, stored.seq) == (2, 2)  # it stood, and this copy knows
+        expected = "Committed" if held == "request" else "Duplicate"
+        assert store.outcomes[expected] >= 1
+        try:
+            await run.until_done()
+        except RunTakenOver as refused:  # pragma: no cover - the failure this test catches
+            pytest.fail(f"the run was refused after the cancellation: {refused}")
+        await check_run(store, run.run_id, effects)
     finally:
         await store.close()
 
