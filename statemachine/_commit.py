@@ -11,7 +11,7 @@ A commit cut short before its answer came may stand or not; sent again under its
 idempotency key it stands exactly once either way. When the caller's task is cancelled,
 it is sent again at once and the cancellation goes on after it (`_commit_event`); after
 an error that reaches the caller (a lost connection, `OutcomeUnknown`) it is kept in doubt
-and sent again before the run's next transition (`_hold`).
+and sent again by the run's next call (`Run.step` then returns it: that call is its retry).
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ class Committer(RunCore[M]):
 
     async def _hold(self) -> Lease:
         if self._in_doubt is not None:
-            await self._resend(*self._in_doubt)
+            await self._settle_in_doubt()
         return await super()._hold()
 
     async def _send(self, lease: Lease, event: Event, extra: dict[str, Any]) -> CommitOutcome:
@@ -65,11 +65,13 @@ class Committer(RunCore[M]):
             await self.release(quiet=True)
             raise RunNotFound(self.run_id, lost=True) from None
 
-    async def _resend(self, lease: Lease, event: Event, extra: dict[str, Any]) -> None:
-        """Send again the commit of `event` that an error cut short (`_in_doubt`), before
-        the run's next transition, then go on from the store: under its key the commit
-        stands once, whether or not the first try got through. A refusal for another reason
-        (the run moved, the lease was lost) is the next commit's to find."""
+    async def _settle_in_doubt(self) -> Event | None:
+        """Send again the commit an error cut short (`_in_doubt`), then go on from the store;
+        its event if it stands. Under its key it stands once, whether or not the first try
+        got through; a refusal for another reason (the run moved, the lease was lost) is
+        the next commit's to find."""
+        assert self._in_doubt is not None
+        lease, event, extra = self._in_doubt
         outcome = await self._send(lease, event, extra)
         self._in_doubt = None
         await self._reload()
@@ -78,9 +80,11 @@ class Committer(RunCore[M]):
         landed = isinstance(outcome, Committed) or (
             isinstance(outcome, Duplicate) and outcome.seq == event.seq
         )
-        if landed and self.seq == event.seq:
-            for hook in self.hooks.after_commit:
-                await hook.after_commit(self._record, event, again=True)
+        if not (landed and self.seq == event.seq):
+            return None
+        for hook in self.hooks.after_commit:
+            await hook.after_commit(self._record, event, again=True)
+        return event
 
     async def _commit(
         self, lease: Lease, event: Event, memory: M, patch_sizes: dict[str, int] | None = None

@@ -89,6 +89,10 @@ class Run(RunCommands[M], RunReads[M]):
         """
         if self.status != "running":
             return None
+        if self._in_doubt is not None:  # this call retries the commit an error cut short
+            settled = await self._settle_in_doubt()
+            if settled is not None:
+                return settled
         lease = await self._hold()
         if self.status != "running":  # another process moved it on while it held the run
             return None
