@@ -6,6 +6,7 @@ docs/durable-scenarios.md names each upstream test and the test here that covers
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import re
 from collections.abc import AsyncIterator
@@ -31,9 +32,11 @@ from pydantic_ai.messages import (
     ModelResponse,
     ModelResponseStreamEvent,
     TextPart,
+    ToolCallPart,
     UserPromptPart,
 )
 from pydantic_ai.models import Model, ModelRequestParameters, StreamedResponse
+from pydantic_ai.models.function import AgentInfo, FunctionModel
 from pydantic_ai.run import AgentRunResultEvent
 from pydantic_ai.settings import ModelSettings
 from pydantic_ai.usage import RequestUsage, UsageLimits
@@ -208,6 +211,29 @@ async def test_a_wait_the_history_went_past_is_not_waited_or_committed_again(
     assert ran.counts == {"request": 2}
 
 
+async def test_an_agent_a_tool_runs_waits_plainly_inside_the_call(store: Store) -> None:
+    """A plain agent run inside a tool call inherits the run's sleep: its waits are part of
+    the call (committed with it), not waits of the durable run."""
+
+    def brain(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        if len(messages) == 1:
+            return ModelResponse(parts=[ToolCallPart("ask", {}, tool_call_id="c1")])
+        return ModelResponse(parts=[TextPart("done")])
+
+    outer = Agent(FunctionModel(brain), name="outer")
+
+    @outer.tool_plain
+    async def ask() -> str:
+        return (await delayed(Ran()).run("go")).output
+
+    durable = DurableAgent(outer, store=store)
+    run_id = f"nested-{next(_ids)}"
+    result = await asyncio.wait_for(durable.run("go", run_id=run_id), 30)
+    assert result.output == "done"
+    triggers = [e.trigger for e in await durable.history(run_id)]
+    assert triggers == ["start", "model_request", "tool_call", "model_request", "output"]
+
+
 async def test_the_capability_forms_waits_are_durable_too(store: Store) -> None:
     agent = delayed(Ran())
     capabilities = [*agent.root_capability.capabilities, AgentfsmDurability(store, name="cap")]
@@ -346,6 +372,29 @@ async def test_a_streamed_suspended_response_continues_to_the_same_events(store:
     assert isinstance(again[-1], AgentRunResultEvent)
     assert again[-1].result.output == "The answer is 42."
     assert ran_d.counts == {"request_stream": 2}
+
+
+class DelayedSegments(StreamedSegments):
+    def continuation_delay(self, response: ModelResponse) -> float | None:
+        return 0.01
+
+
+async def test_a_streamed_runs_delay_is_committed_between_its_segments(store: Store) -> None:
+    def streamed(ran: Ran) -> Agent[None, str]:
+        first = segment("The answer ", "suspended", rid="cont1", tokens=2)
+        model = DelayedSegments(ran, first, segment("is 42.", rid="cont2", tokens=3))
+        return Agent(model, name="streamed-delay")
+
+    durable = DurableAgent(streamed(Ran()), store=store)
+    run_id = f"streamed-delay-{next(_ids)}"
+    async with durable.run_stream_events("go", run_id=run_id) as stream:
+        got = [e async for e in stream]
+    assert isinstance(got[-1], AgentRunResultEvent)
+    assert got[-1].result.output == "The answer is 42."
+    events = await durable.history(run_id)
+    assert [e.trigger for e in events] == [
+        "start", "model_request", "sleep", "model_request", "output"
+    ]  # fmt: skip
 
 
 async def test_a_streamed_history_ending_in_a_suspended_response_goes_on(store: Store) -> None:
