@@ -160,11 +160,11 @@ class Delayed(Scripted):
         return self.delay
 
 
-def delayed(ran: Ran, delay: float = 0.01) -> Agent[None, str]:
+def delayed(ran: Ran, delay: float = 0.01, *capabilities: Any) -> Agent[None, str]:
     first = segment("The answer ", "suspended", rid="cont1", tokens=2)
     model = Delayed(ran, first, segment("is 42.", rid="cont2", tokens=3))
     model.delay = delay
-    return Agent(model, name="delayed")
+    return Agent(model, name="delayed", capabilities=list(capabilities))
 
 
 def sleeps(events: list[Event]) -> list[dict[str, Any]]:
@@ -235,11 +235,9 @@ async def test_an_agent_a_tool_runs_waits_plainly_inside_the_call(store: Store) 
 
 
 async def test_the_capability_forms_waits_are_durable_too(store: Store) -> None:
-    agent = delayed(Ran())
-    capabilities = [*agent.root_capability.capabilities, AgentfsmDurability(store, name="cap")]
+    agent = delayed(Ran(), 0.01, AgentfsmDurability(store, name="cap"))
     run_id = f"cap-delay-{next(_ids)}"
-    with agent.override(capabilities=capabilities):
-        assert (await agent.run("go", run_id=run_id)).output == "The answer is 42."
+    assert (await agent.run("go", run_id=run_id)).output == "The answer is 42."
     assert [s["seconds"] for s in sleeps(await store.history(run_id))] == [0.01]
 
 
