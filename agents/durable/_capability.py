@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from pydantic import JsonValue
-from pydantic_ai import RunContext
+from pydantic_ai import Agent, RunContext
 from pydantic_ai.agent import AbstractAgent, AgentRunResult
 from pydantic_ai.capabilities import AbstractCapability, CapabilityOrdering
 from pydantic_ai.capabilities.abstract import WrapRunHandler
@@ -42,6 +42,7 @@ from ..steps._tool_engine import MODEL_POLICY, TOOL_POLICY, StepPolicy
 from ._journal import Journal, JournaledModel, JournaledToolset
 from ._outputs import fingerprint, output_functions
 from ._segments import failing
+from ._sleep import Sleeps
 from ._steps import DurableMemory, DurableRunFailed, RunMoved, dump_prompt, durable_machine
 
 __all__ = ["AgentfsmDurability"]
@@ -144,6 +145,7 @@ class AgentfsmDurability(AbstractCapability[Any]):
                 attached(run.record),  # pydantic-ai's spans join the run's trace
                 ToolManager.parallel_execution_mode("sequential"),
                 replay_scope(),
+                Agent.using_sleep(Sleeps(journal)),  # pydantic-ai's waits, journaled
             ):
                 async with failing(journal):
                     result = await handler()

@@ -285,6 +285,11 @@ class Journal(AbstractCapability[Any]):
                 raise BudgetReached(run.run_id, event.output)
             return event
 
+    @property
+    def answered(self) -> int:
+        """How many model requests the history answers (committed so far)."""
+        return len(self._responses)
+
     def stopped(self) -> Exception:
         run = self.run
         if run.status == "failed":

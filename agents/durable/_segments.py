@@ -7,9 +7,9 @@ as a plain pydantic-ai caller would. Every segment but the last is replayed from
 (nothing is sent or run); the last goes live where the history ends.
 
 `replaying` is what every segment runs inside (one call at a time, pydantic-ai's replay scope, the
-agent's deferred-call handlers journaled); `failing` turns an error pydantic-ai gave up with into
-the run's `fail` commit; `settle` commits how a segment ended (`output` or `defer`) and says what
-the next one starts with.
+agent's deferred-call handlers journaled, its waits durable: `_sleep.py`); `failing` turns an
+error pydantic-ai gave up with into the run's `fail` commit; `settle` commits how a segment ended
+(`output` or `defer`) and says what the next one starts with.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from statemachine.errors import RunTakenOver
 from storage import StorageError
 
 from ._journal import Journal, JournaledHandler, answers_in_run
+from ._sleep import Sleeps
 from ._steps import Answer, CallbackFailed, RunMoved, deferred_results, load_prompt
 from ._tracing import traced_steps
 
@@ -98,8 +99,8 @@ def live_segment(journal: Journal) -> int:
 @contextlib.contextmanager
 def replaying(agent: PydanticAgent[Any, Any], journal: Journal, segment: Segment) -> Iterator[None]:
     """What every segment runs inside: tool calls one after another (their commits are in
-    order), pydantic-ai's replay scope (replayed work reports no spans again), and the agent's
-    deferred-call handlers answering through the journal."""
+    order), pydantic-ai's replay scope (replayed work reports no spans again), the agent's
+    deferred-call handlers answering through the journal, and its waits journaled."""
     journal.answers_in = {a.tool_call_id: a for a in segment.answers}
     mine = list(agent.root_capability.capabilities)
     handlers = (
@@ -107,7 +108,12 @@ def replaying(agent: PydanticAgent[Any, Any], journal: Journal, segment: Segment
         if JOURNALS_HANDLERS and any(answers_in_run(c) for c in mine)
         else contextlib.nullcontext()
     )
-    with ToolManager.parallel_execution_mode("sequential"), replay_scope(), handlers:
+    with (
+        ToolManager.parallel_execution_mode("sequential"),
+        replay_scope(),
+        PydanticAgent.using_sleep(Sleeps(journal)),
+        handlers,
+    ):
         yield
 
 

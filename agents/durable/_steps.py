@@ -9,6 +9,7 @@ into three more:
     running --tool_call------> running     one call of a tool function (its outcome is committed)
     running --output_call----> running     one call of an output function (its value is committed)
     running --decision-------> running     an in-run handler's answer to deferred calls (committed)
+    running --sleep----------> running     a wait pydantic-ai makes in the run (its wake-up time)
     running --defer----------> approval    the run ended with DeferredToolRequests: park it
     approval --answer--------> approval | running    one approval, denial or external result
     running --output---------> done        the run ended with its output
@@ -48,6 +49,7 @@ from ..steps._tool_engine import (
 __all__ = [
     "PENDING",
     "REQUESTS",
+    "SLEEP",
     "Answer",
     "CallbackFailed",
     "DurableMemory",
@@ -70,6 +72,8 @@ MODEL_REQUEST, TOOL_CALL, OUTPUT_CALL, DEFER, ANSWER, OUTPUT, FAIL = (
 )  # fmt: skip
 DECISION = "decision"
 """An in-run answer to deferred calls (`HandleDeferredToolCalls`), committed as it was given."""
+SLEEP = "sleep"
+"""A wait pydantic-ai makes in the run (`durable_sleep`), committed with its wake-up time."""
 DURABLE_KIND: Literal["pydantic_ai.Agent"] = "pydantic_ai.Agent"
 """`memory["kind"]` of every DurableAgent run: how a CLI tells them from state-table runs."""
 
@@ -318,6 +322,11 @@ def durable_transitions(model: RetryPolicy, tool: RetryPolicy) -> list[Transitio
             DECISION, RUNNING, RUNNING,
             OperationStep(kind="decision", label="deferred calls handled in the run", policy=once),
             guard=_wants(DECISION),
+        ),
+        transition(
+            SLEEP, RUNNING, RUNNING,
+            OperationStep(kind="sleep", label="durable sleep", policy=once),
+            guard=_wants(SLEEP),
         ),
         transition(
             DEFER, RUNNING, APPROVAL,

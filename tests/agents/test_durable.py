@@ -529,5 +529,6 @@ def test_persisted_operation_names_stay_the_same() -> None:
         ("model_request", "running", "running", (), "llm"),
         ("output", "running", "done", (), "output"),
         ("output_call", "running", "running", (), "tool"),
+        ("sleep", "running", "running", (), "sleep"),
         ("tool_call", "running", "running", (), "tool"),
     ]

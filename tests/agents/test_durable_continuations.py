@@ -6,6 +6,7 @@ docs/durable-scenarios.md names each upstream test and the test here that covers
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import re
 from collections.abc import AsyncIterator
@@ -31,16 +32,19 @@ from pydantic_ai.messages import (
     ModelResponse,
     ModelResponseStreamEvent,
     TextPart,
+    ToolCallPart,
     UserPromptPart,
 )
 from pydantic_ai.models import Model, ModelRequestParameters, StreamedResponse
+from pydantic_ai.models.function import AgentInfo, FunctionModel
 from pydantic_ai.run import AgentRunResultEvent
 from pydantic_ai.settings import ModelSettings
 from pydantic_ai.usage import RequestUsage, UsageLimits
 
 from agents import DurableAgent
+from agents.durable import AgentfsmDurability, _sleep
 from agents.errors import DurableRunFailed
-from storage import Store
+from storage import Event, Store
 
 from ..conftest import make_store
 from .test_durable_parity import Ran, parity
@@ -148,20 +152,93 @@ async def test_a_usage_limit_between_segments_cancels_the_suspended_response(
 
 
 class Delayed(Scripted):
-    """Asks pydantic-ai to wait a moment before continuing a suspended response."""
+    """Asks pydantic-ai to wait `delay` seconds before continuing a suspended response."""
+
+    delay = 0.01
 
     def continuation_delay(self, response: ModelResponse) -> float | None:
-        return 0.01
+        return self.delay
+
+
+def delayed(ran: Ran, delay: float = 0.01, *capabilities: Any) -> Agent[None, str]:
+    first = segment("The answer ", "suspended", rid="cont1", tokens=2)
+    model = Delayed(ran, first, segment("is 42.", rid="cont2", tokens=3))
+    model.delay = delay
+    return Agent(model, name="delayed", capabilities=list(capabilities))
+
+
+def sleeps(events: list[Event]) -> list[dict[str, Any]]:
+    return [e.output for e in events if e.trigger == "sleep" and isinstance(e.output, dict)]
 
 
 async def test_a_delay_before_continuing_is_kept(store: Store) -> None:
-    def delayed(ran: Ran) -> Agent[None, str]:
-        first = segment("The answer ", "suspended", rid="cont1", tokens=2)
-        model = Delayed(ran, first, segment("is 42.", rid="cont2", tokens=3))
-        return Agent(model, name="delayed")
-
-    _, result, _, _ = await parity(delayed, store)
+    _, result, durable, run_id = await parity(delayed, store)
     assert result.output == "The answer is 42."
+    events = await durable.history(run_id)  # after parity read the run back too
+    assert [e.trigger for e in events] == [
+        "start", "model_request", "sleep", "model_request", "output"
+    ]  # fmt: skip
+    (slept,) = sleeps(events)
+    # Its wake-up time, committed before the wait: the delay from when the step ran.
+    assert (slept["segment"], slept["after"], slept["nth"], slept["seconds"]) == (0, 1, 0, 0.01)
+    assert events[2].started_at <= slept["wake"] - 0.01 <= events[2].ended_at
+
+
+class Waits:
+    """Stands in for the process's wait (`agents.durable._sleep.sleep`): records each."""
+
+    def __init__(self) -> None:
+        self.seconds: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.seconds.append(seconds)
+
+
+async def test_a_wait_the_history_went_past_is_not_waited_or_committed_again(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    waits = Waits()
+    monkeypatch.setattr(_sleep, "sleep", waits)
+    ran = Ran()
+    durable = DurableAgent(delayed(ran, 3600), store=store)
+    run_id = f"past-{next(_ids)}"
+    assert (await durable.run("go", run_id=run_id)).output == "The answer is 42."
+    assert len(waits.seconds) == 1 and 3590 < waits.seconds[0] <= 3600
+    again = await durable.run(run_id=run_id)  # replayed: its wait is over
+    assert again.output == "The answer is 42."
+    assert len(waits.seconds) == 1
+    assert len(sleeps(await durable.history(run_id))) == 1
+    assert ran.counts == {"request": 2}
+
+
+async def test_an_agent_a_tool_runs_waits_plainly_inside_the_call(store: Store) -> None:
+    """A plain agent run inside a tool call inherits the run's sleep: its waits are part of
+    the call (committed with it), not waits of the durable run."""
+
+    def brain(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        if len(messages) == 1:
+            return ModelResponse(parts=[ToolCallPart("ask", {}, tool_call_id="c1")])
+        return ModelResponse(parts=[TextPart("done")])
+
+    outer = Agent(FunctionModel(brain), name="outer")
+
+    @outer.tool_plain
+    async def ask() -> str:
+        return (await delayed(Ran()).run("go")).output
+
+    durable = DurableAgent(outer, store=store)
+    run_id = f"nested-{next(_ids)}"
+    result = await asyncio.wait_for(durable.run("go", run_id=run_id), 30)
+    assert result.output == "done"
+    triggers = [e.trigger for e in await durable.history(run_id)]
+    assert triggers == ["start", "model_request", "tool_call", "model_request", "output"]
+
+
+async def test_the_capability_forms_waits_are_durable_too(store: Store) -> None:
+    agent = delayed(Ran(), 0.01, AgentfsmDurability(store, name="cap"))
+    run_id = f"cap-delay-{next(_ids)}"
+    assert (await agent.run("go", run_id=run_id)).output == "The answer is 42."
+    assert [s["seconds"] for s in sleeps(await store.history(run_id))] == [0.01]
 
 
 class Broken(Scripted):
@@ -293,6 +370,29 @@ async def test_a_streamed_suspended_response_continues_to_the_same_events(store:
     assert isinstance(again[-1], AgentRunResultEvent)
     assert again[-1].result.output == "The answer is 42."
     assert ran_d.counts == {"request_stream": 2}
+
+
+class DelayedSegments(StreamedSegments):
+    def continuation_delay(self, response: ModelResponse) -> float | None:
+        return 0.01
+
+
+async def test_a_streamed_runs_delay_is_committed_between_its_segments(store: Store) -> None:
+    def streamed(ran: Ran) -> Agent[None, str]:
+        first = segment("The answer ", "suspended", rid="cont1", tokens=2)
+        model = DelayedSegments(ran, first, segment("is 42.", rid="cont2", tokens=3))
+        return Agent(model, name="streamed-delay")
+
+    durable = DurableAgent(streamed(Ran()), store=store)
+    run_id = f"streamed-delay-{next(_ids)}"
+    async with durable.run_stream_events("go", run_id=run_id) as stream:
+        got = [e async for e in stream]
+    assert isinstance(got[-1], AgentRunResultEvent)
+    assert got[-1].result.output == "The answer is 42."
+    events = await durable.history(run_id)
+    assert [e.trigger for e in events] == [
+        "start", "model_request", "sleep", "model_request", "output"
+    ]  # fmt: skip
 
 
 async def test_a_streamed_history_ending_in_a_suspended_response_goes_on(store: Store) -> None:
