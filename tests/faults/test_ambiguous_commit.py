@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import hashlib
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from importlib.resources import files
 from typing import Literal
@@ -178,6 +178,16 @@ async def load_scripts(store: RedisStore) -> None:
         await store.client.script_load(text)
 
 
+def counted() -> tuple[Counter[str], Callable[[StepContext], None]]:
+    """Runs of the step bodies by idempotency key, and the effect that counts them."""
+    effects: Counter[str] = Counter()
+
+    def effect(ctx: StepContext) -> None:
+        effects[ctx.idempotency_key] += 1
+
+    return effects, effect
+
+
 async def check_run(store: RedisStore, run_id: str, effects: Counter[str]) -> None:
     """Done, gap-free, each step once in the history and its side effect applied once."""
     record = await store.load(run_id)
@@ -194,11 +204,7 @@ async def check_run(store: RedisStore, run_id: str, effects: Counter[str]) -> No
 
 async def test_every_commit_reply_lost_is_absorbed(proxy: CutProxy, prefix: str) -> None:
     """Each commit's reply is lost once: the resend answers Duplicate and the run goes on."""
-    effects: Counter[str] = Counter()
-
-    def effect(ctx: StepContext) -> None:
-        effects[ctx.idempotency_key] += 1
-
+    effects, effect = counted()
     store = CountingStore.connect(proxy.url, prefix=prefix)
     agent = make_agent(STEPS, 5.0, effect)
     try:
@@ -219,11 +225,7 @@ async def test_every_commit_reply_lost_is_absorbed(proxy: CutProxy, prefix: str)
 async def test_lost_commit_reply_without_retries_resumes(proxy: CutProxy, prefix: str) -> None:
     """With `retries=0` the lost reply surfaces as `StoreUnavailable`; a resume then finds the
     commit applied and goes on from it: the step is not run again."""
-    effects: Counter[str] = Counter()
-
-    def effect(ctx: StepContext) -> None:
-        effects[ctx.idempotency_key] += 1
-
+    effects, effect = counted()
     agent = make_agent(STEPS, 5.0, effect)
     fragile = RedisStore.from_url(proxy.url, prefix=prefix, retries=0)
     try:
@@ -251,11 +253,7 @@ async def test_the_same_run_goes_on_after_a_lost_commit_reply(proxy: CutProxy, p
     """A `StoreUnavailable` commit leaves its outcome unknown; the caller may go on with the
     same `Run`: the commit is sent again under its key before the next step (it stood:
     `Duplicate`), not refused as if another process had moved the run."""
-    effects: Counter[str] = Counter()
-
-    def effect(ctx: StepContext) -> None:
-        effects[ctx.idempotency_key] += 1
-
+    effects, effect = counted()
     fragile = CountingStore.from_url(proxy.url, prefix=prefix, retries=0)
     assert isinstance(fragile, CountingStore)
     agent = make_agent(STEPS, 5.0, effect)
@@ -282,11 +280,7 @@ async def test_a_cancellation_lets_the_commit_in_flight_settle(
     command held back before the server, or applied and its reply held back): the commit is
     sent again under its key before the cancellation goes on, so it stands once and this
     `Run` knows it; the same `Run` then finishes without a refusal, each step once."""
-    effects: Counter[str] = Counter()
-
-    def effect(ctx: StepContext) -> None:
-        effects[ctx.idempotency_key] += 1
-
+    effects, effect = counted()
     store = CountingStore.connect(proxy.url, prefix=prefix)
     agent = make_agent(STEPS, 5.0, effect)
     try:
@@ -315,11 +309,7 @@ async def test_a_cancellation_lets_the_commit_in_flight_settle(
 
 
 async def test_lost_lease_reply_is_absorbed(proxy: CutProxy, prefix: str) -> None:
-    effects: Counter[str] = Counter()
-
-    def effect(ctx: StepContext) -> None:
-        effects[ctx.idempotency_key] += 1
-
+    effects, effect = counted()
     store = RedisStore.from_url(proxy.url, prefix=prefix)
     agent = make_agent(STEPS, 5.0, effect)
     try:
