@@ -17,14 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from pydantic import JsonValue
 
 if TYPE_CHECKING:
     from storage import Event, Store
 
-__all__ = ["NO_LIVE", "Publisher", "StepLive", "notices"]
+__all__ = ["NO_LIVE", "Publisher", "Started", "StepLive", "notices"]
 
 _log = logging.getLogger("statemachine.live")
 _DRAIN_WAIT = 2.0
@@ -32,6 +32,21 @@ _DRAIN_WAIT = 2.0
 BATCH_WINDOW = 0.02
 """Seconds an item waits for a commit to take it before the sender publishes it (with
 whatever queued after it; `drain` cuts the wait short)."""
+
+
+class Started(NamedTuple):
+    """A try of a step begins: try `attempt` of `trigger` after commit `base`."""
+
+    base: int
+    trigger: str
+    attempt: int
+    kind: str
+    step: str
+
+    @property
+    def item(self) -> dict[str, JsonValue]:
+        return {"kind": "started", "seq": self.base + 1, "attempt": self.attempt,
+                "trigger": self.trigger, "step_kind": self.kind, "step": self.step}  # fmt: skip
 
 
 class Publisher:
@@ -48,6 +63,8 @@ class Publisher:
         """What the sender waits on until the oldest item is due (done: look again)."""
         self._urgent = False
         """Send what is queued without waiting for the window (`drain`)."""
+        self._stored: Started | None = None
+        """A "started" item the store wrote with the run (`Store.start(live=...)`)."""
 
     def emit(self, base: int, item: dict[str, JsonValue]) -> None:
         """Queue `item`, published after committed event `base` (see `storage.base.LiveEntry`)."""
@@ -79,16 +96,24 @@ class Publisher:
         return queued
 
     def started(self, base: int, trigger: str, attempt: int, kind: str, step: str) -> None:
-        self.emit(base, _started(base, trigger, attempt, kind, step))
+        self.emit(base, Started(base, trigger, attempt, kind, step).item)
 
     async def started_now(
         self, base: int, trigger: str, attempt: int, kind: str, step: str
     ) -> None:
         """`started`, stored before this returns (what was queued before goes first); the
-        store's error is raised: the runner counts deaths by it (`_crashes.deaths_in_step`)."""
+        store's error is raised: the runner counts deaths by it (`_crashes.deaths_in_step`).
+        Nothing to do when the store wrote this very item with the run (`stored`)."""
+        said = Started(base, trigger, attempt, kind, step)
+        if said == self._stored:
+            self._stored = None
+            return
         await self.drain()
-        item = _started(base, trigger, attempt, kind, step)
-        await self._store.publish(self._run_id, [*self.take(), (base, item)])
+        await self._store.publish(self._run_id, [*self.take(), (base, said.item)])
+
+    def stored(self, started: Started) -> None:
+        """The store wrote `started` when it created the run (`Machine.run`)."""
+        self._stored = started
 
     def failed(self, base: int, attempt: int, error: BaseException, again: bool) -> None:
         self.emit(base, {"kind": "failed", "seq": base + 1, "attempt": attempt,
@@ -146,11 +171,6 @@ def notices(event: Event, *, alone: bool) -> list[tuple[int, dict[str, JsonValue
 def _wake_up(wake: asyncio.Future[None]) -> None:
     if not wake.done():
         wake.set_result(None)
-
-
-def _started(base: int, trigger: str, attempt: int, kind: str, step: str) -> dict[str, JsonValue]:
-    return {"kind": "started", "seq": base + 1, "attempt": attempt, "trigger": trigger,
-            "step_kind": kind, "step": step}  # fmt: skip
 
 
 class StepLive:

@@ -124,7 +124,7 @@ def test_a_writer_that_never_pauses_gets_its_wal_file_started_over(tmp_path: Pat
             give_up = time.monotonic() + 60
             while checkpoints.restarts == 0 and time.monotonic() < give_up:
                 commit()
-            assert checkpoints.restarts == 1
+            assert checkpoints.restarts > 0
             frames = os.path.getsize(f"{db}-wal") // 4096
             for _ in range(commits // 4):  # 2-3 frames each (a leaf, the root): fits
                 commit()
