@@ -45,8 +45,7 @@ class Started(NamedTuple):
 
     @property
     def item(self) -> dict[str, JsonValue]:
-        return {"kind": "started", "seq": self.base + 1, "attempt": self.attempt,
-                "trigger": self.trigger, "step_kind": self.kind, "step": self.step}  # fmt: skip
+        return _started(*self)
 
 
 class Publisher:
@@ -96,7 +95,7 @@ class Publisher:
         return queued
 
     def started(self, base: int, trigger: str, attempt: int, kind: str, step: str) -> None:
-        self.emit(base, Started(base, trigger, attempt, kind, step).item)
+        self.emit(base, _started(base, trigger, attempt, kind, step))
 
     async def started_now(
         self, base: int, trigger: str, attempt: int, kind: str, step: str
@@ -104,12 +103,12 @@ class Publisher:
         """`started`, stored before this returns (what was queued before goes first); the
         store's error is raised: the runner counts deaths by it (`_crashes.deaths_in_step`).
         Nothing to do when the store wrote this very item with the run (`stored`)."""
-        said = Started(base, trigger, attempt, kind, step)
-        if said == self._stored:
+        if self._stored is not None and self._stored == (base, trigger, attempt, kind, step):
             self._stored = None
             return
         await self.drain()
-        await self._store.publish(self._run_id, [*self.take(), (base, said.item)])
+        item = _started(base, trigger, attempt, kind, step)
+        await self._store.publish(self._run_id, [*self.take(), (base, item)])
 
     def stored(self, started: Started) -> None:
         """The store wrote `started` when it created the run (`Machine.run`)."""
@@ -166,6 +165,11 @@ def notices(event: Event, *, alone: bool) -> list[tuple[int, dict[str, JsonValue
     if event.status != "running":
         return [(event.seq, {**said, "kind": "stopped"})]
     return [(event.seq, said)] if alone else []
+
+
+def _started(base: int, trigger: str, attempt: int, kind: str, step: str) -> dict[str, JsonValue]:
+    return {"kind": "started", "seq": base + 1, "attempt": attempt, "trigger": trigger,
+            "step_kind": kind, "step": step}  # fmt: skip
 
 
 def _wake_up(wake: asyncio.Future[None]) -> None:

@@ -256,10 +256,10 @@ class Machine(Generic[M]):
         before the step runs (`_crashes`), in the start's own round trip."""
         if run_id is not None:
             check_run_id(run_id)
-        fields = self.storable_memory(memory, f"starting {self.name!r}")
+        model, fields = self._storable(memory, f"starting {self.name!r}")
         record, traced = new_record(self, run_id, self.table.initial, fields)
         lease: Lease | None = None
-        first = self._first_step(fields) if hold and driven else None
+        first = self._first_step(model) if hold and driven else None
         if hold:
             owner = owner_id()
             live = [(0, first.item)] if first else []
@@ -279,11 +279,11 @@ class Machine(Generic[M]):
             run.live.stored(first)
         return run
 
-    def _first_step(self, fields: dict[str, JsonValue]) -> Started | None:
+    def _first_step(self, memory: M) -> Started | None:
         """The "started" item of a new run's first step (None when it has no step to run, or
         its guards fail: the step itself then says why)."""
         try:
-            t = self.next_transition(self.table.initial, self.memory_type.model_validate(fields))
+            t = self.next_transition(self.table.initial, memory)
         except Exception:
             return None
         if t.step is None or t.waits:
@@ -312,14 +312,22 @@ class Machine(Generic[M]):
     def storable_memory(self, memory: M | Mapping[str, Any], where: str) -> dict[str, JsonValue]:
         """`memory` checked as a new run's (`start`, `fork`): valid, storable, within
         `max_memory`; as JSON fields. `InvalidMemory` or `MemoryTooLarge` naming `where`."""
-        fields: dict[str, JsonValue] = self.validate_memory(memory, where).model_dump(mode="json")
+        return self._storable(memory, where)[1]
+
+    def _storable(
+        self, memory: M | Mapping[str, Any], where: str
+    ) -> tuple[M, dict[str, JsonValue]]:
+        """`storable_memory`, and the memory validated (what the guards of the first
+        transition are asked about)."""
+        model = self.validate_memory(memory, where)
+        fields: dict[str, JsonValue] = model.model_dump(mode="json")
         size = _stored_size(fields, where)
         if self.max_memory is not None and size > self.max_memory:
             raise MemoryTooLarge(
                 f"{where}: the memory takes {size} bytes as JSON, over the limit of"
                 f" {self.max_memory} (Agent(max_memory=...))"
             )
-        return fields
+        return model, fields
 
     async def fork(
         self,
