@@ -117,7 +117,8 @@ class Machine(Generic[M]):
         self.after_commit: list[AfterCommit] = []
         """Called with the run and each event it committed, and again with its last event
         whenever a process picks the run up (so must be idempotent by the event's key):
-        ledgers beside the run (a budget scope's) are kept this way."""
+        ledgers beside the run (a budget scope's) are kept this way. Read when a run is
+        opened (`start`, `resume`, `run`): add hooks before."""
         self.scope_charge: ChargeOf | None = None
         """Called before each commit with the run's memory after it, the event and the store:
         a `storage.base.ScopeCharge` the store makes with the commit, once (`Store.commit`), or
