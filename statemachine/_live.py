@@ -16,6 +16,7 @@ are merged into one item.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -64,6 +65,9 @@ class Publisher:
         """Send what is queued without waiting for the window (`drain`)."""
         self._stored: Started | None = None
         """A "started" item the store wrote with the run (`Store.start(live=...)`)."""
+        self.sending: asyncio.Future[None] | None = None
+        """The sender's publish while it is in flight: a commit waits for it (`sent`), so
+        that the items the commit takes land after the ones being published."""
 
     def emit(self, base: int, item: dict[str, JsonValue]) -> None:
         """Queue `item`, published after committed event `base` (see `storage.base.LiveEntry`)."""
@@ -122,6 +126,13 @@ class Publisher:
     def step(self, base: int, attempt: int) -> StepLive:
         return StepLive(self, base, attempt)
 
+    async def sent(self) -> None:
+        """Wait until the publish in flight, if any, is done (or `_DRAIN_WAIT` passed)."""
+        sending = self.sending
+        if sending is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(sending), _DRAIN_WAIT)
+
     async def drain(self) -> None:
         """Send what was queued now, and wait (a little, at most) until it is sent."""
         if self._sender is None or self._sender.done():
@@ -148,10 +159,14 @@ class Publisher:
                 continue
             self._urgent = False
             batch = self.take()
+            sending = self.sending = loop.create_future()
             try:
                 await self._store.publish(self._run_id, batch)
             except Exception as exc:
                 _log.debug("run %s: %d live items dropped: %s", self._run_id, len(batch), exc)
+            finally:
+                self.sending = None
+                sending.set_result(None)
         self._urgent = False  # a commit may have taken what a drain asked to send
 
 
@@ -202,8 +217,9 @@ class StepLive:
             self._publisher.emit(self._base, item)
 
     async def drain(self) -> None:
-        """Wait until what this step emitted is published (a streaming step calls this
-        before it returns, so a watcher gets its last tokens before the commit)."""
+        """Wait until what this step emitted is published (a step that must have watchers
+        see it before it goes on; what is still queued when a step returns is written by its
+        commit anyway, after anything being published)."""
         if self._publisher is not None:
             await self._publisher.drain()
 
