@@ -124,5 +124,5 @@ def advance(record: RunRecord, event: Event) -> RunRecord:
         nonce=record.nonce,
         expires_at=record.expires_at if event.expires_at is None else event.expires_at,
         trace=record.trace,
-        usage=added(record.usage, event.usage),
+        usage=added(record.usage, event.usage) if event.usage else record.usage,
     )
