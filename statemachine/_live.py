@@ -5,12 +5,13 @@ the `StepLive` its context carries. Every call only queues an item. Each commit 
 is queued (`take`) and writes it, with its own notice (`notices`: "stopped" when the run
 stops being driven, else "committed" if nothing else wakes watchers), in its one round trip
 (`Store.commit(live=...)`): a run of quick steps publishes nothing on its own, and its end
-waits for no publish. What a slow step queues (model tokens, tool progress) is sent by one
-background task per run, in one `Store.publish` (one round trip, however many items), once
-the oldest queued item has waited `BATCH_WINDOW` seconds, so watchers see it while the step
-runs; `drain` sends at once. A publish that fails is dropped (logged at debug level): the
-live channel is best effort, the durable history is what counts. Text deltas queued together
-are merged into one item.
+waits for no publish. What a slow step queues (model tokens, tool progress) is sent by a
+background task, in one `Store.publish` (one round trip, however many items), once the oldest
+queued item has waited `BATCH_WINDOW` seconds (a timer starts the task then: quick steps,
+whose commits take the queue first, start none), so watchers see it while the step runs;
+`drain` sends at once, and a commit waits for a publish in flight (`sent`). A publish that
+fails is dropped (logged at debug level): the live channel is best effort, the durable history
+is what counts. Text deltas queued together are merged into one item.
 """
 
 from __future__ import annotations
@@ -59,8 +60,11 @@ class Publisher:
         self._since = 0.0
         """The loop time at which the oldest queued item was queued."""
         self._sender: asyncio.Task[None] | None = None
-        self._wake: asyncio.Future[None] | None = None
-        """What the sender waits on until the oldest item is due (done: look again)."""
+        """The task publishing what is queued, while it runs."""
+        self._timer: asyncio.TimerHandle | None = None
+        """Starts the sender when the oldest queued item is due: while anything is queued,
+        this or the sender is pending (one timer per window, not a task per item: the
+        commits of quick steps take the queue before it is due)."""
         self._urgent = False
         """Send what is queued without waiting for the window (`drain`)."""
         self._stored: Started | None = None
@@ -89,8 +93,8 @@ class Publisher:
         if not queue:
             self._since = loop.time()
         queue.append((base, item))
-        if self._sender is None or self._sender.done():
-            self._sender = loop.create_task(self._send())
+        if self._timer is None and (self._sender is None or self._sender.done()):
+            self._timer = loop.call_at(self._since + BATCH_WINDOW, self._due, loop)
 
     def take(self) -> list[tuple[int, dict[str, JsonValue]]]:
         """What is queued, for a commit to write (`Store.commit(live=...)`): the sender will
@@ -135,28 +139,38 @@ class Publisher:
 
     async def drain(self) -> None:
         """Send what was queued now, and wait (a little, at most) until it is sent."""
-        if self._sender is None or self._sender.done():
-            return  # nothing queued (the sender runs while anything is)
+        running = self._sender is not None and not self._sender.done()
+        if not (self._queue or running):
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         self._urgent = True
-        wake = self._wake
-        if wake is not None and not wake.done():
-            wake.set_result(None)
         try:
-            await asyncio.wait_for(asyncio.shield(self._sender), _DRAIN_WAIT)
+            await asyncio.wait_for(asyncio.shield(self._start_sender()), _DRAIN_WAIT)
         except TimeoutError:
             return
 
+    def _due(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The timer: send what is queued if its oldest item is due; else wait for that."""
+        self._timer = None
+        if not self._queue:
+            return  # commits took it
+        due = self._since + BATCH_WINDOW
+        if loop.time() < due:  # taken, and queued again since
+            self._timer = loop.call_at(due, self._due, loop)
+        else:
+            self._start_sender()
+
+    def _start_sender(self) -> asyncio.Task[None]:
+        """The sender, started unless it runs."""
+        if self._sender is None or self._sender.done():
+            self._sender = asyncio.get_running_loop().create_task(self._send())
+        return self._sender
+
     async def _send(self) -> None:
         loop = asyncio.get_running_loop()
-        while self._queue:
-            due = self._since + BATCH_WINDOW
-            if not self._urgent and loop.time() < due:
-                # Commits may take the queue meanwhile: look again when the oldest is due.
-                wake = self._wake = loop.create_future()
-                timer = loop.call_at(due, _wake_up, wake)
-                await wake
-                timer.cancel()
-                continue
+        while self._queue and (self._urgent or loop.time() >= self._since + BATCH_WINDOW):
             self._urgent = False
             batch = self.take()
             sending = self.sending = loop.create_future()
@@ -168,6 +182,8 @@ class Publisher:
                 self.sending = None
                 sending.set_result(None)
         self._urgent = False  # a commit may have taken what a drain asked to send
+        if self._queue and self._timer is None:  # queued while publishing, not due yet
+            self._timer = loop.call_at(self._since + BATCH_WINDOW, self._due, loop)
 
 
 def notices(event: Event, *, alone: bool) -> list[tuple[int, dict[str, JsonValue]]]:
@@ -185,11 +201,6 @@ def notices(event: Event, *, alone: bool) -> list[tuple[int, dict[str, JsonValue
 def _started(base: int, trigger: str, attempt: int, kind: str, step: str) -> dict[str, JsonValue]:
     return {"kind": "started", "seq": base + 1, "attempt": attempt, "trigger": trigger,
             "step_kind": kind, "step": step}  # fmt: skip
-
-
-def _wake_up(wake: asyncio.Future[None]) -> None:
-    if not wake.done():
-        wake.set_result(None)
 
 
 class StepLive:
