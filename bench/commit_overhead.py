@@ -61,6 +61,7 @@ from storage import (
     Store,
     open_store,
 )
+from storage._durability import Durability
 from storage.base import LiveEntry, ScopeCharge
 
 LEASE_TTL = 60.0
@@ -317,6 +318,8 @@ class StubStore:
     """A `storage.Store` that answers at once and keeps nothing but the run record: the
     runner's own CPU per step, with no I/O and no store encoding."""
 
+    durability = Durability(level="primary")
+
     async def ping(self, within: float) -> None:
         """It is in this process: it answers."""
 
@@ -339,7 +342,13 @@ class StubStore:
         return self._runs.setdefault(run.run_id, run)
 
     async def start(
-        self, run: RunRecord, *, owner: str, ttl: float, origin: JsonValue = None
+        self,
+        run: RunRecord,
+        *,
+        owner: str,
+        ttl: float,
+        origin: JsonValue = None,
+        live: Sequence[tuple[int, JsonValue]] = (),
     ) -> tuple[RunRecord, Lease | LeaseHeld]:
         return await self.create(run), await self.acquire_lease(run.run_id, owner, ttl)
 

@@ -235,13 +235,14 @@ class RedisFloor:
         )  # fmt: skip
         event = creation_event(record)
         s: Any = self.store
-        keys = [s.key(self.TEMPLATE, p) for p in ("run", "events", "keys", "lease")]
+        keys = [s.key(self.TEMPLATE, p) for p in ("run", "events", "keys", "lease", "live")]
         if getattr(s, "_indexes", None):
             keys += [f"{s.prefix}:runs", s._by_agent("floor"), s._by_status("running")]
             keys += [s._deadlines]
         fields = run_fields(replace(record, holder=""))
+        no_live = [0, s.live_maxlen, int(s.live_ttl * 1000)]  # a bare create: no live item
         args = [dump_event(event), event.key, "", self.owner, int(LEASE_TTL * 1000), "",
-                repr(at), repr(at), *fields]  # fmt: skip
+                repr(at), repr(at), *no_live, *fields]  # fmt: skip
         return keys, args
 
     def _for(self, run_id: str) -> tuple[list[str], list[Any]]:

@@ -106,6 +106,8 @@ class Committer(RunCore[M]):
             patch_sizes = {k: json_size(v) for k, v in event.patch.items()}
         if patch_sizes:
             event = self._ledger.with_snapshot(event, sum(patch_sizes.values()))
+        if self.live.sending is not None:  # the items this commit takes go after those
+            await self.live.sent()
         extra: dict[str, Any] = {}
         for hook in self.hooks.before_commit:
             extra.update(hook.before_commit(memory, event))
@@ -195,5 +197,5 @@ def advance(record: RunRecord, event: Event) -> RunRecord:
         nonce=record.nonce,
         expires_at=record.expires_at if event.expires_at is None else event.expires_at,
         trace=record.trace,
-        usage=added(record.usage, event.usage),
+        usage=added(record.usage, event.usage) if event.usage else record.usage,
     )

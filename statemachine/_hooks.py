@@ -100,6 +100,12 @@ class ChargesHook(Hook):
         self.machine = machine
         self.store = store
 
+    @staticmethod
+    def wanted(machine: MachineSpec[Any]) -> bool:
+        """Whether `machine` has anything to charge (a run without it leaves this hook out:
+        no call per commit)."""
+        return machine.scope_charge is not None or bool(machine.after_commit)
+
     def before_commit(self, memory: BaseModel, event: Event) -> dict[str, Any]:
         charge_of = self.machine.scope_charge
         charge = None if charge_of is None else charge_of(memory, event, self.store)

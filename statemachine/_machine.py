@@ -17,6 +17,7 @@ from storage.process import owner_id
 from . import _handoff
 from ._draw import Graph, draw
 from ._ledger import json_size
+from ._live import Started
 from ._migrate import Migration, check_migrations, needs_upgrade, upgrade
 from ._new_runs import fork_plan, new_record
 from ._runner import Run
@@ -116,7 +117,8 @@ class Machine(Generic[M]):
         self.after_commit: list[AfterCommit] = []
         """Called with the run and each event it committed, and again with its last event
         whenever a process picks the run up (so must be idempotent by the event's key):
-        ledgers beside the run (a budget scope's) are kept this way."""
+        ledgers beside the run (a budget scope's) are kept this way. Read when a run is
+        opened (`start`, `resume`, `run`): add hooks before."""
         self.scope_charge: ChargeOf | None = None
         """Called before each commit with the run's memory after it, the event and the store:
         a `storage.base.ScopeCharge` the store makes with the commit, once (`Store.commit`), or
@@ -238,24 +240,56 @@ class Machine(Generic[M]):
         back, so another process cannot resume it meanwhile; a run another process holds is
         returned unheld (its `step()` waits for the lease, as always).
         """
+        return await self._start(store, memory, run_id, lease_wait, hold=hold, driven=False)
+
+    async def _start(
+        self,
+        store: Store,
+        memory: M | Mapping[str, Any],
+        run_id: str | None,
+        lease_wait: float | None,
+        *,
+        hold: bool,
+        driven: bool,
+    ) -> Run[M]:
+        """`start`; `driven`: the caller runs the first step right away (`run`), so a new run
+        is stored with that step's "started" live item, which crash accounting needs stored
+        before the step runs (`_crashes`), in the start's own round trip."""
         if run_id is not None:
             check_run_id(run_id)
-        fields = self.storable_memory(memory, f"starting {self.name!r}")
+        model, fields = self._storable(memory, f"starting {self.name!r}")
         record, traced = new_record(self, run_id, self.table.initial, fields)
         lease: Lease | None = None
+        first = self._first_step(model) if hold and driven else None
         if hold:
             owner = owner_id()
-            stored, got = await store.start(record, owner=owner, ttl=self.lease_ttl)
+            live = [(0, first.item)] if first else []
+            stored, got = await store.start(record, owner=owner, ttl=self.lease_ttl, live=live)
             lease = got if isinstance(got, Lease) else None
         else:
             stored = await store.create(record)
-        traced.created(stored.trace == record.trace)
+        created = stored.trace == record.trace
+        traced.created(created)
         if needs_upgrade(self, stored):  # a run of that id, stored by an older version
             if lease is not None:
                 await store.release_lease(lease)
                 lease = None
             stored = await upgrade(self, store, stored, lease_wait)
-        return self._open(store, stored, lease_wait, lease=lease)
+        run = self._open(store, stored, lease_wait, lease=lease)
+        if first is not None and created and lease is not None:
+            run.live.stored(first)
+        return run
+
+    def _first_step(self, memory: M) -> Started | None:
+        """The "started" item of a new run's first step (None when it has no step to run, or
+        its guards fail: the step itself then says why)."""
+        try:
+            t = self.next_transition(self.table.initial, memory)
+        except Exception:
+            return None
+        if t.step is None or t.waits:
+            return None
+        return Started(0, t.trigger, 1, t.step.kind, t.step.label)
 
     def wait_transition(self, record: RunRecord, memory: M, event: str) -> Transition:
         """The wait transition `event` fires in run `record` (with `memory`); else
@@ -279,14 +313,22 @@ class Machine(Generic[M]):
     def storable_memory(self, memory: M | Mapping[str, Any], where: str) -> dict[str, JsonValue]:
         """`memory` checked as a new run's (`start`, `fork`): valid, storable, within
         `max_memory`; as JSON fields. `InvalidMemory` or `MemoryTooLarge` naming `where`."""
-        fields: dict[str, JsonValue] = self.validate_memory(memory, where).model_dump(mode="json")
+        return self._storable(memory, where)[1]
+
+    def _storable(
+        self, memory: M | Mapping[str, Any], where: str
+    ) -> tuple[M, dict[str, JsonValue]]:
+        """`storable_memory`, and the memory validated (what the guards of the first
+        transition are asked about)."""
+        model = self.validate_memory(memory, where)
+        fields: dict[str, JsonValue] = model.model_dump(mode="json")
         size = _stored_size(fields, where)
         if self.max_memory is not None and size > self.max_memory:
             raise MemoryTooLarge(
                 f"{where}: the memory takes {size} bytes as JSON, over the limit of"
                 f" {self.max_memory} (Agent(max_memory=...))"
             )
-        return fields
+        return model, fields
 
     async def fork(
         self,
@@ -382,7 +424,7 @@ class Machine(Generic[M]):
         A run of that id that had failed before is returned as it is, with a warning on the
         "agentfsm" logger saying why and how to retry it (`run.error` holds the reason).
         """
-        run = await self.start(store, memory, run_id=run_id, hold=True)  # driven right away
+        run = await self._start(store, memory, run_id, None, hold=True, driven=True)
         failed_before = run.status == "failed"
         await run.until_done()
         if failed_before:  # nothing ran: a script run again must not just print "failed"

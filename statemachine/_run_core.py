@@ -45,7 +45,8 @@ class RunCore(Generic[M]):
         self.memory = memory
         self.live = Publisher(store, record.run_id)
         """Where this run's progress is published for watchers (see `watch`)."""
-        self.hooks = Hooks((LiveHook(self.live), TracingHook(), ChargesHook(machine, store)))
+        charges = (ChargesHook(machine, store),) if ChargesHook.wanted(machine) else ()
+        self.hooks = Hooks((LiveHook(self.live), TracingHook(), *charges))
         """The named hooks of the step protocol, in the order they run (see `_hooks`)."""
         self._record = record
         self._ledger = Ledger(store, record.run_id, record.memory, record.seq)
@@ -96,15 +97,24 @@ class RunCore(Generic[M]):
         """The key every try of `trigger` out of the current state runs under (see
         `statemachine._keys`): the same after a crash, an error and `retry()`, new on the
         next visit of the state."""
-        return step_key(self._record, await self._ledger.entered_at(self.seq), trigger)
+        entered = self._ledger.entered
+        if entered is None:  # not known since this copy was loaded: read back
+            entered = await self._ledger.entered_at(self.seq)
+        return step_key(self._record, entered, trigger)
 
     async def release(self, *, quiet: bool = False) -> None:
         """Give the run's lease back, if this process holds it."""
         await self._keeper.release(quiet=quiet)
 
+    def _held(self) -> Lease | None:
+        """The lease, when this process holds it and has nothing to catch up on (`_hold`
+        without an await: every step but the first under a lease)."""
+        return self._keeper.lease if self._told is None else None
+
     async def _hold(self) -> Lease:
-        if self._keeper.lease is not None and self._told is None:
-            return self._keeper.lease
+        held = self._held()
+        if held is not None:
+            return held
         got = self._keeper.lease or await self._keeper.take()  # (one taken with the run)
         self._told = None
         self._announced = False

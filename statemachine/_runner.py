@@ -93,7 +93,7 @@ class Run(RunCommands[M], RunReads[M]):
             settled = await self._settle_in_doubt()
             if settled is not None:
                 return settled
-        lease = await self._hold()
+        lease = self._held() or await self._hold()
         if self.status != "running":  # another process moved it on while it held the run
             return None
         t = self.machine.next_transition(self.state, self.memory)
@@ -152,7 +152,8 @@ class Run(RunCommands[M], RunReads[M]):
         key = await self.idempotency_key(t.trigger)
         started = _clock.now()
         try:
-            await self._check_visits(t)
+            if t.max_visits is not None:
+                await self._check_visits(t, t.max_visits)
             crashed = self._record.crashes > 0 and not t.waits  # a wait runs nothing to die in
             died = await deaths_in_step(self.store, self._record) if crashed else 0
             done, attempt = await self._run_step(t, seq, key, died, payload)
@@ -171,11 +172,11 @@ class Run(RunCommands[M], RunReads[M]):
         )  # fmt: skip
         return await self._commit(lease, event, done.memory, done.patch_sizes)
 
-    async def _check_visits(self, t: Transition) -> None:
-        """`StepFailed`, for good, when `t` reached its `max_visits`."""
-        if t.max_visits is not None and await self._ledger.visits(t.trigger) >= t.max_visits:
+    async def _check_visits(self, t: Transition, limit: int) -> None:
+        """`StepFailed`, for good, when `t` reached its `max_visits` (`limit`)."""
+        if await self._ledger.visits(t.trigger) >= limit:
             raise StepFailed(
-                RunError(f"transition {t.trigger!r} reached its limit of {t.max_visits} visits"),
+                RunError(f"transition {t.trigger!r} reached its limit of {limit} visits"),
                 1,
                 final=True,  # a detour could lead back here: the loop ends for good
             )

@@ -138,6 +138,8 @@ def _changes(
 def _storable(t: Transition, what: str, value: object) -> JsonValue:
     """`value` as JSON-able data, or `UnstorableResult` naming `what` and the trouble: also
     what would not read back equal (NaN, nesting too deep; see `storage.base.json_bytes`)."""
+    if value is None:  # most steps' output: nothing to check
+        return None
     try:
         jsonable: JsonValue = pydantic_core.to_jsonable_python(value)
         json_bytes(jsonable, what)  # also catches bytes that are not UTF-8 text

@@ -270,13 +270,25 @@ class Store(Protocol):
         ...
 
     async def start(
-        self, run: RunRecord, *, owner: str, ttl: float, origin: JsonValue = None
+        self,
+        run: RunRecord,
+        *,
+        owner: str,
+        ttl: float,
+        origin: JsonValue = None,
+        live: Sequence[tuple[int, JsonValue]] = (),
     ) -> tuple[RunRecord, "Lease | LeaseHeld"]:
         """`create` and `acquire_lease(run.run_id, owner, ttl)` in one round trip (one
         transaction): store `run` as `create` does, or find the run stored under its id
         (returned as stored, unchanged but for the lease), and take its lease. A lease held
         by another live process is `LeaseHeld` (the run is returned all the same); one held
-        by a provably dead process is taken over, as `acquire_lease` does."""
+        by a provably dead process is taken over, as `acquire_lease` does.
+
+        `live` (optional): `(base, item)` pairs appended to the run's live channel in the same
+        round trip, as `commit(live=...)` appends them, and only when this call creates the
+        run (none when it finds the run stored). `agent.run` sends its first step's "started"
+        item this way: stored before the step runs, as crash accounting needs, at no round
+        trip of its own."""
         ...
 
     async def restore(self, run: RunRecord, events: Sequence[Event]) -> bool:

@@ -101,14 +101,12 @@ async def journaled_stream(
 
     async def op(ctx: StepContext) -> StepResult[DurableMemory]:
         async def send() -> ModelResponse:
-            try:
-                async with wrapped.request_stream(messages, settings, params, run_context) as s:
-                    async for event in s:
-                        events.put_nowait((event, s.get()))  # the response as of this event
-                        forward(ctx.live, event)
-                    return s.get()
-            finally:
-                await ctx.live.drain()
+            # The last tokens still queued when the stream ends go with the request's commit.
+            async with wrapped.request_stream(messages, settings, params, run_context) as s:
+                async for event in s:
+                    events.put_nowait((event, s.get()))  # the response as of this event
+                    forward(ctx.live, event)
+                return s.get()
 
         return await journal.paid_request(ctx, wrapped, request, send)
 

@@ -148,18 +148,16 @@ class LlmStep:
         assert agent.model is not None and not isinstance(agent.model, str)
         # Each request pydantic-ai makes in this try (output retries too) is a paid one.
         model = PaidModel(agent.model, self.spending, memory, ctx)
-        try:
-            result = await agent.run(
-                None if answers is not None else prompt,  # tool results go on, no new prompt
-                model=model,
-                instructions=instructions,
-                message_history=ModelMessagesTypeAdapter.validate_python(past) if past else None,
-                deferred_tool_results=answers,
-                usage_limits=UsageLimits(request_limit=1 + self.output_retries),
-                event_stream_handler=live_handler(ctx, agent.model),
-            )
-        finally:
-            await ctx.live.drain()  # the last tokens reach watchers before the commit
+        # The last tokens still queued when this returns go with the step's commit.
+        result = await agent.run(
+            None if answers is not None else prompt,  # tool results go on, no new prompt
+            model=model,
+            instructions=instructions,
+            message_history=ModelMessagesTypeAdapter.validate_python(past) if past else None,
+            deferred_tool_results=answers,
+            usage_limits=UsageLimits(request_limit=1 + self.output_retries),
+            event_stream_handler=live_handler(ctx, agent.model),
+        )
         value = result.output
         messages: list[JsonValue] = ModelMessagesTypeAdapter.dump_python(
             result.new_messages(), mode="json"

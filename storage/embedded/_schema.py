@@ -6,6 +6,7 @@ from __future__ import annotations
 import sqlite3
 
 from ..errors import StorageError
+from .live import TABLE as LIVE_TABLE
 from .live import prune
 
 __all__ = [
@@ -24,7 +25,7 @@ __all__ = [
     "upgradable",
 ]
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 QUERY_INDEXES = [
     # On columns a commit rarely changes, so that most commits write no index page: the
     # status index only when the status changes (the commit leaves `status` out of its
@@ -82,6 +83,16 @@ UPGRADES = {
     ],
     5: [  # version 6: each run's trace context (its W3C traceparent)
         "ALTER TABLE runs ADD COLUMN trace TEXT NOT NULL DEFAULT ''",
+    ],
+    6: [  # version 7: live items numbered per run, one B-tree (see `live.py`); ids kept
+        "CREATE TABLE IF NOT EXISTS live (id INTEGER PRIMARY KEY AUTOINCREMENT,"
+        " run_id TEXT NOT NULL, base INTEGER NOT NULL, item TEXT NOT NULL, at REAL NOT NULL)",
+        "ALTER TABLE live RENAME TO live_v6",
+        "DROP INDEX IF EXISTS live_by_run",
+        LIVE_TABLE,
+        "INSERT INTO live (run_id, id, base, item, at)"
+        " SELECT run_id, id, base, item, at FROM live_v6",
+        "DROP TABLE live_v6",
     ],
 }
 """Statements that take a file of schema version N to N + 1."""
@@ -150,7 +161,7 @@ def collect(db: sqlite3.Connection, now: float, live_ttl: float) -> int:
     """Delete the runs whose retention ran out by `now`, and old live items (inside the
     caller's write transaction); how many runs."""
     ids = [r for (r,) in db.execute("SELECT run_id FROM runs WHERE expires_at <= ?", (now,))]
-    for table in ("memory", "events", "keys", "run_usage", "runs"):
+    for table in ("memory", "events", "keys", "run_usage", "live", "runs"):
         db.executemany(f"DELETE FROM {table} WHERE run_id = ?", [(r,) for r in ids])
     prune(db, now, live_ttl)
     return len(ids)

@@ -1,8 +1,13 @@
 """A run's live channel in the embedded store: a table beside the events, pruned on publish.
 
-Rows are numbered by SQLite (`AUTOINCREMENT`: never reused, increasing across processes), so
-a row's number is its live id. Each publish keeps the run's newest `maxlen` rows and drops
-rows older than `ttl`; `prune` drops every run's old rows (from `gc`).
+Rows are numbered per run, clustered by (run_id, id) (`WITHOUT ROWID`: an item is one row in
+one B-tree, no index or `AUTOINCREMENT` counter beside it, so a commit that carries an item
+writes one page more, not three): a new row takes the run's largest id plus one, inside the
+write transaction, so ids increase across processes. Ids a reader has seen are never given
+again while the run exists, because no prune deletes a run's newest row: a publish keeps the
+run's newest `maxlen` rows and drops older rows past `ttl` (at most every 64th commit does);
+`prune` (from `gc`) drops every run's old rows but blanks the newest of each instead (a row
+readers skip, kept for its id). The rows go with the run when `gc` deletes it.
 """
 
 from __future__ import annotations
@@ -18,19 +23,25 @@ from .._codec import dump_json, live_rows, load_json
 from ..base import LiveEntry
 from ..errors import CorruptData
 
-__all__ = ["append", "create_table", "insert", "prune", "read"]
+__all__ = ["TABLE", "append", "create_table", "insert", "prune", "read"]
 
-_INSERT = "INSERT INTO live (run_id, base, item, at) VALUES (?, ?, ?, ?)"
+TABLE = (
+    "CREATE TABLE IF NOT EXISTS live (run_id TEXT NOT NULL, id INTEGER NOT NULL,"
+    " base INTEGER NOT NULL, item TEXT NOT NULL, at REAL NOT NULL, PRIMARY KEY (run_id, id))"
+    " WITHOUT ROWID"
+)
+_INSERT = (
+    "INSERT INTO live (run_id, id, base, item, at) VALUES"
+    " (?1, (SELECT coalesce(max(id), 0) + 1 FROM live WHERE run_id = ?1), ?2, ?3, ?4)"
+)
+_BLANK = ""
+"""The item of a row kept only for its id (the newest of a run, past its TTL)."""
 _POLL = 0.05
 """Seconds between two looks while a reader waits (SQLite cannot notify another process)."""
 
 
 def create_table(db: sqlite3.Connection) -> None:
-    db.execute(
-        "CREATE TABLE IF NOT EXISTS live (id INTEGER PRIMARY KEY AUTOINCREMENT,"
-        " run_id TEXT NOT NULL, base INTEGER NOT NULL, item TEXT NOT NULL, at REAL NOT NULL)"
-    )
-    db.execute("CREATE INDEX IF NOT EXISTS live_by_run ON live (run_id, id)")
+    db.execute(TABLE)
 
 
 def insert(
@@ -66,18 +77,36 @@ def append(
         db.execute(_INSERT, rows[0])
     elif rows:
         db.executemany(_INSERT, rows)
-    if not prune:
+    if prune:
+        _trim(db, run_id, now - ttl, maxlen)
+
+
+def _trim(db: sqlite3.Connection, run_id: str, cut: float, maxlen: int) -> None:
+    """Drop the run's rows before its newest `maxlen` and those older than `cut` (ids and
+    times grow together: the old ones are those before the first row at or after `cut`),
+    never its newest; each bound is one index lookup, the DELETE a range of the run's rows."""
+    newest, fresh = db.execute(
+        "SELECT max(id), (SELECT id FROM live WHERE run_id = ?1 AND at >= ?2 ORDER BY id"
+        " LIMIT 1) FROM live WHERE run_id = ?1",
+        (run_id, cut),
+    ).fetchone()
+    if newest is None:
         return
-    db.execute(
-        "DELETE FROM live WHERE run_id = ? AND (at < ? OR id <= (SELECT max(id) FROM live"
-        " WHERE run_id = ?) - ?)",
-        (run_id, now - ttl, run_id, maxlen),
-    )  # ids are global, so a run keeps at most `maxlen` rows (fewer when others interleave)
+    keep = min(newest, max(newest - maxlen + 1, newest if fresh is None else fresh))
+    db.execute("DELETE FROM live WHERE run_id = ? AND id < ?", (run_id, keep))
 
 
 def prune(db: sqlite3.Connection, now: float, ttl: float) -> None:
-    """Inside the caller's write transaction."""
-    db.execute("DELETE FROM live WHERE at < ?", (now - ttl,))
+    """Drop every run's rows older than `ttl`, but blank the newest row of a run instead of
+    dropping it, so that the run's next item still gets a larger id (inside the caller's
+    write transaction)."""
+    cut = now - ttl
+    db.execute(
+        "DELETE FROM live WHERE at < ?1 AND id < (SELECT max(id) FROM live AS newer"
+        " WHERE newer.run_id = live.run_id)",
+        (cut,),
+    )
+    db.execute("UPDATE live SET item = ?1 WHERE at < ?2 AND item != ?1", (_BLANK, cut))
 
 
 async def read(
@@ -92,8 +121,9 @@ async def read(
     start = -1 if after is None else int(after)
     while True:
         rows = fetch(
-            "SELECT id, base, item FROM live WHERE run_id = ? AND id > ? ORDER BY id LIMIT ?",
-            (run_id, start, max(limit, 0)),
+            "SELECT id, base, item FROM live WHERE run_id = ? AND id > ? AND item != ?"
+            " ORDER BY id LIMIT ?",
+            (run_id, start, _BLANK, max(limit, 0)),
         )
         if rows or time.monotonic() >= give_up:
             return [_entry(run_id, *row) for row in rows]

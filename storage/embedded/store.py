@@ -173,34 +173,44 @@ class EmbeddedStore(Database):
         return stored
 
     async def start(
-        self, run: RunRecord, *, owner: str, ttl: float, origin: JsonValue = None
-    ) -> tuple[RunRecord, Lease | LeaseHeld]:
-        stored, lease = await self._create_and_lease(run, origin, owner, ttl)
+        self, run: RunRecord, *, owner: str, ttl: float, origin: JsonValue = None,
+        live: Sequence[tuple[int, JsonValue]] = (),
+    ) -> tuple[RunRecord, Lease | LeaseHeld]:  # fmt: skip
+        stored, lease = await self._create_and_lease(run, origin, owner, ttl, live)
         assert lease is not None
         return stored, lease
 
     async def _create_and_lease(
-        self, run: RunRecord, origin: JsonValue, owner: str, ttl: float
-    ) -> tuple[RunRecord, Lease | LeaseHeld | None]:
+        self, run: RunRecord, origin: JsonValue, owner: str, ttl: float,
+        live: Sequence[tuple[int, JsonValue]] = (),
+    ) -> tuple[RunRecord, Lease | LeaseHeld | None]:  # fmt: skip
         check_run_id(run.run_id)
         run = replace(run, seq=0, holder="", crashes=0, usage={})
         event = creation_event(run, origin)
         what = f"create run {run.run_id!r}"
         raw, lease = self._transaction(
-            what, "BEGIN IMMEDIATE", self._write_and_lease, run, event, owner, ttl
+            what, "BEGIN IMMEDIATE", self._write_and_lease, run, event, owner, ttl, live
         )
         if raw is None:
             return (replace(run, holder=owner) if isinstance(lease, Lease) else run), lease
         return decode(raw, self._path), lease
 
     def _write_and_lease(
-        self, run: RunRecord, event: Event, owner: str, ttl: float
+        self,
+        run: RunRecord,
+        event: Event,
+        owner: str,
+        ttl: float,
+        live: Sequence[tuple[int, JsonValue]],
     ) -> tuple[RawRun | None, Lease | LeaseHeld | None]:
-        """Insert `run` unless it exists, take its lease for `owner` (if given); the
-        existing run as stored (None when inserted)."""
+        """Insert `run` unless it exists (with its `live` items), take its lease for `owner`
+        (if given); the existing run as stored (None when inserted)."""
         inserted = insert_run(self._db, run, [event])
         lease = acquire(self._db, run.run_id, owner, ttl) if owner else None
         if inserted:
+            if live:
+                _live.append(self._db, run.run_id, live, self.live_maxlen, self.live_ttl,
+                             prune=False, lenient=True)  # fmt: skip
             return None, lease
         return read_runs(self._db, f"{SELECT_RUN} WHERE run_id = ?", (run.run_id,))[0], lease
 

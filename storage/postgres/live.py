@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 from .._codec import load_json
@@ -20,10 +20,32 @@ from ..base import LiveEntry
 from ..errors import CorruptData
 from ._connections import Connections
 
-__all__ = ["entry", "wait_for"]
+__all__ = ["create_sql", "entry", "live_args", "wait_for"]
 
 T = TypeVar("T")
 _POLL = 0.25
+
+
+def live_args(
+    rows: Sequence[tuple[int, str]], maxlen: int, ttl: float, channel: str
+) -> tuple[Any, ...]:
+    """`append_live`'s arguments after the run id, for rows of `storage._codec.live_rows`."""
+    return [base for base, _ in rows], [item.encode() for _, item in rows], maxlen, ttl, channel
+
+
+def create_sql(schema: str, live: bool) -> str:
+    """The statement that creates (and leases) a run: `create_run($1..$17)`; with `live`,
+    also `append_live` of the items in $18..$22 (`live_args`), only when it created the run."""
+    sql = (
+        f"SELECT * FROM {schema}.create_run($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,"
+        " $13, $14, $15, $16, $17)"
+    )
+    if not live:
+        return sql
+    return (
+        f"SELECT r.* FROM ({sql}) AS r LEFT JOIN LATERAL (SELECT {schema}.append_live($1, $18,"
+        " $19, $20, $21, $22) WHERE r.o_inserted) AS l ON true"
+    )
 
 
 async def wait_for(

@@ -163,25 +163,26 @@ class PostgresStore:
         return stored
 
     async def start(
-        self, run: RunRecord, *, owner: str, ttl: float, origin: JsonValue = None
-    ) -> tuple[RunRecord, Lease | LeaseHeld]:
-        stored, lease = await self._create_and_lease(run, origin, owner, ttl)
+        self, run: RunRecord, *, owner: str, ttl: float, origin: JsonValue = None,
+        live: Sequence[tuple[int, JsonValue]] = (),
+    ) -> tuple[RunRecord, Lease | LeaseHeld]:  # fmt: skip
+        stored, lease = await self._create_and_lease(run, origin, owner, ttl, live)
         assert lease is not None
         return stored, lease
 
     async def _create_and_lease(
-        self, run: RunRecord, origin: JsonValue, owner: str, ttl: float
-    ) -> tuple[RunRecord, Lease | LeaseHeld | None]:
+        self, run: RunRecord, origin: JsonValue, owner: str, ttl: float,
+        live: Sequence[tuple[int, JsonValue]] = (),
+    ) -> tuple[RunRecord, Lease | LeaseHeld | None]:  # fmt: skip
         check_run_id(run.run_id)
         run = replace(run, seq=0, holder="", crashes=0, usage={})
         event = creation_event(run, origin)
         names = list(run.memory)
         values = [json_bytes(run.memory[n], f"memory field {n!r}") for n in names]
         payload = dump_event(event).encode()
-        sql = (
-            f"SELECT * FROM {self.schema}.create_run($1, $2, $3, $4, $5, $6, $7, $8, $9, $10,"
-            " $11, $12, $13, $14, $15, $16, $17)"
-        )
+        rows = live_rows(live, run.run_id)
+        sql = _live.create_sql(self.schema, bool(rows))
+        items = self._live_args(rows) if rows else ()
         inserted = False
 
         async def attempt(dead: list[str]) -> tuple[Lease | LeaseHeld | None, list[str]]:
@@ -191,7 +192,7 @@ class PostgresStore:
                 lambda c: c.fetchrow(
                     sql, run.run_id, run.agent, run.version, run.state, run.status,
                     run.created_at, run.deadline, run.nonce, run.expires_at, run.trace, names,
-                    values, event.key, payload, owner, ttl, dead[0] if dead else None,
+                    values, event.key, payload, owner, ttl, dead[0] if dead else None, *items,
                 ),
             )  # fmt: skip
             inserted = inserted or bool(row["o_inserted"])
@@ -288,8 +289,7 @@ class PostgresStore:
             scope_charge.scope if scope_charge else None,
             scope_charge.period if scope_charge else None,
             scope_charge.expires_at if scope_charge else None,
-            [base for base, _ in rows], [item.encode() for _, item in rows],
-            self.live_maxlen, self.live_ttl, self._channel_live,
+            *self._live_args(rows),
         )  # fmt: skip
         sql = (
             f"SELECT {self.schema}.commit($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,"
@@ -433,6 +433,9 @@ class PostgresStore:
         return await self._db.call("reindex", rebuild)
 
     # The live channel
+
+    def _live_args(self, rows: Sequence[tuple[int, str]]) -> tuple[Any, ...]:
+        return _live.live_args(rows, self.live_maxlen, self.live_ttl, self._channel_live)
 
     async def publish(self, run_id: str, entries: Sequence[tuple[int, JsonValue]]) -> None:
         if not entries:

@@ -36,8 +36,8 @@ async def publish(
 
 
 def commit_args(rows: Sequence[tuple[int, str]], maxlen: int, ttl: float) -> list[Any]:
-    """`commit.lua`'s ARGV[14..]: how many items, the channel's MAXLEN and ttl (ms), then each
-    item's base and JSON (`storage._codec.live_rows`)."""
+    """`commit.lua`'s ARGV[14..] (`create.lua`'s ARGV[9..]): how many items, the channel's
+    MAXLEN and ttl (ms), then each item's base and JSON (`storage._codec.live_rows`)."""
     args: list[Any] = [len(rows), maxlen, max(int(ttl * 1000), 1)]
     for base, item in rows:
         args += [base, item]

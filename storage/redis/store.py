@@ -151,20 +151,22 @@ class RedisStore(RedisBase):
         return stored
 
     async def start(
-        self, run: RunRecord, *, owner: str, ttl: float, origin: JsonValue = None
-    ) -> tuple[RunRecord, Lease | LeaseHeld]:
-        stored, lease = await self._create_and_lease(run, origin, owner, ttl)
+        self, run: RunRecord, *, owner: str, ttl: float, origin: JsonValue = None,
+        live: Sequence[tuple[int, JsonValue]] = (),
+    ) -> tuple[RunRecord, Lease | LeaseHeld]:  # fmt: skip
+        stored, lease = await self._create_and_lease(run, origin, owner, ttl, live)
         assert lease is not None
         return stored, lease
 
     async def _create_and_lease(
-        self, run: RunRecord, origin: JsonValue, owner: str, ttl: float
-    ) -> tuple[RunRecord, Lease | LeaseHeld | None]:
+        self, run: RunRecord, origin: JsonValue, owner: str, ttl: float,
+        live: Sequence[tuple[int, JsonValue]] = (),
+    ) -> tuple[RunRecord, Lease | LeaseHeld | None]:  # fmt: skip
         """One `create.lua` (two when a provably dead holder's lease is taken over)."""
         check_run_id(run.run_id)
         event = creation_event(run, origin)
         fields = run_fields(replace(run, seq=0, holder="", crashes=0, usage={}))
-        keys = self._keys(run.run_id, "run", "events", "keys", "lease")
+        keys = self._keys(run.run_id, "run", "events", "keys", "lease", "live")
         if self._indexes:
             keys += [f"{self._prefix}:runs", self._by_agent(run.agent)]
             keys += [self._by_status(run.status), self._deadlines]
@@ -173,7 +175,8 @@ class RedisStore(RedisBase):
             if run.deadline is not None:
                 await _indexes.index_deadline(self, run.run_id, run.deadline)
         head = [dump_event(event), event.key, deadline_arg(run.deadline), owner, ms(ttl)]
-        tail = [repr(run.created_at), repr(run.updated_at), *fields]
+        items = _live.commit_args(live_rows(live, run.run_id), self.live_maxlen, self.live_ttl)
+        tail = [repr(run.created_at), repr(run.updated_at), *items, *fields]
 
         async def attempt(dead: list[str]) -> tuple[tuple[Any, ...], list[str]]:
             args = [*head, dead[0] if dead else "", *tail]  # take over a dead holder's lease

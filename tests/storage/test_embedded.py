@@ -12,6 +12,7 @@ from contextlib import closing
 from pathlib import Path
 
 import pytest
+from pydantic import JsonValue
 
 from storage import (
     Committed,
@@ -279,22 +280,28 @@ async def test_a_commit_writes_only_the_pages_it_must(tmp_path: Path) -> None:
     # WAL frames are whole pages; the checkpoints are on their own thread, far apart, so the
     # WAL only grows here. A commit that keeps the status writes the run row, the event and
     # the key (no index on updated_at, no status index); one that changes it, also the
-    # status index.
+    # status index; live items it carries, one page of the live table (no index beside it,
+    # no AUTOINCREMENT counter).
     path = tmp_path / "store.db"
     store = EmbeddedStore(path)
     await store.create(new_run())
     lease = await leased(store, "w1")
     page: int = store.connection.execute("PRAGMA page_size").fetchone()[0]
 
-    async def pages_written(seq: int, status: RunStatus) -> int:
+    async def pages_written(seq: int, status: RunStatus, live: int = 0) -> int:
         before = _size(f"{path}-wal")
         e = dataclasses.replace(event(seq), status=status)
-        assert await store.commit("run-1", expected_seq=seq - 1, token=lease.token, event=e)
+        item: JsonValue = {"kind": "started", "seq": seq}
+        items = [(seq - 1, item)] * live
+        out = await store.commit("run-1", expected_seq=seq - 1, token=lease.token, event=e,
+                                 live=items)  # fmt: skip
+        assert out
         return (_size(f"{path}-wal") - before) // (page + 24)  # a frame: 24-byte header + page
 
     assert await pages_written(1, "running") == 3
     assert await pages_written(2, "waiting") == 4
     assert await pages_written(3, "waiting") == 3
+    assert await pages_written(4, "waiting", live=2) == 4  # + one page of the live table
     await store.close()
 
 

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
+from pydantic import JsonValue
 
-from storage import EmbeddedStore, RedisStore, Store
+from storage import EmbeddedStore, Lease, RedisStore, Store
 from storage.base import LIVE_TTL, live_order
 
 from ..conftest import STORE_KINDS, make_store
@@ -82,3 +83,16 @@ async def test_embedded_gc_prunes_old_items_of_every_run(tmp_path: Path) -> None
     await store.gc(1e12)  # far in the future: every item is past its TTL
     assert await store.live("run-1") == []
     await store.close()
+
+
+async def test_start_appends_its_live_items_only_when_it_creates_the_run(store: Store) -> None:
+    item: JsonValue = {"kind": "started", "seq": 1, "attempt": 1}
+    run, lease = await store.start(new_run(), owner="w1", ttl=10, live=[(0, item)])
+    assert isinstance(lease, Lease) and run.seq == 0
+    assert [(e.base, e.item) for e in await store.live("run-1")] == [(0, item)]
+    await store.release_lease(lease)
+    again, lease = await store.start(new_run(), owner="w2", ttl=10, live=[(0, {"kind": "x"})])
+    assert isinstance(lease, Lease) and again.seq == 0  # found stored: nothing appended
+    assert [(e.base, e.item) for e in await store.live("run-1")] == [(0, item)]
+    _, other = await store.start(new_run("run-2"), owner="w1", ttl=10, live=[(0, float("nan"))])
+    assert isinstance(other, Lease) and await store.live("run-2") == []  # dropped, not failed

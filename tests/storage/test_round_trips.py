@@ -4,8 +4,9 @@ The numbers are what the code does, asserted exactly: a change that saves a roun
 updates its constant here on purpose. Issue 17's targets: start 1 (the lease taken with
 the run), each step 1, the final step 1 with the release and the index upkeep inside it;
 the first step under a lease adds its stored "started" item, so a K-step run costs K + 2
-round trips. The live channel's items of quick steps ride the commits (issue 30): no publish
-of their own.
+round trips; `agent.run`, which runs the first step right after the start, has the start store
+that item with the run: K + 1. The live channel's items of quick steps ride the commits (issue
+30): no publish of their own.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ FINAL_STEP = 1
 and gives the lease back."""
 RELEASE = 0
 """Giving the lease back: nothing left to do, the final commit did it."""
+AGENT_RUN_FIRST_STEP = 1
+"""The first step of `agent.run`: commit.lua alone (its "started" went with the start)."""
 UNHELD_START = 1
 """`agent.start()` (no lease): create.lua with the index entries."""
 UNHELD_FIRST_STEP = 3
@@ -113,6 +116,27 @@ async def test_a_run_of_quick_steps_sends_its_live_items_with_its_commits(
     assert trips == FIRST_STEP + STEP + FINAL_STEP + RELEASE  # no publish beside them
     # The first step's "started" is stored before it runs (its commit then carries only a
     # notice); each later commit carries its step's "started"; the last says it stopped.
+    assert [(i["kind"], i["seq"]) for i in items] == [
+        ("started", 1), ("committed", 1), ("started", 2), ("started", 3), ("stopped", 3),
+    ]  # fmt: skip
+
+
+async def test_agent_run_stores_its_first_started_item_with_the_start(
+    redis_server: RedisServer,
+) -> None:
+    store = RedisStore.from_url(redis_server.url, prefix=f"rt{next(_ids)}")
+    wire = count_round_trips(store)
+    try:
+        await three_steps.run(store, Memory())  # loads the scripts
+        wire.take()
+        run = await three_steps.run(store, Memory())
+        trips = wire.take()
+        items = [e.item for e in await store.live(run.run_id)]
+        again = await three_steps.run(store, Memory(), run_id=run.run_id)  # done: runs nothing
+        assert again.status == "done" and len(await store.live(run.run_id)) == len(items)
+    finally:
+        await store.close()
+    assert trips == START + AGENT_RUN_FIRST_STEP + STEP + FINAL_STEP + RELEASE
     assert [(i["kind"], i["seq"]) for i in items] == [
         ("started", 1), ("committed", 1), ("started", 2), ("started", 3), ("stopped", 3),
     ]  # fmt: skip

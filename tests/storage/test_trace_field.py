@@ -70,4 +70,4 @@ async def test_a_schema_5_file_is_upgraded_and_its_runs_read_no_trace(tmp_path: 
     assert after is not None and after.trace == TRACE
     await store.close()
     with closing(sqlite3.connect(db)) as raw:
-        assert raw.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,) == (6,)
+        assert raw.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,) == (7,)
