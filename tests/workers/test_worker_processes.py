@@ -72,11 +72,12 @@ async def check_each_step_committed_once(store: Store, ids: list[str]) -> None:
 STOPPING = "stopping: finishing the steps in flight"
 
 
-def read_until(proc: subprocess.Popen[str], words: str) -> str:
-    """The worker's stderr up to the line that holds `words` (or to its end)."""
-    assert proc.stderr is not None
+def read_until(proc: subprocess.Popen[str], words: str, stream: str = "err") -> str:
+    """The worker's stderr (or stdout) up to the line that holds `words` (or to its end)."""
+    pipe = proc.stderr if stream == "err" else proc.stdout
+    assert pipe is not None
     lines = []
-    for line in proc.stderr:
+    for line in pipe:
         lines.append(line)
         if words in line:
             break
@@ -137,10 +138,13 @@ async def test_two_workers_on_a_redis_cluster_finish_100_runs_exactly_once(
     url = f"redis+cluster://127.0.0.1:{redis_cluster.ports[0]}?prefix=cl"
     store = open_store(url)
     assert isinstance(store, RedisStore)
-    ids = [await chain.submit(store, Chain(), run_id=f"r{i}") for i in range(100)]
     effects = tmp_path / "effects.log"
     workers = [worker(url, effects, f"w{n}", sleep=0.01) for n in range(2)]
     try:
+        for w in workers:  # both up before the runs come: else one may do them all
+            said = await asyncio.wait_for(asyncio.to_thread(read_until, w, "serving", "out"), 60)
+            assert "serving" in said, said[-2000:]
+        ids = [await chain.submit(store, Chain(), run_id=f"r{i}") for i in range(100)]
         await wait_for(store, ids, "done", within=60)
     finally:
         for w in workers:
