@@ -57,6 +57,8 @@ async def test_a_worker_fleet_rides_through_a_cluster_failover(
     first = cluster.procs[cluster.ports[0]]
     try:
         await seqs_reach(store, ids, lambda seqs: sum(seqs) >= 2, "a run got going", 60)
+        with redis.Redis(port=cluster.ports[0], socket_timeout=70) as r:  # the replica has them
+            assert r.execute_command("WAIT", 1, 60_000) == 1
         os.kill(first.pid, signal.SIGSTOP)  # its port stays taken: no other server gets it
         await seqs_reach(store, ids, lambda seqs: seqs == [STEPS] * len(ids), "all done", 120)
         until(lambda: cluster.role(cluster.replica) == "master", "the replica took over")

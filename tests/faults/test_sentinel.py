@@ -12,6 +12,7 @@ import signal
 from pathlib import Path
 
 import pytest
+import redis
 
 from statemachine import Worker
 from storage import RedisStore, open_store
@@ -45,6 +46,10 @@ async def test_a_worker_fleet_rides_through_a_sentinel_failover(
         raise
     try:
         await seqs_reach(store, ids, lambda seqs: sum(seqs) >= 3, "a run got going", 60)
+        # The replica has the runs (a busy machine's replica may lag; a run whose creation
+        # was still on its way is gone with the primary, and nothing could finish it).
+        with redis.Redis(port=primary.port, socket_timeout=70) as r:
+            assert r.execute_command("WAIT", 1, 60_000) == 1
         # SIGSTOP, not SIGKILL: the primary keeps its port, which another test's server
         # could take once free (the Sentinel would then see "the primary" back, empty).
         assert primary.proc is not None
