@@ -119,12 +119,21 @@ class Committer(RunCore[M]):
             # or not. Sent again under its key it stands once, and the cancellation goes on
             # when this copy of the run knows which (else its next commit is refused).
             cut = cancelled
-            outcome = await _despite_cancellation(self._send(lease, event, extra))
+            try:
+                outcome = await _despite_cancellation(self._send(lease, event, extra))
+            except _UNKNOWN as error:
+                self._in_doubt = (lease, event, extra)
+                raise cut from error
         except _UNKNOWN:
             self._in_doubt = (lease, event, extra)
             raise
         if not isinstance(outcome, Committed):
-            event = await self._refused(event, outcome)
+            try:
+                event = await self._refused(event, outcome)
+            except Exception as refusal:
+                if cut is None:
+                    raise
+                raise cut from refusal  # the cancellation goes on, whatever the commit met
         else:
             self._record = advance(self._record, event)
             self._ledger.committed(event, patch_sizes)
