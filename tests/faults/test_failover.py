@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -90,9 +91,9 @@ class Driver:
             self.acked[event.seq] = event.key
 
 
-async def wait_for(check: object, what: str, within: float = 60.0) -> None:
+async def wait_for(check: Callable[[], bool], what: str, within: float = 60.0) -> None:
     give_up = time.monotonic() + within
-    while not check():  # type: ignore[operator]
+    while not check():
         assert time.monotonic() < give_up, f"{what}: not within {within:g} s"
         await asyncio.sleep(0.01)
 
