@@ -203,13 +203,9 @@ class Connections:
             pause = min(pause * 2, 1.0)
 
     def unavailable(self, what: str, exc: BaseException) -> StorageError:
+        """Our error for `exc`, one of `_BROKEN` (a refused credential is a server error:
+        `refused`)."""
         where = self.settings.where
-        if isinstance(
-            exc,
-            asyncpg.exceptions.InvalidPasswordError
-            | asyncpg.exceptions.InvalidAuthorizationSpecificationError,
-        ):
-            return StorageError(f"Postgres at {where} refused the credentials to {what}: {exc}")
         if isinstance(exc, ConnectionRefusedError):
             return StoreUnavailable(
                 f"cannot reach Postgres at {where} to {what}: connection refused: nothing"
